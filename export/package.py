@@ -1,0 +1,78 @@
+"""Write a model folder (the format ``moerm_lite.folder`` reads), atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from moerm_lite.folder import CONFIG, MANIFEST, SCHEMA_VERSION, build_manifest
+
+
+def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list[str], w0: list[float],
+                max_length: int, hidden_size: int, precisions: list[str], gating: str = "topk_softmax",
+                default_prior_strength: float = 1.0, backbone_name: str = "",
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``config.json`` dict for a model whose graphs are ``onnx/{backbone,head}_{precision}.onnx``."""
+    cfg: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "model_id": model_id,
+        "backbone": {"name": backbone_name, "max_length": max_length, "pooling": "mean",
+                     "pair_template": "text_pair", "hidden_size": hidden_size},
+        "n_experts": n_experts,
+        "top_k": top_k,
+        "gating": gating,
+        "expert_names": expert_names,
+        "w0": [float(x) for x in w0],
+        "default_prior_strength": default_prior_strength,
+        "score": {"kind": "raw_logit", "higher_is_better": True,
+                  "formula": "sum_k gate_k * weight_k * reward_k",
+                  "pairwise": "sigmoid(score_a - score_b) = P(a preferred over b)"},
+        "graphs": {p: {"backbone": f"onnx/backbone_{p}.onnx", "head": f"onnx/head_{p}.onnx"}
+                   for p in precisions},
+        "io": {"backbone": {"inputs": ["input_ids", "attention_mask", "token_type_ids"],
+                            "output": "embedding"},
+               "head": {"input": "embedding", "outputs": ["expert_index", "gates", "rewards"]}},
+    }
+    cfg.update(extra or {})
+    return cfg
+
+
+def write_model_folder(out: Path, config: dict[str, Any], graphs: dict[str, onnx.ModelProto],
+                       tokenizer_json: str, card: str, extra_files: dict[str, str] | None = None) -> Path:
+    """Write config, graphs (``{relative path: model}``), tokenizer, card and manifest to ``out``.
+
+    The folder is assembled beside ``out`` and renamed into place, so a crash
+    never leaves a half-written model where a loader would find it.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "onnx").mkdir()
+        for rel, model in graphs.items():
+            onnx.save(model, str(tmp / rel))
+        (tmp / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
+        (tmp / "tokenizer.json").write_text(tokenizer_json)
+        (tmp / "README.md").write_text(card)
+        for rel, text in (extra_files or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text(text)
+        (tmp / MANIFEST).write_text(json.dumps(build_manifest(tmp), indent=1) + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,195 @@
+"""The model folder: the contract between ``export/`` and the runtime.
+
+A model folder holds ``config.json`` (schema below), ``tokenizer.json``,
+``onnx/*.onnx`` (one backbone graph and one expert-head graph per precision),
+``manifest.json`` (sha256 and size of every other file) and a ``README.md``
+model card. Loading reads JSON and ONNX only: no pickle, no code execution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+
+
+class ModelFolderError(ValueError):
+    """A model folder is missing a file, fails its manifest or has a bad config."""
+
+
+@dataclass(frozen=True)
+class GraphFiles:
+    """The two graphs of one precision, as paths relative to the model folder."""
+
+    backbone: str
+    head: str
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Parsed ``config.json``. Field names follow the paper (K = ``n_experts``)."""
+
+    model_id: str
+    n_experts: int
+    top_k: int
+    expert_names: list[str]
+    w0: list[float]  # population user weights, (K,)
+    max_length: int  # tokens per (prompt, response) pair, truncation beyond it
+    graphs: dict[str, GraphFiles]  # precision -> graph files
+    pooling: str = "mean"
+    pair_template: str = "text_pair"  # prompt as segment A, response as segment B
+    default_prior_strength: float = 1.0  # lambda of the MAP user fit
+    max_chars: int = 100_000  # longer texts are rejected, not silently cut
+    backbone_inputs: list[str] = field(
+        default_factory=lambda: ["input_ids", "attention_mask", "token_type_ids"]
+    )
+    backbone_output: str = "embedding"
+    head_input: str = "embedding"
+    head_outputs: list[str] = field(default_factory=lambda: ["expert_index", "gates", "rewards"])
+    extra: dict[str, Any] = field(default_factory=dict)  # everything else, kept verbatim
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Validate a parsed ``config.json`` and build the config."""
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ModelFolderError(
+                f"config.json has schema_version {version!r}; this moerm-lite reads "
+                f"schema_version {SCHEMA_VERSION}. Re-export the model or upgrade moerm-lite."
+            )
+        try:
+            backbone = d["backbone"]
+            io = d["io"]
+            graphs = {
+                prec: GraphFiles(backbone=g["backbone"], head=g["head"])
+                for prec, g in d["graphs"].items()
+            }
+            cfg = cls(
+                model_id=str(d["model_id"]),
+                n_experts=int(d["n_experts"]),
+                top_k=int(d["top_k"]),
+                expert_names=[str(n) for n in d["expert_names"]],
+                w0=[float(x) for x in d["w0"]],
+                max_length=int(backbone["max_length"]),
+                pooling=str(backbone.get("pooling", "mean")),
+                pair_template=str(backbone.get("pair_template", "text_pair")),
+                graphs=graphs,
+                default_prior_strength=float(d.get("default_prior_strength", 1.0)),
+                max_chars=int(d.get("max_chars", 100_000)),
+                backbone_inputs=list(io["backbone"]["inputs"]),
+                backbone_output=str(io["backbone"]["output"]),
+                head_input=str(io["head"]["input"]),
+                head_outputs=list(io["head"]["outputs"]),
+                extra={k: v for k, v in d.items() if k not in _KNOWN_KEYS},
+            )
+        except (KeyError, TypeError) as e:
+            raise ModelFolderError(f"config.json is missing or has a malformed field: {e}") from e
+        cfg._check()
+        return cfg
+
+    def _check(self) -> None:
+        K = self.n_experts
+        if K < 1 or not 1 <= self.top_k <= K:
+            raise ModelFolderError(f"config.json: need 1 <= top_k <= n_experts, got {self.top_k}, {K}")
+        if len(self.expert_names) != K or len(self.w0) != K:
+            raise ModelFolderError(
+                f"config.json: expert_names ({len(self.expert_names)}) and w0 ({len(self.w0)}) "
+                f"must both have n_experts = {K} entries"
+            )
+        if not all(math.isfinite(x) for x in self.w0):
+            raise ModelFolderError("config.json: w0 contains NaN or inf")
+        if self.pooling != "mean" or self.pair_template != "text_pair":
+            raise ModelFolderError(
+                f"config.json: unsupported pooling/pair_template {self.pooling!r}/{self.pair_template!r}"
+            )
+        if not self.graphs:
+            raise ModelFolderError("config.json: 'graphs' lists no precision")
+
+
+_KNOWN_KEYS = {
+    "schema_version", "model_id", "n_experts", "top_k", "expert_names", "w0", "backbone",
+    "graphs", "default_prior_strength", "max_chars", "io",
+}
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_manifest(folder: Path) -> dict[str, Any]:
+    """Manifest of every file under ``folder`` except the manifest itself."""
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel != MANIFEST:
+            files[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+    return {"schema_version": SCHEMA_VERSION, "files": files}
+
+
+def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """The ``files`` table of ``manifest.json``; a clear error if it is missing or malformed."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"model folder {folder} has no {MANIFEST}")
+    try:
+        files = json.loads(path.read_text())["files"]
+        assert isinstance(files, dict)
+    except (ValueError, KeyError, AssertionError) as e:
+        raise ModelFolderError(f"{path} is not a valid manifest: {e}") from e
+    return files
+
+
+def verify_files(folder: Path, manifest: dict[str, dict[str, Any]], names: list[str]) -> None:
+    """Check size and sha256 of ``names`` against the manifest; name the first bad file."""
+    for name in names:
+        entry = manifest.get(name)
+        if entry is None:
+            raise ModelFolderError(f"{name} is not listed in {folder / MANIFEST}")
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"model file missing: {path}")
+        if path.stat().st_size != entry.get("size"):
+            raise ModelFolderError(
+                f"model file {path} has size {path.stat().st_size}, manifest says {entry.get('size')}: "
+                "the file is truncated or was modified"
+            )
+        if sha256_file(path) != entry.get("sha256"):
+            raise ModelFolderError(f"model file {path} fails its sha256 check: the file is corrupted or was modified")
+
+
+def resolve_inside(folder: Path, rel: str) -> Path:
+    """``folder / rel``, refusing paths that escape the folder."""
+    path = (folder / rel).resolve()
+    if folder.resolve() not in path.parents:
+        raise ModelFolderError(f"config.json points outside the model folder: {rel!r}")
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

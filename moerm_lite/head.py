@@ -1,0 +1,47 @@
+"""The scoring formula of the sparse MoE reward model, in numpy.
+
+For a (prompt, response) the head graph returns the indices of its ``top_k``
+routed experts, their gates (softmax over the selected router logits) and
+their rewards. The runtime scatters those into dense ``(K,)`` vectors and
+combines them with a user's signed weights ``w``::
+
+    s = sum_k  pi_k * w_k * r_k
+
+``pi`` is zero for unselected experts, so only routed experts contribute.
+The score is a raw logit: higher is better, and ``sigmoid(s_a - s_b)`` is the
+Bradley-Terry probability that the user prefers ``a`` over ``b``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def scatter_topk(
+    expert_index: np.ndarray, gates: np.ndarray, rewards: np.ndarray, n_experts: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dense ``(gating_output, rewards)`` of shape (B, K) from the head's sparse outputs.
+
+    Args:
+        expert_index: (B, k) int indices of the routed experts.
+        gates: (B, k) gate of each routed expert.
+        rewards: (B, k) reward of each routed expert.
+        n_experts: K.
+    """
+    B = expert_index.shape[0]
+    rows = np.arange(B)[:, None]  # (B, 1)
+    dense_gates = np.zeros((B, n_experts), dtype=np.float32)  # (B, K)
+    dense_rewards = np.zeros((B, n_experts), dtype=np.float32)  # (B, K)
+    dense_gates[rows, expert_index] = gates
+    dense_rewards[rows, expert_index] = rewards
+    return dense_gates, dense_rewards
+
+
+def expert_features(gating_output: np.ndarray, rewards: np.ndarray) -> np.ndarray:
+    """phi = pi * r, (B, K): the score is linear in the user weights, ``s = phi @ w``."""
+    return (gating_output.astype(np.float64) * rewards.astype(np.float64))  # (B, K)
+
+
+def combine(gating_output: np.ndarray, rewards: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Scores ``s = sum_k pi_k * w_k * r_k`` of shape (B,), float64."""
+    return expert_features(gating_output, rewards) @ np.asarray(weights, dtype=np.float64)  # (B,)

@@ -1,0 +1,288 @@
+"""``RewardModel``: load a model folder, score, rank, explain, fit users."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import onnxruntime as ort
+
+from .folder import (
+    CONFIG,
+    MANIFEST,
+    ModelConfig,
+    ModelFolderError,
+    read_manifest,
+    resolve_inside,
+    verify_files,
+)
+from .head import combine, expert_features, scatter_topk
+from .personalize import UserProfile
+from .text import PairTokenizer, Prompt, check_prompt, check_response
+
+log = logging.getLogger("moerm_lite")
+
+DEFAULT_MODEL = "moerm-minilm-k32"
+DEFAULT_THREADS = 4  # capped at the machine's cores
+User = Union[None, UserProfile, Sequence[float], np.ndarray]
+
+
+def default_model_path() -> Path:
+    """``$MOERM_LITE_MODEL`` if set, else the model shipped in the repository's ``models/``."""
+    env = os.environ.get("MOERM_LITE_MODEL")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL
+
+
+class RewardModel:
+    """A sparse Mixture-of-Experts reward model running on onnxruntime.
+
+    Thread-safe: the ONNX sessions and the tokenizer are created once at load
+    and only read afterwards, so one model may score from many threads at once.
+    """
+
+    def __init__(self, folder: Path, config: ModelConfig, backbone: ort.InferenceSession,
+                 head: ort.InferenceSession, tokenizer: PairTokenizer, precision: str,
+                 threads: int, model_hash: str) -> None:
+        self.folder, self.config, self.precision, self.threads = folder, config, precision, threads
+        self._backbone, self._head, self._tokenizer = backbone, head, tokenizer
+        self.model_hash = model_hash  # sha256 of manifest.json: which exact model this is
+        self._w0 = np.asarray(config.w0, dtype=np.float64)  # (K,)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, threads: int | None = None,
+             precision: str = "int8") -> RewardModel:
+        """Load a model folder (``None``: the shipped default) after checking its manifest.
+
+        Args:
+            path: model folder.
+            threads: onnxruntime intra-op threads; default ``min(4, cpu count)``.
+            precision: which graphs to run, e.g. ``"int8"`` or ``"fp32"`` (see ``config.json``).
+        """
+        folder = Path(path) if path is not None else default_model_path()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model folder not found: {folder}")
+        manifest = read_manifest(folder)
+        verify_files(folder, manifest, [CONFIG])
+        try:
+            cfg = ModelConfig.from_dict(json.loads((folder / CONFIG).read_text(encoding="utf-8")))
+        except ValueError as e:
+            if isinstance(e, ModelFolderError):
+                raise
+            raise ModelFolderError(f"{folder / CONFIG} is not valid JSON: {e}") from e
+        if precision not in cfg.graphs:
+            raise ValueError(f"precision {precision!r} is not in this model; available: {sorted(cfg.graphs)}")
+        graphs = cfg.graphs[precision]
+        backbone_path, head_path = (resolve_inside(folder, g) for g in (graphs.backbone, graphs.head))
+        verify_files(folder, manifest, ["tokenizer.json", graphs.backbone, graphs.head])
+        if threads is None:
+            threads = min(DEFAULT_THREADS, os.cpu_count() or 1)
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive int, got {threads!r}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+
+        def session(path: Path, inputs: list[str], outputs: list[str]) -> ort.InferenceSession:
+            try:
+                sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            except Exception as e:  # onnxruntime raises its own exception types
+                raise ModelFolderError(f"onnxruntime cannot load {path}: {e}") from e
+            have_in = {i.name for i in sess.get_inputs()}
+            have_out = {o.name for o in sess.get_outputs()}
+            if set(inputs) != have_in or not set(outputs) <= have_out:
+                raise ModelFolderError(
+                    f"{path} has inputs {sorted(have_in)} and outputs {sorted(have_out)}; config.json "
+                    f"expects inputs {inputs} and outputs {outputs}")
+            return sess
+
+        tokenizer = PairTokenizer(folder / "tokenizer.json", cfg.max_length)
+        model_hash = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()[:16]
+        backbone = session(backbone_path, cfg.backbone_inputs, [cfg.backbone_output])
+        head = session(head_path, [cfg.head_input], cfg.head_outputs)
+        return cls(folder, cfg, backbone, head, tokenizer,
+                   precision, threads, model_hash)
+
+    # -------------------------------------------------------------- properties
+    @property
+    def n_experts(self) -> int:
+        """K, the number of experts."""
+        return self.config.n_experts
+
+    @property
+    def top_k(self) -> int:
+        """k, the experts routed per (prompt, response)."""
+        return self.config.top_k
+
+    @property
+    def expert_names(self) -> list[str]:
+        """One name per expert, (K,)."""
+        return list(self.config.expert_names)
+
+    @property
+    def w0(self) -> np.ndarray:
+        """Population weights, (K,): the weights of an unknown user."""
+        return self._w0.copy()
+
+    # ------------------------------------------------------------ core forward
+    def expert_outputs(self, pairs: Sequence[tuple[Prompt, str]], *, batch_size: int = 32,
+                       progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+        """Dense per-expert outputs for (prompt, response) pairs, in input order.
+
+        Returns:
+            ``{"gating_output": (N, K), "rewards": (N, K), "truncated": (N,) bool}``;
+            unselected experts have gate and reward 0.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        texts = self._check_pairs(pairs)
+        N, K = len(texts), self.n_experts
+        gating = np.zeros((N, K), dtype=np.float32)  # (N, K)
+        rewards = np.zeros((N, K), dtype=np.float32)  # (N, K)
+        if N == 0:
+            return {"gating_output": gating, "rewards": rewards, "truncated": np.zeros(0, dtype=bool)}
+        ids, type_ids, truncated = self._tokenizer.encode(texts)
+        if truncated.any():
+            log.warning("%d of %d inputs were longer than max_length=%d tokens and were truncated",
+                        int(truncated.sum()), N, self.config.max_length)
+        order = np.argsort([len(x) for x in ids], kind="stable")  # length buckets: less padding
+        cfg = self.config
+        for start in range(0, N, batch_size):
+            idx = order[start:start + batch_size]
+            feed = self._tokenizer.pad([ids[i] for i in idx], [type_ids[i] for i in idx])
+            feed = {name: feed[name] for name in cfg.backbone_inputs}
+            (emb,) = self._backbone.run([cfg.backbone_output], feed)  # (B, H)
+            e_idx, gates, r = self._head.run(cfg.head_outputs, {cfg.head_input: emb})  # (B, k) each
+            gating[idx], rewards[idx] = scatter_topk(e_idx, gates, r, K)
+            if progress is not None:
+                progress(len(idx))
+        if not (np.isfinite(gating).all() and np.isfinite(rewards).all()):
+            raise FloatingPointError("the model produced NaN or inf; the model files may be broken")
+        return {"gating_output": gating, "rewards": rewards, "truncated": truncated}
+
+    # ----------------------------------------------------------------- scoring
+    def score_pairs(self, pairs: Sequence[tuple[Prompt, str]], *, user: User = None,
+                    batch_size: int = 32, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Scores of (prompt, response) pairs, (N,) float64, in input order.
+
+        ``progress``, if given, is called with the number of pairs done after each batch.
+        """
+        w = self._weights(user)
+        out = self.expert_outputs(pairs, batch_size=batch_size, progress=progress)
+        return combine(out["gating_output"], out["rewards"], w)  # (N,)
+
+    def score(self, prompt: Prompt, responses: str | Sequence[str], *, user: User = None,
+              batch_size: int = 32) -> float | np.ndarray:
+        """Score one response (returns ``float``) or a list of them (returns (n,) array)."""
+        if isinstance(responses, str):
+            return float(self.score_pairs([(prompt, responses)], user=user)[0])
+        responses = self._check_list(responses, "responses")
+        return self.score_pairs([(prompt, r) for r in responses], user=user, batch_size=batch_size)
+
+    def rank(self, prompt: Prompt, responses: Sequence[str], *, user: User = None,
+             top_k: int | None = None) -> list[dict[str, Any]]:
+        """Responses sorted by score, best first: ``[{"corpus_id", "score", "text"}, ...]``."""
+        responses = self._check_list(responses, "responses")
+        scores = self.score(prompt, responses, user=user)
+        order = np.argsort(-scores, kind="stable")
+        if top_k is not None:
+            order = order[:top_k]
+        return [{"corpus_id": int(i), "score": float(scores[i]), "text": responses[i]} for i in order]
+
+    def explain(self, prompt: Prompt, response: str, *, user: User = None) -> dict[str, Any]:
+        """Per-expert breakdown of one score.
+
+        Returns ``{"score", "rewards" (K,), "gating_output" (K,), "weights" (K,),
+        "contributions" (K,), "experts", "truncated"}`` where
+        ``score == sum(contributions) == sum(gating_output * weights * rewards)``.
+        """
+        w = self._weights(user)
+        out = self.expert_outputs([(prompt, response)])
+        gates, rewards = out["gating_output"][0], out["rewards"][0]  # (K,), (K,)
+        contributions = expert_features(gates, rewards) * w  # (K,)
+        return {"score": float(contributions.sum()), "rewards": rewards, "gating_output": gates,
+                "weights": w, "contributions": contributions, "experts": self.expert_names,
+                "truncated": bool(out["truncated"][0])}
+
+    # ---------------------------------------------------------- personalizing
+    def comparison_features(self, comparisons: Iterable[dict[str, Any]], *,
+                            batch_size: int = 32) -> np.ndarray:
+        """phi = (pi * r)(chosen) - (pi * r)(rejected) for each comparison, (N, K)."""
+        comps = list(comparisons)
+        pairs: list[tuple[Prompt, str]] = []
+        for i, c in enumerate(comps):
+            if not isinstance(c, dict) or "chosen" not in c or "rejected" not in c:
+                raise ValueError(f"comparison {i} must be a dict with 'chosen' and 'rejected' (and 'prompt')")
+            prompt = c.get("prompt", "")
+            pairs += [(prompt, c["chosen"]), (prompt, c["rejected"])]
+        out = self.expert_outputs(pairs, batch_size=batch_size)
+        phi = expert_features(out["gating_output"], out["rewards"])  # (2N, K)
+        return phi[0::2] - phi[1::2]  # (N, K)
+
+    def fit_user(self, comparisons: Iterable[dict[str, Any]], *, user_id: str | None = None,
+                 prior_strength: float | None = None) -> UserProfile:
+        """Fit a user's signed expert weights from ``{"prompt", "chosen", "rejected"}`` records.
+
+        ``prior_strength`` (lambda) defaults to the model's measured ``default_prior_strength``.
+        Zero comparisons give the population weights ``w0``.
+        """
+        lam = self.config.default_prior_strength if prior_strength is None else prior_strength
+        phi = self.comparison_features(comparisons)  # (N, K)
+        profile = UserProfile(user_id=user_id, prior_strength=lam).fit(phi, self._w0)
+        profile.model_id, profile.model_hash = self.config.model_id, self.model_hash
+        return profile
+
+    # ----------------------------------------------------------------- checks
+    def _weights(self, user: User) -> np.ndarray:
+        if user is None:
+            return self._w0
+        if isinstance(user, UserProfile):
+            if user.model_hash is not None and user.model_hash != self.model_hash:
+                raise ValueError(
+                    f"user profile {user.user_id!r} was fitted for model {user.model_id!r} "
+                    f"({user.model_hash}), not this one ({self.config.model_id!r}, {self.model_hash}); refit it"
+                )
+            w = user.weights_
+        elif isinstance(user, (str, Path)):
+            raise TypeError("user must be a UserProfile or a weight vector; load a profile file "
+                            "with UserProfile.load(path)")
+        else:
+            w = np.asarray(user, dtype=np.float64)
+        if w.shape != (self.n_experts,):
+            raise ValueError(f"user weights have shape {w.shape}, this model has n_experts={self.n_experts}")
+        if not np.isfinite(w).all():
+            raise ValueError("user weights contain NaN or inf")
+        return w
+
+    def _check_pairs(self, pairs: Sequence[tuple[Prompt, str]]) -> list[tuple[str, str]]:
+        if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Iterable):
+            raise TypeError("pairs must be a list of (prompt, response) tuples")
+        n = self.config.max_chars
+        out = []
+        for i, pr in enumerate(pairs):
+            if not isinstance(pr, (tuple, list)) or len(pr) != 2:
+                raise TypeError(f"pair {i} must be a (prompt, response) tuple, got {pr!r:.80}")
+            out.append((check_prompt(pr[0], n, f"prompt of pair {i}"),
+                        check_response(pr[1], n, f"response of pair {i}")))
+        return out
+
+    @staticmethod
+    def _check_list(responses: Any, what: str) -> list[str]:
+        if isinstance(responses, (str, bytes)) or not isinstance(responses, Iterable):
+            raise TypeError(f"{what} must be a list of strings")
+        return list(responses)
+
+    def __repr__(self) -> str:
+        return (f"RewardModel({self.config.model_id!r}, n_experts={self.n_experts}, top_k={self.top_k}, "
+                f"precision={self.precision!r}, threads={self.threads})")

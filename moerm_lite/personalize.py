@@ -1,0 +1,146 @@
+"""Per-user weights: the MAP Bradley-Terry fit and the ``UserProfile`` that stores it.
+
+A user's comparison (chosen c, rejected j) gives the feature vector
+``phi = (pi * r)(c) - (pi * r)(j)``, (K,). The user's signed weights ``w`` are
+
+    argmax_w  sum_i log sigmoid(w . phi_i)  -  (lambda / 2) ||w - w0||^2
+
+a strictly convex problem (one answer for one input) solved with L-BFGS-B and
+an analytic gradient. The Laplace posterior covariance is the inverse Hessian
+at the optimum: ``(sum_i s_i (1 - s_i) phi_i phi_i^T + lambda I)^-1``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit, log_expit
+
+from .folder import atomic_write_text
+
+PROFILE_SCHEMA_VERSION = 1
+
+
+def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float) -> tuple[np.ndarray, np.ndarray]:
+    """MAP weights and Laplace covariance for comparison features ``phi``.
+
+    Args:
+        phi: (N, K) chosen-minus-rejected features; N may be 0.
+        w0: (K,) prior mean, the population weights.
+        prior_strength: lambda > 0.
+
+    Returns:
+        ``(w, cov)`` with shapes (K,) and (K, K).
+    """
+    phi = np.asarray(phi, dtype=np.float64).reshape(-1, len(w0))  # (N, K)
+    w0 = np.asarray(w0, dtype=np.float64)  # (K,)
+    lam = float(prior_strength)
+    if not (math.isfinite(lam) and lam > 0):
+        raise ValueError(f"prior_strength must be a positive finite number, got {prior_strength!r}")
+    if not np.isfinite(phi).all():
+        raise ValueError("comparison features contain NaN or inf")
+
+    def loss_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
+        z = phi @ w  # (N,)
+        d = w - w0  # (K,)
+        loss = -log_expit(z).sum() + 0.5 * lam * d @ d
+        grad = -(expit(-z) @ phi) + lam * d  # (K,)
+        return float(loss), grad
+
+    w = w0.copy()
+    if len(phi):
+        res = minimize(loss_grad, w0, jac=True, method="L-BFGS-B",
+                       options={"maxiter": 1000, "gtol": 1e-10, "ftol": 1e-15})
+        w = res.x
+    s = expit(phi @ w)  # (N,)
+    hess = (phi * (s * (1 - s))[:, None]).T @ phi + lam * np.eye(len(w0))  # (K, K)
+    return w, np.linalg.inv(hess)
+
+
+class UserProfile:
+    """One user's signed expert weights, fitted from their comparisons.
+
+    scikit-learn style: ``__init__`` stores settings, :meth:`fit` learns
+    ``weights_`` (K,), ``covariance_`` (K, K) and ``n_comparisons_``. A profile
+    remembers the model it was fitted for and is refused by any other model.
+    """
+
+    def __init__(self, user_id: str | None = None, prior_strength: float = 1.0) -> None:
+        self.user_id = user_id
+        self.prior_strength = prior_strength
+        self.model_id: str | None = None
+        self.model_hash: str | None = None
+
+    def fit(self, features: np.ndarray, w0: np.ndarray) -> UserProfile:
+        """Fit ``weights_`` from (N, K) comparison features around the prior ``w0``."""
+        w, cov = fit_map(features, w0, self.prior_strength)
+        self.weights_ = w  # (K,)
+        self.covariance_ = cov  # (K, K)
+        self.w0_ = np.asarray(w0, dtype=np.float64)  # (K,)
+        self.n_comparisons_ = int(np.asarray(features).reshape(-1, len(w0)).shape[0])
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the on-disk format)."""
+        if not hasattr(self, "weights_"):
+            raise ValueError("this UserProfile is not fitted yet")
+        return {
+            "schema_version": PROFILE_SCHEMA_VERSION,
+            "user_id": self.user_id,
+            "model_id": self.model_id,
+            "model_hash": self.model_hash,
+            "prior_strength": self.prior_strength,
+            "n_comparisons": self.n_comparisons_,
+            "weights": self.weights_.tolist(),
+            "w0": self.w0_.tolist(),
+            "covariance": self.covariance_.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UserProfile:
+        """Inverse of :meth:`to_dict`, with checks."""
+        if d.get("schema_version") != PROFILE_SCHEMA_VERSION:
+            raise ValueError(f"user profile has schema_version {d.get('schema_version')!r}, "
+                             f"expected {PROFILE_SCHEMA_VERSION}")
+        try:
+            p = cls(user_id=d["user_id"], prior_strength=float(d["prior_strength"]))
+            p.model_id, p.model_hash = d["model_id"], d["model_hash"]
+            p.weights_ = np.asarray(d["weights"], dtype=np.float64)
+            p.w0_ = np.asarray(d["w0"], dtype=np.float64)
+            p.covariance_ = np.asarray(d["covariance"], dtype=np.float64)
+            p.n_comparisons_ = int(d["n_comparisons"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"user profile is malformed: {e}") from e
+        K = p.weights_.shape
+        if p.weights_.ndim != 1 or p.w0_.shape != K or p.covariance_.shape != K * 2:
+            raise ValueError("user profile is malformed: weights, w0 and covariance shapes disagree")
+        if not (np.isfinite(p.weights_).all() and np.isfinite(p.covariance_).all()):
+            raise ValueError("user profile contains NaN or inf weights")
+        return p
+
+    def save(self, path: str | Path) -> Path:
+        """Write the profile as JSON, atomically (temp file + rename)."""
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> UserProfile:
+        """Read a profile written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no user profile at {path}")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ValueError(f"user profile {path} is not valid JSON: {e}") from e
+        return cls.from_dict(d)
+
+    def __repr__(self) -> str:
+        n = getattr(self, "n_comparisons_", None)
+        return f"UserProfile(user_id={self.user_id!r}, model_id={self.model_id!r}, n_comparisons={n})"

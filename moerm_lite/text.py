@@ -1,0 +1,91 @@
+"""Input checks, the chat template and tokenization of (prompt, response) pairs.
+
+Pairs are encoded as BERT text pairs: ``[CLS] prompt [SEP] response [SEP]``;
+an empty prompt encodes the response alone (``[CLS] response [SEP]``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from tokenizers import Tokenizer
+
+log = logging.getLogger("moerm_lite")
+
+Messages = Sequence[dict[str, str]]
+Prompt = Union[str, Messages]
+
+
+def render_messages(messages: Messages) -> str:
+    """Render a TRL-style message list as plain text, one ``role: content`` block a turn.
+
+    ``[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]``
+    becomes ``"user: Hi\\n\\nassistant: Hello"``. Training and runtime use this same template.
+    """
+    parts = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise TypeError(f"message {i} must be a dict with a string 'content', got {m!r:.80}")
+        parts.append(f"{m.get('role', 'user')}: {m['content']}")
+    return "\n\n".join(parts)
+
+
+def check_prompt(prompt: Any, max_chars: int, where: str = "prompt") -> str:
+    """A prompt as text: a string (may be empty) or a chat message list."""
+    if isinstance(prompt, (list, tuple)):
+        prompt = render_messages(prompt)
+    if not isinstance(prompt, str):
+        raise TypeError(f"{where} must be a string or a list of chat messages, got {type(prompt).__name__}")
+    if len(prompt) > max_chars:
+        raise ValueError(f"{where} has {len(prompt):,} characters, more than the limit of {max_chars:,}")
+    return prompt
+
+
+def check_response(response: Any, max_chars: int, where: str = "response") -> str:
+    """A response must be a non-empty string within the size limit."""
+    if not isinstance(response, str):
+        raise TypeError(f"{where} must be a string, got {type(response).__name__}")
+    if not response.strip():
+        raise ValueError(f"{where} is empty: there is nothing to score")
+    if len(response) > max_chars:
+        raise ValueError(f"{where} has {len(response):,} characters, more than the limit of {max_chars:,}")
+    return response
+
+
+class PairTokenizer:
+    """``tokenizers`` wrapper: truncation from the model config, padding per batch, never silent."""
+
+    def __init__(self, path: Path, max_length: int) -> None:
+        self.max_length = max_length
+        self._tok = Tokenizer.from_file(str(path))
+        # tokenizer.json files often hard-code truncation/padding (MiniLM: 128); ours win.
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length=max_length, strategy="longest_first")
+        pad = self._tok.token_to_id("[PAD]")
+        self.pad_id = 0 if pad is None else pad
+
+    def encode(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+        """Token ids and type ids per pair (unpadded), and which pairs were truncated, (N,) bool."""
+        inputs = [r if not p else (p, r) for p, r in pairs]
+        encs = self._tok.encode_batch(inputs, add_special_tokens=True)
+        ids = [np.asarray(e.ids, dtype=np.int64) for e in encs]
+        type_ids = [np.asarray(e.type_ids, dtype=np.int64) for e in encs]
+        truncated = np.array([len(e.overflowing) > 0 for e in encs], dtype=bool)  # (N,)
+        return ids, type_ids, truncated
+
+    def pad(self, ids: list[np.ndarray], type_ids: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Pad a batch to its longest member: input_ids, attention_mask, token_type_ids, each (B, L)."""
+        L = max(len(x) for x in ids)
+        B = len(ids)
+        input_ids = np.full((B, L), self.pad_id, dtype=np.int64)  # (B, L)
+        mask = np.zeros((B, L), dtype=np.int64)  # (B, L)
+        types = np.zeros((B, L), dtype=np.int64)  # (B, L)
+        for i, (x, t) in enumerate(zip(ids, type_ids)):
+            input_ids[i, : len(x)] = x
+            mask[i, : len(x)] = 1
+            types[i, : len(t)] = t
+        return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}

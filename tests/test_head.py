@@ -1,0 +1,77 @@
+"""The sparse head graph against a dense numpy reference, and the scoring formula."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from export.onnx_head import build_head_graph, reference_head
+from moerm_lite.head import combine, expert_features, scatter_topk
+from tests.tiny import H, random_head
+
+
+def run_graph(model: onnx.ModelProto, h: np.ndarray):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(["expert_index", "gates", "rewards"], {"embedding": h.astype(np.float32)})
+
+
+@pytest.mark.parametrize("K,top_k", [(6, 2), (32, 2), (8, 3), (5, 5)])
+def test_sparse_head_equals_dense_reference(K, top_k):
+    rng = np.random.default_rng(K * 10 + top_k)
+    wts = random_head(K, rng)
+    h = rng.normal(size=(17, H)).astype(np.float32)
+    idx, gates, rewards = run_graph(build_head_graph(wts, top_k), h)
+    ref_idx, ref_gates, ref_rewards = reference_head(h, wts, top_k)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(gates, ref_gates, atol=1e-6)
+    np.testing.assert_allclose(rewards, ref_rewards, atol=1e-5)
+    np.testing.assert_allclose(gates.sum(1), 1.0, atol=1e-6)  # gates sum to 1 over exactly k experts
+    assert idx.shape == (17, top_k) and all(len(set(row)) == top_k for row in idx.tolist())
+
+
+def test_int8_experts_close_and_same_routing():
+    rng = np.random.default_rng(1)
+    wts = random_head(16, rng)
+    h = rng.normal(size=(64, H)).astype(np.float32)
+    i32, g32, r32 = run_graph(build_head_graph(wts, 2), h)
+    i8, g8, r8 = run_graph(build_head_graph(wts, 2, expert_dtype="int8"), h)
+    np.testing.assert_array_equal(i8, i32)  # the router is never quantized
+    np.testing.assert_array_equal(g8, g32)
+    np.testing.assert_allclose(r8, r32, atol=0.02 * np.abs(r32).max())
+
+
+def test_full_softmax_gating_for_top1():
+    rng = np.random.default_rng(2)
+    wts = random_head(8, rng)
+    h = rng.normal(size=(9, H)).astype(np.float32)
+    _, gates, _ = run_graph(build_head_graph(wts, 1, gating="full_softmax"), h)
+    _, ref_gates, _ = reference_head(h, wts, 1, gating="full_softmax")
+    np.testing.assert_allclose(gates, ref_gates, atol=1e-6)
+    assert (gates < 1).all()  # the router keeps a gradient with k = 1
+
+
+def test_head_graph_is_sparse():
+    """TopK routes, Gather picks the routed experts' weights; no op touches all K experts' MLPs."""
+    for K in (8, 256):
+        g = build_head_graph(random_head(K, np.random.default_rng(0)), 2).graph
+        ops = [n.op_type for n in g.node]
+        assert "TopK" in ops and "Einsum" not in ops
+        for n in g.node:  # expert weight tensors are only ever inputs of Gather
+            if {"w1", "w1_q", "b1", "w2", "b2"} & set(n.input):
+                assert n.op_type == "Gather", n
+        # the expert MatMul reads the gathered (B, k, H, D) tensor, whose size is independent of K
+        assert len([n for n in g.node if n.op_type == "MatMul" and "w1_sel" in n.input]) == 1
+
+
+def test_scatter_and_combine():
+    idx = np.array([[2, 0], [1, 3]])
+    gates = np.array([[0.7, 0.3], [0.6, 0.4]], dtype=np.float32)
+    rewards = np.array([[1.0, -2.0], [0.5, 3.0]], dtype=np.float32)
+    g, r = scatter_topk(idx, gates, rewards, 4)
+    np.testing.assert_allclose(g, [[0.3, 0, 0.7, 0], [0, 0.6, 0, 0.4]])
+    np.testing.assert_allclose(r, [[-2, 0, 1, 0], [0, 0.5, 0, 3]])
+    w = np.array([1.0, -1.0, 2.0, 0.5])
+    # s = sum_k pi_k w_k r_k, by hand
+    np.testing.assert_allclose(combine(g, r, w), [0.3 * 1 * -2 + 0.7 * 2 * 1, 0.6 * -1 * 0.5 + 0.4 * 0.5 * 3],
+                               rtol=1e-6)
+    np.testing.assert_allclose(expert_features(g, r) @ w, combine(g, r, w))

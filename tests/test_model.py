@@ -1,0 +1,168 @@
+"""RewardModel on the tiny fixture folder: known answers, invariances, errors."""
+
+import logging
+import threading
+
+import numpy as np
+import pytest
+
+from moerm_lite import RewardModel, UserProfile
+from tests.tiny import WORDS
+
+PROMPT = "why is the cat nice"
+RESPONSES = ["the cat is kind and good", "it is rude and bad", "thanks for the question"]
+
+
+def random_pairs(n, seed=0):
+    rng = np.random.default_rng(seed)
+    words = np.array(WORDS)
+    return [(" ".join(rng.choice(words, rng.integers(0, 6))),
+             " ".join(rng.choice(words, rng.integers(1, 30)))) for _ in range(n)]
+
+
+def test_canonical_scores(tiny_fp32, tiny_int8):
+    """Pinned values: a change in tokenization, pooling, routing or the formula moves them."""
+    np.testing.assert_allclose(tiny_fp32.score(PROMPT, RESPONSES),
+                               [0.4937800309916949, 0.24993158881279975, 0.3197304309336904], atol=1e-5)
+    np.testing.assert_allclose(tiny_int8.score(PROMPT, RESPONSES),
+                               [0.4923819287497459, 0.24885415380543482, 0.31906594097175817], atol=1e-4)
+
+
+def test_score_types(tiny_fp32):
+    s = tiny_fp32.score(PROMPT, RESPONSES[0])
+    assert isinstance(s, float)
+    arr = tiny_fp32.score(PROMPT, RESPONSES)
+    assert isinstance(arr, np.ndarray) and arr.shape == (3,)
+    assert s == pytest.approx(arr[0], abs=1e-6)
+    assert tiny_fp32.score(PROMPT, []).shape == (0,)
+
+
+@pytest.mark.parametrize("model,atol", [("tiny_fp32", 1e-6), ("tiny_int8", 1e-3)])
+def test_batch_size_invariance_and_input_order(model, atol, request):
+    m = request.getfixturevalue(model)
+    pairs = random_pairs(70)
+    ref = m.score_pairs(pairs, batch_size=1)
+    for bs in (2, 7, 32, 100):
+        np.testing.assert_allclose(m.score_pairs(pairs, batch_size=bs), ref, atol=atol)
+    perm = np.random.default_rng(1).permutation(len(pairs))
+    np.testing.assert_allclose(m.score_pairs([pairs[i] for i in perm]), ref[perm], atol=atol)
+
+
+def test_rank_and_flip(tiny_fp32):
+    m = tiny_fp32
+    ranking = m.rank(PROMPT, RESPONSES)
+    assert [r["corpus_id"] for r in ranking] == [0, 2, 1]
+    assert [r["text"] for r in ranking] == [RESPONSES[i] for i in (0, 2, 1)]
+    assert m.rank(PROMPT, RESPONSES, top_k=1)[0]["corpus_id"] == 0
+    flipped = UserProfile(user_id="contrarian")
+    flipped.weights_ = -m.w0
+    flipped.model_hash = m.model_hash
+    assert [r["corpus_id"] for r in m.rank(PROMPT, RESPONSES, user=flipped)] == [1, 2, 0]
+
+
+def test_explain_adds_up(tiny_fp32):
+    m = tiny_fp32
+    e = m.explain(PROMPT, RESPONSES[0])
+    assert e["score"] == pytest.approx(m.score(PROMPT, RESPONSES[0]), abs=1e-9)
+    assert e["score"] == pytest.approx(float(np.sum(e["gating_output"] * e["weights"] * e["rewards"])))
+    assert e["rewards"].shape == e["gating_output"].shape == (m.n_experts,)
+    assert np.count_nonzero(e["gating_output"]) == m.top_k
+    assert e["gating_output"].sum() == pytest.approx(1.0, abs=1e-6)
+    assert (e["rewards"][e["gating_output"] == 0] == 0).all()
+    assert e["experts"] == m.expert_names and e["truncated"] is False
+
+
+def test_truncation_is_visible(tiny_fp32, caplog):
+    long = "the cat is good " * 20  # > max_length=24 tokens
+    with caplog.at_level(logging.WARNING, logger="moerm_lite"):
+        tiny_fp32.score("", [long, "ok", long])
+    assert "2 of 3 inputs" in caplog.text and "truncated" in caplog.text
+    assert tiny_fp32.explain("", long)["truncated"] is True
+
+
+def test_empty_prompt_allowed_chat_prompt_rendered(tiny_fp32):
+    assert np.isfinite(tiny_fp32.score("", "the cat is good"))
+    chat = [{"role": "user", "content": "why is the cat nice"}]
+    assert tiny_fp32.score(chat, "ok") == pytest.approx(tiny_fp32.score("user: why is the cat nice", "ok"))
+
+
+@pytest.mark.parametrize("prompt,response,exc,match", [
+    ("q", "", ValueError, "empty"),
+    ("q", "   ", ValueError, "empty"),
+    ("q", None, TypeError, "string"),
+    ("q", 3.5, TypeError, "string"),
+    (None, "ok", TypeError, "prompt"),
+    ("q", "x" * 200_001, ValueError, "characters"),
+])
+def test_bad_text(tiny_fp32, prompt, response, exc, match):
+    with pytest.raises(exc, match=match):
+        tiny_fp32.score_pairs([(prompt, response)])
+
+
+def test_bad_user_weights(tiny_fp32, tiny_folder):
+    m = tiny_fp32
+    with pytest.raises(ValueError, match="NaN"):
+        m.score("q", "ok", user=np.full(m.n_experts, np.nan))
+    with pytest.raises(ValueError, match="n_experts"):
+        m.score("q", "ok", user=np.ones(m.n_experts + 1))
+    with pytest.raises(TypeError, match="UserProfile.load"):
+        m.score("q", "ok", user="alice.json")
+    other = UserProfile(user_id="bob")
+    other.weights_, other.model_id, other.model_hash = m.w0, "another-model", "0123456789abcdef"
+    with pytest.raises(ValueError, match="another-model"):
+        m.score("q", "ok", user=other)
+
+
+def test_bad_arguments(tiny_fp32, tiny_folder):
+    with pytest.raises(TypeError):
+        tiny_fp32.score("q", 5)
+    with pytest.raises(TypeError, match="pair 0"):
+        tiny_fp32.score_pairs(["just a string"])
+    with pytest.raises(ValueError, match="batch_size"):
+        tiny_fp32.score_pairs([("q", "ok")], batch_size=0)
+    with pytest.raises(ValueError, match="available"):
+        RewardModel.load(tiny_folder, precision="fp16")
+    with pytest.raises(ValueError, match="threads"):
+        RewardModel.load(tiny_folder, threads=0)
+
+
+def test_fit_user_moves_towards_comparisons(tiny_fp32):
+    m = tiny_fp32
+    base = m.score(PROMPT, RESPONSES)
+    worst, best = int(np.argmin(base)), int(np.argmax(base))
+    comps = [{"prompt": PROMPT, "chosen": RESPONSES[worst], "rejected": RESPONSES[best]}] * 10
+    u = m.fit_user(comps, user_id="u1", prior_strength=0.1)
+    assert u.n_comparisons_ == 10 and u.user_id == "u1" and u.model_hash == m.model_hash
+    after = m.score(PROMPT, RESPONSES, user=u)
+    assert after[worst] > after[best]  # the user's preference now wins
+    np.testing.assert_array_equal(m.fit_user([]).weights_, m.w0)
+    with pytest.raises(ValueError, match="chosen"):
+        m.fit_user([{"prompt": "q", "chosen": "ok"}])
+
+
+def test_comparison_features_are_differences(tiny_fp32):
+    m = tiny_fp32
+    phi = m.comparison_features([{"prompt": PROMPT, "chosen": RESPONSES[0], "rejected": RESPONSES[1]}])
+    s = m.score(PROMPT, RESPONSES[:2])
+    assert phi @ m.w0 == pytest.approx([s[0] - s[1]], abs=1e-9)
+
+
+def test_eight_threads_score_at_once(tiny_int8):
+    pairs = random_pairs(40, seed=3)
+    ref = tiny_int8.score_pairs(pairs, batch_size=8)
+    results, errors = [None] * 8, []
+
+    def work(i):
+        try:
+            results[i] = tiny_int8.score_pairs(pairs, batch_size=8)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for r in results:
+        np.testing.assert_allclose(r, ref, atol=1e-6)
