@@ -7,17 +7,10 @@ import numpy as np
 import pytest
 
 from moerm_lite import RewardModel, UserProfile
-from tests.tiny import WORDS
+from tests.model_test_utils import random_pairs
 
 PROMPT = "why is the cat nice"
 RESPONSES = ["the cat is kind and good", "it is rude and bad", "thanks for the question"]
-
-
-def random_pairs(n, seed=0):
-    rng = np.random.default_rng(seed)
-    words = np.array(WORDS)
-    return [(" ".join(rng.choice(words, rng.integers(0, 6))),
-             " ".join(rng.choice(words, rng.integers(1, 30)))) for _ in range(n)]
 
 
 def test_canonical_scores(tiny_fp32, tiny_int8):

@@ -1,0 +1,81 @@
+"""Build side CLI, run from a checkout: ``python -m export {train,evaluate,export} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sp = sub.add_parser("train", help="train the MoE reward model -> OUT/ckpt.pt")
+    sp.add_argument("--config", default=None, help="JSON file with TrainConfig fields")
+    sp.add_argument("--out", required=True, help="run folder, e.g. runs/x")
+    sp.add_argument("--train-backbone-layers", type=int, default=None, help="fine-tune the top n layers")
+    sp.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON", help="override config fields")
+
+    sp = sub.add_parser("evaluate", help="persona-16 few-shot, interpretability, HH and QA accuracy")
+    sp.add_argument("-i", "--input", required=True, help="run folder (torch) or model folder (ONNX)")
+    sp.add_argument("--precision", default="int8", help="for a model folder: int8 or fp32")
+    sp.add_argument("--lambda", dest="lam", type=float, default=None, help="prior strength (default: tuned)")
+    sp.add_argument("--users", type=int, default=200)
+    sp.add_argument("--probes", action="store_true", help="also the supervised probe ceiling")
+    sp.add_argument("-o", "--out", default=None, help="write the report JSON here")
+
+    sp = sub.add_parser("export", help="checkpoint -> quantized ONNX model folder")
+    sp.add_argument("-i", "--input", required=True, help="run folder with ckpt.pt")
+    sp.add_argument("-o", "--output", required=True, help="model folder to write, e.g. models/NAME")
+    sp.add_argument("--precision", default="int8", choices=["int8", "fp32"])
+    sp.add_argument("--also-fp32", action="store_true", help="also write the fp32 graphs")
+    sp.add_argument("--report", default=None, help="evaluation JSON to put in the model card")
+
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+
+    if args.command == "train":
+        import torch
+
+        from .train import TrainConfig, train
+
+        cfg = TrainConfig.from_json(args.config) if args.config else TrainConfig()
+        names = {f.name for f in fields(TrainConfig)}
+        for kv in args.set:
+            k, v = kv.split("=", 1)
+            if k not in names:
+                p.error(f"unknown config field {k!r}")
+            setattr(cfg, k, json.loads(v))
+        if args.train_backbone_layers is not None:
+            cfg.train_backbone_layers = args.train_backbone_layers
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        train(cfg, args.out)
+    elif args.command == "evaluate":
+        from .evaluate import RuntimeFeaturizer, TorchFeaturizer, evaluate
+
+        path = Path(args.input)
+        if (path / "ckpt.pt").is_file():
+            fz = TorchFeaturizer(path)
+            emb = fz.embed([("", s) for s in __import__("export.data").data.load_persona().text]) \
+                if args.probes else None
+        else:
+            fz, emb = RuntimeFeaturizer(path, precision=args.precision), None
+        res = evaluate(fz, fz.w0, lam=args.lam, n_users=args.users, with_probes=args.probes, emb=emb)
+        text = json.dumps(res, indent=1)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        print(text)
+    elif args.command == "export":
+        from .onnx_export import export_model
+
+        export_model(args.input, args.output, precision=args.precision, also_fp32=args.also_fp32,
+                     report=args.report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

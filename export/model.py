@@ -1,0 +1,132 @@
+"""The sparse MoE reward model in torch (the formula the runtime computes in ONNX + numpy).
+
+    h        = mean_pool(backbone(prompt, response))          (B, H)
+    logits   = router(h)                                      (B, K)
+    pi       = softmax over the top-k logits, 0 elsewhere     (B, K)
+    r_k      = w2_k . relu(W1_k h + b1_k) + b2_k              (B, K)   expert reward heads
+    s        = sum_k pi_k * w_k * r_k                         (B,)     w: a user's signed weights
+
+Training users each get a row of ``user_weights``; ``w0`` is the population vector used for
+records without a user (and for unknown users at run time). For top_k = 1 the gate is the
+full-softmax probability of the chosen expert (a renormalised single logit has no gradient).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelArgs:
+    n_embd: int = 384  # H, backbone embedding size
+    n_experts: int = 32  # K
+    top_k: int = 2  # k, experts routed per input
+    expert_hidden: int = 64  # D, hidden units of each expert MLP
+    n_users: int = 0  # rows of the training-user weight table
+    n_types: int = 0  # latent preference types (mixture mode, no user ids)
+
+    @property
+    def gating(self) -> str:
+        return "full_softmax" if self.top_k == 1 else "topk_softmax"
+
+
+class MoEHead(nn.Module):
+    """Router + K expert reward heads + user weights, on top of a pooled embedding."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        H, K, D = args.n_embd, args.n_experts, args.expert_hidden
+        self.router = nn.Linear(H, K)
+        self.w1 = nn.Parameter(torch.randn(K, H, D) / math.sqrt(H))  # (K, H, D)
+        self.b1 = nn.Parameter(torch.zeros(K, D))  # (K, D)
+        self.w2 = nn.Parameter(torch.randn(K, D) / math.sqrt(D))  # (K, D)
+        self.b2 = nn.Parameter(torch.zeros(K))  # (K,)
+        self.w0 = nn.Parameter(torch.zeros(K))  # (K,) population weights
+        self.user_weights = nn.Parameter(0.01 * torch.randn(args.n_users, K))  # (U, K)
+        self.type_weights = nn.Parameter(torch.randn(args.n_types, K))  # (M, K) latent types
+
+    def gates(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Dense top-k gates pi (B, K), router probabilities (B, K), selected indices (B, k)."""
+        logits = self.router(h)  # (B, K)
+        top, idx = logits.topk(self.args.top_k, dim=-1)  # (B, k)
+        probs = logits.softmax(-1)  # (B, K)
+        sel = probs.gather(1, idx) if self.args.top_k == 1 else top.softmax(-1)  # (B, k)
+        pi = torch.zeros_like(logits).scatter(1, idx, sel)  # (B, K)
+        return pi, probs, idx
+
+    def rewards(self, h: torch.Tensor) -> torch.Tensor:
+        """Every expert's reward, (B, K). Training evaluates all; the exported graph only the routed."""
+        K, H, D = self.w1.shape
+        pre = h @ self.w1.permute(1, 0, 2).reshape(H, K * D)  # (B, K*D): one GEMM for all experts
+        hidden = F.relu(pre.view(-1, K, D) + self.b1)  # (B, K, D)
+        return (hidden * self.w2).sum(-1) + self.b2  # (B, K)
+
+    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        pi, probs, idx = self.gates(h)
+        r = self.rewards(h)
+        return {"gating_output": pi, "rewards": r, "router_probs": probs, "expert_index": idx,
+                "features": pi * r}  # (B, K) each, idx (B, k)
+
+    def score(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """s = sum_k pi_k w_k r_k, (B,); ``w`` is (K,) or (B, K)."""
+        return (self.forward(h)["features"] * w).sum(-1)
+
+
+class Backbone(nn.Module):
+    """A Hugging Face encoder with mean pooling; any local folder ``AutoModel`` can read."""
+
+    def __init__(self, path: "str | Path") -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        self.path = str(path)
+        self.encoder = AutoModel.from_pretrained(self.path, local_files_only=True)
+        self.n_embd = int(self.encoder.config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids).last_hidden_state  # (B, L, H)
+        m = attention_mask.unsqueeze(-1).to(out.dtype)  # (B, L, 1)
+        return (out * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, H)
+
+    def train_top_layers(self, n: int) -> None:
+        """Freeze everything but the top ``n`` transformer layers."""
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        if n > 0:
+            layers = self.encoder.encoder.layer
+            for layer in layers[len(layers) - n:]:
+                for p in layer.parameters():
+                    p.requires_grad_(True)
+
+
+def switch_load_balance(probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Switch Transformer auxiliary loss K * sum_k f_k P_k (1 when routing is uniform)."""
+    K = probs.shape[1]
+    f = F.one_hot(idx, K).float().sum((0, 1)) / idx.numel()  # (K,) share of assignments
+    return K * (f * probs.mean(0)).sum()
+
+
+def router_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of the router distribution; minimising it makes routing decisive."""
+    return -(probs * probs.clamp_min(1e-9).log()).sum(-1).mean()
+
+
+def positive_correlation(r: torch.Tensor) -> torch.Tensor:
+    """Mean squared positive off-diagonal correlation of experts' rewards over a batch.
+
+    Only positive correlation is penalised: two experts that are a +/- pair on one axis are fine.
+    """
+    z = (r - r.mean(0)) / (r.std(0) + 1e-6)  # (B, K)
+    c = z.T @ z / (r.shape[0] - 1)  # (K, K)
+    off = c - torch.diag(torch.diagonal(c))
+    K = r.shape[1]
+    return F.relu(off).pow(2).sum() / (K * (K - 1))

