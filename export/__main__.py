@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("-o", "--output", required=True, help="model folder to write, e.g. models/NAME")
     sp.add_argument("--precision", default="int8", choices=["int8", "fp32"])
     sp.add_argument("--also-fp32", action="store_true", help="also write the fp32 graphs")
+    sp.add_argument("--quant", default="weight_only8", help="int8 backbone variant: weight_only8, "
+                    "weight_only8_int8_compute or dynamic")
     sp.add_argument("--report", default=None, help="evaluation JSON to put in the model card")
 
     args = p.parse_args(argv)
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         from .onnx_export import export_model
 
         export_model(args.input, args.output, precision=args.precision, also_fp32=args.also_fp32,
-                     report=args.report)
+                     quant=args.quant, report=args.report)
     return 0
 
 

@@ -6,8 +6,9 @@
     r_k      = w2_k . relu(W1_k h + b1_k) + b2_k              (B, K)   expert reward heads
     s        = sum_k pi_k * w_k * r_k                         (B,)     w: a user's signed weights
 
-Training users each get a row of ``user_weights``; ``w0`` is the population vector used for
-records without a user (and for unknown users at run time). For top_k = 1 the gate is the
+Training user u has weights ``w0 + user_weights[u]`` (an L2 penalty on the offset is the training-time
+twin of the MAP prior that fits new users); ``w0`` is the population vector used for records without a
+user and for unknown users at run time. For top_k = 1 the gate is the
 full-softmax probability of the chosen expert (a renormalised single logit has no gradient).
 """
 
@@ -49,7 +50,7 @@ class MoEHead(nn.Module):
         self.w2 = nn.Parameter(torch.randn(K, D) / math.sqrt(D))  # (K, D)
         self.b2 = nn.Parameter(torch.zeros(K))  # (K,)
         self.w0 = nn.Parameter(torch.zeros(K))  # (K,) population weights
-        self.user_weights = nn.Parameter(0.01 * torch.randn(args.n_users, K))  # (U, K)
+        self.user_weights = nn.Parameter(0.01 * torch.randn(args.n_users, K))  # (U, K) offsets from w0
         self.type_weights = nn.Parameter(torch.randn(args.n_types, K))  # (M, K) latent types
 
     def gates(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

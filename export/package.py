@@ -17,6 +17,7 @@ from moerm_lite.folder import CONFIG, MANIFEST, SCHEMA_VERSION, build_manifest
 def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list[str], w0: list[float],
                 max_length: int, hidden_size: int, precisions: list[str], gating: str = "topk_softmax",
                 default_prior_strength: float = 1.0, backbone_name: str = "",
+                per_sequence: tuple[str, ...] = ("int8",),
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` dict for a model whose graphs are ``onnx/{backbone,head}_{precision}.onnx``."""
     cfg: dict[str, Any] = {
@@ -33,8 +34,8 @@ def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list
         "score": {"kind": "raw_logit", "higher_is_better": True,
                   "formula": "sum_k gate_k * weight_k * reward_k",
                   "pairwise": "sigmoid(score_a - score_b) = P(a preferred over b)"},
-        "graphs": {p: {"backbone": f"onnx/backbone_{p}.onnx", "head": f"onnx/head_{p}.onnx"}
-                   for p in precisions},
+        "graphs": {p: {"backbone": f"onnx/backbone_{p}.onnx", "head": f"onnx/head_{p}.onnx",
+                       "per_sequence": p in per_sequence} for p in precisions},
         "io": {"backbone": {"inputs": ["input_ids", "attention_mask", "token_type_ids"],
                             "output": "embedding"},
                "head": {"input": "embedding", "outputs": ["expert_index", "gates", "rewards"]}},
@@ -76,3 +77,12 @@ def write_model_folder(out: Path, config: dict[str, Any], graphs: dict[str, onnx
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def update_card(folder: Path, card: str) -> None:
+    """Replace a model folder's card and refresh its manifest (graphs untouched)."""
+    from moerm_lite.folder import atomic_write_text
+
+    folder = Path(folder)
+    atomic_write_text(folder / "README.md", card)
+    atomic_write_text(folder / MANIFEST, json.dumps(build_manifest(folder), indent=1) + "\n")

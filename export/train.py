@@ -49,8 +49,11 @@ class TrainConfig:
     load_balance: float = 0.01  # Switch load-balance coefficient
     router_entropy: float = 0.0  # router entropy penalty (sparsity); top-k already sparsifies
     diversity: float = 0.1  # penalty on positive correlation between experts' rewards
-    user_l2: float = 1e-3  # L2 on user/type weights and w0 (w0 stays 0 on experts population data never use)
+    user_l2: float = 1e-2  # L2 on users' offsets from w0 (training-time twin of the fit's prior) and on w0
     reward_l2: float = 1e-2  # L2 on expert rewards: keeps r ~ O(1) so that lambda has natural units
+    embed_dropout: float = 0.0  # dropout on the pooled embedding while training the head
+    embed_noise: float = 0.0  # Gaussian noise on the embedding, relative to its RMS: makes routing robust
+    #                            to int8 error (an int8 MiniLM embedding is ~10% off in L2)
     train_backbone_layers: int = 0  # fine-tune the top n transformer layers (0: frozen, cached)
     backbone_lr: float = 3e-5
     seed: int = 0
@@ -145,14 +148,17 @@ def fit_head(cfg: TrainConfig, comps: Comparisons, embed: Callable[[torch.Tensor
         b = torch.from_numpy(rng.choice(n, size=cfg.batch_size, p=p_sample))  # (B,)
         both = torch.cat([chosen[b], rejected[b]])  # (2B,)
         uniq, inv = both.unique(return_inverse=True)  # each text through the head once
-        o = head(embed(uniq.to(cfg.device)))  # (T, K) each
+        h = F.dropout(embed(uniq.to(cfg.device)), cfg.embed_dropout)  # (T, H)
+        if cfg.embed_noise:
+            h = h + cfg.embed_noise * h.pow(2).mean(-1, keepdim=True).sqrt() * torch.randn_like(h)
+        o = head(h)  # (T, K) each
         B = len(b)
         feats = o["features"][inv.to(cfg.device)]  # (2B, K)
         phi = feats[:B] - feats[B:]  # (B, K)
         u = user[b.to(cfg.device)]  # (B,)
         w = head.w0.expand(B, -1)  # (B, K) population weights
-        if args.n_users:
-            w = torch.where((u >= 0)[:, None], head.user_weights[u.clamp(min=0)], w)  # (B, K)
+        if args.n_users:  # a training user is w0 plus its own offset: the MAP prior of fit_user
+            w = w + torch.where((u >= 0)[:, None], head.user_weights[u.clamp(min=0)], 0.0)  # (B, K)
         logp = F.logsigmoid((phi * w).sum(-1))  # (B,)
         reg_w = head.w0.pow(2).mean()
         if mode == "mixture":  # log of a uniform mixture of BT likelihoods over latent types

@@ -32,6 +32,8 @@ class GraphFiles:
 
     backbone: str
     head: str
+    per_sequence: bool = False  # run the backbone one sequence at a time (dynamic-int8 graphs quantize
+    #                             activations per call, so batching would make scores batch-dependent)
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,8 @@ class ModelConfig:
             backbone = d["backbone"]
             io = d["io"]
             graphs = {
-                prec: GraphFiles(backbone=g["backbone"], head=g["head"])
+                prec: GraphFiles(backbone=g["backbone"], head=g["head"],
+                                 per_sequence=bool(g.get("per_sequence", False)))
                 for prec, g in d["graphs"].items()
             }
             cfg = cls(

@@ -160,9 +160,10 @@ class RewardModel:
         cfg = self.config
         for start in range(0, N, batch_size):
             idx = order[start:start + batch_size]
-            feed = self._tokenizer.pad([ids[i] for i in idx], [type_ids[i] for i in idx])
-            feed = {name: feed[name] for name in cfg.backbone_inputs}
-            (emb,) = self._backbone.run([cfg.backbone_output], feed)  # (B, H)
+            if self.config.graphs[self.precision].per_sequence:
+                emb = np.concatenate([self._embed([ids[i]], [type_ids[i]]) for i in idx])  # (B, H)
+            else:
+                emb = self._embed([ids[i] for i in idx], [type_ids[i] for i in idx])  # (B, H)
             e_idx, gates, r = self._head.run(cfg.head_outputs, {cfg.head_input: emb})  # (B, k) each
             gating[idx], rewards[idx] = scatter_topk(e_idx, gates, r, K)
             if progress is not None:
@@ -170,6 +171,13 @@ class RewardModel:
         if not (np.isfinite(gating).all() and np.isfinite(rewards).all()):
             raise FloatingPointError("the model produced NaN or inf; the model files may be broken")
         return {"gating_output": gating, "rewards": rewards, "truncated": truncated}
+
+    def _embed(self, ids: list[np.ndarray], type_ids: list[np.ndarray]) -> np.ndarray:
+        """Backbone on one padded batch, (B, H)."""
+        feed = self._tokenizer.pad(ids, type_ids)
+        (emb,) = self._backbone.run([self.config.backbone_output],
+                                    {name: feed[name] for name in self.config.backbone_inputs})
+        return emb
 
     # ----------------------------------------------------------------- scoring
     def score_pairs(self, pairs: Sequence[tuple[Prompt, str]], *, user: User = None,

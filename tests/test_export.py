@@ -107,3 +107,29 @@ def test_head_cost_does_not_grow_with_K():
     assert small == big  # every tensor on the expert path has the same size at K=8 and K=256
     assert small["w1_sel"] == 4 * 2 * 16 * 8  # (B, k, H, D): only the routed experts' weights
     assert r_big["router_logits"] == 4 * 256  # only the router sees all K
+
+
+def test_int8_folder_is_batch_invariant(tiny_export):
+    m = RewardModel.load(tiny_export, threads=1)
+    pairs = random_pairs(50, seed=4)
+    np.testing.assert_allclose(m.score_pairs(pairs, batch_size=1), m.score_pairs(pairs, batch_size=32), atol=1e-3)
+
+
+def test_embedding_rows_quantized_within_half_a_step():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.onnx_export import quantize_embedding_rows
+
+    table = np.random.default_rng(0).normal(size=(1200, 8)).astype(np.float32)
+    table[7] *= 100  # one loud token must not cost the others precision (per-row scales)
+    g = helper.make_graph([helper.make_node("Gather", ["T", "ids"], ["out"], axis=0)], "g",
+                          [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 8])],
+                          [numpy_helper.from_array(table, "T")])
+    m = quantize_embedding_rows(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    assert {i.name for i in m.graph.initializer} == {"T_q", "T_scale"}
+    ids = np.arange(1200)
+    out = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    step = np.abs(table).max(1, keepdims=True) / 127
+    assert (np.abs(out - table) <= 0.5 * step + 1e-6).all()

@@ -1,0 +1,91 @@
+"""Rebuild the shipped model from scratch: train, evaluate, export int8, evaluate through the folder.
+
+    python scripts/build_model.py                # -> models/moerm-minilm-k32 and runs/ship*/
+    python scripts/build_model.py --quick        # small smoke run into runs/quick (not for shipping)
+
+Needs the export extra (torch pinned: pip install torch==2.13.0) and ../shared/data.
+Every number in the model card and the README's tables comes from the reports this writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from export.card import model_card  # noqa: E402
+from export.evaluate import RuntimeFeaturizer, TorchFeaturizer, evaluate  # noqa: E402
+from export.onnx_export import export_model  # noqa: E402
+from export.package import update_card  # noqa: E402
+from export.parity import parity_report  # noqa: E402
+from export.train import TrainConfig, load_checkpoint, train  # noqa: E402
+
+CONFIG = ROOT / "export" / "configs" / "moerm-minilm-k32.json"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default=str(ROOT / "models" / "moerm-minilm-k32"))
+    ap.add_argument("--runs", default=str(ROOT / "runs"))
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cfg = TrainConfig.from_json(CONFIG)
+    runs = Path(args.runs)
+    out = Path(args.out)
+    users = 200
+    if args.quick:
+        cfg = replace(cfg, persona_users=200, epochs=1)
+        runs, out, users = runs / "quick", runs / "quick" / "model", 50
+    t0 = time.time()
+    times = {}
+    train(cfg, runs / "ship")
+    train(replace(cfg, top_k=cfg.n_experts), runs / "ship-dense")
+    times["train_s"] = time.time() - t0
+
+    tz = TorchFeaturizer(runs / "ship")
+    from export import data as D
+
+    emb = tz.embed([("", s) for s in D.load_persona().text])
+    rep_torch = evaluate(tz, tz.w0, n_users=users, with_probes=True, emb=emb)
+    lam = rep_torch["lambda"]
+    dz = TorchFeaturizer(runs / "ship-dense")
+    rep_dense = evaluate(dz, dz.w0, lam=None, n_users=users)
+    (runs / "ship" / "eval_torch.json").write_text(json.dumps(rep_torch, indent=1))
+    (runs / "ship-dense" / "eval_torch.json").write_text(json.dumps(rep_dense, indent=1))
+    times["evaluate_torch_s"] = time.time() - t0 - times["train_s"]
+
+    t1 = time.time()
+    export_model(runs / "ship", out, precision="int8", report=rep_torch, model_id=out.name)
+    times["export_s"] = time.time() - t1
+    t1 = time.time()
+    rz = RuntimeFeaturizer(out, precision="int8")
+    rep = evaluate(rz, rz.w0, lam=lam, n_users=users)
+    rep["parity"] = parity_report(runs / "ship", out)
+    rep["parity"]["persona_few_shot_int8_minus_torch"] = {
+        n: round(rep["persona"][n] - rep_torch["persona"][n], 4) for n in ("5", "10", "20", "50")}
+    rep["torch"] = {"persona": rep_torch["persona"], "relabeled_hh": rep_torch["relabeled_hh"]}
+    rep["dense"] = {"persona": rep_dense["persona"], "lambda": rep_dense["lambda"],
+                    "interpretability": {k: v for k, v in rep_dense["interpretability"].items() if k != "axes"}}
+    rep["probe_ceiling"] = rep_torch["probe_ceiling"]
+    rep["expert_names"] = rep_torch["expert_names"]
+    times["evaluate_runtime_s"] = time.time() - t1
+    rep["timings"] = times
+    (runs / "ship" / "report.json").write_text(json.dumps(rep, indent=1))
+    ckpt, _, _ = load_checkpoint(runs / "ship")
+    update_card(out, model_card(json.loads((out / "config.json").read_text()), ckpt, rep))
+    print(json.dumps({k: rep[k] for k in ("persona", "parity", "timings")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
