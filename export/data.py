@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 
 from moerm_lite.text import render_messages
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_DIR = Path(os.environ.get("MOERM_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 PERSONA16 = [
     "agreeableness", "conscientiousness", "extraversion", "neuroticism", "openness",
@@ -74,7 +75,7 @@ def load_finegrained_qa(data_dir: Path = DATA_DIR, split: str = "all") -> list[R
             continue
         for (a, b), label in zip(pairs, row["preference"]):
             ra, rb = row[f"prediction {a}"], row[f"prediction {b}"]
-            if label == 0 or ra == rb:
+            if label == 0 or ra.strip() == rb.strip() or not ra.strip() or not rb.strip():
                 continue
             c, r = (ra, rb) if label == 1 else (rb, ra)
             out.append({"prompt": row["question"], "chosen": c, "rejected": r, "source": "finegrained_qa"})
@@ -94,7 +95,8 @@ def load_topical_chat(data_dir: Path = DATA_DIR, split: str = "all", min_gap: fl
         for i, a in enumerate(group):
             for b in group[i + 1:]:
                 gap = a["scores"]["overall"] - b["scores"]["overall"]
-                if abs(gap) >= min_gap and a["system_output"] != b["system_output"]:
+                ta, tb = a["system_output"].strip(), b["system_output"].strip()
+                if abs(gap) >= min_gap and ta != tb and ta and tb:
                     c, r = (a, b) if gap > 0 else (b, a)
                     out.append({"prompt": ctx.strip(), "chosen": c["system_output"].strip(),
                                 "rejected": r["system_output"].strip(), "source": "topical_chat"})
@@ -111,7 +113,7 @@ def load_relabeled_hh(data_dir: Path = DATA_DIR) -> list[Record]:
         for line in f:
             row = json.loads(line)
             resp, label = row["responses"], int(row["label"])
-            if resp[0] == resp[1]:
+            if resp[0].strip() == resp[1].strip() or not resp[0].strip() or not resp[1].strip():
                 continue
             out.append({"prompt": row["prompt"].strip(), "chosen": resp[label].strip(),
                         "rejected": resp[1 - label].strip(), "user_id": row["objective"],
@@ -146,6 +148,8 @@ def load_jsonl(path: Path, source: Optional[str] = None) -> list[Record]:
                    "chosen": _as_text(row["chosen"], "chosen", n),
                    "rejected": _as_text(row["rejected"], "rejected", n),
                    "source": source or Path(path).stem}
+            if not rec["chosen"].strip() or not rec["rejected"].strip():
+                raise ValueError(f"{path}:{n}: empty 'chosen' or 'rejected'")
             if row.get("user_id") is not None:
                 rec["user_id"] = str(row["user_id"])
             out.append(rec)

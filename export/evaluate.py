@@ -155,6 +155,28 @@ def probe_ceiling(emb: np.ndarray, st: D.Statements, users: list[D.BenchUser], l
     return few_shot(feats, users, np.zeros(len(st.axes)), lam)
 
 
+def pair_probe(embed: Any, train: list[D.Record], test: list[D.Record], l2: float = 10.0) -> float:
+    """Held-out accuracy of one L2 logistic regression on embedding differences (chosen - rejected).
+
+    The ceiling of a frozen backbone for a population score on that data.
+    """
+    from scipy.optimize import minimize
+    from scipy.special import expit, log_expit
+
+    def diff(recs: list[D.Record]) -> np.ndarray:
+        return (embed([(r["prompt"], r["chosen"]) for r in recs])
+                - embed([(r["prompt"], r["rejected"]) for r in recs])).astype(np.float64)
+
+    X, Xt = diff(train), diff(test)
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        z = X @ w
+        return float(-log_expit(z).sum() + l2 * w @ w), -(expit(-z) @ X) + 2 * l2 * w
+
+    w = minimize(loss, np.zeros(X.shape[1]), jac=True, method="L-BFGS-B").x
+    return pair_accuracy(Xt @ w)
+
+
 # -------------------------------------------------------------------- real text
 def global_accuracy(fz: Featurizer, recs: list[D.Record], w: np.ndarray) -> float:
     phi = comparison_features(fz, recs)
@@ -236,6 +258,9 @@ def evaluate(fz: Featurizer, w0: np.ndarray, *, lam: float | None = None, n_user
                            "interpretability": interpretability(phi_stmt, g, st)}
     if with_probes and emb is not None:
         res["probe_ceiling"] = probe_ceiling(emb, st, users, lam)
+        res["linear_probe_test"] = {
+            name: pair_probe(fz.embed, load(split="train"), load(split="test"))
+            for name, load in (("hh_harmless", D.load_hh_harmless), ("finegrained_qa", D.load_finegrained_qa))}
     res["hh_harmless_test"] = global_accuracy(fz, D.load_hh_harmless(split="test"), w0)
     res["finegrained_qa_test"] = global_accuracy(fz, D.load_finegrained_qa(split="test"), w0)
     res["relabeled_hh"] = relabeled_hh(fz, w0, lam)

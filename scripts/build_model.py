@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from export import data as D  # noqa: E402
 from export.card import model_card  # noqa: E402
 from export.evaluate import RuntimeFeaturizer, TorchFeaturizer, evaluate  # noqa: E402
 from export.onnx_export import export_model  # noqa: E402
@@ -37,6 +38,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "models" / "moerm-minilm-k32"))
     ap.add_argument("--runs", default=str(ROOT / "runs"))
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
+    ap.add_argument("--resume", action="store_true", help="reuse runs/ship*/ checkpoints and torch reports")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -49,21 +51,24 @@ def main() -> None:
         runs, out, users = runs / "quick", runs / "quick" / "model", 50
     t0 = time.time()
     times = {}
-    train(cfg, runs / "ship")
-    train(replace(cfg, top_k=cfg.n_experts), runs / "ship-dense")
-    times["train_s"] = time.time() - t0
-
-    tz = TorchFeaturizer(runs / "ship")
-    from export import data as D
-
-    emb = tz.embed([("", s) for s in D.load_persona().text])
-    rep_torch = evaluate(tz, tz.w0, n_users=users, with_probes=True, emb=emb)
+    if args.resume:
+        rep_torch = json.loads((runs / "ship" / "eval_torch.json").read_text())
+        rep_dense = json.loads((runs / "ship-dense" / "eval_torch.json").read_text())
+        times = json.loads((runs / "ship" / "times.json").read_text())
+    else:
+        train(cfg, runs / "ship")
+        train(replace(cfg, top_k=cfg.n_experts), runs / "ship-dense")
+        times["train_s"] = time.time() - t0
+        tz = TorchFeaturizer(runs / "ship")
+        emb = tz.embed([("", s) for s in D.load_persona().text])
+        rep_torch = evaluate(tz, tz.w0, n_users=users, with_probes=True, emb=emb)
+        dz = TorchFeaturizer(runs / "ship-dense")
+        rep_dense = evaluate(dz, dz.w0, lam=None, n_users=users)
+        (runs / "ship" / "eval_torch.json").write_text(json.dumps(rep_torch, indent=1))
+        (runs / "ship-dense" / "eval_torch.json").write_text(json.dumps(rep_dense, indent=1))
+        times["evaluate_torch_s"] = time.time() - t0 - times["train_s"]
+        (runs / "ship" / "times.json").write_text(json.dumps(times))
     lam = rep_torch["lambda"]
-    dz = TorchFeaturizer(runs / "ship-dense")
-    rep_dense = evaluate(dz, dz.w0, lam=None, n_users=users)
-    (runs / "ship" / "eval_torch.json").write_text(json.dumps(rep_torch, indent=1))
-    (runs / "ship-dense" / "eval_torch.json").write_text(json.dumps(rep_dense, indent=1))
-    times["evaluate_torch_s"] = time.time() - t0 - times["train_s"]
 
     t1 = time.time()
     export_model(runs / "ship", out, precision="int8", report=rep_torch, model_id=out.name)
@@ -78,6 +83,14 @@ def main() -> None:
     rep["dense"] = {"persona": rep_dense["persona"], "lambda": rep_dense["lambda"],
                     "interpretability": {k: v for k, v in rep_dense["interpretability"].items() if k != "axes"}}
     rep["probe_ceiling"] = rep_torch["probe_ceiling"]
+    if "linear_probe_test" not in rep_torch:  # reports written before the probe existed
+        from export.evaluate import pair_probe
+
+        tz = TorchFeaturizer(runs / "ship")
+        rep_torch["linear_probe_test"] = {
+            name: pair_probe(tz.embed, load(split="train"), load(split="test"))
+            for name, load in (("hh_harmless", D.load_hh_harmless), ("finegrained_qa", D.load_finegrained_qa))}
+    rep["linear_probe_test"] = rep_torch["linear_probe_test"]
     rep["expert_names"] = rep_torch["expert_names"]
     times["evaluate_runtime_s"] = time.time() - t1
     rep["timings"] = times

@@ -1,0 +1,34 @@
+"""The evaluation's few-shot fit is the runtime's fit."""
+
+import numpy as np
+
+from export.evaluate import RuntimeFeaturizer, comparison_features, few_shot, pair_accuracy
+from export import data as D
+from moerm_lite import fit_map
+
+
+def test_evaluation_fit_equals_runtime_fit(tiny_folder, tiny_fp32):
+    comps = [{"prompt": "why", "chosen": "the cat is good", "rejected": "rude and bad"},
+             {"prompt": "", "chosen": "thanks for the help", "rejected": "no"},
+             {"prompt": "how", "chosen": "fast and safe", "rejected": "slow danger"}]
+    fz = RuntimeFeaturizer(tiny_folder, precision="fp32", threads=1)
+    w_eval, _ = fit_map(comparison_features(fz, comps), fz.w0, 0.7)
+    w_run = tiny_fp32.fit_user(comps, prior_strength=0.7).weights_
+    np.testing.assert_allclose(w_eval, w_run, atol=1e-6)
+
+
+def test_few_shot_on_planted_features():
+    """With features that are exactly the persona components, fitting recovers every user."""
+    rng = np.random.default_rng(0)
+    st = D.Statements(text=[f"s{i}" for i in range(400)], axis=rng.integers(0, 4, 400),
+                      y=rng.choice([-1, 1], 400), axes=["a", "b", "c", "d"])
+    phi = st.components()  # (S, A)
+    users = []
+    for _ in range(20):
+        w = D.sample_user(rng, 4)
+        pool = np.arange(400)
+        users.append(D.BenchUser(w, D.sample_comparisons(rng, w, st, pool, 50),
+                                 D.sample_comparisons(rng, w, st, pool, 100)))
+    res = few_shot(phi, users, np.zeros(4), 1.0, shots=(50,))
+    assert res["50"] > 0.97 and abs(res["global"] - 0.5) < 1e-9  # w0 = 0 scores every pair as a tie
+    assert pair_accuracy(np.array([1.0, -1.0, 0.0])) == 0.5
