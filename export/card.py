@@ -15,6 +15,14 @@ DATA_LICENCES = """\
 """
 
 
+def _round(x: Any) -> Any:
+    if isinstance(x, float):
+        return round(x, 4) if abs(x) >= 1e-3 else float(f"{x:.2g}")
+    if isinstance(x, dict):
+        return {k: _round(v) for k, v in x.items()}
+    return x
+
+
 def _pct(x: Any) -> str:
     return f"{100 * x:.1f}" if isinstance(x, (int, float)) else "—"
 
@@ -50,7 +58,7 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: dict[str, Any]
         it = rep.get("interpretability", {})
         if "parity" in rep:
             lines += ["## Parity (torch fp32 vs this folder)", ""]
-            lines += [f"- {k}: {v}" for k, v in rep["parity"].items()]
+            lines += [f"- {k}: {_round(v)}" for k, v in rep["parity"].items()]
             lines.append("")
         if it.get("axes"):
             lines += ["## Experts", "", "| # | name | what the data says |", "|---|---|---|"]

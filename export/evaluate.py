@@ -232,10 +232,12 @@ def name_experts(phi_stmt: np.ndarray, gates_stmt: np.ndarray, st: D.Statements,
                 c = float(np.corrcoef(f[on], st.y[idx][on])[0, 1])
                 if abs(c) > abs(best_c):
                     best, best_c = st.axes[a], c
+        share = {s: float((g[:, k] > 0).mean()) for s, g in source_gates.items()}
         if abs(best_c) >= 0.5:
             names.append(f"{best}{'+' if best_c > 0 else '-'}")
+        elif max(share.values()) < 0.01:
+            names.append("unused")  # routed for under 1% of every source's inputs
         else:
-            share = {s: float((g[:, k] > 0).mean()) for s, g in source_gates.items()}
             names.append(f"{max(share, key=share.get)}-mix")
     seen: dict[str, int] = {}
     out = []

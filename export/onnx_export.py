@@ -126,7 +126,7 @@ def quantize_embedding_rows(model: onnx.ModelProto, min_rows: int = 1000) -> onn
 def quantize_backbone(fp32: Path, out: Path, variant: str = "weight_only8") -> Path:
     """int8 backbone; every variant stores the embedding tables int8 per row (half of MiniLM's size).
 
-    - ``weight_only8``: 8-bit weights in blocks of 32 (MatMulNBits), fp32 activations: the most
+    - ``weight_only8``: 8-bit weights in blocks of 16 (MatMulNBits), fp32 activations: the most
       accurate, batch-invariant;
     - ``weight_only8_int8_compute``: the same weights, activations quantized per row and block
       (``accuracy_level=4``): faster, still batch-invariant;
@@ -144,9 +144,9 @@ def quantize_backbone(fp32: Path, out: Path, variant: str = "weight_only8") -> P
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     level = 4 if variant == "weight_only8_int8_compute" else None
-    algo = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=level, bits=8,
+    algo = DefaultWeightOnlyQuantConfig(block_size=16, is_symmetric=True, accuracy_level=level, bits=8,
                                         op_types_to_quantize=("MatMul",))
-    q = MatMulNBitsQuantizer(onnx.load(str(fp32)), bits=8, block_size=32, is_symmetric=True,
+    q = MatMulNBitsQuantizer(onnx.load(str(fp32)), bits=8, block_size=16, is_symmetric=True,
                              accuracy_level=level, op_types_to_quantize=("MatMul",), algo_config=algo)
     q.process()
     onnx.save(quantize_embedding_rows(q.model.model), str(out))
