@@ -123,3 +123,38 @@ def test_mixture_mode_without_user_ids_learns():
     head, mode, hist = fit_head(cfg, comps, lambda i: table[i], 8)
     assert mode == "mixture" and head.type_weights.shape == (2, 8)
     assert hist[-1]["bt"] < hist[0]["bt"] - 0.1
+
+
+def test_trl_jsonl_loader(tmp_path):
+    f = tmp_path / "prefs.jsonl"
+    f.write_text(
+        '{"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away.", "user_id": 7}\n\n'
+        '{"prompt": [{"role": "user", "content": "Hi?"}], "chosen": [{"role": "assistant", "content": "Hey"}],'
+        ' "rejected": "No."}\n')
+    recs = D.load_jsonl(f)
+    assert recs[0] == {"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away.", "source": "prefs", "user_id": "7"}
+    assert recs[1]["prompt"] == "user: Hi?" and recs[1]["chosen"] == "assistant: Hey" and "user_id" not in recs[1]
+    f.write_text('{"prompt": "x", "chosen": " ", "rejected": "y"}\n')
+    with pytest.raises(ValueError, match="empty"):
+        D.load_jsonl(f)
+
+
+@needs_data
+@pytest.mark.parametrize("load,key", [(D.load_hh_harmless, "prompt"), (D.load_finegrained_qa, "prompt"),
+                                      (D.load_topical_chat, "prompt")])
+def test_real_loaders_hold_out_by_prompt(load, key):
+    train, test = load(DATA, split="train"), load(DATA, split="test")
+    assert train and test and len(load(DATA, split="all")) == len(train) + len(test)
+    assert not {r[key] for r in train} & {r[key] for r in test}  # nothing leaks across the split
+    for r in train[:200] + test[:200]:
+        assert r["chosen"].strip() and r["rejected"].strip() and r["chosen"] != r["rejected"]
+
+
+@needs_data
+def test_relabeled_hh_is_eval_only():
+    recs = D.load_relabeled_hh(DATA)
+    assert {r["user_id"] for r in recs} == {"helpful", "harmless"}
+    with pytest.raises(ValueError, match="licence"):
+        from export.train import load_records
+
+        load_records(TrainConfig(sources=["relabeled_hh"]))
