@@ -202,7 +202,7 @@ class RewardModel:
              top_k: int | None = None) -> list[dict[str, Any]]:
         """Responses sorted by score, best first: ``[{"corpus_id", "score", "text"}, ...]``."""
         responses = self._check_list(responses, "responses")
-        scores = self.score(prompt, responses, user=user)
+        scores = self.score_pairs([(prompt, r) for r in responses], user=user)  # (n,)
         order = np.argsort(-scores, kind="stable")
         if top_k is not None:
             order = order[:top_k]

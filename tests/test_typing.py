@@ -1,0 +1,15 @@
+"""The runtime's type hints hold (py.typed ships them to users)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def test_runtime_type_checks():
+    pytest.importorskip("mypy")  # in the test extra
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "mypy", "moerm_lite"], cwd=root, capture_output=True, text=True,
+                         check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
