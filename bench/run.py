@@ -1,0 +1,281 @@
+"""Benchmarks: moerm-lite against PyTorch + transformers on the same texts, threads and model.
+
+    python bench/run.py            # full run (a few minutes on 2 cores)
+    python bench/run.py --quick    # smoke run, under 2 minutes
+
+Prints one table with ratios. Needs the export extra (torch, transformers) for the baselines and
+../shared/data for the texts. Measures: (1) scoring throughput, (2) head cost vs number of experts,
+(3) fit_user time split into feature extraction and the solve, (4) cold start and peak memory in a
+fresh process, (5) model folder and runtime-venv size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from moerm_lite import RewardModel, fit_map  # noqa: E402
+
+
+def timeit(fn, repeat: int) -> float:
+    """Median seconds of ``repeat`` calls after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def workload(n_prompts: int, n_cand: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Ranking workload: HH prompts, each with candidates of varied length from HH and QA replies."""
+    from export import data as D
+
+    rng = np.random.default_rng(seed)
+    hh = D.load_hh_harmless(split="test")
+    pool = [r["chosen"] for r in hh] + [r["chosen"] for r in D.load_finegrained_qa(split="test")]
+    prompts = [hh[i]["prompt"] for i in rng.permutation(len(hh))[:n_prompts]]
+    return [(p, pool[j]) for p in prompts for j in rng.choice(len(pool), n_cand, replace=False)]
+
+
+def torch_model(model: RewardModel):
+    """The same model in PyTorch fp32: MiniLM via transformers + the head rebuilt from the ONNX weights."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from export.embed import default_backbone_path
+    from export.model import Backbone, ModelArgs, MoEHead
+
+    init = {i.name: numpy_helper.to_array(i) for i in
+            onnx.load(str(model.folder / model.config.graphs[model.precision].head)).graph.initializer}
+    w1 = init["w1_q"].astype(np.float32) * init["w1_scale"][:, None, :] if "w1_q" in init else init["w1"]
+    K, H, D = w1.shape
+    head = MoEHead(ModelArgs(n_embd=H, n_experts=K, top_k=model.top_k, expert_hidden=D))
+    with torch.no_grad():
+        head.router.weight.copy_(torch.from_numpy(init["router_w"].T.copy()))
+        head.router.bias.copy_(torch.from_numpy(init["router_b"]))
+        for name, value in (("w1", w1), ("b1", init["b1"]), ("w2", init["w2"]), ("b2", init["b2"])):
+            getattr(head, name).copy_(torch.from_numpy(np.ascontiguousarray(value)))
+        head.w0.copy_(torch.from_numpy(model.w0.astype(np.float32)))
+    return Backbone(default_backbone_path()).eval(), head.eval()
+
+
+def torch_scores(backbone, head, tok, pairs, batch_size: int) -> np.ndarray:
+    import torch
+
+    ids, types, _ = tok.encode(pairs)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    out = np.zeros(len(pairs))
+    with torch.inference_mode():
+        for s in range(0, len(pairs), batch_size):
+            idx = order[s:s + batch_size]
+            feed = {k: torch.from_numpy(v) for k, v in tok.pad([ids[i] for i in idx], [types[i] for i in idx]).items()}
+            out[idx] = head.score(backbone(**feed), head.w0).double().numpy()
+    return out
+
+
+def fp32_folder(model: RewardModel, backbone, tmp: Path) -> RewardModel:
+    """A copy of the model folder whose backbone graph is ONNX fp32 (exported here)."""
+    import shutil
+
+    from export.onnx_export import export_backbone
+    from moerm_lite.folder import CONFIG, MANIFEST, build_manifest
+
+    dst = tmp / "fp32"
+    shutil.copytree(model.folder, dst)
+    export_backbone(backbone, dst / "onnx" / "backbone_fp32.onnx")
+    cfg = json.loads((dst / CONFIG).read_text())
+    cfg["graphs"]["fp32"] = {**cfg["graphs"][model.precision], "backbone": "onnx/backbone_fp32.onnx",
+                             "per_sequence": False}
+    (dst / CONFIG).write_text(json.dumps(cfg))
+    (dst / MANIFEST).write_text(json.dumps(build_manifest(dst)))
+    return RewardModel.load(dst, precision="fp32", threads=model.threads)
+
+
+def bench_throughput(model: RewardModel, pairs, repeat: int, tmp: Path) -> list[tuple[str, str, str]]:
+    import torch
+
+    torch.set_num_threads(model.threads)
+    backbone, head = torch_model(model)
+    tok = model._tokenizer
+    rows = []
+    t_torch = {}
+    for bs in (1, 32):
+        t_torch[bs] = timeit(lambda bs=bs: torch_scores(backbone, head, tok, pairs, bs), repeat)
+    ref = torch_scores(backbone, head, tok, pairs, 32)
+    fp32 = fp32_folder(model, backbone, tmp)
+    n = len(pairs)
+    for bs in (1, 32):
+        t_int8 = timeit(lambda bs=bs: model.score_pairs(pairs, batch_size=bs), repeat)
+        t_fp32 = timeit(lambda bs=bs: fp32.score_pairs(pairs, batch_size=bs), repeat)
+        rows += [(f"throughput batch {bs}: torch fp32", f"{n / t_torch[bs]:.1f} texts/s", "1.00x"),
+                 (f"throughput batch {bs}: ONNX fp32", f"{n / t_fp32:.1f} texts/s", f"{t_torch[bs] / t_fp32:.2f}x"),
+                 (f"throughput batch {bs}: moerm-lite int8", f"{n / t_int8:.1f} texts/s",
+                  f"{t_torch[bs] / t_int8:.2f}x")]
+    s = model.score_pairs(pairs)
+    i, j = np.triu_indices(n, 1)
+    agree = np.mean(np.sign(s[i] - s[j]) == np.sign(ref[i] - ref[j]))
+    rows.append(("decision agreement int8 vs torch (all pairs)", f"{100 * agree:.2f}%", ""))
+    return rows
+
+
+def bench_experts(Ks: list[int], repeat: int) -> list[tuple[str, str, str]]:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.onnx_head import HeadWeights, build_head_graph
+
+    H, D, B = 384, 64, 32
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(B, H)).astype(np.float32)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    rows, base = [], {}
+    for K in Ks:
+        w = HeadWeights(rng.normal(size=(H, K)), np.zeros(K), rng.normal(size=(K, H, D)) / 20, np.zeros((K, D)),
+                        rng.normal(size=(K, D)), np.zeros(K))
+        sparse = ort.InferenceSession(build_head_graph(w, 2).SerializeToString(), opts,
+                                      providers=["CPUExecutionProvider"])
+        # dense contrast: every expert evaluated, one (H, K*D) GEMM
+        W = np.ascontiguousarray(w.w1.transpose(1, 0, 2).reshape(H, K * D)).astype(np.float32)
+        nodes = [helper.make_node("MatMul", ["embedding", "W"], ["pre"]),
+                 helper.make_node("Relu", ["pre"], ["hid"]),
+                 helper.make_node("Reshape", ["hid", "shape"], ["hid3"]),
+                 helper.make_node("Mul", ["hid3", "w2"], ["prod"]),
+                 helper.make_node("ReduceSum", ["prod", "ax"], ["rewards"], keepdims=0)]
+        g = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [B, H])],
+                              [helper.make_tensor_value_info("rewards", TensorProto.FLOAT, [B, K])],
+                              [numpy_helper.from_array(W, "W"),
+                               numpy_helper.from_array(np.array([B, K, D], dtype=np.int64), "shape"),
+                               numpy_helper.from_array(w.w2.astype(np.float32), "w2"),
+                               numpy_helper.from_array(np.array([-1], dtype=np.int64), "ax")])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        dense = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        ts = timeit(lambda: sparse.run(None, {"embedding": h}), repeat)
+        td = timeit(lambda: dense.run(None, {"embedding": h}), repeat)
+        base.setdefault("s", ts)
+        rows.append((f"head K={K} top-2, batch {B}: sparse / dense", f"{1e3 * ts:.3f} / {1e3 * td:.3f} ms",
+                     f"sparse {ts / base['s']:.2f}x of K={Ks[0]}"))
+    return rows
+
+
+def bench_fit(model: RewardModel, Ns: list[int], repeat: int) -> list[tuple[str, str, str]]:
+    from export import data as D
+
+    st = D.load_persona()
+    rng = np.random.default_rng(1)
+    rows = []
+    for N in Ns:
+        idx = rng.choice(len(st.text), size=(N, 2), replace=False if 2 * N <= len(st.text) else True)
+        comps = [{"prompt": "", "chosen": st.text[a], "rejected": st.text[b]} for a, b in idx]
+        t_feat = timeit(lambda comps=comps: model.comparison_features(comps), max(1, repeat // 2))
+        phi = model.comparison_features(comps)
+        t_solve = timeit(lambda phi=phi: fit_map(phi, model.w0, model.config.default_prior_strength), repeat * 5)
+        rows.append((f"fit_user N={N}: features / solve", f"{1e3 * t_feat:.1f} / {1e3 * t_solve:.2f} ms",
+                     "solve goal <= 10 ms at N=50" if N == 50 else ""))
+    return rows
+
+
+COLD_RUNTIME = """
+import sys, time
+t = time.perf_counter()
+sys.modules['torch'] = None  # a runtime-only process: torch cannot be imported
+from moerm_lite import RewardModel
+m = RewardModel.load(threads=2)
+m.score("", "I like football.")
+print(time.perf_counter() - t, PEAK())
+"""
+COLD_TORCH = """
+import sys, time
+t = time.perf_counter()
+sys.path.insert(0, {root!r})
+import torch
+torch.set_num_threads(2)
+from moerm_lite import RewardModel
+from bench.run import torch_model, torch_scores
+m = RewardModel.load(threads=2)
+bb, head = torch_model(m)
+torch_scores(bb, head, m._tokenizer, [("", "I like football.")], 1)
+print(time.perf_counter() - t, PEAK())
+"""
+# VmHWM is this process's own peak RSS; ru_maxrss would carry over the parent's peak across exec
+PEAK = ("def PEAK():\n    for line in open('/proc/self/status'):\n        if line.startswith('VmHWM'):\n"
+        "            return int(line.split()[1]) / 1024\n")
+
+
+def bench_cold(repeat: int) -> list[tuple[str, str, str]]:
+    rows, res = [], {}
+    for name, code in (("moerm-lite (runtime only)", COLD_RUNTIME), ("torch + transformers", COLD_TORCH)):
+        runs = []
+        for _ in range(repeat):
+            out = subprocess.run([sys.executable, "-c", PEAK + code.format(root=str(ROOT))], capture_output=True,
+                                 text=True,
+                                 check=True, cwd=ROOT)
+            runs.append([float(x) for x in out.stdout.split()[-2:]])
+        res[name] = np.median(np.array(runs), axis=0)
+    rt, tt = res["moerm-lite (runtime only)"], res["torch + transformers"]
+    rows.append(("cold start to first score: moerm-lite / torch", f"{rt[0]:.2f} / {tt[0]:.2f} s",
+                 f"{tt[0] / rt[0]:.1f}x faster (goal <= 0.3 s)"))
+    rows.append(("peak RSS: moerm-lite / torch", f"{rt[1]:.0f} / {tt[1]:.0f} MB",
+                 f"{tt[1] / rt[1]:.1f}x less (goal <= 150 MB)"))
+    return rows
+
+
+def dir_size(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+def bench_footprint(model: RewardModel, venv: bool) -> list[tuple[str, str, str]]:
+    rows = [("model folder", f"{dir_size(model.folder):.1f} MB", "")]
+    if venv:
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "venv", f"{tmp}/v"], check=True)
+            subprocess.run([f"{tmp}/v/bin/pip", "install", "-q", str(ROOT)], check=True, capture_output=True)
+            rows.append(("fresh runtime-only venv (pip install .)", f"{dir_size(Path(tmp) / 'v'):.0f} MB", ""))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small inputs, few repeats (smoke run)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None, help="also write the table as JSON here")
+    args = ap.parse_args()
+    q = args.quick
+    model = RewardModel.load(threads=args.threads)
+    pairs = workload(4 if q else 64, 4 if q else 8)
+    repeat = 1 if q else 3
+    rows: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        rows += bench_throughput(model, pairs, repeat, Path(tmp))
+    rows += bench_experts([8, 64] if q else [8, 32, 128, 256], 3 if q else 50)
+    rows += bench_fit(model, [5, 20] if q else [5, 20, 50, 200], repeat)
+    rows += bench_cold(1 if q else 3)
+    rows += bench_footprint(model, venv=not q)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    print(f"moerm-lite benchmark ({'quick' if q else 'full'}), {len(pairs)} texts, {args.threads} threads, "
+          f"{cpu}, {os.cpu_count()} cores")
+    w = max(len(r[0]) for r in rows)
+    for name, value, ratio in rows:
+        print(f"{name:<{w}}  {value:>22}  {ratio}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
