@@ -132,6 +132,66 @@ def bench_throughput(model: RewardModel, pairs, repeat: int, tmp: Path) -> list[
     return rows
 
 
+def bench_levers(model: RewardModel, pairs, repeat: int) -> list[tuple[str, str, str]]:
+    """What each runtime choice buys, on the shipped int8 model at batch 32: each row turns one off."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    n = len(pairs)
+    t_default = timeit(lambda: model.score_pairs(pairs, batch_size=32), repeat)
+    rows = [("lever baseline: moerm-lite int8, batch 32", f"{n / t_default:.1f} texts/s", "1.00x")]
+
+    def row(name: str, t: float) -> None:
+        rows.append((f"lever off: {name}", f"{n / t:.1f} texts/s", f"default is {t / t_default:.2f}x faster"))
+
+    # 1. sorting by length into buckets: without it, each batch holds texts in input order
+    row("length sorting", timeit(lambda: [model.score_pairs(pairs[i:i + 32], batch_size=32)
+                                          for i in range(0, n, 32)], repeat))
+    # 2. pad to the longest in the batch: pad every batch to max_length instead
+    tok = model._tokenizer
+    pad = tok.pad
+
+    def pad_full(ids, types):
+        out = pad(ids, types)
+        L = model.config.max_length
+        return {k: np.pad(v, ((0, 0), (0, L - v.shape[1]))) for k, v in out.items()}
+
+    tok.pad = pad_full
+    try:
+        row("pad to longest (pad to max_length)", timeit(lambda: model.score_pairs(pairs, batch_size=32), repeat))
+    finally:
+        tok.pad = pad
+    # 3. graph optimization level ALL (basic instead)
+    graphs = model.config.graphs[model.precision]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = model.threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    default_backbone = model._backbone
+    model._backbone = ort.InferenceSession(str(model.folder / graphs.backbone), opts,
+                                           providers=["CPUExecutionProvider"])
+    try:
+        row("ORT optimization level ALL (BASIC)", timeit(lambda: model.score_pairs(pairs, batch_size=32), repeat))
+    finally:
+        model._backbone = default_backbone
+    # 4. padded batches (one sequence per call instead)
+    model.config.graphs[model.precision] = dataclasses.replace(graphs, per_sequence=not graphs.per_sequence)
+    try:
+        row("padded batches (one sequence per call)" if not graphs.per_sequence else "one sequence per call",
+            timeit(lambda: model.score_pairs(pairs, batch_size=32), repeat))
+    finally:
+        model.config.graphs[model.precision] = graphs
+    # 5. threads: 1 instead of the configured count
+    one = RewardModel.load(model.folder, threads=1, precision=model.precision)
+    row(f"{model.threads} threads (1 thread)", timeit(lambda: one.score_pairs(pairs, batch_size=32), repeat))
+    # 6. the tokenizer's batch encode, and the tokenizer's share of the time
+    t_batch = timeit(lambda: tok.encode(pairs), repeat)
+    t_single = timeit(lambda: [tok.encode([p]) for p in pairs], repeat)
+    rows.append(("tokenizer: batch encode / one by one", f"{1e3 * t_batch:.1f} / {1e3 * t_single:.1f} ms",
+                 f"{t_single / t_batch:.2f}x; tokenizing is {100 * t_batch / t_default:.0f}% of scoring time"))
+    return rows
+
+
 def bench_experts(Ks: list[int], repeat: int) -> list[tuple[str, str, str]]:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -262,6 +322,7 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         rows += bench_throughput(model, pairs, repeat, Path(tmp))
+    rows += bench_levers(model, pairs, repeat)
     rows += bench_experts([8, 64] if q else [8, 32, 128, 256], 3 if q else 50)
     rows += bench_fit(model, [5, 20] if q else [5, 20, 50, 200], repeat)
     rows += bench_cold(1 if q else 3)
