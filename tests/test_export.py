@@ -133,3 +133,16 @@ def test_embedding_rows_quantized_within_half_a_step():
     out = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
     step = np.abs(table).max(1, keepdims=True) / 127
     assert (np.abs(out - table) <= 0.5 * step + 1e-6).all()
+
+
+@pytest.mark.parametrize("variant", ["weight_only8_int8_compute", "dynamic", "fp16_weights"])
+def test_other_backbone_variants_load_and_agree(tiny_run, tmp_path, variant):
+    folder = export_model(tiny_run, tmp_path / variant, quant=variant)
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["graphs"]["int8"]["per_sequence"] is (variant == "dynamic")  # dynamic int8: one sequence per call
+    pairs = random_pairs(40, seed=6)
+    ref = torch_scores(load_checkpoint(tiny_run), pairs)
+    m = RewardModel.load(folder, threads=1)
+    s = m.score_pairs(pairs)
+    np.testing.assert_allclose(s, m.score_pairs(pairs, batch_size=1), atol=1e-5)  # batch-invariant
+    assert np.corrcoef(s, ref)[0, 1] > 0.95
