@@ -61,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 
         path = Path(args.input)
         if (path / "ckpt.pt").is_file():
+            from .data import load_persona
+
             fz = TorchFeaturizer(path)
-            emb = fz.embed([("", s) for s in __import__("export.data").data.load_persona().text]) \
-                if args.probes else None
+            emb = fz.embed([("", s) for s in load_persona().text]) if args.probes else None
         else:
             fz, emb = RuntimeFeaturizer(path, precision=args.precision), None
         res = evaluate(fz, fz.w0, lam=args.lam, n_users=args.users, with_probes=args.probes, emb=emb)

@@ -47,7 +47,6 @@ def export_backbone(backbone: Backbone, path: Path, *, dynamo: bool = False) -> 
     mask[1, 6:] = 0
     types = torch.zeros_like(ids)
     types[:, 4:] = 1
-    axes = {"batch": 0, "seq": 1}
     kwargs: dict[str, Any] = {"input_names": ["input_ids", "attention_mask", "token_type_ids"],
                               "output_names": ["embedding"], "opset_version": BACKBONE_OPSET}
     if dynamo:
@@ -57,7 +56,6 @@ def export_backbone(backbone: Backbone, path: Path, *, dynamo: bool = False) -> 
     else:
         kwargs["dynamic_axes"] = {**{n: {0: "batch", 1: "seq"} for n in kwargs["input_names"]},
                                   "embedding": {0: "batch"}}
-    del axes
     if dynamo:  # the dynamo exporter may already use the name "embedding" for an internal value
         kwargs["output_names"] = ["pooled_output"]
     with torch.no_grad():
