@@ -74,17 +74,14 @@ def torch_model(model: RewardModel):
 
 
 def torch_scores(backbone, head, tok, pairs, batch_size: int) -> np.ndarray:
+    """PyTorch fp32 scores: length-sorted padded batches through the backbone, then the head."""
     import torch
 
-    ids, types, _ = tok.encode(pairs)
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    out = np.zeros(len(pairs))
+    from export.embed import embed_pairs
+
+    h = torch.from_numpy(embed_pairs(backbone, tok, pairs, batch_size=batch_size))  # (N, H)
     with torch.inference_mode():
-        for s in range(0, len(pairs), batch_size):
-            idx = order[s:s + batch_size]
-            feed = {k: torch.from_numpy(v) for k, v in tok.pad([ids[i] for i in idx], [types[i] for i in idx]).items()}
-            out[idx] = head.score(backbone(**feed), head.w0).double().numpy()
-    return out
+        return head.score(h, head.w0).double().numpy()
 
 
 def fp32_folder(model: RewardModel, backbone, tmp: Path) -> RewardModel:

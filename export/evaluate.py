@@ -133,24 +133,26 @@ def interpretability(phi_stmt: np.ndarray, gates: np.ndarray, st: D.Statements) 
             "mean_routing_share": float(np.mean([r["routing_share"] for r in rows]))}
 
 
+def logistic_fit(X: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
+    """argmin_w  -sum log sigmoid(y * X w) + l2 * ||w||^2  (L-BFGS-B, analytic gradient)."""
+    from scipy.optimize import minimize
+    from scipy.special import expit, log_expit
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        z = y * (X @ w)
+        return float(-log_expit(z).sum() + l2 * w @ w), -((y * expit(-z)) @ X) + 2 * l2 * w
+
+    return minimize(loss, np.zeros(X.shape[1]), jac=True, method="L-BFGS-B").x
+
+
 def probe_ceiling(emb: np.ndarray, st: D.Statements, users: list[D.BenchUser], lam: float) -> dict[str, float]:
     """Supervised ceiling: per-axis logistic probes on frozen embeddings as the features."""
-    from scipy.optimize import minimize
-    from scipy.special import log_expit
-
     train = D.statement_split(st, "train")
     feats = np.zeros((len(st.text), len(st.axes)))
     X = np.hstack([emb, np.ones((len(emb), 1))])
     for a in range(len(st.axes)):
         sel = train[st.axis[train] == a]
-        Xa, ya = X[sel], st.y[sel].astype(float)
-
-        def loss(w: np.ndarray, Xa: np.ndarray = Xa, ya: np.ndarray = ya) -> tuple[float, np.ndarray]:
-            z = ya * (Xa @ w)
-            g = -(Xa * (ya * (1 - np.exp(log_expit(z))))[:, None]).sum(0) + 1e-2 * w
-            return float(-log_expit(z).sum() + 5e-3 * w @ w), g
-
-        w = minimize(loss, np.zeros(X.shape[1]), jac=True, method="L-BFGS-B").x
+        w = logistic_fit(X[sel], st.y[sel].astype(float), l2=5e-3)
         feats[st.axis == a, a] = np.tanh(X[st.axis == a] @ w / 4)  # probe output on its own axis
     return few_shot(feats, users, np.zeros(len(st.axes)), lam)
 
@@ -160,21 +162,12 @@ def pair_probe(embed: Any, train: list[D.Record], test: list[D.Record], l2: floa
 
     The ceiling of a frozen backbone for a population score on that data.
     """
-    from scipy.optimize import minimize
-    from scipy.special import expit, log_expit
-
     def diff(recs: list[D.Record]) -> np.ndarray:
         return (embed([(r["prompt"], r["chosen"]) for r in recs])
                 - embed([(r["prompt"], r["rejected"]) for r in recs])).astype(np.float64)
 
     X, Xt = diff(train), diff(test)
-
-    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        z = X @ w
-        return float(-log_expit(z).sum() + l2 * w @ w), -(expit(-z) @ X) + 2 * l2 * w
-
-    w = minimize(loss, np.zeros(X.shape[1]), jac=True, method="L-BFGS-B").x
-    return pair_accuracy(Xt @ w)
+    return pair_accuracy(Xt @ logistic_fit(X, np.ones(len(X)), l2))
 
 
 # -------------------------------------------------------------------- real text
@@ -215,13 +208,20 @@ def relabeled_hh(fz: Featurizer, w0: np.ndarray, lam: float, reps: int = 50, see
     return res
 
 
-def name_experts(phi_stmt: np.ndarray, gates_stmt: np.ndarray, st: D.Statements,
-                 source_gates: dict[str, np.ndarray]) -> list[str]:
+def source_gates(fz: Featurizer, persona_gates: np.ndarray) -> dict[str, np.ndarray]:
+    """Dense gates (N, K) per source: held-out HH and QA chosen replies, and the persona statements."""
+    out = {}
+    for name, recs in (("hh_harmless", D.load_hh_harmless(split="test")),
+                       ("finegrained_qa", D.load_finegrained_qa(split="test"))):
+        out[name] = fz.outputs([(x["prompt"], x["chosen"]) for x in recs])[0]
+    out["persona"] = persona_gates
+    return out
+
+
+def name_experts(phi_stmt: np.ndarray, st: D.Statements, source_gates: dict[str, np.ndarray]) -> list[str]:
     """A name per expert from data: its best-correlated persona axis and sign, else its main source."""
     K = phi_stmt.shape[1]
     idx = D.statement_split(st, "test")
-    y = np.zeros((len(idx), len(st.axes)))
-    y[np.arange(len(idx)), st.axis[idx]] = st.y[idx]
     names = []
     for k in range(K):
         f = phi_stmt[idx, k]
@@ -266,11 +266,7 @@ def evaluate(fz: Featurizer, w0: np.ndarray, *, lam: float | None = None, n_user
     res["hh_harmless_test"] = global_accuracy(fz, D.load_hh_harmless(split="test"), w0)
     res["finegrained_qa_test"] = global_accuracy(fz, D.load_finegrained_qa(split="test"), w0)
     res["relabeled_hh"] = relabeled_hh(fz, w0, lam)
-    src_gates = {}
-    for name, recs in (("hh_harmless", D.load_hh_harmless(split="test")),
-                       ("finegrained_qa", D.load_finegrained_qa(split="test"))):
-        src_gates[name] = fz.outputs([(x["prompt"], x["chosen"]) for x in recs])[0]
-    src_gates["persona"] = g
-    res["expert_names"] = name_experts(phi_stmt, g, st, src_gates)
+    src_gates = source_gates(fz, g)
+    res["expert_names"] = name_experts(phi_stmt, st, src_gates)
     res["routing_share_by_source"] = {s: np.round((v > 0).mean(0), 3).tolist() for s, v in src_gates.items()}
     return res

@@ -70,17 +70,13 @@ def main() -> None:
         (runs / "ship" / "times.json").write_text(json.dumps(times))
     lam = rep_torch["lambda"]
     if args.resume:  # names follow the current naming rule
-        from export.evaluate import name_experts
+        from export.evaluate import name_experts, source_gates
         from moerm_lite.head import expert_features
 
         tz = TorchFeaturizer(runs / "ship")
         st = D.load_persona()
         g, r = tz.outputs([("", s) for s in st.text])
-        src = {"persona": g}
-        for name, recs in (("hh_harmless", D.load_hh_harmless(split="test")),
-                           ("finegrained_qa", D.load_finegrained_qa(split="test"))):
-            src[name] = tz.outputs([(x["prompt"], x["chosen"]) for x in recs])[0]
-        rep_torch["expert_names"] = name_experts(expert_features(g, r), g, st, src)
+        rep_torch["expert_names"] = name_experts(expert_features(g, r), st, source_gates(tz, g))
 
     t1 = time.time()
     export_model(runs / "ship", out, precision="int8", report=rep_torch, model_id=out.name)
