@@ -1,4 +1,4 @@
-"""The ``moerm-lite`` command: score, rank, explain, fit, info. JSONL in, JSONL out."""
+"""The ``moerm-lite`` command: score, rank, explain, fit, next, experts, plot, info. JSONL in, JSONL out."""
 
 from __future__ import annotations
 
@@ -123,13 +123,57 @@ def cmd_explain(args: argparse.Namespace, out: IO[str]) -> None:
 def cmd_fit(args: argparse.Namespace, out: IO[str]) -> None:
     m, _ = _load(args)
     comps = read_jsonl(args.comparisons)
-    profile = m.fit_user(comps, user_id=args.user_id, prior_strength=args.prior_strength)
-    profile.save(args.out)
+    if args.update:
+        profile = UserProfile.load(args.update).update(comps, m)
+    else:
+        profile = m.fit_user(comps, user_id=args.user_id, prior_strength=args.prior_strength)
+    dest = args.out or args.update
+    if not dest:
+        raise ValueError("say where to write the profile: -o FILE (or --update FILE)")
+    profile.save(dest)
     shift = profile.weights_ - m.w0
     top = np.argsort(-np.abs(shift))[:5]
-    sys.stderr.write(f"fitted {profile.n_comparisons_} comparisons -> {args.out}\n")
+    sys.stderr.write(f"fitted {profile.n_comparisons_} comparisons ({len(comps)} new) -> {dest}\n")
     for i in top:
         sys.stderr.write(f"  {m.expert_names[i]:<40} w0 {m.w0[i]:+.3f} -> {profile.weights_[i]:+.3f}\n")
+
+
+def cmd_next(args: argparse.Namespace, out: IO[str]) -> None:
+    m, user = _load(args)
+    rows = read_jsonl(args.input)
+    for n, r in enumerate(rows, 1):
+        q = m.next_comparison(r.get("prompt", ""), _field(r, "candidates", n), user=user)
+        _emit(iter([{"prompt": r.get("prompt", ""), **q}]), out)
+
+
+def cmd_experts(args: argparse.Namespace, out: IO[str]) -> None:
+    m, _ = _load(args)
+    cards = m.describe_experts(n_texts=args.n_texts)
+    if args.format == "table":
+        for c in cards:
+            corr = ", ".join(f"{a} {v:+.2f}" for a, v in c["correlations"].items())
+            out.write(f"{c['expert']:>3} {c['name']:<32} routed {100 * c['routing_share']:5.1f}%  {corr}\n")
+            for label in ("highest", "lowest"):
+                for t in c[label]:
+                    out.write(f"      {label[0]}: {t}\n")
+    else:
+        _emit(iter(cards), out)
+
+
+def cmd_plot(args: argparse.Namespace, out: IO[str]) -> None:
+    from . import plot  # matplotlib only here
+
+    m, user = _load(args)
+    if args.kind == "user":
+        if user is None:
+            raise ValueError("plot user needs --user PROFILE.json")
+        m.check_profile(user)
+        path = plot.plot_user_shift(user, m.expert_names, args.out)
+    elif args.kind == "experts":
+        path = plot.plot_expert_attributes(m.describe_experts(n_attributes=None), args.out)
+    else:
+        path = plot.plot_routing_by_source(m.describe_experts(), args.out)
+    sys.stderr.write(f"wrote {path}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,11 +207,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_explain)
     sp = sub.add_parser("fit", help='fit a user profile from {"prompt", "chosen", "rejected"} JSONL')
     sp.add_argument("comparisons", help="JSONL file of comparisons, - for stdin")
-    sp.add_argument("-o", "--out", required=True, help="where to write the profile JSON")
+    sp.add_argument("-o", "--out", default=None, help="where to write the profile JSON")
+    sp.add_argument("--update", default=None, metavar="PROFILE",
+                    help="fold the comparisons into this profile (same weights as refitting on all)")
     sp.add_argument("--user-id", default=None)
     sp.add_argument("--prior-strength", type=float, default=None, help="lambda (default: the model's)")
     common(sp, user=False)
     sp.set_defaults(fn=cmd_fit)
+    sp = sub.add_parser("next", help='which pair to ask a user about: {"prompt", "candidates": [...]} JSONL')
+    sp.add_argument("-i", "--input", default="-", help="JSONL file, - for stdin")
+    common(sp)
+    sp.set_defaults(fn=cmd_next)
+    sp = sub.add_parser("experts", help="expert cards from the model's reference corpus")
+    sp.add_argument("--n-texts", type=int, default=3, help="highest/lowest texts per expert")
+    sp.add_argument("--format", choices=["jsonl", "table"], default="table")
+    common(sp, user=False)
+    sp.set_defaults(fn=cmd_experts)
+    sp = sub.add_parser("plot", help="PNG plots (needs the plot extra)")
+    sp.add_argument("kind", choices=["experts", "routing", "user"],
+                    help="experts: expert x attribute heatmap; routing: routing share per source; "
+                         "user: a profile's weights against w0")
+    sp.add_argument("-o", "--out", required=True, help="PNG file to write")
+    common(sp)
+    sp.set_defaults(fn=cmd_plot)
     return p
 
 
@@ -176,7 +238,7 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args, out)
-    except (ValueError, TypeError, KeyError, FileNotFoundError, OSError, FloatingPointError) as e:
+    except (ValueError, TypeError, KeyError, FileNotFoundError, OSError, FloatingPointError, ImportError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         sys.stderr.write(f"moerm-lite {args.command}: error: {msg}\n")
         return 2

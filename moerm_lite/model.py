@@ -13,6 +13,7 @@ from typing import Any, Union
 import numpy as np
 import onnxruntime as ort
 
+from .experts import describe_experts, read_reference
 from .folder import (
     CONFIG,
     MANIFEST,
@@ -22,6 +23,7 @@ from .folder import (
     resolve_inside,
     verify_files,
 )
+from .active import all_pairs, preference_probability, variance_reduction
 from .head import combine, expert_features, scatter_topk
 from .personalize import UserProfile
 from .text import PairTokenizer, Prompt, check_prompt, check_response
@@ -186,7 +188,7 @@ class RewardModel:
 
         ``progress``, if given, is called with the number of pairs done after each batch.
         """
-        w = self._weights(user)
+        w = self.user_weights(user)
         out = self.expert_outputs(pairs, batch_size=batch_size, progress=progress)
         return combine(out["gating_output"], out["rewards"], w)  # (N,)
 
@@ -215,7 +217,7 @@ class RewardModel:
         "contributions" (K,), "experts", "truncated"}`` where
         ``score == sum(contributions) == sum(gating_output * weights * rewards)``.
         """
-        w = self._weights(user)
+        w = self.user_weights(user)
         out = self.expert_outputs([(prompt, response)])
         gates, rewards = out["gating_output"][0], out["rewards"][0]  # (K,), (K,)
         contributions = expert_features(gates, rewards) * w  # (K,)
@@ -251,16 +253,67 @@ class RewardModel:
         profile.model_id, profile.model_hash = self.config.model_id, self.model_hash
         return profile
 
+    def next_comparison(self, prompt: Prompt, candidates: Sequence[str], *,
+                        user: User = None) -> dict[str, Any]:
+        """The pair of candidate responses whose answer would tell the most about this user.
+
+        Every pair is rated by how much its answer is expected to shrink the posterior variance
+        of all candidate pairs' score differences (:mod:`moerm_lite.active`), under the user's
+        Laplace posterior (a :class:`UserProfile`), or under the prior ``N(w0, I/lambda)`` for
+        ``user=None`` or a plain weight vector. Ask the user to compare the two responses,
+        then ``profile.update([...], model)``.
+
+        Returns:
+            ``{"pair": (i, j), "responses": (a, b), "variance_reduction": expected drop,
+            "p_first": P(user prefers a), "variance": posterior variance of s(a) - s(b)}``.
+        """
+        candidates = self._check_list(candidates, "candidates")
+        if len(candidates) < 2:
+            raise ValueError(f"next_comparison needs at least 2 candidates, got {len(candidates)}")
+        mean = self.user_weights(user)  # (K,)
+        if isinstance(user, UserProfile):
+            cov = user.covariance_  # (K, K)
+        else:
+            cov = np.eye(self.n_experts) / self.config.default_prior_strength  # (K, K) the prior
+        out = self.expert_outputs([(prompt, c) for c in candidates])
+        f = expert_features(out["gating_output"], out["rewards"])  # (n, K)
+        i, j = all_pairs(len(candidates))
+        phi = f[i] - f[j]  # (P, K)
+        gain = variance_reduction(phi, mean, cov)  # (P,)
+        b = int(np.argmax(gain))
+        return {"pair": (int(i[b]), int(j[b])), "responses": (candidates[i[b]], candidates[j[b]]),
+                "variance_reduction": float(gain[b]),
+                "p_first": float(preference_probability(phi[b:b + 1], mean, cov)[0]),
+                "variance": float(phi[b] @ cov @ phi[b])}
+
+    def describe_experts(self, *, n_texts: int = 3, n_attributes: int | None = 3) -> list[dict[str, Any]]:
+        """Expert cards from the reference corpus shipped in the model folder.
+
+        Per expert: ``{"expert", "name", "routing_share", "routing_share_by_source",
+        "highest", "lowest", "correlations"}`` (see :mod:`moerm_lite.experts`).
+        """
+        rel = self.config.extra.get("reference")
+        if not rel:
+            raise ValueError(f"model {self.config.model_id!r} ships no reference corpus (config.json has no "
+                             "'reference'); re-export it to get expert cards")
+        return describe_experts(self, read_reference(self.folder, rel), n_texts=n_texts,
+                                n_attributes=n_attributes)
+
     # ----------------------------------------------------------------- checks
-    def _weights(self, user: User) -> np.ndarray:
+    def check_profile(self, profile: UserProfile) -> None:
+        """Raise ``ValueError`` unless ``profile`` was fitted for this exact model."""
+        if profile.model_hash is not None and profile.model_hash != self.model_hash:
+            raise ValueError(
+                f"user profile {profile.user_id!r} was fitted for model {profile.model_id!r} "
+                f"({profile.model_hash}), not this one ({self.config.model_id!r}, {self.model_hash}); refit it"
+            )
+
+    def user_weights(self, user: User) -> np.ndarray:
+        """The (K,) weights scores use for ``user``: ``w0`` for ``None``, a profile's or a vector's own."""
         if user is None:
             return self._w0
         if isinstance(user, UserProfile):
-            if user.model_hash is not None and user.model_hash != self.model_hash:
-                raise ValueError(
-                    f"user profile {user.user_id!r} was fitted for model {user.model_id!r} "
-                    f"({user.model_hash}), not this one ({self.config.model_id!r}, {self.model_hash}); refit it"
-                )
+            self.check_profile(user)
             w = user.weights_
         elif isinstance(user, (str, Path)):
             raise TypeError("user must be a UserProfile or a weight vector; load a profile file "

@@ -8,6 +8,10 @@ A user's comparison (chosen c, rejected j) gives the feature vector
 a strictly convex problem (one answer for one input) solved with L-BFGS-B and
 an analytic gradient. The Laplace posterior covariance is the inverse Hessian
 at the optimum: ``(sum_i s_i (1 - s_i) phi_i phi_i^T + lambda I)^-1``.
+
+A profile keeps its comparisons' features, so :meth:`UserProfile.partial_fit` /
+:meth:`UserProfile.update` fold in new comparisons and give exactly the weights of a
+fit on all of them at once (the objective is convex; the refit starts from w0 every time).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.optimize import minimize
@@ -23,7 +27,11 @@ from scipy.special import expit, log_expit
 
 from .folder import atomic_write_text
 
-PROFILE_SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from .model import RewardModel
+
+PROFILE_SCHEMA_VERSION = 2  # 2: profiles store their comparisons' features (online updates)
+READABLE_SCHEMA_VERSIONS = (1, 2)  # 1 has no features: it scores but cannot be updated
 
 
 def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +74,8 @@ class UserProfile:
     """One user's signed expert weights, fitted from their comparisons.
 
     scikit-learn style: ``__init__`` stores settings, :meth:`fit` learns
-    ``weights_`` (K,), ``covariance_`` (K, K) and ``n_comparisons_``. A profile
+    ``weights_`` (K,), ``covariance_`` (K, K), ``features_`` (N, K) and
+    ``n_comparisons_``; :meth:`partial_fit` adds comparisons. A profile
     remembers the model it was fitted for and is refused by any other model.
     """
 
@@ -78,17 +87,59 @@ class UserProfile:
 
     def fit(self, features: np.ndarray, w0: np.ndarray) -> UserProfile:
         """Fit ``weights_`` from (N, K) comparison features around the prior ``w0``."""
-        w, cov = fit_map(features, w0, self.prior_strength)
+        w0 = np.asarray(w0, dtype=np.float64)  # (K,)
+        phi = np.asarray(features, dtype=np.float64).reshape(-1, len(w0))  # (N, K)
+        w, cov = fit_map(phi, w0, self.prior_strength)
         self.weights_ = w  # (K,)
         self.covariance_ = cov  # (K, K)
-        self.w0_ = np.asarray(w0, dtype=np.float64)  # (K,)
-        self.n_comparisons_ = int(np.asarray(features).reshape(-1, len(w0)).shape[0])
+        self.w0_ = w0
+        self.features_: np.ndarray | None = phi.copy()  # (N, K)
+        self.n_comparisons_ = len(phi)
         return self
+
+    def partial_fit(self, features: np.ndarray) -> UserProfile:
+        """Add (M, K) comparison features and refit on all comparisons so far.
+
+        The result equals :meth:`fit` on the concatenated features, in any order of arrival.
+        """
+        self._check_fitted()
+        if self.features_ is None:
+            raise ValueError(f"user profile {self.user_id!r} was saved without its comparisons "
+                             "(schema_version 1) and cannot be updated; refit it from all comparisons")
+        K = len(self.w0_)
+        new = np.asarray(features, dtype=np.float64)
+        if new.ndim not in (1, 2) or new.shape[-1] != K:
+            raise ValueError(f"features must have shape (M, {K}), got {new.shape}")
+        return self.fit(np.vstack([self.features_, new.reshape(-1, K)]), self.w0_)
+
+    def update(self, comparisons: Any, model: RewardModel) -> UserProfile:
+        """Fold new ``{"prompt", "chosen", "rejected"}`` records into the profile (online update).
+
+        ``model`` must be the model the profile was fitted with. Returns ``self``.
+        """
+        self._check_fitted()
+        model.check_profile(self)
+        return self.partial_fit(model.comparison_features(comparisons))
+
+    def uncertainty(self, features: np.ndarray) -> np.ndarray:
+        """Posterior variance of score differences, ``phi^T Sigma phi``, for (N, K) or (K,) features.
+
+        ``features`` are chosen-minus-rejected (or first-minus-second) feature differences,
+        as :meth:`RewardModel.comparison_features` returns them. Returns (N,) or a float array ().
+        """
+        self._check_fitted()
+        phi = np.asarray(features, dtype=np.float64)
+        if phi.shape[-1:] != self.weights_.shape:
+            raise ValueError(f"features must end in n_experts={len(self.weights_)}, got shape {phi.shape}")
+        return np.einsum("...k,kl,...l->...", phi, self.covariance_, phi)  # (N,)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "weights_"):
+            raise ValueError("this UserProfile is not fitted yet")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the on-disk format)."""
-        if not hasattr(self, "weights_"):
-            raise ValueError("this UserProfile is not fitted yet")
+        self._check_fitted()
         return {
             "schema_version": PROFILE_SCHEMA_VERSION,
             "user_id": self.user_id,
@@ -99,14 +150,15 @@ class UserProfile:
             "weights": self.weights_.tolist(),
             "w0": self.w0_.tolist(),
             "covariance": self.covariance_.tolist(),
+            "features": None if self.features_ is None else self.features_.tolist(),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UserProfile:
         """Inverse of :meth:`to_dict`, with checks."""
-        if d.get("schema_version") != PROFILE_SCHEMA_VERSION:
+        if d.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
             raise ValueError(f"user profile has schema_version {d.get('schema_version')!r}, "
-                             f"expected {PROFILE_SCHEMA_VERSION}")
+                             f"expected one of {READABLE_SCHEMA_VERSIONS}")
         try:
             p = cls(user_id=d["user_id"], prior_strength=float(d["prior_strength"]))
             p.model_id, p.model_hash = d["model_id"], d["model_hash"]
@@ -114,12 +166,18 @@ class UserProfile:
             p.w0_ = np.asarray(d["w0"], dtype=np.float64)
             p.covariance_ = np.asarray(d["covariance"], dtype=np.float64)
             p.n_comparisons_ = int(d["n_comparisons"])
+            feats = d.get("features")
+            p.features_ = None if feats is None else np.asarray(feats, dtype=np.float64).reshape(-1, len(p.w0_))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"user profile is malformed: {e}") from e
         K = p.weights_.shape
         if p.weights_.ndim != 1 or p.w0_.shape != K or p.covariance_.shape != K * 2:
             raise ValueError("user profile is malformed: weights, w0 and covariance shapes disagree")
-        if not (np.isfinite(p.weights_).all() and np.isfinite(p.covariance_).all()):
+        if p.features_ is not None and len(p.features_) != p.n_comparisons_:
+            raise ValueError(f"user profile is malformed: {len(p.features_)} stored comparisons, "
+                             f"n_comparisons says {p.n_comparisons_}")
+        if not (np.isfinite(p.weights_).all() and np.isfinite(p.covariance_).all()
+                and (p.features_ is None or np.isfinite(p.features_).all())):
             raise ValueError("user profile contains NaN or inf weights")
         return p
 

@@ -32,3 +32,16 @@ def test_few_shot_on_planted_features():
     res = few_shot(phi, users, np.zeros(4), 1.0, shots=(50,))
     assert res["50"] > 0.97 and abs(res["global"] - 0.5) < 1e-9  # w0 = 0 scores every pair as a tie
     assert pair_accuracy(np.array([1.0, -1.0, 0.0])) == 0.5
+
+
+def test_active_curve_on_persona_statements_with_perfect_features():
+    """Features = the true persona components (plus noise): both strategies learn the users."""
+    from export.active_eval import active_curve
+
+    st = D.load_persona()
+    phi = st.components() + 0.05 * np.random.default_rng(0).normal(size=(len(st.text), len(st.axes)))
+    res = active_curve(phi, st, np.zeros(len(st.axes)), 1.0, n_users=8, pool_size=60, rounds=10)
+    assert res["N"] == list(range(1, 11)) and len(res["active"]) == len(res["random"]) == 10
+    assert res["active"][9] > 0.9 and res["random"][9] > 0.75
+    assert res["active"][0] < res["active"][9]  # answers help
+    assert abs(res["gain_at_10"] - (res["active"][9] - res["random"][9])) < 1e-3

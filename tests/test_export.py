@@ -14,7 +14,7 @@ from export.onnx_head import build_head_graph  # noqa: E402
 from export.train import TrainConfig, load_checkpoint, train  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
 from tests.model_test_utils import random_pairs  # noqa: E402
-from tests.tiny import random_head, tiny_tokenizer  # noqa: E402
+from tests.tiny import random_head, tiny_reference, tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,8 @@ def tiny_run(tiny_bert, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_export(tiny_run, tmp_path_factory):
-    return export_model(tiny_run, tmp_path_factory.mktemp("models") / "tiny-export", also_fp32=True)
+    return export_model(tiny_run, tmp_path_factory.mktemp("models") / "tiny-export", also_fp32=True,
+                        reference=tiny_reference())
 
 
 def test_folder_loads_and_describes_itself(tiny_export):
@@ -53,6 +54,8 @@ def test_folder_loads_and_describes_itself(tiny_export):
     assert tok["truncation"]["max_length"] == 32 and tok["padding"] is None  # matches config
     assert (tiny_export / "README.md").read_text().startswith("# tiny-export")
     assert RewardModel.load(tiny_export).n_experts == 6
+    card = (tiny_export / "README.md").read_text()  # expert cards read off the shipped reference corpus
+    assert cfg["reference"] == "reference.jsonl" and "## Expert cards" in card and "`tone`" in card
 
 
 def test_torch_onnx_parity(tiny_run, tiny_export):

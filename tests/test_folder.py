@@ -23,7 +23,7 @@ def rewrite_manifest(folder):
 def test_manifest_lists_every_file(tiny_folder):
     listed = set(json.loads((tiny_folder / "manifest.json").read_text())["files"])
     assert listed == {"config.json", "tokenizer.json", "README.md", "onnx/backbone_fp32.onnx",
-                      "onnx/backbone_int8.onnx", "onnx/head_fp32.onnx", "onnx/head_int8.onnx"}
+                      "onnx/backbone_int8.onnx", "onnx/head_fp32.onnx", "onnx/head_int8.onnx", "reference.jsonl"}
 
 
 def test_tampered_graph_is_named(copy):

@@ -6,6 +6,7 @@ mean): enough to exercise tokenization, padding, batching and the head graph.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, process
 from tokenizers.models import WordPiece
 
 from export.onnx_head import HeadWeights, build_head_graph
-from export.package import make_config, write_model_folder
+from export.package import REFERENCE, make_config, write_model_folder
 
 WORDS = ["the", "a", "is", "and", "of", "to", "in", "it", "good", "bad", "great", "awful", "kind", "rude", "help", "harm", "yes", "no", "cat", "dog", "math", "art", "music", "sport", "science", "risk", "god", "money", "power", "love", "hate", "fast", "slow", "long", "short", "true", "false", "please", "sorry", "thanks", "hello", "answer", "question", "why", "how", "what", "ok", "fine", "safe", "danger", "nice", "mean"]
 H, D = 16, 8
@@ -66,8 +67,20 @@ def random_head(K: int, rng: np.random.Generator) -> HeadWeights:
                        w2=rng.normal(size=(K, D)) / np.sqrt(D), b2=rng.normal(scale=0.1, size=K))
 
 
+def tiny_reference(n: int = 40, seed: int = 3) -> list[dict]:
+    """Reference rows: "good ..." / "bad ..." texts labelled ``tone`` +1 / -1, from two sources."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        y = 1 if i % 2 == 0 else -1
+        words = " ".join(rng.choice(WORDS[:30], rng.integers(2, 8)))
+        rows.append({"prompt": "why" if i % 3 else "", "response": f"{'good kind' if y > 0 else 'bad rude'} {words}",
+                     "source": "left" if i < n // 2 else "right", "labels": {"tone": y}})
+    return rows
+
+
 def build_tiny_folder(out: Path, *, K: int = 6, top_k: int = 2, seed: int = 0, max_length: int = 24,
-                      model_id: str = "tiny-test") -> tuple[Path, HeadWeights]:
+                      model_id: str = "tiny-test", reference: bool = True) -> tuple[Path, HeadWeights]:
     """Write a tiny model folder with int8 (int8 experts) and fp32 graphs; returns it and its head."""
     rng = np.random.default_rng(seed)
     tok = tiny_tokenizer()
@@ -79,5 +92,9 @@ def build_tiny_folder(out: Path, *, K: int = 6, top_k: int = 2, seed: int = 0, m
     graphs = {"onnx/backbone_fp32.onnx": backbone, "onnx/backbone_int8.onnx": backbone,
               "onnx/head_fp32.onnx": build_head_graph(head, top_k),
               "onnx/head_int8.onnx": build_head_graph(head, top_k, expert_dtype="int8")}
-    write_model_folder(out, cfg, graphs, tok.to_str(), "# tiny-test\nRandom weights, for tests only.\n")
+    extra = {}
+    if reference:
+        cfg["reference"] = REFERENCE
+        extra[REFERENCE] = "".join(json.dumps(r) + "\n" for r in tiny_reference())
+    write_model_folder(out, cfg, graphs, tok.to_str(), "# tiny-test\nRandom weights, for tests only.\n", extra)
     return out, head

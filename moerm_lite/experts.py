@@ -1,0 +1,98 @@
+"""Expert cards without an LLM: what each expert does, read off a reference corpus.
+
+A model folder may ship ``reference.jsonl`` (named by ``"reference"`` in ``config.json`` and
+checked by the manifest): a few hundred ``{"prompt", "response", "source"}`` rows, some with
+known attribute labels ``"labels": {"<attribute>": +1 | -1}`` (e.g. a persona axis and the
+statement's stance). For each expert a card gives
+
+- ``routing_share``: the share of reference rows routed to it, overall and per ``source``;
+- ``highest`` / ``lowest``: the routed rows it rewards most and least;
+- ``correlations``: the attributes whose labels best track its gated reward ``pi_k * r_k``
+  (Pearson over all rows; a row without the attribute counts 0; sources count as 0/1
+  attributes ``source:<name>``), strongest first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .folder import ModelFolderError, read_manifest, resolve_inside, verify_files
+from .head import expert_features
+
+if TYPE_CHECKING:
+    from .model import RewardModel
+
+
+def read_reference(folder: Path, rel: str) -> list[dict[str, Any]]:
+    """The reference rows of a model folder, checked against its manifest."""
+    verify_files(folder, read_manifest(folder), [rel])
+    rows = []
+    for n, line in enumerate(resolve_inside(folder, rel).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("response"), str):
+                raise ModelFolderError(f"{rel}:{n}: each row needs a string 'response'")
+            rows.append(row)
+    return rows
+
+
+def attribute_matrix(rows: list[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
+    """Attribute names and values (N, A): labelled attributes, then ``source:<name>`` indicators."""
+    labels = sorted({a for r in rows for a in r.get("labels", {})})
+    sources = sorted({str(r.get("source", "")) for r in rows if r.get("source")})
+    names = labels + [f"source:{s}" for s in sources]
+    Y = np.zeros((len(rows), len(names)))  # (N, A)
+    col = {a: i for i, a in enumerate(names)}
+    for i, r in enumerate(rows):
+        for a, v in r.get("labels", {}).items():
+            Y[i, col[a]] = float(v)
+        if r.get("source"):
+            Y[i, col[f"source:{r['source']}"]] = 1.0
+    return names, Y
+
+
+def correlations(F: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of every column of F (N, K) with every column of Y (N, A), (K, A); 0 if constant."""
+    Fc, Yc = F - F.mean(0), Y - Y.mean(0)
+    denom = np.sqrt(np.outer((Fc**2).sum(0), (Yc**2).sum(0)))  # (K, A)
+    return np.divide(Fc.T @ Yc, denom, out=np.zeros_like(denom), where=denom > 1e-12)
+
+
+def describe_experts(model: RewardModel, rows: list[dict[str, Any]], *, n_texts: int = 3,
+                     n_attributes: int | None = 3, max_chars: int = 120) -> list[dict[str, Any]]:
+    """One card per expert (see the module docstring), in expert order.
+
+    ``n_attributes=None`` keeps every attribute's correlation (for a heatmap).
+    """
+    if not rows:
+        raise ValueError("the reference corpus is empty")
+    out = model.expert_outputs([(r.get("prompt", ""), r["response"]) for r in rows])
+    gates, rewards = out["gating_output"], out["rewards"]  # (N, K) each
+    routed = gates > 0  # (N, K)
+    names, Y = attribute_matrix(rows)
+    C = correlations(expert_features(gates, rewards), Y)  # (K, A)
+    src = np.array([str(r.get("source", "")) for r in rows])
+
+    def short(i: int) -> str:
+        text = " ".join(rows[i]["response"].split())
+        return text if len(text) <= max_chars else text[:max_chars - 1] + "…"
+
+    cards = []
+    for k, name in enumerate(model.expert_names):
+        on = np.flatnonzero(routed[:, k])
+        by_r = on[np.argsort(-rewards[on, k], kind="stable")]
+        top_a = np.argsort(-np.abs(C[k]), kind="stable")[:n_attributes]  # all if None
+        cards.append({
+            "expert": k, "name": name,
+            "routing_share": float(routed[:, k].mean()),
+            "routing_share_by_source": {s: float(routed[src == s, k].mean()) for s in sorted(set(src)) if s},
+            "highest": [short(i) for i in by_r[:n_texts]],
+            "lowest": [short(i) for i in by_r[::-1][:max(0, min(n_texts, len(by_r) - n_texts))]],  # disjoint
+            "correlations": {names[a]: float(C[k, a]) for a in top_a
+                             if n_attributes is None or C[k, a] != 0},
+        })
+    return cards

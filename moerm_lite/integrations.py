@@ -1,0 +1,85 @@
+"""Reward functions for RL trainers, built without importing them.
+
+- :func:`trl_reward_func`: TRL's ``GRPOTrainer(reward_funcs=[...])`` calling convention,
+  ``f(prompts, completions, **kwargs) -> list[float]``, for plain-text and conversational
+  (message-list) datasets. A ``user_id`` dataset column picks each row's profile.
+- :func:`openrlhf_reward_func`: OpenRLHF's ``--remote_rm_url reward_func.py`` convention,
+  ``reward_func(queries, prompts, labels) -> {"rewards", "scores", "extra_logs"}``, where each
+  query is its prompt followed by the response.
+
+Neither imports TRL, OpenRLHF or torch. OpenRLHF expects tensors: if torch is already imported
+in the process (it is, inside OpenRLHF) the values are ``torch.Tensor``, else numpy arrays.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.special import expit
+
+from .model import RewardModel, User
+from .personalize import UserProfile
+
+
+def completion_text(completion: Any) -> str:
+    """A completion as text: a string, or the contents of a TRL message list joined by blank lines."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, (list, tuple)) and all(isinstance(m, dict) for m in completion):
+        return "\n\n".join(str(m.get("content", "")) for m in completion)
+    raise TypeError(f"a completion must be a string or a list of chat messages, got {type(completion).__name__}")
+
+
+def trl_reward_func(model: RewardModel, user: User = None, *,
+                    profiles: Mapping[str, UserProfile] | None = None,
+                    batch_size: int = 32) -> Callable[..., list[float]]:
+    """A TRL GRPO reward function scoring with ``model`` for one ``user`` (``None``: population).
+
+    With ``profiles``, rows whose ``user_id`` (a dataset column TRL passes as a keyword) is in
+    it are scored with that profile; other rows with ``user``. An unknown id raises ``KeyError``.
+    """
+
+    def moerm_lite_reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        pairs = [(p, completion_text(c)) for p, c in zip(prompts, completions)]
+        user_ids = kwargs.get("user_id")
+        if profiles is None or user_ids is None:
+            return model.score_pairs(pairs, user=user, batch_size=batch_size).tolist()
+        out = model.expert_outputs(pairs, batch_size=batch_size)
+        from .head import combine
+
+        scores = []
+        for i, uid in enumerate(user_ids):
+            if uid is not None and uid not in profiles:
+                raise KeyError(f"no profile for user_id {uid!r}; known: {sorted(profiles)[:5]}...")
+            w = model.user_weights(profiles[uid] if uid is not None else user)  # (K,)
+            scores.append(float(combine(out["gating_output"][i:i + 1], out["rewards"][i:i + 1], w)[0]))
+        return scores
+
+    return moerm_lite_reward
+
+
+def openrlhf_reward_func(model: RewardModel, user: User = None, *,
+                         batch_size: int = 32) -> Callable[..., dict[str, Any]]:
+    """An OpenRLHF ``reward_func(queries, prompts, labels)``; ``scores`` = sigmoid(reward) in (0, 1)."""
+
+    def reward_func(queries: Sequence[str], prompts: Sequence[str], labels: Any = None) -> dict[str, Any]:
+        if len(queries) != len(prompts):
+            raise ValueError(f"{len(queries)} queries but {len(prompts)} prompts")
+        pairs = []
+        for i, (q, p) in enumerate(zip(queries, prompts)):
+            if not (isinstance(q, str) and isinstance(p, str)) or not q.startswith(p):
+                raise ValueError(f"query {i} does not start with its prompt; OpenRLHF queries are prompt + response")
+            pairs.append((p, q[len(p):]))
+        rewards = model.score_pairs(pairs, user=user, batch_size=batch_size).astype(np.float32)  # (B,)
+        scores = expit(rewards).astype(np.float32)  # (B,)
+        torch = sys.modules.get("torch")
+        as_out = (lambda a: torch.from_numpy(a)) if torch is not None else (lambda a: a)
+        return {"rewards": as_out(rewards), "scores": as_out(scores),
+                "extra_logs": {"moerm_lite_reward": as_out(rewards.copy())}}
+
+    return reward_func
