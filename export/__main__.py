@@ -1,4 +1,4 @@
-"""Build side CLI, run from a checkout: ``python -m export {train,evaluate,export} ...``."""
+"""Build side CLI, run from a checkout: ``python -m export {train,evaluate,export,active} ...``."""
 
 from __future__ import annotations
 
@@ -36,6 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--quant", default="weight_only8", help="int8 backbone variant: weight_only8, "
                     "weight_only8_int8_compute or dynamic")
     sp.add_argument("--report", default=None, help="evaluation JSON to put in the model card")
+    sp.add_argument("--no-reference", action="store_true",
+                    help="ship no reference corpus (no expert cards); by default it is built from the data")
+
+    sp = sub.add_parser("active", help="persona-16: accuracy after N active vs N random questions")
+    sp.add_argument("-i", "--input", required=True, help="model folder (ONNX)")
+    sp.add_argument("--precision", default="int8")
+    sp.add_argument("--users", type=int, default=200)
+    sp.add_argument("-o", "--out", default=None, help="write the curve JSON here")
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -74,9 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
     elif args.command == "export":
         from .onnx_export import export_model
+        from .reference import reference_corpus
 
         export_model(args.input, args.output, precision=args.precision, also_fp32=args.also_fp32,
-                     quant=args.quant, report=args.report)
+                     quant=args.quant, report=args.report,
+                     reference=None if args.no_reference else reference_corpus())
+    elif args.command == "active":
+        from .active_eval import model_active_curve
+
+        res = model_active_curve(args.input, precision=args.precision, n_users=args.users)
+        text = json.dumps(res, indent=1)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        print(text)
     return 0
 
 

@@ -69,6 +69,8 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: dict[str, Any]
                         f"{100 * r['routing_share']:.0f}% of its statements)") if r else _source_desc(rep, i)
                 lines.append(f"| {i} | {name} | {desc} |")
             lines.append("")
+    if rep.get("expert_cards"):
+        lines += expert_cards_section(rep["expert_cards"])
     lines += [
         "## Limits",
         "",
@@ -119,6 +121,36 @@ def measured_section(rep: dict[str, Any], K: int) -> list[str]:
               f"Relabeled HH (two objectives as two users): global {_pct(hh.get('global'))}%, "
               f"few-shot N=10 {_pct(hh.get('10'))}%, N=50 {_pct(hh.get('50'))}%, per-objective oracle "
               f"{_pct(hh.get('oracle'))}%.", ""]
+    act = rep.get("active")
+    if act:
+        shown = [n for n in (1, 2, 3, 5, 10, 15, 20) if n <= len(act["N"])]
+        lines += [f"Active questions (`next_comparison`, {act['users']} persona test users, a pool of "
+                  f"{act['pool_size']} candidate comparisons each, λ = {act['lambda']:g}): held-out accuracy "
+                  "after N answers.", "",
+                  "| N | " + " | ".join(str(n) for n in shown) + " |", "|---" * (len(shown) + 1) + "|",
+                  "| active | " + " | ".join(_pct(act["active"][n - 1]) for n in shown) + " |",
+                  "| random | " + " | ".join(_pct(act["random"][n - 1]) for n in shown) + " |", "",
+                  f"Gain at N = 10: {100 * act['gain_at_10']:+.1f} points "
+                  f"(± {100 * act['gain_at_10_stderr']:.1f} standard error).", ""]
+    return lines
+
+
+def expert_cards_section(cards: list[dict[str, Any]]) -> list[str]:
+    """Markdown for ``RewardModel.describe_experts()`` on the shipped reference corpus."""
+    lines = ["## Expert cards (reference corpus: `reference.jsonl`, `moerm-lite experts`)", "",
+             "Routing share over the reference corpus; the routed texts the expert rewards most and least; "
+             "the attributes its gated reward tracks best (Pearson r).", ""]
+    for c in cards:
+        if c["routing_share"] == 0:
+            continue
+        corr = ", ".join(f"`{a}` {v:+.2f}" for a, v in c["correlations"].items())
+        lines.append(f"- **{c['expert']} · {c['name']}**: routed for {100 * c['routing_share']:.1f}% of the corpus; "
+                     f"tracks {corr or '—'}. Highest: {' / '.join(repr(t) for t in c['highest'][:2]) or '—'}. "
+                     f"Lowest: {' / '.join(repr(t) for t in c['lowest'][:2]) or '—'}.")
+    lines.append("")
+    unused = [str(c["expert"]) for c in cards if c["routing_share"] == 0]
+    if unused:
+        lines += [f"Never routed on the reference corpus: experts {', '.join(unused)}.", ""]
     return lines
 
 

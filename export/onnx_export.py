@@ -21,7 +21,7 @@ import torch
 from .card import model_card
 from .model import Backbone
 from .onnx_head import HeadWeights, build_head_graph
-from .package import make_config, write_model_folder
+from .package import REFERENCE, make_config, update_card, write_model_folder
 from .train import load_checkpoint
 
 log = logging.getLogger("export")
@@ -186,11 +186,14 @@ def head_weights(head: torch.nn.Module) -> HeadWeights:
 def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8", also_fp32: bool = False,
                  quant: str = "weight_only8",
                  report: "str | Path | dict[str, Any] | None" = None, model_id: Optional[str] = None,
-                 extra_files: Optional[dict[str, str]] = None) -> Path:
+                 extra_files: Optional[dict[str, str]] = None,
+                 reference: Optional[list[dict[str, Any]]] = None) -> Path:
     """Write the model folder for a training run; returns its path.
 
     ``report`` (an ``evaluate`` result, or its JSON file) supplies the measured default prior
     strength (``lambda``), the data-derived ``expert_names`` and the card's metrics.
+    ``reference`` rows (``export/reference.py``) are shipped as ``reference.jsonl``, and the
+    expert cards the runtime reads off them go into the model card.
     """
     ckpt, head, backbone = load_checkpoint(run)
     if backbone is None:
@@ -231,8 +234,19 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
                             "train_backbone_layers": cfg["train_backbone_layers"],
                             "sources": cfg["sources"]}},
     )
+    extra_files = dict(extra_files or {})
+    if reference:
+        from .reference import to_jsonl
+
+        extra_files[REFERENCE] = to_jsonl(reference)
+        config["reference"] = REFERENCE
     card = model_card(config, ckpt, rep)
     folder = write_model_folder(Path(out), config, graphs, tok.to_str(), card, extra_files)
+    if reference:
+        from moerm_lite import RewardModel
+
+        cards = RewardModel.load(folder, precision=precision).describe_experts()
+        update_card(folder, model_card(config, ckpt, {**rep, "expert_cards": cards}))
     log.info("wrote %s (%s)", folder, ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB"
                                                 for p in sorted((folder / "onnx").iterdir())))
     return folder

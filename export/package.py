@@ -11,7 +11,9 @@ from typing import Any
 
 import onnx
 
-from moerm_lite.folder import CONFIG, MANIFEST, SCHEMA_VERSION, build_manifest
+from moerm_lite.folder import CONFIG, MANIFEST, SCHEMA_VERSION, atomic_write_text, build_manifest
+
+REFERENCE = "reference.jsonl"  # the expert-card reference corpus inside a model folder
 
 
 def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list[str], w0: list[float],
@@ -79,10 +81,18 @@ def write_model_folder(out: Path, config: dict[str, Any], graphs: dict[str, onnx
     return out
 
 
+def add_reference(folder: Path, reference_jsonl: str) -> None:
+    """Put (or replace) the reference corpus in an existing model folder; graphs untouched."""
+    folder = Path(folder)
+    atomic_write_text(folder / REFERENCE, reference_jsonl)
+    config = json.loads((folder / CONFIG).read_text())
+    config["reference"] = REFERENCE
+    atomic_write_text(folder / CONFIG, json.dumps(config, indent=1) + "\n")
+    atomic_write_text(folder / MANIFEST, json.dumps(build_manifest(folder), indent=1) + "\n")
+
+
 def update_card(folder: Path, card: str) -> None:
     """Replace a model folder's card and refresh its manifest (graphs untouched)."""
-    from moerm_lite.folder import atomic_write_text
-
     folder = Path(folder)
     atomic_write_text(folder / "README.md", card)
     atomic_write_text(folder / MANIFEST, json.dumps(build_manifest(folder), indent=1) + "\n")

@@ -2,6 +2,8 @@
 
     python scripts/build_model.py                # -> models/moerm-minilm-k32 and runs/ship*/
     python scripts/build_model.py --quick        # small smoke run into runs/quick (not for shipping)
+    python scripts/build_model.py --refresh      # keep the graphs; redo reference corpus, expert cards,
+                                                 # active-question curve and the card
 
 Needs the export extra (torch pinned: pip install torch==2.13.0) and ../shared/data.
 Every number in the model card and the README's tables comes from the reports this writes.
@@ -26,7 +28,10 @@ from export import data as D  # noqa: E402
 from export.card import model_card  # noqa: E402
 from export.evaluate import RuntimeFeaturizer, TorchFeaturizer, evaluate  # noqa: E402
 from export.onnx_export import export_model  # noqa: E402
-from export.package import update_card  # noqa: E402
+from export.active_eval import model_active_curve  # noqa: E402
+from export.package import add_reference, update_card  # noqa: E402
+from export.reference import reference_corpus, to_jsonl  # noqa: E402
+from moerm_lite import RewardModel  # noqa: E402
 from export.parity import parity_report  # noqa: E402
 from export.train import TrainConfig, load_checkpoint, train  # noqa: E402
 
@@ -39,6 +44,7 @@ def main() -> None:
     ap.add_argument("--runs", default=str(ROOT / "runs"))
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
     ap.add_argument("--resume", action="store_true", help="reuse runs/ship*/ checkpoints and torch reports")
+    ap.add_argument("--refresh", action="store_true", help="reuse the model folder and runs/ship/report.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -49,6 +55,11 @@ def main() -> None:
     if args.quick:
         cfg = replace(cfg, persona_users=200, epochs=1)
         runs, out, users = runs / "quick", runs / "quick" / "model", 50
+    if args.refresh:
+        rep = json.loads((runs / "ship" / "report.json").read_text())
+        add_reference(out, to_jsonl(reference_corpus()))
+        finish(runs, out, rep, users)
+        return
     t0 = time.time()
     times = {}
     if args.resume:
@@ -79,7 +90,8 @@ def main() -> None:
         rep_torch["expert_names"] = name_experts(expert_features(g, r), st, source_gates(tz, g))
 
     t1 = time.time()
-    export_model(runs / "ship", out, precision="int8", report=rep_torch, model_id=out.name)
+    export_model(runs / "ship", out, precision="int8", report=rep_torch, model_id=out.name,
+                 reference=reference_corpus())
     times["export_s"] = time.time() - t1
     t1 = time.time()
     rz = RuntimeFeaturizer(out, precision="int8")
@@ -102,10 +114,20 @@ def main() -> None:
     rep["expert_names"] = rep_torch["expert_names"]
     times["evaluate_runtime_s"] = time.time() - t1
     rep["timings"] = times
+    finish(runs, out, rep, users)
+
+
+def finish(runs: Path, out: Path, rep: dict, users: int) -> None:
+    """Runtime-only measurements (active questions, expert cards), then report and card."""
+    t1 = time.time()
+    rep["active"] = model_active_curve(out, n_users=users)
+    rep["expert_cards"] = RewardModel.load(out).describe_experts()
+    rep.setdefault("timings", {})["active_and_cards_s"] = time.time() - t1
     (runs / "ship" / "report.json").write_text(json.dumps(rep, indent=1))
     ckpt, _, _ = load_checkpoint(runs / "ship")
     update_card(out, model_card(json.loads((out / "config.json").read_text()), ckpt, rep))
     print(json.dumps({k: rep[k] for k in ("persona", "parity", "timings")}, indent=1))
+    print(json.dumps({k: rep["active"][k] for k in ("N", "active", "random", "gain_at_10")}))
 
 
 if __name__ == "__main__":

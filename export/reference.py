@@ -1,0 +1,49 @@
+"""The reference corpus shipped in a model folder (``reference.jsonl``) for expert cards.
+
+A few hundred rows, none from training splits: persona statements of the 16 benchmark axes
+(held-out statements; label ``<axis>`` = +1 for a statement a person with that persona would
+make, -1 otherwise) and held-out replies from the human-labelled sets (label
+``human_preferred`` = +1 for the chosen reply, -1 for the rejected one). Never relabeled HH
+(no licence). Excerpts keep their sources' licences (see the model card).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import data as D
+
+
+def reference_corpus(data_dir: Path = D.DATA_DIR, per_axis: int = 12, per_source: int = 40,
+                     seed: int = 0) -> list[dict[str, Any]]:
+    """Rows ``{"prompt", "response", "source", "labels"}``: ``per_axis`` statements per persona axis
+    (half each stance) and ``per_source`` replies (half chosen) per human-labelled set, test splits only."""
+    rng = np.random.default_rng(seed)
+    st = D.load_persona(data_dir)
+    test = D.statement_split(st, "test")
+    rows: list[dict[str, Any]] = []
+    for a, axis in enumerate(st.axes):
+        for y in (1, -1):
+            pool = test[(st.axis[test] == a) & (st.y[test] == y)]
+            for i in rng.permutation(pool)[:per_axis // 2]:
+                rows.append({"prompt": "", "response": st.text[i], "source": "persona", "labels": {axis: y}})
+    for load in (D.load_hh_harmless, D.load_finegrained_qa, D.load_topical_chat):
+        recs, seen, taken = load(data_dir, split="test"), set(), 0
+        for j in rng.permutation(len(recs)):
+            r = recs[j]
+            if taken == per_source // 2 or r["chosen"] in seen or r["rejected"] in seen:
+                continue  # every reply once: one text, one label
+            seen |= {r["chosen"], r["rejected"]}
+            taken += 1
+            for key, y in (("chosen", 1), ("rejected", -1)):
+                rows.append({"prompt": r["prompt"], "response": r[key], "source": r["source"],
+                             "labels": {"human_preferred": y}})
+    return rows
+
+
+def to_jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
