@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
@@ -50,6 +52,7 @@ class ModelConfig:
     pooling: str = "mean"
     pair_template: str = "text_pair"  # prompt as segment A, response as segment B
     default_prior_strength: float = 1.0  # lambda of the MAP user fit
+    prior_precision: list[list[float]] | None = None  # P (K, K): user prior N(w0, (lambda P)^-1); None = I
     max_chars: int = 100_000  # longer texts are rejected, not silently cut
     backbone_inputs: list[str] = field(
         default_factory=lambda: ["input_ids", "attention_mask", "token_type_ids"]
@@ -87,6 +90,8 @@ class ModelConfig:
                 pair_template=str(backbone.get("pair_template", "text_pair")),
                 graphs=graphs,
                 default_prior_strength=float(d.get("default_prior_strength", 1.0)),
+                prior_precision=(None if d.get("prior_precision") is None
+                                 else [[float(x) for x in row] for row in d["prior_precision"]]),
                 max_chars=int(d.get("max_chars", 100_000)),
                 backbone_inputs=list(io["backbone"]["inputs"]),
                 backbone_output=str(io["backbone"]["output"]),
@@ -116,11 +121,17 @@ class ModelConfig:
             )
         if not self.graphs:
             raise ModelFolderError("config.json: 'graphs' lists no precision")
+        if self.prior_precision is not None:
+            P = np.asarray(self.prior_precision, dtype=np.float64)
+            if P.shape != (K, K) or not np.isfinite(P).all() or not np.allclose(P, P.T, atol=1e-8 * np.abs(P).max()):
+                raise ModelFolderError(f"config.json: prior_precision must be a finite symmetric {K}x{K} matrix")
+            if np.linalg.eigvalsh(P).min() <= 0:
+                raise ModelFolderError("config.json: prior_precision is not positive definite")
 
 
 _KNOWN_KEYS = {
     "schema_version", "model_id", "n_experts", "top_k", "expert_names", "w0", "backbone",
-    "graphs", "default_prior_strength", "max_chars", "io",
+    "graphs", "default_prior_strength", "prior_precision", "max_chars", "io",
 }
 
 

@@ -133,6 +133,12 @@ class RewardModel:
         return list(self.config.expert_names)
 
     @property
+    def prior_precision(self) -> np.ndarray | None:
+        """P (K, K) of the user prior ``N(w0, (lambda P)^-1)``; ``None`` means the identity."""
+        P = self.config.prior_precision
+        return None if P is None else np.asarray(P, dtype=np.float64)
+
+    @property
     def w0(self) -> np.ndarray:
         """Population weights, (K,): the weights of an unknown user."""
         return self._w0.copy()
@@ -249,7 +255,8 @@ class RewardModel:
         """
         lam = self.config.default_prior_strength if prior_strength is None else prior_strength
         phi = self.comparison_features(comparisons)  # (N, K)
-        profile = UserProfile(user_id=user_id, prior_strength=lam).fit(phi, self._w0)
+        profile = UserProfile(user_id=user_id, prior_strength=lam,
+                              prior_precision=self.prior_precision).fit(phi, self._w0)
         profile.model_id, profile.model_hash = self.config.model_id, self.model_hash
         return profile
 
@@ -259,7 +266,7 @@ class RewardModel:
 
         Every pair is rated by how much its answer is expected to shrink the posterior variance
         of all candidate pairs' score differences (:mod:`moerm_lite.active`), under the user's
-        Laplace posterior (a :class:`UserProfile`), or under the prior ``N(w0, I/lambda)`` for
+        Laplace posterior (a :class:`UserProfile`), or under the prior ``N(w0, (lambda P)^-1)`` for
         ``user=None`` or a plain weight vector. Ask the user to compare the two responses,
         then ``profile.update([...], model)``.
 
@@ -273,8 +280,9 @@ class RewardModel:
         mean = self.user_weights(user)  # (K,)
         if isinstance(user, UserProfile):
             cov = user.covariance_  # (K, K)
-        else:
-            cov = np.eye(self.n_experts) / self.config.default_prior_strength  # (K, K) the prior
+        else:  # the prior (lambda P)^-1
+            P = np.eye(self.n_experts) if self.prior_precision is None else self.prior_precision
+            cov = np.linalg.inv(self.config.default_prior_strength * P)  # (K, K)
         out = self.expert_outputs([(prompt, c) for c in candidates])
         f = expert_features(out["gating_output"], out["rewards"])  # (n, K)
         i, j = all_pairs(len(candidates))

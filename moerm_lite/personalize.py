@@ -3,11 +3,14 @@
 A user's comparison (chosen c, rejected j) gives the feature vector
 ``phi = (pi * r)(c) - (pi * r)(j)``, (K,). The user's signed weights ``w`` are
 
-    argmax_w  sum_i log sigmoid(w . phi_i)  -  (lambda / 2) ||w - w0||^2
+    argmax_w  sum_i log sigmoid(w . phi_i)  -  (lambda / 2) (w - w0)^T P (w - w0)
 
 a strictly convex problem (one answer for one input) solved with L-BFGS-B and
-an analytic gradient. The Laplace posterior covariance is the inverse Hessian
-at the optimum: ``(sum_i s_i (1 - s_i) phi_i phi_i^T + lambda I)^-1``.
+an analytic gradient. ``P`` is the prior precision: the identity, or (shipped
+models) the inverse covariance of the training users' weights around ``w0``, so
+the prior knows which experts people actually disagree on. The Laplace posterior
+covariance is the inverse Hessian at the optimum:
+``(sum_i s_i (1 - s_i) phi_i phi_i^T + lambda P)^-1``.
 
 A profile keeps its comparisons' features, so :meth:`UserProfile.partial_fit` /
 :meth:`UserProfile.update` fold in new comparisons and give exactly the weights of a
@@ -34,30 +37,37 @@ PROFILE_SCHEMA_VERSION = 2  # 2: profiles store their comparisons' features (onl
 READABLE_SCHEMA_VERSIONS = (1, 2)  # 1 has no features: it scores but cannot be updated
 
 
-def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float) -> tuple[np.ndarray, np.ndarray]:
+def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float,
+            prior_precision: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """MAP weights and Laplace covariance for comparison features ``phi``.
 
     Args:
         phi: (N, K) chosen-minus-rejected features; N may be 0.
         w0: (K,) prior mean, the population weights.
         prior_strength: lambda > 0.
+        prior_precision: (K, K) symmetric positive definite ``P``; ``None`` is the identity.
 
     Returns:
         ``(w, cov)`` with shapes (K,) and (K, K).
     """
-    phi = np.asarray(phi, dtype=np.float64).reshape(-1, len(w0))  # (N, K)
     w0 = np.asarray(w0, dtype=np.float64)  # (K,)
+    phi = np.asarray(phi, dtype=np.float64).reshape(-1, len(w0))  # (N, K)
     lam = float(prior_strength)
     if not (math.isfinite(lam) and lam > 0):
         raise ValueError(f"prior_strength must be a positive finite number, got {prior_strength!r}")
     if not np.isfinite(phi).all():
         raise ValueError("comparison features contain NaN or inf")
+    P = np.eye(len(w0)) if prior_precision is None else np.asarray(prior_precision, dtype=np.float64)  # (K, K)
+    if P.shape != (len(w0), len(w0)):
+        raise ValueError(f"prior_precision must be ({len(w0)}, {len(w0)}), got {P.shape}")
+    lam_p = lam * P  # (K, K)
 
     def loss_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
         z = phi @ w  # (N,)
         d = w - w0  # (K,)
-        loss = -log_expit(z).sum() + 0.5 * lam * d @ d
-        grad = -(expit(-z) @ phi) + lam * d  # (K,)
+        pd = lam_p @ d  # (K,)
+        loss = -log_expit(z).sum() + 0.5 * d @ pd
+        grad = -(expit(-z) @ phi) + pd  # (K,)
         return float(loss), grad
 
     w = w0.copy()
@@ -66,7 +76,7 @@ def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float) -> tuple[np.
                        options={"maxiter": 1000, "gtol": 1e-10, "ftol": 1e-15})
         w = res.x
     s = expit(phi @ w)  # (N,)
-    hess = (phi * (s * (1 - s))[:, None]).T @ phi + lam * np.eye(len(w0))  # (K, K)
+    hess = (phi * (s * (1 - s))[:, None]).T @ phi + lam_p  # (K, K)
     return w, np.linalg.inv(hess)
 
 
@@ -79,9 +89,11 @@ class UserProfile:
     remembers the model it was fitted for and is refused by any other model.
     """
 
-    def __init__(self, user_id: str | None = None, prior_strength: float = 1.0) -> None:
+    def __init__(self, user_id: str | None = None, prior_strength: float = 1.0,
+                 prior_precision: np.ndarray | None = None) -> None:
         self.user_id = user_id
         self.prior_strength = prior_strength
+        self.prior_precision = prior_precision  # (K, K) or None: the identity
         self.model_id: str | None = None
         self.model_hash: str | None = None
 
@@ -89,7 +101,7 @@ class UserProfile:
         """Fit ``weights_`` from (N, K) comparison features around the prior ``w0``."""
         w0 = np.asarray(w0, dtype=np.float64)  # (K,)
         phi = np.asarray(features, dtype=np.float64).reshape(-1, len(w0))  # (N, K)
-        w, cov = fit_map(phi, w0, self.prior_strength)
+        w, cov = fit_map(phi, w0, self.prior_strength, self.prior_precision)
         self.weights_ = w  # (K,)
         self.covariance_ = cov  # (K, K)
         self.w0_ = w0
@@ -146,6 +158,7 @@ class UserProfile:
             "model_id": self.model_id,
             "model_hash": self.model_hash,
             "prior_strength": self.prior_strength,
+            "prior_precision": None if self.prior_precision is None else np.asarray(self.prior_precision).tolist(),
             "n_comparisons": self.n_comparisons_,
             "weights": self.weights_.tolist(),
             "w0": self.w0_.tolist(),
@@ -160,7 +173,9 @@ class UserProfile:
             raise ValueError(f"user profile has schema_version {d.get('schema_version')!r}, "
                              f"expected one of {READABLE_SCHEMA_VERSIONS}")
         try:
-            p = cls(user_id=d["user_id"], prior_strength=float(d["prior_strength"]))
+            pp = d.get("prior_precision")
+            p = cls(user_id=d["user_id"], prior_strength=float(d["prior_strength"]),
+                    prior_precision=None if pp is None else np.asarray(pp, dtype=np.float64))
             p.model_id, p.model_hash = d["model_id"], d["model_hash"]
             p.weights_ = np.asarray(d["weights"], dtype=np.float64)
             p.w0_ = np.asarray(d["w0"], dtype=np.float64)
@@ -171,7 +186,8 @@ class UserProfile:
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"user profile is malformed: {e}") from e
         K = p.weights_.shape
-        if p.weights_.ndim != 1 or p.w0_.shape != K or p.covariance_.shape != K * 2:
+        if (p.weights_.ndim != 1 or p.w0_.shape != K or p.covariance_.shape != K * 2
+                or (p.prior_precision is not None and p.prior_precision.shape != K * 2)):
             raise ValueError("user profile is malformed: weights, w0 and covariance shapes disagree")
         if p.features_ is not None and len(p.features_) != p.n_comparisons_:
             raise ValueError(f"user profile is malformed: {len(p.features_)} stored comparisons, "

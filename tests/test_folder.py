@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from moerm_lite import ModelFolderError, RewardModel
@@ -18,6 +19,11 @@ def copy(tiny_folder, tmp_path):
 
 def rewrite_manifest(folder):
     (folder / "manifest.json").write_text(json.dumps(build_manifest(folder)))
+
+
+def write_config(folder, cfg):
+    (folder / "config.json").write_text(json.dumps(cfg))
+    rewrite_manifest(folder)
 
 
 def test_manifest_lists_every_file(tiny_folder):
@@ -85,3 +91,44 @@ def test_unloadable_graph_is_named(copy):
     rewrite_manifest(copy)  # a consistent manifest, but a broken file
     with pytest.raises(ModelFolderError, match="head_int8.onnx"):
         RewardModel.load(copy)
+
+
+@pytest.mark.parametrize("bad,match", [([[1.0, 0.0]], "symmetric"), ("asym", "symmetric"), ("neg", "positive definite"),
+                                       ("nan", "symmetric")])
+def test_prior_precision_is_checked(copy, bad, match):
+    cfg = json.loads((copy / "config.json").read_text())
+    K = cfg["n_experts"]
+    P = np.eye(K)
+    if bad == "asym":
+        P[0, 1] = 0.5
+    elif bad == "neg":
+        P[0, 0] = -1.0
+    elif bad == "nan":
+        P[0, 0] = np.nan
+    cfg["prior_precision"] = bad if isinstance(bad, list) else P.tolist()
+    write_config(copy, cfg)
+    with pytest.raises(ModelFolderError, match=match):
+        RewardModel.load(copy)
+
+
+def test_model_fits_users_with_its_prior_precision(copy):
+    from moerm_lite import fit_map
+
+    cfg = json.loads((copy / "config.json").read_text())
+    K = cfg["n_experts"]
+    A = np.random.default_rng(0).normal(size=(K, K))
+    P = A @ A.T + np.eye(K)
+    cfg["prior_precision"] = P.tolist()
+    write_config(copy, cfg)
+    m = RewardModel.load(copy, precision="fp32", threads=1)
+    comps = [{"prompt": "why", "chosen": "good kind", "rejected": "rude bad"},
+             {"prompt": "", "chosen": "thanks", "rejected": "no"}]
+    u = m.fit_user(comps)
+    want, _ = fit_map(m.comparison_features(comps), m.w0, cfg["default_prior_strength"], P)
+    np.testing.assert_allclose(u.weights_, want, atol=1e-6)
+    np.testing.assert_allclose(u.prior_precision, P)
+    q = m.next_comparison("why", ["good kind", "rude bad", "thanks"])  # a new user: the prior (lambda P)^-1
+    a, b = q["responses"]
+    d = m.comparison_features([{"prompt": "why", "chosen": a, "rejected": b}])[0]
+    lam = cfg["default_prior_strength"]
+    assert q["variance"] == pytest.approx(d @ np.linalg.inv(lam * P) @ d, rel=1e-6)

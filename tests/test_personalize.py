@@ -102,3 +102,43 @@ def test_profile_load_errors(tmp_path):
     bad.write_text(json.dumps(d))
     with pytest.raises(ValueError, match="NaN"):
         UserProfile.load(bad)
+
+
+def random_precision(K, seed=0):
+    A = np.random.default_rng(seed).normal(size=(K, K))
+    return A @ A.T / K + 0.2 * np.eye(K)
+
+
+def test_prior_precision_optimum_and_covariance():
+    """With P, the fit is the MAP of the prior N(w0, (lambda P)^-1): zero gradient, Laplace covariance."""
+    _, phi = planted(N=40, seed=6)
+    w0, lam, P = np.full(8, 0.1), 1.5, random_precision(8)
+    w, cov = fit_map(phi, w0, lam, P)
+    grad = -(expit(-(phi @ w)) @ phi) + lam * P @ (w - w0)
+    assert np.abs(grad).max() < 1e-6
+    s = expit(phi @ w)
+    np.testing.assert_allclose(cov @ (phi.T @ (phi * (s * (1 - s))[:, None]) + lam * P), np.eye(8), atol=1e-8)
+    np.testing.assert_allclose(fit_map(phi, w0, lam, np.eye(8))[0], fit_map(phi, w0, lam)[0], atol=1e-9)
+    with pytest.raises(ValueError, match="prior_precision"):
+        fit_map(phi, w0, lam, np.eye(3))
+
+
+def test_prior_precision_pins_the_experts_users_never_vary_on():
+    """A huge precision on expert 0 keeps its weight at w0 however strongly the data pull."""
+    _, phi = planted(N=200, seed=7)
+    w0 = np.zeros(8)
+    P = np.eye(8)
+    P[0, 0] = 1e6
+    w, _ = fit_map(phi, w0, 1.0, P)
+    free, _ = fit_map(phi, w0, 1.0)
+    assert abs(w[0]) < 1e-3 < abs(free[0])
+
+
+def test_profile_keeps_its_prior_precision(tmp_path):
+    _, phi = planted(N=20, seed=8)
+    P = random_precision(8, seed=1)
+    p = UserProfile(prior_strength=2.0, prior_precision=P).fit(phi[:10], np.zeros(8))
+    p.save(tmp_path / "p.json")
+    q = UserProfile.load(tmp_path / "p.json").partial_fit(phi[10:])
+    np.testing.assert_allclose(q.prior_precision, P)
+    np.testing.assert_allclose(q.weights_, fit_map(phi, np.zeros(8), 2.0, P)[0], atol=1e-6)
