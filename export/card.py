@@ -39,8 +39,12 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: dict[str, Any]
         f"{'top ' + str(cfg['train_backbone_layers']) + ' layers fine-tuned' if cfg['train_backbone_layers'] else 'frozen'}) "
         f"feeds a router and K = {K} expert reward heads (MLPs, {cfg['expert_hidden']} hidden units); each input is "
         f"routed to its top-{k} experts. Score: `s = Σ_k π_k · w_k · r_k`, a raw logit (higher is better) with the "
-        f"population weights `w0` or a user's fitted weights. Default prior strength λ = "
-        f"{config['default_prior_strength']:g} (chosen on validation users of the persona benchmark).",
+        f"population weights `w0` or a user's fitted weights. Users are fitted under the prior "
+        f"N(w0, (λP)^-1) with "
+        + ("P the inverse covariance of the training users' weights (`prior_precision` in config.json: new users "
+           "move freely along the experts training users disagreed on, little along the rest)"
+           if config.get("prior_precision") is not None else "P = I")
+        + f"; λ = {config['default_prior_strength']:g} (chosen on validation users of the persona benchmark).",
         "",
         "## Data and licences",
         "",
@@ -100,10 +104,13 @@ def measured_section(rep: dict[str, Any], K: int) -> list[str]:
               "statements never trained on):", "",
               "| | global | N=5 | N=10 | N=20 | N=50 |", "|---|---|---|---|---|---|"]
     rows = [("this model (int8 runtime)", p)]
-    for key, label in (("torch", "this model (torch fp32)"), ("dense", f"dense router (top_k = {K})"),
+    for key, label in (("torch", "this model (torch fp32)"),
+                       ("persona_identity_prior", "this model, identity prior P = I (int8)"),
+                       ("dense", f"dense router (top_k = {K})"),
                        ("probe_ceiling", "supervised probes (ceiling)")):
         if key in rep:
-            rows.append((label, rep[key] if key == "probe_ceiling" else rep[key].get("persona", rep[key])))
+            rows.append((label, rep[key] if key in ("probe_ceiling", "persona_identity_prior")
+                         else rep[key].get("persona", rep[key])))
     for label, r in rows:
         lines.append(f"| {label} | {_pct(r.get('global'))} | " + " | ".join(_pct(r.get(str(n))) for n in
                                                                             (5, 10, 20, 50)) + " |")

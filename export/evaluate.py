@@ -20,11 +20,12 @@ from . import data as D
 
 log = logging.getLogger("export")
 SHOTS = (5, 10, 20, 50)
-LAMBDA_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+LAMBDA_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 
 
 class Featurizer(Protocol):
     n_experts: int
+    prior_precision: np.ndarray | None  # P (K, K) of the user prior; None: the identity
 
     def outputs(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
         """Dense (gating_output, rewards), each (N, K)."""
@@ -41,6 +42,7 @@ class TorchFeaturizer:
 
         self.ckpt, self.head, self.backbone = load_checkpoint(run)
         self.n_experts = self.head.args.n_experts
+        self.prior_precision = self.head.prior_precision()
         cfg = self.ckpt["config"]
         self._torch = torch
         if self.backbone is None:
@@ -76,6 +78,7 @@ class RuntimeFeaturizer:
     def __init__(self, folder: "str | Path", precision: str = "int8", threads: int = 2) -> None:
         self.model = RewardModel.load(folder, precision=precision, threads=threads)
         self.n_experts = self.model.n_experts
+        self.prior_precision = self.model.prior_precision
         self.w0 = self.model.w0
 
     def outputs(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
@@ -90,8 +93,8 @@ def pair_accuracy(z: np.ndarray) -> float:
 
 
 def few_shot(phi_stmt: np.ndarray, users: list[D.BenchUser], w0: np.ndarray, lam: float,
-             shots: Sequence[int] = SHOTS) -> dict[str, float]:
-    """Mean held-out accuracy after fitting each user on its first N comparisons."""
+             shots: Sequence[int] = SHOTS, P: np.ndarray | None = None) -> dict[str, float]:
+    """Mean held-out accuracy after fitting each user on its first N comparisons (prior N(w0, (lam P)^-1))."""
     acc: dict[str, list[float]] = {str(n): [] for n in shots}
     acc["global"] = []
     for u in users:
@@ -100,15 +103,16 @@ def few_shot(phi_stmt: np.ndarray, users: list[D.BenchUser], w0: np.ndarray, lam
         phi_e = phi_stmt[e[:, 0]] - phi_stmt[e[:, 1]]  # (100, K)
         acc["global"].append(pair_accuracy(phi_e @ w0))
         for n in shots:
-            w, _ = fit_map(phi_a[:n], w0, lam)
+            w, _ = fit_map(phi_a[:n], w0, lam, P)
             acc[str(n)].append(pair_accuracy(phi_e @ w))
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
-def choose_lambda(phi_stmt: np.ndarray, st: D.Statements, w0: np.ndarray, n_users: int = 100) -> float:
+def choose_lambda(phi_stmt: np.ndarray, st: D.Statements, w0: np.ndarray, n_users: int = 100,
+                  P: np.ndarray | None = None) -> float:
     """lambda with the best mean few-shot accuracy on validation users (a seed apart from test)."""
     val = D.persona_benchmark(st, n_users=n_users, seed=777)
-    scores = {lam: np.mean([v for k, v in few_shot(phi_stmt, val, w0, lam).items() if k != "global"])
+    scores = {lam: np.mean([v for k, v in few_shot(phi_stmt, val, w0, lam, P=P).items() if k != "global"])
               for lam in LAMBDA_GRID}
     log.info("lambda grid: %s", {k: round(v, 4) for k, v in scores.items()})
     return float(max(scores, key=scores.get))
@@ -145,8 +149,11 @@ def logistic_fit(X: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
     return minimize(loss, np.zeros(X.shape[1]), jac=True, method="L-BFGS-B").x
 
 
-def probe_ceiling(emb: np.ndarray, st: D.Statements, users: list[D.BenchUser], lam: float) -> dict[str, float]:
-    """Supervised ceiling: per-axis logistic probes on frozen embeddings as the features."""
+def probe_ceiling(emb: np.ndarray, st: D.Statements, users: list[D.BenchUser]) -> dict[str, float]:
+    """Supervised ceiling: per-axis logistic probes on frozen embeddings as the features.
+
+    Fitted like the model (MAP, identity prior around 0), with its own lambda from validation users.
+    """
     train = D.statement_split(st, "train")
     feats = np.zeros((len(st.text), len(st.axes)))
     X = np.hstack([emb, np.ones((len(emb), 1))])
@@ -154,7 +161,9 @@ def probe_ceiling(emb: np.ndarray, st: D.Statements, users: list[D.BenchUser], l
         sel = train[st.axis[train] == a]
         w = logistic_fit(X[sel], st.y[sel].astype(float), l2=5e-3)
         feats[st.axis == a, a] = np.tanh(X[st.axis == a] @ w / 4)  # probe output on its own axis
-    return few_shot(feats, users, np.zeros(len(st.axes)), lam)
+    w0 = np.zeros(len(st.axes))
+    lam = choose_lambda(feats, st, w0)
+    return {**few_shot(feats, users, w0, lam), "lambda": lam}
 
 
 def pair_probe(embed: Any, train: list[D.Record], test: list[D.Record], l2: float = 10.0) -> float:
@@ -183,7 +192,8 @@ def comparison_features(fz: Featurizer, recs: list[D.Record]) -> np.ndarray:
     return f[: len(recs)] - f[len(recs):]  # (N, K)
 
 
-def relabeled_hh(fz: Featurizer, w0: np.ndarray, lam: float, reps: int = 50, seed: int = 0) -> dict[str, Any]:
+def relabeled_hh(fz: Featurizer, w0: np.ndarray, lam: float, reps: int = 50, seed: int = 0,
+                 P: np.ndarray | None = None) -> dict[str, Any]:
     """Two annotator objectives as two users: global, oracle (fit on all) and few-shot N = 10/50."""
     recs = D.load_relabeled_hh()
     phi = comparison_features(fz, recs)
@@ -191,16 +201,16 @@ def relabeled_hh(fz: Featurizer, w0: np.ndarray, lam: float, reps: int = 50, see
     rng = np.random.default_rng(seed)
     res: dict[str, Any] = {"global": pair_accuracy(phi @ w0), "per_objective": {}}
     for obj in ("helpful", "harmless"):
-        P = phi[users == obj]
-        w_all, _ = fit_map(P, w0, lam)
-        row = {"global": pair_accuracy(P @ w0), "oracle": pair_accuracy(P @ w_all),
+        X = phi[users == obj]  # (N_obj, K)
+        w_all, _ = fit_map(X, w0, lam, P)
+        row = {"global": pair_accuracy(X @ w0), "oracle": pair_accuracy(X @ w_all),
                "weights": np.round(w_all, 3).tolist()}
         for n in (10, 50):
             accs = []
             for _ in range(reps):
-                perm = rng.permutation(len(P))
-                w, _ = fit_map(P[perm[:n]], w0, lam)
-                accs.append(pair_accuracy(P[perm[n:]] @ w))
+                perm = rng.permutation(len(X))
+                w, _ = fit_map(X[perm[:n]], w0, lam, P)
+                accs.append(pair_accuracy(X[perm[n:]] @ w))
             row[str(n)] = float(np.mean(accs))
         res["per_objective"][obj] = row
     for key in ("10", "50", "oracle"):
@@ -253,19 +263,24 @@ def evaluate(fz: Featurizer, w0: np.ndarray, *, lam: float | None = None, n_user
     st = D.load_persona()
     g, r = fz.outputs([("", s) for s in st.text])
     phi_stmt = expert_features(g, r)  # (S, K)
+    P = fz.prior_precision
     if lam is None:
-        lam = choose_lambda(phi_stmt, st, w0)
+        lam = choose_lambda(phi_stmt, st, w0, P=P)
     users = D.persona_benchmark(st, n_users=n_users)
-    res: dict[str, Any] = {"lambda": lam, "persona": few_shot(phi_stmt, users, w0, lam),
+    res: dict[str, Any] = {"lambda": lam, "prior": "identity" if P is None else "training users",
+                           "persona": few_shot(phi_stmt, users, w0, lam, P=P),
                            "interpretability": interpretability(phi_stmt, g, st)}
+    if P is not None:  # what the learned prior buys: the same features under P = I, lambda re-chosen
+        lam_i = choose_lambda(phi_stmt, st, w0)
+        res["persona_identity_prior"] = {**few_shot(phi_stmt, users, w0, lam_i), "lambda": lam_i}
     if with_probes and emb is not None:
-        res["probe_ceiling"] = probe_ceiling(emb, st, users, lam)
+        res["probe_ceiling"] = probe_ceiling(emb, st, users)
         res["linear_probe_test"] = {
             name: pair_probe(fz.embed, load(split="train"), load(split="test"))
             for name, load in (("hh_harmless", D.load_hh_harmless), ("finegrained_qa", D.load_finegrained_qa))}
     res["hh_harmless_test"] = global_accuracy(fz, D.load_hh_harmless(split="test"), w0)
     res["finegrained_qa_test"] = global_accuracy(fz, D.load_finegrained_qa(split="test"), w0)
-    res["relabeled_hh"] = relabeled_hh(fz, w0, lam)
+    res["relabeled_hh"] = relabeled_hh(fz, w0, lam, P=P)
     src_gates = source_gates(fz, g)
     res["expert_names"] = name_experts(phi_stmt, st, src_gates)
     res["routing_share_by_source"] = {s: np.round((v > 0).mean(0), 3).tolist() for s, v in src_gates.items()}

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -74,6 +75,19 @@ class MoEHead(nn.Module):
         r = self.rewards(h)
         return {"gating_output": pi, "rewards": r, "router_probs": probs, "expert_index": idx,
                 "features": pi * r}  # (B, K) each, idx (B, k)
+
+    def prior_precision(self, ridge: float = 1e-3) -> "np.ndarray | None":
+        """P = (cov of the training users' offsets from w0 + ridge I)^-1, (K, K); None without enough users.
+
+        The runtime's user prior is N(w0, (lambda P)^-1): new users may move freely along the
+        experts training users disagreed on, and little along the rest.
+        """
+        U = self.user_weights.detach().double().cpu().numpy()  # (U, K)
+        K = U.shape[1]
+        if len(U) < 2 * K:
+            return None
+        P = np.linalg.inv(np.cov(U.T) + ridge * np.eye(K))  # (K, K)
+        return (P + P.T) / 2
 
     def score(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """s = sum_k pi_k w_k r_k, (B,); ``w`` is (K,) or (B, K)."""

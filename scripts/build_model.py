@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "models" / "moerm-minilm-k32"))
     ap.add_argument("--runs", default=str(ROOT / "runs"))
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
-    ap.add_argument("--resume", action="store_true", help="reuse runs/ship*/ checkpoints and torch reports")
+    ap.add_argument("--resume", action="store_true", help="reuse the runs/ship*/ checkpoints (skip training)")
     ap.add_argument("--refresh", action="store_true", help="reuse the model folder and runs/ship/report.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -62,32 +62,23 @@ def main() -> None:
         return
     t0 = time.time()
     times = {}
-    if args.resume:
-        rep_torch = json.loads((runs / "ship" / "eval_torch.json").read_text())
-        rep_dense = json.loads((runs / "ship-dense" / "eval_torch.json").read_text())
-        times = json.loads((runs / "ship" / "times.json").read_text())
-    else:
+    if not args.resume:
         train(cfg, runs / "ship")
         train(replace(cfg, top_k=cfg.n_experts), runs / "ship-dense")
         times["train_s"] = time.time() - t0
-        tz = TorchFeaturizer(runs / "ship")
-        emb = tz.embed([("", s) for s in D.load_persona().text])
-        rep_torch = evaluate(tz, tz.w0, n_users=users, with_probes=True, emb=emb)
-        dz = TorchFeaturizer(runs / "ship-dense")
-        rep_dense = evaluate(dz, dz.w0, lam=None, n_users=users)
-        (runs / "ship" / "eval_torch.json").write_text(json.dumps(rep_torch, indent=1))
-        (runs / "ship-dense" / "eval_torch.json").write_text(json.dumps(rep_dense, indent=1))
-        times["evaluate_torch_s"] = time.time() - t0 - times["train_s"]
-        (runs / "ship" / "times.json").write_text(json.dumps(times))
+    else:
+        times["train_s"] = json.loads((runs / "ship" / "times.json").read_text())["train_s"]
+    t1 = time.time()
+    tz = TorchFeaturizer(runs / "ship")
+    emb = tz.embed([("", s) for s in D.load_persona().text])
+    rep_torch = evaluate(tz, tz.w0, n_users=users, with_probes=True, emb=emb)
+    dz = TorchFeaturizer(runs / "ship-dense")
+    rep_dense = evaluate(dz, dz.w0, lam=None, n_users=users)
+    (runs / "ship" / "eval_torch.json").write_text(json.dumps(rep_torch, indent=1))
+    (runs / "ship-dense" / "eval_torch.json").write_text(json.dumps(rep_dense, indent=1))
+    times["evaluate_torch_s"] = time.time() - t1
+    (runs / "ship" / "times.json").write_text(json.dumps(times))
     lam = rep_torch["lambda"]
-    if args.resume:  # names follow the current naming rule
-        from export.evaluate import name_experts, source_gates
-        from moerm_lite.head import expert_features
-
-        tz = TorchFeaturizer(runs / "ship")
-        st = D.load_persona()
-        g, r = tz.outputs([("", s) for s in st.text])
-        rep_torch["expert_names"] = name_experts(expert_features(g, r), st, source_gates(tz, g))
 
     t1 = time.time()
     export_model(runs / "ship", out, precision="int8", report=rep_torch, model_id=out.name,
@@ -103,13 +94,6 @@ def main() -> None:
     rep["dense"] = {"persona": rep_dense["persona"], "lambda": rep_dense["lambda"],
                     "interpretability": {k: v for k, v in rep_dense["interpretability"].items() if k != "axes"}}
     rep["probe_ceiling"] = rep_torch["probe_ceiling"]
-    if "linear_probe_test" not in rep_torch:  # reports written before the probe existed
-        from export.evaluate import pair_probe
-
-        tz = TorchFeaturizer(runs / "ship")
-        rep_torch["linear_probe_test"] = {
-            name: pair_probe(tz.embed, load(split="train"), load(split="test"))
-            for name, load in (("hh_harmless", D.load_hh_harmless), ("finegrained_qa", D.load_finegrained_qa))}
     rep["linear_probe_test"] = rep_torch["linear_probe_test"]
     rep["expert_names"] = rep_torch["expert_names"]
     times["evaluate_runtime_s"] = time.time() - t1

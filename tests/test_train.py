@@ -158,3 +158,14 @@ def test_relabeled_hh_is_eval_only():
         from export.train import load_records
 
         load_records(TrainConfig(sources=["relabeled_hh"]))
+
+
+def test_population_prior_is_the_inverse_spread_of_training_users():
+    head = MoEHead(ModelArgs(n_embd=8, n_experts=4, top_k=2, expert_hidden=4, n_users=5000))
+    scale = torch.tensor([1.0, 0.5, 0.1, 0.01])  # users disagree a lot on expert 0, hardly on expert 3
+    with torch.no_grad():
+        head.user_weights.copy_(torch.randn(5000, 4) * scale)
+    P = head.prior_precision(ridge=0.0)
+    np.testing.assert_allclose(np.diag(np.linalg.inv(P)), (scale**2).numpy(), rtol=0.1)
+    np.testing.assert_allclose(P, P.T)
+    assert MoEHead(ModelArgs(n_embd=8, n_experts=4, n_users=5)).prior_precision() is None  # too few users
