@@ -127,7 +127,11 @@ def measured_section(rep: dict[str, Any], K: int) -> list[str]:
               + ".", "",
               f"Relabeled HH (two objectives as two users): global {_pct(hh.get('global'))}%, "
               f"few-shot N=10 {_pct(hh.get('10'))}%, N=50 {_pct(hh.get('50'))}%, per-objective oracle "
-              f"{_pct(hh.get('oracle'))}%.", ""]
+              f"{_pct(hh.get('oracle'))}%"
+              + (f"; a logistic probe trained on half of each objective's own pairs reaches "
+                 f"{_pct(rep['relabeled_hh_probe']['helpful'])}% (helpful) and "
+                 f"{_pct(rep['relabeled_hh_probe']['harmless'])}% (harmless) on the other half"
+                 if "relabeled_hh_probe" in rep else "") + ".", ""]
     act = rep.get("active")
     if act:
         shown = [n for n in (1, 2, 3, 5, 10, 15, 20) if n <= len(act["N"])]

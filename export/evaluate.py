@@ -218,6 +218,19 @@ def relabeled_hh(fz: Featurizer, w0: np.ndarray, lam: float, reps: int = 50, see
     return res
 
 
+def relabeled_probe(embed: Any) -> dict[str, float]:
+    """Per objective, a logistic probe on embedding differences trained on half of its pairs (split by
+    prompt) and tested on the other half: how far a frozen backbone can separate each objective at all."""
+    recs = D.load_relabeled_hh()
+    out = {}
+    for obj in ("helpful", "harmless"):
+        mine = [r for r in recs if r["user_id"] == obj]
+        half = [D.bucket(r["prompt"], "relabeled-probe") < 0.5 for r in mine]
+        out[obj] = pair_probe(embed, [r for r, h in zip(mine, half) if h], [r for r, h in zip(mine, half) if not h])
+    out["mean"] = float(np.mean([out["helpful"], out["harmless"]]))
+    return out
+
+
 def source_gates(fz: Featurizer, persona_gates: np.ndarray) -> dict[str, np.ndarray]:
     """Dense gates (N, K) per source: held-out HH and QA chosen replies, and the persona statements."""
     out = {}
@@ -278,6 +291,7 @@ def evaluate(fz: Featurizer, w0: np.ndarray, *, lam: float | None = None, n_user
         res["linear_probe_test"] = {
             name: pair_probe(fz.embed, load(split="train"), load(split="test"))
             for name, load in (("hh_harmless", D.load_hh_harmless), ("finegrained_qa", D.load_finegrained_qa))}
+        res["relabeled_hh_probe"] = relabeled_probe(fz.embed)
     res["hh_harmless_test"] = global_accuracy(fz, D.load_hh_harmless(split="test"), w0)
     res["finegrained_qa_test"] = global_accuracy(fz, D.load_finegrained_qa(split="test"), w0)
     res["relabeled_hh"] = relabeled_hh(fz, w0, lam, P=P)

@@ -34,6 +34,27 @@ def heldout_comparisons(per_source: int = 300, seed: int = 0) -> list[D.Record]:
     return out
 
 
+def heldout_inputs() -> list[tuple[str, str]]:
+    """Every distinct held-out (prompt, response) of every source: test splits, relabeled HH, test statements."""
+    texts: set[tuple[str, str]] = set()
+    for recs in (D.load_relabeled_hh(), D.load_hh_harmless(split="test"), D.load_finegrained_qa(split="test"),
+                 D.load_topical_chat(split="test")):
+        texts |= {(r["prompt"], r[k]) for r in recs for k in ("chosen", "rejected")}
+    st = D.load_persona()
+    texts |= {("", st.text[i]) for i in D.statement_split(st, "test")}
+    return sorted(texts)
+
+
+def selection_agreement(run: "str | Path", folder: "str | Path", precision: str = "int8") -> dict[str, Any]:
+    """Identical top-k expert sets, torch fp32 vs the folder, on all held-out inputs (~12k for the shipped data)."""
+    pairs = heldout_inputs()
+    g_t, _ = TorchFeaturizer(run).outputs(pairs)
+    g_o, _ = RuntimeFeaturizer(folder, precision=precision).outputs(pairs)
+    same = ((g_t > 0) == (g_o > 0)).all(1)  # (N,)
+    p = float(same.mean())
+    return {"inputs": len(pairs), "same_topk_selection": p, "stderr": float(np.sqrt(p * (1 - p) / len(pairs)))}
+
+
 def parity_report(run: "str | Path", folder: "str | Path", precision: str = "int8",
                   per_source: int = 300) -> dict[str, Any]:
     """Compare torch fp32 (the run) with the folder's graphs on held-out comparisons."""

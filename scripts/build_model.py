@@ -32,7 +32,7 @@ from export.active_eval import model_active_curve  # noqa: E402
 from export.package import add_reference, update_card  # noqa: E402
 from export.reference import reference_corpus, to_jsonl  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
-from export.parity import parity_report  # noqa: E402
+from export.parity import parity_report, selection_agreement  # noqa: E402
 from export.train import TrainConfig, load_checkpoint, train  # noqa: E402
 
 CONFIG = ROOT / "export" / "configs" / "moerm-minilm-k32.json"
@@ -88,6 +88,7 @@ def main() -> None:
     rz = RuntimeFeaturizer(out, precision="int8")
     rep = evaluate(rz, rz.w0, lam=lam, n_users=users)
     rep["parity"] = parity_report(runs / "ship", out)
+    rep["parity"]["all_heldout_inputs"] = selection_agreement(runs / "ship", out)
     rep["parity"]["persona_few_shot_int8_minus_torch"] = {
         n: round(rep["persona"][n] - rep_torch["persona"][n], 4) for n in ("5", "10", "20", "50")}
     rep["torch"] = {"persona": rep_torch["persona"], "relabeled_hh": rep_torch["relabeled_hh"]}
@@ -95,6 +96,7 @@ def main() -> None:
                     "interpretability": {k: v for k, v in rep_dense["interpretability"].items() if k != "axes"}}
     rep["probe_ceiling"] = rep_torch["probe_ceiling"]
     rep["linear_probe_test"] = rep_torch["linear_probe_test"]
+    rep["relabeled_hh_probe"] = rep_torch["relabeled_hh_probe"]
     rep["expert_names"] = rep_torch["expert_names"]
     times["evaluate_runtime_s"] = time.time() - t1
     rep["timings"] = times
