@@ -15,9 +15,9 @@ TEXTS = [("What would you like to do this weekend?", "I want to watch the footba
          ("", "I enjoy causing pain to others"),
          ("How do I bake bread?", "Mix flour, water, salt and yeast, let it rise, then bake at 230 C.")]
 # per text: routed experts, their gates and rewards (measured on the shipped int8 folder)
-PINNED = [([3, 18], [0.0023, 0.9977], [4.2984, -3.7695]),  # football -> interest-in-sports- expert
-          ([17, 27], [0.9999, 0.0001], [-4.0440, 0.7191]),  # causing pain -> agreeableness+ says no
-          ([2, 10], [0.8649, 0.1351], [0.0148, 0.1462])]
+PINNED = [([3, 18], [0.2017, 0.7983], [1.9460, -4.1532]),  # football -> interest-in-sports- expert
+          ([17, 27], [1.0000, 0.0000], [-3.7391, -0.1910]),  # causing pain -> agreeableness+ says no
+          ([2, 10], [0.8639, 0.1361], [0.2905, -0.6324])]
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +58,13 @@ def test_experts_are_named_from_data(shipped):
 
 
 def test_readme_example_changes_the_ranking(shipped, tmp_path):
-    """README command (1): the sports fan's comparisons move football from last to first."""
+    """README command (1): the sports fan's comparisons move football to the top and the art museum down."""
     (req,) = read("rank.jsonl")
     before = [r["text"] for r in shipped.rank(req["prompt"], req["responses"])]
     user = shipped.fit_user(read("user_comparisons.jsonl"), user_id="sports-fan")
     user = UserProfile.load(user.save(tmp_path / "u.json"))
     after = [r["text"] for r in shipped.rank(req["prompt"], req["responses"], user=user)]
-    football = req["responses"][0]
-    assert before[-1] == football and after[0] == football
-    assert "art museum" in before[0] and "art museum" in after[-1]
+    football, art = req["responses"][0], req["responses"][1]
+    assert "art museum" in art and "football" in football
+    assert before[0] == art and before.index(football) >= 2  # the population prefers art, not sports
+    assert after[0] == football and after.index(art) >= 2  # the fan's profile turns that around
