@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -19,7 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from . import data as D
-from .embed import CACHE_DIR, EmbeddingCache, backbone_hash, default_backbone_path, pair_tokenizer, tokenizer_json
+from .embed import (
+    CACHE_DIR,
+    EmbeddingCache,
+    backbone_hash,
+    default_backbone_path,
+    pair_tokenizer,
+    tokenizer_json,
+)
 from .model import Backbone, ModelArgs, MoEHead, positive_correlation, router_entropy, switch_load_balance
 
 log = logging.getLogger("export")
@@ -57,6 +66,7 @@ class TrainConfig:
     train_backbone_layers: int = 0  # fine-tune the top n transformer layers (0: frozen, cached)
     backbone_lr: float = 3e-5
     seed: int = 0
+    deterministic: bool = True  # torch deterministic algorithms: a rebuild gives the same weights bit for bit
     device: str = "cpu"
     data_dir: str = str(D.DATA_DIR)
     cache_dir: str = ""  # embedding cache; "" = .cache/embeddings in the checkout
@@ -119,6 +129,17 @@ def sampling_weights(comps: Comparisons, population_share: float) -> np.ndarray:
     if pop.all() or not pop.any():
         return np.full(len(pop), 1.0 / len(pop))
     return np.where(pop, population_share / pop.sum(), (1 - population_share) / (~pop).sum())
+
+
+@contextmanager
+def deterministic_torch(on: bool = True) -> Iterator[None]:
+    """torch deterministic algorithms inside the block (warn-only where none exists), restored after."""
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
 
 
 def fit_head(cfg: TrainConfig, comps: Comparisons, embed: Callable[[torch.Tensor], torch.Tensor], n_embd: int,
@@ -197,24 +218,25 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[D.Record]]
     comps = Comparisons.build(load_records(cfg) if records is None else records)
     t0 = time.time()
     backbone = None
-    if cfg.train_backbone_layers > 0:
-        backbone = Backbone(backbone_path).to(cfg.device)
-        backbone.train_top_layers(cfg.train_backbone_layers)
-        tok = pair_tokenizer(backbone_path, cfg.max_length, out)
+    with deterministic_torch(cfg.deterministic):  # CPU runs without it differ at 1e-7, then diverge
+        if cfg.train_backbone_layers > 0:
+            backbone = Backbone(backbone_path).to(cfg.device)
+            backbone.train_top_layers(cfg.train_backbone_layers)
+            tok = pair_tokenizer(backbone_path, cfg.max_length, out)
 
-        def embed(pair_idx: torch.Tensor) -> torch.Tensor:
-            ids, types, _ = tok.encode([comps.pairs[i] for i in pair_idx.tolist()])
-            feed = {k: torch.from_numpy(v).to(cfg.device) for k, v in tok.pad(ids, types).items()}
-            return backbone(**feed)
+            def embed(pair_idx: torch.Tensor) -> torch.Tensor:
+                ids, types, _ = tok.encode([comps.pairs[i] for i in pair_idx.tolist()])
+                feed = {k: torch.from_numpy(v).to(cfg.device) for k, v in tok.pad(ids, types).items()}
+                return backbone(**feed)
 
-        backbone.train()
-        head, mode, history = fit_head(cfg, comps, embed, backbone.n_embd,
-                                       [p for p in backbone.parameters() if p.requires_grad])
-    else:
-        cache = EmbeddingCache(backbone_path, cfg.max_length, Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR,
-                               device=cfg.device)
-        emb = torch.from_numpy(cache.get(comps.pairs)).to(cfg.device)  # (T, H)
-        head, mode, history = fit_head(cfg, comps, lambda idx: emb[idx], emb.shape[1])
+            backbone.train()
+            head, mode, history = fit_head(cfg, comps, embed, backbone.n_embd,
+                                           [p for p in backbone.parameters() if p.requires_grad])
+        else:
+            cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR
+            cache = EmbeddingCache(backbone_path, cfg.max_length, cache_dir, device=cfg.device)
+            emb = torch.from_numpy(cache.get(comps.pairs)).to(cfg.device)  # (T, H)
+            head, mode, history = fit_head(cfg, comps, lambda idx: emb[idx], emb.shape[1])
 
     ckpt = {
         "model_args": asdict(head.args),

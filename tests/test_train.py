@@ -169,3 +169,24 @@ def test_population_prior_is_the_inverse_spread_of_training_users():
     np.testing.assert_allclose(np.diag(np.linalg.inv(P)), (scale**2).numpy(), rtol=0.1)
     np.testing.assert_allclose(P, P.T)
     assert MoEHead(ModelArgs(n_embd=8, n_experts=4, n_users=5)).prior_precision() is None  # too few users
+
+
+def test_training_is_reproducible_bit_for_bit():
+    """Two runs of the loop give identical weights (at this size, without deterministic algorithms they
+    differ: multi-threaded CPU scatter-adds sum in a varying order)."""
+    from export.train import deterministic_torch
+
+    rng = np.random.default_rng(0)
+    T, H = 4000, 384
+    table = torch.from_numpy(rng.normal(size=(T, H)).astype(np.float32))
+    recs = [{"prompt": "", "chosen": str(a), "rejected": str(b), "user_id": f"u{i % 50}", "source": "s"}
+            for i, (a, b) in enumerate(rng.integers(0, T, size=(6000, 2))) if a != b]
+    comps = Comparisons.build(recs)
+    emb = table[[int(r) for _, r in comps.pairs]]
+    cfg = TrainConfig(n_experts=32, top_k=2, expert_hidden=64, epochs=2, batch_size=512)
+    runs = []
+    for _ in range(2):
+        with deterministic_torch(True):
+            runs.append(fit_head(cfg, comps, lambda i: emb[i], H)[0].state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after the block
