@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from moerm_lite import fit_map
-from moerm_lite.active import variance_reduction
+from moerm_lite.active import prior_covariance, variance_reduction
 from moerm_lite.head import expert_features
 
 from . import data as D
@@ -49,7 +49,7 @@ def active_curve(phi_stmt: np.ndarray, st: D.Statements, w0: np.ndarray, lam: fl
             w, _ = fit_map(phi_pool[order[:n]], w0, lam, P)
             acc["random"][u_i, n - 1] = pair_accuracy(phi_eval @ w)
         asked: list[int] = []
-        w, cov = w0.copy(), np.linalg.inv(lam * (np.eye(K) if P is None else P))  # the prior
+        w, cov = w0.copy(), prior_covariance(lam, P, K)
         for n in range(1, rounds + 1):
             gain = variance_reduction(phi_pool, w, cov)  # (P,)
             gain[asked] = -np.inf

@@ -54,6 +54,12 @@ def variance_reduction(phi: np.ndarray, mean: np.ndarray, cov: np.ndarray,
     return s * (cross**2).sum(0) / (1.0 + s * v)
 
 
+def prior_covariance(prior_strength: float, prior_precision: np.ndarray | None, n_experts: int) -> np.ndarray:
+    """(lambda P)^-1, (K, K): the covariance of a user before any comparison (P = None: the identity)."""
+    P = np.eye(n_experts) if prior_precision is None else prior_precision
+    return np.linalg.inv(prior_strength * P)
+
+
 def all_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Index arrays (i, j) of every unordered pair i < j of n candidates."""
     i, j = np.triu_indices(n, k=1)

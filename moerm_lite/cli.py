@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args, out)
-    except (ValueError, TypeError, KeyError, FileNotFoundError, OSError, FloatingPointError, ImportError) as e:
+    except (ValueError, TypeError, KeyError, OSError, FloatingPointError, ImportError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         sys.stderr.write(f"moerm-lite {args.command}: error: {msg}\n")
         return 2

@@ -56,7 +56,7 @@ def attribute_matrix(rows: list[dict[str, Any]]) -> tuple[list[str], np.ndarray]
 
 
 def correlations(F: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """Pearson correlation of every column of F (N, K) with every column of Y (N, A), (K, A); 0 if constant."""
+    """Pearson correlations of the columns of F (N, K) with those of Y (N, A), (K, A); 0 if constant."""
     Fc, Yc = F - F.mean(0), Y - Y.mean(0)
     denom = np.sqrt(np.outer((Fc**2).sum(0), (Yc**2).sum(0)))  # (K, A)
     return np.divide(Fc.T @ Yc, denom, out=np.zeros_like(denom), where=denom > 1e-12)

@@ -123,8 +123,10 @@ class ModelConfig:
             raise ModelFolderError("config.json: 'graphs' lists no precision")
         if self.prior_precision is not None:
             P = np.asarray(self.prior_precision, dtype=np.float64)
-            if P.shape != (K, K) or not np.isfinite(P).all() or not np.allclose(P, P.T, atol=1e-8 * np.abs(P).max()):
-                raise ModelFolderError(f"config.json: prior_precision must be a finite symmetric {K}x{K} matrix")
+            ok = P.shape == (K, K) and np.isfinite(P).all()
+            if not (ok and np.allclose(P, P.T, atol=1e-8 * np.abs(P).max())):
+                raise ModelFolderError(
+                    f"config.json: prior_precision must be a finite symmetric {K}x{K} matrix")
             if np.linalg.eigvalsh(P).min() <= 0:
                 raise ModelFolderError("config.json: prior_precision is not positive definite")
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
+from .head import expert_features
 from .model import RewardModel, User
 from .personalize import UserProfile
 
@@ -30,7 +31,8 @@ def completion_text(completion: Any) -> str:
         return completion
     if isinstance(completion, (list, tuple)) and all(isinstance(m, dict) for m in completion):
         return "\n\n".join(str(m.get("content", "")) for m in completion)
-    raise TypeError(f"a completion must be a string or a list of chat messages, got {type(completion).__name__}")
+    raise TypeError(f"a completion must be a string or a list of chat messages, "
+                    f"got {type(completion).__name__}")
 
 
 def trl_reward_func(model: RewardModel, user: User = None, *,
@@ -49,16 +51,12 @@ def trl_reward_func(model: RewardModel, user: User = None, *,
         user_ids = kwargs.get("user_id")
         if profiles is None or user_ids is None:
             return model.score_pairs(pairs, user=user, batch_size=batch_size).tolist()
+        unknown = sorted({str(u) for u in user_ids if u is not None and u not in profiles})
+        if unknown:
+            raise KeyError(f"no profile for user_id {unknown[0]!r}; known: {sorted(profiles)[:5]}")
+        W = np.stack([model.user_weights(profiles[u] if u is not None else user) for u in user_ids])  # (B, K)
         out = model.expert_outputs(pairs, batch_size=batch_size)
-        from .head import combine
-
-        scores = []
-        for i, uid in enumerate(user_ids):
-            if uid is not None and uid not in profiles:
-                raise KeyError(f"no profile for user_id {uid!r}; known: {sorted(profiles)[:5]}...")
-            w = model.user_weights(profiles[uid] if uid is not None else user)  # (K,)
-            scores.append(float(combine(out["gating_output"][i:i + 1], out["rewards"][i:i + 1], w)[0]))
-        return scores
+        return (expert_features(out["gating_output"], out["rewards"]) * W).sum(1).tolist()  # (B,)
 
     return moerm_lite_reward
 
@@ -73,7 +71,8 @@ def openrlhf_reward_func(model: RewardModel, user: User = None, *,
         pairs = []
         for i, (q, p) in enumerate(zip(queries, prompts)):
             if not (isinstance(q, str) and isinstance(p, str)) or not q.startswith(p):
-                raise ValueError(f"query {i} does not start with its prompt; OpenRLHF queries are prompt + response")
+                raise ValueError(f"query {i} does not start with its prompt; "
+                                 "OpenRLHF queries are prompt + response")
             pairs.append((p, q[len(p):]))
         rewards = model.score_pairs(pairs, user=user, batch_size=batch_size).astype(np.float32)  # (B,)
         scores = expit(rewards).astype(np.float32)  # (B,)

@@ -13,6 +13,7 @@ from typing import Any, Union
 import numpy as np
 import onnxruntime as ort
 
+from .active import all_pairs, preference_probability, prior_covariance, variance_reduction
 from .experts import describe_experts, read_reference
 from .folder import (
     CONFIG,
@@ -23,7 +24,6 @@ from .folder import (
     resolve_inside,
     verify_files,
 )
-from .active import all_pairs, preference_probability, variance_reduction
 from .head import combine, expert_features, scatter_topk
 from .personalize import UserProfile
 from .text import PairTokenizer, Prompt, check_prompt, check_response
@@ -57,6 +57,8 @@ class RewardModel:
         self._backbone, self._head, self._tokenizer = backbone, head, tokenizer
         self.model_hash = model_hash  # sha256 of manifest.json: which exact model this is
         self._w0 = np.asarray(config.w0, dtype=np.float64)  # (K,)
+        P = config.prior_precision
+        self._prior_precision = None if P is None else np.asarray(P, dtype=np.float64)  # (K, K)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -135,8 +137,7 @@ class RewardModel:
     @property
     def prior_precision(self) -> np.ndarray | None:
         """P (K, K) of the user prior ``N(w0, (lambda P)^-1)``; ``None`` means the identity."""
-        P = self.config.prior_precision
-        return None if P is None else np.asarray(P, dtype=np.float64)
+        return None if self._prior_precision is None else self._prior_precision.copy()
 
     @property
     def w0(self) -> np.ndarray:
@@ -256,7 +257,7 @@ class RewardModel:
         lam = self.config.default_prior_strength if prior_strength is None else prior_strength
         phi = self.comparison_features(comparisons)  # (N, K)
         profile = UserProfile(user_id=user_id, prior_strength=lam,
-                              prior_precision=self.prior_precision).fit(phi, self._w0)
+                              prior_precision=self._prior_precision).fit(phi, self._w0)
         profile.model_id, profile.model_hash = self.config.model_id, self.model_hash
         return profile
 
@@ -278,11 +279,8 @@ class RewardModel:
         if len(candidates) < 2:
             raise ValueError(f"next_comparison needs at least 2 candidates, got {len(candidates)}")
         mean = self.user_weights(user)  # (K,)
-        if isinstance(user, UserProfile):
-            cov = user.covariance_  # (K, K)
-        else:  # the prior (lambda P)^-1
-            P = np.eye(self.n_experts) if self.prior_precision is None else self.prior_precision
-            cov = np.linalg.inv(self.config.default_prior_strength * P)  # (K, K)
+        cov = (user.covariance_ if isinstance(user, UserProfile) else  # (K, K)
+               prior_covariance(self.config.default_prior_strength, self._prior_precision, self.n_experts))
         out = self.expert_outputs([(prompt, c) for c in candidates])
         f = expert_features(out["gating_output"], out["rewards"])  # (n, K)
         i, j = all_pairs(len(candidates))
@@ -313,7 +311,8 @@ class RewardModel:
         if profile.model_hash is not None and profile.model_hash != self.model_hash:
             raise ValueError(
                 f"user profile {profile.user_id!r} was fitted for model {profile.model_id!r} "
-                f"({profile.model_hash}), not this one ({self.config.model_id!r}, {self.model_hash}); refit it"
+                f"({profile.model_hash}), not this one ({self.config.model_id!r}, {self.model_hash}); "
+                "refit it"
             )
 
     def user_weights(self, user: User) -> np.ndarray:

@@ -57,7 +57,7 @@ def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float,
         raise ValueError(f"prior_strength must be a positive finite number, got {prior_strength!r}")
     if not np.isfinite(phi).all():
         raise ValueError("comparison features contain NaN or inf")
-    P = np.eye(len(w0)) if prior_precision is None else np.asarray(prior_precision, dtype=np.float64)  # (K, K)
+    P = np.eye(len(w0)) if prior_precision is None else np.asarray(prior_precision, np.float64)  # (K, K)
     if P.shape != (len(w0), len(w0)):
         raise ValueError(f"prior_precision must be ({len(w0)}, {len(w0)}), got {P.shape}")
     lam_p = lam * P  # (K, K)
@@ -158,7 +158,8 @@ class UserProfile:
             "model_id": self.model_id,
             "model_hash": self.model_hash,
             "prior_strength": self.prior_strength,
-            "prior_precision": None if self.prior_precision is None else np.asarray(self.prior_precision).tolist(),
+            "prior_precision": (None if self.prior_precision is None
+                                else np.asarray(self.prior_precision).tolist()),
             "n_comparisons": self.n_comparisons_,
             "weights": self.weights_.tolist(),
             "w0": self.w0_.tolist(),
@@ -182,7 +183,8 @@ class UserProfile:
             p.covariance_ = np.asarray(d["covariance"], dtype=np.float64)
             p.n_comparisons_ = int(d["n_comparisons"])
             feats = d.get("features")
-            p.features_ = None if feats is None else np.asarray(feats, dtype=np.float64).reshape(-1, len(p.w0_))
+            p.features_ = (None if feats is None
+                           else np.asarray(feats, dtype=np.float64).reshape(-1, len(p.w0_)))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"user profile is malformed: {e}") from e
         K = p.weights_.shape
