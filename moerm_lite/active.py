@@ -1,7 +1,7 @@
 """Which comparison to ask a user next: the answer that most shrinks their predictive uncertainty.
 
 A user's weights have the posterior ``w ~ N(mean, cov)`` (the MAP fit and its Laplace covariance;
-before any comparison, the prior ``N(w0, I / lambda)``). For a comparison with feature difference
+before any comparison, the prior ``N(w0, (lambda P)^-1)``). For a comparison with feature difference
 ``phi`` (K,), the score difference ``z = w . phi`` is Gaussian with variance ``phi^T cov phi``,
 and the answer is Bernoulli(sigmoid(z)) with ``p`` ~ ``Phi(m sqrt(pi/8) / sqrt(1 + pi/8 v))``.
 
@@ -13,8 +13,9 @@ comparisons (by default the candidates themselves):
     gain(x) = s_x * sum_t (t^T cov x)^2 / (1 + s_x x^T cov x)
 
 so a question is worth asking when the model cannot predict its answer and the answer would
-also settle the comparisons the user is likely to face. On the persona-16 benchmark this beat
-random questions and the expected information gain about ``w`` itself (BALD) at every N <= 20.
+also settle the comparisons the user is likely to face. In persona-16 trials it beat random
+questions at every N <= 20, and the expected information gain about ``w`` itself (BALD) from N = 10 on
+(N = 10: 93.2% against 91.6% for BALD, 60 users).
 """
 
 from __future__ import annotations
