@@ -36,13 +36,10 @@ def heldout_comparisons(per_source: int = 300, seed: int = 0) -> list[D.Record]:
 
 def heldout_inputs() -> list[tuple[str, str]]:
     """Every distinct held-out (prompt, response) of every source: test splits, relabeled HH, test statements."""
-    texts: set[tuple[str, str]] = set()
-    for recs in (D.load_relabeled_hh(), D.load_hh_harmless(split="test"), D.load_finegrained_qa(split="test"),
-                 D.load_topical_chat(split="test")):
-        texts |= {(r["prompt"], r[k]) for r in recs for k in ("chosen", "rejected")}
+    recs = (D.load_relabeled_hh() + D.load_hh_harmless(split="test") + D.load_finegrained_qa(split="test")
+            + D.load_topical_chat(split="test"))
     st = D.load_persona()
-    texts |= {("", st.text[i]) for i in D.statement_split(st, "test")}
-    return sorted(texts)
+    return sorted(set(D.iter_pairs(recs)) | {("", st.text[i]) for i in D.statement_split(st, "test")})
 
 
 def selection_agreement(run: "str | Path", folder: "str | Path", precision: str = "int8") -> dict[str, Any]:

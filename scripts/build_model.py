@@ -25,15 +25,15 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from export import data as D  # noqa: E402
+from export.active_eval import model_active_curve  # noqa: E402
 from export.card import model_card  # noqa: E402
 from export.evaluate import RuntimeFeaturizer, TorchFeaturizer, evaluate  # noqa: E402
 from export.onnx_export import export_model  # noqa: E402
-from export.active_eval import model_active_curve  # noqa: E402
 from export.package import add_reference, update_card  # noqa: E402
-from export.reference import reference_corpus, to_jsonl  # noqa: E402
-from moerm_lite import RewardModel  # noqa: E402
 from export.parity import parity_report, selection_agreement  # noqa: E402
+from export.reference import reference_corpus, to_jsonl  # noqa: E402
 from export.train import TrainConfig, load_checkpoint, train  # noqa: E402
+from moerm_lite import RewardModel  # noqa: E402
 
 CONFIG = ROOT / "export" / "configs" / "moerm-minilm-k32.json"
 
