@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("-o", "--output", required=True, help="model folder to write, e.g. models/NAME")
     sp.add_argument("--precision", default="int8", choices=["int8", "fp32"])
     sp.add_argument("--also-fp32", action="store_true", help="also write the fp32 graphs")
-    sp.add_argument("--quant", default="weight_only8", help="int8 backbone variant: weight_only8, "
-                    "weight_only8_int8_compute or dynamic")
+    sp.add_argument("--quant", default="gptq8", help="int8 backbone variant: gptq8, weight_only8, "
+                    "weight_only8_int8_compute, dynamic or fp16_weights")
     sp.add_argument("--report", default=None, help="evaluation JSON to put in the model card")
     sp.add_argument("--no-reference", action="store_true",
                     help="ship no reference corpus (no expert cards); by default it is built from the data")

@@ -32,6 +32,7 @@ from .embed import (
 from .model import Backbone, ModelArgs, MoEHead, positive_correlation, router_entropy, switch_load_balance
 
 log = logging.getLogger("export")
+CALIBRATION_PAIRS = 512  # training pairs kept in the checkpoint for the int8 export's GPTQ rounding
 
 
 @dataclass
@@ -210,6 +211,13 @@ def fit_head(cfg: TrainConfig, comps: Comparisons, embed: Callable[[torch.Tensor
     return head, mode, history
 
 
+def calibration_pairs(pairs: list[tuple[str, str]], n: int = CALIBRATION_PAIRS,
+                      seed: int = 0) -> list[list[str]]:
+    """A seeded sample of the training (prompt, response) pairs: export calibrates int8 rounding on them."""
+    take = np.random.default_rng(seed).permutation(len(pairs))[:n]
+    return [list(pairs[i]) for i in sorted(take)]
+
+
 def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[D.Record]] = None) -> dict[str, Any]:
     """Train and write ``out/ckpt.pt`` (+ ``train_log.json``); returns the checkpoint dict."""
     out = Path(out)
@@ -250,6 +258,7 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[D.Record]]
         "tokenizer_json": tokenizer_json(backbone_path),
         "user_ids": comps.user_ids,
         "expert_names": [f"expert_{k:02d}" for k in range(head.args.n_experts)],
+        "calibration": calibration_pairs(comps.pairs, seed=cfg.seed),
         "train_seconds": time.time() - t0,
     }
     torch.save(ckpt, out / "ckpt.pt")

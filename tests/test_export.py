@@ -149,3 +149,14 @@ def test_other_backbone_variants_load_and_agree(tiny_run, tmp_path, variant):
     s = m.score_pairs(pairs)
     np.testing.assert_allclose(s, m.score_pairs(pairs, batch_size=1), atol=1e-5)  # batch-invariant
     assert np.corrcoef(s, ref)[0, 1] > 0.95
+
+
+def test_default_int8_backbone_is_gptq_rounded_on_the_checkpoints_training_pairs(tiny_run, tiny_export):
+    ckpt, _, _ = load_checkpoint(tiny_run)
+    pairs = random_pairs(120, seed=5)  # the tiny_run records: (prompt_i, response_i) vs (prompt_i, response_i+1)
+    trained = {(pairs[i][0], pairs[i + d][1]) for i in range(0, 118, 2) for d in (0, 1)}
+    assert ckpt["calibration"] and all(tuple(p) in trained for p in ckpt["calibration"])
+    cfg = json.loads((tiny_export / "config.json").read_text())
+    assert cfg["quantization"]["int8_backbone"] == "gptq8"
+    inits = onnx.load(str(tiny_export / "onnx" / "backbone_int8.onnx")).graph.initializer
+    assert any(i.name.endswith("_Q8") for i in inits)  # MatMulNBits levels (the stock graph, GPTQ's levels)
