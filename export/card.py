@@ -64,6 +64,8 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: dict[str, Any]
             lines += ["## Parity (torch fp32 vs this folder)", ""]
             lines += [f"- {k}: {_round(v)}" for k, v in rep["parity"].items()]
             lines.append("")
+        if rep.get("quant_variants"):
+            lines += quant_section(rep["quant_variants"])
         if it.get("axes"):
             lines += ["## Experts", "", "| # | name | what the data says |", "|---|---|---|"]
             best = {r["expert"]: r for r in it["axes"]}
@@ -94,6 +96,23 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: dict[str, Any]
         "",
     ]
     return "\n".join(lines)
+
+
+def quant_section(variants: dict[str, dict[str, Any]]) -> list[str]:
+    """How the int8 backbone variant was chosen: reward-level agreement with torch fp32, per variant."""
+    lines = ["## Choice of int8 backbone", "",
+             "Picked by agreement with torch fp32 at the reward level (same head, same held-out inputs):", "",
+             "| variant | embedding error (RMS, relative) | identical top-k, all held-out inputs "
+             "| identical top-k, parity set | decisions agree | size |", "|---|---|---|---|---|---|"]
+    for name, v in variants.items():
+        lines.append(f"| {name} | {100 * v['embedding_rel_error']:.2f}% "
+                     f"| {100 * v['same_topk_selection_all']:.2f}% "
+                     f"| {100 * v['same_topk_selection']:.2f}% | {100 * v['decision_agreement']:.2f}% "
+                     f"| {v['backbone_mb']:.1f} MB |")
+    lines += ["", "gptq8: 8-bit weights in blocks of 16 (onnxruntime MatMulNBits, fp32 activations) whose "
+              "levels GPTQ chose on 512 training pairs; weight_only8: the same graph rounded to nearest. Embedding "
+              "tables are int8 per row in both.", ""]
+    return lines
 
 
 def measured_section(rep: dict[str, Any], K: int) -> list[str]:

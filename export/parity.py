@@ -6,6 +6,7 @@ of scores, identical top-k expert selection, max score difference, and batch-siz
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,27 @@ def selection_agreement(run: "str | Path", folder: "str | Path", precision: str 
     same = ((g_t > 0) == (g_o > 0)).all(1)  # (N,)
     p = float(same.mean())
     return {"inputs": len(pairs), "same_topk_selection": p, "stderr": float(np.sqrt(p * (1 - p) / len(pairs)))}
+
+
+def embedding_error(run: "str | Path", folder: "str | Path", precision: str = "int8", n: int = 1000) -> float:
+    """RMS of (folder's backbone - torch fp32) embeddings over RMS of torch's, on n held-out inputs."""
+    import onnxruntime as ort
+
+    from moerm_lite.folder import ModelConfig
+    from moerm_lite.text import PairTokenizer
+
+    folder = Path(folder)
+    cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    pairs = heldout_inputs()
+    pairs = [pairs[i] for i in np.random.default_rng(0).permutation(len(pairs))[:n]]
+    tok = PairTokenizer(folder / "tokenizer.json", cfg.max_length)
+    sess = ort.InferenceSession(str(folder / cfg.graphs[precision].backbone),
+                                providers=["CPUExecutionProvider"])
+    ids, types, _ = tok.encode(pairs)
+    got = np.concatenate([sess.run(None, {k: v for k, v in tok.pad(ids[i:i + 32], types[i:i + 32]).items()
+                                          if k in cfg.backbone_inputs})[0] for i in range(0, len(ids), 32)])
+    ref = TorchFeaturizer(run).embed(pairs)  # (n, H)
+    return float(np.sqrt(((got - ref) ** 2).sum(1).mean() / (ref ** 2).sum(1).mean()))
 
 
 def parity_report(run: "str | Path", folder: "str | Path", precision: str = "int8",

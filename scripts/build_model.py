@@ -30,7 +30,7 @@ from export.card import model_card  # noqa: E402
 from export.evaluate import RuntimeFeaturizer, TorchFeaturizer, evaluate  # noqa: E402
 from export.onnx_export import export_model  # noqa: E402
 from export.package import add_reference, update_card  # noqa: E402
-from export.parity import parity_report, selection_agreement  # noqa: E402
+from export.parity import embedding_error, parity_report, selection_agreement  # noqa: E402
 from export.reference import reference_corpus, to_jsonl  # noqa: E402
 from export.train import TrainConfig, load_checkpoint, train  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
@@ -89,6 +89,7 @@ def main() -> None:
     rep = evaluate(rz, rz.w0, lam=lam, n_users=users)
     rep["parity"] = parity_report(runs / "ship", out)
     rep["parity"]["all_heldout_inputs"] = selection_agreement(runs / "ship", out)
+    rep["quant_variants"] = quant_variants(runs / "ship", out, rep["parity"])
     rep["parity"]["persona_few_shot_int8_minus_torch"] = {
         n: round(rep["persona"][n] - rep_torch["persona"][n], 4) for n in ("5", "10", "20", "50")}
     rep["torch"] = {"persona": rep_torch["persona"], "relabeled_hh": rep_torch["relabeled_hh"]}
@@ -101,6 +102,21 @@ def main() -> None:
     times["evaluate_runtime_s"] = time.time() - t1
     rep["timings"] = times
     finish(runs, out, rep, users)
+
+
+def quant_variants(run: Path, out: Path, parity: dict) -> dict:
+    """The shipped int8 backbone (gptq8) next to plain rounding (weight_only8), same head, same inputs."""
+    rtn = export_model(run, run / "variant-weight_only8", quant="weight_only8")
+    rtn_parity = parity_report(run, rtn)
+    rows = {}
+    for name, folder, par, sel in (("gptq8", out, parity, parity["all_heldout_inputs"]),
+                                   ("weight_only8", rtn, rtn_parity, selection_agreement(run, rtn))):
+        rows[name] = {"embedding_rel_error": embedding_error(run, folder),
+                      "same_topk_selection_all": sel["same_topk_selection"],
+                      "same_topk_selection": par["same_topk_selection"],
+                      "decision_agreement": par["decision_agreement"],
+                      "backbone_mb": (folder / "onnx" / "backbone_int8.onnx").stat().st_size / 1e6}
+    return rows
 
 
 def finish(runs: Path, out: Path, rep: dict, users: int) -> None:

@@ -153,10 +153,23 @@ def test_other_backbone_variants_load_and_agree(tiny_run, tmp_path, variant):
 
 def test_default_int8_backbone_is_gptq_rounded_on_the_checkpoints_training_pairs(tiny_run, tiny_export):
     ckpt, _, _ = load_checkpoint(tiny_run)
-    pairs = random_pairs(120, seed=5)  # the tiny_run records: (prompt_i, response_i) vs (prompt_i, response_i+1)
+    pairs = random_pairs(120, seed=5)  # tiny_run's records: (prompt_i, response_i) vs (prompt_i, response_i+1)
     trained = {(pairs[i][0], pairs[i + d][1]) for i in range(0, 118, 2) for d in (0, 1)}
     assert ckpt["calibration"] and all(tuple(p) in trained for p in ckpt["calibration"])
     cfg = json.loads((tiny_export / "config.json").read_text())
     assert cfg["quantization"]["int8_backbone"] == "gptq8"
     inits = onnx.load(str(tiny_export / "onnx" / "backbone_int8.onnx")).graph.initializer
     assert any(i.name.endswith("_Q8") for i in inits)  # MatMulNBits levels (the stock graph, GPTQ's levels)
+
+
+def test_card_records_the_int8_variant_choice(tiny_run, tiny_export):
+    from export.card import model_card
+
+    ckpt, _, _ = load_checkpoint(tiny_run)
+    config = json.loads((tiny_export / "config.json").read_text())
+    row = {"embedding_rel_error": 0.0106, "same_topk_selection_all": 0.9923, "same_topk_selection": 0.9945,
+           "decision_agreement": 0.993, "backbone_mb": 26.2}
+    variants = {"gptq8": row, "weight_only8": {**row, "backbone_mb": 26.1}}
+    card = model_card(config, ckpt, {"quant_variants": variants})
+    assert "## Choice of int8 backbone" in card
+    assert "| gptq8 | 1.06% | 99.23% | 99.45% | 99.30% | 26.2 MB |" in card

@@ -1,4 +1,4 @@
-"""GPTQ rounding for the int8 backbone: onnxruntime's exact 8-bit grid, and less output error than rounding."""
+"""GPTQ rounding for the int8 backbone: onnxruntime's exact 8-bit grid, less output error than rounding."""
 
 import numpy as np
 import pytest
