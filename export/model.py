@@ -4,6 +4,7 @@
     logits   = router(h)                                      (B, K)
     pi       = softmax over the top-k logits, 0 elsewhere     (B, K)
     r_k      = w2_k . relu(W1_k h + b1_k) + b2_k              (B, K)   expert reward heads
+    r_k      = c * tanh(r_k / c)        (if reward_bound c > 0)  (B, K)   bounded rewards
     s        = sum_k pi_k * w_k * r_k                         (B,)     w: a user's signed weights
 
 Training user u has weights ``w0 + user_weights[u]`` (an L2 penalty on the offset is the training-time
@@ -32,6 +33,7 @@ class ModelArgs:
     expert_hidden: int = 64  # D, hidden units of each expert MLP
     n_users: int = 0  # rows of the training-user weight table
     n_types: int = 0  # latent preference types (mixture mode, no user ids)
+    reward_bound: float = 0.0  # c > 0: rewards c * tanh(r / c) in (-c, c); 0: unbounded
 
     @property
     def gating(self) -> str:
@@ -68,7 +70,9 @@ class MoEHead(nn.Module):
         K, H, D = self.w1.shape
         pre = h @ self.w1.permute(1, 0, 2).reshape(H, K * D)  # (B, K*D): one GEMM for all experts
         hidden = F.relu(pre.view(-1, K, D) + self.b1)  # (B, K, D)
-        return (hidden * self.w2).sum(-1) + self.b2  # (B, K)
+        r = (hidden * self.w2).sum(-1) + self.b2  # (B, K)
+        c = self.args.reward_bound
+        return c * torch.tanh(r / c) if c > 0 else r
 
     def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         pi, probs, idx = self.gates(h)

@@ -195,7 +195,7 @@ def head_weights(head: torch.nn.Module) -> HeadWeights:
     """The torch head's parameters as numpy arrays in the graph's layout."""
     d = {k: v.detach().double().numpy() for k, v in head.state_dict().items()}
     return HeadWeights(router_w=d["router.weight"].T, router_b=d["router.bias"], w1=d["w1"], b1=d["b1"],
-                       w2=d["w2"], b2=d["b2"])
+                       w2=d["w2"], b2=d["b2"], reward_bound=float(head.args.reward_bound))
 
 
 def calibration_feeds(ckpt: dict[str, Any], tokenizer_file: Path,

@@ -8,6 +8,7 @@ Standard ONNX ops only::
     W1_sel  = Gather(W1, expert_index)                         (B, k, H, D)  only routed experts
     hidden  = relu(embedding @ W1_sel + b1_sel)                (B, k, D)
     rewards = sum(hidden * w2_sel, -1) + b2_sel                (B, k)
+    rewards = c * tanh(rewards / c)    (if reward_bound c > 0)  (B, k)
 
 For ``top_k == 1`` the softmax over one logit is always 1 and the router gets
 no gradient in training, so that case uses the full-softmax probability of the
@@ -38,6 +39,7 @@ class HeadWeights:
     b1: np.ndarray  # (K, D)
     w2: np.ndarray  # (K, D)
     b2: np.ndarray  # (K,)
+    reward_bound: float = 0.0  # c > 0: rewards are c * tanh(r / c)
 
     @property
     def n_experts(self) -> int:
@@ -58,6 +60,8 @@ def reference_head(h: np.ndarray, wts: HeadWeights, top_k: int, gating: str = "t
         gates = e / e.sum(1, keepdims=True)  # (B, k)
     hidden = np.maximum(np.einsum("bh,khd->bkd", h, wts.w1) + wts.b1, 0)  # (B, K, D)
     r_all = (hidden * wts.w2).sum(-1) + wts.b2  # (B, K)
+    if wts.reward_bound > 0:
+        r_all = wts.reward_bound * np.tanh(r_all / wts.reward_bound)
     return idx, gates.astype(np.float32), np.take_along_axis(r_all, idx, 1).astype(np.float32)
 
 
@@ -119,8 +123,13 @@ def build_head_graph(wts: HeadWeights, top_k: int, *, gating: str = "topk_softma
         helper.make_node("Mul", ["hidden", "w2_sel"], ["prod"]),
         helper.make_node("ReduceSum", ["prod", "axis_last"], ["r_sum"], keepdims=0),  # (B, k)
         helper.make_node("Gather", ["b2", "expert_index"], ["b2_sel"], axis=0),  # (B, k)
-        helper.make_node("Add", ["r_sum", "b2_sel"], ["rewards"]),  # (B, k)
+        helper.make_node("Add", ["r_sum", "b2_sel"], ["rewards" if wts.reward_bound <= 0 else "r_raw"]),  # (B, k)
     ]
+    if wts.reward_bound > 0:
+        inits.append(numpy_helper.from_array(np.array(wts.reward_bound, dtype=f32), "reward_bound"))
+        nodes += [helper.make_node("Div", ["r_raw", "reward_bound"], ["r_div"]),
+                  helper.make_node("Tanh", ["r_div"], ["r_tanh"]),
+                  helper.make_node("Mul", ["r_tanh", "reward_bound"], ["rewards"])]  # (B, k) in (-c, c)
     graph = helper.make_graph(
         nodes, "moe_head",
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", H])],

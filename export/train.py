@@ -60,6 +60,7 @@ class TrainConfig:
     router_entropy: float = 0.01  # router entropy penalty: decisive routing survives int8 (0.03: fewer experts)
     diversity: float = 0.1  # penalty on positive correlation between experts' rewards
     user_l2: float = 1e-2  # L2 on users' offsets from w0 (training-time twin of the fit's prior) and on w0
+    reward_bound: float = 0.0  # c > 0: expert rewards c * tanh(r / c), so stances score alike across axes
     reward_l2: float = 0.1  # L2 on expert rewards: keeps r ~ O(1) (0.01: 0.82 @ N=5; 0.1: 0.84; 1.0: 0.82)
     embed_dropout: float = 0.0  # dropout on the pooled embedding while training the head
     embed_noise: float = 0.2  # Gaussian noise on the embedding, relative to its RMS (identical int8 routing
@@ -150,6 +151,7 @@ def fit_head(cfg: TrainConfig, comps: Comparisons, embed: Callable[[torch.Tensor
     rng = np.random.default_rng(cfg.seed)
     mode = cfg.mode if cfg.mode != "auto" else ("user_aware" if comps.user_ids else "mixture")
     args = ModelArgs(n_embd=n_embd, n_experts=cfg.n_experts, top_k=cfg.top_k, expert_hidden=cfg.expert_hidden,
+                     reward_bound=cfg.reward_bound,
                      n_users=len(comps.user_ids), n_types=cfg.n_types if mode == "mixture" else 0)
     head = MoEHead(args).to(cfg.device)
     groups = [{"params": list(head.parameters()), "lr": cfg.lr}]

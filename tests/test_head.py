@@ -29,6 +29,19 @@ def test_sparse_head_equals_dense_reference(K, top_k):
     assert idx.shape == (17, top_k) and all(len(set(row)) == top_k for row in idx.tolist())
 
 
+def test_bounded_rewards_in_the_graph():
+    rng = np.random.default_rng(3)
+    wts = random_head(6, rng)
+    wts.reward_bound = 0.5
+    h = rng.normal(size=(11, H)).astype(np.float32)
+    for dtype in ("fp32", "int8"):
+        idx, gates, rewards = run_graph(build_head_graph(wts, 2, expert_dtype=dtype), h)
+        ref_idx, _, ref_rewards = reference_head(h, wts, 2)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_allclose(rewards, ref_rewards, atol=1e-5 if dtype == "fp32" else 0.02)
+        assert np.abs(rewards).max() <= 0.5 + 1e-6
+
+
 def test_int8_experts_close_and_same_routing():
     rng = np.random.default_rng(1)
     wts = random_head(16, rng)

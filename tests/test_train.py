@@ -36,6 +36,18 @@ def test_head_forward_equals_reference():
     assert ((g > 0).sum(1) == 3).all() and torch.allclose(g.sum(1), torch.ones(9))
 
 
+def test_reward_bound_squashes_each_experts_reward():
+    torch.manual_seed(1)
+    free = MoEHead(ModelArgs(n_embd=12, n_experts=5, top_k=2, expert_hidden=4))
+    bounded = MoEHead(ModelArgs(n_embd=12, n_experts=5, top_k=2, expert_hidden=4, reward_bound=0.5))
+    bounded.load_state_dict(free.state_dict())
+    h = 3 * torch.randn(20, 12)
+    r, rb = free.rewards(h).detach(), bounded.rewards(h).detach()  # (20, 5) each
+    np.testing.assert_allclose(rb.numpy(), 0.5 * np.tanh(r.numpy() / 0.5), atol=1e-6)
+    assert rb.abs().max() <= 0.5 < r.abs().max()
+    torch.testing.assert_close(bounded(h)["gating_output"], free(h)["gating_output"])  # routing untouched
+
+
 def test_top1_gate_keeps_router_gradient():
     head = MoEHead(ModelArgs(n_embd=6, n_experts=4, top_k=1, expert_hidden=3))
     h = torch.randn(5, 6)
