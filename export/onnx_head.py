@@ -14,8 +14,8 @@ For ``top_k == 1`` the softmax over one logit is always 1 and the router gets
 no gradient in training, so that case uses the full-softmax probability of the
 selected expert instead (``gating="full_softmax"``).
 
-Expert weights ``W1`` may be stored int8 with a per-expert, per-output-channel
-scale that is gathered along with them; the router never is.
+Expert weights ``W1`` may be stored fp16 (cast back after the Gather) or int8 with a
+per-expert, per-output-channel scale that is gathered along with them; the router never is.
 """
 
 from __future__ import annotations
@@ -107,6 +107,12 @@ def build_head_graph(wts: HeadWeights, top_k: int, *, gating: str = "topk_softma
             helper.make_node("Unsqueeze", ["scale_sel", "axis2"], ["scale_sel4"]),  # (B, k, 1, D)
             helper.make_node("Mul", ["w1_sel_f", "scale_sel4"], ["w1_sel"]),  # (B, k, H, D)
         ]
+    elif expert_dtype == "fp16":
+        inits.append(numpy_helper.from_array(wts.w1.astype(np.float16), "w1_h"))
+        nodes += [
+            helper.make_node("Gather", ["w1_h", "expert_index"], ["w1_sel_h"], axis=0),  # (B, k, H, D)
+            helper.make_node("Cast", ["w1_sel_h"], ["w1_sel"], to=TensorProto.FLOAT),
+        ]
     elif expert_dtype == "fp32":
         inits.append(numpy_helper.from_array(wts.w1.astype(f32), "w1"))
         nodes.append(helper.make_node("Gather", ["w1", "expert_index"], ["w1_sel"], axis=0))  # (B, k, H, D)
@@ -123,7 +129,8 @@ def build_head_graph(wts: HeadWeights, top_k: int, *, gating: str = "topk_softma
         helper.make_node("Mul", ["hidden", "w2_sel"], ["prod"]),
         helper.make_node("ReduceSum", ["prod", "axis_last"], ["r_sum"], keepdims=0),  # (B, k)
         helper.make_node("Gather", ["b2", "expert_index"], ["b2_sel"], axis=0),  # (B, k)
-        helper.make_node("Add", ["r_sum", "b2_sel"], ["rewards" if wts.reward_bound <= 0 else "r_raw"]),  # (B, k)
+        helper.make_node("Add", ["r_sum", "b2_sel"],
+                         ["rewards" if wts.reward_bound <= 0 else "r_raw"]),  # (B, k)
     ]
     if wts.reward_bound > 0:
         inits.append(numpy_helper.from_array(np.array(wts.reward_bound, dtype=f32), "reward_bound"))

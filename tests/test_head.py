@@ -51,6 +51,9 @@ def test_int8_experts_close_and_same_routing():
     np.testing.assert_array_equal(i8, i32)  # the router is never quantized
     np.testing.assert_array_equal(g8, g32)
     np.testing.assert_allclose(r8, r32, atol=0.02 * np.abs(r32).max())
+    i16, g16, r16 = run_graph(build_head_graph(wts, 2, expert_dtype="fp16"), h)  # the shipped folder's head
+    np.testing.assert_array_equal(i16, i32)
+    np.testing.assert_allclose(r16, r32, atol=2e-3 * np.abs(r32).max())
 
 
 def test_full_softmax_gating_for_top1():
@@ -65,12 +68,12 @@ def test_full_softmax_gating_for_top1():
 
 def test_head_graph_is_sparse():
     """TopK routes, Gather picks the routed experts' weights; no op touches all K experts' MLPs."""
-    for K in (8, 256):
-        g = build_head_graph(random_head(K, np.random.default_rng(0)), 2).graph
+    for K, dtype in ((8, "fp32"), (256, "fp32"), (256, "fp16"), (256, "int8")):
+        g = build_head_graph(random_head(K, np.random.default_rng(0)), 2, expert_dtype=dtype).graph
         ops = [n.op_type for n in g.node]
         assert "TopK" in ops and "Einsum" not in ops
         for n in g.node:  # expert weight tensors are only ever inputs of Gather
-            if {"w1", "w1_q", "b1", "w2", "b2"} & set(n.input):
+            if {"w1", "w1_q", "w1_h", "w1_scale", "b1", "w2", "b2"} & set(n.input):
                 assert n.op_type == "Gather", n
         # the expert MatMul reads the gathered (B, k, H, D) tensor, whose size is independent of K
         assert len([n for n in g.node if n.op_type == "MatMul" and "w1_sel" in n.input]) == 1
