@@ -15,9 +15,9 @@ TEXTS = [("What would you like to do this weekend?", "I want to watch the footba
          ("", "I enjoy causing pain to others"),
          ("How do I bake bread?", "Mix flour, water, salt and yeast, let it rise, then bake at 230 C.")]
 # per text: routed experts, their gates and rewards (measured on the shipped int8 folder)
-PINNED = [([3, 18], [0.2017, 0.7983], [1.9460, -4.1532]),  # football -> interest-in-sports- expert
-          ([17, 27], [1.0000, 0.0000], [-3.7391, -0.1910]),  # causing pain -> agreeableness+ says no
-          ([2, 10], [0.8639, 0.1361], [0.2905, -0.6324])]
+PINNED = [([3, 18], [0.0017, 0.9983], [1.0576, -2.0000]),  # football -> interest-in-sports- (bound: |r| < 2)
+          ([17, 27], [0.9999, 0.0001], [-1.9993, -0.0013]),  # causing pain -> agreeableness+ says no
+          ([2, 21], [0.6646, 0.3354], [-0.8662, 0.9585])]
 
 
 @pytest.fixture(scope="module")
