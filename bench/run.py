@@ -61,9 +61,13 @@ def torch_model(model: RewardModel):
 
     init = {i.name: numpy_helper.to_array(i) for i in
             onnx.load(str(model.folder / model.config.graphs[model.precision].head)).graph.initializer}
-    w1 = init["w1_q"].astype(np.float32) * init["w1_scale"][:, None, :] if "w1_q" in init else init["w1"]
+    if "w1_q" in init:  # int8 experts with per-channel scales
+        w1 = init["w1_q"].astype(np.float32) * init["w1_scale"][:, None, :]
+    else:  # fp16 (the shipped head) or fp32
+        w1 = init["w1_h" if "w1_h" in init else "w1"].astype(np.float32)
     K, H, D = w1.shape
-    head = MoEHead(ModelArgs(n_embd=H, n_experts=K, top_k=model.top_k, expert_hidden=D))
+    bound = float(init["reward_bound"]) if "reward_bound" in init else 0.0
+    head = MoEHead(ModelArgs(n_embd=H, n_experts=K, top_k=model.top_k, expert_hidden=D, reward_bound=bound))
     with torch.no_grad():
         head.router.weight.copy_(torch.from_numpy(init["router_w"].T.copy()))
         head.router.bias.copy_(torch.from_numpy(init["router_b"]))

@@ -47,7 +47,8 @@ def input_grams(fp32: Path, feeds: Iterable[dict[str, np.ndarray]],
     for feed in feeds:
         real = feed["attention_mask"].astype(bool)  # (B, L)
         for name, x in zip(names, sess.run(names, {k: feed[k] for k in FEEDS})):
-            x = x[real].astype(np.float64)  # (T, K)
+            # (T, K): the real tokens of (B, L, K) inputs; any other input's rows as they are
+            x = (x[real] if x.shape[:2] == real.shape else x.reshape(-1, x.shape[-1])).astype(np.float64)
             grams[name] = grams.get(name, 0.0) + x.T @ x  # (K, K)
     if not grams:
         raise ValueError("no calibration batches: GPTQ needs calibration texts")
