@@ -109,24 +109,30 @@ def write_levels(model: onnx.ModelProto, weight: str, levels: np.ndarray, scales
     scale.CopyFrom(numpy_helper.from_array(scales.T.astype(np.float32), scale.name))  # (N, blocks)
 
 
-def quantize_gptq8(fp32: Path, feeds: Iterable[dict[str, np.ndarray]], damp: float = 0.01) -> onnx.ModelProto:
-    """The fp32 backbone with 8-bit ``MatMulNBits`` weights rounded by GPTQ on ``feeds``."""
+def round_to_nearest8(model: onnx.ModelProto, accuracy_level: int | None = None) -> onnx.ModelProto:
+    """onnxruntime's symmetric 8-bit ``MatMulNBits`` graph (blocks of ``BLOCK``), rounded to nearest."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
     )
 
+    algo = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=accuracy_level,
+                                        bits=8, op_types_to_quantize=("MatMul",))
+    q = MatMulNBitsQuantizer(model, bits=8, block_size=BLOCK, is_symmetric=True,
+                             accuracy_level=accuracy_level, op_types_to_quantize=("MatMul",), algo_config=algo)
+    q.process()
+    return q.model.model
+
+
+def quantize_gptq8(fp32: Path, feeds: Iterable[dict[str, np.ndarray]], damp: float = 0.01) -> onnx.ModelProto:
+    """The fp32 backbone with 8-bit ``MatMulNBits`` weights rounded by GPTQ on ``feeds``."""
     grams = input_grams(fp32, feeds)
     model = onnx.load(str(fp32))
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    algo = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=None, bits=8,
-                                        op_types_to_quantize=("MatMul",))
-    q = MatMulNBitsQuantizer(model, bits=8, block_size=BLOCK, is_symmetric=True, accuracy_level=None,
-                             op_types_to_quantize=("MatMul",), algo_config=algo)
-    q.process()  # round-to-nearest graph; its levels and scales are replaced below
-    out = q.model.model
+    pairs = matmul_weights(model)  # before the quantizer rewrites the graph in place
+    out = round_to_nearest8(model)  # its levels and scales are replaced below
     n = 0
-    for x, w in matmul_weights(onnx.load(str(fp32))):
+    for x, w in pairs:
         if weights[w].shape[0] % BLOCK:  # onnxruntime pads such weights; keep its round-to-nearest levels
             log.warning("GPTQ: %s has K = %d, not a multiple of %d: left round-to-nearest", w,
                         weights[w].shape[0], BLOCK)

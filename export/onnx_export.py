@@ -176,18 +176,10 @@ def quantize_backbone(fp32: Path, out: Path, variant: str = "gptq8",
         quantize_dynamic(str(fp32), str(out), per_channel=True, weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul", "Gather"])
         return out
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-    )
+    from .gptq import round_to_nearest8
 
     level = 4 if variant == "weight_only8_int8_compute" else None
-    algo = DefaultWeightOnlyQuantConfig(block_size=16, is_symmetric=True, accuracy_level=level, bits=8,
-                                        op_types_to_quantize=("MatMul",))
-    q = MatMulNBitsQuantizer(onnx.load(str(fp32)), bits=8, block_size=16, is_symmetric=True,
-                             accuracy_level=level, op_types_to_quantize=("MatMul",), algo_config=algo)
-    q.process()
-    onnx.save(quantize_embedding_rows(q.model.model), str(out))
+    onnx.save(quantize_embedding_rows(round_to_nearest8(onnx.load(str(fp32)), level)), str(out))
     return out
 
 

@@ -9,7 +9,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from export.gptq import BLOCK, gptq_round, nbits_scale, write_levels  # noqa: E402
+from export.gptq import BLOCK, gptq_round, nbits_scale, round_to_nearest8, write_levels  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -33,20 +33,10 @@ def correlated_inputs(n: int, K: int, rng: np.random.Generator) -> np.ndarray:
 
 def test_levels_are_onnxruntimes_matmulnbits_grid():
     """Levels written into the stock quantizer's graph dequantize to exactly levels * scale."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-    )
-
     rng = np.random.default_rng(0)
     W = rng.normal(size=(64, 8)).astype(np.float32)
     X = correlated_inputs(500, 64, rng)
-    algo = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=None, bits=8,
-                                        op_types_to_quantize=("MatMul",))
-    q = MatMulNBitsQuantizer(one_matmul(W), bits=8, block_size=BLOCK, is_symmetric=True, accuracy_level=None,
-                             op_types_to_quantize=("MatMul",), algo_config=algo)
-    q.process()
-    model = q.model.model
+    model = round_to_nearest8(one_matmul(W))
     levels, scales = gptq_round(W, X.T @ X)
     assert levels.min() >= -128 and levels.max() <= 127
     write_levels(model, "W", levels, scales)
