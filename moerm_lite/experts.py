@@ -40,6 +40,24 @@ def read_reference(folder: Path, rel: str) -> list[dict[str, Any]]:
     return rows
 
 
+def read_cards(folder: Path, rel: str) -> list[dict[str, Any]]:
+    """Expert cards stored in a model folder at export (``expert_cards.json``), checked by the manifest."""
+    verify_files(folder, read_manifest(folder), [rel])
+    cards = json.loads(resolve_inside(folder, rel).read_text(encoding="utf-8"))
+    if not isinstance(cards, list) or not all(isinstance(c, dict) and "highest" in c for c in cards):
+        raise ModelFolderError(f"{folder / rel} is not a list of expert cards")
+    return cards
+
+
+def trim_card(card: dict[str, Any], n_texts: int, n_attributes: int | None) -> dict[str, Any]:
+    """A stored card cut to ``n_texts`` texts each way and the ``n_attributes`` strongest correlations."""
+    corr = sorted(card["correlations"].items(), key=lambda kv: -abs(kv[1]))
+    if n_attributes is not None:
+        corr = [kv for kv in corr[:n_attributes] if kv[1] != 0]
+    return {**card, "highest": card["highest"][:n_texts], "lowest": card["lowest"][:n_texts],
+            "correlations": dict(corr)}
+
+
 def attribute_matrix(rows: list[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
     """Attribute names and values (N, A): labelled attributes, then ``source:<name>`` indicators."""
     labels = sorted({a for r in rows for a in r.get("labels", {})})
@@ -88,11 +106,11 @@ def describe_experts(model: RewardModel, rows: list[dict[str, Any]], *, n_texts:
         top_a = np.argsort(-np.abs(C[k]), kind="stable")[:n_attributes]  # all if None
         cards.append({
             "expert": k, "name": name,
-            "routing_share": float(routed[:, k].mean()),
-            "routing_share_by_source": {s: float(routed[src == s, k].mean()) for s in sorted(set(src)) if s},
+            "routing_share": float(routed[:, k].mean()), "n_routed": len(on),
+            "routing_share_by_source": {str(s): float(routed[src == s, k].mean()) for s in sorted(set(src)) if s},
             "highest": [short(i) for i in by_r[:n_texts]],
             "lowest": [short(i) for i in by_r[::-1][:max(0, min(n_texts, len(by_r) - n_texts))]],  # disjoint
-            "correlations": {names[a]: float(C[k, a]) for a in top_a
+            "correlations": {str(names[a]): float(C[k, a]) for a in top_a
                              if n_attributes is None or C[k, a] != 0},
         })
     return cards

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+from .features import FEATURES_KIND
+
+SCHEMA_VERSION = 2  # 2: prompt and response embedded separately, pair features, shared experts
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
 
@@ -47,10 +49,12 @@ class ModelConfig:
     top_k: int
     expert_names: list[str]
     w0: list[float]  # population user weights, (K,)
-    max_length: int  # tokens per (prompt, response) pair, truncation beyond it
+    max_length: int  # tokens per text (prompt or response), truncation beyond it
+    hidden_size: int  # H, the backbone's embedding size
     graphs: dict[str, GraphFiles]  # precision -> graph files
     pooling: str = "mean"
-    pair_template: str = "text_pair"  # prompt as segment A, response as segment B
+    features: str = FEATURES_KIND  # how the head's input is built from the two embeddings (features.py)
+    n_shared: int = 0  # the last n_shared experts are always active (gate 1); the router picks top_k of the rest
     default_prior_strength: float = 1.0  # lambda of the MAP user fit
     prior_precision: list[list[float]] | None = None  # P (K, K): user prior N(w0, (lambda P)^-1); None = I
     max_chars: int = 100_000  # longer texts are rejected, not silently cut
@@ -58,7 +62,7 @@ class ModelConfig:
         default_factory=lambda: ["input_ids", "attention_mask", "token_type_ids"]
     )
     backbone_output: str = "embedding"
-    head_input: str = "embedding"
+    head_input: str = "features"
     head_outputs: list[str] = field(default_factory=lambda: ["expert_index", "gates", "rewards"])
     extra: dict[str, Any] = field(default_factory=dict)  # everything else, kept verbatim
 
@@ -86,8 +90,10 @@ class ModelConfig:
                 expert_names=[str(n) for n in d["expert_names"]],
                 w0=[float(x) for x in d["w0"]],
                 max_length=int(backbone["max_length"]),
+                hidden_size=int(backbone["hidden_size"]),
                 pooling=str(backbone.get("pooling", "mean")),
-                pair_template=str(backbone.get("pair_template", "text_pair")),
+                features=str(d["features"]),
+                n_shared=int(d.get("n_shared", 0)),
                 graphs=graphs,
                 default_prior_strength=float(d.get("default_prior_strength", 1.0)),
                 prior_precision=(None if d.get("prior_precision") is None
@@ -106,8 +112,10 @@ class ModelConfig:
 
     def _check(self) -> None:
         K = self.n_experts
-        if K < 1 or not 1 <= self.top_k <= K:
-            raise ModelFolderError(f"config.json: need 1 <= top_k <= n_experts, got {self.top_k}, {K}")
+        if not 0 <= self.n_shared < K or not 1 <= self.top_k <= K - self.n_shared:
+            raise ModelFolderError(f"config.json: need 0 <= n_shared < n_experts and 1 <= top_k <= "
+                                   f"n_experts - n_shared, got top_k={self.top_k}, n_shared={self.n_shared}, "
+                                   f"n_experts={K}")
         if len(self.expert_names) != K or len(self.w0) != K:
             raise ModelFolderError(
                 f"config.json: expert_names ({len(self.expert_names)}) and w0 ({len(self.w0)}) "
@@ -115,10 +123,10 @@ class ModelConfig:
             )
         if not all(math.isfinite(x) for x in self.w0):
             raise ModelFolderError("config.json: w0 contains NaN or inf")
-        if self.pooling != "mean" or self.pair_template != "text_pair":
+        if self.pooling != "mean" or self.features != FEATURES_KIND:
             raise ModelFolderError(
-                f"config.json: unsupported pooling/pair_template {self.pooling!r}/{self.pair_template!r}"
-            )
+                f"config.json: unsupported pooling/features {self.pooling!r}/{self.features!r}; this "
+                f"moerm-lite computes mean pooling and {FEATURES_KIND!r}")
         if not self.graphs:
             raise ModelFolderError("config.json: 'graphs' lists no precision")
         if self.prior_precision is not None:
@@ -133,7 +141,7 @@ class ModelConfig:
 
 _KNOWN_KEYS = {
     "schema_version", "model_id", "n_experts", "top_k", "expert_names", "w0", "backbone",
-    "graphs", "default_prior_strength", "prior_precision", "max_chars", "io",
+    "graphs", "default_prior_strength", "prior_precision", "max_chars", "io", "features", "n_shared",
 }
 
 
@@ -199,8 +207,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # mkstemp would leave 0600
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

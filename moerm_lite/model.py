@@ -14,7 +14,8 @@ import numpy as np
 import onnxruntime as ort
 
 from .active import all_pairs, preference_probability, prior_covariance, variance_reduction
-from .experts import describe_experts, read_reference
+from .experts import describe_experts, read_cards, read_reference, trim_card
+from .features import pair_features
 from .folder import (
     CONFIG,
     MANIFEST,
@@ -26,21 +27,35 @@ from .folder import (
 )
 from .head import combine, expert_features, scatter_topk
 from .personalize import UserProfile
-from .text import PairTokenizer, Prompt, check_prompt, check_response
+from .text import Prompt, TextTokenizer, check_prompt, check_response
 
 log = logging.getLogger("moerm_lite")
 
 DEFAULT_MODEL = "moerm-minilm-k32"
 DEFAULT_THREADS = 4  # capped at the machine's cores
+PAIRS_PER_CHUNK = 512  # pairs featurized per head call: bounds memory on long inputs
 User = Union[None, UserProfile, Sequence[float], np.ndarray]
 
 
-def default_model_path() -> Path:
-    """``$MOERM_LITE_MODEL`` if set, else the model shipped in the repository's ``models/``."""
+def default_model_candidates() -> list[Path]:
+    """Where ``RewardModel.load()`` looks for the default model, in order: ``$MOERM_LITE_MODEL``, the
+    model installed with the package (``moerm_lite/models/``), the ``models/`` folder of a checkout."""
+    here = Path(__file__).resolve().parent
     env = os.environ.get("MOERM_LITE_MODEL")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL
+    return ([Path(env)] if env else []) + [here / "models" / DEFAULT_MODEL, here.parent / "models" / DEFAULT_MODEL]
+
+
+def default_model_path() -> Path:
+    """The first of :func:`default_model_candidates` that exists (``$MOERM_LITE_MODEL`` always wins)."""
+    candidates = default_model_candidates()
+    if os.environ.get("MOERM_LITE_MODEL"):
+        return candidates[0]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise FileNotFoundError(
+        "the default model was not found; looked in " + ", ".join(str(c) for c in candidates)
+        + ". Pass a model folder, RewardModel.load('path/to/folder') or --model, or set MOERM_LITE_MODEL")
 
 
 class RewardModel:
@@ -51,7 +66,7 @@ class RewardModel:
     """
 
     def __init__(self, folder: Path, config: ModelConfig, backbone: ort.InferenceSession,
-                 head: ort.InferenceSession, tokenizer: PairTokenizer, precision: str,
+                 head: ort.InferenceSession, tokenizer: TextTokenizer, precision: str,
                  threads: int, model_hash: str) -> None:
         self.folder, self.config, self.precision, self.threads = folder, config, precision, threads
         self._backbone, self._head, self._tokenizer = backbone, head, tokenizer
@@ -73,7 +88,8 @@ class RewardModel:
         """
         folder = Path(path) if path is not None else default_model_path()
         if not folder.is_dir():
-            raise FileNotFoundError(f"model folder not found: {folder}")
+            where = " (from MOERM_LITE_MODEL)" if path is None else ""
+            raise FileNotFoundError(f"model folder not found: {folder}{where}")
         manifest = read_manifest(folder)
         verify_files(folder, manifest, [CONFIG])
         try:
@@ -111,7 +127,7 @@ class RewardModel:
                     f"expects inputs {inputs} and outputs {outputs}")
             return sess
 
-        tokenizer = PairTokenizer(folder / "tokenizer.json", cfg.max_length)
+        tokenizer = TextTokenizer(folder / "tokenizer.json", cfg.max_length)
         model_hash = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()[:16]
         backbone = session(backbone_path, cfg.backbone_inputs, [cfg.backbone_output])
         head = session(head_path, [cfg.head_input], cfg.head_outputs)
@@ -149,6 +165,10 @@ class RewardModel:
                        progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
         """Dense per-expert outputs for (prompt, response) pairs, in input order.
 
+        Each distinct prompt and response text is embedded once per ``PAIRS_PER_CHUNK`` pairs (a
+        ranking call embeds its prompt once, not once per candidate). ``progress``, if given, is
+        called with the number of pairs done after each chunk.
+
         Returns:
             ``{"gating_output": (N, K), "rewards": (N, K), "truncated": (N,) bool}``;
             unselected experts have gate and reward 0.
@@ -156,37 +176,70 @@ class RewardModel:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         texts = self._check_pairs(pairs)
-        N, K = len(texts), self.n_experts
+        N, K, cfg = len(texts), self.n_experts, self.config
         gating = np.zeros((N, K), dtype=np.float32)  # (N, K)
         rewards = np.zeros((N, K), dtype=np.float32)  # (N, K)
-        if N == 0:
-            return {"gating_output": gating, "rewards": rewards, "truncated": np.zeros(0, dtype=bool)}
-        ids, type_ids, truncated = self._tokenizer.encode(texts)
-        if truncated.any():
-            log.warning("%d of %d inputs were longer than max_length=%d tokens and were truncated",
-                        int(truncated.sum()), N, self.config.max_length)
-        order = np.argsort([len(x) for x in ids], kind="stable")  # length buckets: less padding
-        cfg = self.config
-        for start in range(0, N, batch_size):
-            idx = order[start:start + batch_size]
-            if self.config.graphs[self.precision].per_sequence:
-                emb = np.concatenate([self._embed([ids[i]], [type_ids[i]]) for i in idx])  # (B, H)
-            else:
-                emb = self._embed([ids[i] for i in idx], [type_ids[i] for i in idx])  # (B, H)
-            e_idx, gates, r = self._head.run(cfg.head_outputs, {cfg.head_input: emb})  # (B, k) each
-            gating[idx], rewards[idx] = scatter_topk(e_idx, gates, r, K)
+        truncated = np.zeros(N, dtype=bool)  # (N,)
+        for start in range(0, N, PAIRS_PER_CHUNK):
+            chunk = texts[start:start + PAIRS_PER_CHUNK]
+            x, cut = self._pair_features(chunk, batch_size)  # (B, F), (B,)
+            e_idx, gates, r = self._head.run(cfg.head_outputs, {cfg.head_input: x})  # (B, k + n_shared) each
+            rows = slice(start, start + len(chunk))
+            gating[rows], rewards[rows] = scatter_topk(e_idx, gates, r, K)
+            truncated[rows] = cut
             if progress is not None:
-                progress(len(idx))
+                progress(len(chunk))
+        if truncated.any():
+            log.warning("%d of %d inputs were truncated: a prompt or response was longer than max_length=%d "
+                        "tokens (a prompt keeps its end, a response its start)", int(truncated.sum()), N,
+                        cfg.max_length)
         if not (np.isfinite(gating).all() and np.isfinite(rewards).all()):
             raise FloatingPointError("the model produced NaN or inf; the model files may be broken")
         return {"gating_output": gating, "rewards": rewards, "truncated": truncated}
 
-    def _embed(self, ids: list[np.ndarray], type_ids: list[np.ndarray]) -> np.ndarray:
-        """Backbone on one padded batch, (B, H)."""
-        feed = self._tokenizer.pad(ids, type_ids)
-        (emb,) = self._backbone.run([self.config.backbone_output],
-                                    {name: feed[name] for name in self.config.backbone_inputs})
-        return emb
+    def pair_features(self, pairs: Sequence[tuple[Prompt, str]], *,
+                      batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """The head's input for (prompt, response) pairs: features (N, F) float32 (see
+        :mod:`moerm_lite.features`) and which pairs were truncated, (N,) bool."""
+        return self._pair_features(self._check_pairs(pairs), batch_size)
+
+    def _pair_features(self, pairs: list[tuple[str, str]], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``pair_features`` on checked texts; each distinct prompt and response is embedded once."""
+        prompts = sorted({p for p, _ in pairs if p.strip()})
+        responses = sorted({r for _, r in pairs})
+        P, p_cut = self.embed(prompts, role="prompt", batch_size=batch_size)  # (Np, H)
+        R, r_cut = self.embed(responses, role="response", batch_size=batch_size)  # (Nr, H)
+        pi = {p: i for i, p in enumerate(prompts)}
+        ri = {r: i for i, r in enumerate(responses)}
+        H = R.shape[1]
+        P_rows = np.stack([P[pi[p]] if p in pi else np.zeros(H, np.float32) for p, _ in pairs])  # (N, H)
+        R_rows = R[[ri[r] for _, r in pairs]]  # (N, H)
+        cut = np.array([bool(p in pi and p_cut[pi[p]]) or bool(r_cut[ri[r]]) for p, r in pairs])  # (N,)
+        return pair_features(P_rows, R_rows, [p for p, _ in pairs], [r for _, r in pairs]), cut
+
+    def embed(self, texts: Sequence[str], *, role: str = "response",
+              batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Backbone embeddings (N, H) float32 of single texts, and which were truncated (N,) bool.
+
+        ``role="prompt"`` keeps the end of a text longer than ``max_length`` tokens, ``"response"``
+        its start. Batches are length-sorted and padded to their longest member; the result does
+        not depend on ``batch_size``.
+        """
+        out = np.zeros((len(texts), self.config.hidden_size), dtype=np.float32)  # (N, H)
+        if not texts:
+            return out, np.zeros(0, dtype=bool)
+        ids, truncated = self._tokenizer.encode(texts, role)
+        order = np.argsort([len(x) for x in ids], kind="stable")  # length buckets: less padding
+        per_sequence = self.config.graphs[self.precision].per_sequence
+        for start in range(0, len(ids), batch_size):
+            idx = order[start:start + batch_size]
+            groups = [[i] for i in idx] if per_sequence else [list(idx)]
+            for g in groups:
+                feed = self._tokenizer.pad([ids[i] for i in g])
+                (emb,) = self._backbone.run([self.config.backbone_output],
+                                            {name: feed[name] for name in self.config.backbone_inputs})
+                out[g] = emb
+        return out, truncated
 
     # ----------------------------------------------------------------- scoring
     def score_pairs(self, pairs: Sequence[tuple[Prompt, str]], *, user: User = None,
@@ -293,11 +346,21 @@ class RewardModel:
                 "variance": float(phi[b] @ cov @ phi[b])}
 
     def describe_experts(self, *, n_texts: int = 3, n_attributes: int | None = 3) -> list[dict[str, Any]]:
-        """Expert cards from the reference corpus shipped in the model folder.
+        """Expert cards: what each expert does, read off the reference corpus shipped in the folder.
 
         Per expert: ``{"expert", "name", "routing_share", "routing_share_by_source",
-        "highest", "lowest", "correlations"}`` (see :mod:`moerm_lite.experts`).
+        "highest", "lowest", "correlations"}`` (see :mod:`moerm_lite.experts`). Cards computed at
+        export (``expert_cards.json``) are read, not recomputed, when they hold enough texts.
         """
+        stored = self.config.extra.get("expert_cards")
+        if stored:
+            cards = read_cards(self.folder, stored)
+            if all(len(c["highest"]) >= n_texts or len(c["highest"]) == c["n_routed"] for c in cards):
+                return [trim_card(c, n_texts, n_attributes) for c in cards]
+        return self.compute_expert_cards(n_texts=n_texts, n_attributes=n_attributes)
+
+    def compute_expert_cards(self, *, n_texts: int = 3, n_attributes: int | None = 3) -> list[dict[str, Any]]:
+        """Expert cards computed now, by scoring the folder's reference corpus (tens of seconds)."""
         rel = self.config.extra.get("reference")
         if not rel:
             raise ValueError(f"model {self.config.model_id!r} ships no reference corpus (config.json has no "
@@ -333,17 +396,17 @@ class RewardModel:
             raise ValueError("user weights contain NaN or inf")
         return w
 
+    def check_pair(self, pair: Any, where: str = "pair") -> tuple[str, str]:
+        """One (prompt, response) as checked texts; ``TypeError``/``ValueError`` naming ``where`` if bad."""
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"{where} must be a (prompt, response) tuple, got {pair!r:.80}")
+        n = self.config.max_chars
+        return check_prompt(pair[0], n, f"prompt of {where}"), check_response(pair[1], n, f"response of {where}")
+
     def _check_pairs(self, pairs: Sequence[tuple[Prompt, str]]) -> list[tuple[str, str]]:
         if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Iterable):
             raise TypeError("pairs must be a list of (prompt, response) tuples")
-        n = self.config.max_chars
-        out = []
-        for i, pr in enumerate(pairs):
-            if not isinstance(pr, (tuple, list)) or len(pr) != 2:
-                raise TypeError(f"pair {i} must be a (prompt, response) tuple, got {pr!r:.80}")
-            out.append((check_prompt(pr[0], n, f"prompt of pair {i}"),
-                        check_response(pr[1], n, f"response of pair {i}")))
-        return out
+        return [self.check_pair(pr, f"pair {i}") for i, pr in enumerate(pairs)]
 
     @staticmethod
     def _check_list(responses: Any, what: str) -> list[str]:

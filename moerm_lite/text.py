@@ -1,7 +1,7 @@
-"""Input checks, the chat template and tokenization of (prompt, response) pairs.
+"""Input checks, the chat template and tokenization of single texts.
 
-Pairs are encoded as BERT text pairs: ``[CLS] prompt [SEP] response [SEP]``;
-an empty prompt encodes the response alone (``[CLS] response [SEP]``).
+Prompt and response are encoded separately, each as ``[CLS] text [SEP]``; the pair's
+features are built from the two embeddings (:mod:`moerm_lite.features`).
 """
 
 from __future__ import annotations
@@ -56,36 +56,44 @@ def check_response(response: Any, max_chars: int, where: str = "response") -> st
     return response
 
 
-class PairTokenizer:
-    """``tokenizers`` wrapper: truncation from the model config, padding per batch, never silent."""
+class TextTokenizer:
+    """``tokenizers`` wrapper for single texts: truncation from the model config, padding per batch.
+
+    Prompts and responses are embedded separately. A prompt longer than ``max_length`` tokens
+    keeps its end (the latest turns of a conversation); a response keeps its start.
+    Truncation is never silent: :meth:`encode` reports which texts were cut.
+    """
+
+    SIDES = (("prompt", "left"), ("response", "right"))  # role, truncation direction
 
     def __init__(self, path: Path, max_length: int) -> None:
         self.max_length = max_length
-        self._tok = Tokenizer.from_file(str(path))
-        # tokenizer.json files often hard-code truncation/padding (MiniLM: 128); ours win.
-        self._tok.no_padding()
-        self._tok.enable_truncation(max_length=max_length, strategy="longest_first")
-        pad = self._tok.token_to_id("[PAD]")
+        self._tok = {}
+        for role, direction in self.SIDES:
+            tok = Tokenizer.from_file(str(path))
+            # tokenizer.json files often hard-code truncation/padding (MiniLM: 128); ours win.
+            tok.no_padding()
+            tok.enable_truncation(max_length=max_length, direction=direction)
+            self._tok[role] = tok
+        pad = self._tok["response"].token_to_id("[PAD]")
         self.pad_id = 0 if pad is None else pad
 
-    def encode(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
-        """Token ids and type ids per pair (unpadded), and which pairs were truncated, (N,) bool."""
-        inputs = [r if not p else (p, r) for p, r in pairs]
-        encs = self._tok.encode_batch(inputs, add_special_tokens=True)
+    def encode(self, texts: Sequence[str], role: str = "response") -> tuple[list[np.ndarray], np.ndarray]:
+        """Token ids per text (unpadded) and which texts were truncated, (N,) bool."""
+        if role not in self._tok:
+            raise ValueError(f"role must be one of {sorted(self._tok)}, got {role!r}")
+        encs = self._tok[role].encode_batch(list(texts), add_special_tokens=True)
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encs]
-        type_ids = [np.asarray(e.type_ids, dtype=np.int64) for e in encs]
         truncated = np.array([len(e.overflowing) > 0 for e in encs], dtype=bool)  # (N,)
-        return ids, type_ids, truncated
+        return ids, truncated
 
-    def pad(self, ids: list[np.ndarray], type_ids: list[np.ndarray]) -> dict[str, np.ndarray]:
+    def pad(self, ids: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Pad a batch to its longest member: input_ids, attention_mask, token_type_ids, each (B, L)."""
         L = max(len(x) for x in ids)
         B = len(ids)
         input_ids = np.full((B, L), self.pad_id, dtype=np.int64)  # (B, L)
         mask = np.zeros((B, L), dtype=np.int64)  # (B, L)
-        types = np.zeros((B, L), dtype=np.int64)  # (B, L)
-        for i, (x, t) in enumerate(zip(ids, type_ids)):
+        for i, x in enumerate(ids):
             input_ids[i, : len(x)] = x
             mask[i, : len(x)] = 1
-            types[i, : len(t)] = t
-        return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
+        return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(mask)}

@@ -19,7 +19,8 @@ def test_cards_agree_with_a_brute_force_reading(tiny_fp32):
     out = tiny_fp32.expert_outputs([(r["prompt"], r["response"]) for r in rows])
     g, r = out["gating_output"], out["rewards"]
     assert len(cards) == tiny_fp32.n_experts
-    assert sum(c["routing_share"] for c in cards) == pytest.approx(tiny_fp32.top_k)  # k experts per row
+    # k routed experts per row, and the shared ones always
+    assert sum(c["routing_share"] for c in cards) == pytest.approx(tiny_fp32.top_k + tiny_fp32.config.n_shared)
     tone = np.array([row["labels"]["tone"] for row in rows], dtype=float)
     for k, c in enumerate(cards):
         on = np.flatnonzero(g[:, k] > 0)
@@ -95,3 +96,23 @@ def test_plot_without_matplotlib_names_the_extra(tiny_folder, tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
     assert main(["plot", "routing", "-o", str(tmp_path / "x.png"), "--model", str(tiny_folder)]) == 2
     assert "moerm-lite[plot]" in capsys.readouterr().err
+
+
+def test_stored_cards_are_read_not_recomputed(tiny_folder, tmp_path):
+    """Cards stored at export (expert_cards.json) equal a fresh computation, and are what describe_experts reads."""
+    import shutil
+
+    from export.package import add_expert_cards
+
+    folder = tmp_path / "with_cards"
+    shutil.copytree(tiny_folder, folder)
+    add_expert_cards(folder)
+    m = RewardModel.load(folder, threads=1)
+    assert m.config.extra["expert_cards"] == "expert_cards.json"
+    assert m.describe_experts() == m.compute_expert_cards()
+    one, fresh = m.describe_experts(n_texts=1, n_attributes=None), m.compute_expert_cards(n_texts=1, n_attributes=None)
+    assert [c["highest"] for c in one] == [c["highest"] for c in fresh]
+    assert [c["correlations"] for c in one] == [c["correlations"] for c in fresh]
+    m.expert_outputs = None  # describe_experts must not score anything now
+    cards = m.describe_experts()
+    assert all(isinstance(k, str) and type(k) is str for c in cards for k in c["routing_share_by_source"])

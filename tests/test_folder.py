@@ -132,3 +132,19 @@ def test_model_fits_users_with_its_prior_precision(copy):
     d = m.comparison_features([{"prompt": "why", "chosen": a, "rejected": b}])[0]
     lam = cfg["default_prior_strength"]
     assert q["variance"] == pytest.approx(d @ np.linalg.inv(lam * P) @ d, rel=1e-6)
+
+
+def test_atomic_write_keeps_a_readable_mode(tmp_path):
+    """Model files and profiles stay readable by others (0644), and an existing file keeps its mode."""
+    import stat
+
+    from moerm_lite.folder import atomic_write_text
+
+    new = tmp_path / "new.json"
+    atomic_write_text(new, "{}")
+    assert stat.S_IMODE(new.stat().st_mode) == 0o644
+    old = tmp_path / "old.json"
+    old.write_text("x")
+    old.chmod(0o640)
+    atomic_write_text(old, "y")
+    assert stat.S_IMODE(old.stat().st_mode) == 0o640 and old.read_text() == "y"

@@ -7,33 +7,37 @@ import pytest
 
 from export.onnx_head import build_head_graph, reference_head
 from moerm_lite.head import combine, expert_features, scatter_topk
-from tests.tiny import H, random_head
+from tests.tiny import F, random_head
 
 
 def run_graph(model: onnx.ModelProto, h: np.ndarray):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(["expert_index", "gates", "rewards"], {"embedding": h.astype(np.float32)})
+    return sess.run(["expert_index", "gates", "rewards"], {"features": h.astype(np.float32)})
 
 
-@pytest.mark.parametrize("K,top_k", [(6, 2), (32, 2), (8, 3), (5, 5)])
-def test_sparse_head_equals_dense_reference(K, top_k):
+@pytest.mark.parametrize("K,top_k,n_shared", [(6, 2, 0), (32, 2, 10), (8, 3, 1), (5, 5, 0), (7, 4, 3)])
+def test_sparse_head_equals_dense_reference(K, top_k, n_shared):
     rng = np.random.default_rng(K * 10 + top_k)
-    wts = random_head(K, rng)
-    h = rng.normal(size=(17, H)).astype(np.float32)
+    wts = random_head(K, rng, n_shared)
+    h = rng.normal(size=(17, F)).astype(np.float32)
     idx, gates, rewards = run_graph(build_head_graph(wts, top_k), h)
     ref_idx, ref_gates, ref_rewards = reference_head(h, wts, top_k)
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_allclose(gates, ref_gates, atol=1e-6)
     np.testing.assert_allclose(rewards, ref_rewards, atol=1e-5)
-    np.testing.assert_allclose(gates.sum(1), 1.0, atol=1e-6)  # gates sum to 1 over exactly k experts
-    assert idx.shape == (17, top_k) and all(len(set(row)) == top_k for row in idx.tolist())
+    # routed gates sum to 1 over exactly k experts; the shared experts follow with gate 1
+    np.testing.assert_allclose(gates[:, :top_k].sum(1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(gates[:, top_k:], 1.0)
+    np.testing.assert_array_equal(idx[:, top_k:], np.broadcast_to(np.arange(K - n_shared, K), (17, n_shared)))
+    assert (idx[:, :top_k] < K - n_shared).all()
+    assert idx.shape == (17, top_k + n_shared) and all(len(set(row)) == top_k + n_shared for row in idx.tolist())
 
 
 def test_bounded_rewards_in_the_graph():
     rng = np.random.default_rng(3)
     wts = random_head(6, rng)
     wts.reward_bound = 0.5
-    h = rng.normal(size=(11, H)).astype(np.float32)
+    h = rng.normal(size=(11, F)).astype(np.float32)
     for dtype in ("fp32", "int8"):
         idx, gates, rewards = run_graph(build_head_graph(wts, 2, expert_dtype=dtype), h)
         ref_idx, _, ref_rewards = reference_head(h, wts, 2)
@@ -45,7 +49,7 @@ def test_bounded_rewards_in_the_graph():
 def test_int8_experts_close_and_same_routing():
     rng = np.random.default_rng(1)
     wts = random_head(16, rng)
-    h = rng.normal(size=(64, H)).astype(np.float32)
+    h = rng.normal(size=(64, F)).astype(np.float32)
     i32, g32, r32 = run_graph(build_head_graph(wts, 2), h)
     i8, g8, r8 = run_graph(build_head_graph(wts, 2, expert_dtype="int8"), h)
     np.testing.assert_array_equal(i8, i32)  # the router is never quantized
@@ -59,7 +63,7 @@ def test_int8_experts_close_and_same_routing():
 def test_full_softmax_gating_for_top1():
     rng = np.random.default_rng(2)
     wts = random_head(8, rng)
-    h = rng.normal(size=(9, H)).astype(np.float32)
+    h = rng.normal(size=(9, F)).astype(np.float32)
     _, gates, _ = run_graph(build_head_graph(wts, 1, gating="full_softmax"), h)
     _, ref_gates, _ = reference_head(h, wts, 1, gating="full_softmax")
     np.testing.assert_allclose(gates, ref_gates, atol=1e-6)
@@ -67,16 +71,24 @@ def test_full_softmax_gating_for_top1():
 
 
 def test_head_graph_is_sparse():
-    """TopK routes, Gather picks the routed experts' weights; no op touches all K experts' MLPs."""
-    for K, dtype in ((8, "fp32"), (256, "fp32"), (256, "fp16"), (256, "int8")):
-        g = build_head_graph(random_head(K, np.random.default_rng(0)), 2, expert_dtype=dtype).graph
+    """TopK routes, Gather picks the routed experts' weights; no op at run time touches all routed MLPs."""
+    for K, S, dtype in ((8, 0, "fp32"), (256, 0, "fp32"), (256, 10, "fp16"), (256, 10, "int8")):
+        model = build_head_graph(random_head(K, np.random.default_rng(0), S), 2, expert_dtype=dtype)
+        g = model.graph
         ops = [n.op_type for n in g.node]
         assert "TopK" in ops and "Einsum" not in ops
-        for n in g.node:  # expert weight tensors are only ever inputs of Gather
-            if {"w1", "w1_q", "w1_h", "w1_scale", "b1", "w2", "b2"} & set(n.input):
+        inits = {i.name for i in g.initializer}
+        for n in g.node:  # the routed experts' weights are only ever inputs of Gather ...
+            if {"w1", "b1", "w2", "b2"} & set(n.input):
                 assert n.op_type == "Gather", n
-        # the expert MatMul reads the gathered (B, k, H, D) tensor, whose size is independent of K
+            if {"w1_h", "w1_q", "w1_s", "w1_f"} & set(n.input):  # ... or of constant casts, folded at load
+                assert n.op_type in ("Cast", "Mul") and set(n.input) <= inits | {"w1_f"}, n
+        # the expert MatMul reads the gathered (B, k, F, D) tensor, whose size is independent of K
         assert len([n for n in g.node if n.op_type == "MatMul" and "w1_sel" in n.input]) == 1
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = ""
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        assert sess.get_outputs()[0].shape[1] == 2 + S
 
 
 def test_scatter_and_combine():

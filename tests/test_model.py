@@ -13,12 +13,37 @@ PROMPT = "why is the cat nice"
 RESPONSES = ["the cat is kind and good", "it is rude and bad", "thanks for the question"]
 
 
+def test_scores_equal_an_independent_numpy_reference(tiny_fp32, tiny_head):
+    """Tokenize, embed prompt and response separately, build features, run the dense head: by hand."""
+    import onnx
+    from onnx import numpy_helper
+    from tokenizers import Tokenizer
+
+    from export.onnx_head import reference_head
+    from moerm_lite.features import pair_features
+
+    folder = tiny_fp32.folder
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(folder / "onnx" / "backbone_fp32.onnx").graph.initializer}
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+
+    def embed(text):
+        ids = tok.encode(text).ids
+        return np.tanh(inits["E"][ids] + inits["T"][0]).mean(0)  # (H,): one segment, no padding
+
+    P = np.stack([embed(PROMPT)] * len(RESPONSES))
+    R = np.stack([embed(r) for r in RESPONSES])
+    x = pair_features(P, R, [PROMPT] * len(RESPONSES), RESPONSES)
+    idx, gates, rewards = reference_head(x, tiny_head, tiny_fp32.top_k)
+    expected = (gates * np.asarray(tiny_fp32.w0)[idx] * rewards).sum(1)
+    np.testing.assert_allclose(tiny_fp32.score(PROMPT, RESPONSES), expected, atol=1e-5)
+
+
 def test_canonical_scores(tiny_fp32, tiny_int8):
     """Pinned values: a change in tokenization, pooling, routing or the formula moves them."""
     np.testing.assert_allclose(tiny_fp32.score(PROMPT, RESPONSES),
-                               [0.4937800309916949, 0.24993158881279975, 0.3197304309336904], atol=1e-5)
+                               [0.14908906518124854, 0.13406052247928552, 0.4271969968936158], atol=1e-5)
     np.testing.assert_allclose(tiny_int8.score(PROMPT, RESPONSES),
-                               [0.4923819287497459, 0.24885415380543482, 0.31906594097175817], atol=1e-4)
+                               [0.14769571599336842, 0.13336404780936575, 0.42993139696302973], atol=1e-4)
 
 
 def test_score_types(tiny_fp32):
@@ -44,13 +69,13 @@ def test_batch_size_invariance_and_input_order(model, atol, request):
 def test_rank_and_flip(tiny_fp32):
     m = tiny_fp32
     ranking = m.rank(PROMPT, RESPONSES)
-    assert [r["corpus_id"] for r in ranking] == [0, 2, 1]
-    assert [r["text"] for r in ranking] == [RESPONSES[i] for i in (0, 2, 1)]
-    assert m.rank(PROMPT, RESPONSES, top_k=1)[0]["corpus_id"] == 0
+    assert [r["corpus_id"] for r in ranking] == [2, 0, 1]  # the canonical scores' order
+    assert [r["text"] for r in ranking] == [RESPONSES[i] for i in (2, 0, 1)]
+    assert m.rank(PROMPT, RESPONSES, top_k=1)[0]["corpus_id"] == 2
     flipped = UserProfile(user_id="contrarian")
     flipped.weights_ = -m.w0
     flipped.model_hash = m.model_hash
-    assert [r["corpus_id"] for r in m.rank(PROMPT, RESPONSES, user=flipped)] == [1, 2, 0]
+    assert [r["corpus_id"] for r in m.rank(PROMPT, RESPONSES, user=flipped)] == [1, 0, 2]
 
 
 def test_explain_adds_up(tiny_fp32):
@@ -59,8 +84,9 @@ def test_explain_adds_up(tiny_fp32):
     assert e["score"] == pytest.approx(m.score(PROMPT, RESPONSES[0]), abs=1e-9)
     assert e["score"] == pytest.approx(float(np.sum(e["gating_output"] * e["weights"] * e["rewards"])))
     assert e["rewards"].shape == e["gating_output"].shape == (m.n_experts,)
-    assert np.count_nonzero(e["gating_output"]) == m.top_k
-    assert e["gating_output"].sum() == pytest.approx(1.0, abs=1e-6)
+    S = m.config.n_shared  # the shared experts are always active, with gate 1
+    assert np.count_nonzero(e["gating_output"]) == m.top_k + S
+    assert e["gating_output"].sum() == pytest.approx(1.0 + S, abs=1e-6)
     assert (e["rewards"][e["gating_output"] == 0] == 0).all()
     assert e["experts"] == m.expert_names and e["truncated"] is False
 

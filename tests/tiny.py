@@ -17,6 +17,7 @@ from tokenizers.models import WordPiece
 
 from export.onnx_head import HeadWeights, build_head_graph
 from export.package import REFERENCE, make_config, write_model_folder
+from moerm_lite.features import feature_dim
 
 WORDS = ["the", "a", "is", "and", "of", "to", "in", "it", "good", "bad", "great", "awful", "kind", "rude", "help", "harm", "yes", "no", "cat", "dog", "math", "art", "music", "sport", "science", "risk", "god", "money", "power", "love", "hate", "fast", "slow", "long", "short", "true", "false", "please", "sorry", "thanks", "hello", "answer", "question", "why", "how", "what", "ok", "fine", "safe", "danger", "nice", "mean"]
 H, D = 16, 8
@@ -61,10 +62,15 @@ def tiny_backbone(vocab_size: int, rng: np.random.Generator) -> onnx.ModelProto:
     return model
 
 
-def random_head(K: int, rng: np.random.Generator) -> HeadWeights:
-    return HeadWeights(router_w=rng.normal(size=(H, K)), router_b=rng.normal(scale=0.1, size=K),
-                       w1=rng.normal(size=(K, H, D)) / np.sqrt(H), b1=rng.normal(scale=0.1, size=(K, D)),
-                       w2=rng.normal(size=(K, D)) / np.sqrt(D), b2=rng.normal(scale=0.1, size=K))
+F = feature_dim(H)  # pair features of the tiny backbone's embeddings
+
+
+def random_head(K: int, rng: np.random.Generator, n_shared: int = 0) -> HeadWeights:
+    Kr = K - n_shared
+    return HeadWeights(router_w=rng.normal(size=(F, Kr)), router_b=rng.normal(scale=0.1, size=Kr),
+                       w1=rng.normal(size=(K, F, D)) / np.sqrt(F), b1=rng.normal(scale=0.1, size=(K, D)),
+                       w2=rng.normal(size=(K, D)) / np.sqrt(D), b2=rng.normal(scale=0.1, size=K),
+                       feat_mean=rng.normal(scale=0.1, size=F), feat_std=rng.uniform(0.5, 2.0, size=F))
 
 
 def tiny_reference(n: int = 40, seed: int = 3) -> list[dict]:
@@ -79,14 +85,15 @@ def tiny_reference(n: int = 40, seed: int = 3) -> list[dict]:
     return rows
 
 
-def build_tiny_folder(out: Path, *, K: int = 6, top_k: int = 2, seed: int = 0, max_length: int = 24,
-                      model_id: str = "tiny-test", reference: bool = True) -> tuple[Path, HeadWeights]:
+def build_tiny_folder(out: Path, *, K: int = 6, top_k: int = 2, n_shared: int = 2, seed: int = 0,
+                      max_length: int = 24, model_id: str = "tiny-test",
+                      reference: bool = True) -> tuple[Path, HeadWeights]:
     """Write a tiny model folder with int8 (int8 experts) and fp32 graphs; returns it and its head."""
     rng = np.random.default_rng(seed)
     tok = tiny_tokenizer()
-    head = random_head(K, rng)
+    head = random_head(K, rng, n_shared)
     backbone = tiny_backbone(tok.get_vocab_size(), rng)
-    cfg = make_config(model_id=model_id, n_experts=K, top_k=top_k,
+    cfg = make_config(model_id=model_id, n_experts=K, top_k=top_k, n_shared=n_shared,
                       expert_names=[f"expert_{i}" for i in range(K)], w0=rng.normal(size=K).tolist(),
                       max_length=max_length, hidden_size=H, precisions=["int8", "fp32"])
     graphs = {"onnx/backbone_fp32.onnx": backbone, "onnx/backbone_int8.onnx": backbone,

@@ -1,0 +1,80 @@
+"""Pair features: what the expert head sees of a (prompt, response), from two text embeddings.
+
+Prompt and response are embedded separately by the backbone (mean pooling), then combined::
+
+    r_hat = r / |r|,  p_hat = p / |p|     (0 for an empty prompt)            (B, H) each
+    x     = [ r_hat,  p_hat * r_hat,  cos(p, r),  has_prompt,
+              log1p(words(response)),  log1p(words(prompt)),  log1p(lines),  list_share,  has_code,
+              exclamations, questions, second_person, contractions (per word),
+              mean word length, log1p(words per sentence) ]                     (B, 2H + 13)
+
+``r_hat`` carries what the response says and how (topic, stance, tone); ``p_hat * r_hat`` and the
+cosine carry relevance (all-MiniLM-L6-v2 was trained as a bi-encoder on question-answer pairs);
+the surface statistics carry what a mean-pooled embedding cannot see well: length, layout and
+the rates of a few style markers. The shipped model's shared (always active) experts see only these
+statistics, which carry over to new prompts; its routed experts see everything.
+Training (``export/``) computes the same features with this same function, so the two never drift.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+FEATURES_KIND = "prompt_response_v1"  # the name config.json uses for this layout
+SURFACE = ("cosine", "has_prompt", "log_words", "log_prompt_words", "log_lines", "list_share", "has_code",
+           "exclamations", "questions", "second_person", "contractions", "word_length", "log_sentence_words")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*•+]|\d{1,3}[.)])\s+\S")
+_WORD = re.compile(r"[A-Za-z]+(?:['’][A-Za-z]+)?")
+_SECOND_PERSON = frozenset("you your yours yourself yourselves".split())
+_SENTENCE_END = re.compile(r"[.!?]+(?:\s|$)")
+
+
+def feature_dim(hidden_size: int) -> int:
+    """F, the length of a pair's feature vector, for backbone embeddings of size H."""
+    return 2 * hidden_size + len(SURFACE)
+
+
+def surface(text: str) -> tuple[float, ...]:
+    """Layout and style statistics of a response (the tokenizer drops line breaks; pooling drops counts):
+    ``log1p(lines), list_share, has_code``, then per word ``exclamations, questions, second_person,
+    contractions``, mean word length and ``log1p(words per sentence)``."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    n = max(len(lines), 1)
+    items = sum(1 for ln in lines if _LIST_ITEM.match(ln))
+    code = "```" in text or sum(1 for ln in lines if ln.startswith("    ")) >= 2
+    words = _WORD.findall(text)
+    nw = max(len(words), 1)
+    second = sum(w.lower() in _SECOND_PERSON for w in words)
+    contractions = sum(("'" in w or "’" in w) for w in words)
+    sentences = max(1, len(_SENTENCE_END.findall(text.strip() + " ")))
+    return (float(np.log1p(n)), items / n, float(code), text.count("!") / nw, text.count("?") / nw,
+            second / nw, contractions / nw, sum(len(w) for w in words) / nw, float(np.log1p(len(words) / sentences)))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)  # (B, 1)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
+def pair_features(prompt_emb: np.ndarray, response_emb: np.ndarray, prompts: Sequence[str],
+                  responses: Sequence[str]) -> np.ndarray:
+    """Features (B, F) float32 of B pairs from their embeddings (B, H) and texts.
+
+    A row of ``prompt_emb`` for an empty prompt is ignored (the prompt part of the features is 0).
+    """
+    B = len(responses)
+    if prompt_emb.shape != response_emb.shape or len(prompts) != B or response_emb.shape[0] != B:
+        raise ValueError(f"pair_features: shapes disagree: prompts {prompt_emb.shape} / {len(prompts)}, "
+                         f"responses {response_emb.shape} / {B}")
+    has_prompt = np.array([bool(p.strip()) for p in prompts], dtype=np.float64)  # (B,)
+    r = _unit(response_emb.astype(np.float64))  # (B, H)
+    p = _unit(prompt_emb.astype(np.float64)) * has_prompt[:, None]  # (B, H)
+    pr = p * r  # (B, H)
+    stats = np.array([surface(t) for t in responses], dtype=np.float64).reshape(B, len(SURFACE) - 4)  # (B, 9)
+    words = np.log1p([len(t.split()) for t in responses])  # (B,)
+    prompt_words = np.log1p([len(t.split()) for t in prompts])  # (B,)
+    extra = np.column_stack([pr.sum(1), has_prompt, words, prompt_words, stats])  # (B, 13)
+    return np.hstack([r, pr, extra]).astype(np.float32)  # (B, 2H + 13)
