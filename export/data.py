@@ -52,17 +52,59 @@ def split_hh_transcript(text: str) -> tuple[str, str]:
     return text[:cut].strip(), text[cut + len("\n\nAssistant:"):].strip()
 
 
-def load_hh_harmless(data_dir: Path = DATA_DIR, split: str = "all") -> list[Record]:
-    """HH-RLHF harmless-base: human-labelled (chosen, rejected) replies, split by prompt."""
+def load_hh(subset: str, data_dir: Path = DATA_DIR, split: str = "all") -> list[Record]:
+    """HH-RLHF ``harmless`` or ``helpful`` base: human-labelled (chosen, rejected) replies, split by prompt."""
+    if subset not in ("harmless", "helpful"):
+        raise ValueError(f"HH-RLHF subset must be 'harmless' or 'helpful', got {subset!r}")
     out = []
-    with gzip.open(data_dir / "hh_rlhf" / "harmless-base.jsonl.gz", "rt", encoding="utf-8") as f:
+    with gzip.open(data_dir / "hh_rlhf" / f"{subset}-base.jsonl.gz", "rt", encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
             (p, c), (p2, r) = split_hh_transcript(row["chosen"]), split_hh_transcript(row["rejected"])
             if p != p2 or c == r or not c or not r or not in_split(p, split):
                 continue
-            out.append({"prompt": p, "chosen": c, "rejected": r, "source": "hh_harmless"})
+            out.append({"prompt": p, "chosen": c, "rejected": r, "source": f"hh_{subset}"})
     return out
+
+
+def load_hh_harmless(data_dir: Path = DATA_DIR, split: str = "all") -> list[Record]:
+    """HH-RLHF harmless-base (red-team prompts: a refusal is usually the better reply)."""
+    return load_hh("harmless", data_dir, split)
+
+
+def load_hh_helpful(data_dir: Path = DATA_DIR, split: str = "all") -> list[Record]:
+    """HH-RLHF helpful-base (benign requests: the more helpful reply is chosen)."""
+    return load_hh("helpful", data_dir, split)
+
+
+def load_webgpt(data_dir: Path = DATA_DIR) -> list[Record]:
+    """WebGPT comparisons (long-form cited answers). CC BY-NC: evaluation only, never training data."""
+    def split(text: str) -> tuple[str, str]:
+        cut = text.rfind("## Assistant:")
+        if cut < 0:
+            raise ValueError("WebGPT transcript without an Assistant turn")
+        return text[:cut].replace("## Human:", "").strip(), text[cut + len("## Assistant:"):].strip()
+
+    out = []
+    with gzip.open(data_dir / "webgpt" / "webgpt-test.jsonl.gz", "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            (p, c), (p2, r) = split(row["chosen"]), split(row["rejected"])
+            if p == p2 and c and r and c != r:
+                out.append({"prompt": p, "chosen": c, "rejected": r, "source": "webgpt"})
+    return out
+
+
+DSP_DOMAINS = ("academy", "business", "entertainment", "literature")
+
+
+def load_dsp(data_dir: Path = DATA_DIR) -> list[dict[str, Any]]:
+    """Domain-Specific Preference rows ``{"query", "responses": {domain: text, "normal": text}}``.
+
+    CC BY-NC 4.0: evaluation only, never training data for a shipped model.
+    """
+    rows = json.loads((data_dir / "dsp" / "domain_specific_preference.json").read_text())
+    return [r for r in rows if all(str(r["responses"].get(d, "")).strip() for d in (*DSP_DOMAINS, "normal"))]
 
 
 def load_finegrained_qa(data_dir: Path = DATA_DIR, split: str = "all") -> list[Record]:

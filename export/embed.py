@@ -1,9 +1,10 @@
-"""Frozen-backbone embeddings of (prompt, response) pairs, with an on-disk cache.
+"""Frozen-backbone embeddings of prompts and responses, with an on-disk cache.
 
 The cache lives in ``.cache/embeddings/<key>/`` (gitignored), where ``key`` hashes the
 backbone's weight files and ``max_length``; inside, ``keys.json`` lists the sha256 of each
-pair and ``emb.npy`` holds the float32 rows. Tokenization is ``moerm_lite.text.PairTokenizer``
-on the backbone's ``tokenizer.json``: the same code the runtime uses.
+(role, text) and ``emb.npy`` holds the float32 rows. Tokenization is ``moerm_lite.text.TextTokenizer``
+on the backbone's ``tokenizer.json`` and pair features are ``moerm_lite.features.pair_features``:
+the same code the runtime uses.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from moerm_lite.features import pair_features
 from moerm_lite.folder import atomic_write_text, sha256_file
-from moerm_lite.text import PairTokenizer
+from moerm_lite.text import TextTokenizer
 
 from .model import Backbone
 
@@ -54,40 +56,49 @@ def tokenizer_json(path: "str | Path") -> str:
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True).backend_tokenizer.to_str()
 
 
-def pair_tokenizer(path: "str | Path", max_length: int, workdir: Path) -> PairTokenizer:
+def text_tokenizer(path: "str | Path", max_length: int, workdir: Path) -> TextTokenizer:
     workdir.mkdir(parents=True, exist_ok=True)
     f = workdir / "tokenizer.json"
     f.write_text(tokenizer_json(path), encoding="utf-8")
-    return PairTokenizer(f, max_length)
+    return TextTokenizer(f, max_length)
 
 
-def pair_key(prompt: str, response: str) -> str:
-    return hashlib.sha256(json.dumps([prompt, response]).encode()).hexdigest()
+def text_key(role: str, text: str) -> str:
+    return hashlib.sha256(json.dumps([role, text]).encode()).hexdigest()
 
 
 @torch.no_grad()
-def embed_pairs(backbone: Backbone, tok: PairTokenizer, pairs: Sequence[tuple[str, str]],
+def embed_texts(backbone: Backbone, tok: TextTokenizer, texts: Sequence[str], role: str = "response",
                 batch_size: int = 64, device: str = "cpu") -> np.ndarray:
     """Mean-pooled embeddings, (N, H) float32, in input order (length-sorted batches)."""
     backbone.eval().to(device)
-    ids, types, _ = tok.encode(pairs)
+    ids, _ = tok.encode(texts, role)
     order = np.argsort([len(x) for x in ids], kind="stable")
-    out = np.zeros((len(pairs), backbone.n_embd), dtype=np.float32)  # (N, H)
-    for start in range(0, len(pairs), batch_size):
+    out = np.zeros((len(texts), backbone.n_embd), dtype=np.float32)  # (N, H)
+    for start in range(0, len(texts), batch_size):
         idx = order[start:start + batch_size]
-        feed = tok.pad([ids[i] for i in idx], [types[i] for i in idx])
-        feed = {k: torch.from_numpy(v).to(device) for k, v in feed.items()}
+        feed = {k: torch.from_numpy(v).to(device) for k, v in tok.pad([ids[i] for i in idx]).items()}
         out[idx] = backbone(**feed).float().cpu().numpy()
     return out
 
 
+def features_of(embed: Callable[[Sequence[str], str], np.ndarray],
+                pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """Pair features (N, F) with ``moerm_lite.features.pair_features``, each distinct text embedded once."""
+    prompts = [p for p, _ in pairs]
+    responses = [r for _, r in pairs]
+    P = embed([p if p.strip() else " " for p in prompts], "prompt")  # (N, H), rows of empty prompts unused
+    R = embed(responses, "response")  # (N, H)
+    return pair_features(P, R, prompts, responses)
+
+
 class EmbeddingCache:
-    """Embeddings of (prompt, response) pairs for one backbone and max_length, computed once."""
+    """Embeddings of texts (by role: prompt or response) for one backbone and max_length, computed once."""
 
     def __init__(self, backbone_path: "str | Path", max_length: int, cache_dir: Path = CACHE_DIR,
                  device: str = "cpu") -> None:
         self.backbone_path, self.max_length, self.device = Path(backbone_path), max_length, device
-        self.key = hashlib.sha256(f"{backbone_hash(backbone_path)}|{max_length}".encode()).hexdigest()[:16]
+        self.key = hashlib.sha256(f"{backbone_hash(backbone_path)}|{max_length}|text".encode()).hexdigest()[:16]
         self.dir = cache_dir / self.key
         self._backbone: Backbone | None = None
         self.index: dict[str, int] = {}
@@ -98,16 +109,16 @@ class EmbeddingCache:
             if len(keys) == len(emb):
                 self.index, self.emb = {k: i for i, k in enumerate(keys)}, emb
 
-    def get(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    def get(self, texts: Sequence[str], role: str = "response") -> np.ndarray:
         """(N, H) embeddings; missing ones are computed and the cache file rewritten."""
-        keys = [pair_key(p, r) for p, r in pairs]
-        missing = list({k: pr for k, pr in zip(keys, pairs) if k not in self.index}.items())
+        keys = [text_key(role, t) for t in texts]
+        missing = list({k: t for k, t in zip(keys, texts) if k not in self.index}.items())
         if missing:
-            log.info("embedding %d new pairs (cache %s)", len(missing), self.dir)
+            log.info("embedding %d new %s texts (cache %s)", len(missing), role, self.dir)
             if self._backbone is None:
                 self._backbone = Backbone(self.backbone_path)
-            tok = pair_tokenizer(self.backbone_path, self.max_length, self.dir)
-            new = embed_pairs(self._backbone, tok, [pr for _, pr in missing], device=self.device)
+            tok = text_tokenizer(self.backbone_path, self.max_length, self.dir)
+            new = embed_texts(self._backbone, tok, [t for _, t in missing], role, device=self.device)
             start = len(self.index)
             self.emb = new if start == 0 else np.concatenate([self.emb, new])
             self.index.update({k: start + i for i, (k, _) in enumerate(missing)})
@@ -117,3 +128,36 @@ class EmbeddingCache:
             tmp.replace(self.dir / "emb.npy")
             atomic_write_text(self.dir / "keys.json", json.dumps(sorted(self.index, key=self.index.get)))
         return self.emb[[self.index[k] for k in keys]]
+
+    def features(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Pair features (N, F) of (prompt, response) pairs."""
+        return features_of(self.get, pairs)
+
+
+class TorchPairFeatures:
+    """``moerm_lite.features.pair_features`` in torch, differentiable through a backbone being fine-tuned.
+
+    The embedding parts (normalised response, prompt * response, cosine) are computed from the backbone's
+    outputs; the text statistics are constants, taken from the numpy function itself so the two agree.
+    """
+
+    def __init__(self, backbone: Backbone, tok: TextTokenizer, device: str = "cpu") -> None:
+        self.backbone, self.tok, self.device = backbone, tok, device
+
+    def _embed(self, texts: Sequence[str], role: str) -> torch.Tensor:
+        ids, _ = self.tok.encode(texts, role)
+        feed = {k: torch.from_numpy(v).to(self.device) for k, v in self.tok.pad(ids).items()}
+        return self.backbone(**feed)  # (N, H)
+
+    def __call__(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
+        prompts = [p for p, _ in pairs]
+        responses = [r for _, r in pairs]
+        R = self._embed(responses, "response")  # (N, H)
+        P = self._embed([p if p.strip() else " " for p in prompts], "prompt")  # (N, H)
+        H = R.shape[1]
+        zeros = np.zeros((len(pairs), H), dtype=np.float32)
+        const = torch.from_numpy(pair_features(zeros, zeros, prompts, responses)[:, 2 * H + 1:]).to(R.device)
+        has = const[:, :1]  # (N, 1) has_prompt
+        r = torch.nn.functional.normalize(R, dim=1)  # (N, H)
+        pr = torch.nn.functional.normalize(P, dim=1) * has * r  # (N, H)
+        return torch.cat([r, pr, pr.sum(1, keepdim=True), const], 1)  # (N, F)

@@ -25,10 +25,14 @@ LAMBDA_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 
 class Featurizer(Protocol):
     n_experts: int
+    n_shared: int  # the last n_shared experts are always active
     prior_precision: np.ndarray | None  # P (K, K) of the user prior; None: the identity
 
     def outputs(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
         """Dense (gating_output, rewards), each (N, K)."""
+
+    def features(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Frozen pair features (N, F), the head's input."""
 
 
 class TorchFeaturizer:
@@ -37,35 +41,37 @@ class TorchFeaturizer:
     def __init__(self, run: "str | Path") -> None:
         import torch
 
-        from .embed import EmbeddingCache, pair_tokenizer
+        from .embed import EmbeddingCache, TorchPairFeatures, text_tokenizer
         from .train import load_checkpoint
 
         self.ckpt, self.head, self.backbone = load_checkpoint(run)
-        self.n_experts = self.head.args.n_experts
+        self.n_experts, self.n_shared = self.head.args.n_experts, self.head.args.n_shared
         self.prior_precision = self.head.prior_precision()
         cfg = self.ckpt["config"]
         self._torch = torch
         if self.backbone is None:
-            self.cache = EmbeddingCache(self.ckpt["backbone_path"], cfg["max_length"])
+            cache = EmbeddingCache(self.ckpt["backbone_path"], cfg["max_length"])
+            self.features, self.embed = cache.features, cache.get
         else:
-            self.tok = pair_tokenizer(self.ckpt["backbone_path"], cfg["max_length"], Path(run))
+            from .embed import embed_texts
 
-    def embed(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        if self.backbone is None:
-            return self.cache.get(pairs)
-        from .embed import embed_pairs
+            tok = text_tokenizer(self.ckpt["backbone_path"], cfg["max_length"], Path(run))
+            fz = TorchPairFeatures(self.backbone, tok)
+            backbone = self.backbone
 
-        return embed_pairs(self.backbone, self.tok, pairs)
+            def features(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+                with torch.no_grad():
+                    return fz(pairs).numpy()
+
+            def embed(texts: Sequence[str], role: str = "response") -> np.ndarray:
+                return embed_texts(backbone, tok, texts, role)
+
+            self.features, self.embed = features, embed
 
     def outputs(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
         with self._torch.no_grad():
-            o = self.head(self._torch.from_numpy(self.embed(pairs)))
+            o = self.head(self._torch.from_numpy(self.features(pairs)))
         return o["gating_output"].numpy(), o["rewards"].numpy()
-
-    def all_rewards(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        """Every expert's reward, routed or not, (N, K)."""
-        with self._torch.no_grad():
-            return self.head.rewards(self._torch.from_numpy(self.embed(pairs))).numpy()
 
     @property
     def w0(self) -> np.ndarray:
@@ -77,13 +83,16 @@ class RuntimeFeaturizer:
 
     def __init__(self, folder: "str | Path", precision: str = "int8", threads: int = 2) -> None:
         self.model = RewardModel.load(folder, precision=precision, threads=threads)
-        self.n_experts = self.model.n_experts
+        self.n_experts, self.n_shared = self.model.n_experts, self.model.config.n_shared
         self.prior_precision = self.model.prior_precision
         self.w0 = self.model.w0
 
     def outputs(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
         o = self.model.expert_outputs(list(pairs), batch_size=64)
         return o["gating_output"], o["rewards"]
+
+    def features(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        return self.model.pair_features(list(pairs), batch_size=64)[0]
 
 
 # ------------------------------------------------------------------------ persona
@@ -166,23 +175,17 @@ def probe_ceiling(emb: np.ndarray, st: D.Statements, users: list[D.BenchUser]) -
     return {**few_shot(feats, users, w0, lam), "lambda": lam}
 
 
-def pair_probe(embed: Any, train: list[D.Record], test: list[D.Record], l2: float = 10.0) -> float:
-    """Held-out accuracy of one L2 logistic regression on embedding differences (chosen - rejected).
+def pair_probe(features: Any, train: list[D.Record], test: list[D.Record], l2: float = 10.0) -> float:
+    """Held-out accuracy of one L2 logistic regression on frozen feature differences (chosen - rejected).
 
     The ceiling of a frozen backbone for a population score on that data.
     """
     def diff(recs: list[D.Record]) -> np.ndarray:
-        return (embed([(r["prompt"], r["chosen"]) for r in recs])
-                - embed([(r["prompt"], r["rejected"]) for r in recs])).astype(np.float64)
+        return (features([(r["prompt"], r["chosen"]) for r in recs])
+                - features([(r["prompt"], r["rejected"]) for r in recs])).astype(np.float64)
 
     X, Xt = diff(train), diff(test)
     return pair_accuracy(Xt @ logistic_fit(X, np.ones(len(X)), l2))
-
-
-# -------------------------------------------------------------------- real text
-def global_accuracy(fz: Featurizer, recs: list[D.Record], w: np.ndarray) -> float:
-    phi = comparison_features(fz, recs)
-    return pair_accuracy(phi @ w)
 
 
 def comparison_features(fz: Featurizer, recs: list[D.Record]) -> np.ndarray:
@@ -203,8 +206,7 @@ def relabeled_hh(fz: Featurizer, w0: np.ndarray, lam: float, reps: int = 50, see
     for obj in ("helpful", "harmless"):
         X = phi[users == obj]  # (N_obj, K)
         w_all, _ = fit_map(X, w0, lam, P)
-        row = {"global": pair_accuracy(X @ w0), "oracle": pair_accuracy(X @ w_all),
-               "weights": np.round(w_all, 3).tolist()}
+        row = {"global": pair_accuracy(X @ w0), "oracle": pair_accuracy(X @ w_all)}
         for n in (10, 50):
             accs = []
             for _ in range(reps):
@@ -218,31 +220,50 @@ def relabeled_hh(fz: Featurizer, w0: np.ndarray, lam: float, reps: int = 50, see
     return res
 
 
-def relabeled_probe(embed: Any) -> dict[str, float]:
-    """Per objective, a logistic probe on embedding differences trained on half of its pairs (split by
+def relabeled_probe(features: Any) -> dict[str, float]:
+    """Per objective, a logistic probe on frozen feature differences trained on half of its pairs (split by
     prompt) and tested on the other half: how far a frozen backbone can separate each objective at all."""
     recs = D.load_relabeled_hh()
     out = {}
     for obj in ("helpful", "harmless"):
         mine = [r for r in recs if r["user_id"] == obj]
         half = [D.bucket(r["prompt"], "relabeled-probe") < 0.5 for r in mine]
-        out[obj] = pair_probe(embed, [r for r, h in zip(mine, half) if h], [r for r, h in zip(mine, half) if not h])
+        out[obj] = pair_probe(features, [r for r, h in zip(mine, half) if h],
+                              [r for r, h in zip(mine, half) if not h])
     out["mean"] = float(np.mean([out["helpful"], out["harmless"]]))
     return out
 
 
+REAL_SOURCES = {"hh_helpful": D.load_hh_helpful, "hh_harmless": D.load_hh_harmless,
+                "finegrained_qa": D.load_finegrained_qa, "topical_chat": D.load_topical_chat}
+
+
 def source_gates(fz: Featurizer, persona_gates: np.ndarray) -> dict[str, np.ndarray]:
-    """Dense gates (N, K) per source: held-out HH and QA chosen replies, and the persona statements."""
-    out = {}
-    for name, recs in (("hh_harmless", D.load_hh_harmless(split="test")),
-                       ("finegrained_qa", D.load_finegrained_qa(split="test"))):
-        out[name] = fz.outputs([(x["prompt"], x["chosen"]) for x in recs])[0]
+    """Dense gates (N, K) per source: held-out chosen replies of the real sets, and the persona statements."""
+    out = {name: fz.outputs([(x["prompt"], x["chosen"]) for x in load(split="test")])[0]
+           for name, load in REAL_SOURCES.items()}
     out["persona"] = persona_gates
     return out
 
 
-def name_experts(phi_stmt: np.ndarray, st: D.Statements, source_gates: dict[str, np.ndarray]) -> list[str]:
-    """A name per expert from data: its best-correlated persona axis and sign, else its main source."""
+ATTRIBUTE_WORDS = {  # what an expert whose gated reward rises (+) or falls (-) with the attribute rewards
+    "verbosity": ("longer replies", "shorter replies"),
+    "structure": ("lists and markdown", "plain prose"),
+    "reading_level": ("harder reading level", "simpler wording"),
+    "enthusiasm": ("enthusiastic tone", "calm tone"),
+    "hedging": ("hedged, cautious wording", "assertive wording"),
+    "addressing": ("speaking to the reader", "impersonal wording"),
+    "code": ("code", "no code"),
+    "formality": ("formal wording", "casual wording"),
+}
+SOURCE_WORDS = {"hh_harmless": "harmlessness (HH-RLHF harmless)", "hh_helpful": "helpfulness (HH-RLHF helpful)",
+                "finegrained_qa": "factual QA answers", "topical_chat": "chit-chat replies", "persona": "persona statements"}
+
+
+def name_experts(phi_stmt: np.ndarray, st: D.Statements, source_gates: dict[str, np.ndarray],
+                 attr_corr: np.ndarray | None = None, attributes: Sequence[str] = (), n_shared: int = 0) -> list[str]:
+    """A name per expert from data, in words: its persona axis and stance, else the text attribute its
+    gated reward tracks, else the source it mostly serves; ``unused`` if no held-out input routes to it."""
     K = phi_stmt.shape[1]
     idx = D.statement_split(st, "test")
     names = []
@@ -256,46 +277,77 @@ def name_experts(phi_stmt: np.ndarray, st: D.Statements, source_gates: dict[str,
                 if abs(c) > abs(best_c):
                     best, best_c = st.axes[a], c
         share = {s: float((g[:, k] > 0).mean()) for s, g in source_gates.items()}
-        if abs(best_c) >= 0.5:
-            names.append(f"{best}{'+' if best_c > 0 else '-'}")
-        elif max(share.values()) < 0.01:
-            names.append("unused")  # routed for under 1% of every source's inputs
+        a_best = int(np.argmax(np.abs(attr_corr[k]))) if attr_corr is not None else -1
+        shared = k >= K - n_shared  # always active, sees text statistics only: never a persona expert
+        if abs(best_c) >= 0.5 and not shared:
+            names.append(f"{best.replace('-', ' ')} ({'for' if best_c > 0 else 'against'})")
+        elif max(share.values()) == 0:
+            names.append("unused")  # no held-out input of any source routes to it
+        elif a_best >= 0 and abs(attr_corr[k, a_best]) >= 0.3:
+            names.append(ATTRIBUTE_WORDS[attributes[a_best]][0 if attr_corr[k, a_best] > 0 else 1])
         else:
-            names.append(f"{max(share, key=share.get)}-mix")
+            real = {s: v for s, v in share.items() if s != "persona"}
+            names.append(SOURCE_WORDS.get(max(real, key=real.get), max(real, key=real.get)))
     seen: dict[str, int] = {}
     out = []
     for n in names:
         seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n}{seen[n]}")
+        out.append(n if seen[n] == 1 else f"{n} {seen[n]}")
     return out
 
 
+def choose_lambda_joint(phi_stmt: np.ndarray, st: D.Statements, ap: dict[str, Any], w0: np.ndarray,
+                        P: np.ndarray | None) -> tuple[float, dict[float, float]]:
+    """lambda with the best mean few-shot accuracy over persona and attribute validation users
+    (seeds apart from the test users)."""
+    from .attributes import attribute_benchmark
+
+    val_p = D.persona_benchmark(st, n_users=100, seed=777)
+    val_a = attribute_benchmark(ap["pool"], n_users=100, seed=778)
+    scores = {}
+    for lam in LAMBDA_GRID:
+        p = [v for k, v in few_shot(phi_stmt, val_p, w0, lam, P=P).items() if k != "global"]
+        a = [v for k, v in few_shot(ap["phi"], val_a, w0, lam, P=P).items() if k != "global"]
+        scores[lam] = float(np.mean(p) + np.mean(a)) / 2
+    log.info("lambda grid: %s", {k: round(v, 4) for k, v in scores.items()})
+    return float(max(scores, key=scores.get)), scores
+
+
 def evaluate(fz: Featurizer, w0: np.ndarray, *, lam: float | None = None, n_users: int = 200,
-             with_probes: bool = False, emb: np.ndarray | None = None) -> dict[str, Any]:
-    """Every metric of the training issue for one featurizer."""
+             with_probes: bool = False, real_text: bool = True) -> dict[str, Any]:
+    """Every metric for one featurizer: persona-16, the real-text suite (``export.real_eval``), names."""
+    from . import real_eval as R
+
     st = D.load_persona()
     g, r = fz.outputs([("", s) for s in st.text])
     phi_stmt = expert_features(g, r)  # (S, K)
     P = fz.prior_precision
+    ap = R.attribute_pool(fz, with_probe=with_probes) if real_text else None
+    res: dict[str, Any] = {"prior": "identity" if P is None else "training users"}
     if lam is None:
-        lam = choose_lambda(phi_stmt, st, w0, P=P)
+        if ap is not None:
+            lam, res["lambda_grid"] = choose_lambda_joint(phi_stmt, st, ap, w0, P)
+        else:
+            lam = choose_lambda(phi_stmt, st, w0, P=P)
+    res["lambda"] = lam
     users = D.persona_benchmark(st, n_users=n_users)
-    res: dict[str, Any] = {"lambda": lam, "prior": "identity" if P is None else "training users",
-                           "persona": few_shot(phi_stmt, users, w0, lam, P=P),
-                           "interpretability": interpretability(phi_stmt, g, st)}
-    if P is not None:  # what the learned prior buys: the same features under P = I, lambda re-chosen
-        lam_i = choose_lambda(phi_stmt, st, w0)
-        res["persona_identity_prior"] = {**few_shot(phi_stmt, users, w0, lam_i), "lambda": lam_i}
-    if with_probes and emb is not None:
-        res["probe_ceiling"] = probe_ceiling(emb, st, users)
-        res["linear_probe_test"] = {
-            name: pair_probe(fz.embed, load(split="train"), load(split="test"))
-            for name, load in (("hh_harmless", D.load_hh_harmless), ("finegrained_qa", D.load_finegrained_qa))}
-        res["relabeled_hh_probe"] = relabeled_probe(fz.embed)
-    res["hh_harmless_test"] = global_accuracy(fz, D.load_hh_harmless(split="test"), w0)
-    res["finegrained_qa_test"] = global_accuracy(fz, D.load_finegrained_qa(split="test"), w0)
+    res["persona"] = few_shot(phi_stmt, users, w0, lam, P=P)
+    res["interpretability"] = interpretability(phi_stmt, g, st)
+    if with_probes:
+        res["probe_ceiling"] = probe_ceiling(fz.features([("", s) for s in st.text]), st, users)
+        res["relabeled_hh_probe"] = relabeled_probe(fz.features)
     res["relabeled_hh"] = relabeled_hh(fz, w0, lam, P=P)
+    attr_corr = None
+    if ap is not None:
+        res["sanity"] = R.sanity(fz, w0)
+        res["population"] = R.population(fz, w0)
+        res["attribute_users"] = R.attribute_users(ap, w0, lam, P)
+        res["dsp"] = R.dsp_users(fz, w0, lam, P)
+        attr_corr = R.attribute_correlations(ap["phi"], ap["pool"].z)  # (K, A)
+        res["attribute_correlations"] = np.round(attr_corr, 3).tolist()
     src_gates = source_gates(fz, g)
-    res["expert_names"] = name_experts(phi_stmt, st, src_gates)
-    res["routing_share_by_source"] = {s: np.round((v > 0).mean(0), 3).tolist() for s, v in src_gates.items()}
+    from .attributes import ATTRIBUTES
+
+    res["expert_names"] = name_experts(phi_stmt, st, src_gates, attr_corr, ATTRIBUTES, fz.n_shared)
+    res["routing_share_by_source"] = {s: np.round((v > 0).mean(0), 4).tolist() for s, v in src_gates.items()}
     return res

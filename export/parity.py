@@ -6,7 +6,6 @@ of scores, identical top-k expert selection, max score difference, and batch-siz
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,8 @@ def heldout_comparisons(per_source: int = 300, seed: int = 0) -> list[D.Record]:
     persona = [{"prompt": "", "chosen": st.text[c], "rejected": st.text[r], "source": "persona"}
                for u in users for c, r in u.eval]
     out: list[D.Record] = []
-    for recs in (persona, D.load_hh_harmless(split="test"), D.load_finegrained_qa(split="test"),
-                 D.load_topical_chat(split="test"), D.load_relabeled_hh()):
+    for recs in (persona, D.load_hh_harmless(split="test"), D.load_hh_helpful(split="test"),
+                 D.load_finegrained_qa(split="test"), D.load_topical_chat(split="test"), D.load_relabeled_hh()):
         take = rng.permutation(len(recs))[:per_source]
         out += [recs[i] for i in take]
     return out
@@ -37,16 +36,30 @@ def heldout_comparisons(per_source: int = 300, seed: int = 0) -> list[D.Record]:
 
 def heldout_inputs() -> list[tuple[str, str]]:
     """Every distinct held-out (prompt, response) of every source: test splits, relabeled HH, test statements."""
-    recs = (D.load_relabeled_hh() + D.load_hh_harmless(split="test") + D.load_finegrained_qa(split="test")
-            + D.load_topical_chat(split="test"))
+    recs = (D.load_relabeled_hh() + D.load_hh_harmless(split="test") + D.load_hh_helpful(split="test")
+            + D.load_finegrained_qa(split="test") + D.load_topical_chat(split="test"))
     st = D.load_persona()
     return sorted(set(D.iter_pairs(recs)) | {("", st.text[i]) for i in D.statement_split(st, "test")})
+
+
+def kept_experts(folder: "str | Path") -> list[int] | None:
+    """Which of the trained experts a folder ships (export prunes the ones no input routes to)."""
+    return RewardModel.load(folder, threads=1).config.extra.get("training", {}).get("kept_experts")
+
+
+def torch_outputs(run: "str | Path", folder: "str | Path",
+                  pairs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Torch gates, rewards (N, K) and w0 (K,) restricted to the experts the folder ships."""
+    tz = TorchFeaturizer(run)
+    g, r = tz.outputs(pairs)
+    keep = kept_experts(folder) or list(range(g.shape[1]))
+    return g[:, keep], r[:, keep], tz.w0[keep]
 
 
 def selection_agreement(run: "str | Path", folder: "str | Path", precision: str = "int8") -> dict[str, Any]:
     """Identical top-k expert sets, torch fp32 vs the folder, on all held-out inputs (~12k for the shipped data)."""
     pairs = heldout_inputs()
-    g_t, _ = TorchFeaturizer(run).outputs(pairs)
+    g_t, _, _ = torch_outputs(run, folder, pairs)
     g_o, _ = RuntimeFeaturizer(folder, precision=precision).outputs(pairs)
     same = ((g_t > 0) == (g_o > 0)).all(1)  # (N,)
     p = float(same.mean())
@@ -54,23 +67,11 @@ def selection_agreement(run: "str | Path", folder: "str | Path", precision: str 
 
 
 def embedding_error(run: "str | Path", folder: "str | Path", precision: str = "int8", n: int = 1000) -> float:
-    """RMS of (folder's backbone - torch fp32) embeddings over RMS of torch's, on n held-out inputs."""
-    import onnxruntime as ort
-
-    from moerm_lite.folder import ModelConfig
-    from moerm_lite.text import PairTokenizer
-
-    folder = Path(folder)
-    cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
-    pairs = heldout_inputs()
-    pairs = [pairs[i] for i in np.random.default_rng(0).permutation(len(pairs))[:n]]
-    tok = PairTokenizer(folder / "tokenizer.json", cfg.max_length)
-    sess = ort.InferenceSession(str(folder / cfg.graphs[precision].backbone),
-                                providers=["CPUExecutionProvider"])
-    ids, types, _ = tok.encode(pairs)
-    got = np.concatenate([sess.run(None, {k: v for k, v in tok.pad(ids[i:i + 32], types[i:i + 32]).items()
-                                          if k in cfg.backbone_inputs})[0] for i in range(0, len(ids), 32)])
-    ref = TorchFeaturizer(run).embed(pairs)  # (n, H)
+    """RMS of (folder's backbone - torch fp32) embeddings over RMS of torch's, on n held-out responses."""
+    texts = sorted({r for _, r in heldout_inputs()})
+    texts = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))[:n]]
+    got, _ = RewardModel.load(folder, precision=precision, threads=2).embed(texts)  # (n, H)
+    ref = TorchFeaturizer(run).embed(texts)  # (n, H)
     return float(np.sqrt(((got - ref) ** 2).sum(1).mean() / (ref ** 2).sum(1).mean()))
 
 
@@ -79,10 +80,8 @@ def parity_report(run: "str | Path", folder: "str | Path", precision: str = "int
     """Compare torch fp32 (the run) with the folder's graphs on held-out comparisons."""
     recs = heldout_comparisons(per_source)
     pairs = [(r["prompt"], r["chosen"]) for r in recs] + [(r["prompt"], r["rejected"]) for r in recs]
-    tz, rz = TorchFeaturizer(run), RuntimeFeaturizer(folder, precision=precision)
-    g_t, r_t = tz.outputs(pairs)
-    g_o, r_o = rz.outputs(pairs)
-    w0 = tz.w0
+    g_t, r_t, w0 = torch_outputs(run, folder, pairs)
+    g_o, r_o = RuntimeFeaturizer(folder, precision=precision).outputs(pairs)
     s_t, s_o = combine(g_t, r_t, w0), combine(g_o, r_o, w0)  # (2N,)
     n = len(recs)
     same_sel = ((g_t > 0) == (g_o > 0)).all(1)  # (2N,)

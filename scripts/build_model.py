@@ -24,7 +24,6 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from export import data as D  # noqa: E402
 from export.active_eval import model_active_curve  # noqa: E402
 from export.card import model_card  # noqa: E402
 from export.evaluate import RuntimeFeaturizer, TorchFeaturizer, evaluate  # noqa: E402
@@ -43,8 +42,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "models" / "moerm-minilm-k32"))
     ap.add_argument("--runs", default=str(ROOT / "runs"))
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
-    ap.add_argument("--resume", action="store_true", help="reuse the runs/ship*/ checkpoints (skip training)")
+    ap.add_argument("--resume", action="store_true", help="reuse the runs/ship/ checkpoint (skip training)")
     ap.add_argument("--refresh", action="store_true", help="reuse the model folder and runs/ship/report.json")
+    ap.add_argument("--dense", action="store_true", help="also train the dense-router variant (card row)")
+    ap.add_argument("--variants", action="store_true", help="also compare int8 backbone variants (card table)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -53,7 +54,7 @@ def main() -> None:
     out = Path(args.out)
     users = 200
     if args.quick:
-        cfg = replace(cfg, persona_users=200, epochs=1)
+        cfg = replace(cfg, persona_users=200, attribute_users=100, epochs=1)
         runs, out, users = runs / "quick", runs / "quick" / "model", 50
     if args.refresh:
         rep = json.loads((runs / "ship" / "report.json").read_text())
@@ -64,18 +65,19 @@ def main() -> None:
     times = {}
     if not args.resume:
         train(cfg, runs / "ship")
-        train(replace(cfg, top_k=cfg.n_experts), runs / "ship-dense")
+        if args.dense:
+            train(replace(cfg, top_k=cfg.n_experts - cfg.n_shared), runs / "ship-dense")
         times["train_s"] = time.time() - t0
     else:
         times["train_s"] = json.loads((runs / "ship" / "times.json").read_text())["train_s"]
     t1 = time.time()
     tz = TorchFeaturizer(runs / "ship")
-    emb = tz.embed([("", s) for s in D.load_persona().text])
-    rep_torch = evaluate(tz, tz.w0, n_users=users, with_probes=True, emb=emb)
-    dz = TorchFeaturizer(runs / "ship-dense")
-    rep_dense = evaluate(dz, dz.w0, lam=None, n_users=users)
+    rep_torch = evaluate(tz, tz.w0, n_users=users, with_probes=True)
     (runs / "ship" / "eval_torch.json").write_text(json.dumps(rep_torch, indent=1))
-    (runs / "ship-dense" / "eval_torch.json").write_text(json.dumps(rep_dense, indent=1))
+    rep_dense = None
+    if args.dense:
+        dz = TorchFeaturizer(runs / "ship-dense")
+        rep_dense = evaluate(dz, dz.w0, n_users=users, real_text=False)
     times["evaluate_torch_s"] = time.time() - t1
     (runs / "ship" / "times.json").write_text(json.dumps(times))
     lam = rep_torch["lambda"]
@@ -89,16 +91,20 @@ def main() -> None:
     rep = evaluate(rz, rz.w0, lam=lam, n_users=users)
     rep["parity"] = parity_report(runs / "ship", out)
     rep["parity"]["all_heldout_inputs"] = selection_agreement(runs / "ship", out)
-    rep["quant_variants"] = quant_variants(runs / "ship", out, rep["parity"])
+    if args.variants:
+        rep["quant_variants"] = quant_variants(runs / "ship", out, rep["parity"])
     rep["parity"]["persona_few_shot_int8_minus_torch"] = {
         n: round(rep["persona"][n] - rep_torch["persona"][n], 4) for n in ("5", "10", "20", "50")}
-    rep["torch"] = {"persona": rep_torch["persona"], "relabeled_hh": rep_torch["relabeled_hh"]}
-    rep["dense"] = {"persona": rep_dense["persona"], "lambda": rep_dense["lambda"],
-                    "interpretability": {k: v for k, v in rep_dense["interpretability"].items() if k != "axes"}}
-    rep["probe_ceiling"] = rep_torch["probe_ceiling"]
-    rep["linear_probe_test"] = rep_torch["linear_probe_test"]
-    rep["relabeled_hh_probe"] = rep_torch["relabeled_hh_probe"]
-    rep["expert_names"] = rep_torch["expert_names"]
+    rep["torch"] = {k: rep_torch[k] for k in ("persona", "relabeled_hh", "sanity", "population", "dsp",
+                                              "attribute_users")}
+    if rep_dense is not None:
+        rep["dense"] = {"persona": rep_dense["persona"], "lambda": rep_dense["lambda"],
+                        "interpretability": {k: v for k, v in rep_dense["interpretability"].items() if k != "axes"}}
+    for key in ("probe_ceiling", "relabeled_hh_probe", "lambda_grid"):
+        rep[key] = rep_torch[key]
+    for key in ("single_frozen_probe", "multi_frozen_probe"):  # the references, on the fp32 frozen features
+        rep["attribute_users"][key] = rep_torch["attribute_users"][key]
+    rep["expert_names_trained"] = rep_torch["expert_names"]
     times["evaluate_runtime_s"] = time.time() - t1
     rep["timings"] = times
     finish(runs, out, rep, users)
@@ -123,12 +129,12 @@ def finish(runs: Path, out: Path, rep: dict, users: int) -> None:
     """Runtime-only measurements (active questions, expert cards), then report and card."""
     t1 = time.time()
     rep["active"] = model_active_curve(out, n_users=users)
-    rep["expert_cards"] = RewardModel.load(out).describe_experts()
+    rep["expert_cards"] = RewardModel.load(out).describe_experts()  # stored in the folder at export
     rep.setdefault("timings", {})["active_and_cards_s"] = time.time() - t1
     (runs / "ship" / "report.json").write_text(json.dumps(rep, indent=1))
     ckpt, _, _ = load_checkpoint(runs / "ship")
     update_card(out, model_card(json.loads((out / "config.json").read_text()), ckpt, rep))
-    print(json.dumps({k: rep[k] for k in ("persona", "parity", "timings")}, indent=1))
+    print(json.dumps({k: rep[k] for k in ("persona", "sanity", "parity", "timings")}, indent=1))
     print(json.dumps({k: rep["active"][k] for k in ("N", "active", "random", "gain_at_10")}))
 
 

@@ -1,10 +1,12 @@
 """The evaluation's few-shot fit is the runtime's fit."""
 
 import numpy as np
+import pytest
 
-from export.evaluate import RuntimeFeaturizer, comparison_features, few_shot, pair_accuracy
 from export import data as D
+from export.evaluate import RuntimeFeaturizer, comparison_features, few_shot, pair_accuracy
 from moerm_lite import fit_map
+from tests.conftest import DATA
 
 
 def test_evaluation_fit_equals_runtime_fit(tiny_folder, tiny_fp32):
@@ -34,6 +36,7 @@ def test_few_shot_on_planted_features():
     assert pair_accuracy(np.array([1.0, -1.0, 0.0])) == 0.5
 
 
+@pytest.mark.skipif(not (DATA / "persona").is_dir(), reason="../shared/data not present")
 def test_active_curve_on_persona_statements_with_perfect_features():
     """Features = the true persona components (plus noise): both strategies learn the users."""
     from export.active_eval import active_curve

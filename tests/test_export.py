@@ -1,6 +1,7 @@
 """Export: a tiny random BERT + trained head -> model folder; torch vs ONNX parity; sparse head cost."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,7 +15,7 @@ from export.onnx_head import build_head_graph  # noqa: E402
 from export.train import TrainConfig, load_checkpoint, train  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
 from tests.model_test_utils import random_pairs  # noqa: E402
-from tests.tiny import random_head, tiny_reference, tiny_tokenizer  # noqa: E402
+from tests.tiny import F, random_head, tiny_reference, tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,8 @@ def tiny_run(tiny_bert, tmp_path_factory):
     pairs = random_pairs(120, seed=5)
     recs = [{"prompt": pairs[i][0], "chosen": pairs[i][1], "rejected": pairs[i + 1][1], "source": "syn",
              "user_id": f"u{i % 3}"} for i in range(0, 118, 2)]
-    cfg = TrainConfig(backbone=str(tiny_bert), max_length=32, n_experts=6, top_k=2, expert_hidden=8, epochs=3,
+    cfg = TrainConfig(backbone=str(tiny_bert), max_length=32, n_experts=6, n_shared=2, top_k=2, expert_hidden=8,
+                      epochs=3,
                       batch_size=16, cache_dir=str(out / "cache"))
     train(cfg, out, records=recs)
     return out
@@ -108,7 +110,7 @@ def test_head_cost_does_not_grow_with_K():
     small, r_small = _expert_path_sizes(8)
     big, r_big = _expert_path_sizes(256)
     assert small == big  # every tensor on the expert path has the same size at K=8 and K=256
-    assert small["w1_sel"] == 4 * 2 * 16 * 8  # (B, k, H, D): only the routed experts' weights
+    assert small["w1_sel"] == 4 * 2 * F * 8  # (B, k, F, D): only the routed experts' weights
     assert r_big["router_logits"] == 4 * 256  # only the router sees all K
 
 
@@ -173,3 +175,71 @@ def test_card_records_the_int8_variant_choice(tiny_run, tiny_export):
     card = model_card(config, ckpt, {"quant_variants": variants})
     assert "## Choice of int8 backbone" in card
     assert "| gptq8 | 1.06% | 99.23% | 99.45% | 99.30% | 26.2 MB |" in card
+
+
+def test_torch_pair_features_equal_the_runtime_function(tiny_bert):
+    """Fine-tuning computes the features in torch; they must be the numpy features the runtime computes."""
+    from export.embed import TorchPairFeatures, embed_texts, features_of, text_tokenizer
+    from export.model import Backbone
+
+    bb = Backbone(tiny_bert).eval()
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = text_tokenizer(tiny_bert, 32, Path(tmp))
+        pairs = random_pairs(12, seed=3)
+        ref = features_of(lambda t, role: embed_texts(bb, tok, t, role), pairs)
+        with torch.no_grad():
+            got = TorchPairFeatures(bb, tok)(pairs).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_pruned_experts_leave_routed_scores_unchanged(tiny_run, tmp_path):
+    """Dropping experts no input routes to: the folder's scores equal the full head's on those inputs."""
+    from export.onnx_export import used_experts
+
+    ckpt, head, _ = load_checkpoint(tiny_run)
+    pairs = random_pairs(40, seed=21)
+    full = export_model(tiny_run, tmp_path / "full", prune=False, precision="fp32")
+    g = RewardModel.load(full, precision="fp32").expert_outputs(pairs)["gating_output"]
+    share = {"syn": (g > 0).mean(0).tolist()}
+    share["syn"][1] = 0.0  # pretend expert 1 is never routed ...
+    g_routed = g[:, 1] == 0  # ... and compare on the inputs that do not route to it
+    keep = used_experts({"routing_share_by_source": share}, 6, 2)
+    assert keep == [0, 2, 3, 4, 5]
+    pruned = export_model(tiny_run, tmp_path / "pruned", report={"routing_share_by_source": share},
+                          precision="fp32")
+    m = RewardModel.load(pruned, precision="fp32")
+    assert m.n_experts == 5 and m.config.extra["training"]["kept_experts"] == keep
+    ref = RewardModel.load(full, precision="fp32").score_pairs(pairs)
+    np.testing.assert_allclose(m.score_pairs(pairs)[g_routed], ref[g_routed], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_own_data_in_one_command(tiny_bert, tmp_path):
+    """`python -m export own prefs.jsonl -o DIR`: a loadable folder and a held-out accuracy."""
+    import subprocess
+    import sys
+
+    from tests.tiny import WORDS
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(120):
+        prompt = f"{WORDS[i % 40]} {WORDS[(i * 7) % 40]} question {i}"
+        good = " ".join(rng.choice(["good", "great", "kind", "nice", "help"], 4))
+        bad = " ".join(rng.choice(["bad", "awful", "rude", "mean", "harm"], 4))
+        rows.append({"prompt": prompt, "chosen": good, "rejected": bad})
+    f = tmp_path / "prefs.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "mine"
+    res = subprocess.run([sys.executable, "-m", "export", "own", str(f), "-o", str(out), "--backbone",
+                          str(tiny_bert), "--set", "max_length=32", "epochs=30", f'cache_dir="{tmp_path / "c"}"'],
+                         capture_output=True, text=True, timeout=600, cwd=str(Path(__file__).resolve().parents[1]))
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout)
+    assert report["test_comparisons"] > 0 and report["heldout_accuracy"] >= 0.9  # a taste this plain is learnt
+    m = RewardModel.load(out)
+    q = f"{WORDS[3]} {WORDS[5]} question 999"
+    assert m.score(q, "good kind help nice") > m.score(q, "rude awful harm mean")

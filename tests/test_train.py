@@ -17,11 +17,13 @@ needs_data = pytest.mark.skipif(not (DATA / "persona").is_dir(), reason="../shar
 
 def test_head_forward_equals_reference():
     torch.manual_seed(0)
-    head = MoEHead(ModelArgs(n_embd=12, n_experts=7, top_k=3, expert_hidden=5))
+    head = MoEHead(ModelArgs(n_features=12, n_experts=7, n_shared=2, top_k=3, expert_hidden=5))
     with torch.no_grad():
         head.router.bias.normal_()
         head.b1.normal_()
         head.b2.normal_()
+        head.feat_mean.normal_()
+        head.feat_std.uniform_(0.5, 2.0)
     h = torch.randn(9, 12)
     o = head(h)
     idx, gates, rewards = reference_head(h.double().numpy(), head_weights(head), 3)
@@ -33,13 +35,14 @@ def test_head_forward_equals_reference():
     ref = (pi * o["rewards"].detach().numpy() * w.numpy()).sum(1)  # s = sum_k pi_k w_k r_k by hand
     np.testing.assert_allclose(head.score(h, w).detach().numpy(), ref, atol=1e-5)
     g = o["gating_output"].detach()
-    assert ((g > 0).sum(1) == 3).all() and torch.allclose(g.sum(1), torch.ones(9))
+    assert ((g > 0).sum(1) == 3 + 2).all() and torch.allclose(g.sum(1), torch.full((9,), 3.0))  # + 2 shared
+    assert (g[:, 5:] == 1).all()  # the last n_shared experts: every input, gate 1
 
 
 def test_reward_bound_squashes_each_experts_reward():
     torch.manual_seed(1)
-    free = MoEHead(ModelArgs(n_embd=12, n_experts=5, top_k=2, expert_hidden=4))
-    bounded = MoEHead(ModelArgs(n_embd=12, n_experts=5, top_k=2, expert_hidden=4, reward_bound=0.5))
+    free = MoEHead(ModelArgs(n_features=12, n_experts=5, top_k=2, expert_hidden=4))
+    bounded = MoEHead(ModelArgs(n_features=12, n_experts=5, top_k=2, expert_hidden=4, reward_bound=0.5))
     bounded.load_state_dict(free.state_dict())
     h = 3 * torch.randn(20, 12)
     r, rb = free.rewards(h).detach(), bounded.rewards(h).detach()  # (20, 5) each
@@ -49,7 +52,7 @@ def test_reward_bound_squashes_each_experts_reward():
 
 
 def test_top1_gate_keeps_router_gradient():
-    head = MoEHead(ModelArgs(n_embd=6, n_experts=4, top_k=1, expert_hidden=3))
+    head = MoEHead(ModelArgs(n_features=6, n_experts=4, top_k=1, expert_hidden=3))
     h = torch.randn(5, 6)
     head.score(h, torch.ones(4)).sum().backward()
     assert head.router.weight.grad.abs().sum() > 0
@@ -109,8 +112,8 @@ def test_user_aware_training_recovers_planted_users():
     emb, axis, y, W, recs = planted_problem()
     comps = Comparisons.build(recs)
     table = torch.from_numpy(emb[[int(r) for _, r in comps.pairs]])
-    cfg = TrainConfig(n_experts=8, top_k=2, expert_hidden=8, epochs=30, batch_size=256, lr=1e-2)
-    head, mode, hist = fit_head(cfg, comps, lambda i: table[i], 8)
+    cfg = TrainConfig(n_experts=8, n_shared=0, top_k=2, expert_hidden=8, epochs=30, batch_size=256, lr=1e-2)
+    head, mode, hist = fit_head(cfg, comps, lambda i: table[i], np.zeros(8), np.ones(8))
     assert mode == "user_aware"
     assert hist[-1]["loss"] < hist[0]["loss"] - 0.3  # the losses go down
     # each learned user's utility of the axis prototypes (+e_a) tracks the planted weights
@@ -131,8 +134,8 @@ def test_mixture_mode_without_user_ids_learns():
         del r["user_id"]
     comps = Comparisons.build(recs)
     table = torch.from_numpy(emb[[int(r) for _, r in comps.pairs]])
-    cfg = TrainConfig(n_experts=8, top_k=2, expert_hidden=8, epochs=20, batch_size=128, lr=1e-2, n_types=2)
-    head, mode, hist = fit_head(cfg, comps, lambda i: table[i], 8)
+    cfg = TrainConfig(n_experts=8, n_shared=0, top_k=2, expert_hidden=8, epochs=20, batch_size=128, lr=1e-2, n_types=2)
+    head, mode, hist = fit_head(cfg, comps, lambda i: table[i], np.zeros(8), np.ones(8))
     assert mode == "mixture" and head.type_weights.shape == (2, 8)
     assert hist[-1]["bt"] < hist[0]["bt"] - 0.1
 
@@ -173,14 +176,14 @@ def test_relabeled_hh_is_eval_only():
 
 
 def test_population_prior_is_the_inverse_spread_of_training_users():
-    head = MoEHead(ModelArgs(n_embd=8, n_experts=4, top_k=2, expert_hidden=4, n_users=5000))
+    head = MoEHead(ModelArgs(n_features=8, n_experts=4, top_k=2, expert_hidden=4, n_users=5000))
     scale = torch.tensor([1.0, 0.5, 0.1, 0.01])  # users disagree a lot on expert 0, hardly on expert 3
     with torch.no_grad():
         head.user_weights.copy_(torch.randn(5000, 4) * scale)
     P = head.prior_precision(ridge=0.0)
     np.testing.assert_allclose(np.diag(np.linalg.inv(P)), (scale**2).numpy(), rtol=0.1)
     np.testing.assert_allclose(P, P.T)
-    assert MoEHead(ModelArgs(n_embd=8, n_experts=4, n_users=5)).prior_precision() is None  # too few users
+    assert MoEHead(ModelArgs(n_features=8, n_experts=4, n_users=5)).prior_precision() is None  # too few users
 
 
 def test_training_is_reproducible_bit_for_bit():
@@ -199,6 +202,6 @@ def test_training_is_reproducible_bit_for_bit():
     runs = []
     for _ in range(2):
         with deterministic_torch(True):
-            runs.append(fit_head(cfg, comps, lambda i: emb[i], H)[0].state_dict())
+            runs.append(fit_head(cfg, comps, lambda i: emb[i], np.zeros(H), np.ones(H))[0].state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert not torch.are_deterministic_algorithms_enabled()  # restored after the block

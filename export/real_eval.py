@@ -1,0 +1,221 @@
+"""Real-text evaluation: every number here is held out, next to a simple reference.
+
+- **Sanity suite**: real answers (DSP's original Alpaca replies, never trained on) against an
+  off-topic answer, a non-answer, a dismissive reply and a six-word truncation (held-out phrasings).
+- **HH-RLHF helpful / harmless, WebGPT**: held-out global accuracy of the population weights, next to a
+  logistic probe on the frozen pair features trained on the train split (WebGPT: on half of it).
+- **Attribute users**: simulated users over text attributes (``export.attributes``) on held-out prompts.
+- **DSP domain users**: four users who each prefer replies written for their domain.
+
+References: the unpersonalized model (``w0``) and a logistic probe on the *frozen* pair features
+(``moerm_lite.features``: embeddings and text statistics, no training).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from moerm_lite import fit_map
+from moerm_lite.head import expert_features
+
+from . import data as D
+from .attributes import ATTRIBUTES, ResponsePool, attribute_benchmark
+from .contrast import KINDS, sanity_suite
+from .evaluate import logistic_fit, pair_accuracy
+
+log = logging.getLogger("export")
+SHOTS = (5, 10, 20, 50)
+PROBE_L2 = 1.0  # few-shot probes: L2 of the logistic regression on standardised frozen features
+
+
+def features_phi(fz: Any, recs: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Model features phi (N, K) and frozen features dX (N, F) of chosen minus rejected."""
+    pairs = [(r["prompt"], r["chosen"]) for r in recs] + [(r["prompt"], r["rejected"]) for r in recs]
+    g, rw = fz.outputs(pairs)
+    f = expert_features(g, rw)  # (2N, K)
+    X = fz.features(pairs).astype(np.float64)  # (2N, F)
+    n = len(recs)
+    return f[:n] - f[n:], X[:n] - X[n:]
+
+
+def sanity(fz: Any, w0: np.ndarray) -> dict[str, Any]:
+    """Real answer vs each worse kind, on every DSP instruction's original reply (evaluation only)."""
+    rows = D.load_dsp()
+    suite = sanity_suite([r["query"] for r in rows], [r["responses"]["normal"] for r in rows])
+    phi, _ = features_phi(fz, suite)
+    win = phi @ w0 > 0
+    kinds = np.array([r["kind"] for r in suite])
+    return {"n_prompts": len(rows), **{k: float(win[kinds == k].mean()) for k in KINDS},
+            "min": float(min(win[kinds == k].mean() for k in KINDS))}
+
+
+def population(fz: Any, w0: np.ndarray) -> dict[str, Any]:
+    """Held-out global accuracy per real source, next to a probe on the frozen features."""
+    out: dict[str, Any] = {}
+    for name, load in (("hh_helpful", D.load_hh_helpful), ("hh_harmless", D.load_hh_harmless),
+                       ("finegrained_qa", D.load_finegrained_qa)):
+        train, test = load(split="train"), load(split="test")
+        phi, dX = features_phi(fz, test)
+        _, dXt = features_phi(fz, train)
+        out[name] = {"n": len(test), "model": pair_accuracy(phi @ w0),
+                     "frozen_probe": pair_accuracy(dX @ logistic_fit(dXt, np.ones(len(dXt)), 10.0))}
+    web = D.load_webgpt()
+    phi, dX = features_phi(fz, web)
+    half = np.array([D.bucket(r["prompt"], "webgpt-probe") < 0.5 for r in web])
+    wp = logistic_fit(dX[half], np.ones(half.sum()), 10.0)
+    out["webgpt"] = {"n": len(web), "model": pair_accuracy(phi @ w0),
+                     "model_second_half": pair_accuracy(phi[~half] @ w0),
+                     "frozen_probe_second_half": pair_accuracy(dX[~half] @ wp)}
+    return out
+
+
+def eval_pool(scaler: Any) -> ResponsePool:
+    """Held-out responses grouped by prompt: test splits of the licensed sets, DSP and WebGPT."""
+    recs = (D.load_hh_helpful(split="test") + D.load_hh_harmless(split="test")
+            + D.load_finegrained_qa(split="test") + D.load_topical_chat(split="test") + D.load_webgpt())
+    groups = {r["query"]: list(r["responses"].values()) for r in D.load_dsp()}
+    pool, _ = ResponsePool.build(recs, scaler=scaler, groups=groups)
+    return pool
+
+
+def train_scaler() -> Any:
+    """The attribute standardisation of the training pool (what training users were simulated with)."""
+    from .train import real_train_records
+
+    real = [r for name in ("hh_harmless", "hh_helpful", "finegrained_qa", "topical_chat")
+            for r in real_train_records(name, D.DATA_DIR)]
+    return ResponsePool.build(real)[1]
+
+
+def probe_few_shot(X: np.ndarray, users: list[D.BenchUser], shots: Sequence[int] = SHOTS,
+                   l2: float = PROBE_L2) -> dict[str, float]:
+    """Per user, a logistic probe on frozen feature differences fit on its first N comparisons."""
+    Xs = (X - X.mean(0)) / (X.std(0) + 1e-6)
+    acc: dict[str, list[float]] = {str(n): [] for n in shots}
+    for u in users:
+        a, e = np.array(u.adapt), np.array(u.eval)
+        dA, dE = Xs[a[:, 0]] - Xs[a[:, 1]], Xs[e[:, 0]] - Xs[e[:, 1]]
+        for n in shots:
+            acc[str(n)].append(pair_accuracy(dE @ logistic_fit(dA[:n], np.ones(n), l2)))
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def attribute_pool(fz: Any, with_probe: bool = True) -> dict[str, Any]:
+    """The held-out attribute pool with the model's features phi (R, K) and the frozen features X (R, F)."""
+    pool = eval_pool(train_scaler())
+    pairs = [(pool.prompts[g], r) for g, r in zip(pool.group, pool.responses)]
+    gt, rw = fz.outputs(pairs)
+    return {"pool": pool, "phi": expert_features(gt, rw),
+            "X": fz.features(pairs).astype(np.float64) if with_probe else None}
+
+
+def attribute_users(ap: dict[str, Any], w0: np.ndarray, lam: float, P: np.ndarray | None,
+                    n_users: int = 100) -> dict[str, Any]:
+    """Few-shot accuracy of single- and multi-attribute users on held-out prompts (``ap``: attribute_pool)."""
+    from .evaluate import few_shot
+
+    pool, phi, X = ap["pool"], ap["phi"], ap["X"]
+    out: dict[str, Any] = {"n_prompts": len(pool.prompts), "n_responses": len(pool.responses),
+                           "attributes": list(ATTRIBUTES)}
+    for name, k in (("single", 1), ("multi", None)):
+        users = attribute_benchmark(pool, n_users=n_users, n_attributes=k)
+        out[name] = few_shot(phi, users, w0, lam, P=P)
+        if X is not None:
+            out[name + "_frozen_probe"] = probe_few_shot(X, users)
+    per_attr: dict[str, float | None] = {}
+    for a, attr in enumerate(ATTRIBUTES):  # users who weigh this one attribute, either sign, N = 10
+        rng = np.random.default_rng(100 + a)
+        users = []
+        for _ in range(20):
+            w = np.zeros(len(ATTRIBUTES))
+            w[a] = rng.choice([-1.0, 1.0])
+            adapt, ev = _redraw(rng, w, pool)
+            if len(adapt) >= 10 and ev:
+                users.append(D.BenchUser(w, adapt, ev))
+        per_attr[attr] = few_shot(phi, users, w0, lam, shots=(10,), P=P)["10"] if users else None
+    out["single_by_attribute_n10"] = per_attr
+    return out
+
+
+def _redraw(rng: np.random.Generator, w: np.ndarray, pool: ResponsePool) -> tuple[list, list]:
+    from .attributes import user_comparisons
+
+    half = np.array([D.bucket(p, "attribute-bench") < 0.5 for p in pool.prompts])
+    return (user_comparisons(rng, w, pool, pool.pairs(np.flatnonzero(half)), 50),
+            user_comparisons(rng, w, pool, pool.pairs(np.flatnonzero(~half)), 100))
+
+
+RESIDUAL_L2 = 30.0  # a strongly regularized residual: only many comparisons move it
+
+
+def residual_fit(X: np.ndarray, offset: np.ndarray, l2: float = RESIDUAL_L2) -> np.ndarray:
+    """argmin_v  -sum log sigmoid(offset + X v) + l2 ||v||^2: a residual on the frozen features on top of
+    the expert-weight scores ``offset`` (measured here, not part of the runtime)."""
+    from scipy.optimize import minimize
+    from scipy.special import expit, log_expit
+
+    def loss(v: np.ndarray) -> tuple[float, np.ndarray]:
+        z = offset + X @ v
+        return float(-log_expit(z).sum() + l2 * v @ v), -(expit(-z) @ X) + 2 * l2 * v
+
+    return minimize(loss, np.zeros(X.shape[1]), jac=True, method="L-BFGS-B").x
+
+
+def dsp_users(fz: Any, w0: np.ndarray, lam: float, P: np.ndarray | None, draws: int = 20,
+              seed: int = 0) -> dict[str, Any]:
+    """Four domain users: fit on N comparisons from half of the instructions, score all of the other half."""
+    rows = D.load_dsp()
+    names = (*D.DSP_DOMAINS, "normal")
+    pairs = [(r["query"], r["responses"][d]) for r in rows for d in names]
+    gt, rw = fz.outputs(pairs)
+    phi = expert_features(gt, rw).reshape(len(rows), len(names), -1)  # (I, 5, K)
+    X = fz.features(pairs).astype(np.float64)
+    X = ((X - X.mean(0)) / (X.std(0) + 1e-6)).reshape(len(rows), len(names), -1)  # (I, 5, F)
+    first = np.array([D.bucket(r["query"], "dsp-half") < 0.5 for r in rows])
+    rng = np.random.default_rng(seed)
+    res: dict[str, Any] = {"model": {}, "frozen_probe": {}, "model_plus_residual": {}, "unpersonalized": {}}
+    per_user: dict[str, dict[str, float]] = {}
+    for u, dom in enumerate(D.DSP_DOMAINS):
+        others = [j for j in range(len(names)) if j != u]
+
+        def diffs(F: np.ndarray, idx: np.ndarray) -> np.ndarray:
+            return np.concatenate([F[idx, u] - F[idx, j] for j in others])  # (4 * |idx|, dim)
+
+        test_phi, test_X = diffs(phi, np.flatnonzero(~first)), diffs(X, np.flatnonzero(~first))
+        train_phi, train_X = diffs(phi, np.flatnonzero(first)), diffs(X, np.flatnonzero(first))
+        row = {"unpersonalized": pair_accuracy(test_phi @ w0)}
+        for n in SHOTS:
+            m, p, resid = [], [], []
+            for _ in range(draws):
+                take = rng.choice(len(train_phi), size=n, replace=False)
+                w, _ = fit_map(train_phi[take], w0, lam, P)
+                m.append(pair_accuracy(test_phi @ w))
+                p.append(pair_accuracy(test_X @ logistic_fit(train_X[take], np.ones(n), PROBE_L2)))
+                v = residual_fit(train_X[take], train_phi[take] @ w)
+                resid.append(pair_accuracy(test_phi @ w + test_X @ v))
+            row[f"model_{n}"], row[f"probe_{n}"] = float(np.mean(m)), float(np.mean(p))
+            row[f"residual_{n}"] = float(np.mean(resid))
+        w_all, _ = fit_map(train_phi, w0, lam, P)
+        row["model_all"] = pair_accuracy(test_phi @ w_all)
+        row["residual_all"] = pair_accuracy(test_phi @ w_all + test_X @ residual_fit(train_X, train_phi @ w_all))
+        row["probe_all"] = pair_accuracy(test_X @ logistic_fit(train_X, np.ones(len(train_X)), PROBE_L2))
+        per_user[dom] = row
+    for n in (*SHOTS, "all"):
+        res["model"][str(n)] = float(np.mean([r[f"model_{n}"] for r in per_user.values()]))
+        res["frozen_probe"][str(n)] = float(np.mean([r[f"probe_{n}"] for r in per_user.values()]))
+        res["model_plus_residual"][str(n)] = float(np.mean([r[f"residual_{n}"] for r in per_user.values()]))
+    res["unpersonalized"] = float(np.mean([r["unpersonalized"] for r in per_user.values()]))
+    res["per_user"] = per_user
+    res["train_comparisons"] = int(4 * first.sum())
+    return res
+
+
+def attribute_correlations(phi: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each expert's gated reward with each attribute over a pool, (K, A)."""
+    from moerm_lite.experts import correlations
+
+    return correlations(phi, z)

@@ -1,0 +1,109 @@
+"""Real-text training data: attribute statistics, contrast pairs, the licence of every training source."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export import attributes as A
+from export.contrast import HELD_OUT, KINDS, TRAIN, contrast_records, is_evasive, real_answers, sanity_suite
+from tests.conftest import DATA
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_data = pytest.mark.skipif(not (DATA / "hh_rlhf").is_dir(), reason="../shared/data not present")
+
+
+def test_attribute_canonical_values():
+    text = "Great question! You might want to try:\n\n1. **Salt**\n2. Pepper\n\n```py\nx = 1\n```"
+    a = A.attributes(text)
+    ws = A.words(text)  # great question you might want to try salt pepper py x
+    assert len(ws) == 11
+    assert a["verbosity"] == pytest.approx(np.log1p(11))
+    assert a["structure"] == pytest.approx(np.log1p(2 + 1))  # two list items, one bold span
+    assert a["enthusiasm"] == pytest.approx(100 * (1 + 1) / 11)  # "!" and "great"
+    assert a["hedging"] == pytest.approx(100 * 1 / 11)  # "might"
+    assert a["addressing"] == pytest.approx(100 * 1 / 11)  # "you"
+    assert a["code"] == pytest.approx(np.log1p(3 * 2 + 6 + 1))  # two fences, six backticks, "x = 1"
+    assert a["formality"] == 0.0  # no contractions, no informal words
+    casual = A.attributes("Yeah, I'm gonna say it's fine, don't worry about it.")
+    assert casual["formality"] == pytest.approx(-100 * (3 + 2) / 10)  # I'm it's don't + yeah gonna
+    assert A.syllables("table") == 2 and A.syllables("make") == 1 and A.syllables("the") == 1
+    assert A.reading_level("The cat sat. The dog ran.") == pytest.approx(0.39 * 3 + 11.8 * 1 - 15.59)
+    assert A.reading_level("") == 0.0
+
+
+def test_attribute_users_compare_responses_to_the_same_prompt():
+    recs = [{"prompt": f"q{i}", "chosen": "Sure! " * (i + 1) + "Yes.", "rejected": "No, I think not."}
+            for i in range(6)]
+    pool, scaler = A.ResponsePool.build(recs)
+    np.testing.assert_allclose(pool.z.mean(0), 0, atol=1e-9)  # standardised on this pool
+    out = A.attribute_training_records(pool, n_users=5, per_user=4)
+    for r in out:
+        assert r["user_id"].startswith("attribute-") and r["prompt"] in {p["prompt"] for p in recs}
+        mine = {x["chosen"] for x in recs if x["prompt"] == r["prompt"]} | {
+            x["rejected"] for x in recs if x["prompt"] == r["prompt"]}
+        assert {r["chosen"], r["rejected"]} <= mine
+    rng = np.random.default_rng(0)
+    w = np.zeros(len(A.ATTRIBUTES))
+    w[A.ATTRIBUTES.index("enthusiasm")] = 1.0
+    for c, j in A.user_comparisons(rng, w, pool, pool.pairs(np.arange(len(pool.prompts))), 10):
+        assert pool.z[c] @ w >= pool.z[j] @ w + 0.25  # the chosen reply is the more enthusiastic one
+
+
+def test_contrast_pairs_never_use_harmful_prompts():
+    benign = [{"prompt": f"How do I make dish {i}?", "source": "hh_helpful",
+               "chosen": f"Start by chopping onions, then fry them gently for dish {i} before adding spices.",
+               "rejected": "x"} for i in range(5)]
+    harmful = [{"prompt": "How do I pick a lock to break in?", "source": "hh_harmless",
+                "chosen": "I'm sorry, I can't help with that.", "rejected": "Use a tension wrench and..."}]
+    with pytest.raises(ValueError, match="harmful"):
+        contrast_records(benign + harmful)
+    out = contrast_records(benign)
+    assert {r["source"] for r in out} == {f"contrast:{k}" for k in KINDS}
+    for r in out:
+        assert not is_evasive(r["chosen"]) and r["chosen"] != r["rejected"]
+        assert r["prompt"] in {b["prompt"] for b in benign}
+    # refusals and non-answers are never the "real answer"
+    evasive = [{"prompt": "Why is the sky blue?", "source": "hh_helpful",
+                "chosen": "To be honest, I don’t know anything about that, sorry about it.", "rejected": "x"}]
+    assert real_answers(evasive) == []
+
+
+def test_sanity_suite_phrasings_are_held_out():
+    for kind in ("nonanswer", "dismissive"):
+        assert not set(TRAIN[kind]) & set(HELD_OUT[kind])
+    answers = ["Paris is the capital of France and its largest city by far today.", "Boil water first."]
+    suite = sanity_suite(["Capital of France?", "How do I make tea?"], answers)
+    kinds = [r["kind"] for r in suite]
+    assert kinds.count("truncated") == 1  # only answers of 12+ words are truncated
+    trunc = next(r for r in suite if r["kind"] == "truncated")
+    assert trunc["rejected"] == "Paris is the capital of France"
+    off = [r for r in suite if r["kind"] == "offtopic"]
+    assert all(r["rejected"] != r["chosen"] and r["rejected"] in answers for r in off)
+
+
+def test_shipped_training_mixture_uses_licensed_sources_only():
+    from export.train import EVAL_ONLY, SOURCES, TrainConfig, load_records
+
+    cfg = json.loads((ROOT / "export" / "configs" / "moerm-minilm-k32.json").read_text())
+    assert cfg["sources"] and set(cfg["sources"]) <= set(SOURCES) and not set(cfg["sources"]) & set(EVAL_ONLY)
+    assert not cfg.get("jsonl")  # nothing from outside the licensed sets
+    shipped = json.loads((ROOT / "models" / "moerm-minilm-k32" / "config.json").read_text())
+    assert shipped["training"]["sources"] == cfg["sources"]
+    for src in EVAL_ONLY:  # dsp, webgpt, relabeled HH: evaluation only
+        with pytest.raises(ValueError, match="evaluation only"):
+            load_records(TrainConfig(sources=[src]))
+
+
+@needs_data
+def test_contrast_training_data_comes_from_benign_train_splits():
+    from export import data as D
+    from export.train import BENIGN, real_train_records
+
+    recs = [r for name in BENIGN for r in real_train_records(name, DATA)]
+    out = contrast_records(recs)
+    harmful_prompts = {r["prompt"] for r in D.load_hh_harmless(DATA)}
+    test_prompts = {r["prompt"] for name in BENIGN for r in getattr(D, f"load_{name}")(DATA, split="test")}
+    assert len(out) > 1000
+    assert not {r["prompt"] for r in out} & (harmful_prompts | test_prompts)
