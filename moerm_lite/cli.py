@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -37,8 +38,12 @@ class Progress:
             self.stream.flush()
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """Records of a JSONL file (``-`` for stdin); blank lines skipped, bad lines named."""
+class InputError(ValueError):
+    """Bad input, named by its line: ``line 500 of pairs.jsonl: ...``."""
+
+
+def read_jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of a JSONL file (``-`` for stdin); blank lines skipped, bad lines named."""
     f = sys.stdin if path == "-" else open(path, encoding="utf-8")
     rows = []
     with f:
@@ -47,24 +52,46 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                    raise InputError(f"{_where(n, path)}: not valid JSON ({e.msg})") from None
                 if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{n}: each line must be a JSON object")
-                rows.append(row)
+                    raise InputError(f"{_where(n, path)}: each line must be a JSON object")
+                rows.append((n, row))
     return rows
 
 
-def _field(row: dict[str, Any], key: str, n: int) -> Any:
+def _where(n: int, path: str) -> str:
+    return f"line {n} of {'stdin' if path == '-' else path}"
+
+
+def _field(row: dict[str, Any], key: str, n: int, path: str) -> Any:
     if key not in row:
-        raise ValueError(f"record {n} has no {key!r} field")
+        raise InputError(f"{_where(n, path)}: no {key!r} field")
     return row[key]
+
+
+def _per_line(n: int, path: str, fn: Any, *a: Any, **kw: Any) -> Any:
+    """``fn(*a, **kw)``, with a bad-input error re-raised naming the input line."""
+    try:
+        return fn(*a, **kw)
+    except (ValueError, TypeError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"{_where(n, path)}: {e}") from e
+
+
+def _one_line(text: str, width: int = 100) -> str:
+    """A reply on one table row: whitespace collapsed, cut to ``width`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _jsonable(x: Any) -> Any:
     if isinstance(x, np.ndarray):
-        return x.tolist()
+        return [_jsonable(v) for v in x.tolist()]
     if isinstance(x, (np.floating, np.integer, np.bool_)):
-        return x.item()
+        x = x.item()
+    if isinstance(x, float) and abs(x) < 1e-9:
+        return 0.0  # no 5.99e-37 float noise, no -0.0
     return x
 
 
@@ -84,6 +111,7 @@ def cmd_info(args: argparse.Namespace, out: IO[str]) -> None:
     cfg = m.config
     info = {"model_id": cfg.model_id, "folder": str(m.folder), "precision": m.precision,
             "precisions": sorted(cfg.graphs), "n_experts": m.n_experts, "top_k": m.top_k,
+            "n_shared": cfg.n_shared,
             "max_length": cfg.max_length, "default_prior_strength": cfg.default_prior_strength,
             "model_hash": m.model_hash, "threads": m.threads, "expert_names": m.expert_names}
     out.write(json.dumps(info, indent=1) + "\n")
@@ -92,37 +120,52 @@ def cmd_info(args: argparse.Namespace, out: IO[str]) -> None:
 def cmd_score(args: argparse.Namespace, out: IO[str]) -> None:
     m, user = _load(args)
     rows = read_jsonl(args.input)
-    pairs = [(r.get("prompt", ""), _field(r, "response", n)) for n, r in enumerate(rows, 1)]
+    pairs = [(r.get("prompt", ""), _field(r, "response", n, args.input)) for n, r in rows]
+    for (n, _), pair in zip(rows, pairs):  # name the line of a bad record before scoring anything
+        _per_line(n, args.input, m.check_pair, pair)
     scores = m.score_pairs(pairs, user=user, batch_size=args.batch_size,
                            progress=Progress(len(pairs), "score"))
-    _emit(({**r, "score": float(s)} for r, s in zip(rows, scores)), out)
+    _emit(({**r, "score": float(s)} for (_, r), s in zip(rows, scores)), out)
 
 
 def cmd_rank(args: argparse.Namespace, out: IO[str]) -> None:
     m, user = _load(args)
-    rows = read_jsonl(args.input)
-    for n, r in enumerate(rows, 1):
-        ranking = m.rank(r.get("prompt", ""), _field(r, "responses", n), user=user, top_k=args.top_k)
+    for n, r in read_jsonl(args.input):
+        ranking = _per_line(n, args.input, m.rank, r.get("prompt", ""), _field(r, "responses", n, args.input),
+                            user=user, top_k=args.top_k)
         if args.format == "table":
             who = f"user {user.user_id!r}" if user is not None and user.user_id else (
                 "user profile" if user is not None else "population weights w0")
             out.write(f"\nprompt: {r.get('prompt', '')!r}   ({who})\n")
             for place, item in enumerate(ranking, 1):
-                out.write(f"  {place}. {item['score']:+8.3f}  {item['text']}\n")
+                out.write(f"  {place}. {item['score']:+8.3f}  {_one_line(item['text'])}\n")
         else:
             _emit(iter([{"prompt": r.get("prompt", ""), "ranking": ranking}]), out)
 
 
 def cmd_explain(args: argparse.Namespace, out: IO[str]) -> None:
     m, user = _load(args)
-    rows = read_jsonl(args.input)
-    for n, r in enumerate(rows, 1):
-        _emit(iter([m.explain(r.get("prompt", ""), _field(r, "response", n), user=user)]), out)
+    for n, r in read_jsonl(args.input):
+        e = _per_line(n, args.input, m.explain, r.get("prompt", ""), _field(r, "response", n, args.input),
+                      user=user)
+        if args.format == "table":
+            out.write(f"\nprompt: {_one_line(str(r.get('prompt', '')))!r}\nresponse: {_one_line(r['response'])!r}\n"
+                      f"score {e['score']:+.3f}{'  (truncated)' if e['truncated'] else ''}\n")
+            out.write(f"  {'expert':<40} {'gate':>6} {'reward':>7} {'weight':>7} {'contribution':>12}\n")
+            for k in np.argsort(-np.abs(e["contributions"]), kind="stable"):
+                if e["gating_output"][k] > 0:
+                    out.write(f"  {e['experts'][k]:<40} {e['gating_output'][k]:6.3f} {e['rewards'][k]:+7.3f} "
+                              f"{e['weights'][k]:+7.3f} {e['contributions'][k] + 0.0:+12.3f}\n")
+        else:
+            _emit(iter([e]), out)
 
 
 def cmd_fit(args: argparse.Namespace, out: IO[str]) -> None:
     m, _ = _load(args)
-    comps = read_jsonl(args.comparisons)
+    rows = read_jsonl(args.comparisons)
+    for n, r in rows:
+        _per_line(n, args.comparisons, m.comparison_features, [r])  # name the first bad line
+    comps = [r for _, r in rows]
     if args.update:
         profile = UserProfile.load(args.update).update(comps, m)
     else:
@@ -140,9 +183,9 @@ def cmd_fit(args: argparse.Namespace, out: IO[str]) -> None:
 
 def cmd_next(args: argparse.Namespace, out: IO[str]) -> None:
     m, user = _load(args)
-    rows = read_jsonl(args.input)
-    for n, r in enumerate(rows, 1):
-        q = m.next_comparison(r.get("prompt", ""), _field(r, "candidates", n), user=user)
+    for n, r in read_jsonl(args.input):
+        q = _per_line(n, args.input, m.next_comparison, r.get("prompt", ""),
+                      _field(r, "candidates", n, args.input), user=user)
         _emit(iter([{"prompt": r.get("prompt", ""), **q}]), out)
 
 
@@ -183,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser, user: bool = True) -> None:
         sp.add_argument("--model", default=None, help="model folder (default: the shipped model)")
         sp.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
-        sp.add_argument("--precision", default="int8", help="graphs to run: int8 (default) or fp32")
+        sp.add_argument("--precision", default="int8", help="graphs to run (default int8; `info` lists them)")
         if user:
             sp.add_argument("--user", default=None, help="user profile JSON written by `fit`")
 
@@ -191,18 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, user=False)
     sp.set_defaults(fn=cmd_info)
     sp = sub.add_parser("score", help='score JSONL records {"prompt", "response"}')
-    sp.add_argument("-i", "--input", default="-", help="JSONL file, - for stdin")
+    sp.add_argument("-i", "--input", default="-", help="JSONL file (default: - , stdin)")
     sp.add_argument("--batch-size", type=int, default=32)
     common(sp)
     sp.set_defaults(fn=cmd_score)
     sp = sub.add_parser("rank", help='rank JSONL records {"prompt", "responses": [...]}')
-    sp.add_argument("-i", "--input", default="-", help="JSONL file, - for stdin")
+    sp.add_argument("-i", "--input", default="-", help="JSONL file (default: - , stdin)")
     sp.add_argument("--top-k", type=int, default=None, help="keep the best k responses")
     sp.add_argument("--format", choices=["jsonl", "table"], default="jsonl")
     common(sp)
     sp.set_defaults(fn=cmd_rank)
     sp = sub.add_parser("explain", help='per-expert breakdown of JSONL records {"prompt", "response"}')
-    sp.add_argument("-i", "--input", default="-", help="JSONL file, - for stdin")
+    sp.add_argument("-i", "--input", default="-", help="JSONL file (default: - , stdin)")
+    sp.add_argument("--format", choices=["jsonl", "table"], default="jsonl")
     common(sp)
     sp.set_defaults(fn=cmd_explain)
     sp = sub.add_parser("fit", help='fit a user profile from {"prompt", "chosen", "rejected"} JSONL')
@@ -215,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, user=False)
     sp.set_defaults(fn=cmd_fit)
     sp = sub.add_parser("next", help='which pair to ask a user about: {"prompt", "candidates": [...]} JSONL')
-    sp.add_argument("-i", "--input", default="-", help="JSONL file, - for stdin")
+    sp.add_argument("-i", "--input", default="-", help="JSONL file (default: - , stdin)")
     common(sp)
     sp.set_defaults(fn=cmd_next)
     sp = sub.add_parser("experts", help="expert cards from the model's reference corpus")
@@ -238,6 +282,14 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args, out)
+        out.flush()
+    except BrokenPipeError:  # `moerm-lite score ... | head`: the reader left; that is not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, out.fileno())
+        except (OSError, ValueError):  # not a real file descriptor (tests pass a StringIO)
+            pass
+        return 0
     except (ValueError, TypeError, KeyError, OSError, FloatingPointError, ImportError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         sys.stderr.write(f"moerm-lite {args.command}: error: {msg}\n")

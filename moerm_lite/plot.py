@@ -70,7 +70,8 @@ def plot_routing_by_source(cards: list[dict[str, Any]], path: str | Path) -> Pat
     fig, ax = plt.subplots(figsize=(0.4 * len(used) + 3, 4))
     for j, s in enumerate(sources):
         ax.bar(x + j * width, [c["routing_share_by_source"].get(s, 0.0) for c in used], width, label=s)
-    ax.set_xticks(x + 0.4 - width / 2, [str(c["expert"]) for c in used], fontsize=7)
+    ax.set_xticks(x + 0.4 - width / 2, [f"{c['expert']}: {c['name']}" for c in used], fontsize=7,
+                  rotation=70, ha="right")
     ax.set_xlabel("expert")
     ax.set_ylabel("share of the source's rows routed here")
     ax.legend(fontsize=7)
