@@ -1,0 +1,66 @@
+"""The default model travels with the install: build the wheel, install it in a fresh venv, load from anywhere."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "models" / "moerm-minilm-k32"
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                    str(out), str(ROOT)], check=True, capture_output=True, text=True, timeout=600)
+    (whl,) = out.glob("moerm_lite-*.whl")
+    return whl
+
+
+def test_wheel_holds_the_shipped_model(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())["files"]
+    for rel in list(manifest) + ["manifest.json"]:
+        assert f"moerm_lite/models/moerm-minilm-k32/{rel}" in names, rel
+    assert not any(n.startswith(("export/", "tests/", "bench/")) for n in names)  # the runtime only
+
+
+@pytest.mark.slow
+def test_fresh_venv_loads_the_default_model_from_any_folder(wheel, tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = venv / "bin" / "python"
+    res = subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    code = ("import moerm_lite, json; from moerm_lite import RewardModel; m = RewardModel.load(threads=1); "
+            "print(json.dumps({'file': moerm_lite.__file__, 'folder': str(m.folder), "
+            "'scores': m.score('How do I boil an egg?', ['Boil it for eight minutes.', 'No idea.']).tolist()}))")
+    env = {k: v for k, v in os.environ.items() if k not in ("MOERM_LITE_MODEL", "PYTHONPATH")}
+    elsewhere = tmp_path / "somewhere"
+    elsewhere.mkdir()
+    res = subprocess.run([str(py), "-c", code], cwd=elsewhere, capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert str(venv) in out["file"] and out["folder"].startswith(str(venv))  # the installed copy, not the checkout
+    assert out["scores"][0] > out["scores"][1]
+    res = subprocess.run([str(venv / "bin" / "moerm-lite"), "info"], cwd=elsewhere, capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert res.returncode == 0 and json.loads(res.stdout)["model_id"] == "moerm-minilm-k32"
+
+
+def test_missing_model_names_every_place_it_looked(tmp_path, monkeypatch):
+    from moerm_lite import model
+
+    monkeypatch.delenv("MOERM_LITE_MODEL", raising=False)
+    monkeypatch.setattr(model, "default_model_candidates", lambda: [tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(FileNotFoundError) as e:
+        model.default_model_path()
+    assert str(tmp_path / "a") in str(e.value) and str(tmp_path / "b") in str(e.value)
+    assert "MOERM_LITE_MODEL" in str(e.value)
