@@ -1,4 +1,5 @@
-"""The shipped default model: it loads with no path, its scores are pinned, the README example works."""
+"""The shipped default model: it loads with no path, its scores are pinned and mean something on real
+replies (the sanity suite), and the README's command (1) does what the README says."""
 
 import json
 from pathlib import Path
@@ -11,13 +12,19 @@ from moerm_lite import RewardModel, UserProfile
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "moerm-minilm-k32"
 EXAMPLES = ROOT / "models" / "examples"
+SANITY = Path(__file__).resolve().parent / "data" / "sanity.jsonl"
+KINDS = ("offtopic", "nonanswer", "dismissive", "truncated")
 TEXTS = [("What would you like to do this weekend?", "I want to watch the football game."),
          ("", "I enjoy causing pain to others"),
          ("How do I bake bread?", "Mix flour, water, salt and yeast, let it rise, then bake at 230 C.")]
-# per text: routed experts, their gates and rewards (measured on the shipped int8 folder)
-PINNED = [([3, 18], [0.0017, 0.9983], [1.0576, -2.0000]),  # football -> interest-in-sports- (bound: |r| < 2)
-          ([17, 27], [0.9999, 0.0001], [-1.9993, -0.0013]),  # causing pain -> agreeableness+ says no
-          ([2, 21], [0.6646, 0.3354], [-0.8662, 0.9585])]
+SHARED = list(range(38, 48))  # the 10 shared experts: every input, gate 1
+# per text: active experts, their gates and rewards (measured on the shipped int8 folder)
+PINNED = [([3, 37] + SHARED, [0.0, 1.0] + [1.0] * 10,  # football -> "interest in sports (for)" (gate ~0) + QA
+           [1.9674, 0.0516, -1.0119, 0.0587, -1.4881, 0.8404, 0.8189, 1.0233, 1.3152, -1.2957, -0.5398, -0.1787]),
+          ([7, 36] + SHARED, [0.0011, 0.9989] + [1.0] * 10,  # causing pain -> "agreeableness (for)" says no
+           [-0.229, -1.9957, -0.2706, 0.1824, 0.1495, 0.1114, -0.1099, 0.1646, 0.2216, -0.3712, -0.0405, -0.1205]),
+          ([18, 19] + SHARED, [0.0, 1.0] + [1.0] * 10,
+           [-0.1556, -0.0129, -1.3859, 0.1727, -1.1756, 0.9683, 0.6607, 0.9049, 1.108, -1.338, -0.4593, 0.6514])]
 
 
 @pytest.fixture(scope="module")
@@ -25,46 +32,60 @@ def shipped():
     return RewardModel.load(threads=2)
 
 
-def read(name):
-    return [json.loads(x) for x in (EXAMPLES / name).read_text().splitlines() if x.strip()]
+def read(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
 
 
 def test_default_is_the_shipped_model(shipped):
     assert shipped.folder.resolve() == SHIPPED.resolve()
-    assert (shipped.config.model_id, shipped.n_experts, shipped.top_k, shipped.precision) == \
-        ("moerm-minilm-k32", 32, 2, "int8")
-    assert sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file()) < 30e6
+    assert (shipped.config.model_id, shipped.precision) == ("moerm-minilm-k32", "int8")
+    assert sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file()) < 35e6
+    assert not any(n.startswith("unused") for n in shipped.expert_names)  # unused experts are pruned
 
 
 def test_canonical_outputs(shipped):
     out = shipped.expert_outputs(TEXTS)
+    assert shipped.expert_names[3] == "interest in sports (for)" and shipped.expert_names[36] == "agreeableness (for)"
     for g, r, (idx, gates, rewards) in zip(out["gating_output"], out["rewards"], PINNED):
         assert np.flatnonzero(g).tolist() == idx
         np.testing.assert_allclose(g[idx], gates, atol=2e-3)
         np.testing.assert_allclose(r[idx], rewards, atol=2e-3)
-    assert shipped.expert_names[18] == "interest-in-sports-" and shipped.expert_names[17] == "agreeableness+"
 
 
 def test_batch_invariance(shipped):
-    rows = read("user_comparisons.jsonl")
-    pairs = [("", r["chosen"]) for r in rows] + [("", r["rejected"]) for r in rows]
+    rows = read(EXAMPLES / "user_comparisons.jsonl")
+    pairs = [(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows]
     np.testing.assert_allclose(shipped.score_pairs(pairs, batch_size=1), shipped.score_pairs(pairs, batch_size=16),
                                atol=1e-5)
 
 
-def test_experts_are_named_from_data(shipped):
-    axes = {n.rstrip("+-") for n in shipped.expert_names}
-    assert {"interest-in-sports", "interest-in-art", "interest-in-math"} <= axes
+def test_experts_are_named_in_words(shipped):
+    names = set(shipped.expert_names)
+    assert {"interest in sports", "interest in art", "interest in math"} <= {n.split(" (")[0] for n in names}
+    shared = shipped.expert_names[shipped.n_experts - shipped.config.n_shared:]
+    assert any("replies" in n for n in shared)  # the shared experts say what form they reward
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sanity_suite_real_answer_wins(shipped, kind):
+    """Our own 20 questions and answers (never in any training set): the real answer beats a worse reply in
+    at least 18 of 20 (the model card reports the full held-out suite; the previous model lost half)."""
+    rows = read(SANITY)
+    good = shipped.score_pairs([(r["prompt"], r["answer"]) for r in rows])
+    bad = shipped.score_pairs([(r["prompt"], r[kind]) for r in rows])
+    losers = [r["prompt"] for r, g, b in zip(rows, good, bad) if g <= b]
+    assert len(losers) <= 2, f"{kind}: the real answer lost on {losers}"
 
 
 def test_readme_example_changes_the_ranking(shipped, tmp_path):
-    """README command (1): the sports fan's comparisons move football to the top and the art museum down."""
-    (req,) = read("rank.jsonl")
+    """README command (1): real answers first; a user who prefers short answers moves the one-liner up."""
+    (req,) = read(EXAMPLES / "rank.jsonl")
+    short, detailed, *bad = req["responses"]
     before = [r["text"] for r in shipped.rank(req["prompt"], req["responses"])]
-    user = shipped.fit_user(read("user_comparisons.jsonl"), user_id="sports-fan")
-    user = UserProfile.load(user.save(tmp_path / "u.json"))
+    assert before[:2] == [detailed, short]  # both real answers above "I don't know.", off-topic, dismissive
+    comps = read(EXAMPLES / "user_comparisons.jsonl")
+    user = UserProfile.load(shipped.fit_user(comps, user_id="concise").save(tmp_path / "u.json"))
     after = [r["text"] for r in shipped.rank(req["prompt"], req["responses"], user=user)]
-    football, art = req["responses"][0], req["responses"][1]
-    assert "art museum" in art and "football" in football
-    assert before[0] == art and before.index(football) >= 2  # the population prefers art, not sports
-    assert after[0] == football and after.index(art) >= 2  # the fan's profile turns that around
+    assert after[0] == short and after[-1] == detailed  # the default prior: length is all this user showed
+    strong = shipped.fit_user(comps, prior_strength=3.0)  # the README's stronger prior keeps quality
+    assert [r["text"] for r in shipped.rank(req["prompt"], req["responses"], user=strong)][:2] == [short, detailed]
