@@ -194,24 +194,32 @@ def attribute_training_records(pool: ResponsePool, n_users: int, per_user: int,
 
 
 def attribute_benchmark(pool: ResponsePool, n_users: int = 100, n_attributes: int | None = None,
-                        n_adapt: int = 50, n_eval: int = 100, seed: int = 4321) -> list[Any]:
+                        n_adapt: int = 50, n_eval: int = 100, seed: int = 4321,
+                        attribute: int | None = None) -> list[Any]:
     """Few-shot users over the attributes on a held-out pool, like ``data.persona_benchmark``.
 
     The pool's prompts are split in half by a hash: adaptation comparisons come from one half,
     evaluation comparisons from the other. ``n_attributes`` = 1 for single-attribute users, None for
-    the training mixture (1-3), or 2/3.
+    2-3 attributes; ``attribute`` (an index) makes every user weigh that one attribute, either sign.
     """
     from .data import BenchUser, bucket
 
     rng = np.random.default_rng(seed)
     half = np.array([bucket(p, "attribute-bench") < 0.5 for p in pool.prompts])
     adapt_pairs, eval_pairs = pool.pairs(np.flatnonzero(half)), pool.pairs(np.flatnonzero(~half))
-    users = []
+    users: list[Any] = []
+    tries = 0
     while len(users) < n_users:
-        k = n_attributes if n_attributes is not None else int(rng.integers(2, 4))
-        w = sample_attribute_user(rng, k)
+        if attribute is None:
+            w = sample_attribute_user(rng, n_attributes if n_attributes is not None else int(rng.integers(2, 4)))
+        else:
+            w = np.zeros(len(ATTRIBUTES))
+            w[attribute] = rng.choice([-1.0, 1.0])
         a = user_comparisons(rng, w, pool, adapt_pairs, n_adapt)
         e = user_comparisons(rng, w, pool, eval_pairs, n_eval)
         if len(a) == n_adapt and len(e) >= n_eval // 2:  # attributes a pool barely varies on: redraw
             users.append(BenchUser(w, a, e))
+        elif attribute is not None and tries > 20 * n_users:
+            break  # this attribute hardly varies in the pool: fewer users
+        tries += 1
     return users

@@ -25,21 +25,18 @@ from moerm_lite.head import expert_features
 from . import data as D
 from .attributes import ATTRIBUTES, ResponsePool, attribute_benchmark
 from .contrast import KINDS, sanity_suite
-from .evaluate import logistic_fit, pair_accuracy
+from .evaluate import comparison_features, logistic_fit, pair_accuracy
 
 log = logging.getLogger("export")
 SHOTS = (5, 10, 20, 50)
 PROBE_L2 = 1.0  # few-shot probes: L2 of the logistic regression on standardised frozen features
 
 
-def features_phi(fz: Any, recs: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+def features_phi(fz: Any, recs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     """Model features phi (N, K) and frozen features dX (N, F) of chosen minus rejected."""
     pairs = [(r["prompt"], r["chosen"]) for r in recs] + [(r["prompt"], r["rejected"]) for r in recs]
-    g, rw = fz.outputs(pairs)
-    f = expert_features(g, rw)  # (2N, K)
     X = fz.features(pairs).astype(np.float64)  # (2N, F)
-    n = len(recs)
-    return f[:n] - f[n:], X[:n] - X[n:]
+    return comparison_features(fz, recs), X[: len(recs)] - X[len(recs):]
 
 
 def sanity(fz: Any, w0: np.ndarray) -> dict[str, Any]:
@@ -128,25 +125,10 @@ def attribute_users(ap: dict[str, Any], w0: np.ndarray, lam: float, P: np.ndarra
             out[name + "_frozen_probe"] = probe_few_shot(X, users)
     per_attr: dict[str, float | None] = {}
     for a, attr in enumerate(ATTRIBUTES):  # users who weigh this one attribute, either sign, N = 10
-        rng = np.random.default_rng(100 + a)
-        users = []
-        for _ in range(20):
-            w = np.zeros(len(ATTRIBUTES))
-            w[a] = rng.choice([-1.0, 1.0])
-            adapt, ev = _redraw(rng, w, pool)
-            if len(adapt) >= 10 and ev:
-                users.append(D.BenchUser(w, adapt, ev))
+        users = attribute_benchmark(pool, n_users=20, attribute=a, seed=100 + a)
         per_attr[attr] = few_shot(phi, users, w0, lam, shots=(10,), P=P)["10"] if users else None
     out["single_by_attribute_n10"] = per_attr
     return out
-
-
-def _redraw(rng: np.random.Generator, w: np.ndarray, pool: ResponsePool) -> tuple[list, list]:
-    from .attributes import user_comparisons
-
-    half = np.array([D.bucket(p, "attribute-bench") < 0.5 for p in pool.prompts])
-    return (user_comparisons(rng, w, pool, pool.pairs(np.flatnonzero(half)), 50),
-            user_comparisons(rng, w, pool, pool.pairs(np.flatnonzero(~half)), 100))
 
 
 RESIDUAL_L2 = 30.0  # a strongly regularized residual: only many comparisons move it
