@@ -280,9 +280,9 @@ class RewardModel:
         w = self.user_weights(user)
         out = self.expert_outputs([(prompt, response)])
         gates, rewards = out["gating_output"][0], out["rewards"][0]  # (K,), (K,)
-        contributions = expert_features(gates, rewards) * w  # (K,)
+        contributions = expert_features(gates, rewards) * w + 0.0  # (K,); + 0.0: no -0.0 for unrouted experts
         return {"score": float(contributions.sum()), "rewards": rewards, "gating_output": gates,
-                "weights": w, "contributions": contributions, "experts": self.expert_names,
+                "weights": w.copy(), "contributions": contributions, "experts": self.expert_names,
                 "truncated": bool(out["truncated"][0])}
 
     # ---------------------------------------------------------- personalizing

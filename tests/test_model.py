@@ -89,6 +89,10 @@ def test_explain_adds_up(tiny_fp32):
     assert e["gating_output"].sum() == pytest.approx(1.0 + S, abs=1e-6)
     assert (e["rewards"][e["gating_output"] == 0] == 0).all()
     assert e["experts"] == m.expert_names and e["truncated"] is False
+    assert not np.signbit(e["contributions"][e["gating_output"] == 0]).any()  # 0.0, never -0.0
+    before = m.score(PROMPT, RESPONSES[0])
+    e["weights"] *= 0  # the caller's copy, not the model's own weights
+    assert m.score(PROMPT, RESPONSES[0]) == before
 
 
 def test_truncation_is_visible(tiny_fp32, caplog):
