@@ -37,26 +37,37 @@ def completion_text(completion: Any) -> str:
 
 def trl_reward_func(model: RewardModel, user: User = None, *,
                     profiles: Mapping[str, UserProfile] | None = None,
-                    batch_size: int = 32) -> Callable[..., list[float]]:
+                    batch_size: int = 32) -> Callable[..., list[float | None]]:
     """A TRL GRPO reward function scoring with ``model`` for one ``user`` (``None``: population).
 
     With ``profiles``, rows whose ``user_id`` (a dataset column TRL passes as a keyword) is in
     it are scored with that profile; other rows with ``user``. An unknown id raises ``KeyError``.
+    An empty completion (GRPO samples one whenever EOS comes first) gets ``None``, which TRL
+    turns into NaN for that sample; the rest of the batch is scored as usual.
     """
 
-    def moerm_lite_reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+    def moerm_lite_reward(prompts: Sequence[Any], completions: Sequence[Any],
+                          **kwargs: Any) -> list[float | None]:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        pairs = [(p, completion_text(c)) for p, c in zip(prompts, completions)]
+        texts = [completion_text(c) for c in completions]
+        keep = [i for i, t in enumerate(texts) if t.strip()]
+        pairs = [(prompts[i], texts[i]) for i in keep]
+        out: list[float | None] = [None] * len(texts)
         user_ids = kwargs.get("user_id")
         if profiles is None or user_ids is None:
-            return model.score_pairs(pairs, user=user, batch_size=batch_size).tolist()
-        unknown = sorted({str(u) for u in user_ids if u is not None and u not in profiles})
-        if unknown:
-            raise KeyError(f"no profile for user_id {unknown[0]!r}; known: {sorted(profiles)[:5]}")
-        W = np.stack([model.user_weights(profiles[u] if u is not None else user) for u in user_ids])  # (B, K)
-        out = model.expert_outputs(pairs, batch_size=batch_size)
-        return (expert_features(out["gating_output"], out["rewards"]) * W).sum(1).tolist()  # (B,)
+            scores = model.score_pairs(pairs, user=user, batch_size=batch_size).tolist()
+        else:
+            unknown = sorted({str(u) for u in user_ids if u is not None and u not in profiles})
+            if unknown:
+                raise KeyError(f"no profile for user_id {unknown[0]!r}; known: {sorted(profiles)[:5]}")
+            W = np.stack([model.user_weights(profiles[user_ids[i]] if user_ids[i] is not None else user)
+                          for i in keep]).reshape(len(keep), model.n_experts)  # (B, K)
+            o = model.expert_outputs(pairs, batch_size=batch_size)
+            scores = (expert_features(o["gating_output"], o["rewards"]) * W).sum(1).tolist()  # (B,)
+        for i, s in zip(keep, scores):
+            out[i] = s
+        return out
 
     return moerm_lite_reward
 

@@ -383,6 +383,9 @@ class RewardModel:
         if user is None:
             return self._w0
         if isinstance(user, UserProfile):
+            if not hasattr(user, "weights_"):
+                raise ValueError(f"user profile {user.user_id!r} is not fitted: build it with "
+                                 "RewardModel.fit_user(...) or UserProfile.load(path)")
             self.check_profile(user)
             w = user.weights_
         elif isinstance(user, (str, Path)):

@@ -71,3 +71,25 @@ def test_completion_text():
     assert completion_text([{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]) == "a\n\nb"
     with pytest.raises(TypeError, match="completion"):
         completion_text(3)
+
+
+def test_trl_empty_completion_gets_none_and_the_batch_survives(tiny_fp32):
+    """GRPO samples empty completions (EOS first): that sample gets None (NaN in TRL), the others their score."""
+    ann = tiny_fp32.fit_user(COMPS, user_id="ann")
+    completions = COMPLETIONS[:2] + ["", "  "] + COMPLETIONS[2:]
+    prompts = PROMPTS[:2] + ["q", "q"] + PROMPTS[2:]
+    for f, kw in ((trl_reward_func(tiny_fp32), {}),
+                  (trl_reward_func(tiny_fp32, profiles={"ann": ann}), {"user_id": ["ann", None, "ann", None, "ann"]})):
+        got = f(prompts, completions, **kw)
+        assert got[2] is None and got[3] is None and len(got) == 5
+        users = kw.get("user_id", [None] * 5)
+        for i in (0, 1, 4):
+            assert got[i] == pytest.approx(tiny_fp32.score(prompts[i], completions[i],
+                                                           user=ann if users[i] else None), abs=1e-6)
+
+
+def test_unfitted_profile_is_a_clear_error(tiny_fp32):
+    from moerm_lite import UserProfile
+
+    with pytest.raises(ValueError, match="not fitted"):
+        tiny_fp32.score("p", "the cat", user=UserProfile(user_id="new"))
