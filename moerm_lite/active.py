@@ -51,8 +51,9 @@ def variance_reduction(phi: np.ndarray, mean: np.ndarray, cov: np.ndarray,
     s = p * (1.0 - p)  # (P,) Bernoulli variance of the answer
     cx = phi @ cov  # (P, K)
     v = np.einsum("pk,pk->p", cx, phi)  # (P,) variance of each candidate's score difference
-    cross = targets @ cx.T  # (T, P) posterior covariances t^T cov x
-    return s * (cross**2).sum(0) / (1.0 + s * v)
+    # sum_t (t^T cov x)^2 = x^T cov (T^T T) cov x: a (K, K) matrix, never the (T, P) table of covariances
+    M = cov @ (targets.T @ targets) @ cov  # (K, K)
+    return s * np.einsum("pk,kl,pl->p", phi, M, phi) / (1.0 + s * v)
 
 
 def prior_covariance(prior_strength: float, prior_precision: np.ndarray | None, n_experts: int) -> np.ndarray:

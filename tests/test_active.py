@@ -102,3 +102,19 @@ def test_next_comparison_bad_input(tiny_fp32):
         tiny_fp32.next_comparison("why", "not a list")
     with pytest.raises(ValueError, match="empty"):
         tiny_fp32.next_comparison("why", ["good", ""])
+
+
+def test_variance_reduction_equals_the_sum_over_targets_and_scales():
+    """The (K, K) form equals the brute-force sum over targets, and 300 candidates (44,850 pairs) stay small."""
+
+    rng = np.random.default_rng(0)
+    K = 6
+    A = rng.normal(size=(K, K))
+    cov, mean = A @ A.T / K + 0.1 * np.eye(K), rng.normal(size=K)
+    phi, targets = rng.normal(size=(20, K)), rng.normal(size=(15, K))
+    p = preference_probability(phi, mean, cov)
+    s = p * (1 - p)
+    brute = [s[i] * sum((t @ cov @ x) ** 2 for t in targets) / (1 + s[i] * x @ cov @ x) for i, x in enumerate(phi)]
+    np.testing.assert_allclose(variance_reduction(phi, mean, cov, targets), brute, rtol=1e-10)
+    big = rng.normal(size=(300 * 299 // 2, K))  # every pair of 300 candidates, each its own target
+    assert variance_reduction(big, mean, cov).shape == (44850,)
