@@ -170,6 +170,8 @@ class UserProfile:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UserProfile:
         """Inverse of :meth:`to_dict`, with checks."""
+        if not isinstance(d, dict):
+            raise ValueError(f"user profile must be a JSON object, got {type(d).__name__}")
         if d.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
             raise ValueError(f"user profile has schema_version {d.get('schema_version')!r}, "
                              f"expected one of {READABLE_SCHEMA_VERSIONS}")

@@ -142,3 +142,11 @@ def test_profile_keeps_its_prior_precision(tmp_path):
     q = UserProfile.load(tmp_path / "p.json").partial_fit(phi[10:])
     np.testing.assert_allclose(q.prior_precision, P)
     np.testing.assert_allclose(q.weights_, fit_map(phi, np.zeros(8), 2.0, P)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("content", ["[]", "null", "3"])
+def test_profile_that_is_not_an_object_is_a_clear_error(tmp_path, content):
+    f = tmp_path / "p.json"
+    f.write_text(content)
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        UserProfile.load(f)
