@@ -145,6 +145,12 @@ def load_topical_chat(data_dir: Path = DATA_DIR, split: str = "all", min_gap: fl
     return out
 
 
+REAL_LOADERS = {  # the licensed human-labelled sets, by source name (held out by prompt or question)
+    "hh_harmless": load_hh_harmless, "hh_helpful": load_hh_helpful,
+    "finegrained_qa": load_finegrained_qa, "topical_chat": load_topical_chat,
+}
+
+
 def load_relabeled_hh(data_dir: Path = DATA_DIR) -> list[Record]:
     """HH pairs relabeled under ``helpful`` or ``harmless``; ``user_id`` is the objective.
 

@@ -234,14 +234,13 @@ def relabeled_probe(features: Any) -> dict[str, float]:
     return out
 
 
-REAL_SOURCES = {"hh_helpful": D.load_hh_helpful, "hh_harmless": D.load_hh_harmless,
-                "finegrained_qa": D.load_finegrained_qa, "topical_chat": D.load_topical_chat}
+SOURCE_ORDER = ("hh_helpful", "hh_harmless", "finegrained_qa", "topical_chat")  # ties in names go to the first
 
 
 def source_gates(fz: Featurizer, persona_gates: np.ndarray) -> dict[str, np.ndarray]:
     """Dense gates (N, K) per source: held-out chosen replies of the real sets, and the persona statements."""
-    out = {name: fz.outputs([(x["prompt"], x["chosen"]) for x in load(split="test")])[0]
-           for name, load in REAL_SOURCES.items()}
+    out = {name: fz.outputs([(x["prompt"], x["chosen"]) for x in D.REAL_LOADERS[name](split="test")])[0]
+           for name in SOURCE_ORDER}
     out["persona"] = persona_gates
     return out
 

@@ -81,11 +81,9 @@ def eval_pool(scaler: Any) -> ResponsePool:
 
 def train_scaler() -> Any:
     """The attribute standardisation of the training pool (what training users were simulated with)."""
-    from .train import real_train_records
+    from .train import attribute_training_pool
 
-    real = [r for name in ("hh_harmless", "hh_helpful", "finegrained_qa", "topical_chat")
-            for r in real_train_records(name, D.DATA_DIR)]
-    return ResponsePool.build(real)[1]
+    return attribute_training_pool(D.DATA_DIR)[1]
 
 
 def probe_few_shot(X: np.ndarray, users: list[D.BenchUser], shots: Sequence[int] = SHOTS,

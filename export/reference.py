@@ -37,7 +37,7 @@ def reference_corpus(data_dir: Path = D.DATA_DIR, per_axis: int = 12, per_source
             for i in rng.permutation(pool)[:per_axis // 2]:
                 rows.append({"prompt": "", "response": st.text[i], "source": "persona", "labels": {axis: y}})
     real_start = len(rows)
-    for load in (D.load_hh_harmless, D.load_hh_helpful, D.load_finegrained_qa, D.load_topical_chat):
+    for load in D.REAL_LOADERS.values():
         recs, seen, taken = load(data_dir, split="test"), set(), 0
         for j in rng.permutation(len(recs)):
             r = recs[j]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -95,15 +95,22 @@ EVAL_ONLY = ("relabeled_hh", "dsp", "webgpt")  # no licence / CC BY-NC: never tr
 BENIGN = ("hh_helpful", "finegrained_qa", "topical_chat")  # real answers for contrast pairs
 
 
-def real_train_records(name: str, data_dir: Path) -> list[D.Record]:
-    loaders = {"hh_harmless": D.load_hh_harmless, "hh_helpful": D.load_hh_helpful,
-               "finegrained_qa": D.load_finegrained_qa, "topical_chat": D.load_topical_chat}
-    return loaders[name](data_dir, split="train")
+def real_train_records(names: Sequence[str], data_dir: Path) -> list[D.Record]:
+    """The train splits of the named human-labelled sets (``data.REAL_LOADERS``), in that order."""
+    return [r for name in names for r in D.REAL_LOADERS[name](data_dir, split="train")]
+
+
+def attribute_training_pool(data_dir: Path) -> tuple[Any, Any]:
+    """The real replies attribute users compare (every licensed set's train split), and the attribute
+    standardisation fitted on them: ``(ResponsePool, Scaler)``."""
+    from .attributes import ResponsePool
+
+    return ResponsePool.build(real_train_records(list(D.REAL_LOADERS), data_dir))
 
 
 def load_records(cfg: TrainConfig) -> list[D.Record]:
     """The training mixture: the configured sources, train splits only, plus user JSONL files."""
-    from .attributes import ResponsePool, attribute_training_records
+    from .attributes import attribute_training_records
     from .contrast import contrast_records
 
     data_dir = Path(cfg.data_dir)
@@ -118,15 +125,13 @@ def load_records(cfg: TrainConfig) -> list[D.Record]:
             st = D.load_persona(data_dir)
             recs += D.persona_training_records(st, cfg.persona_users, cfg.persona_per_user, cfg.seed)
         elif src == "attribute_users":
-            real = [r for name in ("hh_harmless", "hh_helpful", "finegrained_qa", "topical_chat")
-                    for r in real_train_records(name, data_dir)]
-            pool, _ = ResponsePool.build(real)
+            pool, _ = attribute_training_pool(data_dir)
             recs += attribute_training_records(pool, cfg.attribute_users, cfg.attribute_per_user, cfg.seed)
         elif src == "contrast":
-            recs += contrast_records([r for name in BENIGN for r in real_train_records(name, data_dir)],
-                                     seed=cfg.seed, per_prompt=cfg.contrast_per_prompt)
+            recs += contrast_records(real_train_records(BENIGN, data_dir), seed=cfg.seed,
+                                     per_prompt=cfg.contrast_per_prompt)
         else:
-            recs += real_train_records(src, data_dir)
+            recs += real_train_records([src], data_dir)
     for f in cfg.jsonl:
         recs += D.load_jsonl(Path(f))
     return recs

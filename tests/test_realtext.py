@@ -101,7 +101,7 @@ def test_contrast_training_data_comes_from_benign_train_splits():
     from export import data as D
     from export.train import BENIGN, real_train_records
 
-    recs = [r for name in BENIGN for r in real_train_records(name, DATA)]
+    recs = real_train_records(BENIGN, DATA)
     out = contrast_records(recs)
     harmful_prompts = {r["prompt"] for r in D.load_hh_harmless(DATA)}
     test_prompts = {r["prompt"] for name in BENIGN for r in getattr(D, f"load_{name}")(DATA, split="test")}
