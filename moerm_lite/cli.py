@@ -42,19 +42,28 @@ class InputError(ValueError):
     """Bad input, named by its line: ``line 500 of pairs.jsonl: ...``."""
 
 
-def read_jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
-    """``(line number, record)`` of a JSONL file (``-`` for stdin); blank lines skipped, bad lines named."""
+class RowsSkipped(Exception):
+    """The command finished but left out bad rows (``--skip-bad``): exit code 3."""
+
+
+def read_jsonl(path: str, *, keep_bad: bool = False) -> list[tuple[int, Any]]:
+    """``(line number, record)`` of a JSONL file (``-`` for stdin); blank lines skipped. A bad line
+    raises :class:`InputError` naming it, or with ``keep_bad`` is returned as that error in its place."""
     f = sys.stdin if path == "-" else open(path, encoding="utf-8")
-    rows = []
+    rows: list[tuple[int, Any]] = []
     with f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{_where(n, path)}: not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise InputError(f"{_where(n, path)}: each line must be a JSON object")
+                    if not isinstance(row, dict):
+                        raise InputError(f"{_where(n, path)}: each line must be a JSON object")
+                except (ValueError, RecursionError) as e:
+                    err = e if isinstance(e, InputError) else InputError(
+                        f"{_where(n, path)}: not valid JSON ({getattr(e, 'msg', str(e)[:80])})")
+                    if not keep_bad:
+                        raise err from None
+                    row = err
                 rows.append((n, row))
     return rows
 
@@ -117,22 +126,62 @@ def cmd_info(args: argparse.Namespace, out: IO[str]) -> None:
     out.write(json.dumps(info, indent=1) + "\n")
 
 
+class Rows:
+    """The records of one input file, processed all-or-nothing (default) or skipping bad ones.
+
+    ``each(fn)`` applies ``fn(line, record)`` to every record; a bad record (``ValueError`` /
+    ``TypeError``) stops the command before anything is written, naming its input line, unless
+    ``--skip-bad``: then it is reported on stderr, left out, and the command exits with 3.
+    """
+
+    def __init__(self, path: str, skip_bad: bool) -> None:
+        self.path, self.skip_bad, self.skipped = path, skip_bad, 0
+        self.rows = read_jsonl(path, keep_bad=True)
+
+    def _report(self, err: InputError) -> None:
+        self.skipped += 1
+        sys.stderr.write(f"skipped {err}\n")
+
+    def finish(self) -> None:
+        """Raise :class:`RowsSkipped` (exit 3) if any row was skipped."""
+        if self.skipped:
+            raise RowsSkipped(f"{self.skipped} bad row(s) of {self.path} skipped (listed above)")
+
+    def each(self, fn: Any) -> list[tuple[dict[str, Any], Any]]:
+        done = []
+        for n, r in self.rows:
+            try:
+                if isinstance(r, InputError):
+                    raise r
+                done.append((r, _per_line(n, self.path, fn, n, r)))
+            except InputError as e:
+                if not self.skip_bad:
+                    raise
+                self._report(e)
+        return done
+
+
+def _without(row: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The input record's own fields (``id`` and the like) minus the bulky ones the output replaces."""
+    return {k: v for k, v in row.items() if k not in keys}
+
+
 def cmd_score(args: argparse.Namespace, out: IO[str]) -> None:
     m, user = _load(args)
-    rows = read_jsonl(args.input)
-    pairs = [(r.get("prompt", ""), _field(r, "response", n, args.input)) for n, r in rows]
-    for (n, _), pair in zip(rows, pairs):  # name the line of a bad record before scoring anything
-        _per_line(n, args.input, m.check_pair, pair)
-    scores = m.score_pairs(pairs, user=user, batch_size=args.batch_size,
-                           progress=Progress(len(pairs), "score"))
-    _emit(({**r, "score": float(s)} for (_, r), s in zip(rows, scores)), out)
+    rows = Rows(args.input, args.skip_bad)
+    checked = rows.each(lambda n, r: m.check_pair((r.get("prompt", ""), _field(r, "response", n, args.input))))
+    scores = m.score_pairs([pair for _, pair in checked], user=user, batch_size=args.batch_size,
+                           progress=Progress(len(checked), "score"))
+    _emit(({**r, "score": float(s)} for (r, _), s in zip(checked, scores)), out)
+    rows.finish()
 
 
 def cmd_rank(args: argparse.Namespace, out: IO[str]) -> None:
     m, user = _load(args)
-    for n, r in read_jsonl(args.input):
-        ranking = _per_line(n, args.input, m.rank, r.get("prompt", ""), _field(r, "responses", n, args.input),
-                            user=user, top_k=args.top_k)
+    rows = Rows(args.input, args.skip_bad)
+    done = rows.each(lambda n, r: m.rank(r.get("prompt", ""), _field(r, "responses", n, args.input),
+                                         user=user, top_k=args.top_k))
+    for r, ranking in done:
         if args.format == "table":
             who = f"user {user.user_id!r}" if user is not None and user.user_id else (
                 "user profile" if user is not None else "population weights w0")
@@ -140,14 +189,15 @@ def cmd_rank(args: argparse.Namespace, out: IO[str]) -> None:
             for place, item in enumerate(ranking, 1):
                 out.write(f"  {place}. {item['score']:+8.3f}  {_one_line(item['text'])}\n")
         else:
-            _emit(iter([{"prompt": r.get("prompt", ""), "ranking": ranking}]), out)
+            _emit(iter([{**_without(r, "responses"), "prompt": r.get("prompt", ""), "ranking": ranking}]), out)
+    rows.finish()
 
 
 def cmd_explain(args: argparse.Namespace, out: IO[str]) -> None:
     m, user = _load(args)
-    for n, r in read_jsonl(args.input):
-        e = _per_line(n, args.input, m.explain, r.get("prompt", ""), _field(r, "response", n, args.input),
-                      user=user)
+    rows = Rows(args.input, args.skip_bad)
+    done = rows.each(lambda n, r: m.explain(r.get("prompt", ""), _field(r, "response", n, args.input), user=user))
+    for r, e in done:
         if args.format == "table":
             out.write(f"\nprompt: {_one_line(str(r.get('prompt', '')))!r}\nresponse: {_one_line(r['response'])!r}\n"
                       f"score {e['score']:+.3f}{'  (truncated)' if e['truncated'] else ''}\n")
@@ -157,36 +207,37 @@ def cmd_explain(args: argparse.Namespace, out: IO[str]) -> None:
                     out.write(f"  {e['experts'][k]:<40} {e['gating_output'][k]:6.3f} {e['rewards'][k]:+7.3f} "
                               f"{e['weights'][k]:+7.3f} {e['contributions'][k] + 0.0:+12.3f}\n")
         else:
-            _emit(iter([e]), out)
+            _emit(iter([{**r, **e}]), out)
+    rows.finish()
 
 
 def cmd_fit(args: argparse.Namespace, out: IO[str]) -> None:
-    m, _ = _load(args)
-    rows = read_jsonl(args.comparisons)
-    for n, r in rows:
-        _per_line(n, args.comparisons, m.comparison_features, [r])  # name the first bad line
-    comps = [r for _, r in rows]
-    if args.update:
-        profile = UserProfile.load(args.update).update(comps, m)
-    else:
-        profile = m.fit_user(comps, user_id=args.user_id, prior_strength=args.prior_strength)
     dest = args.out or args.update
     if not dest:
         raise ValueError("say where to write the profile: -o FILE (or --update FILE)")
-    profile.save(dest)
+    m, _ = _load(args)
+    rows = Rows(args.comparisons, args.skip_bad)
+    comps = [r for r, _ in rows.each(lambda n, r: m.check_comparison(r, "the comparison"))]
+    if args.update:  # read, update and write under a lock: concurrent updates all land
+        profile = UserProfile.update_saved(args.update, m.comparison_features(comps), m.model_hash)
+    else:
+        profile = m.fit_user(comps, user_id=args.user_id, prior_strength=args.prior_strength)
+        profile.save(dest)
     shift = profile.weights_ - m.w0
     top = np.argsort(-np.abs(shift))[:5]
     sys.stderr.write(f"fitted {profile.n_comparisons_} comparisons ({len(comps)} new) -> {dest}\n")
     for i in top:
         sys.stderr.write(f"  {m.expert_names[i]:<40} w0 {m.w0[i]:+.3f} -> {profile.weights_[i]:+.3f}\n")
+    rows.finish()
 
 
 def cmd_next(args: argparse.Namespace, out: IO[str]) -> None:
     m, user = _load(args)
-    for n, r in read_jsonl(args.input):
-        q = _per_line(n, args.input, m.next_comparison, r.get("prompt", ""),
-                      _field(r, "candidates", n, args.input), user=user)
-        _emit(iter([{"prompt": r.get("prompt", ""), **q}]), out)
+    rows = Rows(args.input, args.skip_bad)
+    done = rows.each(lambda n, r: m.next_comparison(r.get("prompt", ""), _field(r, "candidates", n, args.input),
+                                                    user=user))
+    _emit(({**_without(r, "candidates"), "prompt": r.get("prompt", ""), **q} for r, q in done), out)
+    rows.finish()
 
 
 def cmd_experts(args: argparse.Namespace, out: IO[str]) -> None:
@@ -223,15 +274,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moerm-lite", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp: argparse.ArgumentParser, user: bool = True) -> None:
+    def common(sp: argparse.ArgumentParser, user: bool = True, rows: bool = True) -> None:
         sp.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+        if rows:
+            sp.add_argument("--skip-bad", action="store_true",
+                            help="leave out bad input rows (listed on stderr, exit code 3) instead of "
+                                 "stopping at the first one with nothing written")
         sp.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
         sp.add_argument("--precision", default="int8", help="graphs to run (default int8; `info` lists them)")
         if user:
             sp.add_argument("--user", default=None, help="user profile JSON written by `fit`")
 
     sp = sub.add_parser("info", help="describe a model folder")
-    common(sp, user=False)
+    common(sp, user=False, rows=False)
     sp.set_defaults(fn=cmd_info)
     sp = sub.add_parser("score", help='score JSONL records {"prompt", "response"}')
     sp.add_argument("-i", "--input", default="-", help="JSONL file (default: - , stdin)")
@@ -265,20 +320,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("experts", help="expert cards from the model's reference corpus")
     sp.add_argument("--n-texts", type=int, default=3, help="highest/lowest texts per expert")
     sp.add_argument("--format", choices=["jsonl", "table"], default="table")
-    common(sp, user=False)
+    common(sp, user=False, rows=False)
     sp.set_defaults(fn=cmd_experts)
     sp = sub.add_parser("plot", help="PNG plots (needs the plot extra)")
     sp.add_argument("kind", choices=["experts", "routing", "user"],
                     help="experts: expert x attribute heatmap; routing: routing share per source; "
                          "user: a profile's weights against w0")
     sp.add_argument("-o", "--out", required=True, help="PNG file to write")
-    common(sp)
+    common(sp, rows=False)
     sp.set_defaults(fn=cmd_plot)
     return p
 
 
 def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
-    """Entry point; returns the exit code (2 with a one-line message on bad input)."""
+    """Entry point; returns the exit code: 0, 2 with a one-line message on bad input (nothing is
+    written), 3 when ``--skip-bad`` left out bad rows (the rest is written)."""
     args = build_parser().parse_args(argv)
     try:
         args.fn(args, out)
@@ -290,6 +346,9 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
         except (OSError, ValueError):  # not a real file descriptor (tests pass a StringIO)
             pass
         return 0
+    except RowsSkipped as e:
+        sys.stderr.write(f"moerm-lite {args.command}: {e}\n")
+        return 3
     except (ValueError, TypeError, KeyError, OSError, FloatingPointError, ImportError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         sys.stderr.write(f"moerm-lite {args.command}: error: {msg}\n")

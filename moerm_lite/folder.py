@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .features import FEATURES_KIND
+from .files import atomic_write_text  # noqa: F401  (re-exported: the build side writes model folders with it)
 
 SCHEMA_VERSION = 2  # 2: prompt and response embedded separately, pair features, shared experts
 MANIFEST = "manifest.json"
@@ -69,6 +68,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Validate a parsed ``config.json`` and build the config."""
+        if not isinstance(d, dict):
+            raise ModelFolderError(f"config.json must hold a JSON object, got {type(d).__name__}")
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ModelFolderError(
@@ -105,13 +106,19 @@ class ModelConfig:
                 head_outputs=list(io["head"]["outputs"]),
                 extra={k: v for k, v in d.items() if k not in _KNOWN_KEYS},
             )
-        except (KeyError, TypeError) as e:
-            raise ModelFolderError(f"config.json is missing or has a malformed field: {e}") from e
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ModelFolderError(f"config.json is missing or has a malformed field: {e!r}") from e
         cfg._check()
         return cfg
 
     def _check(self) -> None:
         K = self.n_experts
+        if self.max_length < 2 or self.hidden_size < 1 or self.max_chars < 1:
+            raise ModelFolderError(f"config.json: need max_length >= 2, hidden_size >= 1, max_chars >= 1; got "
+                                   f"{self.max_length}, {self.hidden_size}, {self.max_chars}")
+        if not (math.isfinite(self.default_prior_strength) and self.default_prior_strength > 0):
+            raise ModelFolderError(f"config.json: default_prior_strength must be a positive number, "
+                                   f"got {self.default_prior_strength}")
         if not 0 <= self.n_shared < K or not 1 <= self.top_k <= K - self.n_shared:
             raise ModelFolderError(f"config.json: need 0 <= n_shared < n_experts and 1 <= top_k <= "
                                    f"n_experts - n_shared, got top_k={self.top_k}, n_shared={self.n_shared}, "
@@ -164,26 +171,59 @@ def build_manifest(folder: Path) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "files": files}
 
 
+def read_json(path: Path, what: str) -> Any:
+    """Parse a JSON file of the model folder; ``ModelFolderError`` naming it if it is not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
+        raise ModelFolderError(f"{path} is not valid {what} JSON: {str(e)[:200]}") from None
+
+
 def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
     """The ``files`` table of ``manifest.json``; a clear error if it is missing or malformed."""
     path = folder / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"model folder {folder} has no {MANIFEST}")
-    try:
-        files = json.loads(path.read_text())["files"]
-        assert isinstance(files, dict)
-    except (ValueError, KeyError, AssertionError) as e:
-        raise ModelFolderError(f"{path} is not a valid manifest: {e}") from e
+    d = read_json(path, "manifest")
+    files = d.get("files") if isinstance(d, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
+        raise ModelFolderError(f"{path} is not a valid manifest: it needs a 'files' object of "
+                               "{name: {sha256, size}}")
+    for name in files:
+        resolve_inside(folder, name, MANIFEST)
     return files
 
 
+def verify_graph_dirs(folder: Path, manifest: dict[str, dict[str, Any]], graphs: GraphFiles,
+                      other_graphs: list[str]) -> None:
+    """Check a precision's two graphs and every other file in their folders against the manifest.
+
+    An ONNX graph may keep its weights in external data files next to it, which onnxruntime reads
+    unchecked; so any file there must be listed and intact (``other_graphs``, the graph files of
+    other precisions, are skipped: a broken fp32 graph does not stop the int8 one from loading).
+    """
+    verify_files(folder, manifest, [graphs.backbone, graphs.head])
+    for d in sorted({Path(graphs.backbone).parent, Path(graphs.head).parent}):
+        for p in sorted((folder / d).iterdir()):
+            rel = p.relative_to(folder).as_posix()
+            if rel not in manifest:
+                raise ModelFolderError(f"{p} is not listed in {folder / MANIFEST}: a file next to the graphs "
+                                       "(such as ONNX external data) must be in the manifest")
+            if rel not in other_graphs and rel not in (graphs.backbone, graphs.head):
+                verify_files(folder, manifest, [rel])
+
+
 def verify_files(folder: Path, manifest: dict[str, dict[str, Any]], names: list[str]) -> None:
-    """Check size and sha256 of ``names`` against the manifest; name the first bad file."""
+    """Check size and sha256 of ``names`` against the manifest; name the first bad file.
+
+    A file may be a symlink (a Hugging Face cache keeps files as links into ``blobs/``): what counts
+    is that the bytes it points to match the manifest.
+    """
     for name in names:
         entry = manifest.get(name)
         if entry is None:
             raise ModelFolderError(f"{name} is not listed in {folder / MANIFEST}")
-        path = folder / name
+        path = resolve_inside(folder, name, MANIFEST)
         if not path.is_file():
             raise FileNotFoundError(f"model file missing: {path}")
         if path.stat().st_size != entry.get("size"):
@@ -195,27 +235,10 @@ def verify_files(folder: Path, manifest: dict[str, dict[str, Any]], names: list[
             raise ModelFolderError(f"model file {path} fails its sha256 check: the file is corrupted or was modified")
 
 
-def resolve_inside(folder: Path, rel: str) -> Path:
-    """``folder / rel``, refusing paths that escape the folder."""
-    path = (folder / rel).resolve()
-    if folder.resolve() not in path.parents:
-        raise ModelFolderError(f"config.json points outside the model folder: {rel!r}")
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # mkstemp would leave 0600
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def resolve_inside(folder: Path, rel: Any, where: str = CONFIG) -> Path:
+    """``folder / rel`` for a relative path that stays inside the folder by its name (no ``..``,
+    not absolute). The file itself may be a symlink: its bytes are checked against the manifest."""
+    parts = Path(rel).parts if isinstance(rel, str) and rel else ()
+    if not parts or Path(rel).is_absolute() or ".." in parts or "\\" in rel:
+        raise ModelFolderError(f"{where} names a path outside the model folder: {rel!r}")
+    return folder / rel

@@ -7,6 +7,11 @@
   ``reward_func(queries, prompts, labels) -> {"rewards", "scores", "extra_logs"}``, where each
   query is its prompt followed by the response.
 
+Both score every sample and never fail a batch for one of them: an empty completion (GRPO samples
+one whenever EOS comes first) is scored like any text (the core API's rule), and a text over the
+model's ``max_chars`` is scored on its first ``max_chars`` characters (a prompt on its last), which
+changes nothing the backbone sees: it reads ``max_length`` tokens anyway.
+
 Neither imports TRL, OpenRLHF or torch. OpenRLHF expects tensors: if torch is already imported
 in the process (it is, inside OpenRLHF) the values are ``torch.Tensor``, else numpy arrays.
 """
@@ -18,7 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.special import expit
 
 from .head import expert_features
 from .model import RewardModel, User
@@ -26,48 +30,49 @@ from .personalize import UserProfile
 
 
 def completion_text(completion: Any) -> str:
-    """A completion as text: a string, or the contents of a TRL message list joined by blank lines."""
+    """A completion as text: a string, or the contents of a TRL message list joined by blank lines
+    (a message whose ``content`` is missing or ``None``, such as a tool call, is empty)."""
     if isinstance(completion, str):
         return completion
     if isinstance(completion, (list, tuple)) and all(isinstance(m, dict) for m in completion):
-        return "\n\n".join(str(m.get("content", "")) for m in completion)
+        return "\n\n".join(str(m.get("content") or "") for m in completion)
     raise TypeError(f"a completion must be a string or a list of chat messages, "
                     f"got {type(completion).__name__}")
 
 
+def _clip(model: RewardModel, prompt: Any, response: str) -> tuple[Any, str]:
+    """A pair within ``max_chars``: a prompt keeps its end, a response its start (as truncation does)."""
+    n = model.config.max_chars
+    if isinstance(prompt, str) and len(prompt) > n:
+        prompt = prompt[-n:]
+    return prompt, response[:n]
+
+
 def trl_reward_func(model: RewardModel, user: User = None, *,
                     profiles: Mapping[str, UserProfile] | None = None,
-                    batch_size: int = 32) -> Callable[..., list[float | None]]:
+                    batch_size: int = 32) -> Callable[..., list[float]]:
     """A TRL GRPO reward function scoring with ``model`` for one ``user`` (``None``: population).
 
     With ``profiles``, rows whose ``user_id`` (a dataset column TRL passes as a keyword) is in
     it are scored with that profile; other rows with ``user``. An unknown id raises ``KeyError``.
-    An empty completion (GRPO samples one whenever EOS comes first) gets ``None``, which TRL
-    turns into NaN for that sample; the rest of the batch is scored as usual.
+    Every sample gets a float (see the module docstring for empty and over-long completions).
     """
 
     def moerm_lite_reward(prompts: Sequence[Any], completions: Sequence[Any],
-                          **kwargs: Any) -> list[float | None]:
+                          **kwargs: Any) -> list[float]:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        texts = [completion_text(c) for c in completions]
-        keep = [i for i, t in enumerate(texts) if t.strip()]
-        pairs = [(prompts[i], texts[i]) for i in keep]
-        out: list[float | None] = [None] * len(texts)
+        pairs = [_clip(model, p, completion_text(c)) for p, c in zip(prompts, completions)]
         user_ids = kwargs.get("user_id")
         if profiles is None or user_ids is None:
-            scores = model.score_pairs(pairs, user=user, batch_size=batch_size).tolist()
-        else:
-            unknown = sorted({str(u) for u in user_ids if u is not None and u not in profiles})
-            if unknown:
-                raise KeyError(f"no profile for user_id {unknown[0]!r}; known: {sorted(profiles)[:5]}")
-            W = np.stack([model.user_weights(profiles[user_ids[i]] if user_ids[i] is not None else user)
-                          for i in keep]).reshape(len(keep), model.n_experts)  # (B, K)
-            o = model.expert_outputs(pairs, batch_size=batch_size)
-            scores = (expert_features(o["gating_output"], o["rewards"]) * W).sum(1).tolist()  # (B,)
-        for i, s in zip(keep, scores):
-            out[i] = s
-        return out
+            return model.score_pairs(pairs, user=user, batch_size=batch_size).tolist()
+        unknown = sorted({str(u) for u in user_ids if u is not None and u not in profiles})
+        if unknown:
+            raise KeyError(f"no profile for user_id {unknown[0]!r}; known: {sorted(profiles)[:5]}")
+        W = np.stack([model.user_weights(profiles[u] if u is not None else user)
+                      for u in user_ids]).reshape(len(pairs), model.n_experts)  # (B, K)
+        o = model.expert_outputs(pairs, batch_size=batch_size)
+        return (expert_features(o["gating_output"], o["rewards"]) * W).sum(1).tolist()  # (B,)
 
     return moerm_lite_reward
 
@@ -84,9 +89,9 @@ def openrlhf_reward_func(model: RewardModel, user: User = None, *,
             if not (isinstance(q, str) and isinstance(p, str)) or not q.startswith(p):
                 raise ValueError(f"query {i} does not start with its prompt; "
                                  "OpenRLHF queries are prompt + response")
-            pairs.append((p, q[len(p):]))
+            pairs.append(_clip(model, p, q[len(p):]))
         rewards = model.score_pairs(pairs, user=user, batch_size=batch_size).astype(np.float32)  # (B,)
-        scores = expit(rewards).astype(np.float32)  # (B,)
+        scores = (0.5 * (1.0 + np.tanh(0.5 * rewards))).astype(np.float32)  # (B,) sigmoid, no overflow
         torch = sys.modules.get("torch")
         as_out = (lambda a: torch.from_numpy(a)) if torch is not None else (lambda a: a)
         return {"rewards": as_out(rewards), "scores": as_out(scores),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -13,17 +12,19 @@ from typing import Any, Union
 import numpy as np
 import onnxruntime as ort
 
-from .active import all_pairs, preference_probability, prior_covariance, variance_reduction
+from .active import all_pairs, candidate_pair_gains, prior_covariance
 from .experts import describe_experts, read_cards, read_reference, trim_card
-from .features import pair_features
+from .features import feature_dim, pair_features
 from .folder import (
     CONFIG,
     MANIFEST,
     ModelConfig,
     ModelFolderError,
+    read_json,
     read_manifest,
     resolve_inside,
     verify_files,
+    verify_graph_dirs,
 )
 from .head import combine, expert_features, scatter_topk
 from .personalize import UserProfile
@@ -56,6 +57,59 @@ def default_model_path() -> Path:
     raise FileNotFoundError(
         "the default model was not found; looked in " + ", ".join(str(c) for c in candidates)
         + ". Pass a model folder, RewardModel.load('path/to/folder') or --model, or set MOERM_LITE_MODEL")
+
+
+def _session(path: Path, threads: int, inputs: list[str], outputs: list[str]) -> ort.InferenceSession:
+    """One CPU onnxruntime session with ``threads`` intra-op threads; its inputs/outputs checked."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ModelFolderError(f"onnxruntime cannot load {path}: {str(e)[:300]}") from e
+    have_in = {i.name for i in sess.get_inputs()}
+    have_out = {o.name for o in sess.get_outputs()}
+    if set(inputs) != have_in or not set(outputs) <= have_out:
+        raise ModelFolderError(
+            f"{path} has inputs {sorted(have_in)} and outputs {sorted(have_out)}; config.json "
+            f"expects inputs {inputs} and outputs {outputs}")
+    return sess
+
+
+def _check_graphs(folder: Path, cfg: ModelConfig, backbone: ort.InferenceSession, head: ort.InferenceSession,
+                  tokenizer: TextTokenizer) -> None:
+    """Run both graphs once on probe inputs so that a config that disagrees with them (hidden size,
+    ``max_length``, vocabulary, ``n_experts``, ``top_k``, ``n_shared``) fails at load, named."""
+    L = cfg.max_length
+    feed = tokenizer.pad([np.full(L, tokenizer.vocab_size - 1, dtype=np.int64)])  # (1, L): longest, last id
+    try:
+        (emb,) = backbone.run([cfg.backbone_output], {n: feed[n] for n in cfg.backbone_inputs})
+    except Exception as e:
+        raise ModelFolderError(
+            f"{folder}: the backbone graph cannot embed {L} tokens (config max_length) with ids up to "
+            f"{tokenizer.vocab_size - 1} (tokenizer.json): {str(e)[:200]}") from e
+    if emb.shape != (1, cfg.hidden_size):
+        raise ModelFolderError(f"{folder}: the backbone graph returns embeddings of shape {emb.shape[1:]}, "
+                               f"config.json says hidden_size {cfg.hidden_size}")
+    F, K, k, S = feature_dim(cfg.hidden_size), cfg.n_experts, cfg.top_k, cfg.n_shared
+    x = np.random.default_rng(0).normal(size=(64, F)).astype(np.float32)  # (64, F)
+    try:
+        idx, gates, rewards = head.run(cfg.head_outputs, {cfg.head_input: x})  # (64, k + S) each
+    except Exception as e:
+        raise ModelFolderError(f"{folder}: the head graph does not take {F} features (2 x hidden_size "
+                               f"{cfg.hidden_size} + text statistics): {str(e)[:200]}") from e
+    routed = idx[:, :idx.shape[1] - S]  # (64, k') the router's picks
+    if not (idx.shape == gates.shape == rewards.shape == (64, k + S)) or not (
+            (routed >= 0).all() and (routed < K - S).all()
+            and (idx[:, k:] == np.arange(K - S, K)).all()):
+        raise ModelFolderError(
+            f"{folder}: the head graph routes to experts {sorted(set(idx.ravel().tolist()))[:8]}... with "
+            f"{idx.shape[1]} outputs per input; config.json says n_experts {K}, top_k {k}, n_shared {S} "
+            f"(the last n_shared experts always active)")
 
 
 class RewardModel:
@@ -92,45 +146,26 @@ class RewardModel:
             raise FileNotFoundError(f"model folder not found: {folder}{where}")
         manifest = read_manifest(folder)
         verify_files(folder, manifest, [CONFIG])
-        try:
-            cfg = ModelConfig.from_dict(json.loads((folder / CONFIG).read_text(encoding="utf-8")))
-        except ValueError as e:
-            if isinstance(e, ModelFolderError):
-                raise
-            raise ModelFolderError(f"{folder / CONFIG} is not valid JSON: {e}") from e
+        cfg = ModelConfig.from_dict(read_json(folder / CONFIG, "config"))
         if precision not in cfg.graphs:
             raise ValueError(f"precision {precision!r} is not in this model; available: {sorted(cfg.graphs)}")
         graphs = cfg.graphs[precision]
         backbone_path, head_path = (resolve_inside(folder, g) for g in (graphs.backbone, graphs.head))
-        verify_files(folder, manifest, ["tokenizer.json", graphs.backbone, graphs.head])
+        verify_files(folder, manifest, ["tokenizer.json"])
+        others = [f for prec, g in cfg.graphs.items() if prec != precision for f in (g.backbone, g.head)]
+        verify_graph_dirs(folder, manifest, graphs, others)
         if threads is None:
             threads = min(DEFAULT_THREADS, os.cpu_count() or 1)
-        if not isinstance(threads, int) or threads < 1:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive int, got {threads!r}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.log_severity_level = 3
-
-        def session(path: Path, inputs: list[str], outputs: list[str]) -> ort.InferenceSession:
-            try:
-                sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            except Exception as e:  # onnxruntime raises its own exception types
-                raise ModelFolderError(f"onnxruntime cannot load {path}: {e}") from e
-            have_in = {i.name for i in sess.get_inputs()}
-            have_out = {o.name for o in sess.get_outputs()}
-            if set(inputs) != have_in or not set(outputs) <= have_out:
-                raise ModelFolderError(
-                    f"{path} has inputs {sorted(have_in)} and outputs {sorted(have_out)}; config.json "
-                    f"expects inputs {inputs} and outputs {outputs}")
-            return sess
-
-        tokenizer = TextTokenizer(folder / "tokenizer.json", cfg.max_length)
+        try:
+            tokenizer = TextTokenizer(folder / "tokenizer.json", cfg.max_length)
+        except Exception as e:  # tokenizers raises its own exception types
+            raise ModelFolderError(f"{folder / 'tokenizer.json'} cannot be read: {str(e)[:200]}") from e
+        backbone = _session(backbone_path, threads, cfg.backbone_inputs, [cfg.backbone_output])
+        head = _session(head_path, threads, [cfg.head_input], cfg.head_outputs)
+        _check_graphs(folder, cfg, backbone, head, tokenizer)
         model_hash = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()[:16]
-        backbone = session(backbone_path, cfg.backbone_inputs, [cfg.backbone_output])
-        head = session(head_path, [cfg.head_input], cfg.head_outputs)
         return cls(folder, cfg, backbone, head, tokenizer,
                    precision, threads, model_hash)
 
@@ -162,12 +197,14 @@ class RewardModel:
 
     # ------------------------------------------------------------ core forward
     def expert_outputs(self, pairs: Sequence[tuple[Prompt, str]], *, batch_size: int = 32,
-                       progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+                       progress: Callable[[int], None] | None = None,
+                       allow_empty: bool = True) -> dict[str, np.ndarray]:
         """Dense per-expert outputs for (prompt, response) pairs, in input order.
 
         Each distinct prompt and response text is embedded once per ``PAIRS_PER_CHUNK`` pairs (a
         ranking call embeds its prompt once, not once per candidate). ``progress``, if given, is
-        called with the number of pairs done after each chunk.
+        called with the number of pairs done after each chunk. An empty response is scored unless
+        ``allow_empty=False``.
 
         Returns:
             ``{"gating_output": (N, K), "rewards": (N, K), "truncated": (N,) bool}``;
@@ -175,7 +212,7 @@ class RewardModel:
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        texts = self._check_pairs(pairs)
+        texts = self._check_pairs(pairs, allow_empty=allow_empty)
         N, K, cfg = len(texts), self.n_experts, self.config
         gating = np.zeros((N, K), dtype=np.float32)  # (N, K)
         rewards = np.zeros((N, K), dtype=np.float32)  # (N, K)
@@ -243,31 +280,41 @@ class RewardModel:
 
     # ----------------------------------------------------------------- scoring
     def score_pairs(self, pairs: Sequence[tuple[Prompt, str]], *, user: User = None,
-                    batch_size: int = 32, progress: Callable[[int], None] | None = None) -> np.ndarray:
+                    batch_size: int = 32, progress: Callable[[int], None] | None = None,
+                    allow_empty: bool = True) -> np.ndarray:
         """Scores of (prompt, response) pairs, (N,) float64, in input order.
 
-        ``progress``, if given, is called with the number of pairs done after each batch.
+        ``progress``, if given, is called with the number of pairs done after each batch. An empty
+        or whitespace-only response is scored like any text; ``allow_empty=False`` refuses it.
         """
         w = self.user_weights(user)
-        out = self.expert_outputs(pairs, batch_size=batch_size, progress=progress)
+        out = self.expert_outputs(pairs, batch_size=batch_size, progress=progress, allow_empty=allow_empty)
         return combine(out["gating_output"], out["rewards"], w)  # (N,)
 
     def score(self, prompt: Prompt, responses: str | Sequence[str], *, user: User = None,
-              batch_size: int = 32) -> float | np.ndarray:
+              batch_size: int = 32, allow_empty: bool = True) -> float | np.ndarray:
         """Score one response (returns ``float``) or a list of them (returns (n,) array)."""
         if isinstance(responses, str):
-            return float(self.score_pairs([(prompt, responses)], user=user)[0])
+            pair = self.check_pair((prompt, responses))
+            return float(self.score_pairs([pair], user=user, allow_empty=allow_empty)[0])
         responses = self._check_list(responses, "responses")
-        return self.score_pairs([(prompt, r) for r in responses], user=user, batch_size=batch_size)
+        return self.score_pairs([(prompt, r) for r in responses], user=user, batch_size=batch_size,
+                                allow_empty=allow_empty)
 
     def rank(self, prompt: Prompt, responses: Sequence[str], *, user: User = None,
-             top_k: int | None = None) -> list[dict[str, Any]]:
-        """Responses sorted by score, best first: ``[{"corpus_id", "score", "text"}, ...]``."""
+             top_k: int | None = None, allow_empty: bool = True) -> list[dict[str, Any]]:
+        """Responses sorted by score, best first: ``[{"corpus_id", "score", "text"}, ...]``.
+
+        ``top_k`` (a positive int) keeps the best ``top_k``; ties keep input order.
+        """
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
+                                  or top_k < 1):
+            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
         responses = self._check_list(responses, "responses")
-        scores = self.score_pairs([(prompt, r) for r in responses], user=user)  # (n,)
+        scores = self.score_pairs([(prompt, r) for r in responses], user=user, allow_empty=allow_empty)  # (n,)
         order = np.argsort(-scores, kind="stable")
         if top_k is not None:
-            order = order[:top_k]
+            order = order[:int(top_k)]
         return [{"corpus_id": int(i), "score": float(scores[i]), "text": responses[i]} for i in order]
 
     def explain(self, prompt: Prompt, response: str, *, user: User = None) -> dict[str, Any]:
@@ -278,7 +325,7 @@ class RewardModel:
         ``score == sum(contributions) == sum(gating_output * weights * rewards)``.
         """
         w = self.user_weights(user)
-        out = self.expert_outputs([(prompt, response)])
+        out = self.expert_outputs([self.check_pair((prompt, response))])
         gates, rewards = out["gating_output"][0], out["rewards"][0]  # (K,), (K,)
         contributions = expert_features(gates, rewards) * w + 0.0  # (K,); + 0.0: no -0.0 for unrouted experts
         return {"score": float(contributions.sum()), "rewards": rewards, "gating_output": gates,
@@ -289,13 +336,11 @@ class RewardModel:
     def comparison_features(self, comparisons: Iterable[dict[str, Any]], *,
                             batch_size: int = 32) -> np.ndarray:
         """phi = (pi * r)(chosen) - (pi * r)(rejected) for each comparison, (N, K)."""
-        comps = list(comparisons)
+        if isinstance(comparisons, (str, bytes, dict)) or not isinstance(comparisons, Iterable):
+            raise TypeError(f"comparisons must be a list of dicts, got {type(comparisons).__name__}")
         pairs: list[tuple[Prompt, str]] = []
-        for i, c in enumerate(comps):
-            if not isinstance(c, dict) or "chosen" not in c or "rejected" not in c:
-                raise ValueError(f"comparison {i} must be a dict with 'chosen' and 'rejected' (and 'prompt')")
-            prompt = c.get("prompt", "")
-            pairs += [(prompt, c["chosen"]), (prompt, c["rejected"])]
+        for i, c in enumerate(comparisons):
+            pairs += self.check_comparison(c, f"comparison {i}")
         out = self.expert_outputs(pairs, batch_size=batch_size)
         phi = expert_features(out["gating_output"], out["rewards"])  # (2N, K)
         return phi[0::2] - phi[1::2]  # (N, K)
@@ -309,10 +354,8 @@ class RewardModel:
         """
         lam = self.config.default_prior_strength if prior_strength is None else prior_strength
         phi = self.comparison_features(comparisons)  # (N, K)
-        profile = UserProfile(user_id=user_id, prior_strength=lam,
-                              prior_precision=self._prior_precision).fit(phi, self._w0)
-        profile.model_id, profile.model_hash = self.config.model_id, self.model_hash
-        return profile
+        return UserProfile(user_id=user_id, prior_strength=lam, prior_precision=self._prior_precision,
+                           model_id=self.config.model_id, model_hash=self.model_hash).fit(phi, self._w0)
 
     def next_comparison(self, prompt: Prompt, candidates: Sequence[str], *,
                         user: User = None) -> dict[str, Any]:
@@ -336,14 +379,13 @@ class RewardModel:
                prior_covariance(self.config.default_prior_strength, self._prior_precision, self.n_experts))
         out = self.expert_outputs([(prompt, c) for c in candidates])
         f = expert_features(out["gating_output"], out["rewards"])  # (n, K)
+        gain, p_first, variance = candidate_pair_gains(f, mean, cov)  # (n, n) each
         i, j = all_pairs(len(candidates))
-        phi = f[i] - f[j]  # (P, K)
-        gain = variance_reduction(phi, mean, cov)  # (P,)
-        b = int(np.argmax(gain))
-        return {"pair": (int(i[b]), int(j[b])), "responses": (candidates[i[b]], candidates[j[b]]),
-                "variance_reduction": float(gain[b]),
-                "p_first": float(preference_probability(phi[b:b + 1], mean, cov)[0]),
-                "variance": float(phi[b] @ cov @ phi[b])}
+        b = int(np.argmax(gain[i, j]))  # the first best pair in (i, j) order
+        a, c = int(i[b]), int(j[b])
+        return {"pair": (a, c), "responses": (candidates[a], candidates[c]),
+                "variance_reduction": float(gain[a, c]), "p_first": float(p_first[a, c]),
+                "variance": float(variance[a, c])}
 
     def describe_experts(self, *, n_texts: int = 3, n_attributes: int | None = 3) -> list[dict[str, Any]]:
         """Expert cards: what each expert does, read off the reference corpus shipped in the folder.
@@ -371,7 +413,10 @@ class RewardModel:
     # ----------------------------------------------------------------- checks
     def check_profile(self, profile: UserProfile) -> None:
         """Raise ``ValueError`` unless ``profile`` was fitted for this exact model."""
-        if profile.model_hash is not None and profile.model_hash != self.model_hash:
+        if profile.model_hash is None:
+            raise ValueError(f"user profile {profile.user_id!r} names no model (model_hash is None); fit it with "
+                             "RewardModel.fit_user, or pass model_hash=model.model_hash to UserProfile")
+        if profile.model_hash != self.model_hash:
             raise ValueError(
                 f"user profile {profile.user_id!r} was fitted for model {profile.model_id!r} "
                 f"({profile.model_hash}), not this one ({self.config.model_id!r}, {self.model_hash}); "
@@ -392,30 +437,53 @@ class RewardModel:
             raise TypeError("user must be a UserProfile or a weight vector; load a profile file "
                             "with UserProfile.load(path)")
         else:
-            w = np.asarray(user, dtype=np.float64)
+            try:
+                w = np.asarray(user, dtype=np.float64)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"user must be None, a UserProfile or {self.n_experts} weights, got "
+                                f"{type(user).__name__} ({e})") from None
         if w.shape != (self.n_experts,):
             raise ValueError(f"user weights have shape {w.shape}, this model has n_experts={self.n_experts}")
         if not np.isfinite(w).all():
             raise ValueError("user weights contain NaN or inf")
         return w
 
-    def check_pair(self, pair: Any, where: str = "pair") -> tuple[str, str]:
+    def check_pair(self, pair: Any, where: str = "") -> tuple[str, str]:
         """One (prompt, response) as checked texts; ``TypeError``/``ValueError`` naming ``where`` if bad."""
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise TypeError(f"{where} must be a (prompt, response) tuple, got {pair!r:.80}")
-        n = self.config.max_chars
-        return check_prompt(pair[0], n, f"prompt of {where}"), check_response(pair[1], n, f"response of {where}")
+            raise TypeError(f"{where or 'a pair'} must be a (prompt, response) tuple, got {pair!r:.80}")
+        n, of = self.config.max_chars, f" of {where}" if where else ""
+        return check_prompt(pair[0], n, f"prompt{of}"), check_response(pair[1], n, f"response{of}")
 
-    def _check_pairs(self, pairs: Sequence[tuple[Prompt, str]]) -> list[tuple[str, str]]:
-        if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Iterable):
-            raise TypeError("pairs must be a list of (prompt, response) tuples")
-        return [self.check_pair(pr, f"pair {i}") for i, pr in enumerate(pairs)]
+    def check_comparison(self, comparison: Any, where: str = "comparison") -> list[tuple[str, str]]:
+        """A ``{"prompt", "chosen", "rejected"}`` record as its two checked (prompt, response) pairs."""
+        c = comparison
+        if not isinstance(c, dict) or "chosen" not in c or "rejected" not in c:
+            raise ValueError(f"{where} must be a dict with 'chosen' and 'rejected' (and 'prompt'), got {c!r:.80}")
+        n = self.config.max_chars
+        prompt = check_prompt(c.get("prompt", ""), n, f"prompt of {where}")
+        return [(prompt, check_response(c["chosen"], n, f"chosen of {where}")),
+                (prompt, check_response(c["rejected"], n, f"rejected of {where}"))]
+
+    def _check_pairs(self, pairs: Sequence[tuple[Prompt, str]], allow_empty: bool = True) -> list[tuple[str, str]]:
+        if isinstance(pairs, (str, bytes, dict)) or not isinstance(pairs, Iterable):
+            raise TypeError(f"pairs must be a list of (prompt, response) tuples, got {type(pairs).__name__}")
+        checked = [self.check_pair(pr, f"pair {i}") for i, pr in enumerate(pairs)]
+        if not allow_empty:
+            for i, (_, r) in enumerate(checked):
+                check_response(r, self.config.max_chars, f"response of pair {i}", allow_empty=False)
+        return checked
 
     @staticmethod
     def _check_list(responses: Any, what: str) -> list[str]:
-        if isinstance(responses, (str, bytes)) or not isinstance(responses, Iterable):
-            raise TypeError(f"{what} must be a list of strings")
-        return list(responses)
+        """A list of response texts; ``TypeError`` naming ``what`` and the item otherwise."""
+        if isinstance(responses, (str, bytes, dict, set, frozenset)) or not isinstance(responses, Iterable):
+            raise TypeError(f"{what} must be a list of strings, got {type(responses).__name__}")
+        texts = list(responses)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"{what}[{i}] must be a string, got {type(t).__name__}")
+        return texts
 
     def __repr__(self) -> str:
         return (f"RewardModel({self.config.model_id!r}, n_experts={self.n_experts}, top_k={self.top_k}, "

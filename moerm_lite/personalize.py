@@ -25,10 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import expit, log_expit
 
-from .folder import atomic_write_text
+from .files import file_lock, locked_write_text
 
 if TYPE_CHECKING:
     from .model import RewardModel
@@ -50,6 +48,9 @@ def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float,
     Returns:
         ``(w, cov)`` with shapes (K,) and (K, K).
     """
+    from scipy.optimize import minimize  # here, not at import: scoring never needs scipy
+    from scipy.special import expit, log_expit
+
     w0 = np.asarray(w0, dtype=np.float64)  # (K,)
     phi = np.asarray(phi, dtype=np.float64).reshape(-1, len(w0))  # (N, K)
     lam = float(prior_strength)
@@ -60,7 +61,10 @@ def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float,
     P = np.eye(len(w0)) if prior_precision is None else np.asarray(prior_precision, np.float64)  # (K, K)
     if P.shape != (len(w0), len(w0)):
         raise ValueError(f"prior_precision must be ({len(w0)}, {len(w0)}), got {P.shape}")
+    check_spd(P, "prior_precision")
     lam_p = lam * P  # (K, K)
+    if not np.isfinite(lam_p).all():
+        raise ValueError(f"prior_strength {prior_strength!r} times prior_precision overflows")
 
     def loss_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
         z = phi @ w  # (N,)
@@ -77,7 +81,27 @@ def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float,
         w = res.x
     s = expit(phi @ w)  # (N,)
     hess = (phi * (s * (1 - s))[:, None]).T @ phi + lam_p  # (K, K)
-    return w, np.linalg.inv(hess)
+    try:
+        cov = np.linalg.inv(hess)  # (K, K); LinAlgError (a ValueError) if singular
+        if not np.isfinite(w).all():
+            raise ValueError("weights are not finite")
+        check_spd(cov, "the posterior covariance")
+    except ValueError as e:
+        raise ValueError(f"the fit failed with prior_strength {prior_strength!r} ({e}); use a moderate "
+                         "prior_strength") from None
+    return w, cov
+
+
+def check_spd(M: np.ndarray, what: str) -> None:
+    """``ValueError`` unless ``M`` is a finite, symmetric, positive definite matrix."""
+    M = np.asarray(M, dtype=np.float64)
+    if M.ndim != 2 or M.shape[0] != M.shape[1] or not np.isfinite(M).all():
+        raise ValueError(f"{what} must be a finite square matrix, got shape {M.shape}")
+    scale = max(float(np.abs(M).max()), 1e-300)
+    if not np.allclose(M, M.T, rtol=0, atol=1e-8 * scale):
+        raise ValueError(f"{what} is not symmetric")
+    if len(M) and np.linalg.eigvalsh((M + M.T) / 2).min() <= 0:
+        raise ValueError(f"{what} is not positive definite")
 
 
 class UserProfile:
@@ -90,12 +114,13 @@ class UserProfile:
     """
 
     def __init__(self, user_id: str | None = None, prior_strength: float = 1.0,
-                 prior_precision: np.ndarray | None = None) -> None:
+                 prior_precision: np.ndarray | None = None, *, model_id: str | None = None,
+                 model_hash: str | None = None) -> None:
         self.user_id = user_id
         self.prior_strength = prior_strength
         self.prior_precision = prior_precision  # (K, K) or None: the identity
-        self.model_id: str | None = None
-        self.model_hash: str | None = None
+        self.model_id = model_id
+        self.model_hash = model_hash  # the model this profile belongs to; required to save and to score
 
     def fit(self, features: np.ndarray, w0: np.ndarray) -> UserProfile:
         """Fit ``weights_`` from (N, K) comparison features around the prior ``w0``."""
@@ -133,6 +158,24 @@ class UserProfile:
         model.check_profile(self)
         return self.partial_fit(model.comparison_features(comparisons))
 
+    @classmethod
+    def update_saved(cls, path: str | Path, features: np.ndarray, model_hash: str) -> UserProfile:
+        """Fold (M, K) comparison features into the profile saved at ``path`` and save it, as one step.
+
+        Read, update and write happen under a lock on the file, so concurrent updates of one
+        profile (two ``moerm-lite fit --update`` at once) all land. ``model_hash`` is the hash of
+        the model that computed ``features``; a profile of another model is refused.
+        """
+        path = Path(path)
+        with file_lock(path):
+            profile = cls.load(path)
+            if profile.model_hash != model_hash:
+                raise ValueError(f"user profile {path} was fitted for model {profile.model_id!r} "
+                                 f"({profile.model_hash}), not this one ({model_hash}); refit it")
+            profile.partial_fit(features)
+            locked_write_text(path, profile.to_json())
+        return profile
+
     def uncertainty(self, features: np.ndarray) -> np.ndarray:
         """Posterior variance of score differences, ``phi^T Sigma phi``, for (N, K) or (K,) features.
 
@@ -152,6 +195,9 @@ class UserProfile:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the on-disk format)."""
         self._check_fitted()
+        if not isinstance(self.model_hash, str) or not self.model_hash:
+            raise ValueError(f"user profile {self.user_id!r} names no model (model_hash is {self.model_hash!r}); "
+                             "fit it with RewardModel.fit_user or pass model_hash= to UserProfile")
         return {
             "schema_version": PROFILE_SCHEMA_VERSION,
             "user_id": self.user_id,
@@ -175,11 +221,16 @@ class UserProfile:
         if d.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
             raise ValueError(f"user profile has schema_version {d.get('schema_version')!r}, "
                              f"expected one of {READABLE_SCHEMA_VERSIONS}")
+        if not isinstance(d.get("model_hash"), str) or not d["model_hash"]:
+            raise ValueError(f"user profile names no model: model_hash must be a string, got {d.get('model_hash')!r}")
+        for key in ("user_id", "model_id"):
+            if d.get(key) is not None and not isinstance(d[key], str):
+                raise ValueError(f"user profile is malformed: {key} must be a string or null")
         try:
             pp = d.get("prior_precision")
             p = cls(user_id=d["user_id"], prior_strength=float(d["prior_strength"]),
-                    prior_precision=None if pp is None else np.asarray(pp, dtype=np.float64))
-            p.model_id, p.model_hash = d["model_id"], d["model_hash"]
+                    prior_precision=None if pp is None else np.asarray(pp, dtype=np.float64),
+                    model_id=d["model_id"], model_hash=d["model_hash"])
             p.weights_ = np.asarray(d["weights"], dtype=np.float64)
             p.w0_ = np.asarray(d["w0"], dtype=np.float64)
             p.covariance_ = np.asarray(d["covariance"], dtype=np.float64)
@@ -196,15 +247,28 @@ class UserProfile:
         if p.features_ is not None and len(p.features_) != p.n_comparisons_:
             raise ValueError(f"user profile is malformed: {len(p.features_)} stored comparisons, "
                              f"n_comparisons says {p.n_comparisons_}")
-        if not (np.isfinite(p.weights_).all() and np.isfinite(p.covariance_).all()
+        if not (np.isfinite(p.weights_).all() and np.isfinite(p.w0_).all()
                 and (p.features_ is None or np.isfinite(p.features_).all())):
-            raise ValueError("user profile contains NaN or inf weights")
+            raise ValueError("user profile contains NaN or inf weights or features")
+        if not (math.isfinite(p.prior_strength) and p.prior_strength > 0):
+            raise ValueError(f"user profile is malformed: prior_strength must be positive, got {p.prior_strength}")
+        check_spd(p.covariance_, "user profile covariance")
+        if p.prior_precision is not None:
+            check_spd(p.prior_precision, "user profile prior_precision")
+        if p.n_comparisons_ < 0:
+            raise ValueError("user profile is malformed: n_comparisons is negative")
         return p
 
+    def to_json(self) -> str:
+        """The on-disk text of the profile."""
+        return json.dumps(self.to_dict(), indent=1) + "\n"
+
     def save(self, path: str | Path) -> Path:
-        """Write the profile as JSON, atomically (temp file + rename)."""
+        """Write the profile as JSON, atomically (temp file + rename, under a lock on the file)."""
         path = Path(path)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        text = self.to_json()
+        with file_lock(path):
+            locked_write_text(path, text)
         return path
 
     @classmethod
@@ -215,9 +279,12 @@ class UserProfile:
             raise FileNotFoundError(f"no user profile at {path}")
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+            raise ValueError(f"user profile {path} is not valid JSON: {str(e)[:200]}") from None
+        try:
+            return cls.from_dict(d)
         except ValueError as e:
-            raise ValueError(f"user profile {path} is not valid JSON: {e}") from e
-        return cls.from_dict(d)
+            raise ValueError(f"{path}: {e}") from None
 
     def __repr__(self) -> str:
         n = getattr(self, "n_comparisons_", None)

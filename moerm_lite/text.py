@@ -28,9 +28,10 @@ def render_messages(messages: Messages) -> str:
     """
     parts = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+        content = m.get("content") if isinstance(m, dict) else None
+        if not isinstance(m, dict) or not (content is None or isinstance(content, str)):
             raise TypeError(f"message {i} must be a dict with a string 'content', got {m!r:.80}")
-        parts.append(f"{m.get('role', 'user')}: {m['content']}")
+        parts.append(f"{m.get('role', 'user')}: {content or ''}")  # content None (a tool call) is empty
     return "\n\n".join(parts)
 
 
@@ -45,12 +46,16 @@ def check_prompt(prompt: Any, max_chars: int, where: str = "prompt") -> str:
     return prompt
 
 
-def check_response(response: Any, max_chars: int, where: str = "response") -> str:
-    """A response must be a non-empty string within the size limit."""
+def check_response(response: Any, max_chars: int, where: str = "response", *, allow_empty: bool = True) -> str:
+    """A response must be a string within the size limit.
+
+    An empty or whitespace-only response is a text like any other and is scored (an RL policy
+    that emits EOS first produces one); ``allow_empty=False`` refuses it instead.
+    """
     if not isinstance(response, str):
         raise TypeError(f"{where} must be a string, got {type(response).__name__}")
-    if not response.strip():
-        raise ValueError(f"{where} is empty: there is nothing to score")
+    if not allow_empty and not response.strip():
+        raise ValueError(f"{where} is empty or whitespace only (allow_empty=False)")
     if len(response) > max_chars:
         raise ValueError(f"{where} has {len(response):,} characters, more than the limit of {max_chars:,}")
     return response
@@ -77,6 +82,7 @@ class TextTokenizer:
             self._tok[role] = tok
         pad = self._tok["response"].token_to_id("[PAD]")
         self.pad_id = 0 if pad is None else pad
+        self.vocab_size = self._tok["response"].get_vocab_size(with_added_tokens=True)
 
     def encode(self, texts: Sequence[str], role: str = "response") -> tuple[list[np.ndarray], np.ndarray]:
         """Token ids per text (unpadded) and which texts were truncated, (N,) bool."""

@@ -100,8 +100,8 @@ def test_next_comparison_bad_input(tiny_fp32):
         tiny_fp32.next_comparison("why", ["only one"])
     with pytest.raises(TypeError, match="list of strings"):
         tiny_fp32.next_comparison("why", "not a list")
-    with pytest.raises(ValueError, match="empty"):
-        tiny_fp32.next_comparison("why", ["good", ""])
+    with pytest.raises(TypeError, match=r"candidates\[1\] must be a string"):
+        tiny_fp32.next_comparison("why", ["good", None])
 
 
 def test_variance_reduction_equals_the_sum_over_targets_and_scales():
@@ -118,3 +118,19 @@ def test_variance_reduction_equals_the_sum_over_targets_and_scales():
     np.testing.assert_allclose(variance_reduction(phi, mean, cov, targets), brute, rtol=1e-10)
     big = rng.normal(size=(300 * 299 // 2, K))  # every pair of 300 candidates, each its own target
     assert variance_reduction(big, mean, cov).shape == (44850,)
+
+
+def test_candidate_pair_gains_equal_the_pair_table():
+    """The (n, n) Gram form equals variance_reduction on the explicit (P, K) table of differences."""
+    from moerm_lite.active import candidate_pair_gains
+
+    rng = np.random.default_rng(5)
+    F = rng.normal(size=(30, 7))
+    A = rng.normal(size=(7, 7))
+    mean, cov = rng.normal(size=7), A @ A.T / 7 + 0.1 * np.eye(7)
+    i, j = all_pairs(30)
+    phi = F[i] - F[j]
+    gain, p, v = candidate_pair_gains(F, mean, cov)
+    np.testing.assert_allclose(gain[i, j], variance_reduction(phi, mean, cov), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(p[i, j], preference_probability(phi, mean, cov), rtol=1e-10)
+    np.testing.assert_allclose(v[i, j], np.einsum("pk,kl,pl->p", phi, cov, phi), rtol=1e-8, atol=1e-12)

@@ -61,7 +61,7 @@ def test_score_rank_explain_fit(tiny_folder, tmp_path):
 @pytest.mark.parametrize("content,msg", [
     ('{"prompt": "q"}\n', "no 'response' field"),
     ("not json\n", "not valid JSON"),
-    ('{"response": ""}\n', "empty"),
+    ('{"response": 3}\n', "must be a string"),
     ("[1, 2]\n", "JSON object"),
 ])
 def test_bad_input_exit_code(tiny_folder, tmp_path, capsys, content, msg):
@@ -75,7 +75,7 @@ def test_bad_input_exit_code(tiny_folder, tmp_path, capsys, content, msg):
 
 def test_errors_name_the_line_in_every_command(tiny_folder, tmp_path, capsys):
     good = {"prompt": "q", "responses": ["good", "bad"]}
-    f = write_jsonl(tmp_path / "r.jsonl", [good, good, {"prompt": "q", "responses": ["good", ""]}])
+    f = write_jsonl(tmp_path / "r.jsonl", [good, good, {"prompt": "q", "responses": ["good", 5]}])
     code, _ = run(["rank", "--model", str(tiny_folder), "-i", f])
     assert code == 2 and f"line 3 of {f}: " in capsys.readouterr().err
     comps = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "q", "chosen": "good", "rejected": "bad"},
@@ -132,3 +132,53 @@ def test_progress_bar_only_for_long_inputs():
     p(200)
     p(200)
     assert "400/400" in s.getvalue() and s.getvalue().endswith("\n")
+
+
+@pytest.mark.parametrize("command,field", [("score", "response"), ("explain", "response"),
+                                           ("rank", "responses"), ("next", "candidates")])
+def test_all_or_nothing_and_skip_bad(tiny_folder, tmp_path, capsys, command, field):
+    """A bad row 3 stops the command before anything is written, named by its line; --skip-bad
+    writes the good rows (input fields such as id carried along), lists the bad one and exits 3."""
+    good = "the cat is good" if field == "response" else ["the cat is good", "rude"]
+    bad = 7 if field == "response" else ["ok", 7]
+    rows = [{"id": "a", "prompt": "why", field: good}, {"id": "b", "prompt": "why", field: good},
+            {"id": "c", "prompt": "why", field: bad}, {"id": "d", "prompt": "how", field: good}]
+    f = write_jsonl(tmp_path / "in.jsonl", rows)
+    code, out = run([command, "--model", str(tiny_folder), "-i", f])
+    err = capsys.readouterr().err
+    assert code == 2 and out == "" and f"line 3 of {f}:" in err and "pair" not in err
+    code, out = run([command, "--model", str(tiny_folder), "-i", f, "--skip-bad"])
+    err = capsys.readouterr().err
+    got = [json.loads(x) for x in out.splitlines()]
+    assert code == 3 and [g["id"] for g in got] == ["a", "b", "d"] and f"line 3 of {f}:" in err
+    assert got[2]["prompt"] == "how" and field not in got[0] or command in ("score", "explain")
+
+
+def test_fit_skip_bad_and_line_numbers(tiny_folder, tmp_path, capsys):
+    comps = [{"prompt": "q", "chosen": "good", "rejected": "bad"}] * 3 + [{"prompt": "q", "chosen": "good"}]
+    f = tmp_path / "c.jsonl"
+    f.write_text("".join(json.dumps(c) + "\n" for c in comps) + "{not json\n")
+    code, _ = run(["fit", str(f), "-o", str(tmp_path / "u.json"), "--model", str(tiny_folder)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"line 4 of {f}:" in err and not (tmp_path / "u.json").exists()
+    code, _ = run(["fit", str(f), "-o", str(tmp_path / "u.json"), "--model", str(tiny_folder), "--skip-bad"])
+    err = capsys.readouterr().err
+    assert code == 3 and f"line 4 of {f}" in err and f"line 5 of {f}" in err
+    assert UserProfile.load(tmp_path / "u.json").n_comparisons_ == 3
+
+
+def test_concurrent_fit_updates_lose_nothing(tiny_folder, tmp_path):
+    """Two `moerm-lite fit --update` on one profile at once: both updates land (3 trials here; the
+    issue's 50-trial run is in the session note)."""
+    import subprocess
+    import sys
+
+    comps = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "q", "chosen": "good", "rejected": "bad"}])
+    prof = tmp_path / "u.json"
+    assert run(["fit", comps, "-o", str(prof), "--model", str(tiny_folder)])[0] == 0
+    cmd = [sys.executable, "-m", "moerm_lite", "fit", comps, "--update", str(prof), "--model", str(tiny_folder),
+           "--threads", "1"]
+    for trial in range(3):
+        procs = [subprocess.Popen(cmd, stderr=subprocess.DEVNULL) for _ in range(2)]
+        assert [p.wait(timeout=120) for p in procs] == [0, 0]
+        assert UserProfile.load(prof).n_comparisons_ == 1 + 2 * (trial + 1)

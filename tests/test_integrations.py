@@ -73,19 +73,25 @@ def test_completion_text():
         completion_text(3)
 
 
-def test_trl_empty_completion_gets_none_and_the_batch_survives(tiny_fp32):
-    """GRPO samples empty completions (EOS first): that sample gets None (NaN in TRL), the others their score."""
+def test_rl_adapters_score_every_sample(tiny_fp32):
+    """GRPO samples empty completions (EOS first) and runaway ones: each gets a float, as the core API
+    scores it; one odd sample never fails the batch."""
     ann = tiny_fp32.fit_user(COMPS, user_id="ann")
-    completions = COMPLETIONS[:2] + ["", "  "] + COMPLETIONS[2:]
+    huge = "the cat is good " * 10_000  # over max_chars
+    completions = COMPLETIONS[:2] + ["", huge] + COMPLETIONS[2:]
     prompts = PROMPTS[:2] + ["q", "q"] + PROMPTS[2:]
+    expect_text = completions[:3] + [huge[:tiny_fp32.config.max_chars]] + completions[4:]
     for f, kw in ((trl_reward_func(tiny_fp32), {}),
                   (trl_reward_func(tiny_fp32, profiles={"ann": ann}), {"user_id": ["ann", None, "ann", None, "ann"]})):
         got = f(prompts, completions, **kw)
-        assert got[2] is None and got[3] is None and len(got) == 5
         users = kw.get("user_id", [None] * 5)
-        for i in (0, 1, 4):
-            assert got[i] == pytest.approx(tiny_fp32.score(prompts[i], completions[i],
+        assert len(got) == 5 and all(isinstance(g, float) for g in got)
+        for i in range(5):
+            assert got[i] == pytest.approx(tiny_fp32.score(prompts[i], expect_text[i],
                                                            user=ann if users[i] else None), abs=1e-6)
+    r = openrlhf_reward_func(tiny_fp32)(["q", "q" + huge], ["q", "q"], None)["rewards"]
+    assert r.shape == (2,) and r[0] == pytest.approx(tiny_fp32.score("q", ""), abs=1e-5)
+    assert completion_text([{"role": "assistant", "content": None}]) == ""
 
 
 def test_unfitted_profile_is_a_clear_error(tiny_fp32):

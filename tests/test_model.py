@@ -110,8 +110,6 @@ def test_empty_prompt_allowed_chat_prompt_rendered(tiny_fp32):
 
 
 @pytest.mark.parametrize("prompt,response,exc,match", [
-    ("q", "", ValueError, "empty"),
-    ("q", "   ", ValueError, "empty"),
     ("q", None, TypeError, "string"),
     ("q", 3.5, TypeError, "string"),
     (None, "ok", TypeError, "prompt"),
@@ -120,6 +118,55 @@ def test_empty_prompt_allowed_chat_prompt_rendered(tiny_fp32):
 def test_bad_text(tiny_fp32, prompt, response, exc, match):
     with pytest.raises(exc, match=match):
         tiny_fp32.score_pairs([(prompt, response)])
+
+
+def test_empty_responses_are_scored_unless_refused(tiny_fp32):
+    """One rule everywhere: an empty or whitespace-only reply is a text and gets a finite score."""
+    m = tiny_fp32
+    s = m.score("q", ["", "   ", "\u3000", "\u200b", "ok"])
+    assert np.isfinite(s).all() and s[0] == s[1] == s[2]  # whitespace tokenizes to nothing, like ""
+    assert m.score("q", "") == pytest.approx(s[0])
+    assert [r["text"] for r in m.rank("q", ["ok", ""])] in (["ok", ""], ["", "ok"])
+    for bad in ("", " \n\t", "\u3000"):
+        with pytest.raises(ValueError, match="pair 1 is empty"):
+            m.score_pairs([("q", "ok"), ("q", bad)], allow_empty=False)
+    with pytest.raises(ValueError, match="empty"):
+        m.score("q", "", allow_empty=False)
+
+
+def test_message_without_content_is_empty(tiny_fp32):
+    m = tiny_fp32
+    tool_call = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]
+    assert m.score(tool_call, "ok") == pytest.approx(m.score("user: hi\n\nassistant: ", "ok"))
+    with pytest.raises(TypeError, match="message 0"):
+        m.score([{"role": "user", "content": 3}], "ok")
+
+
+@pytest.mark.parametrize("responses,exc,match", [
+    ({"a": 1}, TypeError, "responses must be a list of strings, got dict"),
+    ({"a", "b"}, TypeError, "got set"),
+    (["ok", 2.5], TypeError, r"responses\[1\] must be a string, got float"),
+    (3.5, TypeError, "got float"),
+])
+def test_bad_response_lists_are_named(tiny_fp32, responses, exc, match):
+    with pytest.raises(exc, match=match):
+        tiny_fp32.rank("q", responses)
+    with pytest.raises(exc, match=match):
+        tiny_fp32.score("q", responses)
+
+
+@pytest.mark.parametrize("top_k", [-1, 0, 1.5, True, "2"])
+def test_rank_top_k_must_be_positive(tiny_fp32, top_k):
+    with pytest.raises(ValueError, match="top_k must be a positive int"):
+        tiny_fp32.rank("q", ["a", "b", "c"], top_k=top_k)
+    assert len(tiny_fp32.rank("q", ["a", "b", "c"], top_k=5)) == 3
+
+
+def test_bad_comparisons_are_named(tiny_fp32):
+    with pytest.raises(TypeError, match="comparisons must be a list of dicts, got float"):
+        tiny_fp32.fit_user(1.0)
+    with pytest.raises(TypeError, match="rejected of comparison 1 must be a string"):
+        tiny_fp32.fit_user([{"chosen": "a", "rejected": "b"}, {"chosen": "a", "rejected": 2}])
 
 
 def test_bad_user_weights(tiny_fp32, tiny_folder):

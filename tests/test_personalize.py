@@ -70,7 +70,7 @@ def test_bad_inputs():
 
 def test_profile_round_trip_and_atomic_save(tmp_path, monkeypatch):
     _, phi = planted(N=20)
-    p = UserProfile(user_id="alice", prior_strength=1.5).fit(phi, np.zeros(8))
+    p = UserProfile(user_id="alice", prior_strength=1.5, model_hash="0" * 16).fit(phi, np.zeros(8))
     path = p.save(tmp_path / "alice.json")
     q = UserProfile.load(path)
     np.testing.assert_array_equal(q.weights_, p.weights_)
@@ -86,7 +86,7 @@ def test_profile_round_trip_and_atomic_save(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         p.save(path)
     assert path.read_text() == before  # the old profile is intact
-    assert [f.name for f in tmp_path.iterdir()] == ["alice.json"]  # no temp file left behind
+    assert sorted(f.name for f in tmp_path.iterdir()) == [".alice.json.lock", "alice.json"]  # no temp file
 
 
 def test_profile_load_errors(tmp_path):
@@ -97,7 +97,7 @@ def test_profile_load_errors(tmp_path):
     with pytest.raises(ValueError, match="not valid JSON"):
         UserProfile.load(bad)
     _, phi = planted(N=5)
-    d = UserProfile().fit(phi, np.zeros(8)).to_dict()
+    d = UserProfile(model_hash="0" * 16).fit(phi, np.zeros(8)).to_dict()
     d["weights"][0] = float("nan")
     bad.write_text(json.dumps(d))
     with pytest.raises(ValueError, match="NaN"):
@@ -137,7 +137,7 @@ def test_prior_precision_pins_the_experts_users_never_vary_on():
 def test_profile_keeps_its_prior_precision(tmp_path):
     _, phi = planted(N=20, seed=8)
     P = random_precision(8, seed=1)
-    p = UserProfile(prior_strength=2.0, prior_precision=P).fit(phi[:10], np.zeros(8))
+    p = UserProfile(prior_strength=2.0, prior_precision=P, model_hash="0" * 16).fit(phi[:10], np.zeros(8))
     p.save(tmp_path / "p.json")
     q = UserProfile.load(tmp_path / "p.json").partial_fit(phi[10:])
     np.testing.assert_allclose(q.prior_precision, P)
@@ -150,3 +150,89 @@ def test_profile_that_is_not_an_object_is_a_clear_error(tmp_path, content):
     f.write_text(content)
     with pytest.raises(ValueError, match="must be a JSON object"):
         UserProfile.load(f)
+
+
+def saved_profile(tmp_path, **edits):
+    _, phi = planted(N=6, seed=3)
+    d = UserProfile(user_id="u", model_hash="0" * 16).fit(phi, np.zeros(8)).to_dict()
+    d.update(edits)
+    path = tmp_path / "u.json"
+    path.write_text(json.dumps(d))
+    return path
+
+
+@pytest.mark.parametrize("edits,match", [
+    ({"model_hash": None}, "names no model"),
+    ({"model_hash": ""}, "names no model"),
+    ({"covariance": (-np.eye(8)).tolist()}, "covariance is not positive definite"),
+    ({"covariance": (np.eye(8) + np.triu(np.ones((8, 8)), 1)).tolist()}, "covariance is not symmetric"),
+    ({"prior_precision": [[float("nan")] * 8] * 8}, "prior_precision must be a finite"),
+    ({"prior_strength": float("nan")}, "prior_strength"),
+    ({"prior_strength": -1.0}, "prior_strength"),
+    ({"user_id": ["x"]}, "user_id must be a string"),
+    ({"n_comparisons": 3}, "stored comparisons"),
+])
+def test_malformed_profile_files_are_refused_by_name(tmp_path, edits, match):
+    path = saved_profile(tmp_path, **edits)
+    with pytest.raises(ValueError, match=match) as e:
+        UserProfile.load(path)
+    assert str(path) in str(e.value)
+
+
+def test_profile_without_a_model_cannot_be_saved_or_used(tmp_path, tiny_fp32):
+    _, phi = planted(N=6, K=tiny_fp32.n_experts)
+    p = UserProfile().fit(phi, tiny_fp32.w0)
+    with pytest.raises(ValueError, match="names no model"):
+        p.save(tmp_path / "p.json")
+    with pytest.raises(ValueError, match="names no model"):
+        tiny_fp32.score("q", "ok", user=p)
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_absurd_prior_strength_is_refused_or_round_trips(tmp_path):
+    """A fit either fails with a clear error or writes a profile that loads again."""
+    _, phi = planted(N=6)
+    for lam in (float("inf"), 0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="prior_strength"):
+            fit_map(phi, np.zeros(8), lam)
+    with pytest.raises(ValueError, match="overflows"):
+        fit_map(phi, np.zeros(8), 1e308, 2 * np.eye(8))
+    p = UserProfile(prior_strength=1e308, model_hash="0" * 16).fit(phi, np.zeros(8))
+    q = UserProfile.load(p.save(tmp_path / "p.json"))
+    np.testing.assert_array_equal(q.weights_, np.zeros(8))
+    with pytest.raises(ValueError, match="prior_precision is not positive definite"):
+        fit_map(phi, np.zeros(8), 1.0, -np.eye(8))
+
+
+def test_save_keeps_mode_and_reuses_one_temp_name(tmp_path):
+    """A save killed mid-write leaves at most one `.NAME.tmp`, which the next save replaces."""
+    path = saved_profile(tmp_path)
+    p = UserProfile.load(path)
+    os.chmod(path, 0o640)
+    (tmp_path / ".u.json.tmp").write_text("half a profile from a killed writer")
+    p.save(path)
+    assert (path.stat().st_mode & 0o777) == 0o640
+    assert sorted(f.name for f in tmp_path.iterdir()) == [".u.json.lock", "u.json"]
+    assert UserProfile.load(path).n_comparisons_ == 6
+
+
+def _add_one(args):
+    path, seed = args
+    from moerm_lite import UserProfile as UP
+
+    phi = np.random.default_rng(seed).normal(size=(1, 8))
+    UP.update_saved(path, phi, "0" * 16)
+
+
+def test_concurrent_updates_all_land(tmp_path):
+    """Many processes folding comparisons into one profile at once: none is lost (read-modify-write
+    under a file lock)."""
+    import multiprocessing as mp
+
+    path = saved_profile(tmp_path)
+    with mp.get_context("spawn").Pool(4) as pool:
+        pool.map(_add_one, [(path, s) for s in range(24)], chunksize=1)
+    p = UserProfile.load(path)
+    assert p.n_comparisons_ == 6 + 24
+    with pytest.raises(ValueError, match="fitted for model"):
+        UserProfile.update_saved(path, np.zeros((1, 8)), "f" * 16)

@@ -1,0 +1,150 @@
+"""Property-based tests over the public entry points (hypothesis), on the tiny model.
+
+Every call either returns results with the stated properties or raises one of the documented
+exceptions (``ValueError``, ``TypeError``, ``FileNotFoundError``) with a message naming what was
+wrong. Anything else fails. CI runs a few hundred examples; for a long run:
+
+    HYPOTHESIS_PROFILE=long python -m pytest tests/test_properties.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from moerm_lite import RewardModel, UserProfile  # noqa: E402
+from tests.tiny import WORDS  # noqa: E402
+
+settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.register_profile("long", max_examples=1500, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+DOCUMENTED = (ValueError, TypeError, FileNotFoundError)
+# any text, biased towards the model's vocabulary, layout characters and odd whitespace
+word = st.sampled_from(WORDS + ["\n", "- ", "1. ", "!", "?", "```", "\u3000", "\u200b", "\x00", "é", "👍"])
+texts = st.one_of(st.text(max_size=60), st.lists(word, max_size=40).map(" ".join))
+messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system"]),
+                                           "content": st.one_of(texts, st.none())}), min_size=1, max_size=3)
+prompts = st.one_of(texts, messages)
+junk = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), texts, st.binary(max_size=8)),
+                    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(texts, inner, max_size=3)),
+                    max_leaves=8)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_folder):
+    return (RewardModel.load(tiny_folder, threads=1), RewardModel.load(tiny_folder, threads=2),
+            RewardModel.load(tiny_folder, threads=1, precision="fp32"))
+
+
+def documented(e: BaseException, *names: str) -> None:
+    """Fail unless ``e`` is a documented exception whose message names one of ``names``."""
+    assert isinstance(e, DOCUMENTED), f"undocumented {type(e).__name__}: {e}"
+    assert any(n in str(e) for n in names), f"message does not name the argument: {e}"
+
+
+@given(pairs=st.lists(st.tuples(prompts, texts), min_size=1, max_size=12), bs=st.integers(1, 13),
+       seed=st.integers(0, 2**16))
+def test_scores_finite_and_invariant_to_batch_threads_and_order(models, pairs, bs, seed):
+    one, two, _ = models
+    s = one.score_pairs(pairs)
+    assert s.shape == (len(pairs),) and s.dtype == np.float64 and np.isfinite(s).all()
+    np.testing.assert_allclose(one.score_pairs(pairs, batch_size=bs), s, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(two.score_pairs(pairs), s, rtol=0, atol=1e-5)
+    perm = np.random.default_rng(seed).permutation(len(pairs))
+    np.testing.assert_allclose(one.score_pairs([pairs[i] for i in perm]), s[perm], rtol=0, atol=1e-5)
+    single = one.score(*pairs[0])
+    assert isinstance(single, float) and single == pytest.approx(s[0], abs=1e-5)
+
+
+@given(prompt=prompts, responses=st.lists(texts, max_size=10), top_k=st.one_of(st.none(), st.integers(1, 12)))
+def test_rank_is_a_sorted_permutation(models, prompt, responses, top_k):
+    m = models[0]
+    ranking = m.rank(prompt, responses, top_k=top_k)
+    ids = [r["corpus_id"] for r in ranking]
+    n = len(responses) if top_k is None else min(top_k, len(responses))
+    assert len(ids) == n and len(set(ids)) == n and all(0 <= i < len(responses) for i in ids)
+    assert all(r["text"] == responses[r["corpus_id"]] for r in ranking)
+    scores = [r["score"] for r in ranking]
+    assert scores == sorted(scores, reverse=True) and all(isinstance(x, float) for x in scores)
+    if top_k is None and responses:
+        assert sorted(ids) == list(range(len(responses)))
+
+
+@given(prompt=prompts, response=texts)
+def test_explain_adds_up(models, prompt, response):
+    m = models[2]
+    e = m.explain(prompt, response)
+    assert math.isclose(sum(e["contributions"]), e["score"], abs_tol=1e-9)
+    assert e["score"] == pytest.approx(m.score(prompt, response), abs=1e-6)
+    assert (e["gating_output"] > 0).sum() == m.top_k + m.config.n_shared
+    json.dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in e.items()})
+
+
+comparisons = st.lists(st.fixed_dictionaries({"prompt": prompts, "chosen": texts, "rejected": texts}),
+                       max_size=6)
+
+
+@given(comps=comparisons, more=comparisons, lam=st.floats(0.05, 50))
+def test_profiles_round_trip_and_updates_equal_refits(models, tmp_path_factory, comps, more, lam):
+    m = models[2]
+    p = m.fit_user(comps, user_id="u", prior_strength=lam)
+    assert np.isfinite(p.weights_).all() and p.n_comparisons_ == len(comps)
+    path = tmp_path_factory.mktemp("profiles") / "u.json"
+    q = UserProfile.load(p.save(path))
+    np.testing.assert_array_equal(q.weights_, p.weights_)
+    assert m.score("q", "ok", user=q) == m.score("q", "ok", user=p)
+    q.update(more, m)
+    np.testing.assert_allclose(q.weights_, m.fit_user(comps + more, prior_strength=lam).weights_, atol=1e-5)
+
+
+@given(prompt=st.one_of(prompts, junk), responses=st.one_of(st.lists(texts, max_size=3), junk),
+       user=st.one_of(st.none(), junk), top_k=st.one_of(st.none(), junk))
+def test_junk_arguments_raise_documented_errors(models, prompt, responses, user, top_k):
+    m = models[0]
+    names = ("prompt", "response", "user", "top_k", "message", "weights", "pair", "candidates")
+    calls = [lambda: m.score(prompt, responses, user=user), lambda: m.rank(prompt, responses, user=user, top_k=top_k),
+             lambda: m.next_comparison(prompt, responses, user=user),
+             lambda: m.score_pairs(responses, user=user)]
+    for call in calls:
+        try:
+            out = call()
+        except Exception as e:  # noqa: BLE001 - the property is about which exceptions escape
+            documented(e, *names)
+        else:
+            assert np.isfinite(np.asarray(out if not isinstance(out, (list, dict)) else 0.0, dtype=float)).all()
+
+
+@given(comps=st.one_of(junk, st.lists(st.one_of(junk, st.fixed_dictionaries(
+    {"prompt": st.one_of(texts, junk), "chosen": st.one_of(texts, junk), "rejected": st.one_of(texts, junk)})),
+    max_size=3)), lam=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)))
+def test_junk_comparisons_raise_documented_errors(models, comps, lam):
+    m = models[0]
+    try:
+        p = m.fit_user(comps, prior_strength=lam)
+    except Exception as e:  # noqa: BLE001
+        documented(e, "comparison", "prior_strength", "prompt", "message", "fit")
+    else:
+        assert np.isfinite(p.weights_).all()
+
+
+@given(d=st.one_of(junk, st.dictionaries(st.sampled_from(
+    ["schema_version", "user_id", "model_id", "model_hash", "prior_strength", "prior_precision", "n_comparisons",
+     "weights", "w0", "covariance", "features"]), junk, max_size=11)))
+def test_junk_profile_files_raise_one_clear_error(tmp_path_factory, d):
+    path = tmp_path_factory.mktemp("junk") / "p.json"
+    path.write_text(json.dumps(d, default=str))
+    try:
+        UserProfile.load(path)
+    except ValueError as e:
+        assert str(path) in str(e) or "profile" in str(e)
