@@ -271,6 +271,47 @@ def bench_cold(repeat: int) -> list[tuple[str, str, str]]:
     return rows
 
 
+def bench_latency(model: RewardModel, pairs, n_calls: int) -> list[tuple[str, str, str]]:
+    """p50 / p99 of one ``rank`` call with 8 candidates, after warm-up (a new prompt each call)."""
+    prompts = sorted({p for p, _ in pairs})
+    cands = [r for _, r in pairs][:8]
+    model.rank(prompts[0], cands)
+    times = []
+    for i in range(n_calls):
+        t = time.perf_counter()
+        model.rank(prompts[i % len(prompts)] + f" ({i})", cands)
+        times.append(time.perf_counter() - t)
+    p50, p99 = np.percentile(times, [50, 99]) * 1e3
+    return [("latency of rank(), 8 candidates: p50 / p99", f"{p50:.1f} / {p99:.1f} ms", "")]
+
+
+def bench_catalog(model: RewardModel, pairs, size: int, repeat: int) -> list[tuple[str, str, str]]:
+    """Rank an encoded catalog of ``size`` candidates for a user: the real texts' encodings, tiled."""
+    from moerm_lite import Catalog
+
+    base = model.encode_catalog(pairs)
+    reps = -(-size // len(base))
+    big = Catalog([f"{i}" for i in range(len(base) * reps)][:size], np.tile(base.expert_index, (reps, 1))[:size],
+                  np.tile(base.gates, (reps, 1))[:size], np.tile(base.rewards, (reps, 1))[:size],
+                  n_experts=base.n_experts, w0=base.w0, model_id=base.model_id, model_hash=base.model_hash)
+    w = np.random.default_rng(0).normal(size=model.n_experts)
+    t_rank = timeit(lambda: big.rank(w, top_k=10), max(repeat, 20))
+    t_score = timeit(lambda: model.score_pairs(pairs), repeat)
+    per_text = t_score / len(pairs)
+    return [(f"catalog: rank {size:,} encoded candidates for a user, top 10", f"{1e3 * t_rank:.1f} ms",
+             f"{per_text * size / t_rank:,.0f}x faster than scoring them (goal <= 10 ms)")]
+
+
+def cpu_description() -> str:
+    """The CPU model and its int8 dot-product features, from /proc/cpuinfo."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                "unknown CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    int8 = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{name}, {os.cpu_count()} cores, int8 features: {' '.join(int8) or 'none found'}"
+
+
 def dir_size(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
@@ -301,12 +342,12 @@ def main() -> None:
     rows += bench_levers(model, pairs, repeat)
     rows += bench_experts([8, 64] if q else [8, 32, 128, 256], 3 if q else 50)
     rows += bench_fit(model, [5, 20] if q else [5, 20, 50, 200], repeat)
+    rows += bench_latency(model, pairs, 20 if q else 300)
+    rows += bench_catalog(model, pairs, 100_000, repeat)
     rows += bench_cold(1 if q else 3)
     rows += bench_footprint(model, venv=not q)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
     print(f"moerm-lite benchmark ({'quick' if q else 'full'}), {len(pairs)} texts, {args.threads} threads, "
-          f"{cpu}, {os.cpu_count()} cores")
+          f"{cpu_description()}")
     w = max(len(r[0]) for r in rows)
     for name, value, ratio in rows:
         print(f"{name:<{w}}  {value:>22}  {ratio}")

@@ -12,6 +12,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from .catalog import Catalog
 from .model import RewardModel
 from .personalize import UserProfile
 
@@ -176,7 +177,37 @@ def cmd_score(args: argparse.Namespace, out: IO[str]) -> None:
     rows.finish()
 
 
+def cmd_encode(args: argparse.Namespace, out: IO[str]) -> None:
+    m, _ = _load(args)
+    rows = Rows(args.input, args.skip_bad)
+    checked = rows.each(lambda n, r: (str(r.get("id", n)), m.check_pair(
+        (r.get("prompt", ""), _field(r, "response", n, args.input)))))
+    ids = [i for _, (i, _) in checked]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{args.input}: ids repeat (e.g. {next(i for i in ids if ids.count(i) > 1)!r}); "
+                         "give each row a distinct 'id' or none (the line number is used)")
+    catalog = m.encode_catalog([pair for _, (_, pair) in checked], ids, batch_size=args.batch_size,
+                               progress=Progress(len(checked), "encode"))
+    catalog.save(args.out)
+    sys.stderr.write(f"encoded {len(catalog)} candidates -> {args.out}\n")
+    rows.finish()
+
+
+def cmd_rank_catalog(args: argparse.Namespace, out: IO[str]) -> None:
+    """Rank an encoded catalog for a profile (or the population): no model, no backbone."""
+    catalog = Catalog.load(args.catalog)
+    user = UserProfile.load(args.user) if args.user else None
+    ranking = catalog.rank(user, top_k=args.top_k)
+    if args.format == "table":
+        for place, item in enumerate(ranking, 1):
+            out.write(f"  {place}. {item['score']:+8.3f}  {item['id']}\n")
+    else:
+        _emit(({"id": item["id"], "score": item["score"]} for item in ranking), out)
+
+
 def cmd_rank(args: argparse.Namespace, out: IO[str]) -> None:
+    if args.catalog:
+        return cmd_rank_catalog(args, out)
     m, user = _load(args)
     rows = Rows(args.input, args.skip_bad)
     done = rows.each(lambda n, r: m.rank(r.get("prompt", ""), _field(r, "responses", n, args.input),
@@ -297,8 +328,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-i", "--input", default="-", help="JSONL file (default: - , stdin)")
     sp.add_argument("--top-k", type=int, default=None, help="keep the best k responses")
     sp.add_argument("--format", choices=["jsonl", "table"], default="jsonl")
+    sp.add_argument("--catalog", default=None, metavar="NPZ",
+                    help="rank a catalog written by `encode` instead (no -i; rows {id, score})")
     common(sp)
     sp.set_defaults(fn=cmd_rank)
+    sp = sub.add_parser("encode", help='encode a catalog of JSONL records {"id", "prompt", "response"} once, '
+                                       "to rank it for any user with `rank --catalog`")
+    sp.add_argument("-i", "--input", default="-", help="JSONL file (default: - , stdin)")
+    sp.add_argument("-o", "--out", required=True, help="catalog file to write (.npz)")
+    sp.add_argument("--batch-size", type=int, default=32)
+    common(sp, user=False)
+    sp.set_defaults(fn=cmd_encode)
     sp = sub.add_parser("explain", help='per-expert breakdown of JSONL records {"prompt", "response"}')
     sp.add_argument("-i", "--input", default="-", help="JSONL file (default: - , stdin)")
     sp.add_argument("--format", choices=["jsonl", "table"], default="jsonl")

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def _write_replace(path: Path, tmp: Path, text: str, fd: int | None = None) -> None:
+def _write_replace(path: Path, tmp: Path, text: str | bytes, fd: int | None = None) -> None:
     """Write ``text`` to ``tmp`` (fsynced, the mode ``path`` has or 0644), then rename it over ``path``."""
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # mkstemp alone would leave 0600
     if fd is None:
@@ -17,8 +17,8 @@ def _write_replace(path: Path, tmp: Path, text: str, fd: int | None = None) -> N
     try:
         if hasattr(os, "fchmod"):
             os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8") if isinstance(text, str) else text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -27,8 +27,8 @@ def _write_replace(path: Path, tmp: Path, text: str, fd: int | None = None) -> N
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one.
+def atomic_write_text(path: Path, text: str | bytes) -> None:
+    """Write ``text`` (or bytes) to ``path`` so that a crash leaves either the old file or the new one.
 
     Writers that do not share a lock each get their own temporary file (``mkstemp``).
     """

@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .active import all_pairs, candidate_pair_gains, prior_covariance
+from .catalog import Catalog
 from .experts import describe_experts, read_cards, read_reference, trim_card
 from .features import feature_dim, pair_features
 from .folder import (
@@ -212,17 +213,28 @@ class RewardModel:
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        texts = self._check_pairs(pairs, allow_empty=allow_empty)
-        N, K, cfg = len(texts), self.n_experts, self.config
-        gating = np.zeros((N, K), dtype=np.float32)  # (N, K)
-        rewards = np.zeros((N, K), dtype=np.float32)  # (N, K)
+        idx, gates, rewards, truncated = self._head_outputs(self._check_pairs(pairs, allow_empty=allow_empty),
+                                                           batch_size, progress)
+        gating, rewards = scatter_topk(idx, gates, rewards, self.n_experts)  # (N, K) each
+        return {"gating_output": gating, "rewards": rewards, "truncated": truncated}
+
+    def _head_outputs(self, texts: list[tuple[str, str]], batch_size: int,
+                      progress: Callable[[int], None] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The head's sparse outputs for checked pairs: expert_index, gates, rewards, each
+        (N, k + n_shared), and which pairs were truncated, (N,) bool."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        N, cfg, width = len(texts), self.config, self.top_k + self.config.n_shared
+        idx = np.zeros((N, width), dtype=np.int64)  # (N, k + n_shared)
+        gates = np.zeros((N, width), dtype=np.float32)  # (N, k + n_shared)
+        rewards = np.zeros((N, width), dtype=np.float32)  # (N, k + n_shared)
         truncated = np.zeros(N, dtype=bool)  # (N,)
         for start in range(0, N, PAIRS_PER_CHUNK):
             chunk = texts[start:start + PAIRS_PER_CHUNK]
             x, cut = self._pair_features(chunk, batch_size)  # (B, F), (B,)
-            e_idx, gates, r = self._head.run(cfg.head_outputs, {cfg.head_input: x})  # (B, k + n_shared) each
             rows = slice(start, start + len(chunk))
-            gating[rows], rewards[rows] = scatter_topk(e_idx, gates, r, K)
+            idx[rows], gates[rows], rewards[rows] = self._head.run(cfg.head_outputs, {cfg.head_input: x})
             truncated[rows] = cut
             if progress is not None:
                 progress(len(chunk))
@@ -230,9 +242,25 @@ class RewardModel:
             log.warning("%d of %d inputs were truncated: a prompt or response was longer than max_length=%d "
                         "tokens (a prompt keeps its end, a response its start)", int(truncated.sum()), N,
                         cfg.max_length)
-        if not (np.isfinite(gating).all() and np.isfinite(rewards).all()):
+        if not (np.isfinite(gates).all() and np.isfinite(rewards).all()):
             raise FloatingPointError("the model produced NaN or inf; the model files may be broken")
-        return {"gating_output": gating, "rewards": rewards, "truncated": truncated}
+        return idx, gates, rewards, truncated
+
+    def encode_catalog(self, pairs: Sequence[tuple[Prompt, str]], ids: Sequence[Any] | None = None, *,
+                       batch_size: int = 32, progress: Callable[[int], None] | None = None) -> Catalog:
+        """Encode (prompt, response) candidates once, to rank them for any user without the backbone.
+
+        ``ids`` name the candidates (default ``"0"``, ``"1"``, ...). ``catalog.rank(user)`` equals
+        ``rank()`` on the same texts; ``catalog.save(path)`` / ``Catalog.load(path)`` keep it.
+        """
+        texts = self._check_pairs(pairs)
+        if ids is None:
+            ids = [str(i) for i in range(len(texts))]
+        elif isinstance(ids, (str, bytes)) or len(ids) != len(texts):
+            raise ValueError(f"ids must be a list of {len(texts)} names, one per pair")
+        idx, gates, rewards, _ = self._head_outputs(texts, batch_size, progress)
+        return Catalog([str(i) for i in ids], idx, gates, rewards, n_experts=self.n_experts, w0=self._w0,
+                       model_id=self.config.model_id, model_hash=self.model_hash)
 
     def pair_features(self, pairs: Sequence[tuple[Prompt, str]], *,
                       batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:

@@ -42,3 +42,21 @@ def test_blocker_really_blocks():
     """The guard above is real: with it, importing torch fails."""
     res = subprocess.run([sys.executable, "-c", BLOCK + "import torch"], capture_output=True, text=True)
     assert res.returncode != 0 and "blocked" in res.stderr
+
+
+def test_scoring_does_not_import_scipy(tiny_folder):
+    """Cold start: scipy (about 0.3 s to import) loads only when a fit or an active question needs it."""
+    code = f"""
+import sys
+from moerm_lite import RewardModel
+from moerm_lite.integrations import trl_reward_func
+m = RewardModel.load({str(tiny_folder)!r}, threads=1)
+m.rank("why", ["the cat is good", "rude"]); m.explain("why", "ok"); trl_reward_func(m)(["q"], ["a"])
+assert not [k for k in sys.modules if k.split(".")[0] == "scipy"], "scipy imported"
+m.fit_user([{{"chosen": "good", "rejected": "bad"}}])
+assert "scipy.optimize" in sys.modules
+print("OK")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(moerm_lite.__file__).parents[1])
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr

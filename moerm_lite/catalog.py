@@ -1,0 +1,132 @@
+"""Encoded catalogs: rank a fixed set of candidates for any user without running the backbone.
+
+A user changes only the weights ``w``; a candidate's gates ``pi`` and expert rewards ``r`` do not
+depend on the user. A :class:`Catalog` holds them for N (prompt, response) candidates, as the head
+emitted them (``expert_index``, ``gates``, ``rewards``: (N, k + n_shared) each), with the model's hash
+and population weights ``w0``. Ranking is then one (N, K) @ (K,) product: the same arithmetic as
+``RewardModel.rank`` on the same texts, so the scores are the same.
+
+On disk a catalog is one ``.npz`` file (numpy arrays, read with ``allow_pickle=False``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from .files import atomic_write_text
+from .head import expert_features, scatter_topk
+from .personalize import UserProfile
+
+CATALOG_FORMAT = "moerm-lite-catalog"
+CATALOG_VERSION = 1
+Weights = Union[None, UserProfile, Sequence[float], np.ndarray]
+
+
+class Catalog:
+    """N encoded candidates of one model: rank them for any user in milliseconds.
+
+    Build one with :meth:`moerm_lite.RewardModel.encode_catalog`; :meth:`save` / :meth:`load` it.
+    """
+
+    def __init__(self, ids: Sequence[str], expert_index: np.ndarray, gates: np.ndarray, rewards: np.ndarray, *,
+                 n_experts: int, w0: np.ndarray, model_id: str, model_hash: str) -> None:
+        self.ids = [str(i) for i in ids]
+        self.expert_index = np.asarray(expert_index, dtype=np.int16)  # (N, k + n_shared)
+        self.gates = np.asarray(gates, dtype=np.float32)  # (N, k + n_shared)
+        self.rewards = np.asarray(rewards, dtype=np.float32)  # (N, k + n_shared)
+        self.n_experts, self.model_id, self.model_hash = int(n_experts), str(model_id), str(model_hash)
+        self.w0 = np.asarray(w0, dtype=np.float64)  # (K,)
+        N = len(self.ids)
+        if not (self.expert_index.shape == self.gates.shape == self.rewards.shape and len(self.gates) == N
+                and self.expert_index.ndim == 2 and self.w0.shape == (self.n_experts,)):
+            raise ValueError(f"catalog arrays disagree: {N} ids, expert_index {self.expert_index.shape}, gates "
+                             f"{self.gates.shape}, rewards {self.rewards.shape}, w0 {self.w0.shape}")
+        if N and not (0 <= self.expert_index.min() and self.expert_index.max() < self.n_experts):
+            raise ValueError(f"catalog expert_index outside 0..{self.n_experts - 1}")
+        if not (np.isfinite(self.gates).all() and np.isfinite(self.rewards).all() and np.isfinite(self.w0).all()):
+            raise ValueError("catalog contains NaN or inf")
+        gating, rewards_dense = scatter_topk(self.expert_index, self.gates, self.rewards, self.n_experts)
+        self.features = expert_features(gating, rewards_dense)  # (N, K): pi * r, what scores are made of
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def weights(self, user: Weights = None) -> np.ndarray:
+        """(K,) weights for ``user``: ``w0`` for ``None``, a profile of this catalog's model, or a vector."""
+        if user is None:
+            return self.w0
+        if isinstance(user, UserProfile):
+            if not hasattr(user, "weights_"):
+                raise ValueError(f"user profile {user.user_id!r} is not fitted")
+            if user.model_hash != self.model_hash:
+                raise ValueError(f"user profile {user.user_id!r} was fitted for model {user.model_id!r} "
+                                 f"({user.model_hash}), this catalog was encoded with {self.model_id!r} "
+                                 f"({self.model_hash})")
+            w = user.weights_
+        else:
+            try:
+                w = np.asarray(user, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise TypeError(f"user must be None, a UserProfile or {self.n_experts} weights") from None
+        if w.shape != (self.n_experts,) or not np.isfinite(w).all():
+            raise ValueError(f"user weights must be {self.n_experts} finite numbers, got shape {w.shape}")
+        return w
+
+    def scores(self, user: Weights = None) -> np.ndarray:
+        """Scores of every candidate for ``user``, (N,) float64, in catalog order."""
+        return self.features @ self.weights(user)  # (N,)
+
+    def rank(self, user: Weights = None, *, top_k: int | None = None) -> list[dict[str, Any]]:
+        """Candidates best first for ``user``: ``[{"corpus_id", "id", "score"}, ...]``; ties keep catalog
+        order, exactly as ``RewardModel.rank`` orders them."""
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        s = self.scores(user)  # (N,)
+        if top_k is None or top_k >= len(s):
+            order = np.argsort(-s, kind="stable")
+        else:
+            kth = s[np.argpartition(-s, top_k - 1)[top_k - 1]]  # the top_k-th best score
+            near = np.flatnonzero(s >= kth)  # every candidate that can be in the top_k, ties included
+            order = near[np.argsort(-s[near], kind="stable")][:top_k]
+        return [{"corpus_id": int(i), "id": self.ids[i], "score": float(s[i])} for i in order]
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path) -> Path:
+        """Write the catalog as one ``.npz`` file, atomically."""
+        path = Path(path)
+        meta = {"format": CATALOG_FORMAT, "version": CATALOG_VERSION, "model_id": self.model_id,
+                "model_hash": self.model_hash, "n_experts": self.n_experts, "w0": self.w0.tolist()}
+        buf = io.BytesIO()
+        np.savez(buf, meta=np.array(json.dumps(meta)), ids=np.array(self.ids, dtype=str),
+                 expert_index=self.expert_index, gates=self.gates, rewards=self.rewards)
+        atomic_write_text(path, buf.getvalue())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Catalog:
+        """Read a catalog written by :meth:`save` (no pickle)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no catalog at {path}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                if not isinstance(meta, dict) or meta.get("format") != CATALOG_FORMAT:
+                    raise ValueError("not a moerm-lite catalog")
+                if meta.get("version") != CATALOG_VERSION:
+                    raise ValueError(f"catalog version {meta.get('version')!r}, this moerm-lite reads {CATALOG_VERSION}")
+                return cls(z["ids"].tolist(), z["expert_index"], z["gates"], z["rewards"],
+                           n_experts=meta["n_experts"], w0=np.asarray(meta["w0"]), model_id=meta["model_id"],
+                           model_hash=meta["model_hash"])
+        except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path} is not a readable catalog: {str(e)[:200]}") from None
+
+    def __repr__(self) -> str:
+        return f"Catalog({len(self)} candidates, model_id={self.model_id!r})"
