@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from moerm_lite import RewardModel, fit_map  # noqa: E402
+from moerm_lite.model import BATCH_SIZE  # noqa: E402
 
 
 def timeit(fn, repeat: int) -> float:
@@ -127,9 +128,10 @@ def bench_throughput(model: RewardModel, pairs, repeat: int, tmp: Path) -> list[
     ref = torch_scores(backbone, head, tok_file, L, pairs, 32)
     fp32 = fp32_folder(model, backbone, tmp)
     n = len(pairs)
-    for bs in (1, 32):
-        t_int8 = timeit(lambda bs=bs: model.score_pairs(pairs, batch_size=bs), repeat)
-        t_fp32 = timeit(lambda bs=bs: fp32.score_pairs(pairs, batch_size=bs), repeat)
+    for bs in (1, 32):  # moerm-lite "batch 32" runs its default batching (<= 128 texts, <= 2,048 tokens)
+        ours = 1 if bs == 1 else BATCH_SIZE
+        t_int8 = timeit(lambda ours=ours: model.score_pairs(pairs, batch_size=ours), repeat)
+        t_fp32 = timeit(lambda ours=ours: fp32.score_pairs(pairs, batch_size=ours), repeat)
         rows += [(f"throughput batch {bs}: torch fp32", f"{n / t_torch[bs]:.1f} texts/s", "1.00x"),
                  (f"throughput batch {bs}: ONNX fp32", f"{n / t_fp32:.1f} texts/s", f"{t_torch[bs] / t_fp32:.2f}x"),
                  (f"throughput batch {bs}: moerm-lite int8", f"{n / t_int8:.1f} texts/s",
@@ -142,23 +144,33 @@ def bench_throughput(model: RewardModel, pairs, repeat: int, tmp: Path) -> list[
 
 
 def bench_levers(model: RewardModel, pairs, repeat: int) -> list[tuple[str, str, str]]:
-    """What each runtime choice buys, on the shipped int8 model at batch 32: each row turns one off."""
+    """What each runtime choice buys, on the shipped int8 model with default batching: each row turns one off."""
     from moerm_lite.text import TextTokenizer
 
     n = len(pairs)
-    t_default = timeit(lambda: model.score_pairs(pairs, batch_size=32), repeat)
-    rows = [("lever baseline: moerm-lite int8, batch 32", f"{n / t_default:.1f} texts/s", "1.00x")]
+    t_default = timeit(lambda: model.score_pairs(pairs), repeat)
+    rows = [("lever baseline: moerm-lite int8, default batching", f"{n / t_default:.1f} texts/s", "1.00x")]
 
     def row(name: str, t: float) -> None:
         rows.append((f"lever off: {name}", f"{n / t:.1f} texts/s", f"default is {t / t_default:.2f}x faster"))
 
     # 1. length-sorted buckets and one embedding per distinct prompt: off = one call per pair
     row("length sorting and shared prompt embeddings (one call per pair)",
-        timeit(lambda: [model.score_pairs([p], batch_size=32) for p in pairs], repeat))
-    # 2. threads: 1 instead of the configured count
+        timeit(lambda: [model.score_pairs([p]) for p in pairs], repeat))
+    # 2. token-budget batches: off = fixed batches of 32 texts, however long
+    from moerm_lite import model as runtime_model
+
+    budget = runtime_model.TOKENS_PER_BATCH
+    runtime_model.TOKENS_PER_BATCH = 10**9
+    try:
+        row("token-budget batches (fixed batches of 32 texts)", timeit(lambda: model.score_pairs(pairs, batch_size=32),
+                                                                       repeat))
+    finally:
+        runtime_model.TOKENS_PER_BATCH = budget
+    # 3. threads: 1 instead of the configured count
     one = RewardModel.load(model.folder, threads=1, precision=model.precision)
-    row(f"{model.threads} threads (1 thread)", timeit(lambda: one.score_pairs(pairs, batch_size=32), repeat))
-    # 3. the tokenizer's batch encode, and the tokenizer's share of the time
+    row(f"{model.threads} threads (1 thread)", timeit(lambda: one.score_pairs(pairs), repeat))
+    # 4. the tokenizer's batch encode, and the tokenizer's share of the time
     tok = TextTokenizer(model.folder / "tokenizer.json", model.config.max_length)
     texts = [r for _, r in pairs]
     t_batch = timeit(lambda: tok.encode(texts), repeat)

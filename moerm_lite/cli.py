@@ -13,7 +13,7 @@ from typing import IO, Any
 import numpy as np
 
 from .catalog import Catalog
-from .model import RewardModel
+from .model import BATCH_SIZE, RewardModel
 from .personalize import UserProfile
 
 PROGRESS_MIN_ROWS = 200
@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_info)
     sp = sub.add_parser("score", help='score JSONL records {"prompt", "response"}')
     sp.add_argument("-i", "--input", default="-", help="JSONL file (default: - , stdin)")
-    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="most texts per backbone call")
     common(sp)
     sp.set_defaults(fn=cmd_score)
     sp = sub.add_parser("rank", help='rank JSONL records {"prompt", "responses": [...]}')
@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "to rank it for any user with `rank --catalog`")
     sp.add_argument("-i", "--input", default="-", help="JSONL file (default: - , stdin)")
     sp.add_argument("-o", "--out", required=True, help="catalog file to write (.npz)")
-    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="most texts per backbone call")
     common(sp, user=False)
     sp.set_defaults(fn=cmd_encode)
     sp = sub.add_parser("explain", help='per-expert breakdown of JSONL records {"prompt", "response"}')

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .head import expert_features
-from .model import RewardModel, User
+from .model import BATCH_SIZE, RewardModel, User
 from .personalize import UserProfile
 
 
@@ -50,7 +50,7 @@ def _clip(model: RewardModel, prompt: Any, response: str) -> tuple[Any, str]:
 
 def trl_reward_func(model: RewardModel, user: User = None, *,
                     profiles: Mapping[str, UserProfile] | None = None,
-                    batch_size: int = 32) -> Callable[..., list[float]]:
+                    batch_size: int = BATCH_SIZE) -> Callable[..., list[float]]:
     """A TRL GRPO reward function scoring with ``model`` for one ``user`` (``None``: population).
 
     With ``profiles``, rows whose ``user_id`` (a dataset column TRL passes as a keyword) is in
@@ -78,7 +78,7 @@ def trl_reward_func(model: RewardModel, user: User = None, *,
 
 
 def openrlhf_reward_func(model: RewardModel, user: User = None, *,
-                         batch_size: int = 32) -> Callable[..., dict[str, Any]]:
+                         batch_size: int = BATCH_SIZE) -> Callable[..., dict[str, Any]]:
     """An OpenRLHF ``reward_func(queries, prompts, labels)``; ``scores`` = sigmoid(reward) in (0, 1)."""
 
     def reward_func(queries: Sequence[str], prompts: Sequence[str], labels: Any = None) -> dict[str, Any]:

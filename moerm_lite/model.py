@@ -36,6 +36,9 @@ log = logging.getLogger("moerm_lite")
 DEFAULT_MODEL = "moerm-minilm-k32"
 DEFAULT_THREADS = 4  # capped at the machine's cores
 PAIRS_PER_CHUNK = 512  # pairs featurized per head call: bounds memory on long inputs
+BATCH_SIZE = 128  # most texts per backbone call
+TOKENS_PER_BATCH = 2048  # most padded tokens per backbone call: 2,048 ran fastest on real and short texts
+#                          (bench/run.py, "batching" rows); it also bounds the attention buffers' memory
 User = Union[None, UserProfile, Sequence[float], np.ndarray]
 
 
@@ -197,7 +200,7 @@ class RewardModel:
         return self._w0.copy()
 
     # ------------------------------------------------------------ core forward
-    def expert_outputs(self, pairs: Sequence[tuple[Prompt, str]], *, batch_size: int = 32,
+    def expert_outputs(self, pairs: Sequence[tuple[Prompt, str]], *, batch_size: int = BATCH_SIZE,
                        progress: Callable[[int], None] | None = None,
                        allow_empty: bool = True) -> dict[str, np.ndarray]:
         """Dense per-expert outputs for (prompt, response) pairs, in input order.
@@ -247,7 +250,7 @@ class RewardModel:
         return idx, gates, rewards, truncated
 
     def encode_catalog(self, pairs: Sequence[tuple[Prompt, str]], ids: Sequence[Any] | None = None, *,
-                       batch_size: int = 32, progress: Callable[[int], None] | None = None) -> Catalog:
+                       batch_size: int = BATCH_SIZE, progress: Callable[[int], None] | None = None) -> Catalog:
         """Encode (prompt, response) candidates once, to rank them for any user without the backbone.
 
         ``ids`` name the candidates (default ``"0"``, ``"1"``, ...). ``catalog.rank(user)`` equals
@@ -263,7 +266,7 @@ class RewardModel:
                        model_id=self.config.model_id, model_hash=self.model_hash)
 
     def pair_features(self, pairs: Sequence[tuple[Prompt, str]], *,
-                      batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+                      batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
         """The head's input for (prompt, response) pairs: features (N, F) float32 (see
         :mod:`moerm_lite.features`) and which pairs were truncated, (N,) bool."""
         return self._pair_features(self._check_pairs(pairs), batch_size)
@@ -283,12 +286,13 @@ class RewardModel:
         return pair_features(P_rows, R_rows, [p for p, _ in pairs], [r for _, r in pairs]), cut
 
     def embed(self, texts: Sequence[str], *, role: str = "response",
-              batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+              batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
         """Backbone embeddings (N, H) float32 of single texts, and which were truncated (N,) bool.
 
         ``role="prompt"`` keeps the end of a text longer than ``max_length`` tokens, ``"response"``
-        its start. Batches are length-sorted and padded to their longest member; the result does
-        not depend on ``batch_size``.
+        its start. Batches are length-sorted and padded to their longest member, and hold at most
+        ``batch_size`` texts and ``TOKENS_PER_BATCH`` padded tokens (many short texts per call, few
+        long ones); the result does not depend on ``batch_size``.
         """
         out = np.zeros((len(texts), self.config.hidden_size), dtype=np.float32)  # (N, H)
         if not texts:
@@ -296,8 +300,15 @@ class RewardModel:
         ids, truncated = self._tokenizer.encode(texts, role)
         order = np.argsort([len(x) for x in ids], kind="stable")  # length buckets: less padding
         per_sequence = self.config.graphs[self.precision].per_sequence
-        for start in range(0, len(ids), batch_size):
-            idx = order[start:start + batch_size]
+        start = 0
+        while start < len(order):
+            # up to batch_size texts, and at most TOKENS_PER_BATCH padded tokens (the longest text is last)
+            stop = start + 1
+            while (stop < len(order) and stop - start < batch_size
+                   and (stop - start + 1) * len(ids[order[stop]]) <= TOKENS_PER_BATCH):
+                stop += 1
+            idx = order[start:stop]
+            start = stop
             groups = [[i] for i in idx] if per_sequence else [list(idx)]
             for g in groups:
                 feed = self._tokenizer.pad([ids[i] for i in g])
@@ -308,7 +319,7 @@ class RewardModel:
 
     # ----------------------------------------------------------------- scoring
     def score_pairs(self, pairs: Sequence[tuple[Prompt, str]], *, user: User = None,
-                    batch_size: int = 32, progress: Callable[[int], None] | None = None,
+                    batch_size: int = BATCH_SIZE, progress: Callable[[int], None] | None = None,
                     allow_empty: bool = True) -> np.ndarray:
         """Scores of (prompt, response) pairs, (N,) float64, in input order.
 
@@ -320,7 +331,7 @@ class RewardModel:
         return combine(out["gating_output"], out["rewards"], w)  # (N,)
 
     def score(self, prompt: Prompt, responses: str | Sequence[str], *, user: User = None,
-              batch_size: int = 32, allow_empty: bool = True) -> float | np.ndarray:
+              batch_size: int = BATCH_SIZE, allow_empty: bool = True) -> float | np.ndarray:
         """Score one response (returns ``float``) or a list of them (returns (n,) array)."""
         if isinstance(responses, str):
             pair = self.check_pair((prompt, responses))
@@ -362,7 +373,7 @@ class RewardModel:
 
     # ---------------------------------------------------------- personalizing
     def comparison_features(self, comparisons: Iterable[dict[str, Any]], *,
-                            batch_size: int = 32) -> np.ndarray:
+                            batch_size: int = BATCH_SIZE) -> np.ndarray:
         """phi = (pi * r)(chosen) - (pi * r)(rejected) for each comparison, (N, K)."""
         if isinstance(comparisons, (str, bytes, dict)) or not isinstance(comparisons, Iterable):
             raise TypeError(f"comparisons must be a list of dicts, got {type(comparisons).__name__}")
