@@ -42,9 +42,26 @@ class _Pooled(torch.nn.Module):
         return self.backbone(input_ids, attention_mask, token_type_ids)
 
 
-def export_backbone(backbone: Backbone, path: Path, *, dynamo: bool = False) -> Path:
-    """``input_ids, attention_mask, token_type_ids (B, L)`` -> ``embedding (B, H)`` as ONNX fp32."""
+def export_backbone(backbone: Backbone, path: Path, *, dynamo: bool = False, attention: str = "eager") -> Path:
+    """``input_ids, attention_mask, token_type_ids (B, L)`` -> ``embedding (B, H)`` as ONNX fp32.
+
+    ``attention="eager"`` exports attention as plain MatMul/Softmax: the "sdpa" export of recent
+    transformers adds mask handling (``Where``/``IsNaN``) that took 19% of the shipped graph's time
+    and blocks onnxruntime's attention fusion (``bench/quant_levers.py``).
+    """
     backbone.eval()
+    encoder = backbone.encoder
+    before = getattr(encoder.config, "_attn_implementation", None)
+    if attention and hasattr(encoder, "set_attn_implementation"):
+        encoder.set_attn_implementation(attention)
+    try:
+        return _export(backbone, path, dynamo)
+    finally:
+        if before and hasattr(encoder, "set_attn_implementation"):
+            encoder.set_attn_implementation(before)
+
+
+def _export(backbone: Backbone, path: Path, dynamo: bool) -> Path:
     # realistic example inputs: a padded row and two segments, so no exporter specialises on all-ones masks
     ids = torch.randint(0, int(backbone.encoder.config.vocab_size), (2, 8))
     mask = torch.ones_like(ids)
@@ -126,14 +143,15 @@ def quantize_embedding_rows(model: onnx.ModelProto, min_rows: int = 1000) -> onn
 
 
 def fp16_matmul_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Store MatMul weight initializers as fp16 with a Cast to fp32 (folded by onnxruntime at load)."""
+    """Store MatMul (and fused Attention) weight initializers as fp16 with a Cast to fp32, which
+    onnxruntime folds at load: half the file, fp32 compute."""
     from onnx import helper, numpy_helper
 
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     new_nodes = []
     for node in g.node:
-        w = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
+        w = inits.get(node.input[1]) if node.op_type in ("MatMul", "Attention") and len(node.input) > 1 else None
         if w is not None and len(w.dims) == 2:
             g.initializer.remove(w)
             g.initializer.append(numpy_helper.from_array(numpy_helper.to_array(w).astype(np.float16),

@@ -1,0 +1,199 @@
+"""Speed levers for the backbone, measured: what each buys and what it costs in decisions.
+
+    python bench/quant_levers.py           # about 5 minutes on 2 cores
+    python bench/quant_levers.py --quick
+
+Builds backbone variants next to the shipped model (in a temporary folder; the head is unchanged),
+scores the ranking workload of ``bench/run.py`` with each, and prints texts/s, the speed-up over the
+shipped int8 graph, the share of pairwise decisions that agree with an fp32 ONNX export of the same
+backbone, and the largest score change from batch 1 to default batching. Then the time per operator
+type of the shipped graph (onnxruntime profiling), which says where the time goes.
+
+Needs the export extra (torch, transformers, the MiniLM package) and ../shared/data. Calibration texts
+come from the training splits; the workload is the test splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.run import cpu_description, timeit, workload  # noqa: E402
+from moerm_lite import RewardModel  # noqa: E402
+from moerm_lite.folder import MANIFEST, build_manifest  # noqa: E402
+from moerm_lite.text import TextTokenizer  # noqa: E402
+
+
+def calibration(model: RewardModel, n: int) -> list[dict[str, np.ndarray]]:
+    """Padded backbone feeds of ``n`` training-split texts, tokenized as the runtime does."""
+    from export import data as D
+
+    rows = D.load_hh_harmless(split="train")[: n // 2] + D.load_finegrained_qa(split="train")[: n // 2]
+    tok = TextTokenizer(model.folder / "tokenizer.json", model.config.max_length)
+    ids = tok.encode([r["prompt"] for r in rows if r["prompt"].strip()], "prompt")[0]
+    ids += tok.encode([r["chosen"] for r in rows], "response")[0]
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    return [tok.pad([ids[i] for i in idx]) for idx in np.array_split(order, max(1, len(order) // 16))]
+
+
+def fp32_backbone(path: Path, attention: str) -> Path:
+    """MiniLM exported to ONNX fp32 as the build side does, with ``attention`` = "sdpa" or "eager"."""
+    from export.embed import default_backbone_path
+    from export.model import Backbone
+    from export.onnx_export import export_backbone
+
+    b = Backbone(default_backbone_path())
+    return export_backbone(b, path, attention=attention)
+
+
+def fused(src: Path, dst: Path, embed_layer_norm: bool = True, num_heads: int = 12, hidden_size: int = 384) -> Path:
+    """onnxruntime's offline BERT fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opts = FusionOptions("bert")
+    opts.enable_embed_layer_norm = embed_layer_norm
+    optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, optimization_options=opts,
+                   opt_level=1).save_model_to_file(str(dst))
+    return dst
+
+
+def fp16_fused(src: Path, dst: Path) -> Path:
+    """Fused eager graph (embedding lookup left unfused) with int8 embedding rows and fp16 weights."""
+    import onnx
+
+    from export.onnx_export import fp16_matmul_weights, quantize_embedding_rows
+
+    f = fused(src, dst, embed_layer_norm=False)
+    onnx.save(fp16_matmul_weights(quantize_embedding_rows(onnx.load(str(f)))), str(dst))
+    return dst
+
+
+def static_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], skip: tuple[str, ...] = ()) -> Path:
+    """Static int8 (QDQ): MinMax-calibrated per-tensor activation scales (batch-invariant), per-channel
+    weights; MatMuls whose name contains any of ``skip`` stay fp32."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self):  # noqa: ANN202
+            return next(self.it, None)
+
+    m = onnx.load(str(src))
+    inits = {i.name for i in m.graph.initializer}
+    exclude = [n.name for n in m.graph.node if n.op_type == "MatMul"
+               and (n.input[1] not in inits or any(s in n.name for s in skip))]  # activation x activation too
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                    nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    return dst
+
+
+def accuracy_level4(src: Path, dst: Path) -> Path:
+    """The shipped 8-bit weights with int8 compute (``MatMulNBits`` accuracy_level 4)."""
+    import onnx
+
+    m = onnx.load(str(src))
+    for n in m.graph.node:
+        if n.op_type == "MatMulNBits":
+            n.attribute.append(onnx.helper.make_attribute("accuracy_level", 4))
+    onnx.save(m, str(dst))
+    return dst
+
+
+def with_backbone(model: RewardModel, graph: Path, tmp: Path, name: str) -> RewardModel:
+    """A copy of the model folder whose int8 backbone graph is ``graph`` (manifest rebuilt)."""
+    dst = tmp / name
+    shutil.copytree(model.folder, dst)
+    shutil.copy(graph, dst / model.config.graphs[model.precision].backbone)
+    (dst / MANIFEST).write_text(json.dumps(build_manifest(dst)))
+    return RewardModel.load(dst, threads=model.threads, precision=model.precision)
+
+
+def op_profile(model: RewardModel, pairs, tmp: Path) -> list[tuple[str, float]]:
+    """Share of backbone time per operator type, from an onnxruntime profile of the shipped graph."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = model.threads
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(tmp / "profile")
+    sess = ort.InferenceSession(str(model.folder / model.config.graphs[model.precision].backbone), opts,
+                                providers=["CPUExecutionProvider"])
+    tok = TextTokenizer(model.folder / "tokenizer.json", model.config.max_length)
+    ids = tok.encode([r for _, r in pairs], "response")[0]
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    for idx in np.array_split(order, max(1, len(order) // 32)):
+        sess.run(None, tok.pad([ids[i] for i in idx]))
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(per_op.values())
+    return sorted(((op, t / total) for op, t in per_op.items()), key=lambda x: -x[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    model = RewardModel.load(threads=args.threads)
+    pairs = workload(8 if args.quick else 64, 8)
+    repeat = 1 if args.quick else 3
+    feeds = calibration(model, 64 if args.quick else 400)
+    i, j = np.triu_indices(len(pairs), 1)
+    shipped_graph = model.folder / model.config.graphs[model.precision].backbone
+    rows = []
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        sdpa, eager = fp32_backbone(tmp / "sdpa.onnx", "sdpa"), fp32_backbone(tmp / "eager.onnx", "eager")
+        ref = with_backbone(model, eager, tmp, "ref").score_pairs(pairs)
+        variants = {
+            "shipped: 8-bit weights (GPTQ), fp32 compute": shipped_graph,
+            "shipped + int8 compute (accuracy_level 4)": accuracy_level4(shipped_graph, tmp / "acc4.onnx"),
+            "shipped + offline BERT fusions": fused(shipped_graph, tmp / "shipped_fused.onnx"),
+            "fp32, sdpa attention export": sdpa,
+            "fp32, eager attention export + fusions": fused(eager, tmp / "eager_fused.onnx"),
+            "fp16 weights, int8 embeddings, eager + fusions": fp16_fused(eager, tmp / "f16.onnx"),
+            "static int8, all weight MatMuls": static_int8(eager, tmp / "s_all.onnx", feeds),
+            "static int8, FFN output MatMul fp32": static_int8(eager, tmp / "s_noffo.onnx", feeds,
+                                                               ("/output/dense/",)),
+            "static int8, FFN fp32": static_int8(eager, tmp / "s_noffn.onnx", feeds,
+                                                 ("/output/dense/", "/intermediate/")),
+        }
+        t_shipped = None
+        for k, (name, graph) in enumerate(variants.items()):
+            m = with_backbone(model, graph, tmp, f"v{k}")
+            s = m.score_pairs(pairs)
+            t_run = timeit(lambda m=m: m.score_pairs(pairs), repeat)
+            t_shipped = t_shipped or t_run
+            agree = np.mean(np.sign(s[i] - s[j]) == np.sign(ref[i] - ref[j]))
+            batch = np.abs(s - m.score_pairs(pairs, batch_size=1)).max()
+            rows.append((name, len(pairs) / t_run, t_shipped / t_run, 100 * agree, batch, graph.stat().st_size / 1e6))
+        profile = op_profile(model, pairs, tmp)
+    print(f"backbone levers, {len(pairs)} texts of the ranking workload, {args.threads} threads, {cpu_description()}")
+    print(f"{'variant':<46} {'texts/s':>8} {'x shipped':>9} {'decisions = fp32':>16} {'batch 1 vs default':>18} "
+          f"{'MB':>6}")
+    for name, tps, x, agree, batch, mb in rows:
+        print(f"{name:<46} {tps:8.1f} {x:8.2f}x {agree:15.2f}% {batch:18.1e} {mb:6.1f}")
+    print("\nshipped backbone, time per operator type: " + ", ".join(f"{op} {100 * s:.0f}%" for op, s in profile[:8]))
+
+
+if __name__ == "__main__":
+    main()
