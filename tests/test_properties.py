@@ -148,3 +148,60 @@ def test_junk_profile_files_raise_one_clear_error(tmp_path_factory, d):
         UserProfile.load(path)
     except ValueError as e:
         assert str(path) in str(e) or "profile" in str(e)
+
+
+@given(pairs=st.lists(st.tuples(prompts, texts), min_size=1, max_size=8),
+       user=st.one_of(st.none(), junk), top_k=st.one_of(st.none(), st.integers(-2, 10), junk))
+def test_catalog_equals_rank_or_raises_documented_errors(models, pairs, user, top_k):
+    m = models[2]
+    prompt = pairs[0][0]
+    responses = [r for _, r in pairs]
+    cat = m.encode_catalog([(prompt, r) for r in responses])
+    try:
+        got = cat.rank(user, top_k=top_k)
+    except Exception as e:  # noqa: BLE001
+        documented(e, "user", "top_k", "weights")
+        return
+    want = m.rank(prompt, responses, user=user, top_k=top_k)
+    assert [g["corpus_id"] for g in got] == [w["corpus_id"] for w in want]
+
+
+@given(prompts_=st.lists(st.one_of(prompts, junk), min_size=1, max_size=4),
+       completions=st.lists(st.one_of(texts, messages, junk), min_size=1, max_size=4))
+def test_rl_adapter_scores_every_text_sample(models, prompts_, completions):
+    from moerm_lite.integrations import trl_reward_func
+
+    n = min(len(prompts_), len(completions))
+    f = trl_reward_func(models[0])
+    try:
+        got = f(prompts_[:n], completions[:n])
+    except Exception as e:  # noqa: BLE001
+        documented(e, "prompt", "completion", "message")
+        return
+    assert len(got) == n and all(isinstance(g, float) and math.isfinite(g) for g in got)
+
+
+line = st.one_of(st.text(max_size=30), st.builds(lambda x: json.dumps(x, default=repr), junk),
+                 st.builds(lambda p, r: json.dumps({"id": 1, "prompt": p, "response": r}), texts, texts),
+                 st.builds(lambda p, r: json.dumps({"prompt": p, "responses": r}), texts, st.lists(texts, max_size=3)))
+
+
+@given(lines=st.lists(line, min_size=1, max_size=6), command=st.sampled_from(["score", "rank", "explain"]),
+       skip=st.booleans())
+def test_cli_on_random_jsonl_exits_cleanly(tiny_folder, tmp_path_factory, lines, command, skip):
+    import io
+
+    from moerm_lite.cli import main
+
+    f = tmp_path_factory.mktemp("cli") / "in.jsonl"
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
+    out = io.StringIO()
+    code = main([command, "--model", str(tiny_folder), "-i", str(f), "--threads", "1"]
+                + (["--skip-bad"] if skip else []), out=out)
+    assert code in (0, 2, 3)
+    if code == 2:
+        assert out.getvalue() == ""  # all or nothing
+    if code == 3:
+        assert skip
+    for row in out.getvalue().splitlines():
+        json.loads(row)
