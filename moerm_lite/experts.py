@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .folder import ModelFolderError, read_manifest, resolve_inside, verify_files
 from .head import expert_features
-
-if TYPE_CHECKING:
-    from .model import RewardModel
 
 
 def read_reference(folder: Path, rel: str) -> list[dict[str, Any]]:
@@ -80,16 +77,17 @@ def correlations(F: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return np.divide(Fc.T @ Yc, denom, out=np.zeros_like(denom), where=denom > 1e-12)
 
 
-def describe_experts(model: RewardModel, rows: list[dict[str, Any]], *, n_texts: int = 3,
-                     n_attributes: int | None = 3, max_chars: int = 120) -> list[dict[str, Any]]:
-    """One card per expert (see the module docstring), in expert order.
+def expert_cards(rows: list[dict[str, Any]], gates: np.ndarray, rewards: np.ndarray, expert_names: list[str], *,
+                 n_texts: int = 3, n_attributes: int | None = 3, max_chars: int = 120) -> list[dict[str, Any]]:
+    """One card per expert (see the module docstring), in expert order, from the reference rows and
+    the model's dense outputs on them: ``gates`` and ``rewards`` (N, K) each.
 
     ``n_attributes=None`` keeps every attribute's correlation (for a heatmap).
     """
     if not rows:
         raise ValueError("the reference corpus is empty")
-    out = model.expert_outputs([(r.get("prompt", ""), r["response"]) for r in rows])
-    gates, rewards = out["gating_output"], out["rewards"]  # (N, K) each
+    if gates.shape != rewards.shape or gates.shape != (len(rows), len(expert_names)):
+        raise ValueError(f"gates {gates.shape} and rewards {rewards.shape} must be ({len(rows)}, {len(expert_names)})")
     routed = gates > 0  # (N, K)
     names, Y = attribute_matrix(rows)
     C = correlations(expert_features(gates, rewards), Y)  # (K, A)
@@ -100,7 +98,7 @@ def describe_experts(model: RewardModel, rows: list[dict[str, Any]], *, n_texts:
         return text if len(text) <= max_chars else text[:max_chars - 1] + "…"
 
     cards = []
-    for k, name in enumerate(model.expert_names):
+    for k, name in enumerate(expert_names):
         on = np.flatnonzero(routed[:, k])
         by_r = on[np.argsort(-rewards[on, k], kind="stable")]
         top_a = np.argsort(-np.abs(C[k]), kind="stable")[:n_attributes]  # all if None

@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from .active import all_pairs, candidate_pair_gains, prior_covariance
 from .catalog import Catalog
-from .experts import describe_experts, read_cards, read_reference, trim_card
+from .experts import expert_cards, read_cards, read_reference, trim_card
 from .features import feature_dim, pair_features
 from .folder import (
     CONFIG,
@@ -396,6 +396,12 @@ class RewardModel:
         return UserProfile(user_id=user_id, prior_strength=lam, prior_precision=self._prior_precision,
                            model_id=self.config.model_id, model_hash=self.model_hash).fit(phi, self._w0)
 
+    def update_user(self, profile: UserProfile, comparisons: Iterable[dict[str, Any]]) -> UserProfile:
+        """Fold new ``{"prompt", "chosen", "rejected"}`` records into ``profile`` (fitted for this
+        model): exactly the weights of one fit on all its comparisons. Returns the profile."""
+        self.user_weights(profile)  # fitted, and for this model
+        return profile.partial_fit(self.comparison_features(comparisons))
+
     def next_comparison(self, prompt: Prompt, candidates: Sequence[str], *,
                         user: User = None) -> dict[str, Any]:
         """The pair of candidate responses whose answer would tell the most about this user.
@@ -404,7 +410,7 @@ class RewardModel:
         of all candidate pairs' score differences (:mod:`moerm_lite.active`), under the user's
         Laplace posterior (a :class:`UserProfile`), or under the prior ``N(w0, (lambda P)^-1)`` for
         ``user=None`` or a plain weight vector. Ask the user to compare the two responses,
-        then ``profile.update([...], model)``.
+        then ``model.update_user(profile, [...])``.
 
         Returns:
             ``{"pair": (i, j), "responses": (a, b), "variance_reduction": expected drop,
@@ -446,8 +452,10 @@ class RewardModel:
         if not rel:
             raise ValueError(f"model {self.config.model_id!r} ships no reference corpus (config.json has no "
                              "'reference'); re-export it to get expert cards")
-        return describe_experts(self, read_reference(self.folder, rel), n_texts=n_texts,
-                                n_attributes=n_attributes)
+        rows = read_reference(self.folder, rel)
+        out = self.expert_outputs([(r.get("prompt", ""), r["response"]) for r in rows])
+        return expert_cards(rows, out["gating_output"], out["rewards"], self.expert_names, n_texts=n_texts,
+                            n_attributes=n_attributes)
 
     # ----------------------------------------------------------------- checks
     def check_profile(self, profile: UserProfile) -> None:

@@ -22,14 +22,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import warnings
+from typing import Any
 
 import numpy as np
 
 from .files import file_lock, locked_write_text
 
-if TYPE_CHECKING:
-    from .model import RewardModel
 
 PROFILE_SCHEMA_VERSION = 2  # 2: profiles store their comparisons' features (online updates)
 READABLE_SCHEMA_VERSIONS = (1, 2)  # 1 has no features: it scores but cannot be updated
@@ -149,14 +148,12 @@ class UserProfile:
             raise ValueError(f"features must have shape (M, {K}), got {new.shape}")
         return self.fit(np.vstack([self.features_, new.reshape(-1, K)]), self.w0_)
 
-    def update(self, comparisons: Any, model: RewardModel) -> UserProfile:
-        """Fold new ``{"prompt", "chosen", "rejected"}`` records into the profile (online update).
-
-        ``model`` must be the model the profile was fitted with. Returns ``self``.
-        """
-        self._check_fitted()
-        model.check_profile(self)
-        return self.partial_fit(model.comparison_features(comparisons))
+    def update(self, comparisons: Any, model: Any) -> UserProfile:
+        """Deprecated: use ``model.update_user(profile, comparisons)`` (the model computes the
+        comparisons' features; the profile only folds them in with :meth:`partial_fit`)."""
+        warnings.warn("UserProfile.update(comparisons, model) is deprecated; use "
+                      "model.update_user(profile, comparisons)", DeprecationWarning, stacklevel=2)
+        return model.update_user(self, comparisons)
 
     @classmethod
     def update_saved(cls, path: str | Path, features: np.ndarray, model_hash: str) -> UserProfile:

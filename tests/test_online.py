@@ -34,22 +34,26 @@ def test_streaming_one_at_a_time_equals_batch_fit(tmp_path):
 def test_update_with_text_comparisons_equals_fit_on_all(tiny_fp32):
     full = tiny_fp32.fit_user(COMPS, user_id="u")
     p = tiny_fp32.fit_user(COMPS[:2], user_id="u")
-    p.update(COMPS[2:4], tiny_fp32).update(COMPS[4:], tiny_fp32)
+    tiny_fp32.update_user(tiny_fp32.update_user(p, COMPS[2:4]), COMPS[4:])
     np.testing.assert_allclose(p.weights_, full.weights_, atol=1e-6)
     assert p.n_comparisons_ == 5
+    q = tiny_fp32.fit_user(COMPS[:2], user_id="u")
+    with pytest.warns(DeprecationWarning, match="update_user"):
+        q.update(COMPS[2:], tiny_fp32)  # the old spelling still works
+    np.testing.assert_allclose(q.weights_, full.weights_, atol=1e-6)
 
 
 def test_update_refuses_other_model_and_v1_profiles(tiny_fp32, tiny_int8):
     p = tiny_fp32.fit_user(COMPS[:2])
     p.model_hash = "0" * 16
     with pytest.raises(ValueError, match="refit"):
-        p.update(COMPS[2:], tiny_fp32)
+        tiny_fp32.update_user(p, COMPS[2:])
     d = tiny_fp32.fit_user(COMPS[:2]).to_dict()
     d["schema_version"], d["features"] = 1, None
     old = UserProfile.from_dict(d)
     assert tiny_fp32.score("why", "good", user=old) == pytest.approx(tiny_fp32.score("why", "good", user=d["weights"]))
     with pytest.raises(ValueError, match="cannot be updated"):
-        old.update(COMPS[2:], tiny_fp32)
+        tiny_fp32.update_user(old, COMPS[2:])
     with pytest.raises(ValueError, match="shape"):
         tiny_fp32.fit_user(COMPS[:2]).partial_fit(np.zeros((1, 3)))
 

@@ -104,7 +104,7 @@ def test_profiles_round_trip_and_updates_equal_refits(models, tmp_path_factory, 
     q = UserProfile.load(p.save(path))
     np.testing.assert_array_equal(q.weights_, p.weights_)
     assert m.score("q", "ok", user=q) == m.score("q", "ok", user=p)
-    q.update(more, m)
+    m.update_user(q, more)
     np.testing.assert_allclose(q.weights_, m.fit_user(comps + more, prior_strength=lam).weights_, atol=1e-5)
 
 
