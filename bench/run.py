@@ -62,7 +62,7 @@ def torch_model(model: RewardModel):
 
     w = read_head_weights(onnx.load(str(model.folder / model.config.graphs[model.precision].head)))
     K, F, D = w.w1.shape
-    head = MoEHead(ModelArgs(n_features=F, n_experts=K, n_shared=w.n_shared, top_k=model.top_k, expert_hidden=D,
+    head = MoEHead(ModelArgs(n_features=F, n_experts=K, n_shared=w.n_shared, top_k=model.experts_per_input, expert_hidden=D,
                              reward_bound=w.reward_bound))
     with torch.no_grad():
         head.router.weight.copy_(torch.from_numpy(w.router_w.T.copy()))

@@ -20,7 +20,9 @@ import numpy as np
 
 from moerm_lite.text import render_messages
 
-DATA_DIR = Path(os.environ.get("MOERM_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+# MOERM_LITE_DATA (MOERM_DATA_DIR, the old name, still works) or ../shared/data next to the checkout
+DATA_DIR = Path(os.environ.get("MOERM_LITE_DATA") or os.environ.get("MOERM_DATA_DIR")
+                or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 PERSONA16 = [
     "agreeableness", "conscientiousness", "extraversion", "neuroticism", "openness",

@@ -120,7 +120,7 @@ def cmd_info(args: argparse.Namespace, out: IO[str]) -> None:
     m, _ = _load(args)
     cfg = m.config
     info = {"model_id": cfg.model_id, "folder": str(m.folder), "precision": m.precision,
-            "precisions": sorted(cfg.graphs), "n_experts": m.n_experts, "top_k": m.top_k,
+            "precisions": sorted(cfg.graphs), "n_experts": m.n_experts, "experts_per_input": m.experts_per_input,
             "n_shared": cfg.n_shared,
             "max_length": cfg.max_length, "default_prior_strength": cfg.default_prior_strength,
             "model_hash": m.model_hash, "threads": m.threads, "expert_names": m.expert_names}

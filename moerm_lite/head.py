@@ -38,7 +38,8 @@ def scatter_topk(
 
 
 def expert_features(gating_output: np.ndarray, rewards: np.ndarray) -> np.ndarray:
-    """phi = pi * r, (B, K): the score is linear in the user weights, ``s = phi @ w``."""
+    """The expert features ``pi * r``, (B, K): a score is linear in the user weights, ``s = (pi * r) @ w``.
+    (A comparison's features, ``phi`` elsewhere, are the chosen row minus the rejected one.)"""
     return (gating_output.astype(np.float64) * rewards.astype(np.float64))  # (B, K)
 
 

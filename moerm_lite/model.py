@@ -180,8 +180,17 @@ class RewardModel:
         return self.config.n_experts
 
     @property
+    def experts_per_input(self) -> int:
+        """k, the routed experts per (prompt, response) (``top_k`` in config.json and the paper); the
+        ``n_shared`` always-active experts come on top."""
+        return self.config.top_k
+
+    @property
     def top_k(self) -> int:
-        """k, the experts routed per (prompt, response)."""
+        """Deprecated name of :attr:`experts_per_input` (``rank(top_k=)`` is the number of responses)."""
+        import warnings
+
+        warnings.warn("RewardModel.top_k is deprecated; use experts_per_input", DeprecationWarning, stacklevel=2)
         return self.config.top_k
 
     @property
@@ -228,7 +237,7 @@ class RewardModel:
         (N, k + n_shared), and which pairs were truncated, (N,) bool."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        N, cfg, width = len(texts), self.config, self.top_k + self.config.n_shared
+        N, cfg, width = len(texts), self.config, self.experts_per_input + self.config.n_shared
         idx = np.zeros((N, width), dtype=np.int64)  # (N, k + n_shared)
         gates = np.zeros((N, width), dtype=np.float32)  # (N, k + n_shared)
         rewards = np.zeros((N, width), dtype=np.float32)  # (N, k + n_shared)
@@ -533,5 +542,5 @@ class RewardModel:
         return texts
 
     def __repr__(self) -> str:
-        return (f"RewardModel({self.config.model_id!r}, n_experts={self.n_experts}, top_k={self.top_k}, "
+        return (f"RewardModel({self.config.model_id!r}, n_experts={self.n_experts}, experts_per_input={self.experts_per_input}, "
                 f"precision={self.precision!r}, threads={self.threads})")

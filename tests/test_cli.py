@@ -24,7 +24,7 @@ def write_jsonl(path, rows):
 def test_info(tiny_folder):
     code, out = run(["info", "--model", str(tiny_folder)])
     info = json.loads(out)
-    assert code == 0 and info["n_experts"] == 6 and info["top_k"] == 2 and info["precisions"] == ["fp32", "int8"]
+    assert code == 0 and info["n_experts"] == 6 and info["experts_per_input"] == 2 and info["precisions"] == ["fp32", "int8"]
 
 
 def test_score_rank_explain_fit(tiny_folder, tmp_path):
@@ -92,7 +92,7 @@ def test_explain_table(tiny_folder, tmp_path):
     e = m.explain("why", "the cat is good")
     assert code == 0 and f"score {e['score']:+.3f}" in out
     rows = [line for line in out.splitlines() if line.startswith("  ") and "contribution" not in line]
-    assert len(rows) == m.top_k + m.config.n_shared  # one row per active expert
+    assert len(rows) == m.experts_per_input + m.config.n_shared  # one row per active expert
     assert sum(float(r.split()[-1]) for r in rows) == pytest.approx(e["score"], abs=5e-3 * len(rows))
     assert "-0.000 " not in out and "e-" not in out
 

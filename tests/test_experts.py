@@ -20,7 +20,7 @@ def test_cards_agree_with_a_brute_force_reading(tiny_fp32):
     g, r = out["gating_output"], out["rewards"]
     assert len(cards) == tiny_fp32.n_experts
     # k routed experts per row, and the shared ones always
-    assert sum(c["routing_share"] for c in cards) == pytest.approx(tiny_fp32.top_k + tiny_fp32.config.n_shared)
+    assert sum(c["routing_share"] for c in cards) == pytest.approx(tiny_fp32.experts_per_input + tiny_fp32.config.n_shared)
     tone = np.array([row["labels"]["tone"] for row in rows], dtype=float)
     for k, c in enumerate(cards):
         on = np.flatnonzero(g[:, k] > 0)

@@ -33,7 +33,7 @@ def test_scores_equal_an_independent_numpy_reference(tiny_fp32, tiny_head):
     P = np.stack([embed(PROMPT)] * len(RESPONSES))
     R = np.stack([embed(r) for r in RESPONSES])
     x = pair_features(P, R, [PROMPT] * len(RESPONSES), RESPONSES)
-    idx, gates, rewards = reference_head(x, tiny_head, tiny_fp32.top_k)
+    idx, gates, rewards = reference_head(x, tiny_head, tiny_fp32.experts_per_input)
     expected = (gates * np.asarray(tiny_fp32.w0)[idx] * rewards).sum(1)
     np.testing.assert_allclose(tiny_fp32.score(PROMPT, RESPONSES), expected, atol=1e-5)
 
@@ -85,7 +85,7 @@ def test_explain_adds_up(tiny_fp32):
     assert e["score"] == pytest.approx(float(np.sum(e["gating_output"] * e["weights"] * e["rewards"])))
     assert e["rewards"].shape == e["gating_output"].shape == (m.n_experts,)
     S = m.config.n_shared  # the shared experts are always active, with gate 1
-    assert np.count_nonzero(e["gating_output"]) == m.top_k + S
+    assert np.count_nonzero(e["gating_output"]) == m.experts_per_input + S
     assert e["gating_output"].sum() == pytest.approx(1.0 + S, abs=1e-6)
     assert (e["rewards"][e["gating_output"] == 0] == 0).all()
     assert e["experts"] == m.expert_names and e["truncated"] is False
