@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.run import cpu_description, timeit, workload  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
-from moerm_lite.folder import MANIFEST, build_manifest  # noqa: E402
+from moerm_lite.folder import write_manifest  # noqa: E402
 from moerm_lite.text import TextTokenizer  # noqa: E402
 
 
@@ -120,7 +120,7 @@ def with_backbone(model: RewardModel, graph: Path, tmp: Path, name: str) -> Rewa
     dst = tmp / name
     shutil.copytree(model.folder, dst)
     shutil.copy(graph, dst / model.config.graphs[model.precision].backbone)
-    (dst / MANIFEST).write_text(json.dumps(build_manifest(dst)))
+    write_manifest(dst)
     return RewardModel.load(dst, threads=model.threads, precision=model.precision)
 
 

@@ -102,7 +102,7 @@ def fp32_folder(model: RewardModel, backbone, tmp: Path) -> RewardModel:
     import shutil
 
     from export.onnx_export import export_backbone
-    from moerm_lite.folder import CONFIG, MANIFEST, build_manifest
+    from moerm_lite.folder import CONFIG, write_manifest
 
     dst = tmp / "fp32"
     shutil.copytree(model.folder, dst)
@@ -111,7 +111,7 @@ def fp32_folder(model: RewardModel, backbone, tmp: Path) -> RewardModel:
     cfg["graphs"]["fp32"] = {**cfg["graphs"][model.precision], "backbone": "onnx/backbone_fp32.onnx",
                              "per_sequence": False}
     (dst / CONFIG).write_text(json.dumps(cfg))
-    (dst / MANIFEST).write_text(json.dumps(build_manifest(dst)))
+    write_manifest(dst)
     return RewardModel.load(dst, precision="fp32", threads=model.threads)
 
 

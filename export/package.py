@@ -11,8 +11,7 @@ from typing import Any
 
 import onnx
 
-from moerm_lite.features import FEATURES_KIND
-from moerm_lite.folder import CONFIG, MANIFEST, SCHEMA_VERSION, atomic_write_text, build_manifest
+from moerm_lite.folder import CONFIG, GraphFiles, ModelConfig, atomic_write_text, write_manifest
 
 REFERENCE = "reference.jsonl"  # the expert-card reference corpus inside a model folder
 EXPERT_CARDS = "expert_cards.json"  # the cards read off it at export
@@ -24,33 +23,19 @@ def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list
                 default_prior_strength: float = 1.0, prior_precision: Any = None, backbone_name: str = "",
                 per_sequence: tuple[str, ...] = ("int8",),
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``config.json`` dict for a model whose graphs are ``onnx/{backbone,head}_{precision}.onnx``."""
-    cfg: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "model_id": model_id,
-        "backbone": {"name": backbone_name, "max_length": max_length, "pooling": "mean",
-                     "hidden_size": hidden_size},
-        "features": FEATURES_KIND,
-        "n_experts": n_experts,
-        "n_shared": n_shared,
-        "top_k": top_k,
-        "gating": gating,
-        "expert_names": expert_names,
-        "w0": [float(x) for x in w0],
-        "default_prior_strength": default_prior_strength,
-        "prior_precision": None if prior_precision is None else
-        [[float(x) for x in row] for row in prior_precision],
-        "score": {"kind": "raw_logit", "higher_is_better": True,
-                  "formula": "sum_k gate_k * weight_k * reward_k",
-                  "pairwise": "sigmoid(score_a - score_b) = P(a preferred over b)"},
-        "graphs": {p: {"backbone": f"onnx/backbone_{p}.onnx", "head": f"onnx/head_{p}.onnx",
-                       "per_sequence": p in per_sequence} for p in precisions},
-        "io": {"backbone": {"inputs": ["input_ids", "attention_mask", "token_type_ids"],
-                            "output": "embedding"},
-               "head": {"input": "features", "outputs": ["expert_index", "gates", "rewards"]}},
-    }
-    cfg.update(extra or {})
-    return cfg
+    """The ``config.json`` dict (``ModelConfig.to_dict``, the one definition of the format) for a model
+    whose graphs are ``onnx/{backbone,head}_{precision}.onnx``."""
+    score = {"kind": "raw_logit", "higher_is_better": True, "formula": "sum_k gate_k * weight_k * reward_k",
+             "pairwise": "sigmoid(score_a - score_b) = P(a preferred over b)"}
+    cfg = ModelConfig(
+        model_id=model_id, n_experts=n_experts, top_k=top_k, n_shared=n_shared, expert_names=list(expert_names),
+        w0=[float(x) for x in w0], max_length=max_length, hidden_size=hidden_size, backbone_name=backbone_name,
+        default_prior_strength=default_prior_strength,
+        prior_precision=None if prior_precision is None else [[float(x) for x in row] for row in prior_precision],
+        graphs={p: GraphFiles(backbone=f"onnx/backbone_{p}.onnx", head=f"onnx/head_{p}.onnx",
+                              per_sequence=p in per_sequence) for p in precisions},
+        extra={"gating": gating, "score": score, **(extra or {})})
+    return cfg.to_dict()
 
 
 def write_model_folder(out: Path, config: dict[str, Any], graphs: dict[str, onnx.ModelProto],
@@ -73,7 +58,7 @@ def write_model_folder(out: Path, config: dict[str, Any], graphs: dict[str, onnx
         for rel, text in (extra_files or {}).items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_text(text)
-        (tmp / MANIFEST).write_text(json.dumps(build_manifest(tmp), indent=1) + "\n")
+        write_manifest(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -96,7 +81,7 @@ def add_file(folder: Path, rel: str, text: str, config_key: str) -> None:
     config = json.loads((folder / CONFIG).read_text())
     config[config_key] = rel
     atomic_write_text(folder / CONFIG, json.dumps(config, indent=1) + "\n")
-    atomic_write_text(folder / MANIFEST, json.dumps(build_manifest(folder), indent=1) + "\n")
+    write_manifest(folder)
 
 
 def add_reference(folder: Path, reference_jsonl: str) -> None:
@@ -117,4 +102,4 @@ def update_card(folder: Path, card: str) -> None:
     """Replace a model folder's card and refresh its manifest (graphs untouched)."""
     folder = Path(folder)
     atomic_write_text(folder / "README.md", card)
-    atomic_write_text(folder / MANIFEST, json.dumps(build_manifest(folder), indent=1) + "\n")
+    write_manifest(folder)

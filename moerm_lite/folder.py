@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .features import FEATURES_KIND
-from .files import atomic_write_text  # noqa: F401  (re-exported: the build side writes model folders with it)
+from .files import atomic_write_text
 
 SCHEMA_VERSION = 2  # 2: prompt and response embedded separately, pair features, shared experts
 MANIFEST = "manifest.json"
@@ -52,6 +52,7 @@ class ModelConfig:
     hidden_size: int  # H, the backbone's embedding size
     graphs: dict[str, GraphFiles]  # precision -> graph files
     pooling: str = "mean"
+    backbone_name: str = ""  # where the backbone came from (documentation only)
     features: str = FEATURES_KIND  # how the head's input is built from the two embeddings (features.py)
     n_shared: int = 0  # the last n_shared experts are always active (gate 1); the router picks top_k of the rest
     default_prior_strength: float = 1.0  # lambda of the MAP user fit
@@ -93,6 +94,7 @@ class ModelConfig:
                 max_length=int(backbone["max_length"]),
                 hidden_size=int(backbone["hidden_size"]),
                 pooling=str(backbone.get("pooling", "mean")),
+                backbone_name=str(backbone.get("name", "")),
                 features=str(d["features"]),
                 n_shared=int(d.get("n_shared", 0)),
                 graphs=graphs,
@@ -110,6 +112,30 @@ class ModelConfig:
             raise ModelFolderError(f"config.json is missing or has a malformed field: {e!r}") from e
         cfg._check()
         return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``config.json`` object of this config (``from_dict(c.to_dict()) == c``); ``extra`` keys
+        (gating, score semantics, reference corpus, training record, ...) are kept verbatim."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model_id": self.model_id,
+            "backbone": {"name": self.backbone_name, "max_length": self.max_length, "pooling": self.pooling,
+                         "hidden_size": self.hidden_size},
+            "features": self.features,
+            "n_experts": self.n_experts,
+            "n_shared": self.n_shared,
+            "top_k": self.top_k,
+            "expert_names": list(self.expert_names),
+            "w0": [float(x) for x in self.w0],
+            "default_prior_strength": self.default_prior_strength,
+            "prior_precision": self.prior_precision,
+            "max_chars": self.max_chars,
+            "graphs": {p: {"backbone": g.backbone, "head": g.head, "per_sequence": g.per_sequence}
+                       for p, g in self.graphs.items()},
+            "io": {"backbone": {"inputs": list(self.backbone_inputs), "output": self.backbone_output},
+                   "head": {"input": self.head_input, "outputs": list(self.head_outputs)}},
+            **self.extra,
+        }
 
     def _check(self) -> None:
         K = self.n_experts
@@ -169,6 +195,13 @@ def build_manifest(folder: Path) -> dict[str, Any]:
         if p.is_file() and rel != MANIFEST:
             files[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
     return {"schema_version": SCHEMA_VERSION, "files": files}
+
+
+def write_manifest(folder: Path) -> Path:
+    """(Re)write ``manifest.json`` for every file now in ``folder``, atomically."""
+    path = Path(folder) / MANIFEST
+    atomic_write_text(path, json.dumps(build_manifest(Path(folder)), indent=1) + "\n")
+    return path
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moerm_lite import ModelFolderError, RewardModel
-from moerm_lite.folder import build_manifest
+from moerm_lite.folder import ModelConfig, write_manifest
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def copy(tiny_folder, tmp_path):
 
 
 def rewrite_manifest(folder):
-    (folder / "manifest.json").write_text(json.dumps(build_manifest(folder)))
+    write_manifest(folder)
 
 
 def write_config(folder, cfg):
@@ -148,3 +148,11 @@ def test_atomic_write_keeps_a_readable_mode(tmp_path):
     old.chmod(0o640)
     atomic_write_text(old, "y")
     assert stat.S_IMODE(old.stat().st_mode) == 0o640 and old.read_text() == "y"
+
+
+def test_config_round_trips_through_its_one_definition(tiny_folder):
+    """ModelConfig reads and writes config.json: the build side writes with to_dict, nothing else."""
+    d = json.loads((tiny_folder / "config.json").read_text())
+    cfg = ModelConfig.from_dict(d)
+    assert cfg.to_dict() == d  # what the build side wrote is exactly the runtime's layout
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
