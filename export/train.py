@@ -3,12 +3,17 @@
 Frozen backbone (default): embeddings are computed once and cached, and training touches
 only the head, so the whole run takes minutes on a CPU. With ``train_backbone_layers > 0``
 the top transformer layers are fine-tuned too (use a GPU for that).
+
+Under ``torchrun --nproc_per_node N`` the same command trains data-parallel
+(DistributedDataParallel; gloo on CPU, nccl on GPU): rank 0 builds the embedding cache, every rank
+draws the same global batch and takes its 1/N share, gradients are averaged, rank 0 writes the run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -179,55 +184,44 @@ def deterministic_torch(on: bool = True) -> Iterator[None]:
         torch.use_deterministic_algorithms(was)
 
 
-def fit_head(cfg: TrainConfig, comps: Comparisons, embed: Callable[[torch.Tensor], torch.Tensor],
-             feat_mean: np.ndarray, feat_std: np.ndarray,
-             extra_params: Optional[list[torch.nn.Parameter]] = None) -> tuple[MoEHead, str, list[dict[str, float]]]:
-    """The training loop. ``embed`` maps unique pair indices (T,) to pair features (T, F);
-    ``feat_mean``/``feat_std`` (F,) standardise them inside the head."""
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    mode = cfg.mode if cfg.mode != "auto" else ("user_aware" if comps.user_ids else "mixture")
-    n_feat = len(feat_mean)
-    skip = n_feat - len(SURFACE) if cfg.shared_form_only else 0  # 2H: both embedding parts
-    args = ModelArgs(n_features=n_feat, n_experts=cfg.n_experts, n_shared=cfg.n_shared, shared_skip=skip,
-                     top_k=cfg.top_k,
-                     expert_hidden=cfg.expert_hidden, reward_bound=cfg.reward_bound,
-                     n_users=len(comps.user_ids), n_types=cfg.n_types if mode == "mixture" else 0)
-    head = MoEHead(args).to(cfg.device)
-    head.feat_mean.copy_(torch.as_tensor(feat_mean, dtype=torch.float32))
-    head.feat_std.copy_(torch.as_tensor(feat_std, dtype=torch.float32))
-    groups = [{"params": list(head.parameters()), "lr": cfg.lr}]
-    if extra_params:
-        groups.append({"params": extra_params, "lr": cfg.backbone_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    n = len(comps.chosen)
-    steps = max(1, cfg.epochs * n // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
-                                                pct_start=0.05)
-    p_sample = sampling_weights(comps, cfg.population_share)
-    chosen, rejected = torch.from_numpy(comps.chosen), torch.from_numpy(comps.rejected)
-    user = torch.from_numpy(comps.user).to(cfg.device)
-    log.info("%d comparisons, %d pairs, %d users, mode %s, %d steps", n, len(comps.pairs), len(comps.user_ids),
-             mode, steps)
-    history, t0 = [], time.time()
-    for step in range(steps):
-        b = torch.from_numpy(rng.choice(n, size=cfg.batch_size, p=p_sample))  # (B,)
-        both = torch.cat([chosen[b], rejected[b]])  # (2B,)
-        uniq, inv = both.unique(return_inverse=True)  # each text through the head once
-        x = F.dropout(embed(uniq.to(cfg.device)), cfg.embed_dropout)  # (T, F)
-        if cfg.embed_noise:  # noise relative to each feature's spread: robustness to int8 embeddings
-            x = x + cfg.embed_noise * head.feat_std * torch.randn_like(x)
+def distributed(device: str) -> tuple[int, int]:
+    """``(rank, world size)``: under torchrun the process group is set up here (once), else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+class BatchLoss(torch.nn.Module):
+    """The training objective of one batch as a module, so DistributedDataParallel sees every
+    parameter it touches (the head's experts and router, and the population and user weights)."""
+
+    def __init__(self, head: MoEHead, cfg: TrainConfig, mode: str) -> None:
+        super().__init__()
+        self.head, self.cfg, self.mode = head, cfg, mode
+
+    def forward(self, x: torch.Tensor, inv: torch.Tensor, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        head, cfg, args = self.head, self.cfg, self.head.args
         o = head(x)  # (T, K) each
-        B = len(b)
-        feats = o["features"][inv.to(cfg.device)]  # (2B, K)
+        B = len(u)
+        feats = o["features"][inv]  # (2B, K)
         phi = feats[:B] - feats[B:]  # (B, K)
-        u = user[b.to(cfg.device)]  # (B,)
         w = head.w0.expand(B, -1)  # (B, K) population weights
         if args.n_users:  # a training user is w0 plus its own offset: the MAP prior of fit_user
             w = w + torch.where((u >= 0)[:, None], head.user_weights[u.clamp(min=0)], 0.0)  # (B, K)
         logp = F.logsigmoid((phi * w).sum(-1))  # (B,)
         reg_w = head.w0.pow(2).mean()
-        if mode == "mixture":  # log of a uniform mixture of BT likelihoods over latent types
+        if self.mode == "mixture":  # log of a uniform mixture of BT likelihoods over latent types
             logp_types = F.logsigmoid(phi @ head.type_weights.T)  # (B, M)
             logp = 0.5 * logp + 0.5 * (logp_types.logsumexp(-1) - np.log(args.n_types))
             reg_w = reg_w + head.type_weights.pow(2).mean()
@@ -240,14 +234,69 @@ def fit_head(cfg: TrainConfig, comps: Comparisons, embed: Callable[[torch.Tensor
         reg_r = o["rewards"].pow(2).mean()
         loss = (bt + cfg.load_balance * lb + cfg.router_entropy * ent + cfg.diversity * div
                 + cfg.user_l2 * reg_w + cfg.reward_l2 * reg_r)
+        return {"loss": loss, "bt": bt, "load_balance": lb, "entropy": ent, "diversity": div,
+                "acc": (logp > np.log(0.5)).float().mean()}
+
+
+def fit_head(cfg: TrainConfig, comps: Comparisons, embed: Callable[[torch.Tensor], torch.Tensor],
+             feat_mean: np.ndarray, feat_std: np.ndarray,
+             extra_params: Optional[list[torch.nn.Parameter]] = None) -> tuple[MoEHead, str, list[dict[str, float]]]:
+    """The training loop. ``embed`` maps unique pair indices (T,) to pair features (T, F);
+    ``feat_mean``/``feat_std`` (F,) standardise them inside the head. Under torchrun each rank
+    takes its share of every batch (see the module docstring)."""
+    rank, world = distributed(cfg.device)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {world} processes")
+    if world > 1 and extra_params:
+        raise ValueError("fine-tuning backbone layers under torchrun is not supported; train the head "
+                         "data-parallel (train_backbone_layers 0) or run one process")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)  # the same global batches on every rank
+    mode = cfg.mode if cfg.mode != "auto" else ("user_aware" if comps.user_ids else "mixture")
+    n_feat = len(feat_mean)
+    skip = n_feat - len(SURFACE) if cfg.shared_form_only else 0  # 2H: both embedding parts
+    args = ModelArgs(n_features=n_feat, n_experts=cfg.n_experts, n_shared=cfg.n_shared, shared_skip=skip,
+                     top_k=cfg.top_k,
+                     expert_hidden=cfg.expert_hidden, reward_bound=cfg.reward_bound,
+                     n_users=len(comps.user_ids), n_types=cfg.n_types if mode == "mixture" else 0)
+    head = MoEHead(args).to(cfg.device)
+    head.feat_mean.copy_(torch.as_tensor(feat_mean, dtype=torch.float32))
+    head.feat_std.copy_(torch.as_tensor(feat_std, dtype=torch.float32))
+    step_loss: torch.nn.Module = BatchLoss(head, cfg, mode)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_loss = DistributedDataParallel(step_loss, find_unused_parameters=True)
+    if world > 1:
+        torch.manual_seed(cfg.seed + rank)  # each rank its own embedding noise (one process: unchanged)
+    groups = [{"params": list(head.parameters()), "lr": cfg.lr}]
+    if extra_params:
+        groups.append({"params": extra_params, "lr": cfg.backbone_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    n = len(comps.chosen)
+    steps = max(1, cfg.epochs * n // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
+                                                pct_start=min(0.5, max(0.05, 2.0 / steps)))  # >= 2 warm-up steps
+    p_sample = sampling_weights(comps, cfg.population_share)
+    chosen, rejected = torch.from_numpy(comps.chosen), torch.from_numpy(comps.rejected)
+    user = torch.from_numpy(comps.user).to(cfg.device)
+    log.info("%d comparisons, %d pairs, %d users, mode %s, %d steps%s", n, len(comps.pairs), len(comps.user_ids),
+             mode, steps, f", rank {rank} of {world}" if world > 1 else "")
+    history, t0 = [], time.time()
+    for step in range(steps):
+        b = torch.from_numpy(rng.choice(n, size=cfg.batch_size, p=p_sample)[rank::world])  # (B,) this rank's share
+        both = torch.cat([chosen[b], rejected[b]])  # (2B,)
+        uniq, inv = both.unique(return_inverse=True)  # each text through the head once
+        x = F.dropout(embed(uniq.to(cfg.device)), cfg.embed_dropout)  # (T, F)
+        if cfg.embed_noise:  # noise relative to each feature's spread: robustness to int8 embeddings
+            x = x + cfg.embed_noise * head.feat_std * torch.randn_like(x)
+        out = step_loss(x, inv.to(cfg.device), user[b.to(cfg.device)])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        out["loss"].backward()  # DistributedDataParallel averages the gradients over ranks here
         opt.step()
         sched.step()
         if step % max(1, steps // 20) == 0 or step == steps - 1:
-            row = {"step": step, "loss": loss.item(), "bt": bt.item(), "load_balance": lb.item(),
-                   "entropy": ent.item(), "diversity": div.item(),
-                   "acc": (logp > np.log(0.5)).float().mean().item(), "s": time.time() - t0}
+            row = {"step": step, **{k: v.item() for k, v in out.items()}, "s": time.time() - t0}
             history.append(row)
             log.info("step %d/%d " + " ".join(f"{k} %.4f" for k in list(row)[1:]), step, steps,
                      *list(row.values())[1:])
@@ -265,6 +314,7 @@ def calibration_pairs(pairs: list[tuple[str, str]], n: int = CALIBRATION_PAIRS,
 def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[D.Record]] = None) -> dict[str, Any]:
     """Train and write ``out/ckpt.pt`` (+ ``train_log.json``); returns the checkpoint dict."""
     out = Path(out)
+    rank, world = distributed(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
     backbone_path = Path(cfg.backbone) if cfg.backbone else default_backbone_path()
     comps = Comparisons.build(load_records(cfg) if records is None else records)
@@ -286,7 +336,11 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[D.Record]]
         else:
             cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR
             cache = EmbeddingCache(backbone_path, cfg.max_length, cache_dir, device=cfg.device)
+            if rank > 0:
+                barrier(world)  # rank 0 embeds and caches first; the others then read the cache
             X = cache.features(comps.pairs)  # (T, F)
+            if rank == 0:
+                barrier(world)
             feats = torch.from_numpy(X).to(cfg.device)
             head, mode, history = fit_head(cfg, comps, lambda idx: feats[idx], X.mean(0), X.std(0) + 1e-6)
 
@@ -305,8 +359,11 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[D.Record]]
         "calibration": calibration_pairs(comps.pairs, seed=cfg.seed),
         "train_seconds": time.time() - t0,
     }
-    torch.save(ckpt, out / "ckpt.pt")
-    (out / "train_log.json").write_text(json.dumps({"config": asdict(cfg), "history": history}, indent=1))
+    if rank == 0:  # every rank holds the same weights; one writes them
+        torch.save(ckpt, out / "ckpt.pt")
+        (out / "train_log.json").write_text(json.dumps({"config": asdict(cfg), "history": history,
+                                                        "processes": world}, indent=1))
+    barrier(world)
     return ckpt
 
 

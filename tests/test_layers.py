@@ -12,7 +12,7 @@ LAYERS = [
     {"folder", "personalize", "active"},
     {"experts", "catalog", "plot"},
     {"model"},
-    {"cli", "integrations"},
+    {"cli", "integrations", "batch"},
     {"__main__", "__init__"},
 ]
 
