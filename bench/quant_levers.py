@@ -50,7 +50,7 @@ def fp32_backbone(path: Path, attention: str) -> Path:
     """MiniLM exported to ONNX fp32 as the build side does, with ``attention`` = "sdpa" or "eager"."""
     from export.embed import default_backbone_path
     from export.model import Backbone
-    from export.onnx_export import export_backbone
+    from export.onnx_backbone import export_backbone
 
     b = Backbone(default_backbone_path())
     return export_backbone(b, path, attention=attention)
@@ -72,7 +72,7 @@ def fp16_fused(src: Path, dst: Path) -> Path:
     """Fused eager graph (embedding lookup left unfused) with int8 embedding rows and fp16 weights."""
     import onnx
 
-    from export.onnx_export import fp16_matmul_weights, quantize_embedding_rows
+    from export.quantize import fp16_matmul_weights, quantize_embedding_rows
 
     f = fused(src, dst, embed_layer_norm=False)
     onnx.save(fp16_matmul_weights(quantize_embedding_rows(onnx.load(str(f)))), str(dst))

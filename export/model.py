@@ -52,6 +52,10 @@ class ModelArgs:
 class MoEHead(nn.Module):
     """Router + K expert reward heads + user weights, on top of a pooled embedding."""
 
+    feat_mean: torch.Tensor  # buffers, declared for the type checker (register_buffer sets them)
+    feat_std: torch.Tensor
+    w1_mask: torch.Tensor
+
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args

@@ -184,10 +184,10 @@ def dsp_users(fz: Any, w0: np.ndarray, lam: float, P: np.ndarray | None, draws: 
         row["residual_all"] = pair_accuracy(test_phi @ w_all + test_X @ residual_fit(train_X, train_phi @ w_all))
         row["probe_all"] = pair_accuracy(test_X @ logistic_fit(train_X, np.ones(len(train_X)), PROBE_L2))
         per_user[dom] = row
-    for n in (*SHOTS, "all"):
-        res["model"][str(n)] = float(np.mean([r[f"model_{n}"] for r in per_user.values()]))
-        res["frozen_probe"][str(n)] = float(np.mean([r[f"probe_{n}"] for r in per_user.values()]))
-        res["model_plus_residual"][str(n)] = float(np.mean([r[f"residual_{n}"] for r in per_user.values()]))
+    for shot in [*map(str, SHOTS), "all"]:
+        res["model"][shot] = float(np.mean([r[f"model_{shot}"] for r in per_user.values()]))
+        res["frozen_probe"][shot] = float(np.mean([r[f"probe_{shot}"] for r in per_user.values()]))
+        res["model_plus_residual"][shot] = float(np.mean([r[f"residual_{shot}"] for r in per_user.values()]))
     res["unpersonalized"] = float(np.mean([r["unpersonalized"] for r in per_user.values()]))
     res["per_user"] = per_user
     res["train_comparisons"] = int(4 * first.sum())

@@ -208,7 +208,8 @@ class BatchLoss(torch.nn.Module):
 
     def __init__(self, head: MoEHead, cfg: TrainConfig, mode: str) -> None:
         super().__init__()
-        self.head, self.cfg, self.mode = head, cfg, mode
+        self.head: MoEHead = head
+        self.cfg, self.mode = cfg, mode
 
     def forward(self, x: torch.Tensor, inv: torch.Tensor, u: torch.Tensor) -> dict[str, torch.Tensor]:
         head, cfg, args = self.head, self.cfg, self.head.args
@@ -269,7 +270,7 @@ def fit_head(cfg: TrainConfig, comps: Comparisons, embed: Callable[[torch.Tensor
         step_loss = DistributedDataParallel(step_loss, find_unused_parameters=True)
     if world > 1:
         torch.manual_seed(cfg.seed + rank)  # each rank its own embedding noise (one process: unchanged)
-    groups = [{"params": list(head.parameters()), "lr": cfg.lr}]
+    groups: list[dict[str, Any]] = [{"params": list(head.parameters()), "lr": cfg.lr}]
     if extra_params:
         groups.append({"params": extra_params, "lr": cfg.backbone_lr})
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)

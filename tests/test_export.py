@@ -10,7 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from export.onnx_export import export_backbone, export_model, torch_scores  # noqa: E402
+from export.onnx_backbone import export_backbone  # noqa: E402
+from export.onnx_export import export_model  # noqa: E402
+from tests.torch_utils import torch_scores  # noqa: E402
 from export.onnx_head import build_head_graph  # noqa: E402
 from export.train import TrainConfig, load_checkpoint, train  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
@@ -124,7 +126,7 @@ def test_embedding_rows_quantized_within_half_a_step():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.onnx_export import quantize_embedding_rows
+    from export.quantize import quantize_embedding_rows
 
     table = np.random.default_rng(0).normal(size=(1200, 8)).astype(np.float32)
     table[7] *= 100  # one loud token must not cost the others precision (per-row scales)

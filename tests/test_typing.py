@@ -13,3 +13,12 @@ def test_runtime_type_checks():
     res = subprocess.run([sys.executable, "-m", "mypy", "moerm_lite"], cwd=root, capture_output=True, text=True,
                          check=False)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_build_side_type_checks():
+    pytest.importorskip("mypy")
+    pytest.importorskip("torch")
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "mypy", "export"], cwd=root, capture_output=True, text=True,
+                         check=False)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -1,0 +1,27 @@
+"""Test helpers that need torch: reference scores of a trained run."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from export.model import Backbone
+
+
+def torch_scores(run_or_parts: Any, pairs: list[tuple[str, str]], w: Optional[np.ndarray] = None) -> np.ndarray:
+    """Reference fp32 scores from the torch model (backbone + head) for parity checks."""
+    from export.embed import embed_texts, features_of, text_tokenizer
+
+    ckpt, head, backbone = run_or_parts
+    if backbone is None:
+        backbone = Backbone(ckpt["backbone_path"])
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = text_tokenizer(ckpt["backbone_path"], ckpt["config"]["max_length"], Path(tmp))
+        x = torch.from_numpy(features_of(lambda t, role: embed_texts(backbone, tok, t, role), pairs))  # (N, F)
+    weights = head.w0 if w is None else torch.as_tensor(w, dtype=torch.float32)
+    with torch.no_grad():
+        return head.score(x, weights).double().numpy()
