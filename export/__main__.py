@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("evaluate", help="persona-16 and real-text few-shot, sanity suite, held-out accuracy")
     sp.add_argument("-i", "--input", required=True, help="run folder (torch) or model folder (ONNX)")
     sp.add_argument("--precision", default="int8", help="for a model folder: int8 or fp32")
-    sp.add_argument("--lambda", dest="lam", type=float, default=None, help="prior strength (default: tuned)")
+    sp.add_argument("--prior-strength", "--lambda", dest="prior_strength", type=float, default=None,
+                    help="lambda of the user prior (default: tuned); --lambda is the old spelling")
     sp.add_argument("--users", type=int, default=200)
     sp.add_argument("--probes", action="store_true", help="also the supervised probe ceiling")
     sp.add_argument("-o", "--out", default=None, help="write the report JSON here")
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             fz: Any = TorchFeaturizer(path)
         else:
             fz = RuntimeFeaturizer(path, precision=args.precision)
-        res = evaluate(fz, fz.w0, lam=args.lam, n_users=args.users, with_probes=args.probes)
+        res = evaluate(fz, fz.w0, prior_strength=args.prior_strength, n_users=args.users, with_probes=args.probes)
         text = json.dumps(res, indent=1)
         if args.out:
             Path(args.out).write_text(text + "\n")

@@ -25,14 +25,14 @@ from . import data as D
 from .evaluate import RuntimeFeaturizer, pair_accuracy
 
 
-def active_curve(phi_stmt: np.ndarray, st: D.Statements, w0: np.ndarray, lam: float, *,
+def active_curve(phi_stmt: np.ndarray, st: D.Statements, w0: np.ndarray, prior_strength: float, *,
                  P: np.ndarray | None = None, n_users: int = 200, pool_size: int = 200, rounds: int = 20,
                  seed: int = 2024) -> dict[str, Any]:
     """Mean held-out accuracy after N = 1..rounds answers, for active and random questions.
 
     Args:
         phi_stmt: (S, K) gated expert rewards of every persona statement.
-        w0: (K,) population weights (the prior mean); lam, P: the prior strength and precision.
+        w0: (K,) population weights (the prior mean); prior_strength, P: the prior strength and precision.
     """
     rng = np.random.default_rng(seed)
     users = D.persona_benchmark(st, n_users=n_users)
@@ -46,19 +46,20 @@ def active_curve(phi_stmt: np.ndarray, st: D.Statements, w0: np.ndarray, lam: fl
         phi_eval = phi_stmt[e[:, 0]] - phi_stmt[e[:, 1]]  # (100, K)
         order = rng.permutation(pool_size)
         for n in range(1, rounds + 1):
-            w, _ = fit_map(phi_pool[order[:n]], w0, lam, P)
+            w, _ = fit_map(phi_pool[order[:n]], w0, prior_strength, P)
             acc["random"][u_i, n - 1] = pair_accuracy(phi_eval @ w)
         asked: list[int] = []
-        w, cov = w0.copy(), prior_covariance(lam, P, K)
+        w, cov = w0.copy(), prior_covariance(prior_strength, P, K)
         for n in range(1, rounds + 1):
             gain = variance_reduction(phi_pool, w, cov)  # (P,)
             gain[asked] = -np.inf
             asked.append(int(np.argmax(gain)))
-            w, cov = fit_map(phi_pool[asked], w0, lam, P)
+            w, cov = fit_map(phi_pool[asked], w0, prior_strength, P)
             acc["active"][u_i, n - 1] = pair_accuracy(phi_eval @ w)
     curve = {k: [round(float(x), 4) for x in v.mean(0)] for k, v in acc.items()}
     at10 = acc["active"][:, 9] - acc["random"][:, 9] if rounds >= 10 else np.zeros(1)
-    return {"users": n_users, "pool_size": pool_size, "lambda": lam, "N": list(range(1, rounds + 1)),
+    return {"users": n_users, "pool_size": pool_size, "prior_strength": prior_strength,
+            "N": list(range(1, rounds + 1)),
             **curve, "gain_at_10": round(float(at10.mean()), 4),
             "gain_at_10_stderr": round(float(at10.std(ddof=1) / np.sqrt(len(at10))), 4)}
 
@@ -68,5 +69,5 @@ def model_active_curve(folder: str | Path, precision: str = "int8", n_users: int
     rz = RuntimeFeaturizer(folder, precision=precision)
     st = D.load_persona()
     g, r = rz.outputs([("", s) for s in st.text])
-    lam = rz.model.config.default_prior_strength
-    return active_curve(expert_features(g, r), st, rz.w0, lam, P=rz.prior_precision, n_users=n_users)
+    prior_strength = rz.model.config.default_prior_strength
+    return active_curve(expert_features(g, r), st, rz.w0, prior_strength, P=rz.prior_precision, n_users=n_users)

@@ -65,7 +65,8 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: dict[str, Any]
         "## Data and licences",
         "",
         DATA_LICENCES,
-        f"Backbone: {backbone_source(backbone['name'])}. Training mode: {ckpt['mode']}, {len(ckpt['user_ids'])} training users "
+        f"Backbone: {backbone_source(backbone['name'])}. Training mode: {ckpt['mode']}, "
+        f"{len(ckpt['user_ids'])} training users "
         f"({cfg['persona_users']} persona users × {cfg['persona_per_user']} comparisons, "
         f"{cfg.get('attribute_users', 0)} attribute users × {cfg.get('attribute_per_user', 0)}); sources "
         f"{', '.join(cfg['sources'])}; {cfg['epochs']} epochs; {ckpt['train_seconds']:.0f} s of training on "
@@ -232,7 +233,8 @@ def measured_section(rep: dict[str, Any], K: int) -> list[str]:
     if act:
         shown = [n for n in (1, 2, 3, 5, 10, 15, 20) if n <= len(act["N"])]
         lines += [f"Active questions (`next_comparison`, {act['users']} persona test users, a pool of "
-                  f"{act['pool_size']} candidate comparisons each, λ = {act['lambda']:g}): held-out accuracy "
+                  f"{act['pool_size']} candidate comparisons each, "
+                  f"λ = {act.get('prior_strength', act.get('lambda')):g}): held-out accuracy "
                   "after N answers.", "",
                   "| N | " + " | ".join(str(n) for n in shown) + " |", "|---" * (len(shown) + 1) + "|",
                   "| active | " + " | ".join(_pct(act["active"][n - 1]) for n in shown) + " |",

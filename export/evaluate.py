@@ -20,7 +20,7 @@ from . import data as D
 
 log = logging.getLogger("export")
 SHOTS = (5, 10, 20, 50)
-LAMBDA_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+PRIOR_STRENGTH_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 
 
 class Featurizer(Protocol):
@@ -101,9 +101,9 @@ def pair_accuracy(z: np.ndarray) -> float:
     return float(np.mean((z > 0) + 0.5 * (z == 0)))
 
 
-def few_shot(phi_stmt: np.ndarray, users: list[D.BenchUser], w0: np.ndarray, lam: float,
+def few_shot(phi_stmt: np.ndarray, users: list[D.BenchUser], w0: np.ndarray, prior_strength: float,
              shots: Sequence[int] = SHOTS, P: np.ndarray | None = None) -> dict[str, float]:
-    """Mean held-out accuracy after fitting each user on its first N comparisons (prior N(w0, (lam P)^-1))."""
+    """Mean held-out accuracy after fitting each user on its first N comparisons (prior N(w0, (prior_strength P)^-1))."""
     acc: dict[str, list[float]] = {str(n): [] for n in shots}
     acc["global"] = []
     for u in users:
@@ -112,19 +112,20 @@ def few_shot(phi_stmt: np.ndarray, users: list[D.BenchUser], w0: np.ndarray, lam
         phi_e = phi_stmt[e[:, 0]] - phi_stmt[e[:, 1]]  # (100, K)
         acc["global"].append(pair_accuracy(phi_e @ w0))
         for n in shots:
-            w, _ = fit_map(phi_a[:n], w0, lam, P)
+            w, _ = fit_map(phi_a[:n], w0, prior_strength, P)
             acc[str(n)].append(pair_accuracy(phi_e @ w))
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
-def choose_lambda(phi_stmt: np.ndarray, st: D.Statements, w0: np.ndarray, n_users: int = 100,
+def choose_prior_strength(phi_stmt: np.ndarray, st: D.Statements, w0: np.ndarray, n_users: int = 100,
                   P: np.ndarray | None = None) -> float:
-    """lambda with the best mean few-shot accuracy on validation users (a seed apart from test)."""
+    """The prior strength (lambda) with the best mean few-shot accuracy on validation users (a seed apart
+    from test)."""
     val = D.persona_benchmark(st, n_users=n_users, seed=777)
-    scores = {lam: np.mean([v for k, v in few_shot(phi_stmt, val, w0, lam, P=P).items() if k != "global"])
-              for lam in LAMBDA_GRID}
+    scores = {prior_strength: np.mean([v for k, v in few_shot(phi_stmt, val, w0, prior_strength, P=P).items() if k != "global"])
+              for prior_strength in PRIOR_STRENGTH_GRID}
     log.info("lambda grid: %s", {k: round(v, 4) for k, v in scores.items()})
-    return float(max(scores, key=lambda lam: scores[lam]))
+    return float(max(scores, key=lambda prior_strength: scores[prior_strength]))
 
 
 def interpretability(phi_stmt: np.ndarray, gates: np.ndarray, st: D.Statements) -> dict[str, Any]:
@@ -171,8 +172,8 @@ def probe_ceiling(emb: np.ndarray, st: D.Statements, users: list[D.BenchUser]) -
         w = logistic_fit(X[sel], st.y[sel].astype(float), l2=5e-3)
         feats[st.axis == a, a] = np.tanh(X[st.axis == a] @ w / 4)  # probe output on its own axis
     w0 = np.zeros(len(st.axes))
-    lam = choose_lambda(feats, st, w0)
-    return {**few_shot(feats, users, w0, lam), "lambda": lam}
+    prior_strength = choose_prior_strength(feats, st, w0)
+    return {**few_shot(feats, users, w0, prior_strength), "prior_strength": prior_strength}
 
 
 def pair_probe(features: Any, train: list[D.Record], test: list[D.Record], l2: float = 10.0) -> float:
@@ -195,7 +196,7 @@ def comparison_features(fz: Featurizer, recs: list[D.Record]) -> np.ndarray:
     return f[: len(recs)] - f[len(recs):]  # (N, K)
 
 
-def relabeled_hh(fz: Featurizer, w0: np.ndarray, lam: float, reps: int = 50, seed: int = 0,
+def relabeled_hh(fz: Featurizer, w0: np.ndarray, prior_strength: float, reps: int = 50, seed: int = 0,
                  P: np.ndarray | None = None) -> dict[str, Any]:
     """Two annotator objectives as two users: global, oracle (fit on all) and few-shot N = 10/50."""
     recs = D.load_relabeled_hh()
@@ -205,13 +206,13 @@ def relabeled_hh(fz: Featurizer, w0: np.ndarray, lam: float, reps: int = 50, see
     res: dict[str, Any] = {"global": pair_accuracy(phi @ w0), "per_objective": {}}
     for obj in ("helpful", "harmless"):
         X = phi[users == obj]  # (N_obj, K)
-        w_all, _ = fit_map(X, w0, lam, P)
+        w_all, _ = fit_map(X, w0, prior_strength, P)
         row = {"global": pair_accuracy(X @ w0), "oracle": pair_accuracy(X @ w_all)}
         for n in (10, 50):
             accs = []
             for _ in range(reps):
                 perm = rng.permutation(len(X))
-                w, _ = fit_map(X[perm[:n]], w0, lam, P)
+                w, _ = fit_map(X[perm[:n]], w0, prior_strength, P)
                 accs.append(pair_accuracy(X[perm[n:]] @ w))
             row[str(n)] = float(np.mean(accs))
         res["per_objective"][obj] = row
@@ -296,24 +297,24 @@ def name_experts(phi_stmt: np.ndarray, st: D.Statements, source_gates: dict[str,
     return out
 
 
-def choose_lambda_joint(phi_stmt: np.ndarray, st: D.Statements, ap: dict[str, Any], w0: np.ndarray,
+def choose_prior_strength_joint(phi_stmt: np.ndarray, st: D.Statements, ap: dict[str, Any], w0: np.ndarray,
                         P: np.ndarray | None) -> tuple[float, dict[float, float]]:
-    """lambda with the best mean few-shot accuracy over persona and attribute validation users
+    """The prior strength with the best mean few-shot accuracy over persona and attribute validation users
     (seeds apart from the test users)."""
     from .attributes import attribute_benchmark
 
     val_p = D.persona_benchmark(st, n_users=100, seed=777)
     val_a = attribute_benchmark(ap["pool"], n_users=100, seed=778)
     scores = {}
-    for lam in LAMBDA_GRID:
-        p = [v for k, v in few_shot(phi_stmt, val_p, w0, lam, P=P).items() if k != "global"]
-        a = [v for k, v in few_shot(ap["phi"], val_a, w0, lam, P=P).items() if k != "global"]
-        scores[lam] = float(np.mean(p) + np.mean(a)) / 2
+    for prior_strength in PRIOR_STRENGTH_GRID:
+        p = [v for k, v in few_shot(phi_stmt, val_p, w0, prior_strength, P=P).items() if k != "global"]
+        a = [v for k, v in few_shot(ap["phi"], val_a, w0, prior_strength, P=P).items() if k != "global"]
+        scores[prior_strength] = float(np.mean(p) + np.mean(a)) / 2
     log.info("lambda grid: %s", {k: round(v, 4) for k, v in scores.items()})
-    return float(max(scores, key=lambda lam: scores[lam])), scores
+    return float(max(scores, key=lambda prior_strength: scores[prior_strength])), scores
 
 
-def evaluate(fz: Featurizer, w0: np.ndarray, *, lam: float | None = None, n_users: int = 200,
+def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = None, n_users: int = 200,
              with_probes: bool = False, real_text: bool = True) -> dict[str, Any]:
     """Every metric for one featurizer: persona-16, the real-text suite (``export.real_eval``), names."""
     from . import real_eval as R
@@ -324,26 +325,26 @@ def evaluate(fz: Featurizer, w0: np.ndarray, *, lam: float | None = None, n_user
     P = fz.prior_precision
     ap = R.attribute_pool(fz, with_probe=with_probes) if real_text else None
     res: dict[str, Any] = {"prior": "identity" if P is None else "training users"}
-    if lam is None:
+    if prior_strength is None:
         if ap is not None:
-            lam, res["lambda_grid"] = choose_lambda_joint(phi_stmt, st, ap, w0, P)
+            prior_strength, res["prior_strength_grid"] = choose_prior_strength_joint(phi_stmt, st, ap, w0, P)
         else:
-            lam = choose_lambda(phi_stmt, st, w0, P=P)
-    res["lambda"] = lam
+            prior_strength = choose_prior_strength(phi_stmt, st, w0, P=P)
+    res["prior_strength"] = prior_strength
     users = D.persona_benchmark(st, n_users=n_users)
     res["persona_users"] = {"users": len(users), "heldout_per_user": len(users[0].eval) if users else 0}
-    res["persona"] = few_shot(phi_stmt, users, w0, lam, P=P)
+    res["persona"] = few_shot(phi_stmt, users, w0, prior_strength, P=P)
     res["interpretability"] = interpretability(phi_stmt, g, st)
     if with_probes:
         res["probe_ceiling"] = probe_ceiling(fz.features([("", s) for s in st.text]), st, users)
         res["relabeled_hh_probe"] = relabeled_probe(fz.features)
-    res["relabeled_hh"] = relabeled_hh(fz, w0, lam, P=P)
+    res["relabeled_hh"] = relabeled_hh(fz, w0, prior_strength, P=P)
     attr_corr = None
     if ap is not None:
         res["sanity"] = R.sanity(fz, w0)
         res["population"] = R.population(fz, w0)
-        res["attribute_users"] = R.attribute_users(ap, w0, lam, P)
-        res["dsp"] = R.dsp_users(fz, w0, lam, P)
+        res["attribute_users"] = R.attribute_users(ap, w0, prior_strength, P)
+        res["dsp"] = R.dsp_users(fz, w0, prior_strength, P)
         attr_corr = R.attribute_correlations(ap["phi"], ap["pool"].z)  # (K, A)
         res["attribute_correlations"] = np.round(attr_corr, 3).tolist()
     src_gates = source_gates(fz, g)

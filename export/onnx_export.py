@@ -48,7 +48,7 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
     """Write the model folder for a training run; returns its path.
 
     ``report`` (an ``evaluate`` result, or its JSON file) supplies the measured default prior
-    strength (``lambda``), the data-derived ``expert_names`` and the card's metrics.
+    strength (``prior_strength``, lambda), the data-derived ``expert_names`` and the card's metrics.
     ``reference`` rows (``export/reference.py``) are shipped as ``reference.jsonl``, and the
     expert cards the runtime reads off them go into the model card. ``quant`` is the int8
     backbone variant (``quantize_backbone``); ``head_experts`` the int8 head's expert weight type
@@ -94,7 +94,8 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
         model_id=model_id, n_experts=len(keep), top_k=args.top_k, expert_names=names,
         w0=head.w0.detach().double().numpy()[keep].tolist(), max_length=cfg["max_length"],
         hidden_size=int(backbone.n_embd), n_shared=args.n_shared,
-        precisions=precisions, gating=args.gating, default_prior_strength=float(rep.get("lambda", 1.0)),
+        precisions=precisions, gating=args.gating,
+        default_prior_strength=float(rep.get("prior_strength", rep.get("lambda", 1.0))),  # older reports: "lambda"
         prior_precision=None if P is None else (P + P.T) / 2,
         per_sequence=("int8",) if quant == "dynamic" else (),
         backbone_name=backbone_name(ckpt["backbone_path"]),

@@ -108,7 +108,7 @@ def attribute_pool(fz: Any, with_probe: bool = True) -> dict[str, Any]:
             "X": fz.features(pairs).astype(np.float64) if with_probe else None}
 
 
-def attribute_users(ap: dict[str, Any], w0: np.ndarray, lam: float, P: np.ndarray | None,
+def attribute_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P: np.ndarray | None,
                     n_users: int = 100) -> dict[str, Any]:
     """Few-shot accuracy of single- and multi-attribute users on held-out prompts (``ap``: attribute_pool)."""
     from .evaluate import few_shot
@@ -118,13 +118,13 @@ def attribute_users(ap: dict[str, Any], w0: np.ndarray, lam: float, P: np.ndarra
                            "attributes": list(ATTRIBUTES)}
     for name, k in (("single", 1), ("multi", None)):
         users = attribute_benchmark(pool, n_users=n_users, n_attributes=k)
-        out[name] = few_shot(phi, users, w0, lam, P=P)
+        out[name] = few_shot(phi, users, w0, prior_strength, P=P)
         if X is not None:
             out[name + "_frozen_probe"] = probe_few_shot(X, users)
     per_attr: dict[str, float | None] = {}
     for a, attr in enumerate(ATTRIBUTES):  # users who weigh this one attribute, either sign, N = 10
         users = attribute_benchmark(pool, n_users=20, attribute=a, seed=100 + a)
-        per_attr[attr] = few_shot(phi, users, w0, lam, shots=(10,), P=P)["10"] if users else None
+        per_attr[attr] = few_shot(phi, users, w0, prior_strength, shots=(10,), P=P)["10"] if users else None
     out["single_by_attribute_n10"] = per_attr
     return out
 
@@ -145,7 +145,7 @@ def residual_fit(X: np.ndarray, offset: np.ndarray, l2: float = RESIDUAL_L2) -> 
     return minimize(loss, np.zeros(X.shape[1]), jac=True, method="L-BFGS-B").x
 
 
-def dsp_users(fz: Any, w0: np.ndarray, lam: float, P: np.ndarray | None, draws: int = 20,
+def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | None, draws: int = 20,
               seed: int = 0) -> dict[str, Any]:
     """Four domain users: fit on N comparisons from half of the instructions, score all of the other half."""
     rows = D.load_dsp()
@@ -172,14 +172,14 @@ def dsp_users(fz: Any, w0: np.ndarray, lam: float, P: np.ndarray | None, draws: 
             m, p, resid = [], [], []
             for _ in range(draws):
                 take = rng.choice(len(train_phi), size=n, replace=False)
-                w, _ = fit_map(train_phi[take], w0, lam, P)
+                w, _ = fit_map(train_phi[take], w0, prior_strength, P)
                 m.append(pair_accuracy(test_phi @ w))
                 p.append(pair_accuracy(test_X @ logistic_fit(train_X[take], np.ones(n), PROBE_L2)))
                 v = residual_fit(train_X[take], train_phi[take] @ w)
                 resid.append(pair_accuracy(test_phi @ w + test_X @ v))
             row[f"model_{n}"], row[f"probe_{n}"] = float(np.mean(m)), float(np.mean(p))
             row[f"residual_{n}"] = float(np.mean(resid))
-        w_all, _ = fit_map(train_phi, w0, lam, P)
+        w_all, _ = fit_map(train_phi, w0, prior_strength, P)
         row["model_all"] = pair_accuracy(test_phi @ w_all)
         row["residual_all"] = pair_accuracy(test_phi @ w_all + test_X @ residual_fit(train_X, train_phi @ w_all))
         row["probe_all"] = pair_accuracy(test_X @ logistic_fit(train_X, np.ones(len(train_X)), PROBE_L2))

@@ -400,9 +400,9 @@ class RewardModel:
         ``prior_strength`` (lambda) defaults to the model's measured ``default_prior_strength``.
         Zero comparisons give the population weights ``w0``.
         """
-        lam = self.config.default_prior_strength if prior_strength is None else prior_strength
+        strength = self.config.default_prior_strength if prior_strength is None else prior_strength
         phi = self.comparison_features(comparisons)  # (N, K)
-        return UserProfile(user_id=user_id, prior_strength=lam, prior_precision=self._prior_precision,
+        return UserProfile(user_id=user_id, prior_strength=strength, prior_precision=self._prior_precision,
                            model_id=self.config.model_id, model_hash=self.model_hash).fit(phi, self._w0)
 
     def update_user(self, profile: UserProfile, comparisons: Iterable[dict[str, Any]]) -> UserProfile:

@@ -52,8 +52,8 @@ def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float,
 
     w0 = np.asarray(w0, dtype=np.float64)  # (K,)
     phi = np.asarray(phi, dtype=np.float64).reshape(-1, len(w0))  # (N, K)
-    lam = float(prior_strength)
-    if not (math.isfinite(lam) and lam > 0):
+    strength = float(prior_strength)
+    if not (math.isfinite(strength) and strength > 0):
         raise ValueError(f"prior_strength must be a positive finite number, got {prior_strength!r}")
     if not np.isfinite(phi).all():
         raise ValueError("comparison features contain NaN or inf")
@@ -61,14 +61,14 @@ def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float,
     if P.shape != (len(w0), len(w0)):
         raise ValueError(f"prior_precision must be ({len(w0)}, {len(w0)}), got {P.shape}")
     check_spd(P, "prior_precision")
-    lam_p = lam * P  # (K, K)
-    if not np.isfinite(lam_p).all():
+    strength_p = strength * P  # (K, K)
+    if not np.isfinite(strength_p).all():
         raise ValueError(f"prior_strength {prior_strength!r} times prior_precision overflows")
 
     def loss_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
         z = phi @ w  # (N,)
         d = w - w0  # (K,)
-        pd = lam_p @ d  # (K,)
+        pd = strength_p @ d  # (K,)
         loss = -log_expit(z).sum() + 0.5 * d @ pd
         grad = -(expit(-z) @ phi) + pd  # (K,)
         return float(loss), grad
@@ -79,7 +79,7 @@ def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float,
                        options={"maxiter": 1000, "gtol": 1e-10, "ftol": 1e-15})
         w = res.x
     s = expit(phi @ w)  # (N,)
-    hess = (phi * (s * (1 - s))[:, None]).T @ phi + lam_p  # (K, K)
+    hess = (phi * (s * (1 - s))[:, None]).T @ phi + strength_p  # (K, K)
     try:
         cov = np.linalg.inv(hess)  # (K, K); LinAlgError (a ValueError) if singular
         if not np.isfinite(w).all():

@@ -80,7 +80,7 @@ def main() -> None:
         rep_dense = evaluate(dz, dz.w0, n_users=users, real_text=False)
     times["evaluate_torch_s"] = time.time() - t1
     (runs / "ship" / "times.json").write_text(json.dumps(times))
-    lam = rep_torch["lambda"]
+    prior_strength = rep_torch["prior_strength"]
 
     t1 = time.time()
     export_model(runs / "ship", out, precision="int8", report=rep_torch, model_id=out.name,
@@ -88,7 +88,7 @@ def main() -> None:
     times["export_s"] = time.time() - t1
     t1 = time.time()
     rz = RuntimeFeaturizer(out, precision="int8")
-    rep = evaluate(rz, rz.w0, lam=lam, n_users=users)
+    rep = evaluate(rz, rz.w0, prior_strength=prior_strength, n_users=users)
     rep["parity"] = parity_report(runs / "ship", out)
     rep["parity"]["all_heldout_inputs"] = selection_agreement(runs / "ship", out)
     if args.variants:
@@ -98,9 +98,9 @@ def main() -> None:
     rep["torch"] = {k: rep_torch[k] for k in ("persona", "relabeled_hh", "sanity", "population", "dsp",
                                               "attribute_users")}
     if rep_dense is not None:
-        rep["dense"] = {"persona": rep_dense["persona"], "lambda": rep_dense["lambda"],
+        rep["dense"] = {"persona": rep_dense["persona"], "prior_strength": rep_dense["prior_strength"],
                         "interpretability": {k: v for k, v in rep_dense["interpretability"].items() if k != "axes"}}
-    for key in ("probe_ceiling", "relabeled_hh_probe", "lambda_grid"):
+    for key in ("probe_ceiling", "relabeled_hh_probe", "prior_strength_grid"):
         rep[key] = rep_torch[key]
     for key in ("single_frozen_probe", "multi_frozen_probe"):  # the references, on the fp32 frozen features
         rep["attribute_users"][key] = rep_torch["attribute_users"][key]
