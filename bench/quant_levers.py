@@ -83,7 +83,13 @@ def static_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], skip: 
     """Static int8 (QDQ): MinMax-calibrated per-tensor activation scales (batch-invariant), per-channel
     weights; MatMuls whose name contains any of ``skip`` stay fp32."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -126,14 +132,10 @@ def with_backbone(model: RewardModel, graph: Path, tmp: Path, name: str) -> Rewa
 
 def op_profile(model: RewardModel, pairs, tmp: Path) -> list[tuple[str, float]]:
     """Share of backbone time per operator type, from an onnxruntime profile of the shipped graph."""
-    import onnxruntime as ort
+    from moerm_lite.model import cpu_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = model.threads
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(tmp / "profile")
-    sess = ort.InferenceSession(str(model.folder / model.config.graphs[model.precision].backbone), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = cpu_session(model.folder / model.config.graphs[model.precision].backbone, model.threads,
+                       profile_prefix=str(tmp / "profile"))
     tok = TextTokenizer(model.folder / "tokenizer.json", model.config.max_length)
     ids = tok.encode([r for _, r in pairs], "response")[0]
     order = np.argsort([len(x) for x in ids], kind="stable")

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from moerm_lite import RewardModel, fit_map  # noqa: E402
-from moerm_lite.model import BATCH_SIZE  # noqa: E402
+from moerm_lite.model import BATCH_SIZE, cpu_session  # noqa: E402
 
 
 def timeit(fn, repeat: int) -> float:
@@ -158,15 +158,9 @@ def bench_levers(model: RewardModel, pairs, repeat: int) -> list[tuple[str, str,
     row("length sorting and shared prompt embeddings (one call per pair)",
         timeit(lambda: [model.score_pairs([p]) for p in pairs], repeat))
     # 2. token-budget batches: off = fixed batches of 32 texts, however long
-    from moerm_lite import model as runtime_model
-
-    budget = runtime_model.TOKENS_PER_BATCH
-    runtime_model.TOKENS_PER_BATCH = 10**9
-    try:
-        row("token-budget batches (fixed batches of 32 texts)", timeit(lambda: model.score_pairs(pairs, batch_size=32),
-                                                                       repeat))
-    finally:
-        runtime_model.TOKENS_PER_BATCH = budget
+    fixed = RewardModel.load(model.folder, threads=model.threads, precision=model.precision, tokens_per_batch=10**9)
+    row("token-budget batches (fixed batches of 32 texts)", timeit(lambda: fixed.score_pairs(pairs, batch_size=32),
+                                                                   repeat))
     # 3. threads: 1 instead of the configured count
     one = RewardModel.load(model.folder, threads=1, precision=model.precision)
     row(f"{model.threads} threads (1 thread)", timeit(lambda: one.score_pairs(pairs), repeat))
@@ -181,7 +175,6 @@ def bench_levers(model: RewardModel, pairs, repeat: int) -> list[tuple[str, str,
 
 
 def bench_experts(Ks: list[int], repeat: int) -> list[tuple[str, str, str]]:
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     from export.onnx_head import HeadWeights, build_head_graph
@@ -189,14 +182,11 @@ def bench_experts(Ks: list[int], repeat: int) -> list[tuple[str, str, str]]:
     H, D, B = 781, 64, 32  # H: the pair features of MiniLM (2 * 384 + 13)
     rng = np.random.default_rng(0)
     h = rng.normal(size=(B, H)).astype(np.float32)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
     rows, base = [], {}
     for K in Ks:
         w = HeadWeights(rng.normal(size=(H, K)), np.zeros(K), rng.normal(size=(K, H, D)) / 20, np.zeros((K, D)),
                         rng.normal(size=(K, D)), np.zeros(K))
-        sparse = ort.InferenceSession(build_head_graph(w, 2).SerializeToString(), opts,
-                                      providers=["CPUExecutionProvider"])
+        sparse = cpu_session(build_head_graph(w, 2).SerializeToString(), 2)
         # dense contrast: every expert evaluated, one (H, K*D) GEMM
         W = np.ascontiguousarray(w.w1.transpose(1, 0, 2).reshape(H, K * D)).astype(np.float32)
         nodes = [helper.make_node("MatMul", ["embedding", "W"], ["pre"]),
@@ -212,7 +202,7 @@ def bench_experts(Ks: list[int], repeat: int) -> list[tuple[str, str, str]]:
                                numpy_helper.from_array(np.array([-1], dtype=np.int64), "ax")])
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
         m.ir_version = 8
-        dense = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        dense = cpu_session(m.SerializeToString(), 2)
         ts = timeit(lambda: sparse.run(None, {"features": h}), repeat)
         td = timeit(lambda: dense.run(None, {"embedding": h}), repeat)
         base.setdefault("s", ts)

@@ -34,15 +34,12 @@ def matmul_weights(model: onnx.ModelProto) -> list[tuple[str, str]]:
 def input_grams(fp32: Path, feeds: Iterable[dict[str, np.ndarray]],
                 threads: int = 2) -> dict[str, np.ndarray]:
     """``X^T X`` of each MatMul's input over the real (unpadded) tokens of the calibration batches."""
-    import onnxruntime as ort
+    from moerm_lite.model import cpu_session
 
     model = onnx.load(str(fp32))
     names = sorted({x for x, _ in matmul_weights(model)})
     model.graph.output.extend([helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None) for x in names])
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the MatMul inputs
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = cpu_session(model.SerializeToString(), threads, optimize=False)  # no fusions: keep the MatMul inputs
     grams: dict[str, np.ndarray] = {}
     for feed in feeds:
         real = feed["attention_mask"].astype(bool)  # (B, L)

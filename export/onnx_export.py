@@ -15,7 +15,6 @@ from typing import Any, Optional
 
 import numpy as np
 import onnx
-import torch
 
 from moerm_lite.experts import trim_card
 

@@ -63,16 +63,29 @@ def default_model_path() -> Path:
         + ". Pass a model folder, RewardModel.load('path/to/folder') or --model, or set MOERM_LITE_MODEL")
 
 
-def _session(path: Path, threads: int, inputs: list[str], outputs: list[str]) -> ort.InferenceSession:
-    """One CPU onnxruntime session with ``threads`` intra-op threads; its inputs/outputs checked."""
+def cpu_session(model: str | Path | bytes, threads: int, *, optimize: bool = True,
+                profile_prefix: str | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session as the runtime makes them: ``threads`` intra-op threads, one
+    inter-op thread, no spinning, all graph optimizations (``optimize=False``: none, which keeps
+    every intermediate value), profiling when ``profile_prefix`` is given. ``model``: a path or bytes."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def _session(path: Path, threads: int, inputs: list[str], outputs: list[str]) -> ort.InferenceSession:
+    """The runtime's session of a model-folder graph; its inputs/outputs checked against config.json."""
     try:
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        sess = cpu_session(path, threads)
     except Exception as e:  # onnxruntime raises its own exception types
         raise ModelFolderError(f"onnxruntime cannot load {path}: {str(e)[:300]}") from e
     have_in = {i.name for i in sess.get_inputs()}
@@ -125,8 +138,9 @@ class RewardModel:
 
     def __init__(self, folder: Path, config: ModelConfig, backbone: ort.InferenceSession,
                  head: ort.InferenceSession, tokenizer: TextTokenizer, precision: str,
-                 threads: int, model_hash: str) -> None:
+                 threads: int, model_hash: str, tokens_per_batch: int = TOKENS_PER_BATCH) -> None:
         self.folder, self.config, self.precision, self.threads = folder, config, precision, threads
+        self.tokens_per_batch = tokens_per_batch
         self._backbone, self._head, self._tokenizer = backbone, head, tokenizer
         self.model_hash = model_hash  # sha256 of manifest.json: which exact model this is
         self._w0 = np.asarray(config.w0, dtype=np.float64)  # (K,)
@@ -136,13 +150,14 @@ class RewardModel:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | Path | None = None, *, threads: int | None = None,
-             precision: str = "int8") -> RewardModel:
+             precision: str = "int8", tokens_per_batch: int = TOKENS_PER_BATCH) -> RewardModel:
         """Load a model folder (``None``: the shipped default) after checking its manifest.
 
         Args:
             path: model folder.
             threads: onnxruntime intra-op threads; default ``min(4, cpu count)``.
             precision: which graphs to run, e.g. ``"int8"`` or ``"fp32"`` (see ``config.json``).
+            tokens_per_batch: most padded tokens per backbone call (results do not depend on it).
         """
         folder = Path(path) if path is not None else default_model_path()
         if not folder.is_dir():
@@ -162,6 +177,8 @@ class RewardModel:
             threads = min(DEFAULT_THREADS, os.cpu_count() or 1)
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive int, got {threads!r}")
+        if isinstance(tokens_per_batch, bool) or not isinstance(tokens_per_batch, int) or tokens_per_batch < 1:
+            raise ValueError(f"tokens_per_batch must be a positive int, got {tokens_per_batch!r}")
         try:
             tokenizer = TextTokenizer(folder / "tokenizer.json", cfg.max_length)
         except Exception as e:  # tokenizers raises its own exception types
@@ -170,8 +187,7 @@ class RewardModel:
         head = _session(head_path, threads, [cfg.head_input], cfg.head_outputs)
         _check_graphs(folder, cfg, backbone, head, tokenizer)
         model_hash = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()[:16]
-        return cls(folder, cfg, backbone, head, tokenizer,
-                   precision, threads, model_hash)
+        return cls(folder, cfg, backbone, head, tokenizer, precision, threads, model_hash, tokens_per_batch)
 
     # -------------------------------------------------------------- properties
     @property
@@ -300,7 +316,7 @@ class RewardModel:
 
         ``role="prompt"`` keeps the end of a text longer than ``max_length`` tokens, ``"response"``
         its start. Batches are length-sorted and padded to their longest member, and hold at most
-        ``batch_size`` texts and ``TOKENS_PER_BATCH`` padded tokens (many short texts per call, few
+        ``batch_size`` texts and ``tokens_per_batch`` padded tokens (many short texts per call, few
         long ones); the result does not depend on ``batch_size``.
         """
         out = np.zeros((len(texts), self.config.hidden_size), dtype=np.float32)  # (N, H)
@@ -311,10 +327,10 @@ class RewardModel:
         per_sequence = self.config.graphs[self.precision].per_sequence
         start = 0
         while start < len(order):
-            # up to batch_size texts, and at most TOKENS_PER_BATCH padded tokens (the longest text is last)
+            # up to batch_size texts, and at most tokens_per_batch padded tokens (the longest text is last)
             stop = start + 1
             while (stop < len(order) and stop - start < batch_size
-                   and (stop - start + 1) * len(ids[order[stop]]) <= TOKENS_PER_BATCH):
+                   and (stop - start + 1) * len(ids[order[stop]]) <= self.tokens_per_batch):
                 stop += 1
             idx = order[start:stop]
             start = stop

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .files import file_lock, locked_write_text
-
 
 PROFILE_SCHEMA_VERSION = 2  # 2: profiles store their comparisons' features (online updates)
 READABLE_SCHEMA_VERSIONS = (1, 2)  # 1 has no features: it scores but cannot be updated

@@ -12,12 +12,12 @@ transformers = pytest.importorskip("transformers")
 
 from export.onnx_backbone import export_backbone  # noqa: E402
 from export.onnx_export import export_model  # noqa: E402
-from tests.torch_utils import torch_scores  # noqa: E402
 from export.onnx_head import build_head_graph  # noqa: E402
 from export.train import TrainConfig, load_checkpoint, train  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
 from tests.model_test_utils import random_pairs  # noqa: E402
 from tests.tiny import F, random_head, tiny_reference, tiny_tokenizer  # noqa: E402
+from tests.torch_utils import torch_scores  # noqa: E402
 
 
 @pytest.fixture(scope="module")
