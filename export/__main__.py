@@ -100,14 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         for kv in args.set:
             k, v = kv.split("=", 1)
             overrides[k] = json.loads(v)
-        res = train_own(Path(args.jsonl), Path(args.output), backbone=args.backbone,
+        own = train_own(Path(args.jsonl), Path(args.output), backbone=args.backbone,
                         test_fraction=args.test_fraction, **overrides)
-        print(json.dumps(res, indent=1))
+        print(json.dumps(own, indent=1))
     elif args.command == "active":
         from .active_eval import model_active_curve
 
-        res = model_active_curve(args.input, precision=args.precision, n_users=args.users)
-        text = json.dumps(res, indent=1)
+        curve = model_active_curve(args.input, precision=args.precision, n_users=args.users)
+        text = json.dumps(curve, indent=1)
         if args.out:
             Path(args.out).write_text(text + "\n")
         print(text)

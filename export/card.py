@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
+
+from .evaluate import EvalReport
 
 DATA_LICENCES = """\
 | data | use | licence |
@@ -29,7 +31,7 @@ def _pct(x: Any) -> str:
     return f"{100 * x:.1f}" if isinstance(x, (int, float)) else "—"
 
 
-def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: dict[str, Any]) -> str:
+def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) -> str:
     """Markdown card: what the model is, its data, how it was trained, and what was measured."""
     cfg = ckpt["config"]
     K, k, S = config["n_experts"], config["top_k"], config.get("n_shared", 0)
@@ -91,7 +93,7 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: dict[str, Any]
     return "\n".join(lines)
 
 
-def real_text_section(rep: dict[str, Any]) -> list[str]:
+def real_text_section(rep: EvalReport) -> list[str]:
     """Held-out real-text numbers, each next to its reference (the unpersonalized model, a frozen probe)."""
     lines = ["## Real text (held out; this folder, int8)", ""]
     san = rep.get("sanity")
@@ -151,7 +153,7 @@ def real_text_section(rep: dict[str, Any]) -> list[str]:
     return lines
 
 
-def experts_section(config: dict[str, Any], rep: dict[str, Any]) -> list[str]:
+def experts_section(config: dict[str, Any], rep: EvalReport) -> list[str]:
     """A table of the shipped experts: name, kind, and what the data says."""
     it = rep.get("interpretability", {})
     best = {r["expert"]: r for r in it.get("axes", [])}
@@ -197,7 +199,7 @@ def backbone_source(name: str) -> str:
     return f"{name} (a local encoder folder; see its own licence)"
 
 
-def measured_section(rep: dict[str, Any], K: int) -> list[str]:
+def measured_section(rep: EvalReport, K: int) -> list[str]:
     """Markdown lines with the persona table and the other headline metrics of a report."""
     lines: list[str] = []
     p = rep.get("persona", {})
@@ -211,9 +213,10 @@ def measured_section(rep: dict[str, Any], K: int) -> list[str]:
                        ("persona_identity_prior", "this model, identity prior P = I (int8)"),
                        ("dense", "dense router, same recipe"),
                        ("probe_ceiling", "supervised per-axis probes on the frozen features (ceiling)")):
-        if key in rep:
-            rows.append((label, rep[key] if key in ("probe_ceiling", "persona_identity_prior")
-                         else rep[key].get("persona", rep[key])))
+        part = cast("dict[str, Any]", rep).get(key)
+        if part is not None:
+            rows.append((label, part if key in ("probe_ceiling", "persona_identity_prior")
+                         else part.get("persona", part)))
     for label, r in rows:
         lines.append(f"| {label} | {_pct(r.get('global'))} | " + " | ".join(_pct(r.get(str(n))) for n in
                                                                             (5, 10, 20, 50)) + " |")
@@ -263,7 +266,7 @@ def expert_cards_section(cards: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _source_desc(rep: dict[str, Any], k: int) -> str:
+def _source_desc(rep: EvalReport, k: int) -> str:
     share = {s: v[k] for s, v in rep.get("routing_share_by_source", {}).items() if k < len(v)}
     if not share:
         return "—"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
 
@@ -103,7 +103,8 @@ def pair_accuracy(z: np.ndarray) -> float:
 
 def few_shot(phi_stmt: np.ndarray, users: list[D.BenchUser], w0: np.ndarray, prior_strength: float,
              shots: Sequence[int] = SHOTS, P: np.ndarray | None = None) -> dict[str, float]:
-    """Mean held-out accuracy after fitting each user on its first N comparisons (prior N(w0, (prior_strength P)^-1))."""
+    """Mean held-out accuracy after fitting each user on its first N comparisons (prior N(w0, (lambda P)^-1),
+    lambda = ``prior_strength``)."""
     acc: dict[str, list[float]] = {str(n): [] for n in shots}
     acc["global"] = []
     for u in users:
@@ -122,7 +123,8 @@ def choose_prior_strength(phi_stmt: np.ndarray, st: D.Statements, w0: np.ndarray
     """The prior strength (lambda) with the best mean few-shot accuracy on validation users (a seed apart
     from test)."""
     val = D.persona_benchmark(st, n_users=n_users, seed=777)
-    scores = {prior_strength: np.mean([v for k, v in few_shot(phi_stmt, val, w0, prior_strength, P=P).items() if k != "global"])
+    scores = {prior_strength: np.mean([v for k, v in few_shot(phi_stmt, val, w0, prior_strength, P=P).items()
+                                       if k != "global"])
               for prior_strength in PRIOR_STRENGTH_GRID}
     log.info("lambda grid: %s", {k: round(v, 4) for k, v in scores.items()})
     return float(max(scores, key=lambda prior_strength: scores[prior_strength]))
@@ -314,8 +316,42 @@ def choose_prior_strength_joint(phi_stmt: np.ndarray, st: D.Statements, ap: dict
     return float(max(scores, key=lambda prior_strength: scores[prior_strength])), scores
 
 
+class EvalReport(TypedDict, total=False):
+    """What ``evaluate`` measures (and what ``scripts/build_model.py`` adds), as the card reads it.
+
+    JSON-ready; every part is optional because a report may come from a partial evaluation.
+    """
+
+    prior: str  # "identity" or "training users"
+    prior_strength: float  # lambda chosen on validation users
+    prior_strength_grid: dict[float, float]
+    persona_users: dict[str, int]  # {"users", "heldout_per_user"}
+    persona: dict[str, float]  # few-shot accuracy: "global", "5", "10", "20", "50"
+    persona_identity_prior: dict[str, float]  # the same with P = I
+    interpretability: dict[str, Any]
+    probe_ceiling: dict[str, Any]
+    relabeled_hh_probe: dict[str, float]
+    relabeled_hh: dict[str, Any]
+    sanity: dict[str, Any]  # export.real_eval.sanity
+    population: dict[str, Any]  # export.real_eval.population
+    attribute_users: dict[str, Any]
+    dsp: dict[str, Any]
+    attribute_correlations: list[list[float]]
+    expert_names: list[str]
+    routing_share_by_source: dict[str, list[float]]
+    # added by the build script
+    parity: dict[str, Any]
+    quant_variants: dict[str, Any]
+    torch: dict[str, Any]
+    dense: dict[str, Any]
+    expert_names_trained: list[str]
+    timings: dict[str, float]
+    active: dict[str, Any]
+    expert_cards: list[dict[str, Any]]
+
+
 def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = None, n_users: int = 200,
-             with_probes: bool = False, real_text: bool = True) -> dict[str, Any]:
+             with_probes: bool = False, real_text: bool = True) -> EvalReport:
     """Every metric for one featurizer: persona-16, the real-text suite (``export.real_eval``), names."""
     from . import real_eval as R
 
@@ -324,7 +360,7 @@ def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = N
     phi_stmt = expert_features(g, r)  # (S, K)
     P = fz.prior_precision
     ap = R.attribute_pool(fz, with_probe=with_probes) if real_text else None
-    res: dict[str, Any] = {"prior": "identity" if P is None else "training users"}
+    res: EvalReport = {"prior": "identity" if P is None else "training users"}
     if prior_strength is None:
         if ap is not None:
             prior_strength, res["prior_strength_grid"] = choose_prior_strength_joint(phi_stmt, st, ap, w0, P)

@@ -11,7 +11,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 import onnx
@@ -20,6 +20,7 @@ from moerm_lite.experts import trim_card
 
 from .card import model_card
 from .embed import backbone_name
+from .evaluate import EvalReport
 from .model import Backbone, MoEHead
 from .onnx_backbone import export_backbone
 from .onnx_head import HeadWeights, build_head_graph
@@ -57,8 +58,8 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
     if backbone is None:
         backbone = Backbone(ckpt["backbone_path"])
     args, cfg = head.args, ckpt["config"]
-    rep: dict[str, Any] = (report if isinstance(report, dict) else
-                           json.loads(Path(report).read_text()) if report else {})
+    rep = cast(EvalReport, report if isinstance(report, dict) else
+               json.loads(Path(report).read_text()) if report else {})
     precisions = sorted({precision} | ({"fp32"} if also_fp32 else set()))
     keep = used_experts(rep, args.n_experts, args.n_shared) if prune else list(range(args.n_experts))
     wts = head_weights(head).select(keep)
@@ -94,7 +95,7 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
         w0=head.w0.detach().double().numpy()[keep].tolist(), max_length=cfg["max_length"],
         hidden_size=int(backbone.n_embd), n_shared=args.n_shared,
         precisions=precisions, gating=args.gating,
-        default_prior_strength=float(rep.get("prior_strength", rep.get("lambda", 1.0))),  # older reports: "lambda"
+        default_prior_strength=float(rep.get("prior_strength", cast("dict[str, Any]", rep).get("lambda", 1.0))),
         prior_precision=None if P is None else (P + P.T) / 2,
         per_sequence=("int8",) if quant == "dynamic" else (),
         backbone_name=backbone_name(ckpt["backbone_path"]),
@@ -116,13 +117,13 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
     if reference:
         cards = add_expert_cards(folder)
         update_card(folder, model_card(json.loads((folder / "config.json").read_text()), ckpt,
-                                       {**rep, "expert_cards": [trim_card(c, 3, 3) for c in cards]}))
+                                       cast(EvalReport, {**rep, "expert_cards": [trim_card(c, 3, 3) for c in cards]})))
     log.info("wrote %s (%s)", folder, ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB"
                                                 for p in sorted((folder / "onnx").iterdir())))
     return folder
 
 
-def used_experts(report: dict[str, Any], n_experts: int, n_shared: int) -> list[int]:
+def used_experts(report: EvalReport, n_experts: int, n_shared: int) -> list[int]:
     """The experts to ship: every shared expert, and each routed one that some held-out input of some
     source routes to (``report["routing_share_by_source"]``; all of them without a report)."""
     shares = report.get("routing_share_by_source")

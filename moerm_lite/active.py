@@ -13,9 +13,9 @@ comparisons (by default the candidates themselves):
     gain(x) = s_x * sum_t (t^T cov x)^2 / (1 + s_x x^T cov x)
 
 so a question is worth asking when the model cannot predict its answer and the answer would
-also settle the comparisons the user is likely to face. In persona-16 trials it beat random
-questions at every N <= 20, and the expected information gain about ``w`` itself (BALD) from N = 10 on
-(N = 10: 93.2% against 91.9% for BALD, 60 users).
+also settle the comparisons the user is likely to face, rather than one that only pins down ``w``
+along directions no candidate differs in (which is what information gain about ``w`` itself, BALD,
+rewards). ``python -m export active`` measures it against random questions; the model card has the curve.
 """
 
 from __future__ import annotations
