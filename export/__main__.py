@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("-o", "--output", required=True, help="model folder to write, e.g. models/NAME")
     sp.add_argument("--precision", default="int8", choices=["int8", "fp32"])
     sp.add_argument("--also-fp32", action="store_true", help="also write the fp32 graphs")
-    sp.add_argument("--quant", default="gptq8", help="int8 backbone variant: gptq8, weight_only8, "
+    sp.add_argument("--quant", default="gptq8", help="int8 backbone variant: gptq8, gptq8_nbits, weight_only8, "
                     "weight_only8_int8_compute, dynamic or fp16_weights")
     sp.add_argument("--report", default=None, help="evaluation JSON to put in the model card")
     sp.add_argument("--no-reference", action="store_true",

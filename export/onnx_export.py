@@ -72,7 +72,7 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
                 graphs["onnx/head_fp32.onnx"] = build_head_graph(wts, args.top_k, gating=args.gating)
             else:
                 feeds = None
-                if quant == "gptq8":
+                if quant in ("gptq8", "gptq8_nbits"):
                     tok_file = Path(tmp) / "tokenizer.json"
                     tok_file.write_text(ckpt["tokenizer_json"], encoding="utf-8")
                     feeds = calibration_feeds(ckpt, tok_file)

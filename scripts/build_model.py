@@ -4,6 +4,8 @@
     python scripts/build_model.py --quick        # small smoke run into runs/quick (not for shipping)
     python scripts/build_model.py --refresh      # keep the graphs; redo reference corpus, expert cards,
                                                  # active-question curve and the card
+    python scripts/build_model.py --backbone-only  # re-export only the int8 backbone graph of the shipped
+                                                 # run with today's export code, re-measure parity, card
 
 Needs the export extra (torch pinned: pip install torch==2.13.0) and ../shared/data.
 Every number in the model card and the README's tables comes from the reports this writes.
@@ -46,6 +48,8 @@ def main() -> None:
     ap.add_argument("--refresh", action="store_true", help="reuse the model folder and runs/ship/report.json")
     ap.add_argument("--dense", action="store_true", help="also train the dense-router variant (card row)")
     ap.add_argument("--variants", action="store_true", help="also compare int8 backbone variants (card table)")
+    ap.add_argument("--backbone-only", action="store_true",
+                    help="re-export the backbone graph only; keep head, experts and the other measurements")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -56,6 +60,9 @@ def main() -> None:
     if args.quick:
         cfg = replace(cfg, persona_users=200, attribute_users=100, epochs=1)
         runs, out, users = runs / "quick", runs / "quick" / "model", 50
+    if args.backbone_only:
+        backbone_only(runs, out)
+        return
     if args.refresh:
         rep = json.loads((runs / "ship" / "report.json").read_text())
         add_reference(out, to_jsonl(reference_corpus()))
@@ -108,6 +115,52 @@ def main() -> None:
     times["evaluate_runtime_s"] = time.time() - t1
     rep["timings"] = times
     finish(runs, out, rep, users)
+
+
+def backbone_only(runs: Path, out: Path, max_score_change: float = 1e-4) -> None:
+    """Swap in a backbone graph re-exported from ``runs/ship`` with today's export code (same weights:
+    the GPTQ levels depend on the weights and calibration texts only). The other measurements in the
+    card stay valid only if the scores do not move, so this refuses a graph that moves any score of
+    the parity set by more than ``max_score_change``; parity against torch is measured again."""
+    import shutil
+    import tempfile
+
+    from export.model import Backbone
+    from export.onnx_backbone import export_backbone
+    from export.parity import heldout_comparisons
+    from export.quantize import calibration_feeds, quantize_backbone
+    from moerm_lite.folder import write_manifest
+
+    ckpt, _, backbone = load_checkpoint(runs / "ship")
+    rep = json.loads((runs / "ship" / "report.json").read_text())
+    old = RewardModel.load(out)
+    pairs = [(r["prompt"], t) for r in heldout_comparisons() for t in (r["chosen"], r["rejected"])]
+    before = old.score_pairs(pairs)
+    rel = old.config.graphs["int8"].backbone
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_backbone(backbone or Backbone(ckpt["backbone_path"]), Path(tmp) / "fp32.onnx")
+        feeds = calibration_feeds(ckpt, out / "tokenizer.json")
+        new = quantize_backbone(fp32, Path(tmp) / "int8.onnx", "gptq8", feeds)
+        trial = Path(tmp) / "folder"
+        shutil.copytree(out, trial)
+        shutil.copy(new, trial / rel)
+        write_manifest(trial)
+        moved = float(abs(RewardModel.load(trial).score_pairs(pairs) - before).max())
+        if moved > max_score_change:
+            raise SystemExit(f"the re-exported backbone moves scores by {moved:.2e} > {max_score_change}: "
+                             "rebuild the model instead (python scripts/build_model.py --resume)")
+        shutil.copy(new, out / rel)
+    config = json.loads((out / "config.json").read_text())
+    config["quantization"]["int8_backbone"] = "gptq8 (8-bit levels, dequantized to fp32 at load)"
+    (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    write_manifest(out)
+    rep["parity"] = {**parity_report(runs / "ship", out),
+                     "all_heldout_inputs": selection_agreement(runs / "ship", out),
+                     "persona_few_shot_int8_minus_torch": rep["parity"].get("persona_few_shot_int8_minus_torch"),
+                     "backbone_reexport_max_score_change": moved}
+    (runs / "ship" / "report.json").write_text(json.dumps(rep, indent=1))
+    update_card(out, model_card(config, ckpt, rep))
+    print(json.dumps(rep["parity"], indent=1))
 
 
 def quant_variants(run: Path, out: Path, parity: dict) -> dict:

@@ -65,3 +65,23 @@ def test_gptq_has_less_output_error_than_rounding():
         levels, scales = gptq_round(W, gram, damp=0.0 if name == "rtn" else 0.01)
         err[name] = np.linalg.norm(X @ (W - dequantize(levels, scales)))
     assert err["gptq"] < 0.5 * err["rtn"]
+
+
+def test_dequantize_at_load_keeps_the_levels():
+    """The shipped form: the same int8 levels and block scales, folded to an fp32 MatMul at load."""
+    from export.quantize import dequantize_at_load
+
+    rng = np.random.default_rng(4)
+    W = rng.normal(size=(64, 8)).astype(np.float32)
+    levels, scales = gptq_round(W, np.eye(64))
+    model = round_to_nearest8(one_matmul(W))
+    write_levels(model, "W", levels, scales)
+    x = rng.normal(size=(5, 64)).astype(np.float32)
+    y_nbits = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    fp32 = dequantize_at_load(model)
+    assert {n.op_type for n in fp32.graph.node} == {"Cast", "Mul", "Reshape", "MatMul"}
+    sizes = [i.data_type for i in fp32.graph.initializer if len(i.dims) == 3 and i.dims[1] == BLOCK]
+    assert sizes == [TensorProto.INT8]  # still 8 bits on disk
+    y = ort.InferenceSession(fp32.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, y_nbits, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(y, x @ dequantize(levels, scales), rtol=0, atol=1e-4)
