@@ -36,9 +36,9 @@ from moerm_lite.text import TextTokenizer  # noqa: E402
 
 def calibration(model: RewardModel, n: int) -> list[dict[str, np.ndarray]]:
     """Padded backbone feeds of ``n`` training-split texts, tokenized as the runtime does."""
-    from export import data as D
+    from export import data
 
-    rows = D.load_hh_harmless(split="train")[: n // 2] + D.load_finegrained_qa(split="train")[: n // 2]
+    rows = data.load_hh_harmless(split="train")[: n // 2] + data.load_finegrained_qa(split="train")[: n // 2]
     tok = TextTokenizer(model.folder / "tokenizer.json", model.config.max_length)
     ids = tok.encode([r["prompt"] for r in rows if r["prompt"].strip()], "prompt")[0]
     ids += tok.encode([r["chosen"] for r in rows], "response")[0]

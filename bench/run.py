@@ -42,11 +42,11 @@ def timeit(fn, repeat: int) -> float:
 
 def workload(n_prompts: int, n_cand: int, seed: int = 0) -> list[tuple[str, str]]:
     """Ranking workload: HH prompts, each with candidates of varied length from HH and QA replies."""
-    from export import data as D
+    from export import data
 
     rng = np.random.default_rng(seed)
-    hh = D.load_hh_harmless(split="test")
-    pool = [r["chosen"] for r in hh] + [r["chosen"] for r in D.load_finegrained_qa(split="test")]
+    hh = data.load_hh_harmless(split="test")
+    pool = [r["chosen"] for r in hh] + [r["chosen"] for r in data.load_finegrained_qa(split="test")]
     prompts = [hh[i]["prompt"] for i in rng.permutation(len(hh))[:n_prompts]]
     return [(p, pool[j]) for p in prompts for j in rng.choice(len(pool), n_cand, replace=False)]
 
@@ -212,9 +212,9 @@ def bench_experts(Ks: list[int], repeat: int) -> list[tuple[str, str, str]]:
 
 
 def bench_fit(model: RewardModel, Ns: list[int], repeat: int) -> list[tuple[str, str, str]]:
-    from export import data as D
+    from export import data
 
-    st = D.load_persona()
+    st = data.load_persona()
     rng = np.random.default_rng(1)
     rows = []
     for N in Ns:

@@ -79,10 +79,10 @@ def main() -> None:
 
 def heldout_accuracy(run: Path) -> float:
     """Population-score accuracy of a run (torch) on the HH helpful test split."""
-    from export import data as D
+    from export import data
     from export.evaluate import TorchFeaturizer
 
-    recs = D.load_hh_helpful(split="test")
+    recs = data.load_hh_helpful(split="test")
     fz = TorchFeaturizer(run)
     pairs = [(r["prompt"], r["chosen"]) for r in recs] + [(r["prompt"], r["rejected"]) for r in recs]
     g, r = fz.outputs(pairs)

@@ -21,11 +21,11 @@ from moerm_lite import fit_map
 from moerm_lite.active import prior_covariance, variance_reduction
 from moerm_lite.head import expert_features
 
-from . import data as D
+from . import data
 from .evaluate import RuntimeFeaturizer, pair_accuracy
 
 
-def active_curve(phi_stmt: np.ndarray, st: D.Statements, w0: np.ndarray, prior_strength: float, *,
+def active_curve(phi_stmt: np.ndarray, st: data.Statements, w0: np.ndarray, prior_strength: float, *,
                  P: np.ndarray | None = None, n_users: int = 200, pool_size: int = 200, rounds: int = 20,
                  seed: int = 2024) -> dict[str, Any]:
     """Mean held-out accuracy after N = 1..rounds answers, for active and random questions.
@@ -35,12 +35,12 @@ def active_curve(phi_stmt: np.ndarray, st: D.Statements, w0: np.ndarray, prior_s
         w0: (K,) population weights (the prior mean); prior_strength, P: the prior strength and precision.
     """
     rng = np.random.default_rng(seed)
-    users = D.persona_benchmark(st, n_users=n_users)
-    adapt_pool = D.statement_split(st, "adapt")
+    users = data.persona_benchmark(st, n_users=n_users)
+    adapt_pool = data.statement_split(st, "adapt")
     K = len(w0)
     acc = {"active": np.zeros((n_users, rounds)), "random": np.zeros((n_users, rounds))}
     for u_i, u in enumerate(users):
-        pool = np.array(D.sample_comparisons(rng, u.w, st, adapt_pool, pool_size))  # (P, 2)
+        pool = np.array(data.sample_comparisons(rng, u.w, st, adapt_pool, pool_size))  # (P, 2)
         phi_pool = phi_stmt[pool[:, 0]] - phi_stmt[pool[:, 1]]  # (P, K)
         e = np.array(u.eval)
         phi_eval = phi_stmt[e[:, 0]] - phi_stmt[e[:, 1]]  # (100, K)
@@ -67,7 +67,7 @@ def active_curve(phi_stmt: np.ndarray, st: D.Statements, w0: np.ndarray, prior_s
 def model_active_curve(folder: str | Path, precision: str = "int8", n_users: int = 200) -> dict[str, Any]:
     """:func:`active_curve` through a model folder, at its default prior strength."""
     rz = RuntimeFeaturizer(folder, precision=precision)
-    st = D.load_persona()
+    st = data.load_persona()
     g, r = rz.outputs([("", s) for s in st.text])
     prior_strength = rz.model.config.default_prior_strength
     return active_curve(expert_features(g, r), st, rz.w0, prior_strength, P=rz.prior_precision, n_users=n_users)

@@ -16,7 +16,7 @@ import numpy as np
 from moerm_lite import RewardModel, fit_map
 from moerm_lite.head import expert_features
 
-from . import data as D
+from . import data
 
 log = logging.getLogger("export")
 SHOTS = (5, 10, 20, 50)
@@ -101,7 +101,7 @@ def pair_accuracy(z: np.ndarray) -> float:
     return float(np.mean((z > 0) + 0.5 * (z == 0)))
 
 
-def few_shot(phi_stmt: np.ndarray, users: list[D.BenchUser], w0: np.ndarray, prior_strength: float,
+def few_shot(phi_stmt: np.ndarray, users: list[data.BenchUser], w0: np.ndarray, prior_strength: float,
              shots: Sequence[int] = SHOTS, P: np.ndarray | None = None) -> dict[str, float]:
     """Mean held-out accuracy after fitting each user on its first N comparisons (prior N(w0, (lambda P)^-1),
     lambda = ``prior_strength``)."""
@@ -118,11 +118,11 @@ def few_shot(phi_stmt: np.ndarray, users: list[D.BenchUser], w0: np.ndarray, pri
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
-def choose_prior_strength(phi_stmt: np.ndarray, st: D.Statements, w0: np.ndarray, n_users: int = 100,
+def choose_prior_strength(phi_stmt: np.ndarray, st: data.Statements, w0: np.ndarray, n_users: int = 100,
                   P: np.ndarray | None = None) -> float:
     """The prior strength (lambda) with the best mean few-shot accuracy on validation users (a seed apart
     from test)."""
-    val = D.persona_benchmark(st, n_users=n_users, seed=777)
+    val = data.persona_benchmark(st, n_users=n_users, seed=777)
     scores = {prior_strength: np.mean([v for k, v in few_shot(phi_stmt, val, w0, prior_strength, P=P).items()
                                        if k != "global"])
               for prior_strength in PRIOR_STRENGTH_GRID}
@@ -130,9 +130,9 @@ def choose_prior_strength(phi_stmt: np.ndarray, st: D.Statements, w0: np.ndarray
     return float(max(scores, key=lambda prior_strength: scores[prior_strength]))
 
 
-def interpretability(phi_stmt: np.ndarray, gates: np.ndarray, st: D.Statements) -> dict[str, Any]:
+def interpretability(phi_stmt: np.ndarray, gates: np.ndarray, st: data.Statements) -> dict[str, Any]:
     """Per axis: the expert whose gated reward best tracks the +/-1 labels, and its routing share."""
-    idx = D.statement_split(st, "test")
+    idx = data.statement_split(st, "test")
     rows: list[dict[str, Any]] = []
     for a, name in enumerate(st.axes):
         sel = idx[st.axis[idx] == a]
@@ -161,12 +161,12 @@ def logistic_fit(X: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
     return minimize(loss, np.zeros(X.shape[1]), jac=True, method="L-BFGS-B").x
 
 
-def probe_ceiling(emb: np.ndarray, st: D.Statements, users: list[D.BenchUser]) -> dict[str, float]:
+def probe_ceiling(emb: np.ndarray, st: data.Statements, users: list[data.BenchUser]) -> dict[str, float]:
     """Supervised ceiling: per-axis logistic probes on frozen embeddings as the features.
 
     Fitted like the model (MAP, identity prior around 0), with its own lambda from validation users.
     """
-    train = D.statement_split(st, "train")
+    train = data.statement_split(st, "train")
     feats = np.zeros((len(st.text), len(st.axes)))
     X = np.hstack([emb, np.ones((len(emb), 1))])
     for a in range(len(st.axes)):
@@ -178,12 +178,12 @@ def probe_ceiling(emb: np.ndarray, st: D.Statements, users: list[D.BenchUser]) -
     return {**few_shot(feats, users, w0, prior_strength), "prior_strength": prior_strength}
 
 
-def pair_probe(features: Any, train: list[D.Record], test: list[D.Record], l2: float = 10.0) -> float:
+def pair_probe(features: Any, train: list[data.Record], test: list[data.Record], l2: float = 10.0) -> float:
     """Held-out accuracy of one L2 logistic regression on frozen feature differences (chosen - rejected).
 
     The ceiling of a frozen backbone for a population score on that data.
     """
-    def diff(recs: list[D.Record]) -> np.ndarray:
+    def diff(recs: list[data.Record]) -> np.ndarray:
         return (features([(r["prompt"], r["chosen"]) for r in recs])
                 - features([(r["prompt"], r["rejected"]) for r in recs])).astype(np.float64)
 
@@ -191,7 +191,8 @@ def pair_probe(features: Any, train: list[D.Record], test: list[D.Record], l2: f
     return pair_accuracy(Xt @ logistic_fit(X, np.ones(len(X)), l2))
 
 
-def comparison_features(fz: Featurizer, recs: list[D.Record]) -> np.ndarray:
+def records_phi(fz: Featurizer, recs: list[data.Record]) -> np.ndarray:
+    """phi, the chosen-minus-rejected expert features (N, K), of comparison records through ``fz``."""
     pairs = [(r["prompt"], r["chosen"]) for r in recs] + [(r["prompt"], r["rejected"]) for r in recs]
     g, r = fz.outputs(pairs)
     f = expert_features(g, r)
@@ -201,8 +202,8 @@ def comparison_features(fz: Featurizer, recs: list[D.Record]) -> np.ndarray:
 def relabeled_hh(fz: Featurizer, w0: np.ndarray, prior_strength: float, reps: int = 50, seed: int = 0,
                  P: np.ndarray | None = None) -> dict[str, Any]:
     """Two annotator objectives as two users: global, oracle (fit on all) and few-shot N = 10/50."""
-    recs = D.load_relabeled_hh()
-    phi = comparison_features(fz, recs)
+    recs = data.load_relabeled_hh()
+    phi = records_phi(fz, recs)
     users = np.array([r["user_id"] for r in recs])
     rng = np.random.default_rng(seed)
     res: dict[str, Any] = {"global": pair_accuracy(phi @ w0), "per_objective": {}}
@@ -226,11 +227,11 @@ def relabeled_hh(fz: Featurizer, w0: np.ndarray, prior_strength: float, reps: in
 def relabeled_probe(features: Any) -> dict[str, float]:
     """Per objective, a logistic probe on frozen feature differences trained on half of its pairs (split by
     prompt) and tested on the other half: how far a frozen backbone can separate each objective at all."""
-    recs = D.load_relabeled_hh()
+    recs = data.load_relabeled_hh()
     out = {}
     for obj in ("helpful", "harmless"):
         mine = [r for r in recs if r["user_id"] == obj]
-        half = [D.bucket(r["prompt"], "relabeled-probe") < 0.5 for r in mine]
+        half = [data.bucket(r["prompt"], "relabeled-probe") < 0.5 for r in mine]
         out[obj] = pair_probe(features, [r for r, h in zip(mine, half) if h],
                               [r for r, h in zip(mine, half) if not h])
     out["mean"] = float(np.mean([out["helpful"], out["harmless"]]))
@@ -242,7 +243,7 @@ SOURCE_ORDER = ("hh_helpful", "hh_harmless", "finegrained_qa", "topical_chat")  
 
 def source_gates(fz: Featurizer, persona_gates: np.ndarray) -> dict[str, np.ndarray]:
     """Dense gates (N, K) per source: held-out chosen replies of the real sets, and the persona statements."""
-    out = {name: fz.outputs([(x["prompt"], x["chosen"]) for x in D.REAL_LOADERS[name](split="test")])[0]
+    out = {name: fz.outputs([(x["prompt"], x["chosen"]) for x in data.REAL_LOADERS[name](split="test")])[0]
            for name in SOURCE_ORDER}
     out["persona"] = persona_gates
     return out
@@ -262,12 +263,12 @@ SOURCE_WORDS = {"hh_harmless": "harmlessness (HH-RLHF harmless)", "hh_helpful": 
                 "finegrained_qa": "factual QA answers", "topical_chat": "chit-chat replies", "persona": "persona statements"}
 
 
-def name_experts(phi_stmt: np.ndarray, st: D.Statements, source_gates: dict[str, np.ndarray],
+def name_experts(phi_stmt: np.ndarray, st: data.Statements, source_gates: dict[str, np.ndarray],
                  attr_corr: np.ndarray | None = None, attributes: Sequence[str] = (), n_shared: int = 0) -> list[str]:
     """A name per expert from data, in words: its persona axis and stance, else the text attribute its
     gated reward tracks, else the source it mostly serves; ``unused`` if no held-out input routes to it."""
     K = phi_stmt.shape[1]
-    idx = D.statement_split(st, "test")
+    idx = data.statement_split(st, "test")
     names = []
     for k in range(K):
         f = phi_stmt[idx, k]
@@ -299,13 +300,13 @@ def name_experts(phi_stmt: np.ndarray, st: D.Statements, source_gates: dict[str,
     return out
 
 
-def choose_prior_strength_joint(phi_stmt: np.ndarray, st: D.Statements, ap: dict[str, Any], w0: np.ndarray,
+def choose_prior_strength_joint(phi_stmt: np.ndarray, st: data.Statements, ap: dict[str, Any], w0: np.ndarray,
                         P: np.ndarray | None) -> tuple[float, dict[float, float]]:
     """The prior strength with the best mean few-shot accuracy over persona and attribute validation users
     (seeds apart from the test users)."""
     from .attributes import attribute_benchmark
 
-    val_p = D.persona_benchmark(st, n_users=100, seed=777)
+    val_p = data.persona_benchmark(st, n_users=100, seed=777)
     val_a = attribute_benchmark(ap["pool"], n_users=100, seed=778)
     scores = {}
     for prior_strength in PRIOR_STRENGTH_GRID:
@@ -355,7 +356,7 @@ def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = N
     """Every metric for one featurizer: persona-16, the real-text suite (``export.real_eval``), names."""
     from . import real_eval as R
 
-    st = D.load_persona()
+    st = data.load_persona()
     g, r = fz.outputs([("", s) for s in st.text])
     phi_stmt = expert_features(g, r)  # (S, K)
     P = fz.prior_precision
@@ -367,7 +368,7 @@ def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = N
         else:
             prior_strength = choose_prior_strength(phi_stmt, st, w0, P=P)
     res["prior_strength"] = prior_strength
-    users = D.persona_benchmark(st, n_users=n_users)
+    users = data.persona_benchmark(st, n_users=n_users)
     res["persona_users"] = {"users": len(users), "heldout_per_user": len(users[0].eval) if users else 0}
     res["persona"] = few_shot(phi_stmt, users, w0, prior_strength, P=P)
     res["interpretability"] = interpretability(phi_stmt, g, st)

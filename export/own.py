@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import data as D
+from . import data
 
 log = logging.getLogger("export")
 
@@ -25,13 +25,13 @@ log = logging.getLogger("export")
 def train_own(jsonl: Path, out: Path, *, backbone: str = "", test_fraction: float = 0.1,
               **overrides: Any) -> dict[str, Any]:
     """Train on ``jsonl`` (minus a held-out split), export an int8 folder to ``out``; return the accuracies."""
-    from .evaluate import RuntimeFeaturizer, comparison_features, pair_accuracy
+    from .evaluate import RuntimeFeaturizer, records_phi, pair_accuracy
     from .onnx_export import export_model
     from .train import TrainConfig, train
 
-    recs = D.load_jsonl(jsonl)
-    test = [r for r in recs if D.in_split(r["prompt"] + "|own", "test", test_fraction)]
-    train_recs = [r for r in recs if not D.in_split(r["prompt"] + "|own", "test", test_fraction)]
+    recs = data.load_jsonl(jsonl)
+    test = [r for r in recs if data.in_split(r["prompt"] + "|own", "test", test_fraction)]
+    train_recs = [r for r in recs if not data.in_split(r["prompt"] + "|own", "test", test_fraction)]
     if not train_recs or not test:
         raise ValueError(f"{jsonl}: need comparisons on several distinct prompts to hold some out "
                          f"({len(recs)} comparisons, {len({r['prompt'] for r in recs})} prompts)")
@@ -47,7 +47,7 @@ def train_own(jsonl: Path, out: Path, *, backbone: str = "", test_fraction: floa
         train(cfg, tmp, records=train_recs)
         folder = export_model(tmp, out, model_id=Path(out).name)
     fz = RuntimeFeaturizer(folder)
-    phi = comparison_features(fz, test)  # (N, K)
+    phi = records_phi(fz, test)  # (N, K)
     res: dict[str, Any] = {"folder": str(folder), "train_comparisons": len(train_recs),
                            "test_comparisons": len(test), "heldout_accuracy": pair_accuracy(phi @ fz.w0)}
     users = sorted({r["user_id"] for r in test if r.get("user_id")})

@@ -15,20 +15,21 @@ from scipy.stats import spearmanr
 from moerm_lite import RewardModel
 from moerm_lite.head import combine
 
-from . import data as D
+from . import data
 from .evaluate import RuntimeFeaturizer, TorchFeaturizer
 
 
-def heldout_comparisons(per_source: int = 300, seed: int = 0) -> list[D.Record]:
+def heldout_comparisons(per_source: int = 300, seed: int = 0) -> list[data.Record]:
     """Up to ``per_source`` held-out comparisons from each source (never-trained-on splits)."""
     rng = np.random.default_rng(seed)
-    st = D.load_persona()
-    users = D.persona_benchmark(st, n_users=10, seed=99)
+    st = data.load_persona()
+    users = data.persona_benchmark(st, n_users=10, seed=99)
     persona = [{"prompt": "", "chosen": st.text[c], "rejected": st.text[r], "source": "persona"}
                for u in users for c, r in u.eval]
-    out: list[D.Record] = []
-    for recs in (persona, D.load_hh_harmless(split="test"), D.load_hh_helpful(split="test"),
-                 D.load_finegrained_qa(split="test"), D.load_topical_chat(split="test"), D.load_relabeled_hh()):
+    out: list[data.Record] = []
+    for recs in (persona, data.load_hh_harmless(split="test"), data.load_hh_helpful(split="test"),
+                 data.load_finegrained_qa(split="test"), data.load_topical_chat(split="test"),
+                 data.load_relabeled_hh()):
         take = rng.permutation(len(recs))[:per_source]
         out += [recs[i] for i in take]
     return out
@@ -36,10 +37,10 @@ def heldout_comparisons(per_source: int = 300, seed: int = 0) -> list[D.Record]:
 
 def heldout_inputs() -> list[tuple[str, str]]:
     """Every distinct held-out (prompt, response) of every source: test splits, relabeled HH, test statements."""
-    recs = (D.load_relabeled_hh() + D.load_hh_harmless(split="test") + D.load_hh_helpful(split="test")
-            + D.load_finegrained_qa(split="test") + D.load_topical_chat(split="test"))
-    st = D.load_persona()
-    return sorted(set(D.iter_pairs(recs)) | {("", st.text[i]) for i in D.statement_split(st, "test")})
+    recs = (data.load_relabeled_hh() + data.load_hh_harmless(split="test") + data.load_hh_helpful(split="test")
+            + data.load_finegrained_qa(split="test") + data.load_topical_chat(split="test"))
+    st = data.load_persona()
+    return sorted(set(data.iter_pairs(recs)) | {("", st.text[i]) for i in data.statement_split(st, "test")})
 
 
 def kept_experts(folder: "str | Path") -> list[int] | None:

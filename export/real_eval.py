@@ -22,10 +22,10 @@ import numpy as np
 from moerm_lite import fit_map
 from moerm_lite.head import expert_features
 
-from . import data as D
+from . import data
 from .attributes import ATTRIBUTES, ResponsePool, attribute_benchmark
 from .contrast import KINDS, sanity_suite
-from .evaluate import comparison_features, logistic_fit, pair_accuracy
+from .evaluate import records_phi, logistic_fit, pair_accuracy
 
 log = logging.getLogger("export")
 SHOTS = (5, 10, 20, 50)
@@ -36,12 +36,12 @@ def features_phi(fz: Any, recs: list[dict[str, Any]]) -> tuple[np.ndarray, np.nd
     """Model features phi (N, K) and frozen features dX (N, F) of chosen minus rejected."""
     pairs = [(r["prompt"], r["chosen"]) for r in recs] + [(r["prompt"], r["rejected"]) for r in recs]
     X = fz.features(pairs).astype(np.float64)  # (2N, F)
-    return comparison_features(fz, recs), X[: len(recs)] - X[len(recs):]
+    return records_phi(fz, recs), X[: len(recs)] - X[len(recs):]
 
 
 def sanity(fz: Any, w0: np.ndarray) -> dict[str, Any]:
     """Real answer vs each worse kind, on every DSP instruction's original reply (evaluation only)."""
-    rows = D.load_dsp()
+    rows = data.load_dsp()
     suite = sanity_suite([r["query"] for r in rows], [r["responses"]["normal"] for r in rows])
     phi, _ = features_phi(fz, suite)
     win = phi @ w0 > 0
@@ -53,16 +53,16 @@ def sanity(fz: Any, w0: np.ndarray) -> dict[str, Any]:
 def population(fz: Any, w0: np.ndarray) -> dict[str, Any]:
     """Held-out global accuracy per real source, next to a probe on the frozen features."""
     out: dict[str, Any] = {}
-    for name, load in (("hh_helpful", D.load_hh_helpful), ("hh_harmless", D.load_hh_harmless),
-                       ("finegrained_qa", D.load_finegrained_qa)):
+    for name, load in (("hh_helpful", data.load_hh_helpful), ("hh_harmless", data.load_hh_harmless),
+                       ("finegrained_qa", data.load_finegrained_qa)):
         train, test = load(split="train"), load(split="test")
         phi, dX = features_phi(fz, test)
         _, dXt = features_phi(fz, train)
         out[name] = {"n": len(test), "model": pair_accuracy(phi @ w0),
                      "frozen_probe": pair_accuracy(dX @ logistic_fit(dXt, np.ones(len(dXt)), 10.0))}
-    web = D.load_webgpt()
+    web = data.load_webgpt()
     phi, dX = features_phi(fz, web)
-    half = np.array([D.bucket(r["prompt"], "webgpt-probe") < 0.5 for r in web])
+    half = np.array([data.bucket(r["prompt"], "webgpt-probe") < 0.5 for r in web])
     wp = logistic_fit(dX[half], np.ones(half.sum()), 10.0)
     out["webgpt"] = {"n": len(web), "model": pair_accuracy(phi @ w0),
                      "model_second_half": pair_accuracy(phi[~half] @ w0),
@@ -72,9 +72,9 @@ def population(fz: Any, w0: np.ndarray) -> dict[str, Any]:
 
 def eval_pool(scaler: Any) -> ResponsePool:
     """Held-out responses grouped by prompt: test splits of the licensed sets, DSP and WebGPT."""
-    recs = (D.load_hh_helpful(split="test") + D.load_hh_harmless(split="test")
-            + D.load_finegrained_qa(split="test") + D.load_topical_chat(split="test") + D.load_webgpt())
-    groups = {r["query"]: list(r["responses"].values()) for r in D.load_dsp()}
+    recs = (data.load_hh_helpful(split="test") + data.load_hh_harmless(split="test")
+            + data.load_finegrained_qa(split="test") + data.load_topical_chat(split="test") + data.load_webgpt())
+    groups = {r["query"]: list(r["responses"].values()) for r in data.load_dsp()}
     pool, _ = ResponsePool.build(recs, scaler=scaler, groups=groups)
     return pool
 
@@ -83,10 +83,10 @@ def train_scaler() -> Any:
     """The attribute standardisation of the training pool (what training users were simulated with)."""
     from .train import attribute_training_pool
 
-    return attribute_training_pool(D.DATA_DIR)[1]
+    return attribute_training_pool(data.DATA_DIR)[1]
 
 
-def probe_few_shot(X: np.ndarray, users: list[D.BenchUser], shots: Sequence[int] = SHOTS,
+def probe_few_shot(X: np.ndarray, users: list[data.BenchUser], shots: Sequence[int] = SHOTS,
                    l2: float = PROBE_L2) -> dict[str, float]:
     """Per user, a logistic probe on frozen feature differences fit on its first N comparisons."""
     Xs = (X - X.mean(0)) / (X.std(0) + 1e-6)
@@ -148,18 +148,18 @@ def residual_fit(X: np.ndarray, offset: np.ndarray, l2: float = RESIDUAL_L2) -> 
 def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | None, draws: int = 20,
               seed: int = 0) -> dict[str, Any]:
     """Four domain users: fit on N comparisons from half of the instructions, score all of the other half."""
-    rows = D.load_dsp()
-    names = (*D.DSP_DOMAINS, "normal")
+    rows = data.load_dsp()
+    names = (*data.DSP_DOMAINS, "normal")
     pairs = [(r["query"], r["responses"][d]) for r in rows for d in names]
     gt, rw = fz.outputs(pairs)
     phi = expert_features(gt, rw).reshape(len(rows), len(names), -1)  # (I, 5, K)
     X = fz.features(pairs).astype(np.float64)
     X = ((X - X.mean(0)) / (X.std(0) + 1e-6)).reshape(len(rows), len(names), -1)  # (I, 5, F)
-    first = np.array([D.bucket(r["query"], "dsp-half") < 0.5 for r in rows])
+    first = np.array([data.bucket(r["query"], "dsp-half") < 0.5 for r in rows])
     rng = np.random.default_rng(seed)
     res: dict[str, Any] = {"model": {}, "frozen_probe": {}, "model_plus_residual": {}, "unpersonalized": {}}
     per_user: dict[str, dict[str, float]] = {}
-    for u, dom in enumerate(D.DSP_DOMAINS):
+    for u, dom in enumerate(data.DSP_DOMAINS):
         others = [j for j in range(len(names)) if j != u]
 
         def diffs(F: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from . import data as D
+from . import data
 from .attributes import ATTRIBUTES, attribute_matrix
 
 
-def reference_corpus(data_dir: Path = D.DATA_DIR, per_axis: int = 12, per_source: int = 40,
+def reference_corpus(data_dir: Path = data.DATA_DIR, per_axis: int = 12, per_source: int = 40,
                      seed: int = 0) -> list[dict[str, Any]]:
     """Rows ``{"prompt", "response", "source", "labels"}``: ``per_axis`` statements per persona axis
     (half each stance) and ``per_source`` replies (half chosen) per human-labelled set, test splits only;
@@ -28,8 +28,8 @@ def reference_corpus(data_dir: Path = D.DATA_DIR, per_axis: int = 12, per_source
 
     scaler = train_scaler()
     rng = np.random.default_rng(seed)
-    st = D.load_persona(data_dir)
-    test = D.statement_split(st, "test")
+    st = data.load_persona(data_dir)
+    test = data.statement_split(st, "test")
     rows: list[dict[str, Any]] = []
     for a, axis in enumerate(st.axes):
         for y in (1, -1):
@@ -37,7 +37,7 @@ def reference_corpus(data_dir: Path = D.DATA_DIR, per_axis: int = 12, per_source
             for i in rng.permutation(pool)[:per_axis // 2]:
                 rows.append({"prompt": "", "response": st.text[i], "source": "persona", "labels": {axis: y}})
     real_start = len(rows)
-    for load in D.REAL_LOADERS.values():
+    for load in data.REAL_LOADERS.values():
         recs, seen, taken = load(data_dir, split="test"), set(), 0
         for j in rng.permutation(len(recs)):
             r = recs[j]

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from moerm_lite.features import SURFACE
 
-from . import data as D
+from . import data
 from .embed import (
     CACHE_DIR,
     EmbeddingCache,
@@ -85,7 +85,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = True  # torch deterministic algorithms: a rebuild gives the same weights bit for bit
     device: str = "cpu"
-    data_dir: str = str(D.DATA_DIR)
+    data_dir: str = str(data.DATA_DIR)
     cache_dir: str = ""  # embedding cache; "" = .cache/embeddings in the checkout
 
     @classmethod
@@ -99,9 +99,9 @@ EVAL_ONLY = ("relabeled_hh", "dsp", "webgpt")  # no licence / CC BY-NC: never tr
 BENIGN = ("hh_helpful", "finegrained_qa", "topical_chat")  # real answers for contrast pairs
 
 
-def real_train_records(names: Sequence[str], data_dir: Path) -> list[D.Record]:
+def real_train_records(names: Sequence[str], data_dir: Path) -> list[data.Record]:
     """The train splits of the named human-labelled sets (``data.REAL_LOADERS``), in that order."""
-    return [r for name in names for r in D.REAL_LOADERS[name](data_dir, split="train")]
+    return [r for name in names for r in data.REAL_LOADERS[name](data_dir, split="train")]
 
 
 def attribute_training_pool(data_dir: Path) -> tuple[Any, Any]:
@@ -109,10 +109,10 @@ def attribute_training_pool(data_dir: Path) -> tuple[Any, Any]:
     standardisation fitted on them: ``(ResponsePool, Scaler)``."""
     from .attributes import ResponsePool
 
-    return ResponsePool.build(real_train_records(list(D.REAL_LOADERS), data_dir))
+    return ResponsePool.build(real_train_records(list(data.REAL_LOADERS), data_dir))
 
 
-def load_records(cfg: TrainConfig) -> list[D.Record]:
+def load_records(cfg: TrainConfig) -> list[data.Record]:
     """The training mixture: the configured sources, train splits only, plus user JSONL files."""
     from .attributes import attribute_training_records
     from .contrast import contrast_records
@@ -123,11 +123,11 @@ def load_records(cfg: TrainConfig) -> list[D.Record]:
             raise ValueError(f"{src} is evaluation only (its licence does not allow training a shipped model)")
         if src not in SOURCES:
             raise ValueError(f"unknown source {src!r}; choose from {SOURCES}")
-    recs: list[D.Record] = []
+    recs: list[data.Record] = []
     for src in cfg.sources:
         if src == "persona":
-            st = D.load_persona(data_dir)
-            recs += D.persona_training_records(st, cfg.persona_users, cfg.persona_per_user, cfg.seed)
+            st = data.load_persona(data_dir)
+            recs += data.persona_training_records(st, cfg.persona_users, cfg.persona_per_user, cfg.seed)
         elif src == "attribute_users":
             pool, _ = attribute_training_pool(data_dir)
             recs += attribute_training_records(pool, cfg.attribute_users, cfg.attribute_per_user, cfg.seed)
@@ -137,7 +137,7 @@ def load_records(cfg: TrainConfig) -> list[D.Record]:
         else:
             recs += real_train_records([src], data_dir)
     for f in cfg.jsonl:
-        recs += D.load_jsonl(Path(f))
+        recs += data.load_jsonl(Path(f))
     return recs
 
 
@@ -153,8 +153,8 @@ class Comparisons:
     sources: list[str]
 
     @classmethod
-    def build(cls, recs: list[D.Record]) -> Comparisons:
-        pairs = list(D.iter_pairs(recs))
+    def build(cls, recs: list[data.Record]) -> Comparisons:
+        pairs = list(data.iter_pairs(recs))
         pos = {p: i for i, p in enumerate(pairs)}
         user_ids = sorted({r["user_id"] for r in recs if r.get("user_id") is not None})
         upos = {u: i for i, u in enumerate(user_ids)}
@@ -312,7 +312,7 @@ def calibration_pairs(pairs: list[tuple[str, str]], n: int = CALIBRATION_PAIRS,
     return [list(pairs[i]) for i in sorted(take)]
 
 
-def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[D.Record]] = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Record]] = None) -> dict[str, Any]:
     """Train and write ``out/ckpt.pt`` (+ ``train_log.json``); returns the checkpoint dict."""
     out = Path(out)
     rank, world = distributed(cfg.device)

@@ -17,7 +17,7 @@ from export.train import TrainConfig, load_checkpoint, train  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
 from tests.model_test_utils import random_pairs  # noqa: E402
 from tests.tiny import F, random_head, tiny_reference, tiny_tokenizer  # noqa: E402
-from tests.torch_utils import torch_scores  # noqa: E402
+from tests.torch_utils import torch_run_scores  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_folder_loads_and_describes_itself(tiny_export):
 def test_torch_onnx_parity(tiny_run, tiny_export):
     parts = load_checkpoint(tiny_run)
     pairs = random_pairs(64, seed=11)
-    ref = torch_scores(parts, pairs)
+    ref = torch_run_scores(parts, pairs)
     fp32 = RewardModel.load(tiny_export, precision="fp32", threads=1).score_pairs(pairs)
     np.testing.assert_allclose(fp32, ref, atol=1e-4)  # torch fp32 vs ONNX fp32
     int8 = RewardModel.load(tiny_export, threads=1).score_pairs(pairs)
@@ -148,7 +148,7 @@ def test_other_backbone_variants_load_and_agree(tiny_run, tmp_path, variant):
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["graphs"]["int8"]["per_sequence"] is (variant == "dynamic")  # dynamic int8: one sequence per call
     pairs = random_pairs(40, seed=6)
-    ref = torch_scores(load_checkpoint(tiny_run), pairs)
+    ref = torch_run_scores(load_checkpoint(tiny_run), pairs)
     m = RewardModel.load(folder, threads=1)
     s = m.score_pairs(pairs)
     np.testing.assert_allclose(s, m.score_pairs(pairs, batch_size=1), atol=1e-5)  # batch-invariant
@@ -162,8 +162,10 @@ def test_default_int8_backbone_is_gptq_rounded_on_the_checkpoints_training_pairs
     assert ckpt["calibration"] and all(tuple(p) in trained for p in ckpt["calibration"])
     cfg = json.loads((tiny_export / "config.json").read_text())
     assert cfg["quantization"]["int8_backbone"] == "gptq8"
-    inits = onnx.load(str(tiny_export / "onnx" / "backbone_int8.onnx")).graph.initializer
-    assert any(i.name.endswith("_Q8") for i in inits)  # MatMulNBits levels (the stock graph, GPTQ's levels)
+    graph = onnx.load(str(tiny_export / "onnx" / "backbone_int8.onnx")).graph
+    levels = [i for i in graph.initializer if i.name.endswith("_levels")]  # GPTQ's 8-bit levels, stored int8
+    assert levels and all(i.data_type == onnx.TensorProto.INT8 for i in levels)
+    assert "MatMulNBits" not in {n.op_type for n in graph.node}  # dequantized to an fp32 MatMul at load
 
 
 def test_card_records_the_int8_variant_choice(tiny_run, tiny_export):

@@ -99,12 +99,12 @@ def test_shipped_training_mixture_uses_licensed_sources_only():
 
 @needs_data
 def test_contrast_training_data_comes_from_benign_train_splits():
-    from export import data as D
+    from export import data
     from export.train import BENIGN, real_train_records
 
     recs = real_train_records(BENIGN, DATA)
     out = contrast_records(recs)
-    harmful_prompts = {r["prompt"] for r in D.load_hh_harmless(DATA)}
-    test_prompts = {r["prompt"] for name in BENIGN for r in getattr(D, f"load_{name}")(DATA, split="test")}
+    harmful_prompts = {r["prompt"] for r in data.load_hh_harmless(DATA)}
+    test_prompts = {r["prompt"] for name in BENIGN for r in getattr(data, f"load_{name}")(DATA, split="test")}
     assert len(out) > 1000
     assert not {r["prompt"] for r in out} & (harmful_prompts | test_prompts)

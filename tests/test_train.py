@@ -5,7 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from export import data as D  # noqa: E402
+from export import data  # noqa: E402
 from export.model import ModelArgs, MoEHead, positive_correlation, switch_load_balance  # noqa: E402
 from export.onnx_export import head_weights  # noqa: E402
 from export.onnx_head import reference_head  # noqa: E402
@@ -69,13 +69,13 @@ def test_aux_losses():
 
 @needs_data
 def test_persona_recipe_and_determinism():
-    st = D.load_persona(DATA)
-    assert st.axes == D.PERSONA16 and len(st.text) == 12802  # label_confidence >= 0.8
-    a = D.persona_benchmark(st, n_users=20, seed=3)
-    b = D.persona_benchmark(st, n_users=20, seed=3)
+    st = data.load_persona(DATA)
+    assert st.axes == data.PERSONA16 and len(st.text) == 12802  # label_confidence >= 0.8
+    a = data.persona_benchmark(st, n_users=20, seed=3)
+    b = data.persona_benchmark(st, n_users=20, seed=3)
     assert all((x.w == y.w).all() and x.adapt == y.adapt and x.eval == y.eval for x, y in zip(a, b))
     comp = st.components()
-    train = set(D.statement_split(st, "train").tolist())
+    train = set(data.statement_split(st, "train").tolist())
     for u in a:
         nz = np.flatnonzero(u.w)
         assert len(nz) in (2, 3) and ((np.abs(u.w[nz]) >= 0.5) & (np.abs(u.w[nz]) <= 1.5)).all()
@@ -146,17 +146,17 @@ def test_trl_jsonl_loader(tmp_path):
         '{"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away.", "user_id": 7}\n\n'
         '{"prompt": [{"role": "user", "content": "Hi?"}], "chosen": [{"role": "assistant", "content": "Hey"}],'
         ' "rejected": "No."}\n')
-    recs = D.load_jsonl(f)
+    recs = data.load_jsonl(f)
     assert recs[0] == {"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away.", "source": "prefs", "user_id": "7"}
     assert recs[1]["prompt"] == "user: Hi?" and recs[1]["chosen"] == "assistant: Hey" and "user_id" not in recs[1]
     f.write_text('{"prompt": "x", "chosen": " ", "rejected": "y"}\n')
     with pytest.raises(ValueError, match="empty"):
-        D.load_jsonl(f)
+        data.load_jsonl(f)
 
 
 @needs_data
-@pytest.mark.parametrize("load,key", [(D.load_hh_harmless, "prompt"), (D.load_finegrained_qa, "prompt"),
-                                      (D.load_topical_chat, "prompt")])
+@pytest.mark.parametrize("load,key", [(data.load_hh_harmless, "prompt"), (data.load_finegrained_qa, "prompt"),
+                                      (data.load_topical_chat, "prompt")])
 def test_real_loaders_hold_out_by_prompt(load, key):
     train, test = load(DATA, split="train"), load(DATA, split="test")
     assert train and test and len(load(DATA, split="all")) == len(train) + len(test)
@@ -167,7 +167,7 @@ def test_real_loaders_hold_out_by_prompt(load, key):
 
 @needs_data
 def test_relabeled_hh_is_eval_only():
-    recs = D.load_relabeled_hh(DATA)
+    recs = data.load_relabeled_hh(DATA)
     assert {r["user_id"] for r in recs} == {"helpful", "harmless"}
     with pytest.raises(ValueError, match="licence"):
         from export.train import load_records

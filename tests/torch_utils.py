@@ -12,7 +12,7 @@ import torch
 from export.model import Backbone
 
 
-def torch_scores(run_or_parts: Any, pairs: list[tuple[str, str]], w: Optional[np.ndarray] = None) -> np.ndarray:
+def torch_run_scores(run_or_parts: Any, pairs: list[tuple[str, str]], w: Optional[np.ndarray] = None) -> np.ndarray:
     """Reference fp32 scores from the torch model (backbone + head) for parity checks."""
     from export.embed import embed_texts, features_of, text_tokenizer
 
