@@ -89,3 +89,21 @@ def test_readme_example_changes_the_ranking(shipped, tmp_path):
     assert after[0] == short and after[-1] == detailed  # the default prior: length is all this user showed
     strong = shipped.fit_user(comps, prior_strength=3.0)  # the README's stronger prior keeps quality
     assert [r["text"] for r in shipped.rank(req["prompt"], req["responses"], user=strong)][:2] == [short, detailed]
+
+
+def test_max_length_beyond_the_backbone_is_caught_at_load(tmp_path):
+    """A config whose max_length exceeds the backbone's position table (MiniLM: 512) fails at load,
+    named, instead of at the first long text."""
+    import shutil
+
+    from moerm_lite import ModelFolderError
+    from moerm_lite.folder import write_manifest
+
+    folder = tmp_path / "m"
+    shutil.copytree(SHIPPED, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["backbone"]["max_length"] = 600
+    (folder / "config.json").write_text(json.dumps(cfg))
+    write_manifest(folder)
+    with pytest.raises(ModelFolderError, match="cannot embed 600 tokens"):
+        RewardModel.load(folder, threads=1)
