@@ -22,7 +22,7 @@ import numpy as np
 
 from .files import atomic_write_text
 from .head import expert_features, scatter_topk
-from .personalize import UserProfile
+from .personalize import UserProfile, resolve_weights
 
 CATALOG_FORMAT = "moerm-lite-catalog"
 CATALOG_VERSION = 1
@@ -60,24 +60,7 @@ class Catalog:
 
     def weights(self, user: Weights = None) -> np.ndarray:
         """(K,) weights for ``user``: ``w0`` for ``None``, a profile of this catalog's model, or a vector."""
-        if user is None:
-            return self.w0
-        if isinstance(user, UserProfile):
-            if not hasattr(user, "weights_"):
-                raise ValueError(f"user profile {user.user_id!r} is not fitted")
-            if user.model_hash != self.model_hash:
-                raise ValueError(f"user profile {user.user_id!r} was fitted for model {user.model_id!r} "
-                                 f"({user.model_hash}), this catalog was encoded with {self.model_id!r} "
-                                 f"({self.model_hash})")
-            w = user.weights_
-        else:
-            try:
-                w = np.asarray(user, dtype=np.float64)
-            except (TypeError, ValueError):
-                raise TypeError(f"user must be None, a UserProfile or {self.n_experts} weights") from None
-        if w.shape != (self.n_experts,) or not np.isfinite(w).all():
-            raise ValueError(f"user weights must be {self.n_experts} finite numbers, got shape {w.shape}")
-        return w
+        return resolve_weights(user, self.w0, self.model_id, self.model_hash)
 
     def scores(self, user: Weights = None) -> np.ndarray:
         """Scores of every candidate for ``user``, (N,) float64, in catalog order."""

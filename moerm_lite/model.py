@@ -28,7 +28,7 @@ from .folder import (
     verify_graph_dirs,
 )
 from .head import combine, expert_features, scatter_topk
-from .personalize import UserProfile
+from .personalize import UserProfile, resolve_weights
 from .text import Prompt, TextTokenizer, check_prompt, check_response
 
 log = logging.getLogger("moerm_lite")
@@ -239,8 +239,6 @@ class RewardModel:
             ``{"gating_output": (N, K), "rewards": (N, K), "truncated": (N,) bool}``;
             unselected experts have gate and reward 0.
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         idx, gates, rewards, truncated = self._head_outputs(self._check_pairs(pairs, allow_empty=allow_empty),
                                                            batch_size, progress)
         gating, rewards = scatter_topk(idx, gates, rewards, self.n_experts)  # (N, K) each
@@ -484,41 +482,12 @@ class RewardModel:
 
     # ----------------------------------------------------------------- checks
     def check_profile(self, profile: UserProfile) -> None:
-        """Raise ``ValueError`` unless ``profile`` was fitted for this exact model."""
-        if profile.model_hash is None:
-            raise ValueError(f"user profile {profile.user_id!r} names no model (model_hash is None); fit it with "
-                             "RewardModel.fit_user, or pass model_hash=model.model_hash to UserProfile")
-        if profile.model_hash != self.model_hash:
-            raise ValueError(
-                f"user profile {profile.user_id!r} was fitted for model {profile.model_id!r} "
-                f"({profile.model_hash}), not this one ({self.config.model_id!r}, {self.model_hash}); "
-                "refit it"
-            )
+        """Raise ``ValueError`` unless ``profile`` is fitted and was fitted for this exact model."""
+        resolve_weights(profile, self._w0, self.config.model_id, self.model_hash)
 
     def user_weights(self, user: User) -> np.ndarray:
         """The (K,) weights scores use for ``user``: ``w0`` for ``None``, a profile's or a vector's own."""
-        if user is None:
-            return self._w0
-        if isinstance(user, UserProfile):
-            if not hasattr(user, "weights_"):
-                raise ValueError(f"user profile {user.user_id!r} is not fitted: build it with "
-                                 "RewardModel.fit_user(...) or UserProfile.load(path)")
-            self.check_profile(user)
-            w = user.weights_
-        elif isinstance(user, (str, Path)):
-            raise TypeError("user must be a UserProfile or a weight vector; load a profile file "
-                            "with UserProfile.load(path)")
-        else:
-            try:
-                w = np.asarray(user, dtype=np.float64)
-            except (TypeError, ValueError) as e:
-                raise TypeError(f"user must be None, a UserProfile or {self.n_experts} weights, got "
-                                f"{type(user).__name__} ({e})") from None
-        if w.shape != (self.n_experts,):
-            raise ValueError(f"user weights have shape {w.shape}, this model has n_experts={self.n_experts}")
-        if not np.isfinite(w).all():
-            raise ValueError("user weights contain NaN or inf")
-        return w
+        return resolve_weights(user, self._w0, self.config.model_id, self.model_hash)
 
     def check_pair(self, pair: Any, where: str = "") -> tuple[str, str]:
         """One (prompt, response) as checked texts; ``TypeError``/``ValueError`` naming ``where`` if bad."""

@@ -102,6 +102,39 @@ def check_spd(M: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} is not positive definite")
 
 
+def resolve_weights(user: Any, w0: np.ndarray, model_id: str, model_hash: str) -> np.ndarray:
+    """The (K,) weights scores use for ``user``: ``w0`` for ``None``; a fitted profile's own, if it was
+    fitted for the model ``model_hash``; a vector of K finite numbers. Clear errors otherwise."""
+    K = len(w0)
+    if user is None:
+        return w0
+    if isinstance(user, UserProfile):
+        if not hasattr(user, "weights_"):
+            raise ValueError(f"user profile {user.user_id!r} is not fitted: build it with "
+                             "RewardModel.fit_user(...) or UserProfile.load(path)")
+        if user.model_hash is None:
+            raise ValueError(f"user profile {user.user_id!r} names no model (model_hash is None); fit it with "
+                             "RewardModel.fit_user, or pass model_hash=model.model_hash to UserProfile")
+        if user.model_hash != model_hash:
+            raise ValueError(f"user profile {user.user_id!r} was fitted for model {user.model_id!r} "
+                             f"({user.model_hash}), not this one ({model_id!r}, {model_hash}); refit it")
+        w = user.weights_
+    elif isinstance(user, (str, Path)):
+        raise TypeError("user must be a UserProfile or a weight vector; load a profile file "
+                        "with UserProfile.load(path)")
+    else:
+        try:
+            w = np.asarray(user, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"user must be None, a UserProfile or {K} weights, got "
+                            f"{type(user).__name__} ({e})") from None
+    if w.shape != (K,):
+        raise ValueError(f"user weights have shape {w.shape}, this model has n_experts={K}")
+    if not np.isfinite(w).all():
+        raise ValueError("user weights contain NaN or inf")
+    return w
+
+
 class UserProfile:
     """One user's signed expert weights, fitted from their comparisons.
 

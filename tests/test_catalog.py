@@ -39,7 +39,7 @@ def test_catalog_refuses_a_profile_of_another_model(tiny_folder):
     m = RewardModel.load(tiny_folder, threads=1)
     cat = m.encode_catalog([("q", "a"), ("q", "b")])
     other = UserProfile(model_id="x", model_hash="f" * 16).fit(np.zeros((0, m.n_experts)), m.w0)
-    with pytest.raises(ValueError, match="this catalog was encoded with"):
+    with pytest.raises(ValueError, match="was fitted for model .x."):
         cat.rank(other)
     with pytest.raises(ValueError, match="top_k"):
         cat.rank(None, top_k=0)
