@@ -1,4 +1,4 @@
-"""Score tables of rows in batches, one model per worker: the callable class for Ray Data.
+"""Score tables of rows in batches, one model per worker: the callable classes for Ray Data.
 
 ``BatchScorer`` follows the ``Dataset.map_batches`` contract for a callable class: it is built once per
 worker (loading the model, and profiles as they are first needed), then called with a batch of columns
@@ -14,7 +14,7 @@ It imports neither Ray nor pandas, so it also scores plain dicts of numpy arrays
                             batch_format="numpy")
 
 A row whose ``user_id`` is set is scored with that user's profile (``profiles/<user_id>.json``); a row
-without one (or with ``None`` or ``""``) with the population weights.
+without one (``None``, ``""``, or NaN, which Ray and pandas put in empty cells) with the population weights.
 """
 
 from __future__ import annotations
@@ -57,11 +57,7 @@ class BatchScorer:
 
     def _user_weights(self, user_id: str) -> np.ndarray:
         if user_id not in self._weights:
-            path: Path | None = None
-            if isinstance(self.profiles, Mapping):
-                path = Path(self.profiles[user_id]) if user_id in self.profiles else None
-            elif self.profiles is not None:
-                path = Path(self.profiles) / f"{user_id}.json"
+            path = _profile_path(self.profiles, user_id)
             if path is not None and path.is_file():
                 self._weights[user_id] = self.model.user_weights(UserProfile.load(path))
             else:
@@ -83,7 +79,7 @@ class BatchScorer:
         pairs = [(p if isinstance(p, (str, list, tuple)) else ("" if p is None else str(p)), r)
                  for p, r in zip(prompts, responses)]
         users = batch["user_id"] if "user_id" in batch else [None] * n
-        W = np.stack([self.model.w0 if u is None or u == "" else self._user_weights(str(u))
+        W = np.stack([self.model.w0 if _no_user(u) else self._user_weights(str(u))
                       for u in users]).reshape(n, self.model.n_experts)  # (N, K)
         out = self.model.expert_outputs(pairs, batch_size=self.batch_size)
         x = expert_features(out["gating_output"], out["rewards"])  # (N, K)
@@ -92,3 +88,65 @@ class BatchScorer:
         if self.breakdown:
             result["contributions"] = x * W  # (N, K)
         return result
+
+
+class CatalogRanker:
+    """Ranks one encoded catalog (:class:`moerm_lite.Catalog`) for each row's user: the callable class
+    for ``map_batches`` over a table of users, e.g. nightly per-user feeds. No model and no backbone:
+    each worker loads the catalog file and the profiles it meets.
+
+    The batch needs a ``user_id`` column (``None`` / ``""`` / NaN: the population weights); the result
+    adds ``top_ids`` (N,) of lists of ``top_k`` catalog ids and ``top_scores`` (N, top_k), best first.
+    """
+
+    def __init__(self, catalog: str | Path, *, profiles: str | Path | Mapping[str, str | Path] | None = None,
+                 top_k: int = 10, unknown_user: str = "error") -> None:
+        from .catalog import Catalog
+
+        if unknown_user not in ("error", "population"):
+            raise ValueError(f"unknown_user must be 'error' or 'population', got {unknown_user!r}")
+        self.catalog = Catalog.load(catalog)
+        self.profiles, self.top_k, self.unknown_user = profiles, min(top_k, len(self.catalog)), unknown_user
+        self._weights: dict[str, np.ndarray | None] = {}
+
+    def _user_weights(self, user_id: str) -> np.ndarray:
+        if user_id not in self._weights:
+            path = _profile_path(self.profiles, user_id)
+            self._weights[user_id] = (self.catalog.weights(UserProfile.load(path))
+                                      if path is not None and path.is_file() else None)
+        w = self._weights[user_id]
+        if w is None:
+            if self.unknown_user == "error":
+                raise KeyError(f"no profile for user_id {user_id!r} (profiles: {self.profiles})")
+            return self.catalog.w0
+        return w
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        if "user_id" not in batch:
+            raise KeyError(f"the batch needs a 'user_id' column; it has {sorted(batch)}")
+        ids, scores = [], []
+        for u in batch["user_id"]:
+            w = self.catalog.w0 if _no_user(u) else self._user_weights(str(u))
+            top = self.catalog.rank(w, top_k=self.top_k)
+            ids.append([t["id"] for t in top])
+            scores.append([t["score"] for t in top])
+        result = dict(batch)
+        top_ids = np.empty(len(ids), dtype=object)  # (N,) of lists: Arrow stores them as list<string>
+        top_ids[:] = ids
+        result["top_ids"] = top_ids
+        result["top_scores"] = np.array(scores, dtype=np.float64).reshape(len(ids), self.top_k)  # (N, top_k)
+        return result
+
+
+def _no_user(user_id: Any) -> bool:
+    """A row without a user: ``None``, ``""``, or the NaN that Ray and pandas put in an empty cell."""
+    if user_id is None or (isinstance(user_id, str) and not user_id):
+        return True
+    return isinstance(user_id, (float, np.floating)) and bool(np.isnan(user_id))
+
+
+def _profile_path(profiles: str | Path | Mapping[str, str | Path] | None, user_id: str) -> Path | None:
+    """Where ``user_id``'s profile would be: a mapping's entry, or ``<folder>/<user_id>.json``."""
+    if isinstance(profiles, Mapping):
+        return Path(profiles[user_id]) if user_id in profiles else None
+    return None if profiles is None else Path(profiles) / f"{user_id}.json"

@@ -76,3 +76,23 @@ def test_ray_data_scores_5000_rows(tiny_folder, profiles):
         user = UserProfile.load(profiles / f"{name}.json") if name else None
         want = m.score_pairs([(rs[i]["prompt"], rs[i]["response"]) for i in idx], user=user)
         np.testing.assert_allclose([got[i] for i in idx], want, rtol=0, atol=1e-6)
+
+
+def test_catalog_ranker_ranks_each_rows_user(tiny_folder, profiles, tmp_path):
+    from moerm_lite import UserProfile
+    from moerm_lite.batch import CatalogRanker
+
+    m = RewardModel.load(tiny_folder, threads=1)
+    items = rows(30, seed=5)
+    m.encode_catalog([(r["prompt"], r["response"]) for r in items], ids=[f"i{r['id']}" for r in items]).save(
+        tmp_path / "feed.npz")
+    users = np.array(["ann", "bob", None, float("nan")], dtype=object)  # NaN: how Ray passes an empty cell
+    out = CatalogRanker(tmp_path / "feed.npz", profiles=profiles, top_k=5)({"user_id": users})
+    assert out["top_ids"].shape == (4,) and out["top_scores"].shape == (4, 5)
+    for row, u in enumerate(users):
+        user = UserProfile.load(profiles / f"{u}.json") if isinstance(u, str) else None
+        ranking = m.encode_catalog([(r["prompt"], r["response"]) for r in items]).rank(user, top_k=5)
+        assert list(out["top_ids"][row]) == [f"i{t['corpus_id']}" for t in ranking]
+        np.testing.assert_allclose(out["top_scores"][row], [t["score"] for t in ranking], atol=1e-12)
+    with pytest.raises(KeyError, match="carol"):
+        CatalogRanker(tmp_path / "feed.npz", profiles=profiles)({"user_id": np.array(["carol"], dtype=object)})
