@@ -19,7 +19,7 @@ without one (``None``, ``""``, or NaN, which Ray and pandas put in empty cells) 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,27 +47,10 @@ class BatchScorer:
     def __init__(self, model: str | Path | None = None, *, threads: int = 1, precision: str = "int8",
                  profiles: str | Path | Mapping[str, str | Path] | None = None, breakdown: bool = False,
                  score_column: str = "score", unknown_user: str = "error", batch_size: int = BATCH_SIZE) -> None:
-        if unknown_user not in ("error", "population"):
-            raise ValueError(f"unknown_user must be 'error' or 'population', got {unknown_user!r}")
         self.model = RewardModel.load(model, threads=threads, precision=precision)
-        self.profiles = profiles
         self.breakdown, self.score_column = breakdown, score_column
-        self.unknown_user, self.batch_size = unknown_user, batch_size
-        self._weights: dict[str, np.ndarray | None] = {}  # user_id -> (K,) weights, None: no profile
-
-    def _user_weights(self, user_id: str) -> np.ndarray:
-        if user_id not in self._weights:
-            path = _profile_path(self.profiles, user_id)
-            if path is not None and path.is_file():
-                self._weights[user_id] = self.model.user_weights(UserProfile.load(path))
-            else:
-                self._weights[user_id] = None
-        w = self._weights[user_id]
-        if w is None:
-            if self.unknown_user == "error":
-                raise KeyError(f"no profile for user_id {user_id!r} (profiles: {self.profiles})")
-            return self.model.w0
-        return w
+        self.batch_size = batch_size
+        self._users = _UserWeights(profiles, unknown_user, self.model.user_weights)
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """``batch`` with ``score_column`` (N,) float64 (and ``contributions`` (N, K)) added."""
@@ -79,8 +62,7 @@ class BatchScorer:
         pairs = [(p if isinstance(p, (str, list, tuple)) else ("" if p is None else str(p)), r)
                  for p, r in zip(prompts, responses)]
         users = batch["user_id"] if "user_id" in batch else [None] * n
-        W = np.stack([self.model.w0 if _no_user(u) else self._user_weights(str(u))
-                      for u in users]).reshape(n, self.model.n_experts)  # (N, K)
+        W = np.stack([self._users(u) for u in users]).reshape(n, self.model.n_experts)  # (N, K)
         out = self.model.expert_outputs(pairs, batch_size=self.batch_size)
         x = expert_features(out["gating_output"], out["rewards"])  # (N, K)
         result = dict(batch)
@@ -103,31 +85,16 @@ class CatalogRanker:
                  top_k: int = 10, unknown_user: str = "error") -> None:
         from .catalog import Catalog
 
-        if unknown_user not in ("error", "population"):
-            raise ValueError(f"unknown_user must be 'error' or 'population', got {unknown_user!r}")
         self.catalog = Catalog.load(catalog)
-        self.profiles, self.top_k, self.unknown_user = profiles, min(top_k, len(self.catalog)), unknown_user
-        self._weights: dict[str, np.ndarray | None] = {}
-
-    def _user_weights(self, user_id: str) -> np.ndarray:
-        if user_id not in self._weights:
-            path = _profile_path(self.profiles, user_id)
-            self._weights[user_id] = (self.catalog.weights(UserProfile.load(path))
-                                      if path is not None and path.is_file() else None)
-        w = self._weights[user_id]
-        if w is None:
-            if self.unknown_user == "error":
-                raise KeyError(f"no profile for user_id {user_id!r} (profiles: {self.profiles})")
-            return self.catalog.w0
-        return w
+        self.top_k = min(top_k, len(self.catalog))
+        self._users = _UserWeights(profiles, unknown_user, self.catalog.weights)
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         if "user_id" not in batch:
             raise KeyError(f"the batch needs a 'user_id' column; it has {sorted(batch)}")
         ids, scores = [], []
         for u in batch["user_id"]:
-            w = self.catalog.w0 if _no_user(u) else self._user_weights(str(u))
-            top = self.catalog.rank(w, top_k=self.top_k)
+            top = self.catalog.rank(self._users(u), top_k=self.top_k)
             ids.append([t["id"] for t in top])
             scores.append([t["score"] for t in top])
         result = dict(batch)
@@ -136,6 +103,36 @@ class CatalogRanker:
         result["top_ids"] = top_ids
         result["top_scores"] = np.array(scores, dtype=np.float64).reshape(len(ids), self.top_k)  # (N, top_k)
         return result
+
+
+class _UserWeights:
+    """Each user's (K,) weights, their profile loaded on first use and kept (one worker's cache).
+
+    ``resolve`` turns a profile (or ``None``) into weights for the model or catalog at hand, with its
+    checks; a row without a user, or (with ``unknown_user="population"``) without a profile, gets
+    ``resolve(None)``, the population weights.
+    """
+
+    def __init__(self, profiles: str | Path | Mapping[str, str | Path] | None, unknown_user: str,
+                 resolve: Callable[[UserProfile | None], np.ndarray]) -> None:
+        if unknown_user not in ("error", "population"):
+            raise ValueError(f"unknown_user must be 'error' or 'population', got {unknown_user!r}")
+        self.profiles, self.unknown_user, self.resolve = profiles, unknown_user, resolve
+        self._cache: dict[str, np.ndarray | None] = {}  # user_id -> weights, None: no profile
+
+    def __call__(self, user_id: Any) -> np.ndarray:
+        if _no_user(user_id):
+            return self.resolve(None)
+        uid = str(user_id)
+        if uid not in self._cache:
+            path = _profile_path(self.profiles, uid)
+            self._cache[uid] = self.resolve(UserProfile.load(path)) if path is not None and path.is_file() else None
+        w = self._cache[uid]
+        if w is None:
+            if self.unknown_user == "error":
+                raise KeyError(f"no profile for user_id {uid!r} (profiles: {self.profiles})")
+            return self.resolve(None)
+        return w
 
 
 def _no_user(user_id: Any) -> bool:
