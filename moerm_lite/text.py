@@ -69,28 +69,36 @@ class TextTokenizer:
     Truncation is never silent: :meth:`encode` reports which texts were cut.
     """
 
-    SIDES = (("prompt", "left"), ("response", "right"))  # role, truncation direction
+    SIDES = {"prompt": "left", "response": "right"}  # role -> which end truncation drops
 
     def __init__(self, path: Path, max_length: int) -> None:
         self.max_length = max_length
-        self._tok = {}
-        for role, direction in self.SIDES:
-            tok = Tokenizer.from_file(str(path))
-            # tokenizer.json files often hard-code truncation/padding (MiniLM: 128); ours win.
-            tok.no_padding()
-            tok.enable_truncation(max_length=max_length, direction=direction)
-            self._tok[role] = tok
-        pad = self._tok["response"].token_to_id("[PAD]")
+        self._tok = Tokenizer.from_file(str(path))
+        # tokenizer.json files often hard-code truncation/padding (MiniLM: 128); ours win. Truncation is
+        # ours too: one tokenizer serves both roles (each role cuts a different end), see encode().
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        post = self._tok.post_processor
+        self._n_special = 0 if post is None else post.num_special_tokens_to_add(False)  # [CLS], [SEP]
+        pad = self._tok.token_to_id("[PAD]")
         self.pad_id = 0 if pad is None else pad
-        self.vocab_size = self._tok["response"].get_vocab_size(with_added_tokens=True)
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, texts: Sequence[str], role: str = "response") -> tuple[list[np.ndarray], np.ndarray]:
-        """Token ids per text (unpadded) and which texts were truncated, (N,) bool."""
-        if role not in self._tok:
-            raise ValueError(f"role must be one of {sorted(self._tok)}, got {role!r}")
-        encs = self._tok[role].encode_batch(list(texts), add_special_tokens=True)
+        """Token ids per text (unpadded, at most ``max_length``) and which texts were truncated, (N,) bool.
+
+        A text over the limit is cut as the tokenizers library cuts it (the text's tokens, then the
+        special tokens around them): a prompt keeps its end, a response its start."""
+        if role not in self.SIDES:
+            raise ValueError(f"role must be one of {sorted(self.SIDES)}, got {role!r}")
+        texts = list(texts)
+        encs = self._tok.encode_batch(texts, add_special_tokens=True)
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encs]
-        truncated = np.array([len(e.overflowing) > 0 for e in encs], dtype=bool)  # (N,)
+        truncated = np.array([len(x) > self.max_length for x in ids], dtype=bool)  # (N,)
+        for i in np.flatnonzero(truncated):  # rare: cut the text's own tokens, then add the special ones
+            enc = self._tok.encode(texts[i], add_special_tokens=False)
+            enc.truncate(max(self.max_length - self._n_special, 0), direction=self.SIDES[role])
+            ids[i] = np.asarray(self._tok.post_process(enc).ids, dtype=np.int64)
         return ids, truncated
 
     def pad(self, ids: list[np.ndarray]) -> dict[str, np.ndarray]:
