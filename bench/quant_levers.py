@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -109,23 +110,16 @@ def static_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], skip: 
     return dst
 
 
-def accuracy_level4(src: Path, dst: Path) -> Path:
-    """The shipped 8-bit weights with int8 compute (``MatMulNBits`` accuracy_level 4)."""
-    import onnx
-
-    m = onnx.load(str(src))
-    for n in m.graph.node:
-        if n.op_type == "MatMulNBits":
-            n.attribute.append(onnx.helper.make_attribute("accuracy_level", 4))
-    onnx.save(m, str(dst))
-    return dst
-
-
-def with_backbone(model: RewardModel, graph: Path, tmp: Path, name: str) -> RewardModel:
-    """A copy of the model folder whose int8 backbone graph is ``graph`` (manifest rebuilt)."""
+def with_backbone(model: RewardModel, graph: Path, tmp: Path, name: str, dequantize_at_load: bool = False) -> RewardModel:
+    """A copy of the model folder whose int8 backbone graph is ``graph`` (config flag and manifest rebuilt):
+    ``dequantize_at_load`` folds the graph's 8-bit weights to fp32 at load (the shipped form); off,
+    onnxruntime fuses them with quantized activations (int8 compute)."""
     dst = tmp / name
     shutil.copytree(model.folder, dst)
     shutil.copy(graph, dst / model.config.graphs[model.precision].backbone)
+    cfg = model.config
+    graphs = {**cfg.graphs, model.precision: replace(cfg.graphs[model.precision], dequantize_at_load=dequantize_at_load)}
+    (dst / "config.json").write_text(json.dumps(replace(cfg, graphs=graphs).to_dict(), indent=1) + "\n")
     write_manifest(dst)
     return RewardModel.load(dst, threads=model.threads, precision=model.precision)
 
@@ -134,7 +128,8 @@ def op_profile(model: RewardModel, pairs, tmp: Path) -> list[tuple[str, float]]:
     """Share of backbone time per operator type, from an onnxruntime profile of the shipped graph."""
     from moerm_lite.model import cpu_session
 
-    sess = cpu_session(model.folder / model.config.graphs[model.precision].backbone, model.threads,
+    graphs = model.config.graphs[model.precision]
+    sess = cpu_session(model.folder / graphs.backbone, model.threads, dequantize_at_load=graphs.dequantize_at_load,
                        profile_prefix=str(tmp / "profile"))
     tok = TextTokenizer(model.folder / "tokenizer.json", model.config.max_length)
     ids = tok.encode([r for _, r in pairs], "response")[0]
@@ -166,22 +161,22 @@ def main() -> None:
         tmp = Path(t)
         sdpa, eager = fp32_backbone(tmp / "sdpa.onnx", "sdpa"), fp32_backbone(tmp / "eager.onnx", "eager")
         ref = with_backbone(model, eager, tmp, "ref").score_pairs(pairs)
-        variants = {
-            "shipped: 8-bit weights (GPTQ), fp32 compute": shipped_graph,
-            "shipped + int8 compute (accuracy_level 4)": accuracy_level4(shipped_graph, tmp / "acc4.onnx"),
-            "shipped + offline BERT fusions": fused(shipped_graph, tmp / "shipped_fused.onnx"),
-            "fp32, sdpa attention export": sdpa,
-            "fp32, eager attention export + fusions": fused(eager, tmp / "eager_fused.onnx"),
-            "fp16 weights, int8 embeddings, eager + fusions": fp16_fused(eager, tmp / "f16.onnx"),
-            "static int8, all weight MatMuls": static_int8(eager, tmp / "s_all.onnx", feeds),
-            "static int8, FFN output MatMul fp32": static_int8(eager, tmp / "s_noffo.onnx", feeds,
-                                                               ("/output/dense/",)),
-            "static int8, FFN fp32": static_int8(eager, tmp / "s_noffn.onnx", feeds,
-                                                 ("/output/dense/", "/intermediate/")),
+        variants = {  # name: (graph, dequantize_at_load)
+            "shipped: 8-bit weights (GPTQ), fp32 compute": (shipped_graph, True),
+            "shipped levels, int8 compute (QDQ fusion)": (shipped_graph, False),
+            "shipped + offline BERT fusions": (fused(shipped_graph, tmp / "shipped_fused.onnx"), True),
+            "fp32, sdpa attention export": (sdpa, False),
+            "fp32, eager attention export + fusions": (fused(eager, tmp / "eager_fused.onnx"), False),
+            "fp16 weights, int8 embeddings, eager + fusions": (fp16_fused(eager, tmp / "f16.onnx"), False),
+            "static int8, all weight MatMuls": (static_int8(eager, tmp / "s_all.onnx", feeds), False),
+            "static int8, FFN output MatMul fp32": (static_int8(eager, tmp / "s_noffo.onnx", feeds,
+                                                                ("/output/dense/",)), False),
+            "static int8, FFN fp32": (static_int8(eager, tmp / "s_noffn.onnx", feeds,
+                                                  ("/output/dense/", "/intermediate/")), False),
         }
         t_shipped = None
-        for k, (name, graph) in enumerate(variants.items()):
-            m = with_backbone(model, graph, tmp, f"v{k}")
+        for k, (name, (graph, dequantize)) in enumerate(variants.items()):
+            m = with_backbone(model, graph, tmp, f"v{k}", dequantize)
             s = m.score_pairs(pairs)
             t_run = timeit(lambda m=m: m.score_pairs(pairs), repeat)
             t_shipped = t_shipped or t_run

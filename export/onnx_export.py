@@ -98,6 +98,7 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
         default_prior_strength=float(rep.get("prior_strength", cast("dict[str, Any]", rep).get("lambda", 1.0))),
         prior_precision=None if P is None else (P + P.T) / 2,
         per_sequence=("int8",) if quant == "dynamic" else (),
+        dequantize_at_load=("int8",) if quant == "gptq8" else (),
         backbone_name=backbone_name(ckpt["backbone_path"]),
         extra={"quantization": {"int8_backbone": quant,
                                 "head": f"router fp32, expert W1 {head_experts}"},

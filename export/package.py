@@ -21,7 +21,7 @@ def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list
                 max_length: int, hidden_size: int, precisions: list[str], n_shared: int = 0,
                 gating: str = "topk_softmax",
                 default_prior_strength: float = 1.0, prior_precision: Any = None, backbone_name: str = "",
-                per_sequence: tuple[str, ...] = ("int8",),
+                per_sequence: tuple[str, ...] = ("int8",), dequantize_at_load: tuple[str, ...] = (),
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` dict (``ModelConfig.to_dict``, the one definition of the format) for a model
     whose graphs are ``onnx/{backbone,head}_{precision}.onnx``."""
@@ -33,7 +33,8 @@ def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list
         default_prior_strength=default_prior_strength,
         prior_precision=None if prior_precision is None else [[float(x) for x in row] for row in prior_precision],
         graphs={p: GraphFiles(backbone=f"onnx/backbone_{p}.onnx", head=f"onnx/head_{p}.onnx",
-                              per_sequence=p in per_sequence) for p in precisions},
+                              per_sequence=p in per_sequence, dequantize_at_load=p in dequantize_at_load)
+                for p in precisions},
         extra={"gating": gating, "score": score, **(extra or {})})
     return cfg.to_dict()
 

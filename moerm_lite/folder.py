@@ -20,7 +20,9 @@ import numpy as np
 from .features import FEATURES_KIND
 from .files import atomic_write_text
 
-SCHEMA_VERSION = 2  # 2: prompt and response embedded separately, pair features, shared experts
+SCHEMA_VERSION = 3  # 2: prompt and response embedded separately, pair features, shared experts;
+#                    3: a graph may ask for its quantized weights to be dequantized at load (GraphFiles)
+READABLE_SCHEMA_VERSIONS = (2, 3)
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
 
@@ -37,6 +39,9 @@ class GraphFiles:
     head: str
     per_sequence: bool = False  # run the backbone one sequence at a time (dynamic-int8 graphs quantize
     #                             activations per call, so batching would make scores batch-dependent)
+    dequantize_at_load: bool = False  # the backbone stores 8-bit weights behind DequantizeLinear nodes on
+    #   constants: onnxruntime folds them to fp32 once at load and computes in fp32, instead of fusing them
+    #   with quantized activations (which would change the scores); see moerm_lite.model.cpu_session
 
 
 @dataclass(frozen=True)
@@ -72,17 +77,18 @@ class ModelConfig:
         if not isinstance(d, dict):
             raise ModelFolderError(f"config.json must hold a JSON object, got {type(d).__name__}")
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
             raise ModelFolderError(
-                f"config.json has schema_version {version!r}; this moerm-lite reads "
-                f"schema_version {SCHEMA_VERSION}. Re-export the model or upgrade moerm-lite."
+                f"config.json has schema_version {version!r}; this moerm-lite reads schema_version "
+                f"{' or '.join(map(str, READABLE_SCHEMA_VERSIONS))}. Re-export the model or upgrade moerm-lite."
             )
         try:
             backbone = d["backbone"]
             io = d["io"]
             graphs = {
                 prec: GraphFiles(backbone=g["backbone"], head=g["head"],
-                                 per_sequence=bool(g.get("per_sequence", False)))
+                                 per_sequence=bool(g.get("per_sequence", False)),
+                                 dequantize_at_load=bool(g.get("dequantize_at_load", False)))
                 for prec, g in d["graphs"].items()
             }
             cfg = cls(
@@ -130,7 +136,8 @@ class ModelConfig:
             "default_prior_strength": self.default_prior_strength,
             "prior_precision": self.prior_precision,
             "max_chars": self.max_chars,
-            "graphs": {p: {"backbone": g.backbone, "head": g.head, "per_sequence": g.per_sequence}
+            "graphs": {p: {"backbone": g.backbone, "head": g.head, "per_sequence": g.per_sequence,
+                           **({"dequantize_at_load": True} if g.dequantize_at_load else {})}
                        for p, g in self.graphs.items()},
             "io": {"backbone": {"inputs": list(self.backbone_inputs), "output": self.backbone_output},
                    "head": {"input": self.head_input, "outputs": list(self.head_outputs)}},

@@ -64,16 +64,22 @@ def default_model_path() -> Path:
 
 
 def cpu_session(model: str | Path | bytes, threads: int, *, optimize: bool = True,
-                profile_prefix: str | None = None) -> ort.InferenceSession:
+                dequantize_at_load: bool = False, profile_prefix: str | None = None) -> ort.InferenceSession:
     """An onnxruntime CPU session as the runtime makes them: ``threads`` intra-op threads, one
     inter-op thread, no spinning, all graph optimizations (``optimize=False``: none, which keeps
-    every intermediate value), profiling when ``profile_prefix`` is given. ``model``: a path or bytes."""
+    every intermediate value), profiling when ``profile_prefix`` is given. ``model``: a path or bytes.
+
+    ``dequantize_at_load``: the graph's ``DequantizeLinear`` nodes on constant weights are folded to
+    fp32 weights while the session is built (onnxruntime's QDQ fusions off), so the graph computes
+    in fp32 exactly what its stored 8-bit weights say (GraphFiles.dequantize_at_load)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if dequantize_at_load:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     opts.log_severity_level = 3
     if profile_prefix:
         opts.enable_profiling = True
@@ -82,10 +88,11 @@ def cpu_session(model: str | Path | bytes, threads: int, *, optimize: bool = Tru
                                 providers=["CPUExecutionProvider"])
 
 
-def _session(path: Path, threads: int, inputs: list[str], outputs: list[str]) -> ort.InferenceSession:
+def _session(path: Path, threads: int, inputs: list[str], outputs: list[str],
+             dequantize_at_load: bool = False) -> ort.InferenceSession:
     """The runtime's session of a model-folder graph; its inputs/outputs checked against config.json."""
     try:
-        sess = cpu_session(path, threads)
+        sess = cpu_session(path, threads, dequantize_at_load=dequantize_at_load)
     except Exception as e:  # onnxruntime raises its own exception types
         raise ModelFolderError(f"onnxruntime cannot load {path}: {str(e)[:300]}") from e
     have_in = {i.name for i in sess.get_inputs()}
@@ -183,7 +190,8 @@ class RewardModel:
             tokenizer = TextTokenizer(folder / "tokenizer.json", cfg.max_length)
         except Exception as e:  # tokenizers raises its own exception types
             raise ModelFolderError(f"{folder / 'tokenizer.json'} cannot be read: {str(e)[:200]}") from e
-        backbone = _session(backbone_path, threads, cfg.backbone_inputs, [cfg.backbone_output])
+        backbone = _session(backbone_path, threads, cfg.backbone_inputs, [cfg.backbone_output],
+                            graphs.dequantize_at_load)
         head = _session(head_path, threads, [cfg.head_input], cfg.head_outputs)
         _check_graphs(folder, cfg, backbone, head, tokenizer)
         model_hash = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()[:16]

@@ -166,6 +166,8 @@ def test_default_int8_backbone_is_gptq_rounded_on_the_checkpoints_training_pairs
     levels = [i for i in graph.initializer if i.name.endswith("_levels")]  # GPTQ's 8-bit levels, stored int8
     assert levels and all(i.data_type == onnx.TensorProto.INT8 for i in levels)
     assert "MatMulNBits" not in {n.op_type for n in graph.node}  # dequantized to an fp32 MatMul at load
+    assert "DequantizeLinear" in {n.op_type for n in graph.node}
+    assert cfg["graphs"]["int8"]["dequantize_at_load"] is True  # the runtime folds, does not fuse
 
 
 def test_card_records_the_int8_variant_choice(tiny_run, tiny_export):

@@ -69,6 +69,28 @@ def test_unknown_schema_version(copy):
         RewardModel.load(copy)
 
 
+def test_schema_2_folders_still_load(copy):
+    """Version 3 only added a graph flag (dequantize_at_load, default off): version-2 folders load as before."""
+    cfg = json.loads((copy / "config.json").read_text())
+    before = RewardModel.load(copy).score("q", ["a", "bb"])
+    cfg["schema_version"] = 2
+    for g in cfg["graphs"].values():
+        g.pop("dequantize_at_load", None)
+    write_config(copy, cfg)
+    m = RewardModel.load(copy)
+    assert not any(g.dequantize_at_load for g in m.config.graphs.values())
+    np.testing.assert_array_equal(m.score("q", ["a", "bb"]), before)
+
+
+def test_graph_flags_round_trip(copy):
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["graphs"]["int8"]["dequantize_at_load"] = True
+    c = ModelConfig.from_dict(cfg)
+    assert c.graphs["int8"].dequantize_at_load and not c.graphs["fp32"].dequantize_at_load
+    assert ModelConfig.from_dict(c.to_dict()) == c
+    assert "dequantize_at_load" not in c.to_dict()["graphs"]["fp32"]  # written only where it is on
+
+
 @pytest.mark.parametrize("edit,match", [
     (lambda c: c.update(w0=c["w0"][:-1]), "n_experts"),
     (lambda c: c.update(top_k=c["n_experts"] + 1), "top_k"),

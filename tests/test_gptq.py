@@ -10,6 +10,7 @@ import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from export.gptq import BLOCK, gptq_round, nbits_scale, round_to_nearest8, write_levels  # noqa: E402
+from moerm_lite.model import cpu_session  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -79,9 +80,12 @@ def test_dequantize_at_load_keeps_the_levels():
     x = rng.normal(size=(5, 64)).astype(np.float32)
     y_nbits = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     fp32 = dequantize_at_load(model)
-    assert {n.op_type for n in fp32.graph.node} == {"Cast", "Mul", "Reshape", "MatMul"}
-    sizes = [i.data_type for i in fp32.graph.initializer if len(i.dims) == 3 and i.dims[1] == BLOCK]
-    assert sizes == [TensorProto.INT8]  # still 8 bits on disk
-    y = ort.InferenceSession(fp32.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert [n.op_type for n in fp32.graph.node] == ["DequantizeLinear", "MatMul"]
+    assert max(op.version for op in fp32.opset_import if op.domain in ("", "ai.onnx")) >= 21  # block_size
+    stored = [i for i in fp32.graph.initializer if i.data_type == TensorProto.INT8]
+    assert [list(i.dims) for i in stored] == [[64, 8]]  # still 8 bits on disk
+    y = cpu_session(fp32.SerializeToString(), 1, dequantize_at_load=True).run(None, {"x": x})[0]
     np.testing.assert_allclose(y, y_nbits, rtol=0, atol=1e-5)
+    # the session folds the weights and computes in fp32; with onnxruntime's QDQ fusions on, it would
+    # quantize x as well (0.08 off here): why the model folder marks such graphs dequantize_at_load
     np.testing.assert_allclose(y, x @ dequantize(levels, scales), rtol=0, atol=1e-4)
