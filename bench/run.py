@@ -235,7 +235,7 @@ sys.modules['torch'] = None  # a runtime-only process: torch cannot be imported
 from moerm_lite import RewardModel
 m = RewardModel.load(threads=2)
 m.score("", "I like football.")
-print(time.perf_counter() - t, PEAK())
+print(time.perf_counter() - t, MB('VmHWM'), MB('VmRSS'))
 """
 COLD_TORCH = """
 import sys, time
@@ -248,11 +248,12 @@ from bench.run import torch_model, torch_scores
 m = RewardModel.load(threads=2)
 bb, head = torch_model(m)
 torch_scores(bb, head, m.folder / "tokenizer.json", m.config.max_length, [("", "I like football.")], 1)
-print(time.perf_counter() - t, PEAK())
+print(time.perf_counter() - t, MB('VmHWM'), MB('VmRSS'))
 """
-# VmHWM is this process's own peak RSS; ru_maxrss would carry over the parent's peak across exec
-PEAK = ("def PEAK():\n    for line in open('/proc/self/status'):\n        if line.startswith('VmHWM'):\n"
-        "            return int(line.split()[1]) / 1024\n")
+# VmHWM is this process's own peak RSS (ru_maxrss would carry over the parent's peak across exec), VmRSS
+# what it holds now
+MB = ("def MB(field):\n    for line in open('/proc/self/status'):\n        if line.startswith(field):\n"
+      "            return int(line.split()[1]) / 1024\n")
 
 
 def bench_cold(repeat: int) -> list[tuple[str, str, str]]:
@@ -260,16 +261,17 @@ def bench_cold(repeat: int) -> list[tuple[str, str, str]]:
     for name, code in (("moerm-lite (runtime only)", COLD_RUNTIME), ("torch + transformers", COLD_TORCH)):
         runs = []
         for _ in range(repeat):
-            out = subprocess.run([sys.executable, "-c", PEAK + code.format(root=str(ROOT))], capture_output=True,
-                                 text=True,
-                                 check=True, cwd=ROOT)
-            runs.append([float(x) for x in out.stdout.split()[-2:]])
+            out = subprocess.run([sys.executable, "-c", MB + code.format(root=str(ROOT))], capture_output=True,
+                                 text=True, check=True, cwd=ROOT)
+            runs.append([float(x) for x in out.stdout.split()[-3:]])
         res[name] = np.median(np.array(runs), axis=0)
     rt, tt = res["moerm-lite (runtime only)"], res["torch + transformers"]
     rows.append(("cold start to first score: moerm-lite / torch", f"{rt[0]:.2f} / {tt[0]:.2f} s",
                  f"{tt[0] / rt[0]:.1f}x faster (goal <= 0.3 s)"))
-    rows.append(("peak RSS: moerm-lite / torch", f"{rt[1]:.0f} / {tt[1]:.0f} MB",
+    rows.append(("peak RSS to first score: moerm-lite / torch", f"{rt[1]:.0f} / {tt[1]:.0f} MB",
                  f"{tt[1] / rt[1]:.1f}x less (goal <= 150 MB)"))
+    rows.append(("resident after first score: moerm-lite / torch", f"{rt[2]:.0f} / {tt[2]:.0f} MB",
+                 f"{tt[2] / rt[2]:.1f}x less"))
     return rows
 
 

@@ -110,8 +110,10 @@ def _check_graphs(folder: Path, cfg: ModelConfig, backbone: ort.InferenceSession
     ``max_length``, vocabulary, ``n_experts``, ``top_k``, ``n_shared``) fails at load, named."""
     L = cfg.max_length
     feed = tokenizer.pad([np.full(L, tokenizer.vocab_size - 1, dtype=np.int64)])  # (1, L): longest, last id
+    once = ort.RunOptions()  # a probe's buffers go back to the system after it, not kept in the arena
+    once.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     try:
-        (emb,) = backbone.run([cfg.backbone_output], {n: feed[n] for n in cfg.backbone_inputs})
+        (emb,) = backbone.run([cfg.backbone_output], {n: feed[n] for n in cfg.backbone_inputs}, once)
     except Exception as e:
         raise ModelFolderError(
             f"{folder}: the backbone graph cannot embed {L} tokens (config max_length) with ids up to "
@@ -122,7 +124,7 @@ def _check_graphs(folder: Path, cfg: ModelConfig, backbone: ort.InferenceSession
     F, K, k, S = feature_dim(cfg.hidden_size), cfg.n_experts, cfg.top_k, cfg.n_shared
     x = np.random.default_rng(0).normal(size=(64, F)).astype(np.float32)  # (64, F)
     try:
-        idx, gates, rewards = head.run(cfg.head_outputs, {cfg.head_input: x})  # (64, k + S) each
+        idx, gates, rewards = head.run(cfg.head_outputs, {cfg.head_input: x}, once)  # (64, k + S) each
     except Exception as e:
         raise ModelFolderError(f"{folder}: the head graph does not take {F} features (2 x hidden_size "
                                f"{cfg.hidden_size} + text statistics): {str(e)[:200]}") from e

@@ -1,0 +1,55 @@
+"""What bounds the population score on human-labelled pairs: the experts or their weights.
+
+    python scripts/population_bound.py                      # the shipped model, ~5 minutes on 2 cores
+    python scripts/population_bound.py --model models/mine
+
+For HH-RLHF helpful / harmless and FineGrained QA (held-out test splits): accuracy of the population
+weights w0, of a logistic probe on the frozen pair features trained on the train split (the card's
+reference), and of the best weights on the model's own expert outputs, also trained on that split
+(logistic regression on pi * r, over a range of L2 strengths). If the last is below the probe, no choice
+of population weights reaches the probe: the experts do not compute what the set rewards.
+
+Needs the export extra and ../shared/data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from export import data  # noqa: E402
+from export.evaluate import RuntimeFeaturizer, logistic_fit, pair_accuracy  # noqa: E402
+from export.real_eval import features_phi  # noqa: E402
+
+L2 = (0.1, 1.0, 10.0, 100.0)
+SETS = {"hh_helpful": data.load_hh_helpful, "hh_harmless": data.load_hh_harmless,
+        "finegrained_qa": data.load_finegrained_qa}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=str(ROOT / "models" / "moerm-minilm-k32"), help="a model folder")
+    args = ap.parse_args()
+    fz = RuntimeFeaturizer(args.model)
+    print(f"held-out accuracy, {Path(args.model).name} (int8 runtime); probes trained on each set's train split")
+    print(f"{'set':<16}{'train':>7}{'test':>6}{'w0':>8}{'frozen probe':>14}"
+          + "".join(f"{'experts, L2 ' + format(a, 'g'):>18}" for a in L2))
+    for name, load in SETS.items():
+        train, test = load(split="train"), load(split="test")
+        phi_tr, X_tr = features_phi(fz, train)  # (N, K), (N, F): chosen minus rejected
+        phi_te, X_te = features_phi(fz, test)
+        ones = np.ones(len(train))
+        cells = [pair_accuracy(phi_te @ fz.w0), pair_accuracy(X_te @ logistic_fit(X_tr, ones, 10.0))]
+        cells += [pair_accuracy(phi_te @ logistic_fit(phi_tr, ones, a)) for a in L2]
+        print(f"{name:<16}{len(train):>7}{len(test):>6}" + f"{100 * cells[0]:7.1f}%{100 * cells[1]:13.1f}%"
+              + "".join(f"{100 * c:17.1f}%" for c in cells[2:]))
+
+
+if __name__ == "__main__":
+    main()
