@@ -110,6 +110,55 @@ def static_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], skip: 
     return dst
 
 
+def smoothed(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], alpha: float = 0.5) -> Path:
+    """SmoothQuant-style scale migration (Xiao et al. 2023, arXiv 2211.10438) on an fp32 graph: each weight
+    MatMul's input channel j is divided by s_j and the weight's row j multiplied by it, with
+    s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) (MatMuls that share an input share s). Same function,
+    flatter activations for a static int8 quantizer to round. The division is an explicit Mul before
+    the MatMuls (BERT's LayerNorm output also feeds the residual, so it cannot absorb s)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from export.gptq import FEEDS, matmul_weights
+    from moerm_lite.model import cpu_session
+
+    model = onnx.load(str(src))
+    pairs = matmul_weights(model)
+    names = sorted({x for x, _ in pairs})
+    probe = onnx.load(str(src))
+    probe.graph.output.extend([helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None) for x in names])
+    sess = cpu_session(probe.SerializeToString(), 2, optimize=False)  # no fusions: keep the MatMul inputs
+    amax: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        for name, x in zip(names, sess.run(names, {k: feed[k] for k in FEEDS})):
+            m = np.abs(x.reshape(-1, x.shape[-1])).max(0)  # (K,) per input channel
+            amax[name] = np.maximum(amax.get(name, 0.0), m)
+    inits = {i.name: i for i in model.graph.initializer}
+    smooth: dict[str, list[str]] = {}  # activation -> the weights of the MatMuls it feeds
+    for x in names:
+        weights = [w for a, w in pairs if a == x]
+        wmax = np.max([np.abs(numpy_helper.to_array(inits[w])).max(1) for w in weights], axis=0)  # (K,)
+        scale = np.clip(amax[x] ** alpha / np.maximum(wmax, 1e-8) ** (1 - alpha), 1e-4, 1e4).astype(np.float32)
+        for w in weights:
+            W = numpy_helper.to_array(inits[w])  # (K, N)
+            inits[w].CopyFrom(numpy_helper.from_array((W * scale[:, None]).astype(np.float32), w))
+        model.graph.initializer.append(numpy_helper.from_array(1.0 / scale, x + "_smooth_inv"))
+        smooth[x] = weights
+    nodes, emitted = [], set()
+    for node in model.graph.node:  # the Mul goes right before the first MatMul that reads it
+        x = node.input[0] if node.op_type == "MatMul" else ""
+        if x in smooth and node.input[1] in smooth[x]:
+            if x not in emitted:
+                nodes.append(helper.make_node("Mul", [x, x + "_smooth_inv"], [x + "_smoothed"]))
+                emitted.add(x)
+            node.input[0] = x + "_smoothed"
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+    return dst
+
+
 def with_backbone(model: RewardModel, graph: Path, tmp: Path, name: str, dequantize_at_load: bool = False) -> RewardModel:
     """A copy of the model folder whose int8 backbone graph is ``graph`` (config flag and manifest rebuilt):
     ``dequantize_at_load`` folds the graph's 8-bit weights to fp32 at load (the shipped form); off,
@@ -169,6 +218,10 @@ def main() -> None:
             "fp32, eager attention export + fusions": (fused(eager, tmp / "eager_fused.onnx"), False),
             "fp16 weights, int8 embeddings, eager + fusions": (fp16_fused(eager, tmp / "f16.onnx"), False),
             "static int8, all weight MatMuls": (static_int8(eager, tmp / "s_all.onnx", feeds), False),
+            "SmoothQuant (alpha 0.5) + static int8, all weight MatMuls":
+                (static_int8(smoothed(eager, tmp / "sq5.onnx", feeds, 0.5), tmp / "sq5_int8.onnx", feeds), False),
+            "SmoothQuant (alpha 0.8) + static int8, all weight MatMuls":
+                (static_int8(smoothed(eager, tmp / "sq8.onnx", feeds, 0.8), tmp / "sq8_int8.onnx", feeds), False),
             "static int8, FFN output MatMul fp32": (static_int8(eager, tmp / "s_noffo.onnx", feeds,
                                                                 ("/output/dense/",)), False),
             "static int8, FFN fp32": (static_int8(eager, tmp / "s_noffn.onnx", feeds,
@@ -185,10 +238,10 @@ def main() -> None:
             rows.append((name, len(pairs) / t_run, t_shipped / t_run, 100 * agree, batch, graph.stat().st_size / 1e6))
         profile = op_profile(model, pairs, tmp)
     print(f"backbone levers, {len(pairs)} texts of the ranking workload, {args.threads} threads, {cpu_description()}")
-    print(f"{'variant':<46} {'texts/s':>8} {'x shipped':>9} {'decisions = fp32':>16} {'batch 1 vs default':>18} "
+    print(f"{'variant':<58} {'texts/s':>8} {'x shipped':>9} {'decisions = fp32':>16} {'batch 1 vs default':>18} "
           f"{'MB':>6}")
     for name, tps, x, agree, batch, mb in rows:
-        print(f"{name:<46} {tps:8.1f} {x:8.2f}x {agree:15.2f}% {batch:18.1e} {mb:6.1f}")
+        print(f"{name:<58} {tps:8.1f} {x:8.2f}x {agree:15.2f}% {batch:18.1e} {mb:6.1f}")
     print("\nshipped backbone, time per operator type: " + ", ".join(f"{op} {100 * s:.0f}%" for op, s in profile[:8]))
 
 

@@ -66,8 +66,9 @@ def default_model_path() -> Path:
 def cpu_session(model: str | Path | bytes, threads: int, *, optimize: bool = True,
                 dequantize_at_load: bool = False, profile_prefix: str | None = None) -> ort.InferenceSession:
     """An onnxruntime CPU session as the runtime makes them: ``threads`` intra-op threads, one
-    inter-op thread, no spinning, all graph optimizations (``optimize=False``: none, which keeps
-    every intermediate value), profiling when ``profile_prefix`` is given. ``model``: a path or bytes.
+    inter-op thread, no spinning, no memory pattern, all graph optimizations (``optimize=False``: none,
+    which keeps every intermediate value), profiling when ``profile_prefix`` is given. ``model``: a path
+    or bytes.
 
     ``dequantize_at_load``: the graph's ``DequantizeLinear`` nodes on constant weights are folded to
     fp32 weights while the session is built (onnxruntime's QDQ fusions off), so the graph computes
@@ -75,6 +76,8 @@ def cpu_session(model: str | Path | bytes, threads: int, *, optimize: bool = Tru
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    opts.enable_mem_pattern = False  # batch shapes vary call to call: a planned block per shape only adds
+    #                                  memory (scoring the bench workload: peak RSS 321 -> 273 MB, same speed)
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -34,3 +34,40 @@ def test_token_budget_bench_quick_runs():
     rows = [line.split() for line in res.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [int(r[0]) for r in rows] == [256, 192, 128, 96, 64]  # one row per budget, full budget first
     assert rows[0][2] == "1.00x" and rows[0][-1] == "100.0%"  # the full budget agrees with itself
+
+
+def test_smoothquant_migration_keeps_the_function(tmp_path):
+    """bench/quant_levers.py's scale migration: the same outputs, flatter MatMul inputs."""
+    pytest.importorskip("torch")
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bench.quant_levers import smoothed
+    from moerm_lite.model import cpu_session
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(50, 8)).astype(np.float32)
+    emb[:, 3] *= 40.0  # an outlier channel, as in MiniLM's activations
+    w = {n: rng.normal(size=(8, 8)).astype(np.float32) for n in ("wq", "wk", "wo")}
+    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["h"]),
+             helper.make_node("MatMul", ["h", "wq"], ["q"]),  # two MatMuls share one input
+             helper.make_node("MatMul", ["h", "wk"], ["k"]),
+             helper.make_node("Add", ["q", "k"], ["a"]),
+             helper.make_node("Tanh", ["a"], ["t"]),
+             helper.make_node("MatMul", ["t", "wo"], ["embedding"])]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["b", "l"])
+              for n in ("input_ids", "attention_mask", "token_type_ids")]
+    g = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(emb, "emb")] + [numpy_helper.from_array(v, k) for k, v in w.items()])
+    src = tmp_path / "src.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(src))
+    ids = rng.integers(0, 50, size=(4, 6))
+    feeds = [{"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}]
+    dst = smoothed(src, tmp_path / "smooth.onnx", feeds, alpha=0.5)
+    run = {p: cpu_session(str(p), 1).run(["embedding"], feeds[0])[0] for p in (src, dst)}
+    np.testing.assert_allclose(run[dst], run[src], rtol=1e-4, atol=1e-4)
+    m = onnx.load(str(dst))
+    assert [n.op_type for n in m.graph.node].count("Mul") == 2  # one per distinct MatMul input (h and t)
+    inv = numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == "h_smooth_inv"))
+    assert inv[3] == inv.min()  # the outlier channel is divided the most
