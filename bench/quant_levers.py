@@ -159,16 +159,18 @@ def smoothed(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], alpha: fl
     return dst
 
 
-def with_backbone(model: RewardModel, graph: Path, tmp: Path, name: str, dequantize_at_load: bool = False) -> RewardModel:
-    """A copy of the model folder whose int8 backbone graph is ``graph`` (config flag and manifest rebuilt):
-    ``dequantize_at_load`` folds the graph's 8-bit weights to fp32 at load (the shipped form); off,
-    onnxruntime fuses them with quantized activations (int8 compute)."""
+def with_backbone(model: RewardModel, graph: Path, tmp: Path, name: str, *, dequantize_at_load: bool = False,
+                  per_sequence: bool = False) -> RewardModel:
+    """A copy of the model folder whose int8 backbone graph is ``graph`` (graph flags and manifest rebuilt):
+    ``dequantize_at_load`` folds the graph's 8-bit weights to fp32 at load (the shipped form; off,
+    onnxruntime fuses them with quantized activations); ``per_sequence`` runs one text per call."""
     dst = tmp / name
     shutil.copytree(model.folder, dst)
     shutil.copy(graph, dst / model.config.graphs[model.precision].backbone)
     cfg = model.config
-    graphs = {**cfg.graphs, model.precision: replace(cfg.graphs[model.precision], dequantize_at_load=dequantize_at_load)}
-    (dst / "config.json").write_text(json.dumps(replace(cfg, graphs=graphs).to_dict(), indent=1) + "\n")
+    flags = replace(cfg.graphs[model.precision], dequantize_at_load=dequantize_at_load, per_sequence=per_sequence)
+    (dst / "config.json").write_text(json.dumps(replace(cfg, graphs={**cfg.graphs, model.precision: flags}).to_dict(),
+                                                indent=1) + "\n")
     write_manifest(dst)
     return RewardModel.load(dst, threads=model.threads, precision=model.precision)
 
@@ -203,6 +205,8 @@ def main() -> None:
     pairs = workload(8 if args.quick else 64, 8)
     repeat = 1 if args.quick else 3
     feeds = calibration(model, 64 if args.quick else 400)
+    from export.quantize import quantize_backbone
+
     i, j = np.triu_indices(len(pairs), 1)
     shipped_graph = model.folder / model.config.graphs[model.precision].backbone
     rows = []
@@ -210,26 +214,29 @@ def main() -> None:
         tmp = Path(t)
         sdpa, eager = fp32_backbone(tmp / "sdpa.onnx", "sdpa"), fp32_backbone(tmp / "eager.onnx", "eager")
         ref = with_backbone(model, eager, tmp, "ref").score_pairs(pairs)
-        variants = {  # name: (graph, dequantize_at_load)
-            "shipped: 8-bit weights (GPTQ), fp32 compute": (shipped_graph, True),
-            "shipped levels, int8 compute (QDQ fusion)": (shipped_graph, False),
-            "shipped + offline BERT fusions": (fused(shipped_graph, tmp / "shipped_fused.onnx"), True),
-            "fp32, sdpa attention export": (sdpa, False),
-            "fp32, eager attention export + fusions": (fused(eager, tmp / "eager_fused.onnx"), False),
-            "fp16 weights, int8 embeddings, eager + fusions": (fp16_fused(eager, tmp / "f16.onnx"), False),
-            "static int8, all weight MatMuls": (static_int8(eager, tmp / "s_all.onnx", feeds), False),
+        fold, one = {"dequantize_at_load": True}, {"per_sequence": True}
+        variants: dict[str, tuple[Path, dict[str, bool]]] = {  # name: (graph, graph flags)
+            "shipped: 8-bit weights (GPTQ), fp32 compute": (shipped_graph, fold),
+            "shipped levels, int8 compute (QDQ fusion)": (shipped_graph, {}),
+            "shipped + offline BERT fusions": (fused(shipped_graph, tmp / "shipped_fused.onnx"), fold),
+            "fp32, sdpa attention export": (sdpa, {}),
+            "fp32, eager attention export + fusions": (fused(eager, tmp / "eager_fused.onnx"), {}),
+            "fp16 weights, int8 embeddings, eager + fusions": (fp16_fused(eager, tmp / "f16.onnx"), {}),
+            "static int8, all weight MatMuls": (static_int8(eager, tmp / "s_all.onnx", feeds), {}),
             "SmoothQuant (alpha 0.5) + static int8, all weight MatMuls":
-                (static_int8(smoothed(eager, tmp / "sq5.onnx", feeds, 0.5), tmp / "sq5_int8.onnx", feeds), False),
+                (static_int8(smoothed(eager, tmp / "sq5.onnx", feeds, 0.5), tmp / "sq5_int8.onnx", feeds), {}),
             "SmoothQuant (alpha 0.8) + static int8, all weight MatMuls":
-                (static_int8(smoothed(eager, tmp / "sq8.onnx", feeds, 0.8), tmp / "sq8_int8.onnx", feeds), False),
+                (static_int8(smoothed(eager, tmp / "sq8.onnx", feeds, 0.8), tmp / "sq8_int8.onnx", feeds), {}),
+            "dynamic int8 (per-call activation scales), one text per call":
+                (quantize_backbone(eager, tmp / "dyn.onnx", "dynamic"), one),
             "static int8, FFN output MatMul fp32": (static_int8(eager, tmp / "s_noffo.onnx", feeds,
-                                                                ("/output/dense/",)), False),
+                                                                ("/output/dense/",)), {}),
             "static int8, FFN fp32": (static_int8(eager, tmp / "s_noffn.onnx", feeds,
-                                                  ("/output/dense/", "/intermediate/")), False),
+                                                  ("/output/dense/", "/intermediate/")), {}),
         }
         t_shipped = None
-        for k, (name, (graph, dequantize)) in enumerate(variants.items()):
-            m = with_backbone(model, graph, tmp, f"v{k}", dequantize)
+        for k, (name, (graph, flags)) in enumerate(variants.items()):
+            m = with_backbone(model, graph, tmp, f"v{k}", **flags)
             s = m.score_pairs(pairs)
             t_run = timeit(lambda m=m: m.score_pairs(pairs), repeat)
             t_shipped = t_shipped or t_run
@@ -238,10 +245,10 @@ def main() -> None:
             rows.append((name, len(pairs) / t_run, t_shipped / t_run, 100 * agree, batch, graph.stat().st_size / 1e6))
         profile = op_profile(model, pairs, tmp)
     print(f"backbone levers, {len(pairs)} texts of the ranking workload, {args.threads} threads, {cpu_description()}")
-    print(f"{'variant':<58} {'texts/s':>8} {'x shipped':>9} {'decisions = fp32':>16} {'batch 1 vs default':>18} "
+    print(f"{'variant':<62} {'texts/s':>8} {'x shipped':>9} {'decisions = fp32':>16} {'batch 1 vs default':>18} "
           f"{'MB':>6}")
     for name, tps, x, agree, batch, mb in rows:
-        print(f"{name:<58} {tps:8.1f} {x:8.2f}x {agree:15.2f}% {batch:18.1e} {mb:6.1f}")
+        print(f"{name:<62} {tps:8.1f} {x:8.2f}x {agree:15.2f}% {batch:18.1e} {mb:6.1f}")
     print("\nshipped backbone, time per operator type: " + ", ".join(f"{op} {100 * s:.0f}%" for op, s in profile[:8]))
 
 

@@ -182,7 +182,8 @@ def bench_experts(Ks: list[int], repeat: int) -> list[tuple[str, str, str]]:
     H, D, B = 781, 64, 32  # H: the pair features of MiniLM (2 * 384 + 13)
     rng = np.random.default_rng(0)
     h = rng.normal(size=(B, H)).astype(np.float32)
-    rows, base = [], {}
+    rows: list[tuple[str, str, str]] = []
+    base: dict[str, float] = {}
     for K in Ks:
         w = HeadWeights(rng.normal(size=(H, K)), np.zeros(K), rng.normal(size=(K, H, D)) / 20, np.zeros((K, D)),
                         rng.normal(size=(K, D)), np.zeros(K))
