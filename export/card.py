@@ -60,8 +60,12 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         "trained on, the stance of 16 persona axes; for a fitted user, the length, layout, tone and topics "
         "their comparisons show.",
         "- **Does not know**: whether an answer is true, well reasoned, safe or subtly harmful. On the "
-        "human-labelled HH-RLHF and FineGrained QA pairs it is near chance, and so is a probe on the same "
-        f"frozen embeddings: a frozen sentence encoder ({backbone['name']}) does not carry that signal.",
+        "human-labelled HH-RLHF and FineGrained QA pairs it is near chance (numbers below, next to a linear "
+        f"probe on the same frozen {backbone['name']} features).",
+        "- **What bounds it**: `scripts/population_bound.py` measures whether any weighting of the experts "
+        "reaches that probe, and `scripts/attribute_bound.py` which tastes the frozen encoder, the text "
+        "statistics and the experts can see at all; [docs/design.md](../../docs/design.md) has the numbers "
+        "for the shipped model.",
         "- Prompts longer than the token limit keep their end, responses their start; English only.",
         "",
         "## Data and licences",
