@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from collections import defaultdict
@@ -29,9 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.run import cpu_description, timeit, workload  # noqa: E402
+from bench.run import cpu_description, model_variant, timeit, workload  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
-from moerm_lite.folder import write_manifest  # noqa: E402
 from moerm_lite.text import TextTokenizer  # noqa: E402
 
 
@@ -161,18 +159,12 @@ def smoothed(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], alpha: fl
 
 def with_backbone(model: RewardModel, graph: Path, tmp: Path, name: str, *, dequantize_at_load: bool = False,
                   per_sequence: bool = False) -> RewardModel:
-    """A copy of the model folder whose int8 backbone graph is ``graph`` (graph flags and manifest rebuilt):
-    ``dequantize_at_load`` folds the graph's 8-bit weights to fp32 at load (the shipped form; off,
-    onnxruntime fuses them with quantized activations); ``per_sequence`` runs one text per call."""
-    dst = tmp / name
-    shutil.copytree(model.folder, dst)
-    shutil.copy(graph, dst / model.config.graphs[model.precision].backbone)
+    """The model with ``graph`` as its backbone graph and these graph flags: ``dequantize_at_load`` folds
+    the graph's 8-bit weights to fp32 at load (the shipped form; off, onnxruntime fuses them with
+    quantized activations); ``per_sequence`` runs one text per call."""
     cfg = model.config
     flags = replace(cfg.graphs[model.precision], dequantize_at_load=dequantize_at_load, per_sequence=per_sequence)
-    (dst / "config.json").write_text(json.dumps(replace(cfg, graphs={**cfg.graphs, model.precision: flags}).to_dict(),
-                                                indent=1) + "\n")
-    write_manifest(dst)
-    return RewardModel.load(dst, threads=model.threads, precision=model.precision)
+    return model_variant(model, tmp, name, replace(cfg, graphs={**cfg.graphs, model.precision: flags}), graph)
 
 
 def op_profile(model: RewardModel, pairs, tmp: Path) -> list[tuple[str, float]]:

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from moerm_lite import RewardModel, fit_map  # noqa: E402
+from moerm_lite.folder import ModelConfig  # noqa: E402
 from moerm_lite.model import BATCH_SIZE, cpu_session  # noqa: E402
 
 
@@ -315,6 +316,23 @@ def cpu_description() -> str:
     flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
     int8 = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
     return f"{name}, {os.cpu_count()} cores, int8 features: {' '.join(int8) or 'none found'}"
+
+
+def model_variant(model: RewardModel, tmp: Path, name: str, config: ModelConfig,
+                  backbone_graph: Path | None = None) -> RewardModel:
+    """A copy of the model's folder at ``tmp / name`` with ``config`` written (and ``backbone_graph`` in
+    place of its backbone graph), the manifest rebuilt, loaded with the model's threads and precision."""
+    import shutil
+
+    from moerm_lite.folder import write_manifest
+
+    dst = tmp / name
+    shutil.copytree(model.folder, dst)
+    if backbone_graph is not None:
+        shutil.copy(backbone_graph, dst / model.config.graphs[model.precision].backbone)
+    (dst / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+    write_manifest(dst)
+    return RewardModel.load(dst, threads=model.threads, precision=model.precision)
 
 
 def dir_size(path: Path) -> float:

@@ -15,8 +15,6 @@ Needs ../shared/data and the export extra (it reads the data through ``export``)
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import tempfile
 from dataclasses import replace
@@ -27,21 +25,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.run import cpu_description, timeit, workload  # noqa: E402
+from bench.run import cpu_description, model_variant, timeit, workload  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
-from moerm_lite.folder import write_manifest  # noqa: E402
 
 BUDGETS = (256, 192, 128, 96, 64)
 
 
 def with_budget(model: RewardModel, max_length: int, tmp: Path) -> RewardModel:
-    """A copy of the model folder that cuts texts at ``max_length`` tokens."""
-    dst = tmp / f"L{max_length}"
-    shutil.copytree(model.folder, dst)
-    cfg = replace(model.config, max_length=max_length)
-    (dst / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-    write_manifest(dst)
-    return RewardModel.load(dst, threads=model.threads)
+    """The model cutting texts at ``max_length`` tokens."""
+    return model_variant(model, tmp, f"L{max_length}", replace(model.config, max_length=max_length))
 
 
 def held_out_sets(limit: int | None) -> tuple[dict[str, list[tuple[str, str, str]]], np.ndarray]:

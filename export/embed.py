@@ -148,12 +148,22 @@ class EmbeddingCache:
         return features_of(self.get, pairs)
 
 
-class TorchPairFeatures:
-    """``moerm_lite.features.pair_features`` in torch, differentiable through a backbone being fine-tuned.
+def torch_pair_features(P: torch.Tensor, R: torch.Tensor, prompts: Sequence[str],
+                        responses: Sequence[str]) -> torch.Tensor:
+    """``moerm_lite.features.pair_features`` in torch, differentiable in the prompt and response embeddings
+    P, R (N, H): the embedding parts (normalised response, prompt * response, cosine) from the tensors, the
+    text statistics as constants taken from the numpy function itself, so the two agree."""
+    H = R.shape[1]
+    zeros = np.zeros((len(responses), H), dtype=np.float32)
+    const = torch.from_numpy(pair_features(zeros, zeros, prompts, responses)[:, 2 * H + 1:]).to(R.device)
+    has = const[:, :1]  # (N, 1) has_prompt
+    r = torch.nn.functional.normalize(R, dim=1)  # (N, H)
+    pr = torch.nn.functional.normalize(P, dim=1) * has * r  # (N, H)
+    return torch.cat([r, pr, pr.sum(1, keepdim=True), const], 1)  # (N, F)
 
-    The embedding parts (normalised response, prompt * response, cosine) are computed from the backbone's
-    outputs; the text statistics are constants, taken from the numpy function itself so the two agree.
-    """
+
+class TorchPairFeatures:
+    """``moerm_lite.features.pair_features`` in torch, differentiable through a backbone being fine-tuned."""
 
     def __init__(self, backbone: Backbone, tok: TextTokenizer, device: str = "cpu") -> None:
         self.backbone, self.tok, self.device = backbone, tok, device
@@ -168,10 +178,4 @@ class TorchPairFeatures:
         responses = [r for _, r in pairs]
         R = self._embed(responses, "response")  # (N, H)
         P = self._embed([p if p.strip() else " " for p in prompts], "prompt")  # (N, H)
-        H = R.shape[1]
-        zeros = np.zeros((len(pairs), H), dtype=np.float32)
-        const = torch.from_numpy(pair_features(zeros, zeros, prompts, responses)[:, 2 * H + 1:]).to(R.device)
-        has = const[:, :1]  # (N, 1) has_prompt
-        r = torch.nn.functional.normalize(R, dim=1)  # (N, H)
-        pr = torch.nn.functional.normalize(P, dim=1) * has * r  # (N, H)
-        return torch.cat([r, pr, pr.sum(1, keepdim=True), const], 1)  # (N, F)
+        return torch_pair_features(P, R, prompts, responses)  # (N, F)

@@ -30,10 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from export import data  # noqa: E402
-from export.embed import default_backbone_path, text_tokenizer  # noqa: E402
+from export.embed import default_backbone_path, text_tokenizer, torch_pair_features  # noqa: E402
 from export.evaluate import logistic_fit, pair_accuracy  # noqa: E402
 from export.model import Backbone  # noqa: E402
-from moerm_lite.features import pair_features  # noqa: E402
 
 PROBE_L2 = 10.0  # the card's frozen probe (export.real_eval.population)
 SETS = {"hh_helpful": data.load_hh_helpful, "hh_harmless": data.load_hh_harmless,
@@ -72,32 +71,25 @@ def embed_top(layer: torch.nn.Module, hidden: list[torch.Tensor]) -> torch.Tenso
 
 
 class PairSet:
-    """A set's comparisons as cached prompt/response inputs and the constant text statistics."""
+    """A set's comparisons as cached inputs of the top layer for their prompts and responses."""
 
     def __init__(self, backbone: Backbone, tok, recs: list[dict]) -> None:
         prompts = sorted({r["prompt"] if r["prompt"].strip() else " " for r in recs})
         responses = sorted({x for r in recs for x in (r["chosen"], r["rejected"])})
         self.P, self.R = Cached(backbone, tok, prompts, "prompt"), Cached(backbone, tok, responses, "response")
         pi, ri = {p: i for i, p in enumerate(prompts)}, {t: i for i, t in enumerate(responses)}
+        self.recs = recs
         self.p = [pi[r["prompt"] if r["prompt"].strip() else " "] for r in recs]
         self.c, self.r = [ri[r["chosen"]] for r in recs], [ri[r["rejected"]] for r in recs]
-        H = backbone.n_embd
-        stats = {}
-        for side in ("chosen", "rejected"):
-            z = np.zeros((len(recs), H), dtype=np.float32)
-            stats[side] = torch.from_numpy(pair_features(z, z, [r["prompt"] for r in recs],
-                                                         [r[side] for r in recs])[:, 2 * H + 1:])  # (N, 12)
-        self.stats = stats
 
     def features(self, layer: torch.nn.Module, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Pair features (B, F) of chosen and of rejected for comparison rows."""
-        P = F.normalize(embed_top(layer, [self.P.hidden[self.p[i]] for i in rows]), dim=1)  # (B, H)
+        prompts = [self.recs[i]["prompt"] for i in rows]
+        P = embed_top(layer, [self.P.hidden[self.p[i]] for i in rows])  # (B, H)
         out = []
         for side, idx in (("chosen", self.c), ("rejected", self.r)):
-            const = self.stats[side][rows]  # (B, 12): has_prompt first
-            R = F.normalize(embed_top(layer, [self.R.hidden[idx[i]] for i in rows]), dim=1)  # (B, H)
-            pr = P * const[:, :1] * R  # (B, H)
-            out.append(torch.cat([R, pr, pr.sum(1, keepdim=True), const], 1))  # (B, F)
+            R = embed_top(layer, [self.R.hidden[idx[i]] for i in rows])  # (B, H)
+            out.append(torch_pair_features(P, R, prompts, [self.recs[i][side] for i in rows]))  # (B, F)
         return out[0], out[1]
 
 
