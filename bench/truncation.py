@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.run import cpu_description, model_variant, timeit, workload  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
+from moerm_lite.text import TextTokenizer  # noqa: E402
 
 BUDGETS = (256, 192, 128, 96, 64)
 
@@ -57,12 +58,11 @@ def margins(model: RewardModel, rows: list[tuple[str, str, str]]) -> np.ndarray:
     return s[: len(rows)] - s[len(rows):]
 
 
-def cut_shares(model: RewardModel, rows: list[tuple[str, str, str]]) -> tuple[float, float]:
-    """Shares of the distinct prompts and responses longer than the model's budget."""
+def cut_shares(tok: TextTokenizer, rows: list[tuple[str, str, str]]) -> tuple[float, float]:
+    """Shares of the distinct prompts and responses longer than the tokenizer's budget (tokenizing only)."""
     prompts = sorted({p for p, _, _ in rows if p.strip()})
     responses = sorted({x for _, c, r in rows for x in (c, r)})
-    return (float(np.mean(model.embed(prompts, role="prompt")[1])),
-            float(np.mean(model.embed(responses, role="response")[1])))
+    return float(np.mean(tok.encode(prompts, "prompt")[1])), float(np.mean(tok.encode(responses, "response")[1]))
 
 
 def main() -> None:
@@ -87,7 +87,7 @@ def main() -> None:
             acc = {k: 100 * float(np.mean(d[k] > 0)) for k in ("hh_helpful", "hh_harmless", "finegrained_qa")}
             sanity_min = min(100 * float(np.mean(d["sanity"][kinds == k] > 0)) for k in KINDS)
             agree = 100 * float(np.mean(np.concatenate([np.sign(d[k]) == np.sign(ref[k]) for k in d])))
-            rows.append((L, len(pairs) / t_run, *cut_shares(m, human), acc, sanity_min, agree))
+            rows.append((L, len(pairs) / t_run, *cut_shares(TextTokenizer(m.folder / "tokenizer.json", L), human), acc, sanity_min, agree))
     print(f"token budget: {len(pairs)} texts of the ranking workload, {args.threads} threads, {cpu_description()}; "
           f"quality on {len(human)} held-out human-labelled pairs and {len(sets['sanity'])} sanity pairs")
     print(f"{'max_length':>10} {'texts/s':>8} {'x full':>7} {'prompts cut':>11} {'replies cut':>11} "

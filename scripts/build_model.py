@@ -129,7 +129,7 @@ def backbone_only(runs: Path, out: Path, max_score_change: float = 1e-4) -> None
     from export.onnx_backbone import export_backbone
     from export.parity import heldout_comparisons
     from export.quantize import calibration_feeds, quantize_backbone
-    from moerm_lite.folder import ModelConfig, write_manifest
+    from moerm_lite.folder import write_manifest
 
     ckpt, _, backbone = load_checkpoint(runs / "ship")
     rep = json.loads((runs / "ship" / "report.json").read_text())
@@ -137,9 +137,8 @@ def backbone_only(runs: Path, out: Path, max_score_change: float = 1e-4) -> None
     pairs = [(r["prompt"], t) for r in heldout_comparisons() for t in (r["chosen"], r["rejected"])]
     before = old.score_pairs(pairs)
     rel = old.config.graphs["int8"].backbone
-    cfg = ModelConfig.from_dict(json.loads((out / "config.json").read_text()))
-    graphs = {p: replace(g, dequantize_at_load=(p == "int8")) for p, g in cfg.graphs.items()}
-    config = replace(cfg, graphs=graphs).to_dict()  # written with today's schema_version
+    graphs = {p: replace(g, dequantize_at_load=(p == "int8")) for p, g in old.config.graphs.items()}
+    config = replace(old.config, graphs=graphs).to_dict()  # written with today's schema_version
     config["quantization"]["int8_backbone"] = "gptq8 (8-bit levels, dequantized to fp32 at load)"
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_backbone(backbone or Backbone(ckpt["backbone_path"]), Path(tmp) / "fp32.onnx")
