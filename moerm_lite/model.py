@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -91,6 +93,20 @@ def cpu_session(model: str | Path | bytes, threads: int, *, optimize: bool = Tru
                                 providers=["CPUExecutionProvider"])
 
 
+def release_freed_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere a no-op).
+
+    onnxruntime parses a whole graph file and builds its weights from it, then frees the parse: glibc keeps
+    those pages (about 16-24 MB for the shipped backbone), so without this the next session is built on top
+    of them and the load's peak RSS carries them."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        pass
+
+
 def _session(path: Path, threads: int, inputs: list[str], outputs: list[str],
              dequantize_at_load: bool = False) -> ort.InferenceSession:
     """The runtime's session of a model-folder graph; its inputs/outputs checked against config.json."""
@@ -98,6 +114,7 @@ def _session(path: Path, threads: int, inputs: list[str], outputs: list[str],
         sess = cpu_session(path, threads, dequantize_at_load=dequantize_at_load)
     except Exception as e:  # onnxruntime raises its own exception types
         raise ModelFolderError(f"onnxruntime cannot load {path}: {str(e)[:300]}") from e
+    release_freed_memory()
     have_in = {i.name for i in sess.get_inputs()}
     have_out = {o.name for o in sess.get_outputs()}
     if set(inputs) != have_in or not set(outputs) <= have_out:
@@ -107,16 +124,18 @@ def _session(path: Path, threads: int, inputs: list[str], outputs: list[str],
     return sess
 
 
-def _check_graphs(folder: Path, cfg: ModelConfig, backbone: ort.InferenceSession, head: ort.InferenceSession,
-                  tokenizer: TextTokenizer) -> None:
-    """Run both graphs once on probe inputs so that a config that disagrees with them (hidden size,
-    ``max_length``, vocabulary, ``n_experts``, ``top_k``, ``n_shared``) fails at load, named."""
+_PROBE = ort.RunOptions()  # a load-time probe's buffers go back to the system after it, not kept in the arena
+_PROBE.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+
+def _check_backbone(folder: Path, cfg: ModelConfig, backbone: ort.InferenceSession,
+                    tokenizer: TextTokenizer) -> None:
+    """Embed one probe text of ``max_length`` tokens (the last vocabulary id) so that a config or tokenizer
+    that disagrees with the graph (hidden size, ``max_length``, vocabulary) fails at load, named."""
     L = cfg.max_length
     feed = tokenizer.pad([np.full(L, tokenizer.vocab_size - 1, dtype=np.int64)])  # (1, L): longest, last id
-    once = ort.RunOptions()  # a probe's buffers go back to the system after it, not kept in the arena
-    once.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     try:
-        (emb,) = backbone.run([cfg.backbone_output], {n: feed[n] for n in cfg.backbone_inputs}, once)
+        (emb,) = backbone.run([cfg.backbone_output], {n: feed[n] for n in cfg.backbone_inputs}, _PROBE)
     except Exception as e:
         raise ModelFolderError(
             f"{folder}: the backbone graph cannot embed {L} tokens (config max_length) with ids up to "
@@ -124,15 +143,20 @@ def _check_graphs(folder: Path, cfg: ModelConfig, backbone: ort.InferenceSession
     if emb.shape != (1, cfg.hidden_size):
         raise ModelFolderError(f"{folder}: the backbone graph returns embeddings of shape {emb.shape[1:]}, "
                                f"config.json says hidden_size {cfg.hidden_size}")
+
+
+def _check_head(folder: Path, cfg: ModelConfig, head: ort.InferenceSession) -> None:
+    """Route four probe feature rows so that a config that disagrees with the head graph (feature size,
+    ``n_experts``, ``top_k``, ``n_shared``) fails at load, named."""
     F, K, k, S = feature_dim(cfg.hidden_size), cfg.n_experts, cfg.top_k, cfg.n_shared
-    x = np.random.default_rng(0).normal(size=(64, F)).astype(np.float32)  # (64, F)
+    x = np.random.default_rng(0).normal(size=(4, F)).astype(np.float32)  # (4, F)
     try:
-        idx, gates, rewards = head.run(cfg.head_outputs, {cfg.head_input: x}, once)  # (64, k + S) each
+        idx, gates, rewards = head.run(cfg.head_outputs, {cfg.head_input: x}, _PROBE)  # (4, k + S) each
     except Exception as e:
         raise ModelFolderError(f"{folder}: the head graph does not take {F} features (2 x hidden_size "
                                f"{cfg.hidden_size} + text statistics): {str(e)[:200]}") from e
-    routed = idx[:, :idx.shape[1] - S]  # (64, k') the router's picks
-    if not (idx.shape == gates.shape == rewards.shape == (64, k + S)) or not (
+    routed = idx[:, :idx.shape[1] - S]  # (4, k') the router's picks
+    if not (idx.shape == gates.shape == rewards.shape == (4, k + S)) or not (
             (routed >= 0).all() and (routed < K - S).all()
             and (idx[:, k:] == np.arange(K - S, K)).all()):
         raise ModelFolderError(
@@ -191,14 +215,18 @@ class RewardModel:
             raise ValueError(f"threads must be a positive int, got {threads!r}")
         if isinstance(tokens_per_batch, bool) or not isinstance(tokens_per_batch, int) or tokens_per_batch < 1:
             raise ValueError(f"tokens_per_batch must be a positive int, got {tokens_per_batch!r}")
+        # Built in this order, each graph probed right after it, the load's peak memory is least: a session's
+        # build and a probe's buffers are transient, and the C heap hands them back before the next step.
+        backbone = _session(backbone_path, threads, cfg.backbone_inputs, [cfg.backbone_output],
+                            graphs.dequantize_at_load)
         try:
             tokenizer = TextTokenizer(folder / "tokenizer.json", cfg.max_length)
         except Exception as e:  # tokenizers raises its own exception types
             raise ModelFolderError(f"{folder / 'tokenizer.json'} cannot be read: {str(e)[:200]}") from e
-        backbone = _session(backbone_path, threads, cfg.backbone_inputs, [cfg.backbone_output],
-                            graphs.dequantize_at_load)
+        _check_backbone(folder, cfg, backbone, tokenizer)
+        release_freed_memory()
         head = _session(head_path, threads, [cfg.head_input], cfg.head_outputs)
-        _check_graphs(folder, cfg, backbone, head, tokenizer)
+        _check_head(folder, cfg, head)
         model_hash = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()[:16]
         return cls(folder, cfg, backbone, head, tokenizer, precision, threads, model_hash, tokens_per_batch)
 
