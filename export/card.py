@@ -90,14 +90,18 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
             quant = config.get("quantization", {})
             if quant:
                 lines += [f"Backbone graph: {quant.get('int8_backbone')}; head: {quant.get('head')}.", ""]
-            lines += [f"- {k}: {_round(v)}" for k, v in rep["parity"].items()
-                      if k != "backbone_reexport_max_score_change"]
-            moved = rep["parity"].get("backbone_reexport_max_score_change")
-            if moved is not None:
-                lines += ["", f"The backbone graph was re-exported after the other measurements in this card "
-                              f"(`python scripts/build_model.py --backbone-only`: eager attention, the same 8-bit "
-                              f"levels dequantized at load). It moves no score of the parity set by more than "
-                              f"{moved:.1e}, so the numbers above hold for it; parity was measured again."]
+            skip = ("backbone_reexport_max_score_change", "reexports")
+            lines += [f"- {k}: {_round(v)}" for k, v in rep["parity"].items() if k not in skip]
+            reexports = rep["parity"].get("reexports", {})
+            if "backbone_reexport_max_score_change" in rep["parity"]:  # reports before head re-exports
+                reexports = {"backbone": {"max_score_change": rep["parity"]["backbone_reexport_max_score_change"],
+                                          "what": "eager attention, the same 8-bit levels dequantized at load"}}
+            for part, r in reexports.items():
+                moved = (f"moves no score of the parity set by more than {r['max_score_change']:.1e}"
+                         if r["max_score_change"] else "leaves every score of the parity set bit-identical")
+                lines += ["", f"The {part} graph was re-exported after the other measurements in this card "
+                              f"(`python scripts/build_model.py --{part}-only`: {r['what']}). It {moved}, so the "
+                              "numbers above hold for it; parity was measured again."]
             lines.append("")
         if rep.get("quant_variants"):
             lines += quant_section(rep["quant_variants"])

@@ -141,29 +141,43 @@ def build_head_graph(wts: HeadWeights, top_k: int, *, gating: str = "topk_softma
         nodes += [helper.make_node("Softmax", ["router_logits"], ["probs"], axis=-1),  # (B, K - S)
                   helper.make_node("GatherElements", ["probs", "routed_index"], ["routed_gates"], axis=1)]
 
-    def stored(w: np.ndarray, name: str) -> str:
-        """Store expert weights (E, F, D) in ``expert_dtype``; returns the name of an fp32 value of them."""
+    def stored(w: np.ndarray, name: str) -> tuple[str, str | None]:
+        """Store expert weights (E, F, D) in ``expert_dtype``: the name of the stored tensor, and of its
+        per-expert, per-output-channel scale (E, 1, D) for int8 (else None)."""
         if expert_dtype == "fp32":
             inits.append(numpy_helper.from_array(w.astype(f32), name))
-            return name
+            return name, None
         if expert_dtype == "fp16":
             inits.append(numpy_helper.from_array(w.astype(np.float16), name + "_h"))
-            nodes.append(helper.make_node("Cast", [name + "_h"], [name], to=TensorProto.FLOAT))
-            return name
+            return name + "_h", None
         scale = np.abs(w).max(axis=1) / 127.0  # (E, D) per expert, per output channel
         scale = np.where(scale == 0, 1.0, scale).astype(f32)
         q = np.clip(np.round(w / scale[:, None, :]), -127, 127).astype(np.int8)  # (E, F, D)
         inits.extend([numpy_helper.from_array(q, name + "_q"),
                       numpy_helper.from_array(scale[:, None, :], name + "_s")])
-        nodes.extend([helper.make_node("Cast", [name + "_q"], [name + "_f"], to=TensorProto.FLOAT),
-                      helper.make_node("Mul", [name + "_f", name + "_s"], [name])])  # (E, F, D)
-        return name
+        return name + "_q", name + "_s"
 
-    w1 = stored(wts.w1[:Kr], "w1")  # (K - S, F, D); onnxruntime folds the Cast/Mul of constants at load
+    def as_fp32(value: str, scale: str | None, out: str) -> str:
+        """The name of the fp32 weights of a stored (or gathered) tensor ``value``: ``out`` unless fp32."""
+        if expert_dtype == "fp32":
+            return value
+        cast = out if scale is None else out + "_f"
+        nodes.append(helper.make_node("Cast", [value], [cast], to=TensorProto.FLOAT))
+        if scale is not None:
+            nodes.append(helper.make_node("Mul", [cast, scale], [out]))
+        return out
+
+    # The routed experts' weights are gathered in their stored precision and only the selected ones cast
+    # to fp32: memory holds W1 at its stored size (B x k experts per call are cast, a few ms per 64 inputs).
+    w1_stored, w1_scale = stored(wts.w1[:Kr], "w1")  # (K - S, F, D)
+    gathered = "w1_sel" if expert_dtype == "fp32" else "w1_sel_s"
+    nodes.append(helper.make_node("Gather", [w1_stored, "routed_index"], [gathered], axis=0))  # (B, k, F, D)
+    if w1_scale is not None:
+        nodes.append(helper.make_node("Gather", [w1_scale, "routed_index"], ["w1_sel_scale"], axis=0))  # (B, k, 1, D)
+    w1_sel = as_fp32(gathered, None if w1_scale is None else "w1_sel_scale", "w1_sel")  # (B, k, F, D)
     nodes += [
-        helper.make_node("Gather", [w1, "routed_index"], ["w1_sel"], axis=0),  # (B, k, F, D)
         helper.make_node("Reshape", ["x", "x_shape"], ["x4"]),  # (B, 1, 1, F)
-        helper.make_node("MatMul", ["x4", "w1_sel"], ["pre4"]),  # (B, k, 1, D)
+        helper.make_node("MatMul", ["x4", w1_sel], ["pre4"]),  # (B, k, 1, D)
         helper.make_node("Squeeze", ["pre4", "axis2"], ["pre"]),  # (B, k, D)
         helper.make_node("Gather", ["b1", "routed_index"], ["b1_sel"], axis=0),  # (B, k, D)
         helper.make_node("Add", ["pre", "b1_sel"], ["pre_b"]),
@@ -175,7 +189,8 @@ def build_head_graph(wts: HeadWeights, top_k: int, *, gating: str = "topk_softma
         helper.make_node("Add", ["r_sum", "b2_sel"], ["routed_rewards"]),  # (B, k)
     ]
     if S > 0:
-        w1s = stored(wts.w1[Kr:], "w1_shared")  # (S, F, D)
+        w1s_stored, w1s_scale = stored(wts.w1[Kr:], "w1_shared")  # (S, F, D): every input uses all of them,
+        w1s = as_fp32(w1s_stored, w1s_scale, "w1s")  # so cast once (onnxruntime folds constants at load)
         inits += [
             numpy_helper.from_array(wts.b1[Kr:].astype(f32), "b1_shared"),  # (S, D)
             numpy_helper.from_array(wts.w2[Kr:].astype(f32), "w2_shared"),  # (S, D)
@@ -228,6 +243,12 @@ def build_head_graph(wts: HeadWeights, top_k: int, *, gating: str = "topk_softma
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def stored_expert_dtype(model: onnx.ModelProto) -> str:
+    """The ``expert_dtype`` a graph ``build_head_graph`` wrote stores its routed experts' W1 in."""
+    names = {i.name for i in model.graph.initializer}
+    return "fp16" if "w1_h" in names else "int8" if "w1_q" in names else "fp32"
 
 
 def read_head_weights(model: onnx.ModelProto) -> HeadWeights:

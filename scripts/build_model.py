@@ -6,6 +6,7 @@
                                                  # active-question curve and the card
     python scripts/build_model.py --backbone-only  # re-export only the int8 backbone graph of the shipped
                                                  # run with today's export code, re-measure parity, card
+    python scripts/build_model.py --head-only    # the same for the head graph (from the folder's weights)
 
 Needs the export extra (torch pinned: pip install torch==2.13.0) and ../shared/data.
 Every number in the model card and the README's tables comes from the reports this writes.
@@ -50,6 +51,8 @@ def main() -> None:
     ap.add_argument("--variants", action="store_true", help="also compare int8 backbone variants (card table)")
     ap.add_argument("--backbone-only", action="store_true",
                     help="re-export the backbone graph only; keep head, experts and the other measurements")
+    ap.add_argument("--head-only", action="store_true",
+                    help="re-export the head graph only (same weights); keep the other measurements")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -60,8 +63,8 @@ def main() -> None:
     if args.quick:
         cfg = replace(cfg, persona_users=200, attribute_users=100, epochs=1)
         runs, out, users = runs / "quick", runs / "quick" / "model", 50
-    if args.backbone_only:
-        backbone_only(runs, out)
+    if args.backbone_only or args.head_only:
+        reexport(runs, out, "backbone" if args.backbone_only else "head")
         return
     if args.refresh:
         rep = json.loads((runs / "ship" / "report.json").read_text())
@@ -117,33 +120,51 @@ def main() -> None:
     finish(runs, out, rep, users)
 
 
-def backbone_only(runs: Path, out: Path, max_score_change: float = 1e-4) -> None:
-    """Swap in a backbone graph re-exported from ``runs/ship`` with today's export code (same weights:
-    the GPTQ levels depend on the weights and calibration texts only). The other measurements in the
-    card stay valid only if the scores do not move, so this refuses a graph that moves any score of
-    the parity set by more than ``max_score_change``; parity against torch is measured again."""
+REEXPORT_NOTES = {
+    "backbone": "eager attention, the same 8-bit levels dequantized at load",
+    "head": "the same weights; the routed experts' fp16 weights are gathered, then cast",
+}
+
+
+def reexport(runs: Path, out: Path, part: str, max_score_change: float = 1e-4) -> None:
+    """Swap in the int8 folder's ``part`` graph ("backbone" or "head") re-exported with today's export code
+    from the same weights (the backbone's GPTQ levels depend on the weights and calibration texts only; the
+    head is rebuilt from the folder's own head graph). The other measurements in the card stay valid only
+    if the scores do not move, so this refuses a graph that moves any score of the parity set by more
+    than ``max_score_change``; parity against torch is measured again."""
     import shutil
     import tempfile
 
+    import onnx
+
     from export.model import Backbone
     from export.onnx_backbone import export_backbone
+    from export.onnx_head import build_head_graph, read_head_weights, stored_expert_dtype
     from export.parity import heldout_comparisons
     from export.quantize import calibration_feeds, quantize_backbone
     from moerm_lite.folder import write_manifest
 
-    ckpt, _, backbone = load_checkpoint(runs / "ship")
+    ckpt, head, backbone = load_checkpoint(runs / "ship")
     rep = json.loads((runs / "ship" / "report.json").read_text())
     old = RewardModel.load(out)
     pairs = [(r["prompt"], t) for r in heldout_comparisons() for t in (r["chosen"], r["rejected"])]
     before = old.score_pairs(pairs)
-    rel = old.config.graphs["int8"].backbone
-    graphs = {p: replace(g, dequantize_at_load=(p == "int8")) for p, g in old.config.graphs.items()}
-    config = replace(old.config, graphs=graphs).to_dict()  # written with today's schema_version
-    config["quantization"]["int8_backbone"] = "gptq8 (8-bit levels, dequantized to fp32 at load)"
+    config = old.config.to_dict()  # written with today's schema_version
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_backbone(backbone or Backbone(ckpt["backbone_path"]), Path(tmp) / "fp32.onnx")
-        feeds = calibration_feeds(ckpt, out / "tokenizer.json")
-        new = quantize_backbone(fp32, Path(tmp) / "int8.onnx", "gptq8", feeds)
+        if part == "backbone":
+            rel = old.config.graphs["int8"].backbone
+            graphs = {p: replace(g, dequantize_at_load=(p == "int8")) for p, g in old.config.graphs.items()}
+            config = replace(old.config, graphs=graphs).to_dict()
+            config["quantization"]["int8_backbone"] = "gptq8 (8-bit levels, dequantized to fp32 at load)"
+            fp32 = export_backbone(backbone or Backbone(ckpt["backbone_path"]), Path(tmp) / "fp32.onnx")
+            feeds = calibration_feeds(ckpt, out / "tokenizer.json")
+            new = quantize_backbone(fp32, Path(tmp) / "int8.onnx", "gptq8", feeds)
+        else:
+            rel = old.config.graphs["int8"].head
+            stored = onnx.load(out / rel)
+            new = Path(tmp) / "head.onnx"
+            onnx.save(build_head_graph(read_head_weights(stored), head.args.top_k, gating=head.args.gating,
+                                       expert_dtype=stored_expert_dtype(stored)), new)
         trial = Path(tmp) / "folder"
         shutil.copytree(out, trial)
         shutil.copy(new, trial / rel)
@@ -151,17 +172,21 @@ def backbone_only(runs: Path, out: Path, max_score_change: float = 1e-4) -> None
         write_manifest(trial)
         moved = float(abs(RewardModel.load(trial).score_pairs(pairs) - before).max())
         if moved > max_score_change:
-            raise SystemExit(f"the re-exported backbone moves scores by {moved:.2e} > {max_score_change}: "
+            raise SystemExit(f"the re-exported {part} moves scores by {moved:.2e} > {max_score_change}: "
                              "rebuild the model instead (python scripts/build_model.py --resume)")
         shutil.copy(new, out / rel)
     (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
     write_manifest(out)
+    # against the graphs the card was measured on: the changes of every re-export add up
+    reexports = dict(rep["parity"].get("reexports", {}))
+    if "backbone_reexport_max_score_change" in rep["parity"]:  # reports written before the head re-export
+        reexports["backbone"] = rep["parity"]["backbone_reexport_max_score_change"]
+    reexports[part] = moved + reexports.get(part, 0.0)
     rep["parity"] = {**parity_report(runs / "ship", out),
                      "all_heldout_inputs": selection_agreement(runs / "ship", out),
                      "persona_few_shot_int8_minus_torch": rep["parity"].get("persona_few_shot_int8_minus_torch"),
-                     # against the graph the card was measured on: the changes of every re-export add up
-                     "backbone_reexport_max_score_change":
-                         moved + rep["parity"].get("backbone_reexport_max_score_change", 0.0)}
+                     "reexports": {k: {"max_score_change": (v["max_score_change"] if isinstance(v, dict) else v),
+                                       "what": REEXPORT_NOTES[k]} for k, v in reexports.items()}}
     (runs / "ship" / "report.json").write_text(json.dumps(rep, indent=1))
     update_card(out, model_card(config, ckpt, rep))
     print(json.dumps(rep["parity"], indent=1))
