@@ -237,6 +237,8 @@ def cmd_explain(args: argparse.Namespace, out: IO[str]) -> None:
                 if e["gating_output"][k] > 0:
                     out.write(f"  {e['experts'][k]:<40} {e['gating_output'][k]:6.3f} {e['rewards'][k]:+7.3f} "
                               f"{e['weights'][k]:+7.3f} {e['contributions'][k] + 0.0:+12.3f}\n")
+            if e["residual"]:
+                out.write(f"  {'residual over pair features (this user)':<64} {e['residual']:+12.3f}\n")
         else:
             _emit(iter([{**r, **e}]), out)
     rows.finish()
@@ -250,9 +252,12 @@ def cmd_fit(args: argparse.Namespace, out: IO[str]) -> None:
     rows = Rows(args.comparisons, args.skip_bad)
     comps = [r for r, _ in rows.each(lambda n, r: m.check_comparison(r, "the comparison"))]
     if args.update:  # read, update and write under a lock: concurrent updates all land
-        profile = UserProfile.update_saved(args.update, m.comparison_features(comps), m.model_hash)
+        residual = UserProfile.load(args.update).residual_strength is not None  # fixed when it was fitted
+        phi, X = m.comparison_terms(comps, with_pair_features=residual)
+        profile = UserProfile.update_saved(args.update, phi, m.model_hash, X)
     else:
-        profile = m.fit_user(comps, user_id=args.user_id, prior_strength=args.prior_strength)
+        profile = m.fit_user(comps, user_id=args.user_id, prior_strength=args.prior_strength,
+                             residual_strength=args.residual_strength)
         profile.save(dest)
     shift = profile.weights_ - m.w0
     top = np.argsort(-np.abs(shift))[:5]
@@ -351,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fold the comparisons into this profile (same weights as refitting on all)")
     sp.add_argument("--user-id", default=None)
     sp.add_argument("--prior-strength", type=float, default=None, help="lambda (default: the model's)")
+    sp.add_argument("--residual-strength", type=float, default=None,
+                    help="also fit a residual over pair features, for tastes the experts miss (try 30; "
+                         "moves with many comparisons; such a profile cannot rank catalogs)")
     common(sp, user=False)
     sp.set_defaults(fn=cmd_fit)
     sp = sub.add_parser("next", help='which pair to ask a user about: {"prompt", "candidates": [...]} JSONL')

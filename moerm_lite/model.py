@@ -267,8 +267,8 @@ class RewardModel:
 
     # ------------------------------------------------------------ core forward
     def expert_outputs(self, pairs: Sequence[tuple[Prompt, str]], *, batch_size: int = BATCH_SIZE,
-                       progress: Callable[[int], None] | None = None,
-                       allow_empty: bool = True) -> dict[str, np.ndarray]:
+                       progress: Callable[[int], None] | None = None, allow_empty: bool = True,
+                       with_features: bool = False) -> dict[str, np.ndarray]:
         """Dense per-expert outputs for (prompt, response) pairs, in input order.
 
         Each distinct prompt and response text is embedded once per ``PAIRS_PER_CHUNK`` pairs (a
@@ -278,18 +278,25 @@ class RewardModel:
 
         Returns:
             ``{"gating_output": (N, K), "rewards": (N, K), "truncated": (N,) bool}``;
-            unselected experts have gate and reward 0.
+            unselected experts have gate and reward 0. ``with_features``: also ``"features"`` (N, F)
+            float32, the head's input (``pair_features``) from the same embedding pass.
         """
+        kept: list[np.ndarray] | None = [] if with_features else None
         idx, gates, rewards, truncated = self._head_outputs(self._check_pairs(pairs, allow_empty=allow_empty),
-                                                           batch_size, progress)
+                                                           batch_size, progress, kept)
         gating, rewards = scatter_topk(idx, gates, rewards, self.n_experts)  # (N, K) each
-        return {"gating_output": gating, "rewards": rewards, "truncated": truncated}
+        out = {"gating_output": gating, "rewards": rewards, "truncated": truncated}
+        if kept is not None:
+            out["features"] = (np.concatenate(kept) if kept
+                               else np.zeros((0, feature_dim(self.config.hidden_size)), np.float32))  # (N, F)
+        return out
 
     def _head_outputs(self, texts: list[tuple[str, str]], batch_size: int,
-                      progress: Callable[[int], None] | None = None
+                      progress: Callable[[int], None] | None = None, kept: list[np.ndarray] | None = None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The head's sparse outputs for checked pairs: expert_index, gates, rewards, each
-        (N, k + n_shared), and which pairs were truncated, (N,) bool."""
+        (N, k + n_shared), and which pairs were truncated, (N,) bool. The head's input features of
+        each chunk are appended to ``kept`` when it is a list."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         N, cfg, width = len(texts), self.config, self.experts_per_input + self.config.n_shared
@@ -303,6 +310,8 @@ class RewardModel:
             rows = slice(start, start + len(chunk))
             idx[rows], gates[rows], rewards[rows] = self._head.run(cfg.head_outputs, {cfg.head_input: x})
             truncated[rows] = cut
+            if kept is not None:
+                kept.append(x)
             if progress is not None:
                 progress(len(chunk))
         if truncated.any():
@@ -390,9 +399,11 @@ class RewardModel:
         ``progress``, if given, is called with the number of pairs done after each batch. An empty
         or whitespace-only response is scored like any text; ``allow_empty=False`` refuses it.
         """
-        w = self.user_weights(user)
-        out = self.expert_outputs(pairs, batch_size=batch_size, progress=progress, allow_empty=allow_empty)
-        return combine(out["gating_output"], out["rewards"], w)  # (N,)
+        w, v = self._user_terms(user)
+        out = self.expert_outputs(pairs, batch_size=batch_size, progress=progress, allow_empty=allow_empty,
+                                  with_features=v is not None)
+        s = combine(out["gating_output"], out["rewards"], w)  # (N,)
+        return s if v is None else s + out["features"].astype(np.float64) @ v  # (N,)
 
     def score(self, prompt: Prompt, responses: str | Sequence[str], *, user: User = None,
               batch_size: int = BATCH_SIZE, allow_empty: bool = True) -> float | np.ndarray:
@@ -424,47 +435,62 @@ class RewardModel:
         """Per-expert breakdown of one score.
 
         Returns ``{"score", "rewards" (K,), "gating_output" (K,), "weights" (K,),
-        "contributions" (K,), "experts", "truncated"}`` where
-        ``score == sum(contributions) == sum(gating_output * weights * rewards)``.
+        "contributions" (K,), "residual", "experts", "truncated"}`` where
+        ``score == sum(contributions) + residual`` and ``contributions == gating_output * weights * rewards``;
+        ``residual`` is the user's residual term ``x . v`` (0.0 without one, see ``fit_user``).
         """
-        w = self.user_weights(user)
-        out = self.expert_outputs([self.check_pair((prompt, response))])
+        w, v = self._user_terms(user)
+        out = self.expert_outputs([self.check_pair((prompt, response))], with_features=v is not None)
         gates, rewards = out["gating_output"][0], out["rewards"][0]  # (K,), (K,)
         contributions = expert_features(gates, rewards) * w + 0.0  # (K,); + 0.0: no -0.0 for unrouted experts
-        return {"score": float(contributions.sum()), "rewards": rewards, "gating_output": gates,
-                "weights": w.copy(), "contributions": contributions, "experts": self.expert_names,
-                "truncated": bool(out["truncated"][0])}
+        residual = 0.0 if v is None else float(out["features"][0].astype(np.float64) @ v)
+        return {"score": float(contributions.sum()) + residual, "rewards": rewards, "gating_output": gates,
+                "weights": w.copy(), "contributions": contributions, "residual": residual,
+                "experts": self.expert_names, "truncated": bool(out["truncated"][0])}
 
     # ---------------------------------------------------------- personalizing
     def comparison_features(self, comparisons: Iterable[dict[str, Any]], *,
                             batch_size: int = BATCH_SIZE) -> np.ndarray:
         """phi = (pi * r)(chosen) - (pi * r)(rejected) for each comparison, (N, K)."""
+        return self.comparison_terms(comparisons, batch_size=batch_size)[0]
+
+    def comparison_terms(self, comparisons: Iterable[dict[str, Any]], *, batch_size: int = BATCH_SIZE,
+                         with_pair_features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """What a fit needs of comparisons, from one embedding pass: phi (N, K) as
+        :meth:`comparison_features`, and with ``with_pair_features`` the chosen-minus-rejected pair
+        features (N, F) a residual is fitted on (else None)."""
         if isinstance(comparisons, (str, bytes, dict)) or not isinstance(comparisons, Iterable):
             raise TypeError(f"comparisons must be a list of dicts, got {type(comparisons).__name__}")
         pairs: list[tuple[Prompt, str]] = []
         for i, c in enumerate(comparisons):
             pairs += self.check_comparison(c, f"comparison {i}")
-        out = self.expert_outputs(pairs, batch_size=batch_size)
+        out = self.expert_outputs(pairs, batch_size=batch_size, with_features=with_pair_features)
         phi = expert_features(out["gating_output"], out["rewards"])  # (2N, K)
-        return phi[0::2] - phi[1::2]  # (N, K)
+        X = out["features"].astype(np.float64) if with_pair_features else None  # (2N, F)
+        return phi[0::2] - phi[1::2], None if X is None else X[0::2] - X[1::2]  # (N, K), (N, F)
 
     def fit_user(self, comparisons: Iterable[dict[str, Any]], *, user_id: str | None = None,
-                 prior_strength: float | None = None) -> UserProfile:
+                 prior_strength: float | None = None, residual_strength: float | None = None) -> UserProfile:
         """Fit a user's signed expert weights from ``{"prompt", "chosen", "rejected"}`` records.
 
         ``prior_strength`` (lambda) defaults to the model's measured ``default_prior_strength``.
-        Zero comparisons give the population weights ``w0``.
+        Zero comparisons give the population weights ``w0``. ``residual_strength`` (opt-in; 30 is the
+        measured choice) also fits a strongly regularized residual over the pair features, for tastes
+        the experts cannot express; it moves only with many comparisons (docs/api.md), and a profile
+        with one scores through ``score``, ``score_pairs``, ``rank`` and ``explain`` only.
         """
         strength = self.config.default_prior_strength if prior_strength is None else prior_strength
-        phi = self.comparison_features(comparisons)  # (N, K)
+        phi, X = self.comparison_terms(comparisons, with_pair_features=residual_strength is not None)
         return UserProfile(user_id=user_id, prior_strength=strength, prior_precision=self._prior_precision,
-                           model_id=self.config.model_id, model_hash=self.model_hash).fit(phi, self._w0)
+                           model_id=self.config.model_id, model_hash=self.model_hash,
+                           residual_strength=residual_strength).fit(phi, self._w0, X)
 
     def update_user(self, profile: UserProfile, comparisons: Iterable[dict[str, Any]]) -> UserProfile:
         """Fold new ``{"prompt", "chosen", "rejected"}`` records into ``profile`` (fitted for this
         model): exactly the weights of one fit on all its comparisons. Returns the profile."""
-        self.user_weights(profile)  # fitted, and for this model
-        return profile.partial_fit(self.comparison_features(comparisons))
+        self._user_terms(profile)  # fitted, and for this model
+        phi, X = self.comparison_terms(comparisons, with_pair_features=profile.residual_strength is not None)
+        return profile.partial_fit(phi, X)
 
     def next_comparison(self, prompt: Prompt, candidates: Sequence[str], *,
                         user: User = None) -> dict[str, Any]:
@@ -524,11 +550,23 @@ class RewardModel:
     # ----------------------------------------------------------------- checks
     def check_profile(self, profile: UserProfile) -> None:
         """Raise ``ValueError`` unless ``profile`` is fitted and was fitted for this exact model."""
-        resolve_weights(profile, self._w0, self.config.model_id, self.model_hash)
+        self._user_terms(profile)
 
     def user_weights(self, user: User) -> np.ndarray:
-        """The (K,) weights scores use for ``user``: ``w0`` for ``None``, a profile's or a vector's own."""
+        """The (K,) weights scores use for ``user``: ``w0`` for ``None``, a profile's or a vector's own.
+        A profile with a residual is refused here: expert weights alone do not give its scores."""
         return resolve_weights(user, self._w0, self.config.model_id, self.model_hash)
+
+    def _user_terms(self, user: User) -> tuple[np.ndarray, np.ndarray | None]:
+        """A user's weights (K,) and residual over pair features (F,) or None."""
+        w = resolve_weights(user, self._w0, self.config.model_id, self.model_hash, allow_residual=True)
+        if not isinstance(user, UserProfile) or user.residual_ is None:
+            return w, None
+        F = feature_dim(self.config.hidden_size)
+        if user.residual_.shape != (F,):
+            raise ValueError(f"user profile {user.user_id!r} has a residual of shape {user.residual_.shape}; "
+                             f"this model's pair features have {F}")
+        return w, user.residual_
 
     def check_pair(self, pair: Any, where: str = "") -> tuple[str, str]:
         """One (prompt, response) as checked texts; ``TypeError``/``ValueError`` naming ``where`` if bad."""

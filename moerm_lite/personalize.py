@@ -15,10 +15,18 @@ covariance is the inverse Hessian at the optimum:
 A profile keeps its comparisons' features, so :meth:`UserProfile.partial_fit` /
 :meth:`UserProfile.update` fold in new comparisons and give exactly the weights of a
 fit on all of them at once (the objective is convex; the refit starts from w0 every time).
+
+Optionally (``residual_strength``, opt-in) a profile also fits a *residual* ``v`` over the pair
+features ``x`` the head sees (:mod:`moerm_lite.features`, (F,)): a user's score is then
+``w . (pi * r) + x . v``. It is fitted after ``w``, on what ``w`` leaves unexplained, with a strong
+L2 penalty on the features scaled by the root mean square of the user's own differences, so that
+only many comparisons move it: for tastes the expert basis cannot express (``fit_residual``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import warnings
@@ -29,8 +37,9 @@ import numpy as np
 
 from .files import file_lock, locked_write_text
 
-PROFILE_SCHEMA_VERSION = 2  # 2: profiles store their comparisons' features (online updates)
-READABLE_SCHEMA_VERSIONS = (1, 2)  # 1 has no features: it scores but cannot be updated
+PROFILE_SCHEMA_VERSION = 3  # 3: an optional residual over pair features; 2: comparisons' features stored
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)  # 1 has no features: it scores but cannot be updated
+RESIDUAL_SCALE_FLOOR = 1e-3  # a feature's scale is at least this share of the median scale
 
 
 def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float,
@@ -90,6 +99,61 @@ def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float,
     return w, cov
 
 
+def fit_residual(X: np.ndarray, offset: np.ndarray, strength: float) -> np.ndarray:
+    """The residual ``v`` (F,) over pair-feature differences ``X`` (N, F) on top of the scores ``offset``
+    (N,) the expert weights give the same comparisons:
+
+        argmin_v  -sum_i log sigmoid(offset_i + X_i . v)  +  strength * ||v * s||^2
+
+    with ``s`` (F,) each feature's root mean square over these differences (floored at
+    ``RESIDUAL_SCALE_FLOOR`` of the median, so a feature constant in the user's data cannot blow up).
+    Zero comparisons give ``v = 0``.
+    """
+    from scipy.optimize import minimize  # here, not at import: scoring never needs scipy
+    from scipy.special import expit, log_expit
+
+    X = np.asarray(X, dtype=np.float64)  # (N, F)
+    offset = np.asarray(offset, dtype=np.float64).reshape(-1)  # (N,)
+    if X.ndim != 2 or len(X) != len(offset):
+        raise ValueError(f"fit_residual: X must be (N, F) with N = len(offset) = {len(offset)}, "
+                         f"got {X.shape}")
+    if not (math.isfinite(strength) and strength > 0):
+        raise ValueError(f"residual_strength must be a positive finite number, got {strength!r}")
+    if not (np.isfinite(X).all() and np.isfinite(offset).all()):
+        raise ValueError("pair features or scores contain NaN or inf")
+    if not len(X):
+        return np.zeros(X.shape[1])
+    rms = np.sqrt((X ** 2).mean(0))  # (F,)
+    scale = np.maximum(rms, RESIDUAL_SCALE_FLOOR * max(float(np.median(rms)), 1e-12)) + 1e-6  # (F,)
+    Z = X / scale  # (N, F): the penalty is isotropic in these units
+
+    def loss_grad(u: np.ndarray) -> tuple[float, np.ndarray]:
+        z = offset + Z @ u  # (N,)
+        return float(-log_expit(z).sum() + strength * u @ u), -(expit(-z) @ Z) + 2 * strength * u
+
+    u = minimize(loss_grad, np.zeros(X.shape[1]), jac=True, method="L-BFGS-B",
+                 options={"maxiter": 1000, "gtol": 1e-10, "ftol": 1e-15}).x
+    return u / scale  # (F,) in the features' own units: score term x . v
+
+
+def encode_array(a: np.ndarray) -> dict[str, Any]:
+    """A float array as JSON: float16 values, base64 (a profile's stored pair features)."""
+    a16 = np.ascontiguousarray(a, dtype="<f2")
+    return {"dtype": "float16", "shape": list(a16.shape), "base64": base64.b64encode(a16.tobytes()).decode()}
+
+
+def decode_array(d: Any, what: str) -> np.ndarray:
+    """Inverse of :func:`encode_array`, float64; ``ValueError`` naming ``what`` if malformed."""
+    try:
+        if d.get("dtype") != "float16":
+            raise ValueError(f"dtype {d.get('dtype')!r}")
+        shape = tuple(int(n) for n in d["shape"])
+        return np.frombuffer(base64.b64decode(d["base64"], validate=True), dtype="<f2").reshape(shape).astype(
+            np.float64)
+    except (AttributeError, KeyError, TypeError, ValueError, binascii.Error) as e:
+        raise ValueError(f"user profile is malformed: {what}: {e}") from None
+
+
 def check_spd(M: np.ndarray, what: str) -> None:
     """``ValueError`` unless ``M`` is a finite, symmetric, positive definite matrix."""
     M = np.asarray(M, dtype=np.float64)
@@ -102,9 +166,13 @@ def check_spd(M: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} is not positive definite")
 
 
-def resolve_weights(user: Any, w0: np.ndarray, model_id: str, model_hash: str) -> np.ndarray:
+def resolve_weights(user: Any, w0: np.ndarray, model_id: str, model_hash: str, *,
+                    allow_residual: bool = False) -> np.ndarray:
     """The (K,) weights scores use for ``user``: ``w0`` for ``None``; a fitted profile's own, if it was
-    fitted for the model ``model_hash``; a vector of K finite numbers. Clear errors otherwise."""
+    fitted for the model ``model_hash``; a vector of K finite numbers. Clear errors otherwise.
+
+    A profile with a residual over pair features is refused unless ``allow_residual``: paths that score
+    from expert outputs alone (catalogs, batch scorers, RL adapters, active questions) cannot apply it."""
     K = len(w0)
     if user is None:
         return w0
@@ -118,6 +186,10 @@ def resolve_weights(user: Any, w0: np.ndarray, model_id: str, model_hash: str) -
         if user.model_hash != model_hash:
             raise ValueError(f"user profile {user.user_id!r} was fitted for model {user.model_id!r} "
                              f"({user.model_hash}), not this one ({model_id!r}, {model_hash}); refit it")
+        if user.residual_ is not None and not allow_residual:
+            raise ValueError(f"user profile {user.user_id!r} has a residual over pair features (fitted "
+                             "with residual_strength), which only RewardModel.score, score_pairs, rank and "
+                             "explain apply; use those, or refit the profile without residual_strength")
         w = user.weights_
     elif isinstance(user, (str, Path)):
         raise TypeError("user must be a UserProfile or a weight vector; load a profile file "
@@ -142,22 +214,40 @@ class UserProfile:
     ``weights_`` (K,), ``covariance_`` (K, K), ``features_`` (N, K) and
     ``n_comparisons_``; :meth:`partial_fit` adds comparisons. A profile
     remembers the model it was fitted for and is refused by any other model.
+    With ``residual_strength`` (opt-in) it also learns ``residual_`` (F,) over the
+    comparisons' pair-feature differences ``pair_features_`` (N, F), kept as float16.
     """
 
     def __init__(self, user_id: str | None = None, prior_strength: float = 1.0,
                  prior_precision: np.ndarray | None = None, *, model_id: str | None = None,
-                 model_hash: str | None = None) -> None:
+                 model_hash: str | None = None, residual_strength: float | None = None) -> None:
         self.user_id = user_id
         self.prior_strength = prior_strength
         self.prior_precision = prior_precision  # (K, K) or None: the identity
         self.model_id = model_id
         self.model_hash = model_hash  # the model this profile belongs to; required to save and to score
+        self.residual_strength = residual_strength  # None: no residual
+        self.residual_: np.ndarray | None = None  # (F,) once fitted with a residual_strength
 
-    def fit(self, features: np.ndarray, w0: np.ndarray) -> UserProfile:
-        """Fit ``weights_`` from (N, K) comparison features around the prior ``w0``."""
+    def fit(self, features: np.ndarray, w0: np.ndarray,
+            pair_features: np.ndarray | None = None) -> UserProfile:
+        """Fit ``weights_`` from (N, K) comparison features around the prior ``w0``; with a
+        ``residual_strength``, then ``residual_`` from the (N, F) pair-feature differences."""
         w0 = np.asarray(w0, dtype=np.float64)  # (K,)
         phi = np.asarray(features, dtype=np.float64).reshape(-1, len(w0))  # (N, K)
+        if self.residual_strength is not None:
+            if pair_features is None:
+                raise ValueError(f"user profile {self.user_id!r} fits a residual (residual_strength "
+                                 f"{self.residual_strength}): pass the comparisons' pair_features")
+            # float16, as stored: a fit after reloading and updating equals one fit on everything
+            X = np.asarray(pair_features, dtype=np.float16).astype(np.float64)  # (N, F)
+            if X.ndim != 2 or len(X) != len(phi):
+                raise ValueError(f"pair_features must be ({len(phi)}, F), one row per comparison, "
+                                 f"got {X.shape}")
         w, cov = fit_map(phi, w0, self.prior_strength, self.prior_precision)
+        if self.residual_strength is not None:
+            self.residual_ = fit_residual(X, phi @ w, float(self.residual_strength))  # (F,)
+            self.pair_features_: np.ndarray | None = X  # (N, F)
         self.weights_ = w  # (K,)
         self.covariance_ = cov  # (K, K)
         self.w0_ = w0
@@ -165,8 +255,9 @@ class UserProfile:
         self.n_comparisons_ = len(phi)
         return self
 
-    def partial_fit(self, features: np.ndarray) -> UserProfile:
-        """Add (M, K) comparison features and refit on all comparisons so far.
+    def partial_fit(self, features: np.ndarray, pair_features: np.ndarray | None = None) -> UserProfile:
+        """Add (M, K) comparison features (and, for a residual, their (M, F) pair features) and refit on all
+        comparisons so far.
 
         The result equals :meth:`fit` on the concatenated features, in any order of arrival.
         """
@@ -178,7 +269,21 @@ class UserProfile:
         new = np.asarray(features, dtype=np.float64)
         if new.ndim not in (1, 2) or new.shape[-1] != K:
             raise ValueError(f"features must have shape (M, {K}), got {new.shape}")
-        return self.fit(np.vstack([self.features_, new.reshape(-1, K)]), self.w0_)
+        new = new.reshape(-1, K)
+        X = None
+        if self.residual_strength is not None:
+            if pair_features is None:
+                raise ValueError(f"user profile {self.user_id!r} has a residual: pass the new comparisons' "
+                                 "pair_features too")
+            if self.pair_features_ is None:
+                raise ValueError(f"user profile {self.user_id!r} was saved without its pair features and "
+                                 "cannot be updated; refit it from all comparisons")
+            add = np.asarray(pair_features, dtype=np.float64)
+            F = self.pair_features_.shape[1]
+            if add.ndim not in (1, 2) or add.shape[-1] != F:
+                raise ValueError(f"pair_features must have shape (M, {F}), got {add.shape}")
+            X = np.vstack([self.pair_features_, add.reshape(-1, F)])
+        return self.fit(np.vstack([self.features_, new]), self.w0_, X)
 
     def update(self, comparisons: Any, model: Any) -> UserProfile:
         """Deprecated: use ``model.update_user(profile, comparisons)`` (the model computes the
@@ -188,8 +293,10 @@ class UserProfile:
         return model.update_user(self, comparisons)
 
     @classmethod
-    def update_saved(cls, path: str | Path, features: np.ndarray, model_hash: str) -> UserProfile:
-        """Fold (M, K) comparison features into the profile saved at ``path`` and save it, as one step.
+    def update_saved(cls, path: str | Path, features: np.ndarray, model_hash: str,
+                     pair_features: np.ndarray | None = None) -> UserProfile:
+        """Fold (M, K) comparison features (and, for a profile with a residual, their (M, F) pair features)
+        into the profile saved at ``path`` and save it, as one step.
 
         Read, update and write happen under a lock on the file, so concurrent updates of one
         profile (two ``moerm-lite fit --update`` at once) all land. ``model_hash`` is the hash of
@@ -201,7 +308,7 @@ class UserProfile:
             if profile.model_hash != model_hash:
                 raise ValueError(f"user profile {path} was fitted for model {profile.model_id!r} "
                                  f"({profile.model_hash}), not this one ({model_hash}); refit it")
-            profile.partial_fit(features)
+            profile.partial_fit(features, pair_features)
             locked_write_text(path, profile.to_json())
         return profile
 
@@ -240,6 +347,10 @@ class UserProfile:
             "w0": self.w0_.tolist(),
             "covariance": self.covariance_.tolist(),
             "features": None if self.features_ is None else self.features_.tolist(),
+            "residual_strength": self.residual_strength,
+            "residual": None if self.residual_ is None else self.residual_.tolist(),
+            "pair_features": (None if self.residual_ is None or self.pair_features_ is None
+                              else encode_array(self.pair_features_)),
         }
 
     @classmethod
@@ -257,9 +368,11 @@ class UserProfile:
                 raise ValueError(f"user profile is malformed: {key} must be a string or null")
         try:
             pp = d.get("prior_precision")
+            rs = d.get("residual_strength")
             p = cls(user_id=d["user_id"], prior_strength=float(d["prior_strength"]),
                     prior_precision=None if pp is None else np.asarray(pp, dtype=np.float64),
-                    model_id=d["model_id"], model_hash=d["model_hash"])
+                    model_id=d["model_id"], model_hash=d["model_hash"],
+                    residual_strength=None if rs is None else float(rs))
             p.weights_ = np.asarray(d["weights"], dtype=np.float64)
             p.w0_ = np.asarray(d["w0"], dtype=np.float64)
             p.covariance_ = np.asarray(d["covariance"], dtype=np.float64)
@@ -267,8 +380,25 @@ class UserProfile:
             feats = d.get("features")
             p.features_ = (None if feats is None
                            else np.asarray(feats, dtype=np.float64).reshape(-1, len(p.w0_)))
+            res = d.get("residual")
+            p.residual_ = None if res is None else np.asarray(res, dtype=np.float64).reshape(-1)
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"user profile is malformed: {e}") from e
+        if (p.residual_strength is None) != (p.residual_ is None):
+            raise ValueError("user profile is malformed: residual and residual_strength must both be set "
+                             "or null")
+        if p.residual_ is not None and p.residual_strength is not None:
+            if not (math.isfinite(p.residual_strength) and p.residual_strength > 0
+                    and np.isfinite(p.residual_).all()):
+                raise ValueError("user profile is malformed: residual_strength must be positive and the "
+                                 "residual finite")
+            X = d.get("pair_features")
+            p.pair_features_ = None if X is None else decode_array(X, "pair_features")
+            want = (p.n_comparisons_, len(p.residual_))
+            if p.pair_features_ is not None and (p.pair_features_.shape != want
+                                                 or not np.isfinite(p.pair_features_).all()):
+                raise ValueError(f"user profile is malformed: pair_features {p.pair_features_.shape}, "
+                                 f"expected {want} finite values")
         K = p.weights_.shape
         if (p.weights_.ndim != 1 or p.w0_.shape != K or p.covariance_.shape != K * 2
                 or (p.prior_precision is not None and p.prior_precision.shape != K * 2)):

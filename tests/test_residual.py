@@ -1,0 +1,157 @@
+"""The opt-in residual over pair features: fitted on what the expert weights leave, moved only by many
+comparisons, stored exactly, applied by every scoring path that can and refused by the others."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from scipy.special import expit
+
+from moerm_lite import RewardModel, UserProfile
+from moerm_lite.cli import main
+from moerm_lite.features import feature_dim
+from moerm_lite.head import combine
+from moerm_lite.personalize import decode_array, encode_array, fit_residual
+from tests.test_online import COMPS
+
+
+def planted_residual(N, F=20, seed=0):
+    """Comparison differences X (N, F) labelled by a taste v_true the experts (offset 0) cannot see."""
+    rng = np.random.default_rng(seed)
+    v_true = rng.normal(size=F) * 1.5
+    X = rng.normal(size=(N, F))
+    y = rng.random(N) < expit(X @ v_true)
+    return v_true, np.where(y[:, None], X, -X)
+
+
+def test_residual_recovers_a_taste_only_many_comparisons_show():
+    v_true, X = planted_residual(2000)
+    Xtest = planted_residual(2000, seed=1)[1]  # other comparisons of the same user
+    big = fit_residual(X, np.zeros(len(X)), 30.0)
+    assert big @ v_true / np.linalg.norm(big) / np.linalg.norm(v_true) > 0.95
+    small = fit_residual(X[:5], np.zeros(5), 30.0)
+    # five comparisons barely move it: its scores stay small next to the many-comparison fit's
+    assert np.abs(Xtest @ small).mean() < 0.1 * np.abs(Xtest @ big).mean()
+    np.testing.assert_array_equal(fit_residual(X[:0], np.zeros(0), 30.0), np.zeros(20))
+
+
+def test_residual_is_the_optimum_and_only_explains_what_the_offset_leaves():
+    v_true, X = planted_residual(300, seed=2)
+    offset = 3.0 * (X @ v_true)  # the experts already order every comparison, confidently
+    v = fit_residual(X, offset, 30.0)
+    free = fit_residual(X, np.zeros(len(X)), 30.0)
+    assert np.linalg.norm(v) < 0.4 * np.linalg.norm(free)
+    # the gradient of the documented objective vanishes there (in the scaled units the penalty uses)
+    rms = np.sqrt((X ** 2).mean(0))
+    scale = np.maximum(rms, 1e-3 * np.median(rms)) + 1e-6
+    Z, u = X / scale, v * scale
+    grad = -(expit(-(offset + Z @ u)) @ Z) + 2 * 30.0 * u
+    assert np.abs(grad).max() < 1e-5
+    with pytest.raises(ValueError, match="residual_strength"):
+        fit_residual(X, offset, 0.0)
+    with pytest.raises(ValueError, match="NaN"):
+        fit_residual(np.full((2, 3), np.nan), np.zeros(2), 1.0)
+
+
+def test_float16_array_codec_round_trips_and_refuses_garbage():
+    a = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float16).astype(np.float64)
+    np.testing.assert_array_equal(decode_array(json.loads(json.dumps(encode_array(a))), "x"), a)
+    for bad in (None, {"dtype": "float32"}, {"dtype": "float16", "shape": [2], "base64": "!!"},
+                {"dtype": "float16", "shape": [7], "base64": encode_array(a)["base64"]}):
+        with pytest.raises(ValueError, match="pair_features"):
+            decode_array(bad, "pair_features")
+
+
+def test_profile_with_residual_updates_like_a_fit_on_all_and_round_trips(tmp_path):
+    _, X = planted_residual(60, seed=3)
+    phi = np.random.default_rng(4).normal(size=(60, 4))
+    w0 = np.array([0.5, -0.2, 0.0, 1.0])
+    full = UserProfile(prior_strength=1.0, model_hash="0" * 16, residual_strength=30.0).fit(phi, w0, X)
+    part = UserProfile(prior_strength=1.0, model_hash="0" * 16, residual_strength=30.0)
+    part.fit(phi[:20], w0, X[:20])
+    part.save(tmp_path / "p.json")
+    part = UserProfile.load(tmp_path / "p.json").partial_fit(phi[20:], X[20:])
+    np.testing.assert_allclose(part.residual_, full.residual_, atol=1e-6)
+    np.testing.assert_allclose(part.weights_, full.weights_, atol=1e-6)
+    assert np.abs(full.residual_).max() > 0.01  # it did learn something
+    back = UserProfile.load(full.save(tmp_path / "f.json"))
+    np.testing.assert_array_equal(back.residual_, full.residual_)
+    assert back.residual_strength == 30.0 and back.pair_features_.shape == (60, 20)
+    with pytest.raises(ValueError, match="pair_features"):
+        UserProfile(residual_strength=30.0).fit(phi, w0)  # a residual needs the pair features
+    with pytest.raises(ValueError, match="pair_features"):
+        full.partial_fit(phi[:1])
+
+
+@pytest.mark.parametrize("edit, match", [
+    ({"residual_strength": None}, "both be set"),
+    ({"residual": [float("nan")] * 20}, "finite"),
+    ({"pair_features": {"dtype": "float16", "shape": [3, 20], "base64": ""}}, "pair_features"),
+])
+def test_malformed_residual_profiles_are_refused(edit, match):
+    _, X = planted_residual(5, seed=5)
+    p = UserProfile(model_hash="0" * 16, residual_strength=30.0).fit(np.zeros((5, 2)), np.zeros(2), X)
+    d = p.to_dict()
+    with pytest.raises(ValueError, match=match):
+        UserProfile.from_dict({**d, **edit})
+
+
+def test_model_scores_with_the_residual_everywhere_it_can(tiny_fp32, tmp_path):
+    m = tiny_fp32
+    plain = m.fit_user(COMPS)
+    user = m.fit_user(COMPS * 20, residual_strength=1.0)  # many repeats: the residual moves
+    assert user.residual_.shape == (feature_dim(m.config.hidden_size),)
+    assert plain.residual_ is None and user.n_comparisons_ == 100
+    pairs = [("why", "the cat is kind"), ("", "no"), ("how", "harm and hate")]
+    out = m.expert_outputs(pairs, with_features=True)
+    np.testing.assert_array_equal(out["features"], m.pair_features(pairs)[0])
+    residual = out["features"].astype(float) @ user.residual_  # (3,)
+    want = combine(out["gating_output"], out["rewards"], user.weights_) + residual
+    np.testing.assert_allclose(m.score_pairs(pairs, user=user), want, rtol=1e-9, atol=1e-9)
+    assert np.abs(residual).max() > 1e-3  # the residual is not a no-op
+    e = m.explain(*pairs[0], user=user)
+    assert e["score"] == pytest.approx(float(e["contributions"].sum()) + e["residual"])
+    assert e["score"] == pytest.approx(want[0])
+    assert m.explain(*pairs[0], user=plain)["residual"] == 0.0
+    assert [r["corpus_id"] for r in m.rank("why", [p[1] for p in pairs], user=user)] == list(
+        np.argsort(-m.score_pairs([("why", p[1]) for p in pairs], user=user), kind="stable"))
+    # the paths that score from expert outputs alone refuse it by name, rather than drop the residual
+    with pytest.raises(ValueError, match="residual"):
+        m.encode_catalog(pairs).rank(user)
+    with pytest.raises(ValueError, match="residual"):
+        m.next_comparison("why", ["a", "b"], user=user)
+    with pytest.raises(ValueError, match="residual"):
+        m.user_weights(user)
+    # a profile without a residual scores exactly as before
+    np.testing.assert_array_equal(m.score_pairs(pairs, user=plain),
+                                  combine(out["gating_output"], out["rewards"], plain.weights_))
+
+
+def test_update_user_with_residual_equals_fit_on_all(tiny_fp32):
+    full = tiny_fp32.fit_user(COMPS, residual_strength=0.5)
+    p = tiny_fp32.fit_user(COMPS[:2], residual_strength=0.5)
+    tiny_fp32.update_user(p, COMPS[2:])
+    np.testing.assert_allclose(p.residual_, full.residual_, atol=1e-6)
+    np.testing.assert_allclose(p.weights_, full.weights_, atol=1e-6)
+
+
+def test_cli_fits_updates_and_ranks_with_a_residual(tiny_folder, tmp_path):
+    for name, rows in (("a.jsonl", COMPS[:3]), ("b.jsonl", COMPS[3:]), ("all.jsonl", COMPS)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = ["--model", str(tiny_folder), "--threads", "1"]
+    r = ["--residual-strength", "0.5"]
+    assert main(["fit", str(tmp_path / "a.jsonl"), "-o", str(tmp_path / "p.json"), *r, *m]) == 0
+    assert main(["fit", str(tmp_path / "b.jsonl"), "--update", str(tmp_path / "p.json"), *m]) == 0
+    assert main(["fit", str(tmp_path / "all.jsonl"), "-o", str(tmp_path / "all.json"), *r, *m]) == 0
+    a, b = UserProfile.load(tmp_path / "p.json"), UserProfile.load(tmp_path / "all.json")
+    np.testing.assert_allclose(a.residual_, b.residual_, atol=1e-6)
+    request = {"prompt": "why", "responses": ["kind", "rude", "no"]}
+    (tmp_path / "q.jsonl").write_text(json.dumps(request) + "\n")
+    out = io.StringIO()
+    assert main(["rank", "-i", str(tmp_path / "q.jsonl"), "--user", str(tmp_path / "p.json"), *m],
+                out=out) == 0
+    got = json.loads(out.getvalue())
+    want = RewardModel.load(tiny_folder, threads=1).score_pairs([("why", t) for t in ("kind", "rude", "no")],
+                                                                user=a)
+    assert [r["score"] for r in got["ranking"]] == pytest.approx(sorted(want, reverse=True))
