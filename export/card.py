@@ -51,7 +51,10 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         "a user's fitted weights. Users are fitted under the prior N(w0, (λP)^-1) with "
         + ("P the inverse covariance of the training users' weights (`prior_precision` in config.json)"
            if config.get("prior_precision") is not None else "P = I")
-        + f"; λ = {config['default_prior_strength']:g}, chosen on validation users (persona and attribute users).",
+        + f"; λ = {config['default_prior_strength']:g}, chosen on validation users (persona and attribute users). "
+        "Opt-in, a user also gets a residual over the pair features, fitted on what the expert weights leave "
+        "unexplained and moved only by many comparisons (`fit_user(..., residual_strength=30)`; rows marked "
+        "residual below).",
         "",
         "## What it rewards, and what it does not know",
         "",
@@ -143,8 +146,12 @@ def real_text_section(rep: EvalReport) -> list[str]:
                   f"replies to the same held-out prompt ({att['n_prompts']} prompts, {att['n_responses']} "
                   "replies: test splits, DSP, WebGPT), 100 users each, 100 further comparisons scored:", "",
                   "| users | global | N=5 | N=10 | N=20 | N=50 |", "|---|---|---|---|---|---|"]
-        for key, label in (("single", "1 attribute: this model"), ("single_frozen_probe", "1 attribute: frozen probe"),
-                           ("multi", "2–3 attributes: this model"), ("multi_frozen_probe", "2–3 attributes: frozen probe")):
+        for key, label in (("single", "1 attribute: this model"),
+                           ("single_residual", "1 attribute: this model + residual (opt-in)"),
+                           ("single_frozen_probe", "1 attribute: frozen probe"),
+                           ("multi", "2–3 attributes: this model"),
+                           ("multi_residual", "2–3 attributes: this model + residual (opt-in)"),
+                           ("multi_frozen_probe", "2–3 attributes: frozen probe")):
             if key in att:
                 r = att[key]
                 lines.append(f"| {label} | {_pct(r.get('global'))} | "
@@ -164,7 +171,7 @@ def real_text_section(rep: EvalReport) -> list[str]:
                                                   for n in (5, 10, 20, 50, "all")) + " |",
                   f"| unpersonalized | {_pct(dsp['unpersonalized'])} | | | | |"]
         if "model_plus_residual" in dsp:
-            lines.append("| this model + a residual on the frozen features (L2 30; measured, not shipped) | "
+            lines.append("| this model + residual (opt-in: `fit_user(..., residual_strength=30)`) | "
                          + " | ".join(_pct(dsp["model_plus_residual"][str(n)]) for n in (5, 10, 20, 50, "all"))
                          + " |")
         lines.append("")
@@ -227,6 +234,8 @@ def measured_section(rep: EvalReport, K: int) -> list[str]:
               "held-out comparisons each, statements never trained on):", "",
               "| | global | N=5 | N=10 | N=20 | N=50 |", "|---|---|---|---|---|---|"]
     rows = [("this model (int8 runtime)", p)]
+    if "persona_residual" in rep:
+        rows.append(("this model + residual (opt-in, `residual_strength=30`)", rep["persona_residual"]))
     for key, label in (("torch", "this model (torch fp32)"),
                        ("persona_identity_prior", "this model, identity prior P = I (int8)"),
                        ("dense", "dense router, same recipe"),

@@ -34,6 +34,10 @@ class Featurizer(Protocol):
     def features(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Frozen pair features (N, F), the head's input."""
 
+    def outputs_and_features(self, pairs: Sequence[tuple[str, str]]
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``outputs`` and ``features`` of the same pairs from one embedding pass."""
+
 
 class TorchFeaturizer:
     """The torch model of a checkpoint, on cached embeddings (or its fine-tuned backbone)."""
@@ -69,9 +73,15 @@ class TorchFeaturizer:
             self.features, self.embed = features, embed
 
     def outputs(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+        g, r, _ = self.outputs_and_features(pairs)
+        return g, r
+
+    def outputs_and_features(self, pairs: Sequence[tuple[str, str]]
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = self.features(pairs)  # (N, F)
         with self._torch.no_grad():
-            o = self.head(self._torch.from_numpy(self.features(pairs)))
-        return o["gating_output"].numpy(), o["rewards"].numpy()
+            o = self.head(self._torch.from_numpy(x))
+        return o["gating_output"].numpy(), o["rewards"].numpy(), x
 
     @property
     def w0(self) -> np.ndarray:
@@ -93,6 +103,11 @@ class RuntimeFeaturizer:
 
     def features(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         return self.model.pair_features(list(pairs), batch_size=64)[0]
+
+    def outputs_and_features(self, pairs: Sequence[tuple[str, str]]
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        o = self.model.expert_outputs(list(pairs), batch_size=64, with_features=True)
+        return o["gating_output"], o["rewards"], o["features"]
 
 
 # ------------------------------------------------------------------------ persona
@@ -328,6 +343,7 @@ class EvalReport(TypedDict, total=False):
     prior_strength_grid: dict[float, float]
     persona_users: dict[str, int]  # {"users", "heldout_per_user"}
     persona: dict[str, float]  # few-shot accuracy: "global", "5", "10", "20", "50"
+    persona_residual: dict[str, float]  # the same with the opt-in residual (export.real_eval)
     persona_identity_prior: dict[str, float]  # the same with P = I
     interpretability: dict[str, Any]
     probe_ceiling: dict[str, Any]
@@ -357,7 +373,7 @@ def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = N
     from . import real_eval as R
 
     st = data.load_persona()
-    g, r = fz.outputs([("", s) for s in st.text])
+    g, r, X_stmt = fz.outputs_and_features([("", s) for s in st.text])  # (S, K), (S, K), (S, F)
     phi_stmt = expert_features(g, r)  # (S, K)
     P = fz.prior_precision
     ap = R.attribute_pool(fz, with_probe=with_probes) if real_text else None
@@ -371,9 +387,11 @@ def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = N
     users = data.persona_benchmark(st, n_users=n_users)
     res["persona_users"] = {"users": len(users), "heldout_per_user": len(users[0].eval) if users else 0}
     res["persona"] = few_shot(phi_stmt, users, w0, prior_strength, P=P)
+    if real_text:
+        res["persona_residual"] = R.few_shot_residual(phi_stmt, X_stmt, users, w0, prior_strength, P)
     res["interpretability"] = interpretability(phi_stmt, g, st)
     if with_probes:
-        res["probe_ceiling"] = probe_ceiling(fz.features([("", s) for s in st.text]), st, users)
+        res["probe_ceiling"] = probe_ceiling(X_stmt, st, users)
         res["relabeled_hh_probe"] = relabeled_probe(fz.features)
     res["relabeled_hh"] = relabeled_hh(fz, w0, prior_strength, P=P)
     attr_corr = None

@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from moerm_lite import fit_map
+from moerm_lite import UserProfile, fit_map
 from moerm_lite.head import expert_features
 
 from . import data
 from .attributes import ATTRIBUTES, ResponsePool, attribute_benchmark
 from .contrast import KINDS, sanity_suite
-from .evaluate import records_phi, logistic_fit, pair_accuracy
+from .evaluate import logistic_fit, pair_accuracy
 
 log = logging.getLogger("export")
 SHOTS = (5, 10, 20, 50)
@@ -35,8 +35,10 @@ PROBE_L2 = 1.0  # few-shot probes: L2 of the logistic regression on standardised
 def features_phi(fz: Any, recs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     """Model features phi (N, K) and frozen features dX (N, F) of chosen minus rejected."""
     pairs = [(r["prompt"], r["chosen"]) for r in recs] + [(r["prompt"], r["rejected"]) for r in recs]
-    X = fz.features(pairs).astype(np.float64)  # (2N, F)
-    return records_phi(fz, recs), X[: len(recs)] - X[len(recs):]
+    g, rw, X = fz.outputs_and_features(pairs)  # one embedding pass
+    f, X = expert_features(g, rw), X.astype(np.float64)  # (2N, K), (2N, F)
+    n = len(recs)
+    return f[:n] - f[n:], X[:n] - X[n:]
 
 
 def sanity(fz: Any, w0: np.ndarray) -> dict[str, Any]:
@@ -100,12 +102,12 @@ def probe_few_shot(X: np.ndarray, users: list[data.BenchUser], shots: Sequence[i
 
 
 def attribute_pool(fz: Any, with_probe: bool = True) -> dict[str, Any]:
-    """The held-out attribute pool with the model's features phi (R, K) and the frozen features X (R, F)."""
+    """The held-out attribute pool with the model's features phi (R, K) and the frozen features X (R, F);
+    ``with_probe``: also score the frozen-feature probes on it."""
     pool = eval_pool(train_scaler())
     pairs = [(pool.prompts[g], r) for g, r in zip(pool.group, pool.responses)]
-    gt, rw = fz.outputs(pairs)
-    return {"pool": pool, "phi": expert_features(gt, rw),
-            "X": fz.features(pairs).astype(np.float64) if with_probe else None}
+    gt, rw, X = fz.outputs_and_features(pairs)
+    return {"pool": pool, "phi": expert_features(gt, rw), "X": X.astype(np.float64), "with_probe": with_probe}
 
 
 def attribute_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P: np.ndarray | None,
@@ -119,7 +121,8 @@ def attribute_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P
     for name, k in (("single", 1), ("multi", None)):
         users = attribute_benchmark(pool, n_users=n_users, n_attributes=k)
         out[name] = few_shot(phi, users, w0, prior_strength, P=P)
-        if X is not None:
+        out[name + "_residual"] = few_shot_residual(phi, X, users, w0, prior_strength, P)
+        if ap.get("with_probe", True):
             out[name + "_frozen_probe"] = probe_few_shot(X, users)
     per_attr: dict[str, float | None] = {}
     for a, attr in enumerate(ATTRIBUTES):  # users who weigh this one attribute, either sign, N = 10
@@ -129,20 +132,34 @@ def attribute_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P
     return out
 
 
-RESIDUAL_L2 = 30.0  # a strongly regularized residual: only many comparisons move it
+RESIDUAL_STRENGTH = 30.0  # the opt-in residual's strength the docs recommend (only many comparisons move it)
 
 
-def residual_fit(X: np.ndarray, offset: np.ndarray, l2: float = RESIDUAL_L2) -> np.ndarray:
-    """argmin_v  -sum log sigmoid(offset + X v) + l2 ||v||^2: a residual on the frozen features on top of
-    the expert-weight scores ``offset`` (measured here, not part of the runtime)."""
-    from scipy.optimize import minimize
-    from scipy.special import expit, log_expit
+def fit_user_terms(phi: np.ndarray, X: np.ndarray | None, w0: np.ndarray, prior_strength: float,
+                   P: np.ndarray | None, residual_strength: float | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """A user's weights (K,) and residual (F,) fitted by the runtime's own code (``UserProfile.fit``), from
+    comparison features phi (N, K) and pair-feature differences X (N, F); no residual: zeros."""
+    p = UserProfile(prior_strength=prior_strength, prior_precision=P, residual_strength=residual_strength)
+    p.fit(phi, w0, X if residual_strength is not None else None)
+    F = 0 if X is None else X.shape[1]
+    return p.weights_, p.residual_ if p.residual_ is not None else np.zeros(F)
 
-    def loss(v: np.ndarray) -> tuple[float, np.ndarray]:
-        z = offset + X @ v
-        return float(-log_expit(z).sum() + l2 * v @ v), -(expit(-z) @ X) + 2 * l2 * v
 
-    return minimize(loss, np.zeros(X.shape[1]), jac=True, method="L-BFGS-B").x
+def few_shot_residual(phi: np.ndarray, X: np.ndarray, users: list[data.BenchUser], w0: np.ndarray,
+                      prior_strength: float, P: np.ndarray | None, strength: float = RESIDUAL_STRENGTH,
+                      shots: Sequence[int] = SHOTS) -> dict[str, float]:
+    """``few_shot`` with the opt-in residual over pair features (``fit_user(residual_strength=...)``):
+    phi (R, K) and X (R, F) of the pool's items, each user fitted on its first N comparisons."""
+    acc: dict[str, list[float]] = {str(n): [] for n in shots}
+    for u in users:
+        a, e = np.array(u.adapt), np.array(u.eval)
+        pa, pe = phi[a[:, 0]] - phi[a[:, 1]], phi[e[:, 0]] - phi[e[:, 1]]  # (N, K), (E, K)
+        xa, xe = X[a[:, 0]] - X[a[:, 1]], X[e[:, 0]] - X[e[:, 1]]  # (N, F), (E, F)
+        for n in shots:
+            w, v = fit_user_terms(pa[:n], xa[:n], w0, prior_strength, P, strength)
+            acc[str(n)].append(pair_accuracy(pe @ w + xe @ v))
+    return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
 def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | None, draws: int = 20,
@@ -151,9 +168,9 @@ def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | No
     rows = data.load_dsp()
     names = (*data.DSP_DOMAINS, "normal")
     pairs = [(r["query"], r["responses"][d]) for r in rows for d in names]
-    gt, rw = fz.outputs(pairs)
+    gt, rw, X = fz.outputs_and_features(pairs)
     phi = expert_features(gt, rw).reshape(len(rows), len(names), -1)  # (I, 5, K)
-    X = fz.features(pairs).astype(np.float64)
+    X = X.astype(np.float64)
     X = ((X - X.mean(0)) / (X.std(0) + 1e-6)).reshape(len(rows), len(names), -1)  # (I, 5, F)
     first = np.array([data.bucket(r["query"], "dsp-half") < 0.5 for r in rows])
     rng = np.random.default_rng(seed)
@@ -175,13 +192,15 @@ def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | No
                 w, _ = fit_map(train_phi[take], w0, prior_strength, P)
                 m.append(pair_accuracy(test_phi @ w))
                 p.append(pair_accuracy(test_X @ logistic_fit(train_X[take], np.ones(n), PROBE_L2)))
-                v = residual_fit(train_X[take], train_phi[take] @ w)
-                resid.append(pair_accuracy(test_phi @ w + test_X @ v))
+                wr, v = fit_user_terms(train_phi[take], train_X[take], w0, prior_strength, P,
+                                       RESIDUAL_STRENGTH)
+                resid.append(pair_accuracy(test_phi @ wr + test_X @ v))
             row[f"model_{n}"], row[f"probe_{n}"] = float(np.mean(m)), float(np.mean(p))
             row[f"residual_{n}"] = float(np.mean(resid))
         w_all, _ = fit_map(train_phi, w0, prior_strength, P)
         row["model_all"] = pair_accuracy(test_phi @ w_all)
-        row["residual_all"] = pair_accuracy(test_phi @ w_all + test_X @ residual_fit(train_X, train_phi @ w_all))
+        wr, v = fit_user_terms(train_phi, train_X, w0, prior_strength, P, RESIDUAL_STRENGTH)
+        row["residual_all"] = pair_accuracy(test_phi @ wr + test_X @ v)
         row["probe_all"] = pair_accuracy(test_X @ logistic_fit(train_X, np.ones(len(train_X)), PROBE_L2))
         per_user[dom] = row
     for shot in [*map(str, SHOTS), "all"]:

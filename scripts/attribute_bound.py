@@ -78,8 +78,8 @@ def pair_order(pool: ResponsePool, pred: np.ndarray, a: int) -> float:
 
 def views(fz: RuntimeFeaturizer, pool: ResponsePool) -> dict[str, np.ndarray]:
     pairs = [(pool.prompts[g], r) for r, g in zip(pool.responses, pool.group)]
-    X = fz.features(pairs).astype(np.float64)  # (R, F)
-    gates, rewards = fz.outputs(pairs)  # (R, K) each
+    gates, rewards, X = fz.outputs_and_features(pairs)  # (R, K), (R, K), (R, F): one embedding pass
+    X = X.astype(np.float64)
     return {"text statistics": X[:, -len(SURFACE):], "frozen features": X,
             "expert outputs": expert_features(gates, rewards)}
 
@@ -94,8 +94,8 @@ def statistic_experts(fz: RuntimeFeaturizer, train: ResponsePool, test: Response
                       Vtr: dict[str, np.ndarray], Vte: dict[str, np.ndarray]) -> None:
     st = data.load_persona()
     stmt = [("", t) for t in st.text]
-    gates, rewards = fz.outputs(stmt)
-    phi_p, stats_p = expert_features(gates, rewards), fz.features(stmt)[:, -len(SURFACE):].astype(np.float64)
+    gates, rewards, X = fz.outputs_and_features(stmt)
+    phi_p, stats_p = expert_features(gates, rewards), X[:, -len(SURFACE):].astype(np.float64)
     mu, sd = Vtr["text statistics"].mean(0), Vtr["text statistics"].std(0) + 1e-6
     persona = data.persona_benchmark(st, n_users=200)
     single = attribute_benchmark(test, n_users=100, n_attributes=1)
