@@ -194,6 +194,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+DESCRIBING = frozenset({"README.md", "expert_cards.json", "reference.jsonl"})  # describe the model, score nothing
+
+
+def model_hash(manifest: dict[str, dict[str, Any]]) -> str:
+    """Which exact model a folder is (16 hex digits): the sha256 of the manifest's entries for every file
+    that takes part in scoring, so profiles and catalogs fitted for it survive an edit of its card, expert
+    cards or reference corpus (``DESCRIBING``), and nothing else."""
+    scoring = {name: e.get("sha256") for name, e in sorted(manifest.items()) if name not in DESCRIBING}
+    return hashlib.sha256(json.dumps(scoring, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def build_manifest(folder: Path) -> dict[str, Any]:
     """Manifest of every file under ``folder`` except the manifest itself."""
     files = {}

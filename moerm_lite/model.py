@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
 import sys
@@ -20,9 +19,9 @@ from .experts import expert_cards, read_cards, read_reference, trim_card
 from .features import feature_dim, pair_features
 from .folder import (
     CONFIG,
-    MANIFEST,
     ModelConfig,
     ModelFolderError,
+    model_hash,
     read_json,
     read_manifest,
     resolve_inside,
@@ -178,7 +177,7 @@ class RewardModel:
         self.folder, self.config, self.precision, self.threads = folder, config, precision, threads
         self.tokens_per_batch = tokens_per_batch
         self._backbone, self._head, self._tokenizer = backbone, head, tokenizer
-        self.model_hash = model_hash  # sha256 of manifest.json: which exact model this is
+        self.model_hash = model_hash  # which exact model this is (moerm_lite.folder.model_hash)
         self._w0 = np.asarray(config.w0, dtype=np.float64)  # (K,)
         P = config.prior_precision
         self._prior_precision = None if P is None else np.asarray(P, dtype=np.float64)  # (K, K)
@@ -227,8 +226,8 @@ class RewardModel:
         release_freed_memory()
         head = _session(head_path, threads, [cfg.head_input], cfg.head_outputs)
         _check_head(folder, cfg, head)
-        model_hash = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()[:16]
-        return cls(folder, cfg, backbone, head, tokenizer, precision, threads, model_hash, tokens_per_batch)
+        return cls(folder, cfg, backbone, head, tokenizer, precision, threads, model_hash(manifest),
+                   tokens_per_batch)
 
     # -------------------------------------------------------------- properties
     @property

@@ -128,3 +128,22 @@ def test_graph_path_outside_the_folder(copy, path):
     edit_config(copy, lambda c: c["graphs"]["int8"].update(head=path))
     with pytest.raises(ModelFolderError, match="outside the model folder"):
         RewardModel.load(copy)
+
+
+def test_model_hash_names_what_scores_not_what_describes_it(tiny_folder, tmp_path):
+    """A profile survives an edit of the card (README.md), expert cards or reference corpus, not of a graph
+    or the config: the hash covers exactly the files that take part in scoring."""
+    from moerm_lite.folder import DESCRIBING, write_manifest
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_folder, folder)
+    before = RewardModel.load(folder, threads=1).model_hash
+    (folder / "README.md").write_text("# a new card\n")
+    write_manifest(folder)
+    assert RewardModel.load(folder, threads=1).model_hash == before
+    assert "README.md" in DESCRIBING
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["w0"] = [x + 1.0 for x in cfg["w0"]]  # a config that changes scores is another model
+    (folder / "config.json").write_text(json.dumps(cfg))
+    write_manifest(folder)
+    assert RewardModel.load(folder, threads=1).model_hash != before
