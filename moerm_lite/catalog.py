@@ -6,6 +6,10 @@ emitted them (``expert_index``, ``gates``, ``rewards``: (N, k + n_shared) each),
 and population weights ``w0``. Ranking is then one (N, K) @ (K,) product: the same arithmetic as
 ``RewardModel.rank`` on the same texts, so the scores are the same.
 
+A profile with a residual over pair features (``fit_user(residual_strength=...)``) also needs each
+candidate's pair features x (F,): a catalog encoded ``with_features=True`` keeps them (float32, about
+3 KB a candidate) and adds ``x . v`` as ``rank()`` does; one encoded without them refuses such a profile.
+
 On disk a catalog is one ``.npz`` file (numpy arrays, read with ``allow_pickle=False``).
 """
 
@@ -25,7 +29,8 @@ from .head import expert_features, scatter_topk
 from .personalize import UserProfile, resolve_weights
 
 CATALOG_FORMAT = "moerm-lite-catalog"
-CATALOG_VERSION = 1
+CATALOG_VERSION = 2  # 2: optional pair features
+READABLE_CATALOG_VERSIONS = (1, 2)
 Weights = Union[None, UserProfile, Sequence[float], np.ndarray]
 
 
@@ -36,7 +41,8 @@ class Catalog:
     """
 
     def __init__(self, ids: Sequence[str], expert_index: np.ndarray, gates: np.ndarray, rewards: np.ndarray, *,
-                 n_experts: int, w0: np.ndarray, model_id: str, model_hash: str) -> None:
+                 n_experts: int, w0: np.ndarray, model_id: str, model_hash: str,
+                 pair_features: np.ndarray | None = None) -> None:
         self.ids = [str(i) for i in ids]
         self.expert_index = np.asarray(expert_index, dtype=np.int16)  # (N, k + n_shared)
         self.gates = np.asarray(gates, dtype=np.float32)  # (N, k + n_shared)
@@ -52,6 +58,11 @@ class Catalog:
             raise ValueError(f"catalog expert_index outside 0..{self.n_experts - 1}")
         if not (np.isfinite(self.gates).all() and np.isfinite(self.rewards).all() and np.isfinite(self.w0).all()):
             raise ValueError("catalog contains NaN or inf")
+        self.pair_features = None if pair_features is None else np.asarray(pair_features, dtype=np.float32)
+        if self.pair_features is not None and (self.pair_features.ndim != 2 or len(self.pair_features) != N
+                                               or not np.isfinite(self.pair_features).all()):
+            raise ValueError(f"catalog pair_features must be ({N}, F) finite values, "
+                             f"got {self.pair_features.shape}")
         gating, rewards_dense = scatter_topk(self.expert_index, self.gates, self.rewards, self.n_experts)
         self.features = expert_features(gating, rewards_dense)  # (N, K): pi * r, what scores are made of
 
@@ -64,7 +75,18 @@ class Catalog:
 
     def scores(self, user: Weights = None) -> np.ndarray:
         """Scores of every candidate for ``user``, (N,) float64, in catalog order."""
-        return self.features @ self.weights(user)  # (N,)
+        w = resolve_weights(user, self.w0, self.model_id, self.model_hash, allow_residual=True)  # (K,)
+        if not isinstance(user, UserProfile) or user.residual_ is None:
+            return self.features @ w  # (N,)
+        v = user.residual_  # (F,)
+        if self.pair_features is None:
+            raise ValueError(f"user profile {user.user_id!r} has a residual over pair features, and this "
+                             "catalog was encoded without them: encode it with encode_catalog(..., "
+                             "with_features=True) (moerm-lite encode --features)")
+        if self.pair_features.shape[1] != len(v):
+            raise ValueError(f"user profile {user.user_id!r} has a residual over {len(v)} features, the "
+                             f"catalog stores {self.pair_features.shape[1]}")
+        return self.features @ w + self.pair_features.astype(np.float64) @ v  # (N,)
 
     def rank(self, user: Weights = None, *, top_k: int | None = None) -> list[dict[str, Any]]:
         """Candidates best first for ``user``: ``[{"corpus_id", "id", "score"}, ...]``; ties keep catalog
@@ -86,9 +108,13 @@ class Catalog:
         path = Path(path)
         meta = {"format": CATALOG_FORMAT, "version": CATALOG_VERSION, "model_id": self.model_id,
                 "model_hash": self.model_hash, "n_experts": self.n_experts, "w0": self.w0.tolist()}
+        arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta)), "ids": np.array(self.ids, dtype=str),
+                                         "expert_index": self.expert_index, "gates": self.gates,
+                                         "rewards": self.rewards}
+        if self.pair_features is not None:
+            arrays["pair_features"] = self.pair_features
         buf = io.BytesIO()
-        np.savez(buf, meta=np.array(json.dumps(meta)), ids=np.array(self.ids, dtype=str),
-                 expert_index=self.expert_index, gates=self.gates, rewards=self.rewards)
+        np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds too narrowly
         atomic_write_text(path, buf.getvalue())
         return path
 
@@ -103,11 +129,13 @@ class Catalog:
                 meta = json.loads(str(z["meta"]))
                 if not isinstance(meta, dict) or meta.get("format") != CATALOG_FORMAT:
                     raise ValueError("not a moerm-lite catalog")
-                if meta.get("version") != CATALOG_VERSION:
-                    raise ValueError(f"catalog version {meta.get('version')!r}, this moerm-lite reads {CATALOG_VERSION}")
+                if meta.get("version") not in READABLE_CATALOG_VERSIONS:
+                    raise ValueError(f"catalog version {meta.get('version')!r}, this moerm-lite reads "
+                                     f"{READABLE_CATALOG_VERSIONS}")
                 return cls(z["ids"].tolist(), z["expert_index"], z["gates"], z["rewards"],
                            n_experts=meta["n_experts"], w0=np.asarray(meta["w0"]), model_id=meta["model_id"],
-                           model_hash=meta["model_hash"])
+                           model_hash=meta["model_hash"],
+                           pair_features=z["pair_features"] if "pair_features" in z.files else None)
         except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path} is not a readable catalog: {str(e)[:200]}") from None
 

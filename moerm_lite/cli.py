@@ -187,7 +187,7 @@ def cmd_encode(args: argparse.Namespace, out: IO[str]) -> None:
         raise ValueError(f"{args.input}: ids repeat (e.g. {next(i for i in ids if ids.count(i) > 1)!r}); "
                          "give each row a distinct 'id' or none (the line number is used)")
     catalog = m.encode_catalog([pair for _, (_, pair) in checked], ids, batch_size=args.batch_size,
-                               progress=Progress(len(checked), "encode"))
+                               progress=Progress(len(checked), "encode"), with_features=args.features)
     catalog.save(args.out)
     sys.stderr.write(f"encoded {len(catalog)} candidates -> {args.out}\n")
     rows.finish()
@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-i", "--input", default="-", help="JSONL file (default: - , stdin)")
     sp.add_argument("-o", "--out", required=True, help="catalog file to write (.npz)")
     sp.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="most texts per backbone call")
+    sp.add_argument("--features", action="store_true",
+                    help="also store each candidate's pair features (~3 KB each): profiles fitted with "
+                         "--residual-strength need them")
     common(sp, user=False)
     sp.set_defaults(fn=cmd_encode)
     sp = sub.add_parser("explain", help='per-expert breakdown of JSONL records {"prompt", "response"}')

@@ -322,20 +322,28 @@ class RewardModel:
         return idx, gates, rewards, truncated
 
     def encode_catalog(self, pairs: Sequence[tuple[Prompt, str]], ids: Sequence[Any] | None = None, *,
-                       batch_size: int = BATCH_SIZE, progress: Callable[[int], None] | None = None) -> Catalog:
+                       batch_size: int = BATCH_SIZE, progress: Callable[[int], None] | None = None,
+                       with_features: bool = False) -> Catalog:
         """Encode (prompt, response) candidates once, to rank them for any user without the backbone.
 
         ``ids`` name the candidates (default ``"0"``, ``"1"``, ...). ``catalog.rank(user)`` equals
         ``rank()`` on the same texts; ``catalog.save(path)`` / ``Catalog.load(path)`` keep it.
+        ``with_features``: also keep each candidate's pair features (F floats), which profiles with a
+        residual (``fit_user(residual_strength=...)``) need.
         """
         texts = self._check_pairs(pairs)
         if ids is None:
             ids = [str(i) for i in range(len(texts))]
         elif isinstance(ids, (str, bytes)) or len(ids) != len(texts):
             raise ValueError(f"ids must be a list of {len(texts)} names, one per pair")
-        idx, gates, rewards, _ = self._head_outputs(texts, batch_size, progress)
+        kept: list[np.ndarray] | None = [] if with_features else None
+        idx, gates, rewards, _ = self._head_outputs(texts, batch_size, progress, kept)
+        X = None
+        if kept is not None:
+            F = feature_dim(self.config.hidden_size)
+            X = np.concatenate(kept) if kept else np.zeros((0, F), np.float32)  # (N, F)
         return Catalog([str(i) for i in ids], idx, gates, rewards, n_experts=self.n_experts, w0=self._w0,
-                       model_id=self.config.model_id, model_hash=self.model_hash)
+                       model_id=self.config.model_id, model_hash=self.model_hash, pair_features=X)
 
     def pair_features(self, pairs: Sequence[tuple[Prompt, str]], *,
                       batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from moerm_lite import RewardModel, UserProfile
+from moerm_lite import Catalog, RewardModel, UserProfile
 from moerm_lite.cli import main
 from moerm_lite.features import feature_dim
 from moerm_lite.head import combine
@@ -116,8 +116,14 @@ def test_model_scores_with_the_residual_everywhere_it_can(tiny_fp32, tmp_path):
     assert m.explain(*pairs[0], user=plain)["residual"] == 0.0
     assert [r["corpus_id"] for r in m.rank("why", [p[1] for p in pairs], user=user)] == list(
         np.argsort(-m.score_pairs([("why", p[1]) for p in pairs], user=user), kind="stable"))
-    # the paths that score from expert outputs alone refuse it by name, rather than drop the residual
-    with pytest.raises(ValueError, match="residual"):
+    # a catalog encoded with pair features ranks it as rank() does, and keeps them on disk; one without
+    # them, and the paths that score from expert outputs alone, refuse it by name rather than drop it
+    cat = m.encode_catalog(pairs, with_features=True)
+    np.testing.assert_allclose(cat.scores(user), want, rtol=1e-9, atol=1e-9)
+    back = Catalog.load(cat.save(tmp_path / "c.npz"))
+    assert [r["id"] for r in back.rank(user)] == [r["id"] for r in cat.rank(user)]
+    np.testing.assert_array_equal(back.pair_features, cat.pair_features)
+    with pytest.raises(ValueError, match="with_features=True"):
         m.encode_catalog(pairs).rank(user)
     with pytest.raises(ValueError, match="residual"):
         m.next_comparison("why", ["a", "b"], user=user)
@@ -155,3 +161,24 @@ def test_cli_fits_updates_and_ranks_with_a_residual(tiny_folder, tmp_path):
     want = RewardModel.load(tiny_folder, threads=1).score_pairs([("why", t) for t in ("kind", "rude", "no")],
                                                                 user=a)
     assert [r["score"] for r in got["ranking"]] == pytest.approx(sorted(want, reverse=True))
+
+
+def test_cli_catalog_with_features_ranks_a_residual_profile(tiny_folder, tmp_path, capsys):
+    m = ["--model", str(tiny_folder), "--threads", "1"]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in COMPS))
+    profile = str(tmp_path / "p.json")
+    assert main(["fit", str(tmp_path / "c.jsonl"), "-o", profile, "--residual-strength", "0.5", *m]) == 0
+    items = [{"id": f"i{n}", "prompt": "why", "response": t} for n, t in enumerate(["kind", "rude", "no"])]
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    assert main(["encode", "-i", str(tmp_path / "items.jsonl"), "-o", str(tmp_path / "f.npz"), "--features",
+                 *m]) == 0
+    assert main(["encode", "-i", str(tmp_path / "items.jsonl"), "-o", str(tmp_path / "plain.npz"), *m]) == 0
+    out = io.StringIO()
+    assert main(["rank", "--catalog", str(tmp_path / "f.npz"), "--user", profile], out=out) == 0
+    got = {r["id"]: r["score"] for r in map(json.loads, out.getvalue().splitlines())}
+    model = RewardModel.load(tiny_folder, threads=1)
+    want = model.score_pairs([("why", r["response"]) for r in items], user=UserProfile.load(profile))
+    assert [got[r["id"]] for r in items] == pytest.approx(list(want))
+    capsys.readouterr()
+    assert main(["rank", "--catalog", str(tmp_path / "plain.npz"), "--user", profile]) == 2
+    assert "--features" in capsys.readouterr().err
