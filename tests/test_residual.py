@@ -182,3 +182,19 @@ def test_cli_catalog_with_features_ranks_a_residual_profile(tiny_folder, tmp_pat
     capsys.readouterr()
     assert main(["rank", "--catalog", str(tmp_path / "plain.npz"), "--user", profile]) == 2
     assert "--features" in capsys.readouterr().err
+
+
+def test_rl_adapters_apply_a_residual_and_per_row_paths_refuse_it(tiny_fp32, tiny_folder, tmp_path):
+    from moerm_lite.batch import BatchScorer
+    from moerm_lite.integrations import openrlhf_reward_func, trl_reward_func
+
+    user = tiny_fp32.fit_user(COMPS * 20, residual_strength=1.0)
+    want = tiny_fp32.score_pairs([("why", "kind"), ("why", "rude")], user=user)
+    assert trl_reward_func(tiny_fp32, user)(["why", "why"], ["kind", "rude"]) == pytest.approx(list(want))
+    got = openrlhf_reward_func(tiny_fp32, user)(["whykind", "whyrude"], ["why", "why"])["rewards"]
+    np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6)
+    with pytest.raises(ValueError, match="residual"):
+        trl_reward_func(tiny_fp32, profiles={"u": user})(["why"], ["kind"], user_id=["u"])
+    user.save(tmp_path / "u.json")
+    with pytest.raises(ValueError, match="residual"):
+        BatchScorer(tiny_folder, profiles=tmp_path)({"prompt": ["why"], "response": ["kind"], "user_id": ["u"]})
