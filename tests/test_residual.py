@@ -197,4 +197,5 @@ def test_rl_adapters_apply_a_residual_and_per_row_paths_refuse_it(tiny_fp32, tin
         trl_reward_func(tiny_fp32, profiles={"u": user})(["why"], ["kind"], user_id=["u"])
     user.save(tmp_path / "u.json")
     with pytest.raises(ValueError, match="residual"):
-        BatchScorer(tiny_folder, profiles=tmp_path)({"prompt": ["why"], "response": ["kind"], "user_id": ["u"]})
+        BatchScorer(tiny_folder, profiles=tmp_path)({"prompt": ["why"], "response": ["kind"],
+                                                     "user_id": ["u"]})
