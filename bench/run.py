@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from moerm_lite import RewardModel, fit_map  # noqa: E402
+from moerm_lite import RewardModel, UserProfile, fit_map  # noqa: E402
 from moerm_lite.folder import ModelConfig  # noqa: E402
 from moerm_lite.model import BATCH_SIZE, cpu_session  # noqa: E402
 
@@ -223,10 +223,15 @@ def bench_fit(model: RewardModel, Ns: list[int], repeat: int) -> list[tuple[str,
         idx = rng.choice(len(st.text), size=(N, 2), replace=False if 2 * N <= len(st.text) else True)
         comps = [{"prompt": "", "chosen": st.text[a], "rejected": st.text[b]} for a, b in idx]
         t_feat = timeit(lambda comps=comps: model.comparison_features(comps), max(1, repeat // 2))
-        phi = model.comparison_features(comps)
+        phi, X = model.comparison_terms(comps, with_pair_features=True)  # (N, K), (N, F)
         t_solve = timeit(lambda phi=phi: fit_map(phi, model.w0, model.config.default_prior_strength), repeat * 5)
         rows.append((f"fit_user N={N}: features / solve", f"{1e3 * t_feat:.1f} / {1e3 * t_solve:.2f} ms",
                      "solve goal <= 10 ms at N=50" if N == 50 else ""))
+        profile = UserProfile(prior_strength=model.config.default_prior_strength,
+                              prior_precision=model.prior_precision, residual_strength=30.0)
+        t_res = timeit(lambda phi=phi, X=X: profile.fit(phi, model.w0, X), repeat)
+        rows.append((f"fit_user N={N} with a residual: solve", f"{1e3 * t_res:.2f} ms",
+                     f"{t_res / t_solve:.1f}x the solve without"))
     return rows
 
 
