@@ -57,8 +57,8 @@ def variance_reduction(phi: np.ndarray, mean: np.ndarray, cov: np.ndarray,
     return s * np.einsum("pk,kl,pl->p", phi, M, phi) / (1.0 + s * v)
 
 
-def candidate_pair_gains(features: np.ndarray, mean: np.ndarray,
-                         cov: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def candidate_pair_gains(features: np.ndarray, mean: np.ndarray, cov: np.ndarray,
+                         offset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`variance_reduction` of every pair of n candidates, targets all pairs, in O(n^2 + n K^2).
 
     Each pair's quantities are quadratic forms in ``phi = f_i - f_j``, so they come from (n, n)
@@ -67,6 +67,8 @@ def candidate_pair_gains(features: np.ndarray, mean: np.ndarray,
 
     Args:
         features: (n, K) expert features ``pi * r`` of the candidates.
+        offset: (n,) a part of each candidate's score taken as known (a profile's residual term ``x . v``);
+            it moves the predicted answers, not the uncertainty, which is the weights' alone.
     Returns:
         ``(gain, p_first, variance)``, each (n, n); entry (i, j), i < j, is about "i or j?".
     """
@@ -82,7 +84,7 @@ def candidate_pair_gains(features: np.ndarray, mean: np.ndarray,
         d = np.diag(g)  # (n,)
         return d[:, None] + d[None, :] - 2.0 * g  # (n, n)
 
-    a = F @ mean  # (n,)
+    a = F @ mean + (0.0 if offset is None else np.asarray(offset, dtype=np.float64))  # (n,)
     m = a[:, None] - a[None, :]  # (n, n) mean score difference
     v = np.maximum(pair_form(cov), 0.0)  # (n, n) variance of the score difference
     u = np.maximum(pair_form(cov @ targets_gram @ cov), 0.0)  # (n, n) sum_t (t^T cov phi)^2

@@ -516,12 +516,13 @@ class RewardModel:
         candidates = self._check_list(candidates, "candidates")
         if len(candidates) < 2:
             raise ValueError(f"next_comparison needs at least 2 candidates, got {len(candidates)}")
-        mean = self.user_weights(user)  # (K,)
+        mean, v = self._user_terms(user)  # (K,), (F,) or None
         cov = (user.covariance_ if isinstance(user, UserProfile) else  # (K, K)
                prior_covariance(self.config.default_prior_strength, self._prior_precision, self.n_experts))
-        out = self.expert_outputs([(prompt, c) for c in candidates])
+        out = self.expert_outputs([(prompt, c) for c in candidates], with_features=v is not None)
         f = expert_features(out["gating_output"], out["rewards"])  # (n, K)
-        gain, p_first, variance = candidate_pair_gains(f, mean, cov)  # (n, n) each
+        offset = None if v is None else out["features"].astype(np.float64) @ v  # (n,) the residual terms
+        gain, p_first, variance = candidate_pair_gains(f, mean, cov, offset)  # (n, n) each
         i, j = all_pairs(len(candidates))
         b = int(np.argmax(gain[i, j]))  # the first best pair in (i, j) order
         a, c = int(i[b]), int(j[b])

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from scipy.special import expit
+from scipy.special import expit, ndtr
 
 from moerm_lite import Catalog, RewardModel, UserProfile
 from moerm_lite.cli import main
@@ -125,8 +125,13 @@ def test_model_scores_with_the_residual_everywhere_it_can(tiny_fp32, tmp_path):
     np.testing.assert_array_equal(back.pair_features, cat.pair_features)
     with pytest.raises(ValueError, match="with_features=True"):
         m.encode_catalog(pairs).rank(user)
-    with pytest.raises(ValueError, match="residual"):
-        m.next_comparison("why", ["a", "b"], user=user)
+    # active questions predict the answer from the whole score, residual included
+    q = m.next_comparison("why", [p[1] for p in pairs], user=user)
+    i, j = q["pair"]
+    s = m.score_pairs([("why", p[1]) for p in pairs], user=user)
+    k2 = np.pi / 8
+    assert q["p_first"] == pytest.approx(ndtr(np.sqrt(k2) * (s[i] - s[j]) / np.sqrt(1 + k2 * q["variance"])),
+                                         rel=1e-6)
     with pytest.raises(ValueError, match="residual"):
         m.user_weights(user)
     # a profile without a residual scores exactly as before
