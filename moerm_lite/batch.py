@@ -38,7 +38,8 @@ class BatchScorer:
         threads: onnxruntime threads per worker (default 1: one worker per core is the usual layout).
         profiles: a folder of ``<user_id>.json`` profiles, or a mapping ``user_id -> path``; each is
             loaded on first use and kept.
-        breakdown: also return each row's per-expert contributions, an (N, K) column ``contributions``.
+        breakdown: also return each row's per-expert contributions, an (N, K) column ``contributions``,
+            and ``residual`` (N,), the term of a profile's residual over pair features (0 without one).
         score_column: the name of the score column.
         unknown_user: ``"error"`` (default) raises ``KeyError`` for a user_id with no profile;
             ``"population"`` scores such rows with the population weights.
@@ -50,7 +51,7 @@ class BatchScorer:
         self.model = RewardModel.load(model, threads=threads, precision=precision)
         self.breakdown, self.score_column = breakdown, score_column
         self.batch_size = batch_size
-        self._users = _UserWeights(profiles, unknown_user, self.model.user_weights)
+        self._users = _Users(profiles, unknown_user, self.model.user_terms)  # user_id -> (w, v or None)
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """``batch`` with ``score_column`` (N,) float64 (and ``contributions`` (N, K)) added."""
@@ -62,13 +63,21 @@ class BatchScorer:
         pairs = [(p if isinstance(p, (str, list, tuple)) else ("" if p is None else str(p)), r)
                  for p, r in zip(prompts, responses)]
         users = batch["user_id"] if "user_id" in batch else [None] * n
-        W = np.stack([self._users(u) for u in users]).reshape(n, self.model.n_experts)  # (N, K)
-        out = self.model.expert_outputs(pairs, batch_size=self.batch_size)
+        terms = [self._users(u) for u in users]
+        W = np.stack([w for w, _ in terms]).reshape(n, self.model.n_experts)  # (N, K)
+        with_residual = any(v is not None for _, v in terms)
+        out = self.model.expert_outputs(pairs, batch_size=self.batch_size, with_features=with_residual)
         x = expert_features(out["gating_output"], out["rewards"])  # (N, K)
         result = dict(batch)
         result[self.score_column] = (x * W).sum(1)  # (N,)
+        if with_residual:  # rows whose profile has a residual over pair features add x . v
+            X = out["features"].astype(np.float64)  # (N, F)
+            residual = np.array([0.0 if v is None else float(X[i] @ v)
+                                 for i, (_, v) in enumerate(terms)])  # (N,)
+            result[self.score_column] = result[self.score_column] + residual
         if self.breakdown:
             result["contributions"] = x * W  # (N, K)
+            result["residual"] = residual if with_residual else np.zeros(n)  # (N,): score = sum + residual
         return result
 
 
@@ -87,7 +96,11 @@ class CatalogRanker:
 
         self.catalog = Catalog.load(catalog)
         self.top_k = min(top_k, len(self.catalog))
-        self._users = _UserWeights(profiles, unknown_user, self.catalog.weights)
+        self._users = _Users(profiles, unknown_user, self._checked)  # user_id -> profile (None: population)
+
+    def _checked(self, profile: UserProfile | None) -> UserProfile | None:
+        self.catalog.user_terms(profile)  # for this catalog's model, residual and all: refused now, by name
+        return profile
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         if "user_id" not in batch:
@@ -105,22 +118,22 @@ class CatalogRanker:
         return result
 
 
-class _UserWeights:
-    """Each user's (K,) weights, their profile loaded on first use and kept (one worker's cache).
+class _Users:
+    """What each user scores with, their profile loaded on first use and kept (one worker's cache).
 
-    ``resolve`` turns a profile (or ``None``) into weights for the model or catalog at hand, with its
+    ``resolve`` turns a profile (or ``None``) into what the model or catalog at hand scores with, with its
     checks; a row without a user, or (with ``unknown_user="population"``) without a profile, gets
-    ``resolve(None)``, the population weights.
+    ``resolve(None)``, the population's.
     """
 
     def __init__(self, profiles: str | Path | Mapping[str, str | Path] | None, unknown_user: str,
-                 resolve: Callable[[UserProfile | None], np.ndarray]) -> None:
+                 resolve: Callable[[UserProfile | None], Any]) -> None:
         if unknown_user not in ("error", "population"):
             raise ValueError(f"unknown_user must be 'error' or 'population', got {unknown_user!r}")
         self.profiles, self.unknown_user, self.resolve = profiles, unknown_user, resolve
-        self._cache: dict[str, np.ndarray | None] = {}  # user_id -> weights, None: no profile
+        self._cache: dict[str, Any] = {}  # user_id -> resolved profile, None: no profile
 
-    def __call__(self, user_id: Any) -> np.ndarray:
+    def __call__(self, user_id: Any) -> Any:
         if _no_user(user_id):
             return self.resolve(None)
         uid = str(user_id)

@@ -73,11 +73,12 @@ class Catalog:
         """(K,) weights for ``user``: ``w0`` for ``None``, a profile of this catalog's model, or a vector."""
         return resolve_weights(user, self.w0, self.model_id, self.model_hash)
 
-    def scores(self, user: Weights = None) -> np.ndarray:
-        """Scores of every candidate for ``user``, (N,) float64, in catalog order."""
+    def user_terms(self, user: Weights = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(w, v)`` for ``user``: weights (K,) and a profile's residual (F,) or None, checked against this
+        catalog (a residual needs a catalog encoded with pair features)."""
         w = resolve_weights(user, self.w0, self.model_id, self.model_hash, allow_residual=True)  # (K,)
         if not isinstance(user, UserProfile) or user.residual_ is None:
-            return self.features @ w  # (N,)
+            return w, None
         v = user.residual_  # (F,)
         if self.pair_features is None:
             raise ValueError(f"user profile {user.user_id!r} has a residual over pair features, and this "
@@ -86,7 +87,15 @@ class Catalog:
         if self.pair_features.shape[1] != len(v):
             raise ValueError(f"user profile {user.user_id!r} has a residual over {len(v)} features, the "
                              f"catalog stores {self.pair_features.shape[1]}")
-        return self.features @ w + self.pair_features.astype(np.float64) @ v  # (N,)
+        return w, v
+
+    def scores(self, user: Weights = None) -> np.ndarray:
+        """Scores of every candidate for ``user``, (N,) float64, in catalog order."""
+        w, v = self.user_terms(user)
+        s = self.features @ w  # (N,)
+        if v is None or self.pair_features is None:
+            return s
+        return s + self.pair_features.astype(np.float64) @ v  # (N,)
 
     def rank(self, user: Weights = None, *, top_k: int | None = None) -> list[dict[str, Any]]:
         """Candidates best first for ``user``: ``[{"corpus_id", "id", "score"}, ...]``; ties keep catalog

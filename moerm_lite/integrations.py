@@ -69,10 +69,15 @@ def trl_reward_func(model: RewardModel, user: User = None, *,
         unknown = sorted({str(u) for u in user_ids if u is not None and u not in profiles})
         if unknown:
             raise KeyError(f"no profile for user_id {unknown[0]!r}; known: {sorted(profiles)[:5]}")
-        W = np.stack([model.user_weights(profiles[u] if u is not None else user)
-                      for u in user_ids]).reshape(len(pairs), model.n_experts)  # (B, K)
-        o = model.expert_outputs(pairs, batch_size=batch_size)
-        return (expert_features(o["gating_output"], o["rewards"]) * W).sum(1).tolist()  # (B,)
+        terms = [model.user_terms(profiles[u] if u is not None else user) for u in user_ids]
+        W = np.stack([w for w, _ in terms]).reshape(len(pairs), model.n_experts)  # (B, K)
+        with_residual = any(v is not None for _, v in terms)
+        o = model.expert_outputs(pairs, batch_size=batch_size, with_features=with_residual)
+        s = (expert_features(o["gating_output"], o["rewards"]) * W).sum(1)  # (B,)
+        if with_residual:  # rows whose profile has a residual over pair features add x . v
+            X = o["features"].astype(np.float64)  # (B, F)
+            s = s + np.array([0.0 if v is None else float(X[i] @ v) for i, (_, v) in enumerate(terms)])
+        return s.tolist()
 
     return moerm_lite_reward
 

@@ -406,7 +406,7 @@ class RewardModel:
         ``progress``, if given, is called with the number of pairs done after each batch. An empty
         or whitespace-only response is scored like any text; ``allow_empty=False`` refuses it.
         """
-        w, v = self._user_terms(user)
+        w, v = self.user_terms(user)
         out = self.expert_outputs(pairs, batch_size=batch_size, progress=progress, allow_empty=allow_empty,
                                   with_features=v is not None)
         s = combine(out["gating_output"], out["rewards"], w)  # (N,)
@@ -446,7 +446,7 @@ class RewardModel:
         ``score == sum(contributions) + residual`` and ``contributions == gating_output * weights * rewards``;
         ``residual`` is the user's residual term ``x . v`` (0.0 without one, see ``fit_user``).
         """
-        w, v = self._user_terms(user)
+        w, v = self.user_terms(user)
         out = self.expert_outputs([self.check_pair((prompt, response))], with_features=v is not None)
         gates, rewards = out["gating_output"][0], out["rewards"][0]  # (K,), (K,)
         contributions = expert_features(gates, rewards) * w + 0.0  # (K,); + 0.0: no -0.0 for unrouted experts
@@ -483,8 +483,8 @@ class RewardModel:
         ``prior_strength`` (lambda) defaults to the model's measured ``default_prior_strength``.
         Zero comparisons give the population weights ``w0``. ``residual_strength`` (opt-in; 30 is the
         measured choice) also fits a strongly regularized residual over the pair features, for tastes
-        the experts cannot express; it moves only with many comparisons (docs/api.md), and a profile
-        with one scores through ``score``, ``score_pairs``, ``rank`` and ``explain`` only.
+        the experts cannot express; it moves only with many comparisons (docs/api.md). A catalog
+        ranks such a profile only if encoded ``with_features=True``.
         """
         strength = self.config.default_prior_strength if prior_strength is None else prior_strength
         phi, X = self.comparison_terms(comparisons, with_pair_features=residual_strength is not None)
@@ -495,7 +495,7 @@ class RewardModel:
     def update_user(self, profile: UserProfile, comparisons: Iterable[dict[str, Any]]) -> UserProfile:
         """Fold new ``{"prompt", "chosen", "rejected"}`` records into ``profile`` (fitted for this
         model): exactly the weights of one fit on all its comparisons. Returns the profile."""
-        self._user_terms(profile)  # fitted, and for this model
+        self.user_terms(profile)  # fitted, and for this model
         phi, X = self.comparison_terms(comparisons, with_pair_features=profile.residual_strength is not None)
         return profile.partial_fit(phi, X)
 
@@ -516,7 +516,7 @@ class RewardModel:
         candidates = self._check_list(candidates, "candidates")
         if len(candidates) < 2:
             raise ValueError(f"next_comparison needs at least 2 candidates, got {len(candidates)}")
-        mean, v = self._user_terms(user)  # (K,), (F,) or None
+        mean, v = self.user_terms(user)  # (K,), (F,) or None
         cov = (user.covariance_ if isinstance(user, UserProfile) else  # (K, K)
                prior_covariance(self.config.default_prior_strength, self._prior_precision, self.n_experts))
         out = self.expert_outputs([(prompt, c) for c in candidates], with_features=v is not None)
@@ -558,15 +558,16 @@ class RewardModel:
     # ----------------------------------------------------------------- checks
     def check_profile(self, profile: UserProfile) -> None:
         """Raise ``ValueError`` unless ``profile`` is fitted and was fitted for this exact model."""
-        self._user_terms(profile)
+        self.user_terms(profile)
 
     def user_weights(self, user: User) -> np.ndarray:
         """The (K,) weights scores use for ``user``: ``w0`` for ``None``, a profile's or a vector's own.
         A profile with a residual is refused here: expert weights alone do not give its scores."""
         return resolve_weights(user, self._w0, self.config.model_id, self.model_hash)
 
-    def _user_terms(self, user: User) -> tuple[np.ndarray, np.ndarray | None]:
-        """A user's weights (K,) and residual over pair features (F,) or None."""
+    def user_terms(self, user: User) -> tuple[np.ndarray, np.ndarray | None]:
+        """What scores use for ``user``: weights (K,) as :meth:`user_weights`, and a profile's residual over
+        pair features (F,), or None; a score is ``w . (pi * r) + x . v``."""
         w = resolve_weights(user, self._w0, self.config.model_id, self.model_hash, allow_residual=True)
         if not isinstance(user, UserProfile) or user.residual_ is None:
             return w, None

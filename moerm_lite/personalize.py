@@ -171,8 +171,8 @@ def resolve_weights(user: Any, w0: np.ndarray, model_id: str, model_hash: str, *
     """The (K,) weights scores use for ``user``: ``w0`` for ``None``; a fitted profile's own, if it was
     fitted for the model ``model_hash``; a vector of K finite numbers. Clear errors otherwise.
 
-    A profile with a residual over pair features is refused unless ``allow_residual``: paths that score
-    from expert outputs alone (catalogs, batch scorers, RL adapters, active questions) cannot apply it."""
+    A profile with a residual over pair features is refused unless ``allow_residual``: weights alone do
+    not give its scores (callers that apply the residual too pass ``allow_residual=True``)."""
     K = len(w0)
     if user is None:
         return w0
@@ -188,8 +188,8 @@ def resolve_weights(user: Any, w0: np.ndarray, model_id: str, model_hash: str, *
                              f"({user.model_hash}), not this one ({model_id!r}, {model_hash}); refit it")
         if user.residual_ is not None and not allow_residual:
             raise ValueError(f"user profile {user.user_id!r} has a residual over pair features (fitted "
-                             "with residual_strength), which only RewardModel.score, score_pairs, rank and "
-                             "explain apply; use those, or refit the profile without residual_strength")
+                             "with residual_strength): its weights alone do not give its scores; use "
+                             "RewardModel.user_terms (weights and residual) or the scoring methods")
         w = user.weights_
     elif isinstance(user, (str, Path)):
         raise TypeError("user must be a UserProfile or a weight vector; load a profile file "

@@ -189,18 +189,33 @@ def test_cli_catalog_with_features_ranks_a_residual_profile(tiny_folder, tmp_pat
     assert "--features" in capsys.readouterr().err
 
 
-def test_rl_adapters_apply_a_residual_and_per_row_paths_refuse_it(tiny_fp32, tiny_folder, tmp_path):
-    from moerm_lite.batch import BatchScorer
+def test_rl_adapters_batch_scorer_and_catalog_ranker_apply_a_residual(tiny_fp32, tiny_folder, tmp_path):
+    from moerm_lite.batch import BatchScorer, CatalogRanker
     from moerm_lite.integrations import openrlhf_reward_func, trl_reward_func
 
-    user = tiny_fp32.fit_user(COMPS * 20, residual_strength=1.0)
-    want = tiny_fp32.score_pairs([("why", "kind"), ("why", "rude")], user=user)
-    assert trl_reward_func(tiny_fp32, user)(["why", "why"], ["kind", "rude"]) == pytest.approx(list(want))
-    got = openrlhf_reward_func(tiny_fp32, user)(["whykind", "whyrude"], ["why", "why"])["rewards"]
+    user = tiny_fp32.fit_user(COMPS * 20, user_id="u", residual_strength=1.0)
+    plain = tiny_fp32.fit_user(COMPS, user_id="p")
+    texts = ["kind", "rude", "no"]
+    want = tiny_fp32.score_pairs([("why", t) for t in texts], user=user)  # (3,)
+    assert trl_reward_func(tiny_fp32, user)(["why"] * 3, texts) == pytest.approx(list(want))
+    got = openrlhf_reward_func(tiny_fp32, user)([f"why{t}" for t in texts], ["why"] * 3)["rewards"]
     np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6)
-    with pytest.raises(ValueError, match="residual"):
-        trl_reward_func(tiny_fp32, profiles={"u": user})(["why"], ["kind"], user_id=["u"])
+    # per-row users: the residual row gets its residual, the others none
+    per_row = trl_reward_func(tiny_fp32, profiles={"u": user, "p": plain})
+    mixed = per_row(["why"] * 3, texts, user_id=["u", "p", "u"])
+    want_p = tiny_fp32.score_pairs([("why", "rude")], user=plain)[0]
+    assert mixed == pytest.approx([want[0], want_p, want[2]])
     user.save(tmp_path / "u.json")
-    with pytest.raises(ValueError, match="residual"):
-        BatchScorer(tiny_folder, profiles=tmp_path)({"prompt": ["why"], "response": ["kind"],
-                                                     "user_id": ["u"]})
+    plain.save(tmp_path / "p.json")
+    out = BatchScorer(tiny_folder, precision="fp32", profiles=tmp_path, breakdown=True)(
+        {"prompt": ["why"] * 3, "response": texts, "user_id": ["u", "p", "u"]})
+    np.testing.assert_allclose(out["score"], [want[0], want_p, want[2]], rtol=1e-6)
+    np.testing.assert_allclose(out["contributions"].sum(1) + out["residual"], out["score"], rtol=1e-9)
+    assert out["residual"][1] == 0.0 and out["residual"][0] != 0.0
+    items = [("why", t) for t in texts]
+    tiny_fp32.encode_catalog(items, with_features=True).save(tmp_path / "f.npz")
+    top = CatalogRanker(tmp_path / "f.npz", profiles=tmp_path, top_k=3)({"user_id": ["u"]})
+    np.testing.assert_allclose(top["top_scores"][0], np.sort(want)[::-1], rtol=1e-6)
+    tiny_fp32.encode_catalog(items).save(tmp_path / "plain.npz")
+    with pytest.raises(ValueError, match="with_features=True"):
+        CatalogRanker(tmp_path / "plain.npz", profiles=tmp_path)({"user_id": ["u"]})
