@@ -148,8 +148,8 @@ def decode_array(d: Any, what: str) -> np.ndarray:
         if d.get("dtype") != "float16":
             raise ValueError(f"dtype {d.get('dtype')!r}")
         shape = tuple(int(n) for n in d["shape"])
-        return np.frombuffer(base64.b64decode(d["base64"], validate=True), dtype="<f2").reshape(shape).astype(
-            np.float64)
+        raw = np.frombuffer(base64.b64decode(d["base64"], validate=True), dtype="<f2")
+        return raw.reshape(shape).astype(np.float64)
     except (AttributeError, KeyError, TypeError, ValueError, binascii.Error) as e:
         raise ValueError(f"user profile is malformed: {what}: {e}") from None
 
