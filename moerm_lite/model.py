@@ -286,9 +286,12 @@ class RewardModel:
         gating, rewards = scatter_topk(idx, gates, rewards, self.n_experts)  # (N, K) each
         out = {"gating_output": gating, "rewards": rewards, "truncated": truncated}
         if kept is not None:
-            out["features"] = (np.concatenate(kept) if kept
-                               else np.zeros((0, feature_dim(self.config.hidden_size)), np.float32))  # (N, F)
+            out["features"] = self._stacked(kept)  # (N, F)
         return out
+
+    def _stacked(self, kept: list[np.ndarray]) -> np.ndarray:
+        """The per-chunk features ``_head_outputs`` kept, as one (N, F) array."""
+        return np.concatenate(kept) if kept else np.zeros((0, feature_dim(self.config.hidden_size)), np.float32)
 
     def _head_outputs(self, texts: list[tuple[str, str]], batch_size: int,
                       progress: Callable[[int], None] | None = None, kept: list[np.ndarray] | None = None
@@ -338,10 +341,7 @@ class RewardModel:
             raise ValueError(f"ids must be a list of {len(texts)} names, one per pair")
         kept: list[np.ndarray] | None = [] if with_features else None
         idx, gates, rewards, _ = self._head_outputs(texts, batch_size, progress, kept)
-        X = None
-        if kept is not None:
-            F = feature_dim(self.config.hidden_size)
-            X = np.concatenate(kept) if kept else np.zeros((0, F), np.float32)  # (N, F)
+        X = None if kept is None else self._stacked(kept)  # (N, F)
         return Catalog([str(i) for i in ids], idx, gates, rewards, n_experts=self.n_experts, w0=self._w0,
                        model_id=self.config.model_id, model_hash=self.model_hash, pair_features=X)
 
