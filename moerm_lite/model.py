@@ -291,7 +291,8 @@ class RewardModel:
 
     def _stacked(self, kept: list[np.ndarray]) -> np.ndarray:
         """The per-chunk features ``_head_outputs`` kept, as one (N, F) array."""
-        return np.concatenate(kept) if kept else np.zeros((0, feature_dim(self.config.hidden_size)), np.float32)
+        F = feature_dim(self.config.hidden_size)
+        return np.concatenate(kept) if kept else np.zeros((0, F), np.float32)
 
     def _head_outputs(self, texts: list[tuple[str, str]], batch_size: int,
                       progress: Callable[[int], None] | None = None, kept: list[np.ndarray] | None = None
