@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .head import expert_features
+from .head import row_terms
 from .model import BATCH_SIZE, RewardModel
 from .personalize import UserProfile
 
@@ -63,21 +63,15 @@ class BatchScorer:
         pairs = [(p if isinstance(p, (str, list, tuple)) else ("" if p is None else str(p)), r)
                  for p, r in zip(prompts, responses)]
         users = batch["user_id"] if "user_id" in batch else [None] * n
-        terms = [self._users(u) for u in users]
-        W = np.stack([w for w, _ in terms]).reshape(n, self.model.n_experts)  # (N, K)
+        terms = [self._users(u) for u in users]  # (w, v or None) per row
         with_residual = any(v is not None for _, v in terms)
         out = self.model.expert_outputs(pairs, batch_size=self.batch_size, with_features=with_residual)
-        x = expert_features(out["gating_output"], out["rewards"])  # (N, K)
+        contributions, residual = row_terms(out["gating_output"], out["rewards"], out.get("features"), terms)
         result = dict(batch)
-        result[self.score_column] = (x * W).sum(1)  # (N,)
-        if with_residual:  # rows whose profile has a residual over pair features add x . v
-            X = out["features"].astype(np.float64)  # (N, F)
-            residual = np.array([0.0 if v is None else float(X[i] @ v)
-                                 for i, (_, v) in enumerate(terms)])  # (N,)
-            result[self.score_column] = result[self.score_column] + residual
+        result[self.score_column] = contributions.sum(1) + residual  # (N,)
         if self.breakdown:
-            result["contributions"] = x * W  # (N, K)
-            result["residual"] = residual if with_residual else np.zeros(n)  # (N,): score = sum + residual
+            result["contributions"] = contributions  # (N, K)
+            result["residual"] = residual  # (N,): a profile's residual term, 0 without one
         return result
 
 

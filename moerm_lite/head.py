@@ -46,3 +46,19 @@ def expert_features(gating_output: np.ndarray, rewards: np.ndarray) -> np.ndarra
 def combine(gating_output: np.ndarray, rewards: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Scores ``s = sum_k pi_k * w_k * r_k`` of shape (B,), float64."""
     return expert_features(gating_output, rewards) @ np.asarray(weights, dtype=np.float64)  # (B,)
+
+
+def row_terms(gating_output: np.ndarray, rewards: np.ndarray, features: np.ndarray | None,
+              terms: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray]:
+    """Each row scored for its own user: ``terms[i] = (w, v)``, weights (K,) and a residual over pair
+    features (F,) or None. Returns contributions ``pi * r * w`` (B, K) and residual terms ``x . v`` (B,)
+    (0 where ``v`` is None; ``features`` (B, F) is needed only where it is not); a row's score is
+    ``contributions.sum() + residual``."""
+    W = (np.stack([w for w, _ in terms]) if terms else np.zeros((0, gating_output.shape[1])))  # (B, K)
+    residual = np.zeros(len(terms))  # (B,)
+    for i, (_, v) in enumerate(terms):
+        if v is not None:
+            if features is None:
+                raise ValueError(f"row {i}'s user has a residual over pair features; pass the rows' features")
+            residual[i] = float(features[i].astype(np.float64) @ v)
+    return expert_features(gating_output, rewards) * W, residual  # (B, K), (B,)

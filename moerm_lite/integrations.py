@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .head import expert_features
+from .head import row_terms
 from .model import BATCH_SIZE, RewardModel, User
 from .personalize import UserProfile
 
@@ -70,14 +70,10 @@ def trl_reward_func(model: RewardModel, user: User = None, *,
         if unknown:
             raise KeyError(f"no profile for user_id {unknown[0]!r}; known: {sorted(profiles)[:5]}")
         terms = [model.user_terms(profiles[u] if u is not None else user) for u in user_ids]
-        W = np.stack([w for w, _ in terms]).reshape(len(pairs), model.n_experts)  # (B, K)
         with_residual = any(v is not None for _, v in terms)
         o = model.expert_outputs(pairs, batch_size=batch_size, with_features=with_residual)
-        s = (expert_features(o["gating_output"], o["rewards"]) * W).sum(1)  # (B,)
-        if with_residual:  # rows whose profile has a residual over pair features add x . v
-            X = o["features"].astype(np.float64)  # (B, F)
-            s = s + np.array([0.0 if v is None else float(X[i] @ v) for i, (_, v) in enumerate(terms)])
-        return s.tolist()
+        contributions, residual = row_terms(o["gating_output"], o["rewards"], o.get("features"), terms)
+        return (contributions.sum(1) + residual).tolist()  # (B,)
 
     return moerm_lite_reward
 
