@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from moerm_lite import UserProfile, fit_map
+from moerm_lite import UserProfile
 from moerm_lite.head import expert_features
 
 from . import data
@@ -189,18 +189,17 @@ def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | No
             m, p, resid = [], [], []
             for _ in range(draws):
                 take = rng.choice(len(train_phi), size=n, replace=False)
-                w, _ = fit_map(train_phi[take], w0, prior_strength, P)
+                # the residual is fitted after w, which it leaves as fit_map gives it: one fit serves both
+                w, v = fit_user_terms(train_phi[take], train_X[take], w0, prior_strength, P,
+                                      RESIDUAL_STRENGTH)
                 m.append(pair_accuracy(test_phi @ w))
                 p.append(pair_accuracy(test_X @ logistic_fit(train_X[take], np.ones(n), PROBE_L2)))
-                wr, v = fit_user_terms(train_phi[take], train_X[take], w0, prior_strength, P,
-                                       RESIDUAL_STRENGTH)
-                resid.append(pair_accuracy(test_phi @ wr + test_X @ v))
+                resid.append(pair_accuracy(test_phi @ w + test_X @ v))
             row[f"model_{n}"], row[f"probe_{n}"] = float(np.mean(m)), float(np.mean(p))
             row[f"residual_{n}"] = float(np.mean(resid))
-        w_all, _ = fit_map(train_phi, w0, prior_strength, P)
+        w_all, v = fit_user_terms(train_phi, train_X, w0, prior_strength, P, RESIDUAL_STRENGTH)
         row["model_all"] = pair_accuracy(test_phi @ w_all)
-        wr, v = fit_user_terms(train_phi, train_X, w0, prior_strength, P, RESIDUAL_STRENGTH)
-        row["residual_all"] = pair_accuracy(test_phi @ wr + test_X @ v)
+        row["residual_all"] = pair_accuracy(test_phi @ w_all + test_X @ v)
         row["probe_all"] = pair_accuracy(test_X @ logistic_fit(train_X, np.ones(len(train_X)), PROBE_L2))
         per_user[dom] = row
     for shot in [*map(str, SHOTS), "all"]:
