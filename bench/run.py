@@ -229,7 +229,7 @@ def bench_fit(model: RewardModel, Ns: list[int], repeat: int) -> list[tuple[str,
                      "solve goal <= 10 ms at N=50" if N == 50 else ""))
         profile = UserProfile(prior_strength=model.config.default_prior_strength,
                               prior_precision=model.prior_precision, residual_strength=30.0)
-        t_res = timeit(lambda phi=phi, X=X: profile.fit(phi, model.w0, X), repeat)
+        t_res = timeit(lambda phi=phi, X=X, profile=profile: profile.fit(phi, model.w0, X), repeat)
         rows.append((f"fit_user N={N} with a residual: solve", f"{1e3 * t_res:.2f} ms",
                      f"{t_res / t_solve:.1f}x the solve without"))
     return rows
@@ -300,17 +300,31 @@ def bench_catalog(model: RewardModel, pairs, size: int, repeat: int) -> list[tup
     """Rank an encoded catalog of ``size`` candidates for a user: the real texts' encodings, tiled."""
     from moerm_lite import Catalog
 
-    base = model.encode_catalog(pairs)
+    base = model.encode_catalog(pairs, with_features=True)
     reps = -(-size // len(base))
-    big = Catalog([f"{i}" for i in range(len(base) * reps)][:size], np.tile(base.expert_index, (reps, 1))[:size],
-                  np.tile(base.gates, (reps, 1))[:size], np.tile(base.rewards, (reps, 1))[:size],
-                  n_experts=base.n_experts, w0=base.w0, model_id=base.model_id, model_hash=base.model_hash)
+    assert base.pair_features is not None
+
+    def tiled(a: np.ndarray) -> np.ndarray:
+        return np.tile(a, (reps, 1))[:size]
+
+    big = Catalog([f"{i}" for i in range(len(base) * reps)][:size], tiled(base.expert_index),
+                  tiled(base.gates), tiled(base.rewards), n_experts=base.n_experts, w0=base.w0,
+                  model_id=base.model_id, model_hash=base.model_hash, pair_features=tiled(base.pair_features))
     w = np.random.default_rng(0).normal(size=model.n_experts)
     t_rank = timeit(lambda: big.rank(w, top_k=10), max(repeat, 20))
     t_score = timeit(lambda: model.score_pairs(pairs), repeat)
     per_text = t_score / len(pairs)
+    # a user with a residual over pair features (fitted on 20 comparisons between the bench's replies)
+    comps = [{"prompt": p, "chosen": r, "rejected": pairs[(i + 1) % len(pairs)][1]}
+             for i, (p, r) in enumerate(pairs[:20])]
+    user = model.fit_user(comps, residual_strength=30.0)
+    t_res = timeit(lambda: big.rank(user, top_k=10), max(repeat, 5))
+    big_mb = base.pair_features.nbytes * reps / 1e6
     return [(f"catalog: rank {size:,} encoded candidates for a user, top 10", f"{1e3 * t_rank:.1f} ms",
-             f"{per_text * size / t_rank:,.0f}x faster than scoring them (goal <= 10 ms)")]
+             f"{per_text * size / t_rank:,.0f}x faster than scoring them (goal <= 10 ms)"),
+            ("catalog: the same for a profile with a residual (pair features stored)",
+             f"{1e3 * t_res:.1f} ms",
+             f"{t_res / t_rank:.0f}x the weights-only; {big_mb:.0f} MB of features")]
 
 
 def cpu_description() -> str:

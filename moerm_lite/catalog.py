@@ -31,6 +31,7 @@ from .personalize import UserProfile, resolve_weights
 CATALOG_FORMAT = "moerm-lite-catalog"
 CATALOG_VERSION = 2  # 2: optional pair features
 READABLE_CATALOG_VERSIONS = (1, 2)
+RESIDUAL_ROWS = 4096  # candidates per block when adding a residual term (a 25 MB float64 block at F = 781)
 Weights = Union[None, UserProfile, Sequence[float], np.ndarray]
 
 
@@ -95,7 +96,9 @@ class Catalog:
         s = self.features @ w  # (N,)
         if v is None or self.pair_features is None:
             return s
-        return s + self.pair_features.astype(np.float64) @ v  # (N,)
+        for i in range(0, len(s), RESIDUAL_ROWS):  # float64 like rank(), a block at a time: no (N, F) copy
+            s[i:i + RESIDUAL_ROWS] += self.pair_features[i:i + RESIDUAL_ROWS].astype(np.float64) @ v
+        return s
 
     def rank(self, user: Weights = None, *, top_k: int | None = None) -> list[dict[str, Any]]:
         """Candidates best first for ``user``: ``[{"corpus_id", "id", "score"}, ...]``; ties keep catalog
