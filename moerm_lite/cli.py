@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prior-strength", type=float, default=None, help="lambda (default: the model's)")
     sp.add_argument("--residual-strength", type=float, default=None,
                     help="also fit a residual over pair features, for tastes the experts miss (try 30; "
-                         "moves with many comparisons; such a profile cannot rank catalogs)")
+                         "moves with many comparisons; catalogs need `encode --features` for it)")
     common(sp, user=False)
     sp.set_defaults(fn=cmd_fit)
     sp = sub.add_parser("next", help='which pair to ask a user about: {"prompt", "candidates": [...]} JSONL')
