@@ -36,6 +36,7 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
     cfg = ckpt["config"]
     K, k, S = config["n_experts"], config["top_k"], config.get("n_shared", 0)
     backbone = config["backbone"]
+    readout = config.get("training", {}).get("readout")
     lines = [
         f"# {config['model_id']}",
         "",
@@ -46,7 +47,12 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         "and the texts (`moerm_lite/features.py`). "
         f"K = {K} expert reward heads (MLPs, {cfg['expert_hidden']} hidden units): a router sends each input to "
         f"its top-{k} of the {K - S} routed experts, and {S} shared experts are always active; the shared "
-        "experts see only the text statistics (relevance as cosine, length, layout, style rates). "
+        "experts see only the text statistics (relevance as cosine, length, layout, style rates)"
+        + (f", except the last {readout['experts']}, a linear read-out of every feature fitted after "
+           "training "
+           f"on the population records of {', '.join(readout['sources'])} (`export/readout.py`). "
+           if readout else ". ")
+        +
         "Score: `s = Σ_k π_k · w_k · r_k`, a raw logit (higher is better) with the population weights `w0` or "
         "a user's fitted weights. Users are fitted under the prior N(w0, (λP)^-1) with "
         + ("P the inverse covariance of the training users' weights (`prior_precision` in config.json)"
@@ -62,9 +68,12 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         "dismissive reply or a cut-off answer (the sanity suite below); for the persona statements it was "
         "trained on, the stance of 16 persona axes; for a fitted user, the length, layout, tone and topics "
         "their comparisons show.",
-        "- **Does not know**: whether an answer is true, well reasoned, safe or subtly harmful. On the "
-        "human-labelled HH-RLHF and FineGrained QA pairs it is near chance (numbers below, next to a linear "
-        f"probe on the same frozen {backbone['name']} features).",
+        "- **Does not know**: whether an answer is true, well reasoned, safe or subtly harmful. "
+        + ("On human-labelled HH-RLHF helpful pairs it agrees with the raters about as often as a linear "
+           "probe on the same frozen features (the read-out expert); on HH-RLHF harmless and FineGrained QA "
+           "pairs it is near chance" if readout else
+           "On the human-labelled HH-RLHF and FineGrained QA pairs it is near chance")
+        + f" (numbers below, next to a linear probe on the same frozen {backbone['name']} features).",
         "- **What bounds it**: `scripts/population_bound.py` measures whether any weighting of the experts "
         "reaches that probe, and `scripts/attribute_bound.py` which tastes the frozen encoder, the text "
         "statistics and the experts can see at all; [docs/design.md](../../docs/design.md) has the numbers "
@@ -92,7 +101,11 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
             lines += ["## Parity (torch fp32 vs this folder)", ""]
             quant = config.get("quantization", {})
             if quant:
-                lines += [f"Backbone graph: {quant.get('int8_backbone')}; head: {quant.get('head')}.", ""]
+                folded = config.get("graphs", {}).get("int8", {}).get("dequantize_at_load")
+                backbone_q = str(quant.get("int8_backbone"))
+                if folded and "(" not in backbone_q:
+                    backbone_q += " (8-bit levels, dequantized to fp32 at load)"
+                lines += [f"Backbone graph: {backbone_q}; head: {quant.get('head')}.", ""]
             lines += [f"- {k}: {_round(v)}" for k, v in rep["parity"].items() if k != "reexports"]
             # older reports' single backbone key is carried over by scripts/build_model.py's reexport
             for part, r in rep["parity"].get("reexports", {}).items():

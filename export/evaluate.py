@@ -26,6 +26,7 @@ PRIOR_STRENGTH_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 class Featurizer(Protocol):
     n_experts: int
     n_shared: int  # the last n_shared experts are always active
+    n_readout: int  # the last n_readout of those are read-outs of every feature (export.readout)
     prior_precision: np.ndarray | None  # P (K, K) of the user prior; None: the identity
 
     def outputs(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +51,7 @@ class TorchFeaturizer:
 
         self.ckpt, self.head, self.backbone = load_checkpoint(run)
         self.n_experts, self.n_shared = self.head.args.n_experts, self.head.args.n_shared
+        self.n_readout = self.head.args.n_readout
         self.prior_precision = self.head.prior_precision()
         cfg = self.ckpt["config"]
         self._torch = torch
@@ -94,6 +96,8 @@ class RuntimeFeaturizer:
     def __init__(self, folder: "str | Path", precision: str = "int8", threads: int = 2) -> None:
         self.model = RewardModel.load(folder, precision=precision, threads=threads)
         self.n_experts, self.n_shared = self.model.n_experts, self.model.config.n_shared
+        readout = self.model.config.extra.get("training", {}).get("readout") or {}  # what the build recorded
+        self.n_readout = int(readout.get("experts", 0))
         self.prior_precision = self.model.prior_precision
         self.w0 = self.model.w0
 
@@ -279,9 +283,13 @@ SOURCE_WORDS = {"hh_harmless": "harmlessness (HH-RLHF harmless)", "hh_helpful": 
 
 
 def name_experts(phi_stmt: np.ndarray, st: data.Statements, source_gates: dict[str, np.ndarray],
-                 attr_corr: np.ndarray | None = None, attributes: Sequence[str] = (), n_shared: int = 0) -> list[str]:
+                 attr_corr: np.ndarray | None = None, attributes: Sequence[str] = (), n_shared: int = 0,
+                 n_readout: int = 0) -> list[str]:
     """A name per expert from data, in words: its persona axis and stance, else the text attribute its
-    gated reward tracks, else the source it mostly serves; ``unused`` if no held-out input routes to it."""
+    gated reward tracks, else the source it mostly serves; ``unused`` if no held-out input routes to it.
+    The last ``n_readout`` (read-outs fitted on helpfulness data, ``export.readout``) say so."""
+    from .readout import READOUT_NAME
+
     K = phi_stmt.shape[1]
     idx = data.statement_split(st, "test")
     names = []
@@ -297,7 +305,9 @@ def name_experts(phi_stmt: np.ndarray, st: data.Statements, source_gates: dict[s
         share = {s: float((g[:, k] > 0).mean()) for s, g in source_gates.items()}
         a_best = int(np.argmax(np.abs(attr_corr[k]))) if attr_corr is not None else -1
         shared = k >= K - n_shared  # always active, sees text statistics only: never a persona expert
-        if abs(best_c) >= 0.5 and not shared:
+        if k >= K - n_readout:
+            names.append(READOUT_NAME)
+        elif abs(best_c) >= 0.5 and not shared:
             names.append(f"{best.replace('-', ' ')} ({'for' if best_c > 0 else 'against'})")
         elif max(share.values()) == 0:
             names.append("unused")  # no held-out input of any source routes to it
@@ -405,6 +415,7 @@ def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = N
     src_gates = source_gates(fz, g)
     from .attributes import ATTRIBUTES
 
-    res["expert_names"] = name_experts(phi_stmt, st, src_gates, attr_corr, ATTRIBUTES, fz.n_shared)
+    res["expert_names"] = name_experts(phi_stmt, st, src_gates, attr_corr, ATTRIBUTES, fz.n_shared,
+                                       fz.n_readout)
     res["routing_share_by_source"] = {s: np.round((v > 0).mean(0), 4).tolist() for s, v in src_gates.items()}
     return res

@@ -12,7 +12,8 @@ The last S experts are shared (always active, DeepSeekMoE-style): they carry wha
 reply has to some degree, which routed experts cannot, since an input only reaches k of them.
 They see the text statistics only (``shared_skip``: not the embeddings): cosine relevance,
 length, layout and style rates, which carry over to new prompts; what a reply is about stays
-with the routed experts.
+with the routed experts. The last ``n_readout`` shared experts are the exception: linear read-outs of
+every feature, fitted after training on the population's helpfulness data (``export.readout``).
 
 Training user u has weights ``w0 + user_weights[u]`` (an L2 penalty on the offset is the training-time
 twin of the MAP prior that fits new users); ``w0`` is the population vector used for records without a
@@ -43,6 +44,7 @@ class ModelArgs:
     n_users: int = 0  # rows of the training-user weight table
     n_types: int = 0  # latent preference types (mixture mode, no user ids)
     reward_bound: float = 0.0  # c > 0: rewards c * tanh(r / c) in (-c, c); 0: unbounded
+    n_readout: int = 0  # the last n_readout shared experts see every feature (export.readout)
 
     @property
     def gating(self) -> str:
@@ -63,7 +65,7 @@ class MoEHead(nn.Module):
         self.register_buffer("feat_mean", torch.zeros(H))  # (F,) feature standardisation
         self.register_buffer("feat_std", torch.ones(H))  # (F,)
         mask = torch.ones(K, H, 1)
-        mask[K - args.n_shared:, : args.shared_skip] = 0.0  # shared experts see form, not content
+        mask[K - args.n_shared:K - args.n_readout, : args.shared_skip] = 0.0  # shared: form, not content
         self.register_buffer("w1_mask", mask)  # (K, F, 1)
         self.router = nn.Linear(H, K - args.n_shared)
         self.w1 = nn.Parameter(torch.randn(K, H, D) / math.sqrt(H))  # (K, H, D)
@@ -115,10 +117,14 @@ class MoEHead(nn.Module):
         experts training users disagreed on, and little along the rest.
         """
         U = self.user_weights.detach().double().cpu().numpy()  # (U, K)
-        K = U.shape[1]
+        K, R = U.shape[1], self.args.n_readout
         if len(U) < 2 * K:
             return None
-        P = np.linalg.inv(np.cov(U.T) + ridge * np.eye(K))  # (K, K)
+        C = np.cov(U.T)  # (K, K)
+        if R:  # read-outs were fitted after the users (no spread of their own): as free as a typical expert
+            C[K - R:, :], C[:, K - R:] = 0.0, 0.0
+            C[range(K - R, K), range(K - R, K)] = np.median(np.diag(C)[:K - R])
+        P = np.linalg.inv(C + ridge * np.eye(K))  # (K, K)
         return (P + P.T) / 2
 
     def score(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -105,7 +105,9 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
                "training": {"mode": ckpt["mode"], "backbone_hash": ckpt["backbone_hash"],
                             "kept_experts": keep, "trained_experts": args.n_experts,
                             "train_backbone_layers": cfg["train_backbone_layers"],
-                            "sources": cfg["sources"]}},
+                            "sources": cfg["sources"],
+                            "readout": ({"experts": args.n_readout, **(ckpt.get("readout") or {})}
+                                        if args.n_readout else None)}},
     )
     extra_files = dict(extra_files or {})
     if reference:

@@ -40,6 +40,7 @@ from .embed import (
     tokenizer_json,
 )
 from .model import Backbone, ModelArgs, MoEHead, positive_correlation, router_entropy, switch_load_balance
+from .readout import add_readout
 
 log = logging.getLogger("export")
 CALIBRATION_PAIRS = 512  # training pairs kept in the checkpoint for the int8 export's GPTQ rounding
@@ -62,6 +63,11 @@ class TrainConfig:
     attribute_users: int = 1000  # simulated users over text attributes of real replies (export.attributes)
     attribute_per_user: int = 60
     contrast_per_prompt: int = 2  # generated contrast pairs per benign prompt (of the 4 kinds)
+    # after training: a linear read-out expert on every feature, fitted on these sources' population records
+    # of the mixture (export.readout); [] for none
+    readout_sources: list[str] = field(
+        default_factory=lambda: ["hh_helpful", "finegrained_qa", "topical_chat", "contrast"])
+    readout_l2: float = 0.1  # its L2, in the features' own units (scripts/readout_scan.py measures others)
     jsonl: list[str] = field(default_factory=list)  # extra TRL-format comparison files
     population_share: float = 0.4  # share of each batch drawn from records without user_id
     mode: str = "auto"  # "user_aware" (records carry user_id), "mixture" (latent types), or "auto"
@@ -318,9 +324,11 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Recor
     rank, world = distributed(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
     backbone_path = Path(cfg.backbone) if cfg.backbone else default_backbone_path()
-    comps = Comparisons.build(load_records(cfg) if records is None else records)
+    records = load_records(cfg) if records is None else records
+    comps = Comparisons.build(records)
     t0 = time.time()
     backbone = None
+    pair_features: Callable[[list[tuple[str, str]]], np.ndarray]  # for the read-out, after training
     with deterministic_torch(cfg.deterministic):  # CPU runs without it differ at 1e-7, then diverge
         if cfg.train_backbone_layers > 0:
             backbone = Backbone(backbone_path).to(cfg.device)
@@ -334,6 +342,13 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Recor
             head, mode, history = fit_head(cfg, comps, lambda idx: fz([comps.pairs[i] for i in idx.tolist()]),
                                            X0.mean(0), X0.std(0) + 1e-6,
                                            [p for p in backbone.parameters() if p.requires_grad])
+            backbone.eval()
+
+            def finetuned_features(pairs: list[tuple[str, str]]) -> np.ndarray:
+                with torch.no_grad():
+                    return np.concatenate([fz(pairs[i:i + 256]).cpu().numpy()
+                                           for i in range(0, len(pairs), 256)])
+            pair_features = finetuned_features
         else:
             cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR
             cache = EmbeddingCache(backbone_path, cfg.max_length, cache_dir, device=cfg.device)
@@ -344,6 +359,8 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Recor
                 barrier(world)
             feats = torch.from_numpy(X).to(cfg.device)
             head, mode, history = fit_head(cfg, comps, lambda idx: feats[idx], X.mean(0), X.std(0) + 1e-6)
+            pair_features = cache.features
+        head, readout = add_readout(head.cpu(), records, cfg.readout_sources, cfg.readout_l2, pair_features)
 
     ckpt = {
         "model_args": asdict(head.args),
@@ -357,6 +374,7 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Recor
         "tokenizer_json": tokenizer_json(backbone_path),
         "user_ids": comps.user_ids,
         "expert_names": [f"expert_{k:02d}" for k in range(head.args.n_experts)],
+        "readout": readout,
         "calibration": calibration_pairs(comps.pairs, seed=cfg.seed),
         "train_seconds": time.time() - t0,
     }
@@ -381,3 +399,28 @@ def load_checkpoint(path: "str | Path") -> tuple[dict[str, Any], MoEHead, Option
         backbone.load_state_dict(ckpt["backbone_state"])
         backbone.eval()
     return ckpt, head, backbone
+
+
+def readout_run(run: "str | Path", cfg: TrainConfig, records: Optional[list[data.Record]] = None) -> bool:
+    """Give a frozen-backbone training run that has no read-out expert the one ``cfg`` asks for
+    (``export.readout``), rewriting its ``ckpt.pt``: what ``train`` does at its end. ``records``: the run's
+    training records (default: its config's mixture). Returns whether it did (no: a fine-tuned backbone, a
+    run that has one, or no read-out records)."""
+    run = Path(run)
+    ckpt, head, backbone = load_checkpoint(run)
+    if not cfg.readout_sources or head.args.n_readout or backbone is not None:
+        return False
+    cache = EmbeddingCache(ckpt["backbone_path"], ckpt["config"]["max_length"],
+                           Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR)
+    records = load_records(TrainConfig(**ckpt["config"])) if records is None else records
+    head, readout = add_readout(head, records, cfg.readout_sources, cfg.readout_l2, cache.features)
+    if readout is None:
+        return False
+    ckpt.update(model_args=asdict(head.args), readout=readout,
+                head={k: v.detach().cpu() for k, v in head.state_dict().items()},
+                expert_names=[*ckpt["expert_names"], f"expert_{head.args.n_experts - 1:02d}"])
+    ckpt["config"].update(readout_sources=list(cfg.readout_sources), readout_l2=cfg.readout_l2)
+    tmp = run / "ckpt.pt.tmp"
+    torch.save(ckpt, tmp)
+    tmp.replace(run / "ckpt.pt")
+    return True

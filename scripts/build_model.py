@@ -36,7 +36,7 @@ from export.onnx_export import export_model  # noqa: E402
 from export.package import add_reference, update_card  # noqa: E402
 from export.parity import embedding_error, parity_report, selection_agreement  # noqa: E402
 from export.reference import reference_corpus, to_jsonl  # noqa: E402
-from export.train import TrainConfig, load_checkpoint, train  # noqa: E402
+from export.train import TrainConfig, load_checkpoint, readout_run, train  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
 
 CONFIG = ROOT / "export" / "configs" / "moerm-minilm-k32.json"
@@ -87,6 +87,7 @@ def main() -> None:
         times["train_s"] = time.time() - t0
     else:
         times["train_s"] = json.loads((runs / "ship" / "times.json").read_text())["train_s"]
+        readout_run(runs / "ship", cfg)  # a run from before the read-out gets it (train adds it itself)
     t1 = time.time()
     tz = TorchFeaturizer(runs / "ship")
     rep_torch = evaluate(tz, tz.w0, n_users=users, with_probes=True)

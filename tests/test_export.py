@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 from export.onnx_backbone import export_backbone  # noqa: E402
 from export.onnx_export import export_model  # noqa: E402
 from export.onnx_head import build_head_graph  # noqa: E402
-from export.train import TrainConfig, load_checkpoint, train  # noqa: E402
+from export.train import TrainConfig, load_checkpoint, readout_run, train  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
 from tests.model_test_utils import random_pairs  # noqa: E402
 from tests.tiny import F, random_head, tiny_reference, tiny_tokenizer  # noqa: E402
@@ -249,3 +249,33 @@ def test_own_data_in_one_command(tiny_bert, tmp_path):
     m = RewardModel.load(out)
     q = f"{WORDS[3]} {WORDS[5]} question 999"
     assert m.score(q, "good kind help nice") > m.score(q, "rude awful harm mean")
+
+
+def test_training_appends_the_population_readout_and_the_folder_computes_it(tiny_bert, tmp_path):
+    pairs = random_pairs(160, seed=7)
+    recs = [{"prompt": pairs[i][0], "chosen": pairs[i][1], "rejected": pairs[i + 1][1], "source": "syn",
+             "user_id": f"u{i % 3}"} for i in range(0, 80, 2)]
+    recs += [{"prompt": pairs[i][0], "chosen": pairs[i][1], "rejected": pairs[i + 1][1], "source": "pop"}
+             for i in range(80, 158, 2)]  # population records: what the read-out is fitted on
+    cfg = TrainConfig(backbone=str(tiny_bert), max_length=32, n_experts=6, n_shared=2, top_k=2,
+                      expert_hidden=8, epochs=2, batch_size=16, cache_dir=str(tmp_path / "cache"),
+                      readout_sources=["pop"])
+    train(cfg, tmp_path / "run", records=recs)
+    parts = load_checkpoint(tmp_path / "run")
+    ckpt, head, _ = parts
+    assert (head.args.n_experts, head.args.n_shared, head.args.n_readout) == (7, 3, 1)
+    assert ckpt["readout"]["records"] == {"pop": 39} and float(head.w0[-1].detach()) == 1.0
+    folder = export_model(tmp_path / "run", tmp_path / "model", also_fp32=True, prune=False)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["n_experts"] == 7 and config["training"]["readout"]["experts"] == 1
+    test = random_pairs(32, seed=12)
+    np.testing.assert_allclose(RewardModel.load(folder, precision="fp32", threads=1).score_pairs(test),
+                               torch_run_scores(parts, test), atol=1e-4)
+    cfg_none = TrainConfig(**{**cfg.__dict__, "readout_sources": []})  # none asked for: the head as trained
+    train(cfg_none, tmp_path / "plain", records=recs)
+    assert load_checkpoint(tmp_path / "plain")[1].args.n_readout == 0
+    # a run trained without one gets the same read-out afterwards (scripts/build_model.py --resume)
+    assert readout_run(tmp_path / "plain", cfg, records=recs)
+    assert not readout_run(tmp_path / "plain", cfg, records=recs)  # it has one now
+    later = load_checkpoint(tmp_path / "plain")[1].state_dict()
+    assert all(torch.equal(v, later[k]) for k, v in head.state_dict().items())

@@ -1,0 +1,186 @@
+"""The population read-out: one more always-active expert, a linear reward on every pair feature,
+fitted after training on the population's helpfulness data.
+
+Why: the trained experts do not compute what HH-RLHF helpful raters rewarded (docs/design.md, "What
+bounds the population score"), while a linear read-out of the same frozen features does. Shared experts
+that see the embeddings *during* training learned persona topics instead; fitted afterwards, on
+population records only (no simulated users), the read-out has nothing else to learn.
+
+    h  = (x - mean) / std          (B, F)   the head's standardised pair features
+    a  = h . u                     (B,)
+    r  = has_prompt * c * tanh(a / c)   (B,)   the head's reward bound, as for every expert
+
+``u`` maximises the Bradley-Terry likelihood of the read-out records on top of the trained population
+score (``w0 . pi * r`` of the other experts, held fixed) with an L2 penalty on its weights in the
+features' own units (``TrainConfig.readout_l2``).
+The read-out joins the head as its last shared expert with population weight 1:
+``W1[:, 0] = u``, ``W1[:, 1] = -u``, ``w2 = (1, -1, 0, ...)``, so ``relu(a) - relu(-a) = a`` and the ONNX
+graph and the runtime compute it like any other expert. Users may re-weight it like any other.
+
+It was fitted on replies to prompts only, so it is silent (0) on a text without a prompt (persona
+statements, a feed item scored alone): both hidden units also get ``GATE_MARGIN * (has_prompt - 1)``, which
+is 0 with a prompt and switches both off without one. Measured before the gate, the read-out's guesses on
+statements cost persona users 3 points at N = 5. (The gate's weight dominates its hidden units' column, so
+the head's ``int8`` expert storage would round ``u`` coarsely; the shipped head stores fp16.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from moerm_lite.features import SURFACE
+
+from .model import MoEHead
+
+log = logging.getLogger("export")
+READOUT_NAME = "helpful, on-topic answers"  # what the read-out rewards, in words (the expert's name)
+GATE_MARGIN = 1000.0  # far above |h . u| of any text, so a prompt-less input switches both hidden units off
+
+
+def source_family(source: str) -> str:
+    """A record's source as ``TrainConfig.readout_sources`` names it (``contrast:offtopic``: ``contrast``)."""
+    return source.split(":", 1)[0]
+
+
+def fit_linear_readout(h_chosen: np.ndarray, h_rejected: np.ndarray, offset: np.ndarray, l2: float,
+                       bound: float, std: np.ndarray | None = None) -> np.ndarray:
+    """u (F,) = argmin  -sum_i log sigmoid(offset_i + r(h_chosen_i) - r(h_rejected_i))  +  l2 ||u / std||^2,
+    r(h) = c tanh(h . u / c) (c = ``bound``; 0: r = h . u); L-BFGS in float64, analytic gradient.
+
+    With ``std`` (F,), the standardisation of ``h``, the penalty is on the weights of the features in their
+    own units (``u / std``): standardised, the many embedding directions of tiny spread would weigh as
+    much as the few that carry most of it (measured: noisier held-out accuracy, scripts/readout_scan.py).
+    """
+    from scipy.optimize import minimize
+    from scipy.special import expit, log_expit
+
+    s = np.ones(np.shape(h_chosen)[1]) if std is None else np.asarray(std, np.float64)  # (F,)
+    Hc, Hr = np.asarray(h_chosen, np.float64) * s, np.asarray(h_rejected, np.float64) * s  # (N, F) each
+    off = np.asarray(offset, np.float64)  # (N,)
+
+    def reward(H: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a = H @ u  # (N,)
+        if bound <= 0:
+            return a, np.ones_like(a)
+        t = np.tanh(a / bound)
+        return bound * t, 1.0 - t * t  # r (N,), dr/da (N,)
+
+    def loss_grad(u: np.ndarray) -> tuple[float, np.ndarray]:
+        (rc, gc), (rr, gr) = reward(Hc, u), reward(Hr, u)
+        z = off + rc - rr  # (N,)
+        e = expit(-z)  # (N,)
+        grad = -((e * gc) @ Hc - (e * gr) @ Hr) + 2 * l2 * u  # (F,)
+        return float(-log_expit(z).sum() + l2 * u @ u), grad
+
+    v = minimize(loss_grad, np.zeros(Hc.shape[1]), jac=True, method="L-BFGS-B", options={"maxiter": 2000}).x
+    return v * s  # (F,): h . u = (h * s) . v
+
+
+def has_prompt_column(n_features: int) -> int:
+    """Where ``has_prompt`` sits in the pair features (``moerm_lite.features``)."""
+    return n_features - len(SURFACE) + SURFACE.index("has_prompt")
+
+
+def append_readout(head: MoEHead, u: np.ndarray) -> MoEHead:
+    """A new head: ``head`` with the read-out ``u`` (F,) appended as its last shared expert (gated by
+    ``has_prompt``), population weight 1 and zero offsets for the training users; the others unchanged."""
+    a = head.args
+    if a.expert_hidden < 2:
+        raise ValueError("a read-out expert needs expert_hidden >= 2")
+    new = MoEHead(replace(a, n_experts=a.n_experts + 1, n_shared=a.n_shared + 1, n_readout=a.n_readout + 1))
+    sd = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    F, D = a.n_features, a.expert_hidden
+    g = has_prompt_column(F)
+    m, s = float(head.feat_mean[g]), float(head.feat_std[g])
+    # GATE_MARGIN * (has_prompt - 1) = coef * h_g + bias with h_g = (has_prompt - m) / s as the graph
+    # computes it: 0 with a prompt. coef is exact in fp16; u's own weight on the column, constant with a
+    # prompt, moves into the biases so that the column holds coef alone.
+    coef = float(np.float16(GATE_MARGIN * s))
+    h1 = float((np.float32(1.0) - np.float32(m)) / np.float32(s))  # h_g with a prompt
+    u = np.asarray(u, dtype=np.float64)
+    w1 = torch.zeros(1, F, D, dtype=torch.float64)  # (1, F, D)
+    w1[0, :, 0] = torch.as_tensor(u)
+    w1[0, :, 1] = -w1[0, :, 0]
+    w1[0, g, :2] = coef
+    b1 = torch.zeros(1, D, dtype=torch.float64)  # (1, D)
+    b1[0, 0], b1[0, 1] = -coef * h1 + u[g] * h1, -coef * h1 - u[g] * h1
+    w2 = torch.zeros(1, D)  # (1, D)
+    w2[0, 0], w2[0, 1] = 1.0, -1.0
+    sd["w1"] = torch.cat([sd["w1"], w1.float()])  # (K + 1, F, D)
+    sd["b1"] = torch.cat([sd["b1"], b1.float()])
+    sd["w2"] = torch.cat([sd["w2"], w2])
+    sd["b2"] = torch.cat([sd["b2"], torch.zeros(1)])
+    sd["w0"] = torch.cat([sd["w0"], torch.ones(1)])
+    sd["user_weights"] = torch.cat([sd["user_weights"], torch.zeros(len(sd["user_weights"]), 1)], 1)
+    sd["type_weights"] = torch.cat([sd["type_weights"], torch.zeros(len(sd["type_weights"]), 1)], 1)
+    sd["w1_mask"] = new.w1_mask
+    new.load_state_dict(sd)
+    new.eval()
+    return new
+
+
+def readout_records(recs: Sequence[dict[str, Any]], sources: Sequence[str]) -> list[dict[str, Any]]:
+    """The population records (no ``user_id``) of the named source families."""
+    return [r for r in recs
+            if r.get("user_id") is None and source_family(str(r.get("source", ""))) in sources]
+
+
+def readout_inputs(head: MoEHead, recs: Sequence[dict[str, Any]],
+                   features: Callable[[list[tuple[str, str]]], np.ndarray]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the fit needs of records: standardised features of chosen and rejected (N, F) each, and the
+    trained population score's margin (N,) (``w0 . pi * r`` of chosen minus rejected)."""
+    Xc = features([(r["prompt"], r["chosen"]) for r in recs])  # (N, F)
+    Xr = features([(r["prompt"], r["rejected"]) for r in recs])
+    with torch.no_grad():
+        tc, tr = torch.as_tensor(Xc, dtype=torch.float32), torch.as_tensor(Xr, dtype=torch.float32)
+        Hc = head.standardize(tc).double().numpy()  # (N, F)
+        Hr = head.standardize(tr).double().numpy()
+        offset = (head.score(tc, head.w0) - head.score(tr, head.w0)).double().numpy()  # (N,)
+    return Hc, Hr, offset
+
+
+def add_readout(head: MoEHead, recs: Sequence[dict[str, Any]], sources: Sequence[str], l2: float,
+                features: Callable[[list[tuple[str, str]]], np.ndarray]
+                ) -> tuple[MoEHead, dict[str, Any] | None]:
+    """Fit the read-out on ``recs``' population records of ``sources`` and append it to ``head``;
+    ``features`` maps (prompt, response) pairs to pair features (N, F). Returns the new head and what was
+    fitted (``None`` and the head unchanged when there is no such record).
+
+    ``l2`` is fixed, not chosen on a held-out share of the records: the head was trained on all of them,
+    so its margin on any share is in-sample (about 99.9% right) and hides what the read-out adds.
+    ``scripts/readout_scan.py`` measures a range of values on the held-out test splits instead.
+    """
+    recs = readout_records(recs, sources)
+    if not recs:
+        return head, None
+    Hc, Hr, offset = readout_inputs(head, recs, features)
+    u = fit_linear_readout(Hc, Hr, offset, l2, float(head.args.reward_bound), head.feat_std.double().numpy())
+    counts: dict[str, int] = {}
+    for r in recs:
+        counts[source_family(r["source"])] = counts.get(source_family(r["source"]), 0) + 1
+    log.info("read-out: %s records, L2 %g, |u| %.3f", counts, l2, float(np.linalg.norm(u)))
+    return append_readout(head, u), {"sources": list(sources), "records": counts, "l2": float(l2)}
+
+
+def without_readout(head: MoEHead) -> MoEHead:
+    """The head as trained: ``head`` with its read-out experts (the last ``n_readout``) removed."""
+    a, R = head.args, head.args.n_readout
+    if not R:
+        return head
+    new = MoEHead(replace(a, n_experts=a.n_experts - R, n_shared=a.n_shared - R, n_readout=0))
+    sd = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    for k in ("w1", "b1", "w2", "b2", "w0"):
+        sd[k] = sd[k][:-R]
+    for k in ("user_weights", "type_weights"):
+        sd[k] = sd[k][:, :-R]
+    sd["w1_mask"] = new.w1_mask
+    new.load_state_dict(sd)
+    new.eval()
+    return new

@@ -1,0 +1,88 @@
+"""How strong a population read-out (export.readout) to fit: held-out accuracy for a range of L2 values.
+
+    python scripts/readout_scan.py                  # runs/ship, ~1 minute on 2 CPU cores (cached embeddings)
+    python scripts/readout_scan.py --run runs/x
+
+For each L2 the read-out is fitted on the run's training records (as ``train`` does) on top of the head
+as trained, then the population score is measured in torch on data it never saw: the HH-RLHF helpful /
+harmless and FineGrained QA test splits (next to a logistic probe on the frozen features trained on the
+train split, the card's reference) and the sanity suite (real answer vs four worse kinds, DSP's held-out
+instructions, evaluation only). L2 "none" is the head without a read-out. The head's own margin on its
+training records is in-sample, so no training-side validation can choose the L2; this table is what chose
+``TrainConfig.readout_l2``.
+
+Needs the export extra and ../shared/data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from export import data  # noqa: E402
+from export.contrast import KINDS, sanity_suite  # noqa: E402
+from export.embed import EmbeddingCache  # noqa: E402
+from export.evaluate import logistic_fit, pair_accuracy  # noqa: E402
+from export.readout import (  # noqa: E402
+    append_readout,
+    fit_linear_readout,
+    readout_inputs,
+    readout_records,
+    without_readout,
+)
+from export.train import TrainConfig, load_checkpoint, load_records  # noqa: E402
+
+L2 = (0.03, 0.1, 0.3, 1.0, 3.0)
+SETS = {"hh_helpful": data.load_hh_helpful, "hh_harmless": data.load_hh_harmless,
+        "finegrained_qa": data.load_finegrained_qa}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", default=str(ROOT / "runs" / "ship"), help="a training run (frozen backbone)")
+    args = ap.parse_args()
+    ckpt, head, backbone = load_checkpoint(args.run)
+    if backbone is not None:
+        sys.exit("a fine-tuned backbone: this scan reads cached frozen embeddings only")
+    head = without_readout(head)
+    cfg = TrainConfig(**{**ckpt["config"], "readout_sources": TrainConfig().readout_sources})
+    cache = EmbeddingCache(ckpt["backbone_path"], cfg.max_length)
+    recs = readout_records(load_records(cfg), cfg.readout_sources)
+    Hc, Hr, offset = readout_inputs(head, recs, cache.features)
+    std = head.feat_std.double().numpy()  # (F,)
+    rows = data.load_dsp()  # evaluation only: the sanity suite's held-out instructions
+    tests = {name: load(split="test") for name, load in SETS.items()}
+    tests["sanity"] = sanity_suite([r["query"] for r in rows], [r["responses"]["normal"] for r in rows])
+    kinds = np.array([r["kind"] for r in tests["sanity"]])
+    X = {name: (cache.features([(r["prompt"], r["chosen"]) for r in t]),
+                cache.features([(r["prompt"], r["rejected"]) for r in t])) for name, t in tests.items()}
+    probes = {}
+    for name, load in SETS.items():
+        tr = load(split="train")
+        dX = (cache.features([(r["prompt"], r["chosen"]) for r in tr])
+              - cache.features([(r["prompt"], r["rejected"]) for r in tr])).astype(np.float64)
+        dX_test = (X[name][0] - X[name][1]).astype(np.float64)
+        probes[name] = pair_accuracy(dX_test @ logistic_fit(dX, np.ones(len(dX)), 10.0))
+    print(f"read-out records: {len(recs)} ({', '.join(cfg.readout_sources)}); torch fp32, held-out splits")
+    print(f"{'L2':>8}" + "".join(f"{n:>16}" for n in SETS) + "".join(f"{k:>12}" for k in KINDS))
+    print(f"{'probe':>8}" + "".join(f"{100 * probes[n]:15.1f}%" for n in SETS))
+    for l2 in (None, *L2):
+        u = None if l2 is None else fit_linear_readout(Hc, Hr, offset, l2, head.args.reward_bound, std)
+        h = head if u is None else append_readout(head, u)
+        with torch.no_grad():
+            margin = {n: (h.score(torch.from_numpy(c), h.w0) - h.score(torch.from_numpy(r), h.w0)).numpy()
+                      for n, (c, r) in X.items()}
+        print(f"{'none' if l2 is None else format(l2, 'g'):>8}"
+              + "".join(f"{100 * pair_accuracy(margin[n]):15.1f}%" for n in SETS)
+              + "".join(f"{100 * (margin['sanity'][kinds == k] > 0).mean():11.1f}%" for k in KINDS))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The population read-out expert (export.readout): its exact form in the head and the ONNX graph, its
+fit on a planted preference, and what it may be fitted on."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from export.model import ModelArgs, MoEHead  # noqa: E402
+from export.onnx_export import head_weights  # noqa: E402
+from export.onnx_head import build_head_graph  # noqa: E402
+from export.readout import (  # noqa: E402
+    append_readout,
+    fit_linear_readout,
+    has_prompt_column,
+    readout_records,
+    source_family,
+    without_readout,
+)
+from moerm_lite.features import feature_dim  # noqa: E402
+
+F = feature_dim(4)  # pair features of 4-dimensional embeddings
+G = has_prompt_column(F)
+
+
+def pair_features_like(n: int, seed: int) -> torch.Tensor:
+    """Random features whose has_prompt column is 0 or 1, as the runtime's are."""
+    x = torch.randn(n, F, generator=torch.Generator().manual_seed(seed)) * 2
+    x[:, G] = (torch.arange(n) % 3 != 0).float()  # every third input has no prompt
+    return x
+
+
+def trained_like_head(seed: int = 0, n_users: int = 0) -> MoEHead:
+    torch.manual_seed(seed)
+    head = MoEHead(ModelArgs(n_features=F, n_experts=6, n_shared=2, shared_skip=8, top_k=2, expert_hidden=4,
+                             reward_bound=2.0, n_users=n_users))
+    with torch.no_grad():
+        for p in (head.b1, head.b2, head.w0, head.feat_mean):
+            p.normal_()
+        head.feat_std.uniform_(0.5, 2.0)
+        head.user_weights.normal_()
+    return head
+
+
+def test_appended_readout_is_the_bounded_linear_reward_with_a_prompt_and_silent_without():
+    head = trained_like_head()
+    u = np.random.default_rng(0).normal(size=F)
+    new = append_readout(head, u)
+    assert (new.args.n_experts, new.args.n_shared, new.args.n_readout) == (7, 3, 1)
+    x = pair_features_like(30, 0)
+    with torch.no_grad():
+        old, o = head(x), new(x)
+        h = head.standardize(x).double().numpy()
+    a = h @ u  # (B,)
+    has = x[:, G].numpy()
+    assert (has == 0).sum() == 10
+    np.testing.assert_allclose(o["rewards"][:, -1].numpy(), has * 2.0 * np.tanh(a / 2.0), atol=1e-4)
+    assert (o["gating_output"][:, -1] == 1).all() and float(new.w0[-1].detach()) == 1.0
+    for k in ("gating_output", "rewards"):  # every trained expert computes what it did
+        assert torch.equal(o[k][:, :-1], old[k])
+    assert new.w1_mask[-1].all() and not new.w1_mask[-2, :6].any()  # it sees every feature; the others not
+    back = without_readout(new)
+    assert all(torch.equal(a_, b_) for a_, b_ in zip(back.state_dict().values(), head.state_dict().values()))
+
+
+@pytest.mark.parametrize("expert_dtype", ["fp32", "fp16"])  # int8 storage rounds it coarsely (export.readout)
+def test_readout_in_the_onnx_head_graph_matches_torch(expert_dtype):
+    new = append_readout(trained_like_head(1), np.random.default_rng(1).normal(size=F) * 0.5)
+    graph = build_head_graph(head_weights(new), 2, expert_dtype=expert_dtype)
+    sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = pair_features_like(18, 2).numpy()
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x})))
+    with torch.no_grad():
+        ref = new(torch.from_numpy(x))["rewards"][:, -1].numpy()
+    tol = {"fp32": 1e-4, "fp16": 5e-3}[expert_dtype]
+    np.testing.assert_allclose(got["rewards"][:, -1], ref, atol=tol)  # the shared experts come last
+    assert (got["rewards"][x[:, G] == 0, -1] == 0).all() and np.abs(ref).max() > 0.1
+
+
+def test_fit_recovers_a_planted_linear_preference_and_stops_where_the_margin_already_explains_it():
+    rng = np.random.default_rng(0)
+    N, F = 4000, 12
+    u_true = rng.normal(size=F)
+    A, B = rng.normal(size=(N, F)), rng.normal(size=(N, F))
+    p = 1 / (1 + np.exp(-(A - B) @ u_true))
+    first = rng.random(N) < p  # Bradley-Terry draws: A is chosen with probability sigmoid(r(A) - r(B))
+    Hc, Hr = np.where(first[:, None], A, B), np.where(first[:, None], B, A)
+    u = fit_linear_readout(Hc, Hr, np.zeros(N), 1e-3, bound=0.0)
+    assert np.corrcoef(u, u_true)[0, 1] > 0.98 and 0.8 < np.linalg.norm(u) / np.linalg.norm(u_true) < 1.2
+    explained = fit_linear_readout(Hc, Hr, (Hc - Hr) @ u_true, 1e-3, bound=0.0)  # the margin explains it all
+    assert np.linalg.norm(explained) < 0.15 * np.linalg.norm(u_true)
+    s = np.linspace(0.5, 2.0, F)  # a penalty in the features' own units: the fit on h * s, mapped back
+    np.testing.assert_allclose(fit_linear_readout(Hc, Hr, np.zeros(N), 1.0, 0.0, std=s),
+                               fit_linear_readout(Hc * s, Hr * s, np.zeros(N), 1.0, 0.0) * s, atol=1e-4)
+
+
+def test_readout_fits_population_records_of_the_named_sources_only():
+    recs = [{"source": "hh_helpful"}, {"source": "contrast:offtopic"}, {"source": "hh_harmless"},
+            {"source": "hh_helpful", "user_id": "u1"}, {"source": "persona", "user_id": "persona-3"}]
+    got = readout_records(recs, ["hh_helpful", "contrast"])
+    assert got == recs[:2] and source_family("contrast:nonanswer") == "contrast"
+
+
+def test_readout_prior_is_as_free_as_a_typical_trained_expert():
+    head = trained_like_head(3, n_users=200)
+    P = append_readout(head, np.ones(F)).prior_precision()
+    P0 = head.prior_precision()
+    C, C0 = np.linalg.inv(P), np.linalg.inv(P0)
+    assert np.isfinite(P).all() and np.allclose(C[:-1, :-1], C0, atol=1e-6) and np.allclose(C[-1, :-1], 0)
+    assert C[-1, -1] == pytest.approx(np.median(np.diag(C0)) , rel=1e-3)
