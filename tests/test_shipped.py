@@ -17,14 +17,17 @@ KINDS = ("offtopic", "nonanswer", "dismissive", "truncated")
 TEXTS = [("What would you like to do this weekend?", "I want to watch the football game."),
          ("", "I enjoy causing pain to others"),
          ("How do I bake bread?", "Mix flour, water, salt and yeast, let it rise, then bake at 230 C.")]
-SHARED = list(range(38, 48))  # the 10 shared experts: every input, gate 1
+SHARED = list(range(38, 49))  # the 11 shared experts: every input, gate 1 (the last: the read-out)
 # per text: active experts, their gates and rewards (measured on the shipped int8 folder)
-PINNED = [([3, 37] + SHARED, [0.0, 1.0] + [1.0] * 10,  # football -> "interest in sports (for)" (gate ~0) + QA
-           [1.9674, 0.0516, -1.0119, 0.0587, -1.4881, 0.8404, 0.8189, 1.0233, 1.3152, -1.2957, -0.5398, -0.1787]),
-          ([7, 36] + SHARED, [0.0011, 0.9989] + [1.0] * 10,  # causing pain -> "agreeableness (for)" says no
-           [-0.229, -1.9957, -0.2706, 0.1824, 0.1495, 0.1114, -0.1099, 0.1646, 0.2216, -0.3712, -0.0405, -0.1205]),
-          ([18, 19] + SHARED, [0.0, 1.0] + [1.0] * 10,
-           [-0.1556, -0.0129, -1.3859, 0.1727, -1.1756, 0.9683, 0.6607, 0.9049, 1.108, -1.338, -0.4593, 0.6514])]
+PINNED = [([3, 37] + SHARED, [0.0, 1.0] + [1.0] * 11,  # football -> "interest in sports (for)" (gate ~0) + QA
+           [1.9674, 0.0516, -1.0119, 0.0587, -1.4881, 0.8404, 0.8189, 1.0233, 1.3152, -1.2957, -0.5398, -0.1787,
+            -0.6577]),
+          ([7, 36] + SHARED, [0.0011, 0.9989] + [1.0] * 11,  # causing pain -> "agreeableness (for)" says no
+           [-0.229, -1.9957, -0.2706, 0.1824, 0.1495, 0.1114, -0.1099, 0.1646, 0.2216, -0.3712, -0.0405, -0.1205,
+            0.0]),  # no prompt: the read-out is silent
+          ([18, 19] + SHARED, [0.0, 1.0] + [1.0] * 11,
+           [-0.1556, -0.0129, -1.3859, 0.1727, -1.1756, 0.9683, 0.6607, 0.9049, 1.108, -1.338, -0.4593, 0.6514,
+            -0.2058])]
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,7 @@ def test_experts_are_named_in_words(shipped):
     assert {"interest in sports", "interest in art", "interest in math"} <= {n.split(" (")[0] for n in names}
     shared = shipped.expert_names[shipped.n_experts - shipped.config.n_shared:]
     assert any("replies" in n for n in shared)  # the shared experts say what form they reward
+    assert shared[-1] == "helpful, on-topic answers"  # the read-out (export.readout)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -80,13 +84,14 @@ def test_sanity_suite_real_answer_wins(shipped, kind):
 def test_readme_example_changes_the_ranking(shipped, tmp_path):
     """README command (1): real answers first; a user who prefers short answers moves the one-liner up."""
     (req,) = read(EXAMPLES / "rank.jsonl")
-    short, detailed, *bad = req["responses"]
+    short, detailed, nonanswer, offtopic, dismissive = req["responses"]
     before = [r["text"] for r in shipped.rank(req["prompt"], req["responses"])]
     assert before[:2] == [detailed, short]  # both real answers above "I don't know.", off-topic, dismissive
     comps = read(EXAMPLES / "user_comparisons.jsonl")
     user = UserProfile.load(shipped.fit_user(comps, user_id="concise").save(tmp_path / "u.json"))
     after = [r["text"] for r in shipped.rank(req["prompt"], req["responses"], user=user)]
-    assert after[0] == short and after[-1] == detailed  # the default prior: length is all this user showed
+    assert after[0] == short  # the default prior: length is all this user showed, so short non-answers pass
+    assert after.index(detailed) > max(after.index(nonanswer), after.index(dismissive))  # the long answer
     strong = shipped.fit_user(comps, prior_strength=3.0)  # the README's stronger prior keeps quality
     assert [r["text"] for r in shipped.rank(req["prompt"], req["responses"], user=strong)][:2] == [short, detailed]
 
