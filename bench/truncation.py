@@ -41,13 +41,11 @@ def held_out_sets(limit: int | None) -> tuple[dict[str, list[tuple[str, str, str
     """(prompt, chosen, rejected) rows of the held-out human-labelled sets and of the sanity suite, and
     the sanity rows' kinds."""
     from export import data
-    from export.contrast import sanity_suite
+    from export.real_eval import HUMAN_LABELLED, sanity_records
 
-    sets = {"hh_helpful": data.load_hh_helpful(split="test"), "hh_harmless": data.load_hh_harmless(split="test"),
-            "finegrained_qa": data.load_finegrained_qa(split="test")}
-    dsp = data.load_dsp()[:limit]
+    sets = {name: load(split="test") for name, load in HUMAN_LABELLED.items()}
     out = {k: [(r["prompt"], r["chosen"], r["rejected"]) for r in v[:limit]] for k, v in sets.items()}
-    suite = sanity_suite([r["query"] for r in dsp], [r["responses"]["normal"] for r in dsp])
+    suite = sanity_records(data.load_dsp()[:limit])
     out["sanity"] = [(r["prompt"], r["chosen"], r["rejected"]) for r in suite]
     return out, np.array([r["kind"] for r in suite])
 

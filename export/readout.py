@@ -27,6 +27,7 @@ the head's ``int8`` expert storage would round ``u`` coarsely; the shipped head 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -162,9 +163,7 @@ def add_readout(head: MoEHead, recs: Sequence[dict[str, Any]], sources: Sequence
         return head, None
     Hc, Hr, offset = readout_inputs(head, recs, features)
     u = fit_linear_readout(Hc, Hr, offset, l2, float(head.args.reward_bound), head.feat_std.double().numpy())
-    counts: dict[str, int] = {}
-    for r in recs:
-        counts[source_family(r["source"])] = counts.get(source_family(r["source"]), 0) + 1
+    counts = dict(Counter(source_family(r["source"]) for r in recs))
     log.info("read-out: %s records, L2 %g, |u| %.3f", counts, l2, float(np.linalg.norm(u)))
     return append_readout(head, u), {"sources": list(sources), "records": counts, "l2": float(l2)}
 

@@ -30,6 +30,8 @@ from .evaluate import logistic_fit, pair_accuracy
 log = logging.getLogger("export")
 SHOTS = (5, 10, 20, 50)
 PROBE_L2 = 1.0  # few-shot probes: L2 of the logistic regression on standardised frozen features
+HUMAN_LABELLED = {"hh_helpful": data.load_hh_helpful, "hh_harmless": data.load_hh_harmless,
+                  "finegrained_qa": data.load_finegrained_qa}  # held-out population accuracy, by name
 
 
 def features_phi(fz: Any, recs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -41,10 +43,17 @@ def features_phi(fz: Any, recs: list[dict[str, Any]]) -> tuple[np.ndarray, np.nd
     return f[:n] - f[n:], X[:n] - X[n:]
 
 
+def sanity_records(rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The sanity suite: each DSP instruction's original reply (``rows``, default all; evaluation only)
+    against an off-topic answer, a non-answer, a dismissive reply and its first six words."""
+    rows = data.load_dsp() if rows is None else rows
+    return sanity_suite([r["query"] for r in rows], [r["responses"]["normal"] for r in rows])
+
+
 def sanity(fz: Any, w0: np.ndarray) -> dict[str, Any]:
     """Real answer vs each worse kind, on every DSP instruction's original reply (evaluation only)."""
     rows = data.load_dsp()
-    suite = sanity_suite([r["query"] for r in rows], [r["responses"]["normal"] for r in rows])
+    suite = sanity_records(rows)
     phi, _ = features_phi(fz, suite)
     win = phi @ w0 > 0
     kinds = np.array([r["kind"] for r in suite])
@@ -55,8 +64,7 @@ def sanity(fz: Any, w0: np.ndarray) -> dict[str, Any]:
 def population(fz: Any, w0: np.ndarray) -> dict[str, Any]:
     """Held-out global accuracy per real source, next to a probe on the frozen features."""
     out: dict[str, Any] = {}
-    for name, load in (("hh_helpful", data.load_hh_helpful), ("hh_harmless", data.load_hh_harmless),
-                       ("finegrained_qa", data.load_finegrained_qa)):
+    for name, load in HUMAN_LABELLED.items():
         train, test = load(split="train"), load(split="test")
         phi, dX = features_phi(fz, test)
         _, dXt = features_phi(fz, train)

@@ -29,14 +29,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export import data  # noqa: E402
 from export.embed import default_backbone_path, text_tokenizer, torch_pair_features  # noqa: E402
 from export.evaluate import logistic_fit, pair_accuracy  # noqa: E402
 from export.model import Backbone  # noqa: E402
+from export.real_eval import HUMAN_LABELLED  # noqa: E402
 
 PROBE_L2 = 10.0  # the card's frozen probe (export.real_eval.population)
-SETS = {"hh_helpful": data.load_hh_helpful, "hh_harmless": data.load_hh_harmless,
-        "finegrained_qa": data.load_finegrained_qa}
+SETS = HUMAN_LABELLED
 
 
 class Cached:

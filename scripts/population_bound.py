@@ -24,14 +24,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export import data  # noqa: E402
+from export.contrast import KINDS  # noqa: E402
 from export.evaluate import RuntimeFeaturizer, logistic_fit, pair_accuracy  # noqa: E402
-from export.contrast import KINDS, sanity_suite  # noqa: E402
-from export.real_eval import features_phi  # noqa: E402
+from export.real_eval import HUMAN_LABELLED, features_phi, sanity_records  # noqa: E402
 
 L2 = (0.1, 1.0, 10.0, 100.0)
-SETS = {"hh_helpful": data.load_hh_helpful, "hh_harmless": data.load_hh_harmless,
-        "finegrained_qa": data.load_finegrained_qa}
 
 
 def main() -> None:
@@ -39,15 +36,14 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "models" / "moerm-minilm-k32"), help="a model folder")
     args = ap.parse_args()
     fz = RuntimeFeaturizer(args.model)
-    rows = data.load_dsp()  # evaluation only: the sanity suite's held-out instructions
-    suite = sanity_suite([r["query"] for r in rows], [r["responses"]["normal"] for r in rows])
+    suite = sanity_records()  # evaluation only: DSP's held-out instructions
     kinds = np.array([r["kind"] for r in suite])
     phi_suite, X_suite = features_phi(fz, suite)  # (S, K), (S, F)
     print(f"held-out accuracy, {Path(args.model).name} (int8 runtime); probes trained on each set's train split")
     print(f"{'set':<16}{'train':>7}{'test':>6}{'w0':>8}{'frozen probe':>14}"
           + "".join(f"{'experts, L2 ' + format(a, 'g'):>18}" for a in L2))
     probes = {}
-    for name, load in SETS.items():
+    for name, load in HUMAN_LABELLED.items():
         train, test = load(split="train"), load(split="test")
         phi_tr, X_tr = features_phi(fz, train)  # (N, K), (N, F): chosen minus rejected
         phi_te, X_te = features_phi(fz, test)

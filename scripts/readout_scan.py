@@ -26,8 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export import data  # noqa: E402
-from export.contrast import KINDS, sanity_suite  # noqa: E402
+from export.contrast import KINDS  # noqa: E402
 from export.embed import EmbeddingCache  # noqa: E402
 from export.evaluate import logistic_fit, pair_accuracy  # noqa: E402
 from export.readout import (  # noqa: E402
@@ -37,11 +36,11 @@ from export.readout import (  # noqa: E402
     readout_records,
     without_readout,
 )
+from export.real_eval import HUMAN_LABELLED as SETS  # noqa: E402
+from export.real_eval import sanity_records  # noqa: E402
 from export.train import TrainConfig, load_checkpoint, load_records  # noqa: E402
 
 L2 = (0.03, 0.1, 0.3, 1.0, 3.0)
-SETS = {"hh_helpful": data.load_hh_helpful, "hh_harmless": data.load_hh_harmless,
-        "finegrained_qa": data.load_finegrained_qa}
 
 
 def main() -> None:
@@ -57,9 +56,8 @@ def main() -> None:
     recs = readout_records(load_records(cfg), cfg.readout_sources)
     Hc, Hr, offset = readout_inputs(head, recs, cache.features)
     std = head.feat_std.double().numpy()  # (F,)
-    rows = data.load_dsp()  # evaluation only: the sanity suite's held-out instructions
     tests = {name: load(split="test") for name, load in SETS.items()}
-    tests["sanity"] = sanity_suite([r["query"] for r in rows], [r["responses"]["normal"] for r in rows])
+    tests["sanity"] = sanity_records()  # evaluation only: DSP's held-out instructions
     kinds = np.array([r["kind"] for r in tests["sanity"]])
     X = {name: (cache.features([(r["prompt"], r["chosen"]) for r in t]),
                 cache.features([(r["prompt"], r["rejected"]) for r in t])) for name, t in tests.items()}
