@@ -171,7 +171,7 @@ def few_shot_residual(phi: np.ndarray, X: np.ndarray, users: list[data.BenchUser
 
 
 def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | None, draws: int = 20,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, residual_strength: float = RESIDUAL_STRENGTH) -> dict[str, Any]:
     """Four domain users: fit on N comparisons from half of the instructions, score all of the other half."""
     rows = data.load_dsp()
     names = (*data.DSP_DOMAINS, "normal")
@@ -199,13 +199,13 @@ def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | No
                 take = rng.choice(len(train_phi), size=n, replace=False)
                 # the residual is fitted after w, which it leaves as fit_map gives it: one fit serves both
                 w, v = fit_user_terms(train_phi[take], train_X[take], w0, prior_strength, P,
-                                      RESIDUAL_STRENGTH)
+                                      residual_strength)
                 m.append(pair_accuracy(test_phi @ w))
                 p.append(pair_accuracy(test_X @ logistic_fit(train_X[take], np.ones(n), PROBE_L2)))
                 resid.append(pair_accuracy(test_phi @ w + test_X @ v))
             row[f"model_{n}"], row[f"probe_{n}"] = float(np.mean(m)), float(np.mean(p))
             row[f"residual_{n}"] = float(np.mean(resid))
-        w_all, v = fit_user_terms(train_phi, train_X, w0, prior_strength, P, RESIDUAL_STRENGTH)
+        w_all, v = fit_user_terms(train_phi, train_X, w0, prior_strength, P, residual_strength)
         row["model_all"] = pair_accuracy(test_phi @ w_all)
         row["residual_all"] = pair_accuracy(test_phi @ w_all + test_X @ v)
         row["probe_all"] = pair_accuracy(test_X @ logistic_fit(train_X, np.ones(len(train_X)), PROBE_L2))
