@@ -127,9 +127,10 @@ def append_readout(head: MoEHead, u: np.ndarray) -> MoEHead:
 
 
 def readout_records(recs: Sequence[dict[str, Any]], sources: Sequence[str]) -> list[dict[str, Any]]:
-    """The population records (no ``user_id``) of the named source families."""
-    return [r for r in recs
-            if r.get("user_id") is None and source_family(str(r.get("source", ""))) in sources]
+    """The population records (no ``user_id``) of the named source families that have a prompt (the
+    read-out is silent without one, so such a record would teach it nothing it applies)."""
+    return [r for r in recs if r.get("user_id") is None and str(r.get("prompt", "")).strip()
+            and source_family(str(r.get("source", ""))) in sources]
 
 
 def readout_inputs(head: MoEHead, recs: Sequence[dict[str, Any]],

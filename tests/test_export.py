@@ -264,7 +264,9 @@ def test_training_appends_the_population_readout_and_the_folder_computes_it(tiny
     parts = load_checkpoint(tmp_path / "run")
     ckpt, head, _ = parts
     assert (head.args.n_experts, head.args.n_shared, head.args.n_readout) == (7, 3, 1)
-    assert ckpt["readout"]["records"] == {"pop": 39} and float(head.w0[-1].detach()) == 1.0
+    prompted = sum(1 for r in recs if "user_id" not in r and r["prompt"].strip())  # population, with a prompt
+    assert 0 < prompted < 39 and ckpt["readout"]["records"] == {"pop": prompted}
+    assert float(head.w0[-1].detach()) == 1.0
     folder = export_model(tmp_path / "run", tmp_path / "model", also_fp32=True, prune=False)
     config = json.loads((folder / "config.json").read_text())
     assert config["n_experts"] == 7 and config["training"]["readout"]["experts"] == 1

@@ -97,7 +97,10 @@ def test_fit_recovers_a_planted_linear_preference_and_stops_where_the_margin_alr
 
 def test_readout_fits_population_records_of_the_named_sources_only():
     recs = [{"source": "hh_helpful"}, {"source": "contrast:offtopic"}, {"source": "hh_harmless"},
-            {"source": "hh_helpful", "user_id": "u1"}, {"source": "persona", "user_id": "persona-3"}]
+            {"source": "hh_helpful", "user_id": "u1"}, {"source": "persona", "user_id": "persona-3"},
+            {"source": "hh_helpful", "prompt": "  "}]  # no prompt: the read-out is silent there
+    for r in recs[:5]:
+        r["prompt"] = "a question"
     got = readout_records(recs, ["hh_helpful", "contrast"])
     assert got == recs[:2] and source_family("contrast:nonanswer") == "contrast"
 
