@@ -42,8 +42,8 @@ def head_weights(head: MoEHead) -> HeadWeights:
 
 def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8", also_fp32: bool = False,
                  quant: str = "gptq8", head_experts: str = "fp16",
-                 report: "str | Path | dict[str, Any] | None" = None, model_id: Optional[str] = None,
-                 extra_files: Optional[dict[str, str]] = None,
+                 report: "str | Path | EvalReport | dict[str, Any] | None" = None,
+                 model_id: Optional[str] = None, extra_files: Optional[dict[str, str]] = None,
                  reference: Optional[list[dict[str, Any]]] = None, prune: bool = True) -> Path:
     """Write the model folder for a training run; returns its path.
 

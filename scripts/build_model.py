@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from export.active_eval import model_active_curve  # noqa: E402
 from export.card import model_card  # noqa: E402
-from export.evaluate import RuntimeFeaturizer, TorchFeaturizer, evaluate  # noqa: E402
+from export.evaluate import EvalReport, RuntimeFeaturizer, TorchFeaturizer, evaluate  # noqa: E402
 from export.onnx_export import export_model  # noqa: E402
 from export.package import add_reference, update_card  # noqa: E402
 from export.parity import embedding_error, parity_report, selection_agreement  # noqa: E402
@@ -238,7 +238,7 @@ def quant_variants(run: Path, out: Path, parity: dict) -> dict:
     return rows
 
 
-def finish(runs: Path, out: Path, rep: dict, users: int) -> None:
+def finish(runs: Path, out: Path, rep: EvalReport, users: int) -> None:
     """Runtime-only measurements (active questions, expert cards), then report and card."""
     t1 = time.time()
     rep["active"] = model_active_curve(out, n_users=users)
