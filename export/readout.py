@@ -148,6 +148,13 @@ def readout_inputs(head: MoEHead, recs: Sequence[dict[str, Any]],
     return Hc, Hr, offset
 
 
+def fit_for_head(head: MoEHead, h_chosen: np.ndarray, h_rejected: np.ndarray, offset: np.ndarray,
+                 l2: float) -> np.ndarray:
+    """``fit_linear_readout`` as ``head`` needs it: its reward bound, the penalty in its features' units."""
+    return fit_linear_readout(h_chosen, h_rejected, offset, l2, float(head.args.reward_bound),
+                              head.feat_std.double().numpy())
+
+
 def add_readout(head: MoEHead, recs: Sequence[dict[str, Any]], sources: Sequence[str], l2: float,
                 features: Callable[[list[tuple[str, str]]], np.ndarray]
                 ) -> tuple[MoEHead, dict[str, Any] | None]:
@@ -163,7 +170,7 @@ def add_readout(head: MoEHead, recs: Sequence[dict[str, Any]], sources: Sequence
     if not recs:
         return head, None
     Hc, Hr, offset = readout_inputs(head, recs, features)
-    u = fit_linear_readout(Hc, Hr, offset, l2, float(head.args.reward_bound), head.feat_std.double().numpy())
+    u = fit_for_head(head, Hc, Hr, offset, l2)
     counts = dict(Counter(source_family(r["source"]) for r in recs))
     log.info("read-out: %s records, L2 %g, |u| %.3f", counts, l2, float(np.linalg.norm(u)))
     return append_readout(head, u), {"sources": list(sources), "records": counts, "l2": float(l2)}

@@ -31,7 +31,7 @@ from export.embed import EmbeddingCache  # noqa: E402
 from export.evaluate import logistic_fit, pair_accuracy  # noqa: E402
 from export.readout import (  # noqa: E402
     append_readout,
-    fit_linear_readout,
+    fit_for_head,
     readout_inputs,
     readout_records,
     without_readout,
@@ -55,7 +55,6 @@ def main() -> None:
     cache = EmbeddingCache(ckpt["backbone_path"], cfg.max_length)
     recs = readout_records(load_records(cfg), cfg.readout_sources)
     Hc, Hr, offset = readout_inputs(head, recs, cache.features)
-    std = head.feat_std.double().numpy()  # (F,)
     tests = {name: load(split="test") for name, load in SETS.items()}
     tests["sanity"] = sanity_records()  # evaluation only: DSP's held-out instructions
     kinds = np.array([r["kind"] for r in tests["sanity"]])
@@ -72,7 +71,7 @@ def main() -> None:
     print(f"{'L2':>8}" + "".join(f"{n:>16}" for n in SETS) + "".join(f"{k:>12}" for k in KINDS))
     print(f"{'probe':>8}" + "".join(f"{100 * probes[n]:15.1f}%" for n in SETS))
     for l2 in (None, *L2):
-        u = None if l2 is None else fit_linear_readout(Hc, Hr, offset, l2, head.args.reward_bound, std)
+        u = None if l2 is None else fit_for_head(head, Hc, Hr, offset, l2)
         h = head if u is None else append_readout(head, u)
         with torch.no_grad():
             margin = {n: (h.score(torch.from_numpy(c), h.w0) - h.score(torch.from_numpy(r), h.w0)).numpy()
