@@ -170,9 +170,10 @@ def few_shot_residual(phi: np.ndarray, X: np.ndarray, users: list[data.BenchUser
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
-def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | None, draws: int = 20,
-              seed: int = 0, residual_strength: float = RESIDUAL_STRENGTH) -> dict[str, Any]:
-    """Four domain users: fit on N comparisons from half of the instructions, score all of the other half."""
+def dsp_pool(fz: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DSP's replies through the model: phi (I, 5, K), standardised frozen features (I, 5, F) of each
+    instruction's four domain replies and the original, and which instructions are in the fitting half
+    (I,)."""
     rows = data.load_dsp()
     names = (*data.DSP_DOMAINS, "normal")
     pairs = [(r["query"], r["responses"][d]) for r in rows for d in names]
@@ -181,6 +182,16 @@ def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | No
     X = X.astype(np.float64)
     X = ((X - X.mean(0)) / (X.std(0) + 1e-6)).reshape(len(rows), len(names), -1)  # (I, 5, F)
     first = np.array([data.bucket(r["query"], "dsp-half") < 0.5 for r in rows])
+    return phi, X, first
+
+
+def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | None, draws: int = 20,
+              seed: int = 0, residual_strength: float = RESIDUAL_STRENGTH,
+              pool: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Four domain users: fit on N comparisons from half of the instructions, score all of the other half
+    (``pool``: ``dsp_pool(fz)``, computed here if not given)."""
+    phi, X, first = dsp_pool(fz) if pool is None else pool
+    names = (*data.DSP_DOMAINS, "normal")
     rng = np.random.default_rng(seed)
     res: dict[str, Any] = {"model": {}, "frozen_probe": {}, "model_plus_residual": {}, "unpersonalized": {}}
     per_user: dict[str, dict[str, float]] = {}

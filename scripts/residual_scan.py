@@ -1,7 +1,7 @@
 """How strong an opt-in residual to recommend (``fit_user(..., residual_strength=s)``): few-shot accuracy
 for a range of strengths, next to the weights alone.
 
-    python scripts/residual_scan.py                      # the shipped model, ~8 minutes on 2 CPU cores
+    python scripts/residual_scan.py                      # the shipped model, ~6 minutes on 2 CPU cores
     python scripts/residual_scan.py --model models/mine
 
 Validation users (seeds apart from the card's test users, as the prior strength is chosen): persona-16
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from export import data  # noqa: E402
 from export.attributes import attribute_benchmark  # noqa: E402
 from export.evaluate import RuntimeFeaturizer, few_shot  # noqa: E402
-from export.real_eval import SHOTS, attribute_pool, dsp_users, few_shot_residual  # noqa: E402
+from export.real_eval import SHOTS, attribute_pool, dsp_pool, dsp_users, few_shot_residual  # noqa: E402
 from moerm_lite.head import expert_features  # noqa: E402
 
 STRENGTHS = (3.0, 10.0, 30.0, 100.0)
@@ -62,8 +62,9 @@ def main() -> None:
     for label, v in means.items():
         print(f"  {label:<16}{100 * np.mean(v):8.2f}")
     print("DSP domain users (evaluation only; test half), model + residual at N = 5 / 10 / 20 / 50 / all:")
+    dsp = dsp_pool(fz)  # embedded once for every strength
     for s in STRENGTHS:
-        res = dsp_users(fz, w0, lam, P, residual_strength=s)["model_plus_residual"]
+        res = dsp_users(fz, w0, lam, P, residual_strength=s, pool=dsp)["model_plus_residual"]
         print(f"  residual {s:<7g}" + "".join(f"{100 * v:8.1f}" for v in res.values()))
 
 
