@@ -49,8 +49,7 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         f"its top-{k} of the {K - S} routed experts, and {S} shared experts are always active; the shared "
         "experts see only the text statistics (relevance as cosine, length, layout, style rates)"
         + (f", except the last {readout['experts']}, a linear read-out of every feature fitted after "
-           "training "
-           f"on the population records of {', '.join(readout['sources'])} (`export/readout.py`). "
+           f"training on the population records of {', '.join(readout['sources'])} (`export/readout.py`). "
            if readout else ". ")
         +
         "Score: `s = Σ_k π_k · w_k · r_k`, a raw logit (higher is better) with the population weights `w0` or "
