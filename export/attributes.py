@@ -28,6 +28,16 @@ import numpy as np
 
 ATTRIBUTES = ("verbosity", "structure", "reading_level", "enthusiasm", "hedging", "addressing", "code",
               "formality")
+ATTRIBUTE_WORDS = {  # what an expert whose gated reward rises (+) or falls (-) with the attribute rewards
+    "verbosity": ("longer replies", "shorter replies"),
+    "structure": ("lists and markdown", "plain prose"),
+    "reading_level": ("harder reading level", "simpler wording"),
+    "enthusiasm": ("enthusiastic tone", "calm tone"),
+    "hedging": ("hedged, cautious wording", "assertive wording"),
+    "addressing": ("speaking to the reader", "impersonal wording"),
+    "code": ("code", "no code"),
+    "formality": ("formal wording", "casual wording"),
+}
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'’]*")
 _SENTENCE_END = re.compile(r"[.!?]+(?:\s|$)")

@@ -31,6 +31,20 @@ def _pct(x: Any) -> str:
     return f"{100 * x:.1f}" if isinstance(x, (int, float)) else "—"
 
 
+def readout_sentence(readout: dict[str, Any]) -> str:
+    """What the folder's read-out experts were fitted on, in words (``training.readout`` of config.json)."""
+    attrs = (readout.get("attribute_readouts") or {}).get("attributes", [])
+    parts = []
+    if readout.get("sources"):
+        parts.append(f"one rewards helpful, on-topic answers, fitted on the population records of "
+                     f"{', '.join(readout['sources'])} (population weight 1)")
+    if attrs:
+        parts.append(f"{len(attrs)} predict a reply's {', '.join(a.replace('_', ' ') for a in attrs)} from "
+                     "its features (ridge regressions on the attribute users' training replies; population "
+                     "weight 0, so only a user's own weights use them)")
+    return ": " + "; ".join(parts) if parts else ""
+
+
 def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) -> str:
     """Markdown card: what the model is, its data, how it was trained, and what was measured."""
     cfg = ckpt["config"]
@@ -48,9 +62,8 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         f"K = {K} expert reward heads (MLPs, {cfg['expert_hidden']} hidden units): a router sends each input to "
         f"its top-{k} of the {K - S} routed experts, and {S} shared experts are always active; the shared "
         "experts see only the text statistics (relevance as cosine, length, layout, style rates)"
-        + (f", except the last {readout['experts']}, a linear read-out of every feature fitted after "
-           f"training on the population records of {', '.join(readout['sources'])} (`export/readout.py`). "
-           if readout else ". ")
+        + (f", except the last {readout['experts']}: linear read-outs of every feature fitted after "
+           f"training (`export/readout.py`){readout_sentence(readout)}. " if readout else ". ")
         +
         "Score: `s = Σ_k π_k · w_k · r_k`, a raw logit (higher is better) with the population weights `w0` or "
         "a user's fitted weights. Users are fitted under the prior N(w0, (λP)^-1) with "
@@ -70,7 +83,7 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         "- **Does not know**: whether an answer is true, well reasoned, safe or subtly harmful. "
         + ("On human-labelled HH-RLHF helpful pairs it agrees with the raters about as often as a linear "
            "probe on the same frozen features (the read-out expert); on HH-RLHF harmless and FineGrained QA "
-           "pairs it is near chance" if readout else
+           "pairs it is near chance" if readout and readout.get("sources") else
            "On the human-labelled HH-RLHF and FineGrained QA pairs it is near chance")
         + f" (numbers below, next to a linear probe on the same frozen {backbone['name']} features).",
         "- **What bounds it**: `scripts/population_bound.py` measures whether any weighting of the experts "

@@ -17,6 +17,7 @@ from moerm_lite import RewardModel, fit_map
 from moerm_lite.head import expert_features
 
 from . import data
+from .attributes import ATTRIBUTE_WORDS
 
 log = logging.getLogger("export")
 SHOTS = (5, 10, 20, 50)
@@ -27,6 +28,7 @@ class Featurizer(Protocol):
     n_experts: int
     n_shared: int  # the last n_shared experts are always active
     n_readout: int  # the last n_readout of those are read-outs of every feature (export.readout)
+    readout_names: list[str]  # what each read-out rewards, in words
     prior_precision: np.ndarray | None  # P (K, K) of the user prior; None: the identity
 
     def outputs(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
@@ -52,6 +54,7 @@ class TorchFeaturizer:
         self.ckpt, self.head, self.backbone = load_checkpoint(run)
         self.n_experts, self.n_shared = self.head.args.n_experts, self.head.args.n_shared
         self.n_readout = self.head.args.n_readout
+        self.readout_names = readout_names(self.ckpt.get("readout"), self.n_readout)
         self.prior_precision = self.head.prior_precision()
         cfg = self.ckpt["config"]
         self._torch = torch
@@ -98,6 +101,7 @@ class RuntimeFeaturizer:
         self.n_experts, self.n_shared = self.model.n_experts, self.model.config.n_shared
         readout = self.model.config.extra.get("training", {}).get("readout") or {}  # what the build recorded
         self.n_readout = int(readout.get("experts", 0))
+        self.readout_names = readout_names(readout, self.n_readout)
         self.prior_precision = self.model.prior_precision
         self.w0 = self.model.w0
 
@@ -268,29 +272,29 @@ def source_gates(fz: Featurizer, persona_gates: np.ndarray) -> dict[str, np.ndar
     return out
 
 
-ATTRIBUTE_WORDS = {  # what an expert whose gated reward rises (+) or falls (-) with the attribute rewards
-    "verbosity": ("longer replies", "shorter replies"),
-    "structure": ("lists and markdown", "plain prose"),
-    "reading_level": ("harder reading level", "simpler wording"),
-    "enthusiasm": ("enthusiastic tone", "calm tone"),
-    "hedging": ("hedged, cautious wording", "assertive wording"),
-    "addressing": ("speaking to the reader", "impersonal wording"),
-    "code": ("code", "no code"),
-    "formality": ("formal wording", "casual wording"),
-}
 SOURCE_WORDS = {"hh_harmless": "harmlessness (HH-RLHF harmless)", "hh_helpful": "helpfulness (HH-RLHF helpful)",
                 "finegrained_qa": "factual QA answers", "topical_chat": "chit-chat replies", "persona": "persona statements"}
+
+READOUT_NAME = "helpful, on-topic answers"  # what the helpfulness read-out rewards (export.readout)
+
+
+def readout_names(info: dict[str, Any] | None, n_readout: int) -> list[str]:
+    """What each of the last ``n_readout`` experts rewards, in words, from a run's read-out record
+    (``ckpt["readout"]``, the folder's ``training.readout``): the helpfulness read-out, then one per attribute."""
+    info = info or {}
+    attrs = (info.get("attribute_readouts") or {}).get("attributes", [])
+    names = [READOUT_NAME] * (n_readout - len(attrs)) + [ATTRIBUTE_WORDS[a][0] for a in attrs]
+    return names[-n_readout:] if n_readout else []
 
 
 def name_experts(phi_stmt: np.ndarray, st: data.Statements, source_gates: dict[str, np.ndarray],
                  attr_corr: np.ndarray | None = None, attributes: Sequence[str] = (), n_shared: int = 0,
-                 n_readout: int = 0) -> list[str]:
+                 readout: Sequence[str] = ()) -> list[str]:
     """A name per expert from data, in words: its persona axis and stance, else the text attribute its
     gated reward tracks, else the source it mostly serves; ``unused`` if no held-out input routes to it.
-    The last ``n_readout`` (read-outs fitted on helpfulness data, ``export.readout``) say so."""
-    from .readout import READOUT_NAME
-
-    K = phi_stmt.shape[1]
+    The last ``len(readout)`` are read-outs (``export.readout``) named ``readout``; a trained expert that
+    tracks the same attribute as one of them gets the number (``longer replies 2``)."""
+    K, R = phi_stmt.shape[1], len(readout)
     idx = data.statement_split(st, "test")
     names = []
     for k in range(K):
@@ -305,8 +309,8 @@ def name_experts(phi_stmt: np.ndarray, st: data.Statements, source_gates: dict[s
         share = {s: float((g[:, k] > 0).mean()) for s, g in source_gates.items()}
         a_best = int(np.argmax(np.abs(attr_corr[k]))) if attr_corr is not None else -1
         shared = k >= K - n_shared  # always active, sees text statistics only: never a persona expert
-        if k >= K - n_readout:
-            names.append(READOUT_NAME)
+        if k >= K - R:
+            names.append(readout[k - (K - R)])
         elif abs(best_c) >= 0.5 and not shared:
             names.append(f"{best.replace('-', ' ')} ({'for' if best_c > 0 else 'against'})")
         elif max(share.values()) == 0:
@@ -318,10 +322,10 @@ def name_experts(phi_stmt: np.ndarray, st: data.Statements, source_gates: dict[s
             top = max(real, key=lambda s: real[s])
             names.append(SOURCE_WORDS.get(top, top))
     seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n} {seen[n]}")
+    out = [""] * K
+    for k in [*range(K - R, K), *range(K - R)]:  # the read-outs keep their plain names
+        seen[names[k]] = seen.get(names[k], 0) + 1
+        out[k] = names[k] if seen[names[k]] == 1 else f"{names[k]} {seen[names[k]]}"
     return out
 
 
@@ -416,6 +420,6 @@ def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = N
     from .attributes import ATTRIBUTES
 
     res["expert_names"] = name_experts(phi_stmt, st, src_gates, attr_corr, ATTRIBUTES, fz.n_shared,
-                                       fz.n_readout)
+                                       fz.readout_names)
     res["routing_share_by_source"] = {s: np.round((v > 0).mean(0), 4).tolist() for s, v in src_gates.items()}
     return res

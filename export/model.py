@@ -13,7 +13,8 @@ reply has to some degree, which routed experts cannot, since an input only reach
 They see the text statistics only (``shared_skip``: not the embeddings): cosine relevance,
 length, layout and style rates, which carry over to new prompts; what a reply is about stays
 with the routed experts. The last ``n_readout`` shared experts are the exception: linear read-outs of
-every feature, fitted after training on the population's helpfulness data (``export.readout``).
+every feature, fitted after training (``export.readout``: the population's helpfulness data, and one per
+text attribute of the attribute users' replies).
 
 Training user u has weights ``w0 + user_weights[u]`` (an L2 penalty on the offset is the training-time
 twin of the MAP prior that fits new users); ``w0`` is the population vector used for records without a
@@ -24,7 +25,7 @@ full-softmax probability of the chosen expert (a renormalised single logit has n
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ class ModelArgs:
     n_types: int = 0  # latent preference types (mixture mode, no user ids)
     reward_bound: float = 0.0  # c > 0: rewards c * tanh(r / c) in (-c, c); 0: unbounded
     n_readout: int = 0  # the last n_readout shared experts see every feature (export.readout)
+    readout_variance: list[float] = field(default_factory=list)  # per read-out: its prior variance (0: median)
 
     @property
     def gating(self) -> str:
@@ -121,9 +123,11 @@ class MoEHead(nn.Module):
         if len(U) < 2 * K:
             return None
         C = np.cov(U.T)  # (K, K)
-        if R:  # read-outs were fitted after the users (no spread of their own): as free as a typical expert
+        if R:  # read-outs were fitted after the users (no spread of their own): as free as a typical expert,
+            # or as their ``readout_variance`` says
             C[K - R:, :], C[:, K - R:] = 0.0, 0.0
-            C[range(K - R, K), range(K - R, K)] = np.median(np.diag(C)[:K - R])
+            var = np.zeros(R) if not self.args.readout_variance else np.asarray(self.args.readout_variance, float)
+            C[range(K - R, K), range(K - R, K)] = np.where(var > 0, var, np.median(np.diag(C)[:K - R]))  # (R,)
         P = np.linalg.inv(C + ridge * np.eye(K))  # (K, K)
         return (P + P.T) / 2
 

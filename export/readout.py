@@ -1,5 +1,6 @@
-"""The population read-out: one more always-active expert, a linear reward on every pair feature,
-fitted after training on the population's helpfulness data.
+"""Read-outs: always-active experts, each a linear reward on every pair feature, fitted after training.
+One is fitted on the population's helpfulness data (below); ``add_attribute_readouts`` adds one per text
+attribute of ``export.attributes`` (at the end of this file).
 
 Why: the trained experts do not compute what HH-RLHF helpful raters rewarded (docs/design.md, "What
 bounds the population score"), while a linear read-out of the same frozen features does. Shared experts
@@ -40,7 +41,6 @@ from moerm_lite.features import SURFACE
 from .model import MoEHead
 
 log = logging.getLogger("export")
-READOUT_NAME = "helpful, on-topic answers"  # what the read-out rewards, in words (the expert's name)
 GATE_MARGIN = 1000.0  # far above |h . u| of any text, so a prompt-less input switches both hidden units off
 
 
@@ -88,13 +88,18 @@ def has_prompt_column(n_features: int) -> int:
     return n_features - len(SURFACE) + SURFACE.index("has_prompt")
 
 
-def append_readout(head: MoEHead, u: np.ndarray) -> MoEHead:
-    """A new head: ``head`` with the read-out ``u`` (F,) appended as its last shared expert (gated by
-    ``has_prompt``), population weight 1 and zero offsets for the training users; the others unchanged."""
+def append_readout(head: MoEHead, u: np.ndarray, bias: float = 0.0, weight: float = 1.0,
+                   variance: float = 0.0) -> MoEHead:
+    """A new head: ``head`` with the read-out ``a = h . u + bias`` (``u`` (F,)) appended as its last shared
+    expert (gated by ``has_prompt``), population weight ``weight``, prior ``variance`` (0: the median of the
+    trained experts', ``MoEHead.prior_precision``) and zero offsets for the training users; the others
+    unchanged."""
     a = head.args
     if a.expert_hidden < 2:
         raise ValueError("a read-out expert needs expert_hidden >= 2")
-    new = MoEHead(replace(a, n_experts=a.n_experts + 1, n_shared=a.n_shared + 1, n_readout=a.n_readout + 1))
+    variances = [*a.readout_variance, *[0.0] * (a.n_readout - len(a.readout_variance)), float(variance)]
+    new = MoEHead(replace(a, n_experts=a.n_experts + 1, n_shared=a.n_shared + 1, n_readout=a.n_readout + 1,
+                          readout_variance=variances))
     sd = {k: v.detach().clone() for k, v in head.state_dict().items()}
     F, D = a.n_features, a.expert_hidden
     g = has_prompt_column(F)
@@ -110,14 +115,14 @@ def append_readout(head: MoEHead, u: np.ndarray) -> MoEHead:
     w1[0, :, 1] = -w1[0, :, 0]
     w1[0, g, :2] = coef
     b1 = torch.zeros(1, D, dtype=torch.float64)  # (1, D)
-    b1[0, 0], b1[0, 1] = -coef * h1 + u[g] * h1, -coef * h1 - u[g] * h1
+    b1[0, 0], b1[0, 1] = -coef * h1 + u[g] * h1 + bias, -coef * h1 - u[g] * h1 - bias
     w2 = torch.zeros(1, D)  # (1, D)
     w2[0, 0], w2[0, 1] = 1.0, -1.0
     sd["w1"] = torch.cat([sd["w1"], w1.float()])  # (K + 1, F, D)
     sd["b1"] = torch.cat([sd["b1"], b1.float()])
     sd["w2"] = torch.cat([sd["w2"], w2])
     sd["b2"] = torch.cat([sd["b2"], torch.zeros(1)])
-    sd["w0"] = torch.cat([sd["w0"], torch.ones(1)])
+    sd["w0"] = torch.cat([sd["w0"], torch.full((1,), float(weight))])
     sd["user_weights"] = torch.cat([sd["user_weights"], torch.zeros(len(sd["user_weights"]), 1)], 1)
     sd["type_weights"] = torch.cat([sd["type_weights"], torch.zeros(len(sd["type_weights"]), 1)], 1)
     sd["w1_mask"] = new.w1_mask
@@ -181,7 +186,8 @@ def without_readout(head: MoEHead) -> MoEHead:
     a, R = head.args, head.args.n_readout
     if not R:
         return head
-    new = MoEHead(replace(a, n_experts=a.n_experts - R, n_shared=a.n_shared - R, n_readout=0))
+    new = MoEHead(replace(a, n_experts=a.n_experts - R, n_shared=a.n_shared - R, n_readout=0,
+                          readout_variance=[]))
     sd = {k: v.detach().clone() for k, v in head.state_dict().items()}
     for k in ("w1", "b1", "w2", "b2", "w0"):
         sd[k] = sd[k][:-R]
@@ -191,3 +197,64 @@ def without_readout(head: MoEHead) -> MoEHead:
     new.load_state_dict(sd)
     new.eval()
     return new
+
+
+# ------------------------------------------------------------------------ attribute read-outs
+ATTRIBUTE_ALPHAS = (1.0, 10.0, 100.0, 1e3, 1e4)  # ridge penalties tried per attribute (standardised features)
+ATTRIBUTE_VARIANCE = 1.0  # their prior variance (TrainConfig.attribute_readout_variance; docs/design.md)
+
+
+def fit_ridge(H: np.ndarray, y: np.ndarray, alphas: Sequence[float] = ATTRIBUTE_ALPHAS, seed: int = 0
+              ) -> tuple[np.ndarray, float, float]:
+    """Ridge regression of ``y`` (N,) on standardised features ``H`` (N, F), its penalty chosen on a fifth
+    of the rows (fixed seed) and then refitted on all of them: ``(u (F,), bias, alpha)``."""
+    H, y = np.asarray(H, np.float64), np.asarray(y, np.float64)
+
+    def fit(rows: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+        Hr, yr = H[rows], y[rows]
+        mu = Hr.mean(0)  # (F,)
+        Z = Hr - mu  # (n, F)
+        u = np.linalg.solve(Z.T @ Z + alpha * np.eye(H.shape[1]), Z.T @ (yr - yr.mean()))  # (F,)
+        return u, float(yr.mean() - mu @ u)
+
+    val = np.random.default_rng(seed).random(len(y)) < 0.2  # (N,)
+    if val.all() or not val.any():
+        raise ValueError(f"fit_ridge: {len(y)} rows are too few to hold a fifth out")
+
+    def val_error(alpha: float) -> float:
+        u, b = fit(~val, alpha)
+        return float(np.mean((H[val] @ u + b - y[val]) ** 2))
+
+    best = min(alphas, key=val_error)
+    u, b = fit(np.ones(len(y), bool), best)
+    return u, b, float(best)
+
+
+def add_attribute_readouts(head: MoEHead, pool: Any, features: Callable[[list[tuple[str, str]]], np.ndarray],
+                           variance: float = ATTRIBUTE_VARIANCE) -> tuple[MoEHead, dict[str, Any] | None]:
+    """Append one read-out per text attribute of ``export.attributes``: a ridge regression of the reply's
+    standardised attribute on its pair features, fitted on ``pool`` (an ``attributes.ResponsePool`` of
+    training replies to prompts). Population weight 0 (the population has no taste for length or tone),
+    prior ``variance``, gated by ``has_prompt`` like the helpfulness read-out. A user who cares about one
+    attribute then needs one weight, not a mix of experts trained for other things.
+
+    Returns the new head and what was fitted (``None`` and the head unchanged without such replies)."""
+    from .attributes import ATTRIBUTES
+
+    rows = [i for i, g in enumerate(pool.group) if str(pool.prompts[g]).strip()]
+    if len(rows) < 10:
+        return head, None
+    X = features([(pool.prompts[pool.group[i]], pool.responses[i]) for i in rows])  # (N, F)
+    with torch.no_grad():
+        H = head.standardize(torch.as_tensor(X, dtype=torch.float32)).double().numpy()  # (N, F)
+    alphas, r2 = {}, {}
+    for a, name in enumerate(ATTRIBUTES):
+        y = pool.z[rows, a]  # (N,)
+        u, b, alpha = fit_ridge(H, y)
+        head = append_readout(head, u, bias=b, weight=0.0, variance=variance)
+        alphas[name] = alpha
+        r2[name] = round(float(1 - np.mean((H @ u + b - y) ** 2) / max(float(y.var()), 1e-12)), 3)
+    log.info("attribute read-outs on %d replies: in-sample R^2 %s", len(rows), r2)
+    return head, {"attributes": list(ATTRIBUTES), "replies": len(rows), "alphas": alphas,
+                  "variance": float(variance), "r2_in_sample": r2}
+

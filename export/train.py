@@ -40,7 +40,7 @@ from .embed import (
     tokenizer_json,
 )
 from .model import Backbone, ModelArgs, MoEHead, positive_correlation, router_entropy, switch_load_balance
-from .readout import add_readout
+from .readout import add_attribute_readouts, add_readout
 
 log = logging.getLogger("export")
 CALIBRATION_PAIRS = 512  # training pairs kept in the checkpoint for the int8 export's GPTQ rounding
@@ -68,6 +68,10 @@ class TrainConfig:
     readout_sources: list[str] = field(
         default_factory=lambda: ["hh_helpful", "finegrained_qa", "topical_chat", "contrast"])
     readout_l2: float = 0.1  # its L2, in the features' own units (scripts/readout_scan.py measures others)
+    # and, when attribute users are among the records, one read-out per text attribute
+    # (export.readout.add_attribute_readouts) fitted on their replies: population weight 0, this prior
+    # variance (0: none; scripts/attribute_readout_scan.py measures others)
+    attribute_readout_variance: float = 1.0
     jsonl: list[str] = field(default_factory=list)  # extra TRL-format comparison files
     population_share: float = 0.4  # share of each batch drawn from records without user_id
     mode: str = "auto"  # "user_aware" (records carry user_id), "mixture" (latent types), or "auto"
@@ -360,7 +364,7 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Recor
             feats = torch.from_numpy(X).to(cfg.device)
             head, mode, history = fit_head(cfg, comps, lambda idx: feats[idx], X.mean(0), X.std(0) + 1e-6)
             pair_features = cache.features
-        head, readout = add_readout(head.cpu(), records, cfg.readout_sources, cfg.readout_l2, pair_features)
+        head, readout = add_readouts(head.cpu(), records, cfg, pair_features, trained_on_attribute_users(records))
 
     ckpt = {
         "model_args": asdict(head.args),
@@ -386,6 +390,28 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Recor
     return ckpt
 
 
+def trained_on_attribute_users(records: Sequence[data.Record]) -> bool:
+    return any(r.get("source") == "attribute_users" for r in records)
+
+
+def add_readouts(head: MoEHead, records: Sequence[data.Record], cfg: TrainConfig,
+                 features: Callable[[list[tuple[str, str]]], np.ndarray], attribute_users: bool,
+                 have: dict[str, Any] | None = None) -> tuple[MoEHead, dict[str, Any] | None]:
+    """Append the read-outs ``cfg`` asks for that ``head`` lacks (``have``: the run's read-out record): the
+    helpfulness read-out, then, for a run trained with ``attribute_users``, the attribute read-outs (fitted
+    on the replies those users compared). Returns the head and the new record (``None``: none)."""
+    info = dict(have or {})
+    if cfg.readout_sources and not head.args.n_readout:
+        head, helpful = add_readout(head, records, cfg.readout_sources, cfg.readout_l2, features)
+        info.update(helpful or {})
+    if cfg.attribute_readout_variance > 0 and attribute_users and "attribute_readouts" not in info:
+        pool, _ = attribute_training_pool(Path(cfg.data_dir))
+        head, attrs = add_attribute_readouts(head, pool, features, cfg.attribute_readout_variance)
+        if attrs is not None:
+            info["attribute_readouts"] = attrs
+    return head, (info or None)
+
+
 def load_checkpoint(path: "str | Path") -> tuple[dict[str, Any], MoEHead, Optional[Backbone]]:
     """Rebuild the head (and a fine-tuned backbone, if any) from ``ckpt.pt`` or its folder."""
     path = Path(path)
@@ -402,24 +428,29 @@ def load_checkpoint(path: "str | Path") -> tuple[dict[str, Any], MoEHead, Option
 
 
 def readout_run(run: "str | Path", cfg: TrainConfig, records: Optional[list[data.Record]] = None) -> bool:
-    """Give a frozen-backbone training run that has no read-out expert the one ``cfg`` asks for
+    """Give a frozen-backbone training run the read-out experts ``cfg`` asks for that it lacks
     (``export.readout``), rewriting its ``ckpt.pt``: what ``train`` does at its end. ``records``: the run's
-    training records (default: its config's mixture). Returns whether it did (no: a fine-tuned backbone, a
-    run that has one, or no read-out records)."""
+    training records (default: its config's mixture). Returns whether it added any (no: a fine-tuned
+    backbone, a run that has them all, or no data to fit them on)."""
     run = Path(run)
     ckpt, head, backbone = load_checkpoint(run)
-    if not cfg.readout_sources or head.args.n_readout or backbone is not None:
+    if backbone is not None:
         return False
     cache = EmbeddingCache(ckpt["backbone_path"], ckpt["config"]["max_length"],
                            Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR)
-    records = load_records(TrainConfig(**ckpt["config"])) if records is None else records
-    head, readout = add_readout(head, records, cfg.readout_sources, cfg.readout_l2, cache.features)
-    if readout is None:
+    attribute_users = (trained_on_attribute_users(records) if records is not None
+                       else "attribute_users" in ckpt["config"]["sources"])
+    if records is None and cfg.readout_sources and not head.args.n_readout:
+        records = load_records(TrainConfig(**ckpt["config"]))
+    K = head.args.n_experts
+    head, readout = add_readouts(head, records or [], cfg, cache.features, attribute_users, ckpt.get("readout"))
+    if head.args.n_experts == K:
         return False
     ckpt.update(model_args=asdict(head.args), readout=readout,
                 head={k: v.detach().cpu() for k, v in head.state_dict().items()},
-                expert_names=[*ckpt["expert_names"], f"expert_{head.args.n_experts - 1:02d}"])
-    ckpt["config"].update(readout_sources=list(cfg.readout_sources), readout_l2=cfg.readout_l2)
+                expert_names=[*ckpt["expert_names"], *[f"expert_{k:02d}" for k in range(K, head.args.n_experts)]])
+    ckpt["config"].update(readout_sources=list(cfg.readout_sources), readout_l2=cfg.readout_l2,
+                          attribute_readout_variance=cfg.attribute_readout_variance)
     tmp = run / "ckpt.pt.tmp"
     torch.save(ckpt, tmp)
     tmp.replace(run / "ckpt.pt")

@@ -1,5 +1,7 @@
-"""The population read-out expert (export.readout): its exact form in the head and the ONNX graph, its
-fit on a planted preference, and what it may be fitted on."""
+"""The read-out experts (export.readout): their exact form in the head and the ONNX graph, their fits on
+planted targets, their prior, names, and what they may be fitted on."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -7,12 +9,16 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
+from export.attributes import ATTRIBUTES  # noqa: E402
+from export.evaluate import READOUT_NAME, name_experts, readout_names  # noqa: E402
 from export.model import ModelArgs, MoEHead  # noqa: E402
 from export.onnx_export import head_weights  # noqa: E402
 from export.onnx_head import build_head_graph  # noqa: E402
 from export.readout import (  # noqa: E402
+    add_attribute_readouts,
     append_readout,
     fit_linear_readout,
+    fit_ridge,
     has_prompt_column,
     readout_records,
     source_family,
@@ -112,3 +118,71 @@ def test_readout_prior_is_as_free_as_a_typical_trained_expert():
     C, C0 = np.linalg.inv(P), np.linalg.inv(P0)
     assert np.isfinite(P).all() and np.allclose(C[:-1, :-1], C0, atol=1e-6) and np.allclose(C[-1, :-1], 0)
     assert C[-1, -1] == pytest.approx(np.median(np.diag(C0)) , rel=1e-3)
+
+
+def test_ridge_recovers_a_planted_linear_target_and_chooses_a_small_penalty_for_it():
+    rng = np.random.default_rng(4)
+    H = rng.normal(size=(3000, 20))
+    u_true = rng.normal(size=20)
+    u, b, alpha = fit_ridge(H, H @ u_true + 3.0 + 0.01 * rng.normal(size=3000))
+    np.testing.assert_allclose(u, u_true, atol=0.01)
+    assert b == pytest.approx(3.0, abs=0.01) and alpha == 1.0
+    _, _, alpha_noise = fit_ridge(H, rng.normal(size=3000))  # nothing to find: the largest penalty
+    assert alpha_noise == 1e4
+    with pytest.raises(ValueError, match="too few"):
+        fit_ridge(H[:2], np.ones(2))
+
+
+class FakePool:
+    """What add_attribute_readouts reads of an attributes.ResponsePool: replies grouped by prompt, z (R, A)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.prompts = [f"prompt {i}" for i in range(n // 4)] + [""]
+        self.group = np.array([i % (n // 4) for i in range(n)] + [n // 4])  # the last reply has no prompt
+        self.responses = [f"reply {i}" for i in range(n + 1)]
+        self.x = pair_features_like(n + 1, seed).numpy()
+        self.x[:, G] = [1.0] * n + [0.0]
+        self.z = rng.normal(size=(n + 1, len(ATTRIBUTES)))
+
+    def features(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        return self.x[[int(r.split()[1]) for _, r in pairs]]
+
+
+def test_attribute_readouts_predict_each_attribute_with_weight_zero_and_their_own_prior_variance():
+    head = trained_like_head(5, n_users=200)
+    pool = FakePool(400, 6)
+    with torch.no_grad():
+        h = head.standardize(torch.from_numpy(pool.x)).double().numpy()  # (R, F)
+    pool.z[:, 0] = 0.3 * h[:, 3] - 0.2 * h[:, 5]  # a planted attribute the features carry
+    new, info = add_attribute_readouts(head, pool, pool.features, variance=2.0)
+    A = len(ATTRIBUTES)
+    assert (new.args.n_experts, new.args.n_readout, new.args.readout_variance) == (6 + A, A, [2.0] * A)
+    assert info["replies"] == 400 and info["attributes"] == list(ATTRIBUTES) and info["variance"] == 2.0
+    assert info["r2_in_sample"]["verbosity"] > 0.99  # the planted one
+    assert (new.w0[-A:] == 0).all()  # the population has no taste for them: its scores do not move
+    with torch.no_grad():
+        o = new(torch.from_numpy(pool.x))
+    u, b, _ = fit_ridge(h[:400], pool.z[:400, 0])
+    np.testing.assert_allclose(o["rewards"][:400, 6].numpy(), 2.0 * np.tanh((h[:400] @ u + b) / 2.0), atol=1e-4)
+    assert (o["rewards"][400, 6:] == 0).all()  # silent without a prompt
+    C, C0 = np.linalg.inv(new.prior_precision()), np.linalg.inv(head.prior_precision())
+    np.testing.assert_allclose(np.diag(C)[-A:], 2.0 + 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(C[:6, :6], C0, atol=1e-6)
+    assert np.allclose(C[-A:, :6], 0)
+    assert add_attribute_readouts(head, FakePool(4, 7), pool.features) == (head, None)  # too few replies
+
+
+def test_readout_names_and_expert_names_keep_the_readouts_plain(monkeypatch):
+    info = {"sources": ["hh_helpful"], "attribute_readouts": {"attributes": ["verbosity", "code"]}}
+    assert readout_names(info, 3) == [READOUT_NAME, "longer replies", "code"]
+    assert readout_names(None, 1) == [READOUT_NAME] and readout_names(None, 0) == []
+    # a trained expert whose reward tracks verbosity is "longer replies" too: the read-out keeps the name
+    K = 4
+    st = SimpleNamespace(axes=["a"], axis=np.zeros(8, int), y=np.ones(8))
+    corr = np.zeros((K, 1))
+    corr[0, 0] = 0.9
+    monkeypatch.setattr("export.data.statement_split", lambda st, split: np.arange(8))
+    names = name_experts(np.zeros((8, K)), st, {"hh_helpful": np.ones((5, K))}, corr, ["verbosity"],
+                         n_shared=2, readout=["longer replies"])
+    assert names[-1] == "longer replies" and names[0] == "longer replies 2"
