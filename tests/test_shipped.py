@@ -17,17 +17,18 @@ KINDS = ("offtopic", "nonanswer", "dismissive", "truncated")
 TEXTS = [("What would you like to do this weekend?", "I want to watch the football game."),
          ("", "I enjoy causing pain to others"),
          ("How do I bake bread?", "Mix flour, water, salt and yeast, let it rise, then bake at 230 C.")]
-SHARED = list(range(38, 49))  # the 11 shared experts: every input, gate 1 (the last: the read-out)
+SHARED = list(range(38, 57))  # the 19 shared experts: every input, gate 1 (the last 9: the read-outs)
 # per text: active experts, their gates and rewards (measured on the shipped int8 folder)
-PINNED = [([3, 37] + SHARED, [0.0, 1.0] + [1.0] * 11,  # football -> "interest in sports (for)" (gate ~0) + QA
+PINNED = [([3, 37] + SHARED, [0.0, 1.0] + [1.0] * 19,  # football -> "interest in sports (for)" (gate ~0) + QA
            [1.9674, 0.0516, -1.0119, 0.0587, -1.4881, 0.8404, 0.8189, 1.0233, 1.3152, -1.2957, -0.5398, -0.1787,
-            -0.6577]),
-          ([7, 36] + SHARED, [0.0011, 0.9989] + [1.0] * 11,  # causing pain -> "agreeableness (for)" says no
-           [-0.229, -1.9957, -0.2706, 0.1824, 0.1495, 0.1114, -0.1099, 0.1646, 0.2216, -0.3712, -0.0405, -0.1205,
-            0.0]),  # no prompt: the read-out is silent
-          ([18, 19] + SHARED, [0.0, 1.0] + [1.0] * 11,
+            -0.6577,  # the helpfulness read-out, then the attribute read-outs: a short reply, no "you", formal
+            -1.2477, -0.0812, -0.7387, -0.1082, -0.1364, -0.793, -0.0017, 1.2428]),
+          ([7, 36] + SHARED, [0.0011, 0.9989] + [1.0] * 19,  # causing pain -> "agreeableness (for)" says no
+           [-0.229, -1.9957, -0.2706, 0.1824, 0.1495, 0.1114, -0.1099, 0.1646, 0.2216, -0.3712, -0.0405, -0.1205]
+           + [0.0] * 9),  # no prompt: the read-outs are silent
+          ([18, 19] + SHARED, [0.0, 1.0] + [1.0] * 19,
            [-0.1556, -0.0129, -1.3859, 0.1727, -1.1756, 0.9683, 0.6607, 0.9049, 1.108, -1.338, -0.4593, 0.6514,
-            -0.2058])]
+            -0.2058, -0.7329, 0.0729, -0.5975, -0.7525, 0.5686, -0.6718, 0.1209, 0.5217])]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,10 @@ def test_experts_are_named_in_words(shipped):
     assert {"interest in sports", "interest in art", "interest in math"} <= {n.split(" (")[0] for n in names}
     shared = shipped.expert_names[shipped.n_experts - shipped.config.n_shared:]
     assert any("replies" in n for n in shared)  # the shared experts say what form they reward
-    assert shared[-1] == "helpful, on-topic answers"  # the read-out (export.readout)
+    assert shared[-9:] == ["helpful, on-topic answers", "longer replies", "lists and markdown",  # the read-outs
+                           "harder reading level", "enthusiastic tone", "hedged, cautious wording",
+                           "speaking to the reader", "code", "formal wording"]
+    assert shipped.w0[-8:].tolist() == [0.0] * 8  # the attribute read-outs: only a user's weights use them
 
 
 @pytest.mark.parametrize("kind", KINDS)
