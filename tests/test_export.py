@@ -281,3 +281,40 @@ def test_training_appends_the_population_readout_and_the_folder_computes_it(tiny
     assert not readout_run(tmp_path / "plain", cfg, records=recs)  # it has one now
     later = load_checkpoint(tmp_path / "plain")[1].state_dict()
     assert [k for k, v in head.state_dict().items() if not torch.equal(v, later[k])] == []
+
+
+def test_a_run_with_attribute_users_gets_attribute_readouts_and_an_older_run_gets_the_same(tiny_bert, tmp_path,
+                                                                                          monkeypatch):
+    from export import train as train_module
+    from export.attributes import ATTRIBUTES, ResponsePool
+
+    pairs = random_pairs(200, seed=9)
+    recs = [{"prompt": pairs[i][0] or "a question", "chosen": pairs[i][1], "rejected": pairs[i + 1][1],
+             "source": "attribute_users", "user_id": f"attribute-{i % 4}"} for i in range(0, 198, 2)]
+    pool = ResponsePool.build(recs)  # the replies those users compared (the build reads the licensed sets)
+    monkeypatch.setattr(train_module, "attribute_training_pool", lambda data_dir: pool)
+    cfg = TrainConfig(backbone=str(tiny_bert), max_length=32, n_experts=6, n_shared=2, top_k=2,
+                      expert_hidden=8, epochs=2, batch_size=16, cache_dir=str(tmp_path / "cache"),
+                      readout_sources=[])
+    train(cfg, tmp_path / "run", records=recs)
+    ckpt, head, _ = load_checkpoint(tmp_path / "run")
+    A = len(ATTRIBUTES)
+    assert (head.args.n_experts, head.args.n_readout) == (6 + A, A) and (head.w0[-A:] == 0).all()
+    assert ckpt["readout"]["attribute_readouts"]["attributes"] == list(ATTRIBUTES)
+    train(TrainConfig(**{**cfg.__dict__, "attribute_readout_variance": 0.0}), tmp_path / "plain", records=recs)
+    assert load_checkpoint(tmp_path / "plain")[1].args.n_readout == 0
+    assert readout_run(tmp_path / "plain", cfg, records=recs)
+    assert not readout_run(tmp_path / "plain", cfg, records=recs)  # it has them now
+    later = load_checkpoint(tmp_path / "plain")[1]
+    assert later.args == head.args
+    assert [k for k, v in head.state_dict().items() if not torch.equal(v, later.state_dict()[k])] == []
+    folder = export_model(tmp_path / "run", tmp_path / "model", also_fp32=True, prune=False)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["training"]["readout"]["experts"] == A and "8 predict a reply's verbosity" in (
+        folder / "README.md").read_text()
+    test = random_pairs(32, seed=13)
+    w = np.zeros(6 + A)
+    w[-A:] = np.linspace(-1.0, 1.0, A)  # a user of the attribute read-outs only: the population ignores them
+    got = RewardModel.load(folder, precision="fp32", threads=1).score_pairs(test, user=w)
+    np.testing.assert_allclose(got, torch_run_scores((ckpt, head, None), test, w), atol=1e-4)
+    assert np.abs(got).max() > 0.1 and (got[[not p.strip() for p, _ in test]] == 0).all()  # silent without prompt
