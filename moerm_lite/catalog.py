@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -133,6 +132,8 @@ class Catalog:
     @classmethod
     def load(cls, path: str | Path) -> Catalog:
         """Read a catalog written by :meth:`save` (no pickle)."""
+        import zipfile  # here, not at module level: it and its compressors cost ~5 ms of `import moerm_lite`
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no catalog at {path}")

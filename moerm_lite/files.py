@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +31,8 @@ def atomic_write_text(path: Path, text: str | bytes) -> None:
 
     Writers that do not share a lock each get their own temporary file (``mkstemp``).
     """
+    import tempfile  # here, not at module level: it costs ~2 ms of `import moerm_lite`
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -42,6 +42,18 @@ def test_tampered_graph_is_named(copy):
     RewardModel.load(copy, precision="fp32")  # the untouched precision still loads
 
 
+def test_backbone_that_is_not_onnx(copy):
+    """The backbone session is built while the files are checked: a garbled backbone is reported by its
+    sha256 check, not by the onnxruntime error its build ran into; with a matching manifest, by name."""
+    path = copy / "onnx" / "backbone_int8.onnx"
+    path.write_bytes(b"\x00 not a graph " * (path.stat().st_size // 14) + b"\x00" * (path.stat().st_size % 14))
+    with pytest.raises(ModelFolderError, match="backbone_int8.onnx fails its sha256 check"):
+        RewardModel.load(copy)
+    rewrite_manifest(copy)
+    with pytest.raises(ModelFolderError, match="onnxruntime cannot load .*backbone_int8.onnx"):
+        RewardModel.load(copy)
+
+
 def test_truncated_file_is_named(copy):
     path = copy / "tokenizer.json"
     path.write_bytes(path.read_bytes()[:100])
