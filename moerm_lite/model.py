@@ -35,7 +35,7 @@ from .text import Prompt, TextTokenizer, check_prompt, check_response
 
 log = logging.getLogger("moerm_lite")
 
-DEFAULT_MODEL = "moerm-minilm-k32"
+DEFAULT_MODEL = "moerm-minilm"
 DEFAULT_THREADS = 4  # capped at the machine's cores
 PAIRS_PER_CHUNK = 512  # pairs featurized per head call: bounds memory on long inputs
 BATCH_SIZE = 128  # most texts per backbone call

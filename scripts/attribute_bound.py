@@ -41,6 +41,7 @@ from export.real_eval import eval_pool  # noqa: E402
 from export.train import attribute_training_pool  # noqa: E402
 from moerm_lite.features import SURFACE  # noqa: E402
 from moerm_lite.head import expert_features  # noqa: E402
+from moerm_lite.model import DEFAULT_MODEL  # noqa: E402
 
 ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
 MARGIN = 0.25  # the benchmark's: a user notices a difference of a quarter of a standard deviation
@@ -121,7 +122,7 @@ def statistic_experts(fz: RuntimeFeaturizer, train: ResponsePool, test: Response
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=str(ROOT / "models" / "moerm-minilm-k32"), help="a model folder")
+    ap.add_argument("--model", default=str(ROOT / "models" / DEFAULT_MODEL), help="a model folder")
     args = ap.parse_args()
     train, scaler = attribute_training_pool(data.DATA_DIR)
     test = eval_pool(scaler)

@@ -31,6 +31,7 @@ from export.attributes import attribute_benchmark  # noqa: E402
 from export.evaluate import RuntimeFeaturizer, few_shot  # noqa: E402
 from export.real_eval import SHOTS, attribute_pool, dsp_pool, dsp_users  # noqa: E402
 from moerm_lite.head import expert_features  # noqa: E402
+from moerm_lite.model import DEFAULT_MODEL  # noqa: E402
 
 VARIANCES = (0.1, 0.3, 1.0, 3.0, 10.0)
 RIDGE = 1e-3  # MoEHead.prior_precision's
@@ -46,7 +47,7 @@ def with_variance(P: np.ndarray, idx: np.ndarray, variance: float) -> np.ndarray
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=str(ROOT / "models" / "moerm-minilm-k32"), help="a model folder")
+    ap.add_argument("--model", default=str(ROOT / "models" / DEFAULT_MODEL), help="a model folder")
     args = ap.parse_args()
     fz = RuntimeFeaturizer(args.model)
     lam, P, w0, K = fz.model.config.default_prior_strength, fz.prior_precision, fz.w0, fz.n_experts

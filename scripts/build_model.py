@@ -1,6 +1,6 @@
 """Rebuild the shipped model from scratch: train, evaluate, export int8, evaluate through the folder.
 
-    python scripts/build_model.py                # -> models/moerm-minilm-k32 and runs/ship*/
+    python scripts/build_model.py                # -> models/moerm-minilm and runs/ship*/
     python scripts/build_model.py --quick        # small smoke run into runs/quick (not for shipping)
     python scripts/build_model.py --refresh      # keep the graphs; redo reference corpus, expert cards,
                                                  # active-question curve and the card
@@ -38,13 +38,14 @@ from export.parity import embedding_error, parity_report, selection_agreement  #
 from export.reference import reference_corpus, to_jsonl  # noqa: E402
 from export.train import TrainConfig, load_checkpoint, readout_run, train  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
+from moerm_lite.model import DEFAULT_MODEL  # noqa: E402
 
-CONFIG = ROOT / "export" / "configs" / "moerm-minilm-k32.json"
+CONFIG = ROOT / "export" / "configs" / "moerm-minilm.json"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default=str(ROOT / "models" / "moerm-minilm-k32"))
+    ap.add_argument("--out", default=str(ROOT / "models" / DEFAULT_MODEL))
     ap.add_argument("--runs", default=str(ROOT / "runs"))
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
     ap.add_argument("--resume", action="store_true", help="reuse the runs/ship/ checkpoint (skip training)")

@@ -27,13 +27,14 @@ sys.path.insert(0, str(ROOT))
 from export.contrast import KINDS  # noqa: E402
 from export.evaluate import RuntimeFeaturizer, logistic_fit, pair_accuracy  # noqa: E402
 from export.real_eval import HUMAN_LABELLED, features_phi, sanity_records  # noqa: E402
+from moerm_lite.model import DEFAULT_MODEL  # noqa: E402
 
 L2 = (0.1, 1.0, 10.0, 100.0)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=str(ROOT / "models" / "moerm-minilm-k32"), help="a model folder")
+    ap.add_argument("--model", default=str(ROOT / "models" / DEFAULT_MODEL), help="a model folder")
     args = ap.parse_args()
     fz = RuntimeFeaturizer(args.model)
     suite = sanity_records()  # evaluation only: DSP's held-out instructions

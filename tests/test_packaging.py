@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "models" / "moerm-minilm-k32"
+SHIPPED = ROOT / "models" / "moerm-minilm"
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_wheel_holds_the_shipped_model(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     manifest = json.loads((SHIPPED / "manifest.json").read_text())["files"]
     for rel in list(manifest) + ["manifest.json"]:
-        assert f"moerm_lite/models/moerm-minilm-k32/{rel}" in names, rel
+        assert f"moerm_lite/models/moerm-minilm/{rel}" in names, rel
     assert not any(n.startswith(("export/", "tests/", "bench/")) for n in names)  # the runtime only
 
 
@@ -52,7 +52,7 @@ def test_fresh_venv_loads_the_default_model_from_any_folder(wheel, tmp_path):
     assert out["scores"][0] > out["scores"][1]
     res = subprocess.run([str(venv / "bin" / "moerm-lite"), "info"], cwd=elsewhere, capture_output=True,
                          text=True, env=env, timeout=300)
-    assert res.returncode == 0 and json.loads(res.stdout)["model_id"] == "moerm-minilm-k32"
+    assert res.returncode == 0 and json.loads(res.stdout)["model_id"] == "moerm-minilm"
 
 
 def test_missing_model_names_every_place_it_looked(tmp_path, monkeypatch):

@@ -86,13 +86,13 @@ def test_sanity_suite_phrasings_are_held_out():
 def test_shipped_training_mixture_uses_licensed_sources_only():
     from export.train import EVAL_ONLY, SOURCES, TrainConfig, load_records
 
-    cfg = TrainConfig.from_json(ROOT / "export" / "configs" / "moerm-minilm-k32.json")
+    cfg = TrainConfig.from_json(ROOT / "export" / "configs" / "moerm-minilm.json")
     assert cfg == TrainConfig()  # the shipped model is built with the defaults; the file names its sources
     assert cfg.sources and set(cfg.sources) <= set(SOURCES) and not set(cfg.sources) & set(EVAL_ONLY)
     assert not cfg.jsonl  # nothing from outside the licensed sets
     # the read-out expert is fitted on records of the mixture itself, and only of these sources
     assert cfg.readout_sources and set(cfg.readout_sources) <= set(cfg.sources)
-    shipped = json.loads((ROOT / "models" / "moerm-minilm-k32" / "config.json").read_text())
+    shipped = json.loads((ROOT / "models" / "moerm-minilm" / "config.json").read_text())
     assert shipped["training"]["sources"] == cfg.sources
     assert shipped["training"]["readout"]["sources"] == cfg.readout_sources
     for src in EVAL_ONLY:  # dsp, webgpt, relabeled HH: evaluation only

@@ -10,7 +10,7 @@ import pytest
 from moerm_lite import RewardModel, UserProfile
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "models" / "moerm-minilm-k32"
+SHIPPED = ROOT / "models" / "moerm-minilm"
 EXAMPLES = ROOT / "models" / "examples"
 SANITY = Path(__file__).resolve().parent / "data" / "sanity.jsonl"
 KINDS = ("offtopic", "nonanswer", "dismissive", "truncated")
@@ -42,7 +42,7 @@ def read(path):
 
 def test_default_is_the_shipped_model(shipped):
     assert shipped.folder.resolve() == SHIPPED.resolve()
-    assert (shipped.config.model_id, shipped.precision) == ("moerm-minilm-k32", "int8")
+    assert (shipped.config.model_id, shipped.precision) == ("moerm-minilm", "int8")
     assert sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file()) < 35e6
     assert not any(n.startswith("unused") for n in shipped.expert_names)  # unused experts are pruned
 

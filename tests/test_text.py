@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 
 from moerm_lite.text import TextTokenizer
 
-SHIPPED_TOKENIZER = Path(__file__).resolve().parents[1] / "models" / "moerm-minilm-k32" / "tokenizer.json"
+SHIPPED_TOKENIZER = Path(__file__).resolve().parents[1] / "models" / "moerm-minilm" / "tokenizer.json"
 TEXTS = ["", "Hi.", "one two three four five six seven eight nine ten",
          "How do I reverse a list in Python? " * 12, "word " * 300, "éàü ñ — “quotes” and emoji 🙂 " * 9]
 
