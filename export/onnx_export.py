@@ -51,8 +51,9 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
     strength (``prior_strength``, lambda), the data-derived ``expert_names`` and the card's metrics.
     ``reference`` rows (``export/reference.py``) are shipped as ``reference.jsonl``, and the
     expert cards the runtime reads off them go into the model card. ``quant`` is the int8
-    backbone variant (``quantize_backbone``); ``head_experts`` the int8 head's expert weight type
-    (``fp16``, or ``int8`` per channel: 0.8 MB smaller for MiniLM K = 32, a little further from torch).
+    backbone variant (``quantize_backbone``); ``head_experts`` the int8 head's routed experts' weight type
+    (``fp16``, or ``int8`` per channel: half their size, a little further from torch; shared experts stay
+    fp16, ``export.onnx_head``).
     """
     ckpt, head, backbone = load_checkpoint(run)
     if backbone is None:

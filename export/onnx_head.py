@@ -17,7 +17,9 @@ no gradient in training, so that case uses the full-softmax probability of the
 selected expert instead (``gating="full_softmax"``).
 
 Expert weights ``W1`` may be stored fp16 (cast back after the Gather) or int8 with a
-per-expert, per-output-channel scale that is gathered along with them; the router never is.
+per-expert, per-output-channel scale that is gathered along with them; the router never is. With int8,
+the shared experts stay fp16: a read-out's gate weight (``export.readout.GATE_MARGIN``) shares a hidden
+unit with its small weights, and a per-channel int8 scale set by the gate would round them all to 0.
 """
 
 from __future__ import annotations
@@ -141,13 +143,13 @@ def build_head_graph(wts: HeadWeights, top_k: int, *, gating: str = "topk_softma
         nodes += [helper.make_node("Softmax", ["router_logits"], ["probs"], axis=-1),  # (B, K - S)
                   helper.make_node("GatherElements", ["probs", "routed_index"], ["routed_gates"], axis=1)]
 
-    def stored(w: np.ndarray, name: str) -> tuple[str, str | None]:
-        """Store expert weights (E, F, D) in ``expert_dtype``: the name of the stored tensor, and of its
+    def stored(w: np.ndarray, name: str, dtype: str) -> tuple[str, str | None]:
+        """Store expert weights (E, F, D) in ``dtype``: the name of the stored tensor, and of its
         per-expert, per-output-channel scale (E, 1, D) for int8 (else None)."""
-        if expert_dtype == "fp32":
+        if dtype == "fp32":
             inits.append(numpy_helper.from_array(w.astype(f32), name))
             return name, None
-        if expert_dtype == "fp16":
+        if dtype == "fp16":
             inits.append(numpy_helper.from_array(w.astype(np.float16), name + "_h"))
             return name + "_h", None
         scale = np.abs(w).max(axis=1) / 127.0  # (E, D) per expert, per output channel
@@ -157,9 +159,9 @@ def build_head_graph(wts: HeadWeights, top_k: int, *, gating: str = "topk_softma
                       numpy_helper.from_array(scale[:, None, :], name + "_s")])
         return name + "_q", name + "_s"
 
-    def as_fp32(value: str, scale: str | None, out: str) -> str:
+    def as_fp32(value: str, scale: str | None, out: str, dtype: str) -> str:
         """The name of the fp32 weights of a stored (or gathered) tensor ``value``: ``out`` unless fp32."""
-        if expert_dtype == "fp32":
+        if dtype == "fp32":
             return value
         cast = out if scale is None else out + "_f"
         nodes.append(helper.make_node("Cast", [value], [cast], to=TensorProto.FLOAT))
@@ -169,12 +171,13 @@ def build_head_graph(wts: HeadWeights, top_k: int, *, gating: str = "topk_softma
 
     # The routed experts' weights are gathered in their stored precision and only the selected ones cast
     # to fp32: memory holds W1 at its stored size (B x k experts per call are cast, a few ms per 64 inputs).
-    w1_stored, w1_scale = stored(wts.w1[:Kr], "w1")  # (K - S, F, D)
+    w1_stored, w1_scale = stored(wts.w1[:Kr], "w1", expert_dtype)  # (K - S, F, D)
     gathered = "w1_sel" if expert_dtype == "fp32" else "w1_sel_s"
     nodes.append(helper.make_node("Gather", [w1_stored, "routed_index"], [gathered], axis=0))  # (B, k, F, D)
     if w1_scale is not None:
         nodes.append(helper.make_node("Gather", [w1_scale, "routed_index"], ["w1_sel_scale"], axis=0))  # (B, k, 1, D)
-    w1_sel = as_fp32(gathered, None if w1_scale is None else "w1_sel_scale", "w1_sel")  # (B, k, F, D)
+    w1_sel = as_fp32(gathered, None if w1_scale is None else "w1_sel_scale", "w1_sel",
+                     expert_dtype)  # (B, k, F, D)
     nodes += [
         helper.make_node("Reshape", ["x", "x_shape"], ["x4"]),  # (B, 1, 1, F)
         helper.make_node("MatMul", ["x4", w1_sel], ["pre4"]),  # (B, k, 1, D)
@@ -189,8 +192,9 @@ def build_head_graph(wts: HeadWeights, top_k: int, *, gating: str = "topk_softma
         helper.make_node("Add", ["r_sum", "b2_sel"], ["routed_rewards"]),  # (B, k)
     ]
     if S > 0:
-        w1s_stored, w1s_scale = stored(wts.w1[Kr:], "w1_shared")  # (S, F, D): every input uses all of them,
-        w1s = as_fp32(w1s_stored, w1s_scale, "w1s")  # so cast once (onnxruntime folds constants at load)
+        shared_dtype = "fp16" if expert_dtype == "int8" else expert_dtype  # see the module docstring
+        w1s_stored, w1s_scale = stored(wts.w1[Kr:], "w1_shared", shared_dtype)  # (S, F, D): every input uses
+        w1s = as_fp32(w1s_stored, w1s_scale, "w1s", shared_dtype)  # all of them: cast once (folded at load)
         inits += [
             numpy_helper.from_array(wts.b1[Kr:].astype(f32), "b1_shared"),  # (S, D)
             numpy_helper.from_array(wts.w2[Kr:].astype(f32), "w2_shared"),  # (S, D)

@@ -22,7 +22,7 @@ It was fitted on replies to prompts only, so it is silent (0) on a text without 
 statements, a feed item scored alone): both hidden units also get ``GATE_MARGIN * (has_prompt - 1)``, which
 is 0 with a prompt and switches both off without one. Measured before the gate, the read-out's guesses on
 statements cost persona users 3 points at N = 5. (The gate's weight dominates its hidden units' column, so
-the head's ``int8`` expert storage would round ``u`` coarsely; the shipped head stores fp16.)
+a per-channel int8 scale would round ``u`` to 0: ``build_head_graph`` keeps shared experts fp16 with int8.)
 """
 
 from __future__ import annotations
