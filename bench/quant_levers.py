@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 from collections import defaultdict
@@ -194,6 +195,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     model = RewardModel.load(threads=args.threads)
+    logging.getLogger("moerm_lite").setLevel(logging.ERROR)  # the workload's long texts: not once per call
     pairs = workload(8 if args.quick else 64, 8)
     repeat = 1 if args.quick else 3
     feeds = calibration(model, 64 if args.quick else 400)
