@@ -544,8 +544,9 @@ class RewardModel:
         Every pair is rated by how much its answer is expected to shrink the posterior variance
         of all candidate pairs' score differences (:mod:`moerm_lite.active`), under the user's
         Laplace posterior (a :class:`UserProfile`), or under the prior ``N(w0, (lambda P)^-1)`` for
-        ``user=None`` or a plain weight vector. Ask the user to compare the two responses,
-        then ``model.update_user(profile, [...])``.
+        ``user=None`` or a plain weight vector. A profile's residual (``residual_strength``) enters as a
+        known offset: its uncertainty is not modelled (it is strongly regularized, and moved only by many
+        comparisons). Ask the user to compare the two responses, then ``model.update_user(profile, [...])``.
 
         Returns:
             ``{"pair": (i, j), "responses": (a, b), "variance_reduction": expected drop,
