@@ -204,7 +204,13 @@ def experts_section(config: dict[str, Any], rep: EvalReport) -> list[str]:
     it = rep.get("interpretability", {})
     best = {r["expert"]: r for r in it.get("axes", [])}
     K, S = config["n_experts"], config.get("n_shared", 0)
-    lines = ["## Experts", "", "| # | name | kind | what the data says |", "|---|---|---|---|"]
+    lines = ["## Experts", "",
+             "A name is read off held-out data: the persona axis and stance an expert's reward tracks, else the "
+             "text attribute it follows, else the replies that route to it most (a source's conversations), "
+             "or for a read-out what it was fitted to predict; a number tells apart experts with the same name. "
+             "An expert's reward has no fixed sign: a weight (the population's `w0`, or a user's) sets which "
+             "way it counts.", "",
+             "| # | name | kind | what the data says |", "|---|---|---|---|"]
     for i, name in enumerate(config["expert_names"]):
         r = best.get(i)
         desc = (f"best expert for persona axis `{r['axis']}` (corr {r['corr']:+.2f}, routed for "

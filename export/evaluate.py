@@ -272,7 +272,10 @@ def source_gates(fz: Featurizer, persona_gates: np.ndarray) -> dict[str, np.ndar
     return out
 
 
-SOURCE_WORDS = {"hh_harmless": "harmlessness (HH-RLHF harmless)", "hh_helpful": "helpfulness (HH-RLHF helpful)",
+# An expert named after a source is one that source's inputs route to: the words say which replies it judges
+# (its reward's sign is arbitrary, so "helpfulness" would promise a direction the weight may reverse).
+SOURCE_WORDS = {"hh_harmless": "red-team conversations (HH-RLHF harmless)",
+                "hh_helpful": "assistant conversations (HH-RLHF helpful)",
                 "finegrained_qa": "factual QA answers", "topical_chat": "chit-chat replies", "persona": "persona statements"}
 
 READOUT_NAME = "helpful, on-topic answers"  # what the helpfulness read-out rewards (export.readout)

@@ -99,6 +99,26 @@ def add_expert_cards(folder: Path, n_texts: int = 3) -> list[dict[str, Any]]:
     return cards
 
 
+def rename_experts(folder: Path, names: list[str]) -> bool:
+    """Give a model folder's experts ``names`` (K,) in config.json and its stored expert cards; graphs
+    untouched, manifest refreshed. Returns whether any name changed."""
+    folder = Path(folder)
+    config = json.loads((folder / CONFIG).read_text())
+    if len(names) != config["n_experts"]:
+        raise ValueError(f"{len(names)} names for {config['n_experts']} experts")
+    if list(names) == config["expert_names"]:
+        return False
+    config["expert_names"] = list(names)
+    atomic_write_text(folder / CONFIG, json.dumps(config, indent=1) + "\n")
+    if config.get("expert_cards"):
+        cards = json.loads((folder / config["expert_cards"]).read_text())
+        for c in cards:
+            c["name"] = names[c["expert"]]
+        atomic_write_text(folder / config["expert_cards"], json.dumps(cards, indent=1, ensure_ascii=False) + "\n")
+    write_manifest(folder)
+    return True
+
+
 def update_card(folder: Path, card: str) -> None:
     """Replace a model folder's card and refresh its manifest (graphs untouched)."""
     folder = Path(folder)

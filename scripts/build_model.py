@@ -8,7 +8,8 @@
                                                  # run with today's export code, re-measure parity, card
     python scripts/build_model.py --head-only    # the same for the head graph (from the folder's weights)
     python scripts/build_model.py --reevaluate   # re-run the evaluation through the folder with today's
-                                                 # evaluation code; keep parity, references, cards; card
+                                                 # evaluation code (expert names too); keep parity,
+                                                 # references, cards; card
 
 Needs the export extra (torch pinned: pip install torch==2.13.0) and ../shared/data.
 Every number in the model card and the README's tables comes from the reports this writes.
@@ -33,7 +34,7 @@ from export.active_eval import model_active_curve  # noqa: E402
 from export.card import model_card  # noqa: E402
 from export.evaluate import EvalReport, RuntimeFeaturizer, TorchFeaturizer, evaluate  # noqa: E402
 from export.onnx_export import export_model  # noqa: E402
-from export.package import add_reference, update_card  # noqa: E402
+from export.package import add_reference, rename_experts, update_card  # noqa: E402
 from export.parity import embedding_error, parity_report, selection_agreement  # noqa: E402
 from export.reference import reference_corpus, to_jsonl  # noqa: E402
 from export.train import TrainConfig, load_checkpoint, readout_run, train  # noqa: E402
@@ -217,6 +218,9 @@ def reevaluate(runs: Path, out: Path, users: int) -> None:
     probes = {k: v for k, v in rep.get("attribute_users", {}).items() if k.endswith("_frozen_probe")}
     rep.update({k: v for k, v in new.items() if k not in KEPT_ON_REEVALUATION})
     rep["attribute_users"].update(probes)
+    if rename_experts(out, new["expert_names"]):  # names are read off the evaluation: today's naming code
+        for c in rep.get("expert_cards", []):
+            c["name"] = new["expert_names"][c["expert"]]
     rep.setdefault("timings", {})["reevaluate_runtime_s"] = time.time() - t0
     (runs / "ship" / "report.json").write_text(json.dumps(rep, indent=1))
     ckpt, _, _ = load_checkpoint(runs / "ship")

@@ -116,3 +116,24 @@ def test_stored_cards_are_read_not_recomputed(tiny_folder, tmp_path):
     m.expert_outputs = None  # describe_experts must not score anything now
     cards = m.describe_experts()
     assert all(isinstance(k, str) and type(k) is str for c in cards for k in c["routing_share_by_source"])
+
+
+def test_rename_experts_changes_names_only(tiny_folder, tmp_path):
+    """export.package.rename_experts: new names in config.json and the stored cards, a folder that loads
+    (manifest refreshed) and scores exactly as before; a wrong count is refused."""
+    import shutil
+
+    from export.package import add_expert_cards, rename_experts
+
+    folder = tmp_path / "renamed"
+    shutil.copytree(tiny_folder, folder)
+    add_expert_cards(folder)
+    before = RewardModel.load(folder, threads=1)
+    names = [f"expert number {k}" for k in range(before.n_experts)]
+    assert rename_experts(folder, names) and not rename_experts(folder, names)
+    after = RewardModel.load(folder, threads=1)
+    assert after.expert_names == names and [c["name"] for c in after.describe_experts()] == names
+    pairs = [("why", "the cat is good"), ("", "a dog")]
+    assert np.array_equal(after.score_pairs(pairs), before.score_pairs(pairs))
+    with pytest.raises(ValueError, match="names for"):
+        rename_experts(folder, names[:-1])
