@@ -43,7 +43,7 @@ def test_canonical_scores(tiny_fp32, tiny_int8):
     np.testing.assert_allclose(tiny_fp32.score(PROMPT, RESPONSES),
                                [0.14908906518124854, 0.13406052247928552, 0.4271969968936158], atol=1e-5)
     np.testing.assert_allclose(tiny_int8.score(PROMPT, RESPONSES),
-                               [0.14769571599336842, 0.13336404780936575, 0.42993139696302973], atol=1e-4)
+                               [0.14807870203268472, 0.13350596077084304, 0.4302941341392836], atol=1e-4)
 
 
 def test_score_types(tiny_fp32):
