@@ -108,6 +108,8 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
     ]
     if rep:
         lines += real_text_section(rep)
+        if rep.get("feature_choice"):
+            lines += feature_section(rep["feature_choice"])
         lines += measured_section(rep, K)
         if "parity" in rep:
             lines += ["## Parity (torch fp32 vs this folder)", ""]
@@ -133,6 +135,26 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
     if rep.get("expert_cards"):
         lines += expert_cards_section(rep["expert_cards"])
     return "\n".join(lines)
+
+
+def feature_section(fc: dict[str, Any]) -> list[str]:
+    """Why the head sees separate embeddings and text statistics: ``scripts/feature_choice.py``'s table."""
+    rows = fc["rows"]
+    cols = list(next(iter(rows.values())))
+    t = fc["tokens_per_ranking"]
+    lines = ["## Features (why separate embeddings and text statistics)", "",
+             f"Each feature set scored by a linear probe (logistic regression, L2 {fc['l2']:g}) on held-out data, "
+             "frozen encoder (`scripts/feature_choice.py`): each human-labelled set's probe trained on its train "
+             f"split; the sanity suite scored by one probe trained on the licensed training mixture "
+             f"({fc['mixture_records']} population comparisons).", "",
+             "| features | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in cols) + " |" for name, row in rows.items()]
+    lines += ["", f"To rank {fc['ranking_candidates']} candidates the backbone reads {t['separate']:.0f} tokens with "
+              f"separate embeddings (the prompt once) and {t['pair encoding']:.0f} with the pair encoding "
+              f"({t['pair encoding'] / t['separate']:.1f}x). Fine-tuning the encoder's top layer on one set's "
+              "pairs (`scripts/finetune_probe.py`, CPU-sized) moved its probe by less than a point; a full build "
+              "with fine-tuning needs a GPU.", ""]
+    return lines
 
 
 def real_text_section(rep: EvalReport) -> list[str]:

@@ -183,6 +183,21 @@ def test_card_records_the_int8_variant_choice(tiny_run, tiny_export):
     assert "| gptq8 | 1.06% | 99.23% | 99.45% | 99.30% | 26.2 MB |" in card
 
 
+def test_card_states_the_feature_choice(tiny_run, tiny_export):
+    """scripts/feature_choice.py's table, recorded in the report, is in the card with its token counts."""
+    from export.card import model_card
+
+    ckpt, _, _ = load_checkpoint(tiny_run)
+    config = json.loads((tiny_export / "config.json").read_text())
+    fc = {"rows": {"(a) pair encoding": {"hh_helpful": 0.55, "sanity offtopic": 0.5},
+                   "(c) shipped": {"hh_helpful": 0.61, "sanity offtopic": 0.96}},
+          "tokens_per_ranking": {"pair encoding": 1500.0, "separate": 1000.0}, "mixture_records": 6880,
+          "l2": 10.0, "ranking_candidates": 8}
+    card = model_card(config, ckpt, {"feature_choice": fc})
+    assert "| features | hh_helpful | sanity offtopic |" in card and "| (c) shipped | 61.0 | 96.0 |" in card
+    assert "1000 tokens with separate embeddings" in card and "1500 with the pair encoding (1.5x)" in card
+
+
 def test_torch_pair_features_equal_the_runtime_function(tiny_bert):
     """Fine-tuning computes the features in torch; they must be the numpy features the runtime computes."""
     from export.embed import TorchPairFeatures, embed_texts, features_of, text_tokenizer
