@@ -89,7 +89,8 @@ def tokens_per_ranking(tok: TextTokenizer) -> dict[str, float]:
     joint, separate = [], []
     for p, rs in by_prompt.items():
         joint.append(sum(len(x) for x in tok.encode([pair_text(p, r) for r in rs], "prompt")[0]))
-        separate.append(len(tok.encode([p], "prompt")[0][0]) + sum(len(x) for x in tok.encode(rs, "response")[0]))
+        prompt_tokens = len(tok.encode([p], "prompt")[0][0])
+        separate.append(prompt_tokens + sum(len(x) for x in tok.encode(rs, "response")[0]))
     return {"pair encoding": float(np.mean(joint)), "separate": float(np.mean(separate))}
 
 
