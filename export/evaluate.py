@@ -382,6 +382,7 @@ class EvalReport(TypedDict, total=False):
     timings: dict[str, float]
     active: dict[str, Any]
     expert_cards: list[dict[str, Any]]
+    feature_choice: dict[str, Any]  # scripts/feature_choice.py --card
 
 
 def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = None, n_users: int = 200,
