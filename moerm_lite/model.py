@@ -6,8 +6,8 @@ import ctypes
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Union
 
@@ -124,33 +124,6 @@ def _session(path: Path, threads: int, inputs: list[str], outputs: list[str],
     return sess
 
 
-class _Background:
-    """``fn(*args)`` run in a thread from construction; :meth:`result` waits for it and returns its value or
-    raises its exception. For work that releases the GIL (building an onnxruntime session)."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._value: Any = None
-        self._error: BaseException | None = None
-
-        def run() -> None:
-            try:
-                self._value = fn(*args)
-            except BaseException as e:  # handed to the caller by result()
-                self._error = e
-
-        self._thread = threading.Thread(target=run, name="moerm-lite-load", daemon=True)
-        self._thread.start()
-
-    def wait(self) -> None:
-        self._thread.join()
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
 _PROBE = ort.RunOptions()  # a load-time probe's buffers go back to the system after it, not kept in the arena
 _PROBE.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
@@ -243,15 +216,13 @@ class RewardModel:
         # in a thread while this one checks the files' sha256 (which holds no memory: anything loaded
         # meanwhile would add to the build's peak). Nothing is returned until both are done, and a file that
         # fails its check is reported before any onnxruntime error.
-        build = _Background(_session, backbone_path, threads, cfg.backbone_inputs, [cfg.backbone_output],
-                            graphs.dequantize_at_load)
-        try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="moerm-lite-load") as pool:
+            build = pool.submit(_session, backbone_path, threads, cfg.backbone_inputs, [cfg.backbone_output],
+                                graphs.dequantize_at_load)
+            # a check that fails leaves the block once the build is done, and its error wins over the build's
             verify_files(folder, manifest, ["tokenizer.json"])
             others = [f for prec, g in cfg.graphs.items() if prec != precision for f in (g.backbone, g.head)]
             verify_graph_dirs(folder, manifest, graphs, others)
-        except BaseException:
-            build.wait()  # the check's error wins over whatever the build of a bad file ran into
-            raise
         backbone = build.result()
         # Then, one at a time, each probed right after it is built, the load's peak memory is least: a
         # session's build and a probe's buffers are transient, and the C heap hands them back between steps.
