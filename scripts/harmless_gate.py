@@ -48,16 +48,15 @@ def main() -> None:
     cache = EmbeddingCache(ckpt["backbone_path"], cfg.max_length)
     records = load_records(cfg)
 
-    def prompt_logits(recs: list[dict], v: np.ndarray) -> np.ndarray:
+    def prompt_inputs(recs: list[dict]) -> np.ndarray:
+        """The prompt classifier's inputs (N, H + 1): the unit prompt embedding and a bias column."""
         P = cache.get([r["prompt"] for r in recs], "prompt").astype(np.float64)  # (N, H)
         P /= np.maximum(np.linalg.norm(P, axis=1, keepdims=True), 1e-12)
-        return np.hstack([P, np.ones((len(P), 1))]) @ v  # (N,)
+        return np.hstack([P, np.ones((len(P), 1))])
 
     pop = [r for r in records if r.get("user_id") is None and str(r.get("prompt", "")).strip()]
     red = np.where([r["source"].startswith("hh_harmless") for r in pop], 1.0, -1.0)  # (N,) +1: red-team prompt
-    P = cache.get([r["prompt"] for r in pop], "prompt").astype(np.float64)
-    P /= np.maximum(np.linalg.norm(P, axis=1, keepdims=True), 1e-12)
-    v = logistic_fit(np.hstack([P, np.ones((len(P), 1))]) * red[:, None], np.ones(len(P)), 1.0)  # (H + 1,)
+    v = logistic_fit(prompt_inputs(pop) * red[:, None], np.ones(len(pop)), 1.0)  # (H + 1,)
 
     harmless = readout_records(records, ["hh_harmless"])  # the train split
     Xc = torch.as_tensor(cache.features([(r["prompt"], r["chosen"]) for r in harmless]))
@@ -78,7 +77,7 @@ def main() -> None:
             base[name] = (head.score(xc, head.w0) - head.score(xr, head.w0)).double().numpy()  # (N,)
             hc, hr = head.standardize(xc).double().numpy(), head.standardize(xr).double().numpy()
         extra[name] = c * np.tanh(hc @ u / c) - c * np.tanh(hr @ u / c)  # (N,) the read-out's margin
-        logit[name] = prompt_logits(recs, v)
+        logit[name] = prompt_inputs(recs) @ v  # (N,)
 
     def row(label: str, m: dict[str, np.ndarray], on: dict[str, float]) -> None:
         print(f"{label:<26}" + "".join(f"{100 * pair_accuracy(m[n]):15.1f}%" for n in HUMAN_LABELLED)
