@@ -28,6 +28,7 @@ import numpy as np
 
 ATTRIBUTES = ("verbosity", "structure", "reading_level", "enthusiasm", "hedging", "addressing", "code",
               "formality")
+MARGIN = 0.25  # a simulated user notices a difference of a quarter of a standard deviation
 ATTRIBUTE_WORDS = {  # what an expert whose gated reward rises (+) or falls (-) with the attribute rewards
     "verbosity": ("longer replies", "shorter replies"),
     "structure": ("lists and markdown", "plain prose"),
@@ -167,6 +168,16 @@ class ResponsePool:
         return np.array(out, dtype=int).reshape(-1, 2)
 
 
+def pair_order(pool: ResponsePool, pred: np.ndarray, a: int, margin: float = MARGIN) -> float:
+    """Share of the pool's same-prompt reply pairs whose attribute ``a`` differs by at least ``margin`` (std
+    units, as users notice) that a prediction ``pred`` (R,) of it puts in the right order; ties count half."""
+    pairs = pool.pairs(np.arange(len(pool.prompts)))  # (P, 2)
+    gap = pool.z[pairs[:, 0], a] - pool.z[pairs[:, 1], a]  # (P,)
+    keep = np.abs(gap) >= margin
+    d = pred[pairs[keep, 0]] - pred[pairs[keep, 1]]  # (P',)
+    return float(np.mean((np.sign(d) == np.sign(gap[keep])) + 0.5 * (d == 0)))
+
+
 def sample_attribute_user(rng: np.random.Generator, n_attributes: int | None = None) -> np.ndarray:
     """w over the attributes: 1-3 (or ``n_attributes``) non-zero entries, random sign times [0.5, 1.5]."""
     A = len(ATTRIBUTES)
@@ -178,7 +189,7 @@ def sample_attribute_user(rng: np.random.Generator, n_attributes: int | None = N
 
 
 def user_comparisons(rng: np.random.Generator, w: np.ndarray, pool: ResponsePool, pairs: np.ndarray, n: int,
-                     margin: float = 0.25) -> list[tuple[int, int]]:
+                     margin: float = MARGIN) -> list[tuple[int, int]]:
     """n (chosen, rejected) response pairs whose user rewards differ by at least ``margin`` (in std units:
     a user notices the difference). Fewer if the pool has fewer such pairs."""
     reward = pool.z @ w  # (R,)

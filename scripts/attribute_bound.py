@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from export import data  # noqa: E402
-from export.attributes import ATTRIBUTES, ResponsePool, attribute_benchmark  # noqa: E402
+from export.attributes import ATTRIBUTES, ResponsePool, attribute_benchmark, pair_order  # noqa: E402
 from export.evaluate import RuntimeFeaturizer, few_shot  # noqa: E402
 from export.real_eval import eval_pool  # noqa: E402
 from export.train import attribute_training_pool  # noqa: E402
@@ -44,7 +44,6 @@ from moerm_lite.head import expert_features  # noqa: E402
 from moerm_lite.model import DEFAULT_MODEL  # noqa: E402
 
 ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
-MARGIN = 0.25  # the benchmark's: a user notices a difference of a quarter of a standard deviation
 TAUS = (1.0, 3.0, 10.0, 30.0)
 STYLE = [i for i, n in enumerate(SURFACE) if n not in ("cosine", "has_prompt", "log_prompt_words")]  # of the reply
 
@@ -66,15 +65,6 @@ def fit_with_validation(X: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarr
     val = np.random.default_rng(seed).random(len(y)) < 0.2
     best = min(ALPHAS, key=lambda a: np.mean((predict(X[val], ridge(X[~val], y[~val], a)) - y[val]) ** 2))
     return ridge(X, y, best)
-
-
-def pair_order(pool: ResponsePool, pred: np.ndarray, a: int) -> float:
-    """Share of same-prompt pairs differing by >= MARGIN in attribute ``a`` that ``pred`` orders right."""
-    pairs = pool.pairs(np.arange(len(pool.prompts)))  # (P, 2)
-    gap = pool.z[pairs[:, 0], a] - pool.z[pairs[:, 1], a]  # (P,)
-    keep = np.abs(gap) >= MARGIN
-    d = pred[pairs[keep, 0]] - pred[pairs[keep, 1]]
-    return float(np.mean(np.sign(d) == np.sign(gap[keep])))
 
 
 def views(fz: RuntimeFeaturizer, pool: ResponsePool) -> dict[str, np.ndarray]:

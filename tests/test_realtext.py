@@ -51,6 +51,26 @@ def test_attribute_users_compare_responses_to_the_same_prompt():
         assert pool.z[c] @ w >= pool.z[j] @ w + 0.25  # the chosen reply is the more enthusiastic one
 
 
+def test_pair_order_counts_same_prompt_pairs_users_notice():
+    recs = [{"prompt": "q", "chosen": "Wow! Great! Amazing!", "rejected": "Fine."},
+            {"prompt": "q", "chosen": "Great, fine.", "rejected": "Fine."},
+            {"prompt": "q", "chosen": "Okay.", "rejected": "Fine."},  # equally calm: no user notices
+            {"prompt": "r", "chosen": "Amazing! " * 5, "rejected": "No."}]
+    pool, _ = A.ResponsePool.build(recs)
+    a = A.ATTRIBUTES.index("enthusiasm")
+    z = pool.z[:, a]
+    assert A.pair_order(pool, z, a) == 1.0  # the attribute itself orders every pair
+    assert A.pair_order(pool, -z, a) == 0.0
+    assert A.pair_order(pool, np.zeros(len(z)), a) == 0.5  # no opinion: ties count half
+    pairs = pool.pairs(np.arange(len(pool.prompts)))
+    noticed = np.abs(z[pairs[:, 0]] - z[pairs[:, 1]]) >= A.MARGIN
+    assert 0 < noticed.sum() < len(pairs)  # only pairs a user notices count: one that barely differs is left out
+    first_wrong = z.copy()
+    i, j = pairs[noticed][0]
+    first_wrong[[i, j]] = first_wrong[[j, i]]  # swap one noticed pair's predictions
+    assert A.pair_order(pool, first_wrong, a) < 1.0
+
+
 def test_contrast_pairs_never_use_harmful_prompts():
     benign = [{"prompt": f"How do I make dish {i}?", "source": "hh_helpful",
                "chosen": f"Start by chopping onions, then fry them gently for dish {i} before adding spices.",
