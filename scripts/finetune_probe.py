@@ -2,6 +2,7 @@
 
     python scripts/finetune_probe.py                   # HH-RLHF helpful, ~15 minutes on 2 cores
     python scripts/finetune_probe.py --set hh_harmless
+    python scripts/finetune_probe.py --set attributes  # style attributes of replies, ~15 minutes
 
 The card's reference probe (logistic regression on the pair features of ``moerm_lite.features``, fitted on
 one set's train split) is scored on the held-out test split twice: on the frozen encoder, and after the
@@ -9,6 +10,17 @@ encoder's top transformer layer was trained on the same train split together wit
 reward (the layers below are run once and cached, which is what makes this fit on a CPU). The gap says whether the lever the
 model card names (fine-tuning the top layers, ``--train-backbone-layers``) moves human-labelled accuracy,
 before anyone pays for a full GPU build.
+
+``--set attributes`` asks the same of the attribute users (``export.attributes``), whose hedging, enthusiasm
+and code the frozen encoder barely sees: the top layer is trained to predict the training pool's
+standardised attributes from the normalised reply embedding (a linear map), with a penalty
+``preserve * (1 - cos(tuned, frozen))`` that keeps the embedding close to the frozen one (which every
+other expert and benchmark relies on). Each attribute is then read from the reply's embedding and text
+statistics by a ridge regression fitted on the training pool and scored on the held-out pool (R^2, and
+the share of the benchmark's same-prompt comparisons put in order); and the shipped model's attribute
+read-outs are replaced by those regressions, frozen or tuned, to see what attribute users would gain
+(few-shot accuracy through the model's own prior; the trained experts keep their frozen features). A last
+row fits the shipped read-outs alone, as if the prior knew the user cares about attributes only.
 
 Needs the export extra and ../shared/data.
 """
@@ -36,6 +48,8 @@ from export.real_eval import HUMAN_LABELLED  # noqa: E402
 
 PROBE_L2 = 10.0  # the card's frozen probe (export.real_eval.population)
 SETS = HUMAN_LABELLED
+ATTRIBUTE_SET = "attributes"
+PRESERVE = (1.0, 0.1)  # --set attributes: weights of the penalty that keeps embeddings near the frozen ones
 
 
 class Cached:
@@ -129,14 +143,135 @@ def finetune(train: PairSet, layer: torch.nn.Module, epochs: int, seed: int = 0,
     return layer.eval()
 
 
+def pooled(layer: torch.nn.Module, cache: Cached, batch: int = 128) -> torch.Tensor:
+    """Mean-pooled top-layer output of every cached text, (N, H)."""
+    with torch.no_grad():
+        return torch.cat([embed_top(layer, cache.hidden[s:s + batch]) for s in range(0, len(cache.hidden), batch)])
+
+
+def finetune_attributes(cache: Cached, z: np.ndarray, layer: torch.nn.Module, preserve: float, epochs: int,
+                        seed: int = 0, batch: int = 32) -> torch.nn.Module:
+    """The top layer trained to predict standardised attributes z (N, A) from the normalised pooled
+    embedding through a linear map, plus ``preserve * (1 - cos(tuned, frozen))``; returns the trained layer."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    frozen = F.normalize(pooled(layer, cache), dim=1)  # (N, H)
+    layer = copy.deepcopy(layer)
+    target = torch.from_numpy(z).float()  # (N, A)
+    lin = torch.nn.Linear(frozen.shape[1], z.shape[1])
+    opt = torch.optim.AdamW([{"params": lin.parameters(), "lr": 1e-2}, {"params": layer.parameters(), "lr": 2e-4}],
+                            weight_decay=0.0)
+    by_length = np.argsort([h.shape[0] for h in cache.hidden], kind="stable")  # batches of similar length
+    batches = [by_length[s:s + batch] for s in range(0, len(by_length), batch)]
+    layer.train()
+    for _ in range(epochs):
+        for rows in rng.permutation(len(batches)):
+            idx = batches[rows]
+            e = F.normalize(embed_top(layer, [cache.hidden[i] for i in idx]), dim=1)  # (B, H)
+            drift = (1.0 - (e * frozen[idx]).sum(1)).mean()
+            loss = F.mse_loss(lin(10.0 * e), target[idx]) + preserve * drift
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return layer.eval()
+
+
+def reply_view(layer: torch.nn.Module, cache: Cached, stats: np.ndarray) -> np.ndarray:
+    """A reply's normalised embedding and its text statistics, (N, H + S) float64."""
+    return np.hstack([F.normalize(pooled(layer, cache), dim=1).double().numpy(), stats])
+
+
+def shots_cell(acc: dict[str, float]) -> str:
+    """Few-shot accuracy at N = 5 / 10 / 20 / 50 in percent."""
+    return " / ".join(f"{100 * acc[n]:.1f}" for n in ("5", "10", "20", "50"))
+
+
+def attribute_main(args: argparse.Namespace) -> None:
+    from export import data
+    from export.attributes import ATTRIBUTES, attribute_benchmark, pair_order
+    from export.evaluate import RuntimeFeaturizer, few_shot
+    from export.readout import fit_ridge
+    from export.real_eval import attribute_pool
+    from export.train import attribute_training_pool
+    from moerm_lite.features import SURFACE, pair_features
+    from moerm_lite.model import DEFAULT_MODEL
+
+    t0 = time.time()
+    train, _ = attribute_training_pool(data.DATA_DIR)
+    fz = RuntimeFeaturizer(ROOT / "models" / DEFAULT_MODEL)
+    held = attribute_pool(fz, with_probe=False)  # the benchmark's held-out pool, through the shipped model
+    test, phi = held["pool"], held["phi"]  # (R, K) expert outputs
+    n_attr = len(fz.readout_names) - (fz.n_readout - len(ATTRIBUTES))
+    if n_attr != len(ATTRIBUTES):
+        raise SystemExit(f"{DEFAULT_MODEL} has no attribute read-outs to replace")
+    cols = np.arange(fz.n_experts - len(ATTRIBUTES), fz.n_experts)  # read-outs are appended last, in order
+    path = default_backbone_path()
+    backbone = Backbone(path).eval()
+    with tempfile.TemporaryDirectory() as t:
+        tok = text_tokenizer(path, args.max_length, Path(t))
+        caches = [Cached(backbone, tok, pool.responses, "response") for pool in (train, test)]
+
+    def statistics(texts: list[str]) -> np.ndarray:
+        zeros = np.zeros((len(texts), backbone.n_embd), dtype=np.float32)
+        return pair_features(zeros, zeros, [""] * len(texts), texts)[:, -len(SURFACE):].astype(np.float64)
+
+    stats = [statistics(pool.responses) for pool in (train, test)]
+    top = backbone.encoder.encoder.layer[-1]
+    single = attribute_benchmark(test, n_users=100, n_attributes=1)  # the card's users
+    multi = attribute_benchmark(test, n_users=100, n_attributes=None)
+    by_attr = [attribute_benchmark(test, n_users=20, attribute=a, seed=100 + a) for a in range(len(ATTRIBUTES))]
+    lam, P = fz.model.config.default_prior_strength, fz.prior_precision
+    print(f"{len(train.responses)} training replies, {len(test.responses)} held-out replies "
+          f"(cache {time.time() - t0:.0f} s); {args.epochs} epochs, 2 CPU threads")
+    print("R^2 / same-prompt comparisons in order, ridge on [reply embedding, text statistics], held out:")
+    print(f"{'encoder':<32}" + "".join(f"{a:>17}" for a in ATTRIBUTES) + f"{'cos to frozen':>15}")
+    frozen_emb = pooled(top, caches[1])
+    rows = []
+    for preserve in (None, *args.preserve):
+        layer = top if preserve is None else finetune_attributes(caches[0], train.z, top, preserve, args.epochs)
+        Vtr, Vte = (reply_view(layer, c, s) for c, s in zip(caches, stats))
+        mu, sd = Vtr.mean(0), Vtr.std(0) + 1e-8
+        pred = np.empty((len(test.responses), len(ATTRIBUTES)))  # (R, A)
+        cells = []
+        for a in range(len(ATTRIBUTES)):
+            u, b, _ = fit_ridge((Vtr - mu) / sd, train.z[:, a])
+            pred[:, a] = (Vte - mu) / sd @ u + b
+            r2 = 1 - np.mean((pred[:, a] - test.z[:, a]) ** 2) / test.z[:, a].var()
+            cells.append(f"{r2:.2f} / {100 * pair_order(test, pred[:, a], a):.1f}%")
+        cos = float(F.cosine_similarity(pooled(layer, caches[1]), frozen_emb).mean())
+        name = "frozen" if preserve is None else f"top layer tuned, preserve {preserve:g}"
+        print(f"{name:<32}" + "".join(f"{c:>17}" for c in cells) + f"{cos:>15.3f}", flush=True)
+        rows.append((name, pred))
+    print(f"\nattribute users through {DEFAULT_MODEL} (prior strength {lam:g}), its {len(ATTRIBUTES)} attribute "
+          "read-outs replaced by those regressions; N = 5 / 10 / 20 / 50:")
+    print(f"{'read-outs':<40}{'1 attribute':>26}{'2-3 attributes':>26}   by attribute, 1-attribute users at N = 10")
+    for name, pred in [("shipped (pair features)", phi[:, cols]), *rows]:
+        ph = phi.copy()
+        ph[:, cols] = pred
+        acc = [few_shot(ph, users, fz.w0, lam, P=P) for users in (single, multi)]
+        per = [100 * few_shot(ph, u, fz.w0, lam, shots=(10,), P=P)["10"] for u in by_attr]
+        print(f"{name:<40}" + "".join(f"{shots_cell(a):>26}" for a in acc) + "   "
+              + " ".join(f"{v:.0f}" for v in per), flush=True)
+    alone = phi[:, cols]  # the shipped read-outs without the other experts: what a perfect prior could reach
+    acc = [few_shot(alone, users, np.zeros(len(cols)), 1.0) for users in (single, multi)]
+    print(f"{'shipped read-outs alone (prior I, 1)':<40}" + "".join(f"{shots_cell(a):>26}" for a in acc))
+    print(f"({time.time() - t0:.0f} s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--set", default="hh_helpful", choices=sorted(SETS))
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--set", default="hh_helpful", choices=sorted([*SETS, ATTRIBUTE_SET]))
+    ap.add_argument("--epochs", type=int, default=None, help="3 (a human-labelled set) or 4 (attributes)")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--limit", type=int, default=None, help="first N comparisons of each split (a smoke run)")
+    ap.add_argument("--preserve", type=float, nargs="+", default=list(PRESERVE),
+                    help="--set attributes: weights of the penalty keeping embeddings near the frozen ones")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if args.set == ATTRIBUTE_SET:
+        attribute_main(argparse.Namespace(**{**vars(args), "epochs": args.epochs or 4}))
+        return
+    args.epochs = args.epochs or 3
     t0 = time.time()
     path = default_backbone_path()
     backbone = Backbone(path).eval()
