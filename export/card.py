@@ -154,9 +154,9 @@ def feature_section(fc: dict[str, Any]) -> list[str]:
               f"({t['pair encoding'] / t['separate']:.1f}x). (d) Fine-tuning the encoder's top layer "
               "(`scripts/finetune_probe.py`, CPU-sized, the layers below frozen) on one human-labelled set's "
               "pairs moved its probe by less than a point; trained to predict the text attributes, it made "
-              "hedging visible (held-out R^2 0.05 -> 0.42) and would gain 2-3-attribute users 1.4-2.5 points at "
-              "N = 20, at the price of embeddings the rest of the model was not trained on (docs/design.md). "
-              "Not shipped: a full build with fine-tuning needs a GPU.", ""]
+              "hedging visible (held-out R^2 0.05 -> 0.42); a model rebuilt on it gained 2-3-attribute users "
+              "1.4 points at N = 20 and cost persona users up to 0.9 and HH harmless 3 (docs/design.md). "
+              "Not shipped: fine-tuning more layers with the whole mixture needs a GPU.", ""]
     return lines
 
 

@@ -3,6 +3,7 @@
     python scripts/finetune_probe.py                   # HH-RLHF helpful, ~15 minutes on 2 cores
     python scripts/finetune_probe.py --set hh_harmless
     python scripts/finetune_probe.py --set attributes  # style attributes of replies, ~15 minutes
+    python scripts/finetune_probe.py --set attributes --preserve 1 --save runs/minilm-style  # write it
 
 The card's reference probe (logistic regression on the pair features of ``moerm_lite.features``, fitted on
 one set's train split) is scored on the held-out test split twice: on the frozen encoder, and after the
@@ -186,6 +187,36 @@ def shots_cell(acc: dict[str, float]) -> str:
     return " / ".join(f"{100 * acc[n]:.1f}" for n in ("5", "10", "20", "50"))
 
 
+def save_encoder(backbone: Backbone, top: torch.nn.Module, out: Path) -> None:
+    """Write the backbone with ``top`` as its top layer as a local Hugging Face encoder folder (config,
+    weights, tokenizer files), which ``export train --set backbone=...`` reads like any other."""
+    import shutil
+
+    tuned = copy.deepcopy(backbone.encoder)
+    tuned.encoder.layer[-1].load_state_dict(top.state_dict())
+    out.mkdir(parents=True, exist_ok=True)
+    tuned.save_pretrained(out)
+    for f in Path(backbone.path).iterdir():
+        if f.is_file() and (f.name.startswith("tokenizer") or f.name in ("vocab.txt", "special_tokens_map.json")):
+            shutil.copy(f, out / f.name)
+
+
+def save_main(args: argparse.Namespace) -> None:
+    """Only tune the top layer on the training pool's attributes (the first --preserve) and write the encoder."""
+    from export import data
+    from export.train import attribute_training_pool
+
+    train, _ = attribute_training_pool(data.DATA_DIR)
+    path = default_backbone_path()
+    backbone = Backbone(path).eval()
+    with tempfile.TemporaryDirectory() as t:
+        cache = Cached(backbone, text_tokenizer(path, args.max_length, Path(t)), train.responses, "response")
+    top = finetune_attributes(cache, train.z, backbone.encoder.encoder.layer[-1], args.preserve[0], args.epochs)
+    save_encoder(backbone, top, Path(args.save))
+    print(f"wrote all-MiniLM-L6-v2 with its top layer tuned on {len(train.responses)} training replies' "
+          f"attributes (preserve {args.preserve[0]:g}, {args.epochs} epochs) to {args.save}")
+
+
 def attribute_main(args: argparse.Namespace) -> None:
     from export import data
     from export.attributes import ATTRIBUTES, attribute_benchmark, pair_order
@@ -266,10 +297,13 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="first N comparisons of each split (a smoke run)")
     ap.add_argument("--preserve", type=float, nargs="+", default=list(PRESERVE),
                     help="--set attributes: weights of the penalty keeping embeddings near the frozen ones")
+    ap.add_argument("--save", default=None, help="--set attributes: instead of measuring, write the encoder tuned "
+                    "with the first --preserve value to this folder (a local Hugging Face encoder for export train)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.set == ATTRIBUTE_SET:
-        attribute_main(argparse.Namespace(**{**vars(args), "epochs": args.epochs or 4}))
+        args.epochs = args.epochs or 4
+        (save_main if args.save else attribute_main)(args)
         return
     args.epochs = args.epochs or 3
     t0 = time.time()
