@@ -219,7 +219,7 @@ def save_main(args: argparse.Namespace) -> None:
 
 def attribute_main(args: argparse.Namespace) -> None:
     from export import data
-    from export.attributes import ATTRIBUTES, attribute_benchmark, pair_order
+    from export.attributes import ATTRIBUTE_WORDS, ATTRIBUTES, attribute_benchmark, pair_order
     from export.evaluate import RuntimeFeaturizer, few_shot
     from export.readout import fit_ridge
     from export.real_eval import attribute_pool
@@ -232,8 +232,7 @@ def attribute_main(args: argparse.Namespace) -> None:
     fz = RuntimeFeaturizer(ROOT / "models" / DEFAULT_MODEL)
     held = attribute_pool(fz, with_probe=False)  # the benchmark's held-out pool, through the shipped model
     test, phi = held["pool"], held["phi"]  # (R, K) expert outputs
-    n_attr = len(fz.readout_names) - (fz.n_readout - len(ATTRIBUTES))
-    if n_attr != len(ATTRIBUTES):
+    if fz.readout_names[-len(ATTRIBUTES):] != [ATTRIBUTE_WORDS[a][0] for a in ATTRIBUTES]:
         raise SystemExit(f"{DEFAULT_MODEL} has no attribute read-outs to replace")
     cols = np.arange(fz.n_experts - len(ATTRIBUTES), fz.n_experts)  # read-outs are appended last, in order
     path = default_backbone_path()
