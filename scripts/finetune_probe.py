@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,12 +152,13 @@ def pooled(layer: torch.nn.Module, cache: Cached, batch: int = 128) -> torch.Ten
 
 
 def finetune_attributes(cache: Cached, z: np.ndarray, layer: torch.nn.Module, preserve: float, epochs: int,
-                        seed: int = 0, batch: int = 32) -> torch.nn.Module:
+                        seed: int = 0, batch: int = 32, frozen: torch.Tensor | None = None) -> torch.nn.Module:
     """The top layer trained to predict standardised attributes z (N, A) from the normalised pooled
-    embedding through a linear map, plus ``preserve * (1 - cos(tuned, frozen))``; returns the trained layer."""
+    embedding through a linear map, plus ``preserve * (1 - cos(tuned, frozen))``; returns the trained layer.
+    ``frozen``: ``pooled(layer, cache)`` if the caller has it already."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    frozen = F.normalize(pooled(layer, cache), dim=1)  # (N, H)
+    frozen = F.normalize(pooled(layer, cache) if frozen is None else frozen, dim=1)  # (N, H)
     layer = copy.deepcopy(layer)
     target = torch.from_numpy(z).float()  # (N, A)
     lin = torch.nn.Linear(frozen.shape[1], z.shape[1])
@@ -177,9 +179,18 @@ def finetune_attributes(cache: Cached, z: np.ndarray, layer: torch.nn.Module, pr
     return layer.eval()
 
 
-def reply_view(layer: torch.nn.Module, cache: Cached, stats: np.ndarray) -> np.ndarray:
-    """A reply's normalised embedding and its text statistics, (N, H + S) float64."""
-    return np.hstack([F.normalize(pooled(layer, cache), dim=1).double().numpy(), stats])
+def reply_view(emb: torch.Tensor, stats: np.ndarray) -> np.ndarray:
+    """Replies' normalised embeddings (N, H) and their text statistics (N, S), (N, H + S) float64."""
+    return np.hstack([F.normalize(emb, dim=1).double().numpy(), stats])
+
+
+def reply_caches(pools: list[Any], max_length: int) -> tuple[Backbone, list[Cached]]:
+    """all-MiniLM-L6-v2 and the cached top-layer inputs of each ``ResponsePool``'s replies."""
+    path = default_backbone_path()
+    backbone = Backbone(path).eval()
+    with tempfile.TemporaryDirectory() as t:
+        tok = text_tokenizer(path, max_length, Path(t))
+        return backbone, [Cached(backbone, tok, pool.responses, "response") for pool in pools]
 
 
 def shots_cell(acc: dict[str, float]) -> str:
@@ -207,10 +218,7 @@ def save_main(args: argparse.Namespace) -> None:
     from export.train import attribute_training_pool
 
     train, _ = attribute_training_pool(data.DATA_DIR)
-    path = default_backbone_path()
-    backbone = Backbone(path).eval()
-    with tempfile.TemporaryDirectory() as t:
-        cache = Cached(backbone, text_tokenizer(path, args.max_length, Path(t)), train.responses, "response")
+    backbone, (cache,) = reply_caches([train], args.max_length)
     top = finetune_attributes(cache, train.z, backbone.encoder.encoder.layer[-1], args.preserve[0], args.epochs)
     save_encoder(backbone, top, Path(args.save))
     print(f"wrote all-MiniLM-L6-v2 with its top layer tuned on {len(train.responses)} training replies' "
@@ -235,11 +243,7 @@ def attribute_main(args: argparse.Namespace) -> None:
     if fz.readout_names[-len(ATTRIBUTES):] != [ATTRIBUTE_WORDS[a][0] for a in ATTRIBUTES]:
         raise SystemExit(f"{DEFAULT_MODEL} has no attribute read-outs to replace")
     cols = np.arange(fz.n_experts - len(ATTRIBUTES), fz.n_experts)  # read-outs are appended last, in order
-    path = default_backbone_path()
-    backbone = Backbone(path).eval()
-    with tempfile.TemporaryDirectory() as t:
-        tok = text_tokenizer(path, args.max_length, Path(t))
-        caches = [Cached(backbone, tok, pool.responses, "response") for pool in (train, test)]
+    backbone, caches = reply_caches([train, test], args.max_length)
 
     def statistics(texts: list[str]) -> np.ndarray:
         zeros = np.zeros((len(texts), backbone.n_embd), dtype=np.float32)
@@ -255,11 +259,14 @@ def attribute_main(args: argparse.Namespace) -> None:
           f"(cache {time.time() - t0:.0f} s); {args.epochs} epochs, 2 CPU threads")
     print("R^2 / same-prompt comparisons in order, ridge on [reply embedding, text statistics], held out:")
     print(f"{'encoder':<32}" + "".join(f"{a:>17}" for a in ATTRIBUTES) + f"{'cos to frozen':>15}")
-    frozen_emb = pooled(top, caches[1])
+    frozen = [pooled(top, c) for c in caches]  # (R, H) of the training and the held-out pool
     rows = []
     for preserve in (None, *args.preserve):
-        layer = top if preserve is None else finetune_attributes(caches[0], train.z, top, preserve, args.epochs)
-        Vtr, Vte = (reply_view(layer, c, s) for c, s in zip(caches, stats))
+        emb = frozen
+        if preserve is not None:
+            layer = finetune_attributes(caches[0], train.z, top, preserve, args.epochs, frozen=frozen[0])
+            emb = [pooled(layer, c) for c in caches]
+        Vtr, Vte = (reply_view(e, s) for e, s in zip(emb, stats))
         mu, sd = Vtr.mean(0), Vtr.std(0) + 1e-8
         pred = np.empty((len(test.responses), len(ATTRIBUTES)))  # (R, A)
         cells = []
@@ -268,7 +275,7 @@ def attribute_main(args: argparse.Namespace) -> None:
             pred[:, a] = (Vte - mu) / sd @ u + b
             r2 = 1 - np.mean((pred[:, a] - test.z[:, a]) ** 2) / test.z[:, a].var()
             cells.append(f"{r2:.2f} / {100 * pair_order(test, pred[:, a], a):.1f}%")
-        cos = float(F.cosine_similarity(pooled(layer, caches[1]), frozen_emb).mean())
+        cos = float(F.cosine_similarity(emb[1], frozen[1]).mean())
         name = "frozen" if preserve is None else f"top layer tuned, preserve {preserve:g}"
         print(f"{name:<32}" + "".join(f"{c:>17}" for c in cells) + f"{cos:>15.3f}", flush=True)
         rows.append((name, pred))
