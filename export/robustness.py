@@ -1,0 +1,127 @@
+"""Does the score know answer quality, or only our list of bad replies? Family-out and everyday checks.
+
+- **Degradation families, held out** (``family_table``): real answers to held-out prompts (DSP's original
+  Alpaca replies and HH-RLHF helpful's test split, never trained on) against a worse reply of each family
+  of ``export.degrade`` (test phrasings). Columns: the model's population score; the prompt-reply cosine
+  alone; a logistic probe on the frozen pair features fitted on the licensed training mixture plus every
+  family *but this one* (train splits, train phrasings: the family-out reference); and the same probe fitted
+  with every family (an in-family ceiling for a linear read-out of these features).
+- **Everyday requests** (``everyday``): ``export/evalsets/everyday.jsonl``, written for this project and
+  never trained on: short useful answers to everyday requests against terse, generic, dismissive and
+  refusal replies (test phrasings). Share of pairs won, and share of requests whose answer ranks first.
+
+Everything here is evaluation: nothing in it feeds training.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moerm_lite.features import SURFACE
+from moerm_lite.head import expert_features
+
+from . import data
+from .contrast import HELD_OUT
+from .degrade import FAMILIES, benign_degradation_records, phrases
+from .evaluate import logistic_fit, pair_accuracy
+
+EVERYDAY = Path(__file__).resolve().parent / "evalsets" / "everyday.jsonl"
+EVERYDAY_KINDS = ("terse", "generic", "dismissive", "refusal")
+PROBE_L2 = 10.0  # the card's frozen probe's
+TRAIN_SOURCES = ("hh_helpful", "finegrained_qa", "topical_chat")  # benign, licensed: answers to degrade
+
+
+def load_everyday(path: Path = EVERYDAY) -> list[dict[str, str]]:
+    """The everyday requests ``{"prompt", "answer"}`` (evaluation only)."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for i, r in enumerate(rows):
+        if not (isinstance(r.get("prompt"), str) and isinstance(r.get("answer"), str)):
+            raise ValueError(f"{path}: line {i + 1} needs string 'prompt' and 'answer'")
+    return rows
+
+
+def everyday_bad_replies() -> dict[str, list[str]]:
+    """The worse replies every everyday request is scored against, by kind (test phrasings only)."""
+    return {"terse": phrases("terse", "test"), "generic": phrases("generic", "test"),
+            "dismissive": list(HELD_OUT["dismissive"]), "refusal": phrases("refusal", "test")}
+
+
+def everyday_records(rows: Sequence[dict[str, str]] | None = None) -> list[dict[str, Any]]:
+    """Each request's answer against each worse reply: ``{"prompt", "chosen", "rejected", "kind"}``."""
+    rows = load_everyday() if rows is None else rows
+    bad = everyday_bad_replies()
+    return [{"prompt": r["prompt"], "chosen": r["answer"], "rejected": b, "kind": k}
+            for r in rows for k in EVERYDAY_KINDS for b in bad[k]]
+
+
+def heldout_answer_records() -> list[dict[str, Any]]:
+    """Held-out real answers as records: DSP's original replies (evaluation only) and the real answers of
+    HH-RLHF helpful's test split."""
+    dsp = [{"prompt": r["query"], "chosen": r["responses"]["normal"], "source": "dsp"} for r in data.load_dsp()]
+    return dsp + data.load_hh_helpful(split="test")
+
+
+def pair_outputs(fz: Any, recs: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Model features phi (N, K) and frozen pair features dX (N, F) of chosen minus rejected, each distinct
+    (prompt, response) embedded once."""
+    pairs = sorted({(r["prompt"], r[side]) for r in recs for side in ("chosen", "rejected")})
+    pos = {p: i for i, p in enumerate(pairs)}
+    g, rw, X = fz.outputs_and_features(pairs)
+    f, X = expert_features(g, rw), X.astype(np.float64)  # (P, K), (P, F)
+    c = np.array([pos[(r["prompt"], r["chosen"])] for r in recs])
+    j = np.array([pos[(r["prompt"], r["rejected"])] for r in recs])
+    return f[c] - f[j], X[c] - X[j]
+
+
+def family_table(fz: Any, w0: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Per family, on held-out answers: the model, the cosine, the family-out probe and the all-families
+    probe (see the module's docstring). Rows ``{family: {"n", "model", "cosine", "probe_family_out",
+    "probe_all"}}``, plus ``"min"`` of the model column."""
+    train_real = [r for name in TRAIN_SOURCES for r in data.REAL_LOADERS[name](split="train")]
+    train_deg = benign_degradation_records(train_real, split="train", seed=seed)
+    test_deg = benign_degradation_records(heldout_answer_records(), split="test", seed=seed + 1)
+    real = [r for r in train_real if r["prompt"].strip()]
+    _, dX_real = pair_outputs(fz, real)
+    _, dX_tr = pair_outputs(fz, train_deg)
+    phi_te, dX_te = pair_outputs(fz, test_deg)
+    fam_tr = np.array([r["source"].split(":", 1)[1] for r in train_deg])
+    fam_te = np.array([r["source"].split(":", 1)[1] for r in test_deg])
+    scale = np.sqrt((np.vstack([dX_real, dX_tr]) ** 2).mean(0)) + 1e-6  # (F,): standardised probe inputs
+    cos = dX_te[:, -len(SURFACE)]  # (N,) the cosine's difference (SURFACE[0])
+
+    def probe(keep: np.ndarray) -> np.ndarray:
+        Z = np.vstack([dX_real, dX_tr[keep]]) / scale
+        return logistic_fit(Z, np.ones(len(Z)), PROBE_L2) / scale  # (F,)
+
+    v_all = probe(np.ones(len(fam_tr), bool))
+    rows: dict[str, Any] = {}
+    for fam in FAMILIES:
+        te = fam_te == fam
+        if not te.any():
+            continue
+        v_out = probe(fam_tr != fam)
+        rows[fam] = {"n": int(te.sum()), "model": pair_accuracy(phi_te[te] @ w0),
+                     "cosine": pair_accuracy(cos[te]), "probe_family_out": pair_accuracy(dX_te[te] @ v_out),
+                     "probe_all": pair_accuracy(dX_te[te] @ v_all)}
+    return {"families": rows, "n_train_records": len(train_deg) + len(real),
+            "min": min(r["model"] for r in rows.values())}
+
+
+def everyday(fz: Any, w0: np.ndarray) -> dict[str, Any]:
+    """Everyday requests: share of (answer, worse reply) pairs the answer wins, by kind, and the share of
+    requests whose answer scores above every worse reply."""
+    recs = everyday_records()
+    phi, dX = pair_outputs(fz, recs)
+    win = phi @ w0 > 0  # (N,)
+    kinds = np.array([r["kind"] for r in recs])
+    prompts = np.array([r["prompt"] for r in recs])
+    first = [bool(win[prompts == p].all()) for p in dict.fromkeys(prompts.tolist())]
+    cos = dX[:, -len(SURFACE)] > 0  # the cosine (SURFACE[0]) alone
+    return {"n_requests": len(first), "n_pairs": len(recs), "wins": float(win.mean()),
+            "answer_first": float(np.mean(first)), "cosine_wins": float(cos.mean()),
+            **{k: float(win[kinds == k].mean()) for k in EVERYDAY_KINDS}}
