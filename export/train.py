@@ -63,6 +63,9 @@ class TrainConfig:
     attribute_users: int = 1000  # simulated users over text attributes of real replies (export.attributes)
     attribute_per_user: int = 60
     contrast_per_prompt: int = 2  # generated contrast pairs per benign prompt (of the 4 kinds)
+    # source "degrade": worse replies of these families (export.degrade, train phrasings) for each benign
+    # real answer; the families left out are the family-out check's (export.robustness)
+    degrade_families: list[str] = field(default_factory=list)
     # after training: a linear read-out expert on every feature, fitted on these sources' population records
     # of the mixture (export.readout); [] for none
     readout_sources: list[str] = field(
@@ -104,8 +107,9 @@ class TrainConfig:
 
 
 SOURCES = ("persona", "attribute_users", "hh_harmless", "hh_helpful", "finegrained_qa", "topical_chat",
-           "contrast")
-EVAL_ONLY = ("relabeled_hh", "dsp", "webgpt")  # no licence / CC BY-NC: never training data for a model
+           "contrast", "degrade")
+# no licence / CC BY-NC / our evaluation set (export/evalsets): never training data for a model
+EVAL_ONLY = ("relabeled_hh", "dsp", "webgpt", "everyday")
 BENIGN = ("hh_helpful", "finegrained_qa", "topical_chat")  # real answers for contrast pairs
 
 
@@ -144,6 +148,11 @@ def load_records(cfg: TrainConfig) -> list[data.Record]:
         elif src == "contrast":
             recs += contrast_records(real_train_records(BENIGN, data_dir), seed=cfg.seed,
                                      per_prompt=cfg.contrast_per_prompt)
+        elif src == "degrade":
+            from .degrade import benign_degradation_records
+
+            recs += benign_degradation_records(real_train_records(BENIGN, data_dir), families=cfg.degrade_families,
+                                               split="train", seed=cfg.seed)
         else:
             recs += real_train_records([src], data_dir)
     for f in cfg.jsonl:
