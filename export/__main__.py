@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import Any
 
 
+def set_fields(p: argparse.ArgumentParser, cfg: Any, pairs: list[str]) -> None:
+    """Apply ``FIELD=JSON`` overrides to a config dataclass; an unknown field is a usage error."""
+    names = {f.name for f in fields(cfg)}
+    for kv in pairs:
+        k, _, v = kv.partition("=")
+        if k not in names:
+            p.error(f"unknown config field {k!r}")
+        setattr(cfg, k, json.loads(v))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -19,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--config", default=None, help="JSON file with TrainConfig fields")
     sp.add_argument("--out", required=True, help="run folder, e.g. runs/x")
     sp.add_argument("--train-backbone-layers", type=int, default=None, help="fine-tune the top n layers")
+    sp.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON", help="override config fields")
+
+    sp = sub.add_parser("finetune", help="fine-tune the backbone on answer quality -> OUT/encoder (resumable)")
+    sp.add_argument("--config", default=None, help="JSON file with FinetuneConfig fields")
+    sp.add_argument("--out", required=True, help="run folder, e.g. runs/enc; rerun to resume")
     sp.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON", help="override config fields")
 
     sp = sub.add_parser("evaluate", help="persona-16 and real-text few-shot, sanity suite, held-out accuracy")
@@ -63,16 +78,17 @@ def main(argv: list[str] | None = None) -> int:
         from .train import TrainConfig, train
 
         cfg = TrainConfig.from_json(args.config) if args.config else TrainConfig()
-        names = {f.name for f in fields(TrainConfig)}
-        for kv in args.set:
-            k, v = kv.split("=", 1)
-            if k not in names:
-                p.error(f"unknown config field {k!r}")
-            setattr(cfg, k, json.loads(v))
+        set_fields(p, cfg, args.set)
         if args.train_backbone_layers is not None:
             cfg.train_backbone_layers = args.train_backbone_layers
         torch.set_num_threads(max(1, torch.get_num_threads()))
         train(cfg, args.out)
+    elif args.command == "finetune":
+        from .finetune import FinetuneConfig, finetune
+
+        fcfg = FinetuneConfig.from_json(args.config) if args.config else FinetuneConfig()
+        set_fields(p, fcfg, args.set)
+        print(finetune(fcfg, args.out))
     elif args.command == "evaluate":
         from .evaluate import RuntimeFeaturizer, TorchFeaturizer, evaluate
 
