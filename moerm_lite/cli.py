@@ -1,4 +1,5 @@
-"""The ``moerm-lite`` command: score, rank, explain, fit, next, experts, plot, info. JSONL in, JSONL out."""
+"""The ``moerm-lite`` command: score, rank, explain, fit, next, describe, experts, plot, info. JSONL in, JSONL
+out."""
 
 from __future__ import annotations
 
@@ -276,6 +277,21 @@ def cmd_next(args: argparse.Namespace, out: IO[str]) -> None:
     rows.finish()
 
 
+def cmd_describe(args: argparse.Namespace, out: IO[str]) -> None:
+    m, user = _load(args)
+    if not isinstance(user, UserProfile):
+        raise ValueError("describe needs --user PROFILE.json")
+    d = m.describe_user(user, top=args.top)
+    if args.format == "table":
+        out.write(d["text"] + "\n")
+        for label in ("favours", "disfavours"):
+            for g in d[label]:
+                out.write(f"  {label:<10} {g['name']:<44} shift {g['shift']:+7.3f}  z {g['z']:+6.2f}  "
+                          f"{g['certainty']} ({100 * g['p_sign']:.0f}%)\n")
+    else:
+        _emit(iter([d]), out)
+
+
 def cmd_experts(args: argparse.Namespace, out: IO[str]) -> None:
     m, _ = _load(args)
     cards = m.describe_experts(n_texts=args.n_texts)
@@ -368,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-i", "--input", default="-", help="JSONL file (default: - , stdin)")
     common(sp)
     sp.set_defaults(fn=cmd_next)
+    sp = sub.add_parser("describe", help="what a user profile favours and disfavours, in words")
+    sp.add_argument("--top", type=int, default=3, help="experts listed each way")
+    sp.add_argument("--format", choices=["jsonl", "table"], default="table")
+    common(sp, rows=False)
+    sp.set_defaults(fn=cmd_describe)
     sp = sub.add_parser("experts", help="expert cards from the model's reference corpus")
     sp.add_argument("--n-texts", type=int, default=3, help="highest/lowest texts per expert")
     sp.add_argument("--format", choices=["jsonl", "table"], default="table")

@@ -565,6 +565,11 @@ class RewardModel:
         return expert_cards(rows, out["gating_output"], out["rewards"], self.expert_names, n_texts=n_texts,
                             n_attributes=n_attributes)
 
+    def describe_user(self, profile: UserProfile, *, top: int = 3) -> dict[str, Any]:
+        """:meth:`UserProfile.describe` with this model's expert names (the profile must be this model's)."""
+        self.check_profile(profile)
+        return profile.describe(self.expert_names, top=top)
+
     # ----------------------------------------------------------------- checks
     def check_profile(self, profile: UserProfile) -> None:
         """Raise ``ValueError`` unless ``profile`` is fitted and was fitted for this exact model."""

@@ -30,6 +30,7 @@ import binascii
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -323,6 +324,51 @@ class UserProfile:
         if phi.shape[-1:] != self.weights_.shape:
             raise ValueError(f"features must end in n_experts={len(self.weights_)}, got shape {phi.shape}")
         return np.einsum("...k,kl,...l->...", phi, self.covariance_, phi)  # (N,)
+
+    def describe(self, expert_names: Sequence[str] | None = None, top: int = 3,
+                 min_z: float = 0.5) -> dict[str, Any]:
+        """What this user's weights favour and disfavour compared with the population, in words.
+
+        An expert's shift is ``weights_ - w0`` and its certainty ``z = shift / sd``, ``sd`` from the
+        posterior covariance. An expert whose reward rises with what its name says (``expert_names``,
+        e.g. "longer replies") is *favoured* when its shift is positive and *disfavoured* when negative.
+        Lists up to ``top`` experts each way with ``|z| >= min_z``, most certain first, each with the
+        posterior probability that its shift has that sign (``p_sign``; a few comparisons leave the size of
+        a taste uncertain across experts that measure similar things, so it is modest early on).
+
+        Returns plain types: ``{"user_id", "n_comparisons", "favours": [...], "disfavours": [...],
+        "residual": bool, "text": str}``, each list item ``{"expert", "name", "shift", "z", "p_sign",
+        "certainty"}`` (certainty: "sure" for p_sign >= 0.975, "likely" >= 0.84, else "a hint").
+        """
+        self._check_fitted()
+        K = len(self.weights_)
+        names = [f"expert {k}" for k in range(K)] if expert_names is None else list(expert_names)
+        if len(names) != K:
+            raise ValueError(f"expert_names has {len(names)} names, this profile has {K} weights")
+        shift = self.weights_ - self.w0_  # (K,)
+        z = shift / np.sqrt(np.maximum(np.diag(self.covariance_), 1e-300))  # (K,)
+
+        def items(sign: int) -> list[dict[str, Any]]:
+            out = []
+            for k in [int(k) for k in np.argsort(-sign * z) if sign * z[k] >= min_z][:top]:
+                p = 0.5 * (1 + math.erf(abs(float(z[k])) / math.sqrt(2)))  # P(shift has this sign)
+                out.append({"expert": k, "name": names[k], "shift": float(shift[k]), "z": float(z[k]),
+                            "p_sign": p, "certainty": "sure" if p >= 0.975 else "likely" if p >= 0.84 else "a hint"})
+            return out
+
+        fav, dis = items(+1), items(-1)
+        n = self.n_comparisons_
+        lines = [f"Fitted on {n} comparison{'s' if n != 1 else ''}."]
+        for label, group in (("Favours", fav), ("Disfavours", dis)):
+            if group:
+                lines.append(f"{label} " + "; ".join(f"{g['name']} ({g['certainty']}, {100 * g['p_sign']:.0f}%)"
+                                                   for g in group) + ".")
+        if not fav and not dis:
+            lines.append("No clear difference from the population's taste yet.")
+        if self.residual_ is not None:
+            lines.append("Also uses a residual over the pair features, for tastes the experts do not name.")
+        return {"user_id": self.user_id, "n_comparisons": int(n), "favours": fav, "disfavours": dis,
+                "residual": self.residual_ is not None, "text": " ".join(lines)}
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "weights_"):

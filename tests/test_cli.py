@@ -182,3 +182,18 @@ def test_concurrent_fit_updates_lose_nothing(tiny_folder, tmp_path):
         procs = [subprocess.Popen(cmd, stderr=subprocess.DEVNULL) for _ in range(2)]
         assert [p.wait(timeout=120) for p in procs] == [0, 0]
         assert UserProfile.load(prof).n_comparisons_ == 1 + 2 * (trial + 1)
+
+
+def test_describe_a_profile(tiny_folder, tmp_path, capsys):
+    m = RewardModel.load(tiny_folder, threads=1)
+    comps = [{"prompt": "q", "chosen": "the cat is good", "rejected": "rude and bad"}] * 6
+    f = write_jsonl(tmp_path / "c.jsonl", comps)
+    assert run(["fit", f, "-o", str(tmp_path / "u.json"), "--model", str(tiny_folder)])[0] == 0
+    code, out = run(["describe", "--model", str(tiny_folder), "--user", str(tmp_path / "u.json"),
+                     "--format", "jsonl"])
+    d = json.loads(out)
+    assert code == 0 and d == json.loads(json.dumps(m.describe_user(UserProfile.load(tmp_path / "u.json"))))
+    code, out = run(["describe", "--model", str(tiny_folder), "--user", str(tmp_path / "u.json")])
+    assert code == 0 and out.startswith("Fitted on 6 comparisons.")
+    code, _ = run(["describe", "--model", str(tiny_folder)])
+    assert code == 2 and "describe needs --user" in capsys.readouterr().err

@@ -236,3 +236,27 @@ def test_concurrent_updates_all_land(tmp_path):
     assert p.n_comparisons_ == 6 + 24
     with pytest.raises(ValueError, match="fitted for model"):
         UserProfile.update_saved(path, np.zeros((1, 8)), "f" * 16)
+
+
+def test_describe_names_the_planted_taste_and_grows_sure_with_data():
+    """A planted user who loads on expert 1 against expert 0: described as favouring 1 and disfavouring 0,
+    more surely with more comparisons; names must match the weights."""
+    rng = np.random.default_rng(0)
+    K, w0 = 4, np.zeros(4)
+    w_true = np.array([-2.0, 2.0, 0.0, 0.0])
+    names = ["longer replies", "shorter replies", "lists", "code"]
+
+    def planted(n):
+        phi = rng.normal(size=(n, K))
+        return phi * np.where(rng.random(n) < expit(phi @ w_true), 1, -1)[:, None]  # chosen minus rejected
+
+    few = UserProfile(prior_strength=1.0).fit(planted(10), w0).describe(names)
+    many = UserProfile(prior_strength=1.0).fit(planted(400), w0).describe(names)
+    for d in (few, many):
+        assert d["favours"][0]["name"] == "shorter replies" and d["disfavours"][0]["name"] == "longer replies"
+    assert many["favours"][0]["certainty"] == "sure" and many["favours"][0]["p_sign"] > few["favours"][0]["p_sign"]
+    assert many["n_comparisons"] == 400 and "Fitted on 400 comparisons" in many["text"]
+    assert all(g["name"] not in ("lists", "code") or abs(g["z"]) < 3 for g in many["favours"] + many["disfavours"])
+    assert UserProfile().fit(planted(3), w0).describe()["favours"][0]["name"].startswith("expert ")
+    with pytest.raises(ValueError, match="expert_names has 2 names"):
+        UserProfile().fit(planted(3), w0).describe(names[:2])

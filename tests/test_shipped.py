@@ -100,6 +100,18 @@ def test_readme_example_changes_the_ranking(shipped, tmp_path):
     assert [r["text"] for r in shipped.rank(req["prompt"], req["responses"], user=strong)][:2] == [short, detailed]
 
 
+def test_a_user_who_prefers_short_replies_is_described_as_such(shipped):
+    """describe_user (and `moerm-lite describe`): the README's concise user disfavours the length experts."""
+    comps = read(EXAMPLES / "user_comparisons.jsonl")
+    d = shipped.describe_user(shipped.fit_user(comps, user_id="concise"))
+    assert d["n_comparisons"] == len(comps) and d["disfavours"][0]["name"] == "longer replies"
+    assert all("longer" in g["name"] for g in d["disfavours"]) and all("longer" not in g["name"] for g in d["favours"])
+    assert "Disfavours longer replies" in d["text"] and f"Fitted on {len(comps)} comparisons" in d["text"]
+    json.dumps(d)  # plain types
+    plain = shipped.describe_user(shipped.fit_user([]))
+    assert plain["favours"] == plain["disfavours"] == [] and "No clear difference" in plain["text"]
+
+
 def test_max_length_beyond_the_backbone_is_caught_at_load(tmp_path):
     """A config whose max_length exceeds the backbone's position table (MiniLM: 512) fails at load,
     named, instead of at the first long text."""
