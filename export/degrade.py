@@ -305,14 +305,18 @@ def degrade(family: str, i: int, pool: Pool, rng: np.random.Generator, split: st
 
 
 def degradation_records(prompts: Sequence[str], answers: Sequence[str], families: Sequence[str] = FAMILIES,
-                        per_answer: int = 1, split: str = "train", seed: int = 0) -> list[dict[str, Any]]:
+                        per_answer: int = 1, split: str = "train", seed: int = 0,
+                        families_per_answer: int | None = None) -> list[dict[str, Any]]:
     """Records ``{"prompt", "chosen": real answer, "rejected": worse, "source": "degrade:<family>"}``:
-    ``per_answer`` variants of each family for each (prompt, answer)."""
+    ``per_answer`` variants of each family (or of ``families_per_answer`` random families) for each
+    (prompt, answer)."""
     pool = Pool.build(prompts, answers)
     rng = np.random.default_rng(seed)
     out = []
     for i, (p, a) in enumerate(zip(pool.prompts, pool.answers)):
-        for family in families:
+        mine = (families if families_per_answer is None or families_per_answer >= len(families)
+                else [families[j] for j in sorted(rng.permutation(len(families))[:families_per_answer])])
+        for family in mine:
             for _ in range(per_answer):
                 worse = degrade(family, i, pool, rng, split)
                 if worse is not None:

@@ -8,8 +8,8 @@ features of ``moerm_lite.features`` (the same features the head sees), on the li
 comparisons (HH-RLHF helpful and harmless, FineGrained QA, Topical-Chat: train splits), the contrast pairs
 and the degradation families named in ``families`` (``export.degrade``, train phrasings). A penalty
 ``preserve * (1 - cos(tuned, frozen))`` on every embedding keeps it near the frozen encoder's, which the
-persona and attribute experts read. The result, ``OUT/encoder``, is a local Hugging Face encoder folder:
-``python -m export train --set backbone='"OUT/encoder"'`` builds a model on it.
+persona and attribute experts read. The result, ``OUT/all-MiniLM-L6-v2-quality``, is a local Hugging Face
+encoder folder: ``python -m export train --set backbone='"OUT/all-MiniLM-L6-v2-quality"'`` builds a model on it.
 
 Every ``checkpoint_every`` steps the backbone, the reward, the optimiser and the step are written to
 ``OUT/state.pt`` (atomically); the data order is fixed by the seed, so a resumed run continues exactly.
@@ -38,6 +38,7 @@ from .embed import TorchPairFeatures, default_backbone_path, text_tokenizer, tor
 from .model import Backbone
 
 log = logging.getLogger("export")
+TUNED_BACKBONE_NAME = "all-MiniLM-L6-v2-quality"  # the encoder folder finetune writes into its run folder
 POPULATION = ("hh_helpful", "hh_harmless", "finegrained_qa", "topical_chat")
 BENIGN = ("hh_helpful", "finegrained_qa", "topical_chat")
 
@@ -90,7 +91,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def finetune(cfg: FinetuneConfig, out: "str | Path") -> Path:
-    """Run (or resume) the fine-tuning; returns the encoder folder ``out/encoder``."""
+    """Run (or resume) the fine-tuning; returns the encoder folder ``out/all-MiniLM-L6-v2-quality``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
@@ -158,7 +159,7 @@ def finetune(cfg: FinetuneConfig, out: "str | Path") -> Path:
         if step % cfg.checkpoint_every == 0 or step == total:
             _atomic_save({"backbone": backbone.state_dict(), "reward": reward.state_dict(), "opt": opt.state_dict(),
                           "sched": sched.state_dict(), "step": step, "history": history}, state_file)
-    enc = out / "encoder"
+    enc = out / TUNED_BACKBONE_NAME
     save_encoder(backbone, path, enc)
     return enc
 
