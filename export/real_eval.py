@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from moerm_lite import UserProfile
+from moerm_lite.personalize import select_residual
 from moerm_lite.head import expert_features
 
 from . import data
@@ -144,12 +145,15 @@ RESIDUAL_STRENGTH = 30.0  # the opt-in residual's strength the docs recommend (o
 
 
 def fit_user_terms(phi: np.ndarray, X: np.ndarray | None, w0: np.ndarray, prior_strength: float,
-                   P: np.ndarray | None, residual_strength: float | None = None
+                   P: np.ndarray | None, residual_strength: float | str | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
     """A user's weights (K,) and residual (F,) fitted by the runtime's own code (``UserProfile.fit``), from
-    comparison features phi (N, K) and pair-feature differences X (N, F); no residual: zeros."""
-    p = UserProfile(prior_strength=prior_strength, prior_precision=P, residual_strength=residual_strength)
-    p.fit(phi, w0, X if residual_strength is not None else None)
+    comparison features phi (N, K) and pair-feature differences X (N, F); no residual: zeros.
+    ``residual_strength="auto"``: chosen per user by ``moerm_lite.personalize.select_residual``."""
+    strength = (select_residual(phi, X, w0, prior_strength, P)[0] if residual_strength == "auto" and X is not None
+                else None if isinstance(residual_strength, str) else residual_strength)
+    p = UserProfile(prior_strength=prior_strength, prior_precision=P, residual_strength=strength)
+    p.fit(phi, w0, X if strength is not None else None)
     F = 0 if X is None else X.shape[1]
     return p.weights_, p.residual_ if p.residual_ is not None else np.zeros(F)
 
@@ -193,7 +197,8 @@ def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | No
     phi, X, first = dsp_pool(fz) if pool is None else pool
     names = (*data.DSP_DOMAINS, "normal")
     rng = np.random.default_rng(seed)
-    res: dict[str, Any] = {"model": {}, "frozen_probe": {}, "model_plus_residual": {}, "unpersonalized": {}}
+    res: dict[str, Any] = {"model": {}, "frozen_probe": {}, "model_plus_residual": {}, "model_auto": {},
+                           "unpersonalized": {}}
     per_user: dict[str, dict[str, float]] = {}
     for u, dom in enumerate(data.DSP_DOMAINS):
         others = [j for j in range(len(names)) if j != u]
@@ -205,7 +210,7 @@ def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | No
         train_phi, train_X = diffs(phi, np.flatnonzero(first)), diffs(X, np.flatnonzero(first))
         row = {"unpersonalized": pair_accuracy(test_phi @ w0)}
         for n in SHOTS:
-            m, p, resid = [], [], []
+            m, p, resid, auto = [], [], [], []
             for _ in range(draws):
                 take = rng.choice(len(train_phi), size=n, replace=False)
                 # the residual is fitted after w, which it leaves as fit_map gives it: one fit serves both
@@ -214,17 +219,22 @@ def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | No
                 m.append(pair_accuracy(test_phi @ w))
                 p.append(pair_accuracy(test_X @ logistic_fit(train_X[take], np.ones(n), PROBE_L2)))
                 resid.append(pair_accuracy(test_phi @ w + test_X @ v))
+                wa, va = fit_user_terms(train_phi[take], train_X[take], w0, prior_strength, P, "auto")
+                auto.append(pair_accuracy(test_phi @ wa + test_X @ va))
             row[f"model_{n}"], row[f"probe_{n}"] = float(np.mean(m)), float(np.mean(p))
-            row[f"residual_{n}"] = float(np.mean(resid))
+            row[f"residual_{n}"], row[f"auto_{n}"] = float(np.mean(resid)), float(np.mean(auto))
         w_all, v = fit_user_terms(train_phi, train_X, w0, prior_strength, P, residual_strength)
         row["model_all"] = pair_accuracy(test_phi @ w_all)
         row["residual_all"] = pair_accuracy(test_phi @ w_all + test_X @ v)
+        wa, va = fit_user_terms(train_phi, train_X, w0, prior_strength, P, "auto")
+        row["auto_all"] = pair_accuracy(test_phi @ wa + test_X @ va)
         row["probe_all"] = pair_accuracy(test_X @ logistic_fit(train_X, np.ones(len(train_X)), PROBE_L2))
         per_user[dom] = row
     for shot in [*map(str, SHOTS), "all"]:
         res["model"][shot] = float(np.mean([r[f"model_{shot}"] for r in per_user.values()]))
         res["frozen_probe"][shot] = float(np.mean([r[f"probe_{shot}"] for r in per_user.values()]))
         res["model_plus_residual"][shot] = float(np.mean([r[f"residual_{shot}"] for r in per_user.values()]))
+        res["model_auto"][shot] = float(np.mean([r[f"auto_{shot}"] for r in per_user.values()]))
     res["unpersonalized"] = float(np.mean([r["unpersonalized"] for r in per_user.values()]))
     res["per_user"] = per_user
     res["train_comparisons"] = int(4 * first.sum())

@@ -260,3 +260,50 @@ def test_describe_names_the_planted_taste_and_grows_sure_with_data():
     assert UserProfile().fit(planted(3), w0).describe()["favours"][0]["name"].startswith("expert ")
     with pytest.raises(ValueError, match="expert_names has 2 names"):
         UserProfile().fit(planted(3), w0).describe(names[:2])
+
+
+def test_approximate_leave_one_out_matches_refitting():
+    """loo_log_likelihood (one Newton step per left-out comparison) is close to refitting without it; with a
+    residual it is close where the residual is not fitted to noise (a weak one; strong ones it rates lower
+    than refitting does, which errs towards less residual)."""
+    from scipy.special import log_expit
+
+    from moerm_lite.personalize import fit_residual, loo_log_likelihood
+
+    rng = np.random.default_rng(0)
+    K, F, N = 6, 20, 40
+    w_true = rng.normal(size=K)
+    phi = rng.normal(size=(N, K))
+    phi *= np.where(rng.random(N) < expit(phi @ w_true), 1, -1)[:, None]
+    X = rng.normal(size=(N, F))
+    w0 = np.zeros(K)
+    w, _ = fit_map(phi, w0, 1.0)
+    exact = np.mean([log_expit(phi[i] @ fit_map(np.delete(phi, i, 0), w0, 1.0)[0]) for i in range(N)])
+    assert loo_log_likelihood(phi, None, w, None, 1.0, None, None) == pytest.approx(exact, abs=0.01)
+    loo = {}
+    for rho in (1.0, 10.0):
+        out = []
+        for i in range(N):
+            wi = fit_map(np.delete(phi, i, 0), w0, 1.0)[0]
+            vi = fit_residual(np.delete(X, i, 0), np.delete(phi, i, 0) @ wi, rho)
+            out.append(log_expit(phi[i] @ wi + X[i] @ vi))
+        loo[rho] = (loo_log_likelihood(phi, X, w, fit_residual(X, phi @ w, rho), 1.0, None, rho), np.mean(out))
+    assert loo[10.0][0] == pytest.approx(loo[10.0][1], abs=0.02)
+    assert loo[1.0][0] < loo[1.0][1] and loo[1.0][0] < loo[10.0][0]  # both say: noise is not worth fitting
+
+
+def test_select_residual_small_inside_the_basis_large_outside():
+    """A planted user the experts express gets no residual (or the weakest); one whose taste lies in the pair
+    features alone gets a strong residual (a small strength)."""
+    from moerm_lite.personalize import RESIDUAL_GRID, select_residual
+
+    rng = np.random.default_rng(1)
+    K, F, N = 5, 40, 50
+    phi, X = rng.normal(size=(N, K)), rng.normal(size=(N, F))
+    inside = np.where(rng.random(N) < expit(3 * phi[:, 0]), 1, -1)[:, None]
+    outside = np.where(rng.random(N) < expit(3 * X[:, 7] + 2 * X[:, 3]), 1, -1)[:, None]
+    chosen_in, scores = select_residual(phi * inside, X * inside, np.zeros(K), 1.0, None)
+    chosen_out, _ = select_residual(phi * outside, X * outside, np.zeros(K), 1.0, None)
+    assert set(scores) == {"none" if r is None else f"{r:g}" for r in RESIDUAL_GRID}
+    assert chosen_in is None or chosen_in >= 30
+    assert chosen_out is not None and chosen_out <= 3
