@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--probes", action="store_true", help="also the supervised probe ceiling")
     sp.add_argument("-o", "--out", default=None, help="write the report JSON here")
 
+    sp = sub.add_parser("robustness", help="degradation families, everyday requests, reward hacking")
+    sp.add_argument("-i", "--input", required=True, help="model folder (ONNX)")
+    sp.add_argument("--prompts", type=int, default=200, help="held-out prompts of the hacking search")
+    sp.add_argument("--steps", type=int, default=30, help="edit rounds of the hacking search")
+    sp.add_argument("-o", "--out", default=None, help="write the report JSON here")
+
     sp = sub.add_parser("export", help="checkpoint -> quantized ONNX model folder")
     sp.add_argument("-i", "--input", required=True, help="run folder with ckpt.pt")
     sp.add_argument("-o", "--output", required=True, help="model folder to write, e.g. models/NAME")
@@ -99,6 +105,16 @@ def main(argv: list[str] | None = None) -> int:
             fz = RuntimeFeaturizer(path, precision=args.precision)
         res = evaluate(fz, fz.w0, prior_strength=args.prior_strength, n_users=args.users, with_probes=args.probes)
         text = json.dumps(res, indent=1)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        print(text)
+    elif args.command == "robustness":
+        from .robustness import report, trained_families
+
+        folder = Path(args.input)
+        trained = trained_families(json.loads((folder / "config.json").read_text()).get("training", {}))
+        rob = report(folder, trained, n_prompts=args.prompts, steps=args.steps)
+        text = json.dumps(rob, indent=1)
         if args.out:
             Path(args.out).write_text(text + "\n")
         print(text)

