@@ -222,6 +222,9 @@ def real_text_section(rep: EvalReport) -> list[str]:
             lines.append("| this model + residual (opt-in: `fit_user(..., residual_strength=30)`) | "
                          + " | ".join(_pct(dsp["model_plus_residual"][str(n)]) for n in (5, 10, 20, 50, "all"))
                          + " |")
+        if "model_auto" in dsp:
+            lines.append("| this model + residual chosen per user (opt-in: `residual_strength=\"auto\"`) | "
+                         + " | ".join(_pct(dsp["model_auto"][str(n)]) for n in (5, 10, 20, 50, "all")) + " |")
         lines.append("")
     return lines
 

@@ -277,6 +277,16 @@ def cmd_next(args: argparse.Namespace, out: IO[str]) -> None:
     rows.finish()
 
 
+def residual_strength(text: str) -> float | str:
+    """``--residual-strength``: a number or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
 def cmd_describe(args: argparse.Namespace, out: IO[str]) -> None:
     m, user = _load(args)
     if not isinstance(user, UserProfile):
@@ -375,9 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fold the comparisons into this profile (same weights as refitting on all)")
     sp.add_argument("--user-id", default=None)
     sp.add_argument("--prior-strength", type=float, default=None, help="lambda (default: the model's)")
-    sp.add_argument("--residual-strength", type=float, default=None,
-                    help="also fit a residual over pair features, for tastes the experts miss (try 30; "
-                         "moves with many comparisons; catalogs need `encode --features` for it)")
+    sp.add_argument("--residual-strength", type=residual_strength, default=None, metavar="RHO|auto",
+                    help="also fit a residual over pair features, for tastes the experts miss: a strength "
+                         "(30 moves with many comparisons) or auto (chosen per user from its comparisons); "
+                         "catalogs need `encode --features` for it")
     common(sp, user=False)
     sp.set_defaults(fn=cmd_fit)
     sp = sub.add_parser("next", help='which pair to ask a user about: {"prompt", "candidates": [...]} JSONL')

@@ -486,13 +486,15 @@ class RewardModel:
         return phi[0::2] - phi[1::2], None if X is None else X[0::2] - X[1::2]  # (N, K), (N, F)
 
     def fit_user(self, comparisons: Iterable[dict[str, Any]], *, user_id: str | None = None,
-                 prior_strength: float | None = None, residual_strength: float | None = None) -> UserProfile:
+                 prior_strength: float | None = None, residual_strength: float | str | None = None) -> UserProfile:
         """Fit a user's signed expert weights from ``{"prompt", "chosen", "rejected"}`` records.
 
         ``prior_strength`` (lambda) defaults to the model's measured ``default_prior_strength``.
-        Zero comparisons give the population weights ``w0``. ``residual_strength`` (opt-in; 30 is the
-        measured choice) also fits a strongly regularized residual over the pair features, for tastes
-        the experts cannot express; it moves only with many comparisons (docs/api.md). A catalog
+        Zero comparisons give the population weights ``w0``. ``residual_strength`` (opt-in) also fits a
+        regularized residual over the pair features, for tastes the experts cannot express: a number fixes
+        its strength (30 moves it only with many comparisons); ``"auto"`` chooses it (or none) for this
+        user, at every fit, by approximate leave-one-out likelihood on the user's own comparisons
+        (``moerm_lite.personalize.choose_residual``; docs/api.md). A catalog
         ranks such a profile only if encoded ``with_features=True``.
         """
         strength = self.config.default_prior_strength if prior_strength is None else prior_strength

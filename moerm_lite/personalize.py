@@ -38,8 +38,10 @@ import numpy as np
 
 from .files import file_lock, locked_write_text
 
-PROFILE_SCHEMA_VERSION = 3  # 3: an optional residual over pair features; 2: comparisons' features stored
-READABLE_SCHEMA_VERSIONS = (1, 2, 3)  # 1 has no features: it scores but cannot be updated
+PROFILE_SCHEMA_VERSION = 4  # 4: residual_strength "auto"; 3: an optional residual over pair features;
+#                             2: comparisons' features stored
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)  # 1 has no features: it scores but cannot be updated
+AUTO = "auto"  # residual_strength chosen per user at each fit (choose_residual)
 RESIDUAL_SCALE_FLOOR = 1e-3  # a feature's scale is at least this share of the median scale
 
 
@@ -177,23 +179,32 @@ def loo_log_likelihood(phi: np.ndarray, X: np.ndarray | None, w: np.ndarray, v: 
 RESIDUAL_GRID: tuple[float | None, ...] = (None, 1.0, 3.0, 10.0, 30.0, 100.0)  # "auto" chooses among these
 
 
-def select_residual(phi: np.ndarray, X: np.ndarray, w0: np.ndarray, prior_strength: float,
+def choose_residual(phi: np.ndarray, X: np.ndarray, w: np.ndarray, prior_strength: float,
                     prior_precision: np.ndarray | None, grid: Sequence[float | None] = RESIDUAL_GRID
-                    ) -> tuple[float | None, dict[str, float]]:
-    """The residual strength (None: no residual) of ``grid`` with the highest approximate leave-one-out
-    log-likelihood on this user's own comparisons (:func:`loo_log_likelihood`); ties go to the earlier
-    (simpler) entry. Returns it and every entry's score, keyed ``"none"`` or the strength."""
-    w, _ = fit_map(phi, w0, prior_strength, prior_precision)
+                    ) -> tuple[float | None, np.ndarray | None, dict[str, float]]:
+    """Given the expert weights ``w`` fitted on phi (N, K), the residual strength of ``grid`` (None: no
+    residual) with the highest approximate leave-one-out log-likelihood on these comparisons
+    (:func:`loo_log_likelihood`); ties go to the earlier (simpler) entry. Returns the strength, its residual
+    (F,) or None, and every entry's score keyed ``"none"`` or the strength."""
     offset = np.asarray(phi, np.float64) @ w  # (N,)
     scores: dict[str, float] = {}
-    best: tuple[float, float | None] | None = None
+    best: tuple[float, float | None, np.ndarray | None] | None = None
     for rho in grid:
         v = None if rho is None else fit_residual(X, offset, float(rho))
         score = loo_log_likelihood(phi, X, w, v, prior_strength, prior_precision, rho)
         scores["none" if rho is None else f"{rho:g}"] = score
         if best is None or score > best[0] + 1e-12:
-            best = (score, rho)
-    return (None if best is None else best[1]), scores
+            best = (score, rho, v)
+    return (None, None, scores) if best is None else (best[1], best[2], scores)
+
+
+def select_residual(phi: np.ndarray, X: np.ndarray, w0: np.ndarray, prior_strength: float,
+                    prior_precision: np.ndarray | None, grid: Sequence[float | None] = RESIDUAL_GRID
+                    ) -> tuple[float | None, dict[str, float]]:
+    """:func:`choose_residual` after the MAP fit of the expert weights: the chosen strength and the scores."""
+    w, _ = fit_map(phi, w0, prior_strength, prior_precision)
+    rho, _, scores = choose_residual(phi, X, w, prior_strength, prior_precision, grid)
+    return rho, scores
 
 
 def encode_array(a: np.ndarray) -> dict[str, Any]:
@@ -224,6 +235,15 @@ def check_spd(M: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} is not symmetric")
     if len(M) and np.linalg.eigvalsh((M + M.T) / 2).min() <= 0:
         raise ValueError(f"{what} is not positive definite")
+
+
+def check_residual_strength(strength: Any) -> None:
+    """``ValueError`` unless ``strength`` is None, ``"auto"`` or a positive finite number."""
+    if strength is None or strength == AUTO:
+        return
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not (
+            math.isfinite(strength) and strength > 0):
+        raise ValueError(f"residual_strength must be None, {AUTO!r} or a positive finite number, got {strength!r}")
 
 
 def resolve_weights(user: Any, w0: np.ndarray, model_id: str, model_hash: str, *,
@@ -280,13 +300,15 @@ class UserProfile:
 
     def __init__(self, user_id: str | None = None, prior_strength: float = 1.0,
                  prior_precision: np.ndarray | None = None, *, model_id: str | None = None,
-                 model_hash: str | None = None, residual_strength: float | None = None) -> None:
+                 model_hash: str | None = None, residual_strength: float | str | None = None) -> None:
         self.user_id = user_id
         self.prior_strength = prior_strength
         self.prior_precision = prior_precision  # (K, K) or None: the identity
         self.model_id = model_id
         self.model_hash = model_hash  # the model this profile belongs to; required to save and to score
-        self.residual_strength = residual_strength  # None: no residual
+        check_residual_strength(residual_strength)
+        self.residual_strength = residual_strength  # None: no residual; "auto": chosen at each fit
+        self.residual_chosen_: float | None = None  # with "auto": the strength the last fit chose (None: none)
         self.residual_: np.ndarray | None = None  # (F,) once fitted with a residual_strength
 
     def fit(self, features: np.ndarray, w0: np.ndarray,
@@ -305,9 +327,13 @@ class UserProfile:
                 raise ValueError(f"pair_features must be ({len(phi)}, F), one row per comparison, "
                                  f"got {X.shape}")
         w, cov = fit_map(phi, w0, self.prior_strength, self.prior_precision)
-        if self.residual_strength is not None:
-            self.residual_ = fit_residual(X, phi @ w, float(self.residual_strength))  # (F,)
+        if self.residual_strength == AUTO:  # an all-zero residual where none wins
+            self.residual_chosen_, v, _ = choose_residual(phi, X, w, self.prior_strength, self.prior_precision)
+            self.residual_ = np.zeros(X.shape[1]) if v is None else v  # (F,)
             self.pair_features_: np.ndarray | None = X  # (N, F)
+        elif self.residual_strength is not None:
+            self.residual_ = fit_residual(X, phi @ w, float(self.residual_strength))  # (F,)
+            self.pair_features_ = X
         self.weights_ = w  # (K,)
         self.covariance_ = cov  # (K, K)
         self.w0_ = w0
@@ -453,6 +479,7 @@ class UserProfile:
             "covariance": self.covariance_.tolist(),
             "features": None if self.features_ is None else self.features_.tolist(),
             "residual_strength": self.residual_strength,
+            "residual_chosen": self.residual_chosen_,
             "residual": None if self.residual_ is None else self.residual_.tolist(),
             "pair_features": (None if self.residual_ is None or self.pair_features_ is None
                               else encode_array(self.pair_features_)),
@@ -477,7 +504,9 @@ class UserProfile:
             p = cls(user_id=d["user_id"], prior_strength=float(d["prior_strength"]),
                     prior_precision=None if pp is None else np.asarray(pp, dtype=np.float64),
                     model_id=d["model_id"], model_hash=d["model_hash"],
-                    residual_strength=None if rs is None else float(rs))
+                    residual_strength=None if rs is None else rs if rs == AUTO else float(rs))
+            rc = d.get("residual_chosen")
+            p.residual_chosen_ = None if rc is None else float(rc)
             p.weights_ = np.asarray(d["weights"], dtype=np.float64)
             p.w0_ = np.asarray(d["w0"], dtype=np.float64)
             p.covariance_ = np.asarray(d["covariance"], dtype=np.float64)
@@ -493,10 +522,8 @@ class UserProfile:
             raise ValueError("user profile is malformed: residual and residual_strength must both be set "
                              "or null")
         if p.residual_ is not None and p.residual_strength is not None:
-            if not (math.isfinite(p.residual_strength) and p.residual_strength > 0
-                    and np.isfinite(p.residual_).all()):
-                raise ValueError("user profile is malformed: residual_strength must be positive and the "
-                                 "residual finite")
+            if not np.isfinite(p.residual_).all():
+                raise ValueError("user profile is malformed: the residual must be finite")
             X = d.get("pair_features")
             p.pair_features_ = None if X is None else decode_array(X, "pair_features")
             want = (p.n_comparisons_, len(p.residual_))
