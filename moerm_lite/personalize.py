@@ -450,10 +450,11 @@ class UserProfile:
                                                    for g in group) + ".")
         if not fav and not dis:
             lines.append("No clear difference from the population's taste yet.")
-        if self.residual_ is not None:
+        residual = self.residual_ is not None and bool(self.residual_.any())  # "auto" may have chosen none
+        if residual:
             lines.append("Also uses a residual over the pair features, for tastes the experts do not name.")
         return {"user_id": self.user_id, "n_comparisons": int(n), "favours": fav, "disfavours": dis,
-                "residual": self.residual_ is not None, "text": " ".join(lines)}
+                "residual": residual, "text": " ".join(lines)}
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "weights_"):
