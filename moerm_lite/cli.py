@@ -252,6 +252,9 @@ def cmd_fit(args: argparse.Namespace, out: IO[str]) -> None:
     m, _ = _load(args)
     rows = Rows(args.comparisons, args.skip_bad)
     comps = [r for r, _ in rows.each(lambda n, r: m.check_comparison(r, "the comparison"))]
+    if not comps:
+        raise ValueError(f"no comparisons in {args.comparisons}: nothing to fit (a profile needs at least one "
+                         '{"prompt", "chosen", "rejected"} line)')
     if args.update:  # read, update and write under a lock: concurrent updates all land
         residual = UserProfile.load(args.update).residual_strength is not None  # fixed when it was fitted
         phi, X = m.comparison_terms(comps, with_pair_features=residual)

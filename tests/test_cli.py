@@ -197,3 +197,10 @@ def test_describe_a_profile(tiny_folder, tmp_path, capsys):
     assert code == 0 and out.startswith("Fitted on 6 comparisons.")
     code, _ = run(["describe", "--model", str(tiny_folder)])
     assert code == 2 and "describe needs --user" in capsys.readouterr().err
+
+
+def test_fit_without_comparisons_is_an_error(tiny_folder, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code, _ = run(["fit", str(empty), "-o", str(tmp_path / "u.json"), "--model", str(tiny_folder)])
+    assert code == 2 and "no comparisons in" in capsys.readouterr().err and not (tmp_path / "u.json").exists()
