@@ -43,6 +43,7 @@ def check_prompt(prompt: Any, max_chars: int, where: str = "prompt") -> str:
         raise TypeError(f"{where} must be a string or a list of chat messages, got {type(prompt).__name__}")
     if len(prompt) > max_chars:
         raise ValueError(f"{where} has {len(prompt):,} characters, more than the limit of {max_chars:,}")
+    check_encodable(prompt, where)
     return prompt
 
 
@@ -58,7 +59,18 @@ def check_response(response: Any, max_chars: int, where: str = "response", *, al
         raise ValueError(f"{where} is empty or whitespace only (allow_empty=False)")
     if len(response) > max_chars:
         raise ValueError(f"{where} has {len(response):,} characters, more than the limit of {max_chars:,}")
+    check_encodable(response, where)
     return response
+
+
+def check_encodable(text: str, where: str) -> None:
+    """``ValueError`` naming ``where`` for a text that is no valid Unicode (an unpaired surrogate, as
+    ``surrogateescape`` decoding leaves them): the tokenizer cannot read it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{where} contains an unpaired surrogate code point (U+{ord(text[e.start]):04X} at "
+                         f"character {e.start}); decode the text with errors='replace' first") from None
 
 
 class TextTokenizer:

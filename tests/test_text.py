@@ -54,3 +54,14 @@ def test_padding():
     assert feed["input_ids"].shape == feed["attention_mask"].shape == (2, 5)
     assert feed["attention_mask"].sum(1).tolist() == [5, 3] and not feed["token_type_ids"].any()
     assert (feed["input_ids"][1, 3:] == tok.pad_id).all() and np.issubdtype(feed["input_ids"].dtype, np.int64)
+
+
+def test_unpaired_surrogates_are_named_not_passed_to_the_tokenizer():
+    from moerm_lite.text import check_prompt, check_response
+
+    bad = b"caf\xe9".decode("utf-8", "surrogateescape")  # a valid Python str, no valid Unicode
+    with pytest.raises(ValueError, match=r"response of row 3 contains an unpaired surrogate.*U\+DCE9 at character 3"):
+        check_response(bad, 100, "response of row 3")
+    with pytest.raises(ValueError, match="prompt contains an unpaired surrogate"):
+        check_prompt([{"role": "user", "content": bad}], 100)
+    assert check_response("café 🙂", 100) == "café 🙂"  # real non-ASCII text passes
