@@ -266,6 +266,8 @@ def resolve_weights(user: Any, w0: np.ndarray, model_id: str, model_hash: str, *
         if user.model_hash != model_hash:
             raise ValueError(f"user profile {user.user_id!r} was fitted for model {user.model_id!r} "
                              f"({user.model_hash}), not this one ({model_id!r}, {model_hash}); refit it")
+        if user.residual_ is not None and not np.isfinite(user.residual_).all():
+            raise ValueError(f"user profile {user.user_id!r} has a residual containing NaN or inf")
         if user.residual_ is not None and not allow_residual:
             raise ValueError(f"user profile {user.user_id!r} has a residual over pair features (fitted "
                              "with residual_strength): its weights alone do not give its scores; use "
@@ -301,6 +303,8 @@ class UserProfile:
     def __init__(self, user_id: str | None = None, prior_strength: float = 1.0,
                  prior_precision: np.ndarray | None = None, *, model_id: str | None = None,
                  model_hash: str | None = None, residual_strength: float | str | None = None) -> None:
+        if user_id is not None and not isinstance(user_id, str):
+            raise TypeError(f"user_id must be a string or None, got {type(user_id).__name__}")
         self.user_id = user_id
         self.prior_strength = prior_strength
         self.prior_precision = prior_precision  # (K, K) or None: the identity

@@ -307,3 +307,16 @@ def test_select_residual_small_inside_the_basis_large_outside():
     assert set(scores) == {"none" if r is None else f"{r:g}" for r in RESIDUAL_GRID}
     assert chosen_in is None or chosen_in >= 30
     assert chosen_out is not None and chosen_out <= 3
+
+
+def test_user_id_must_be_a_string_and_a_nan_residual_is_refused():
+    """Regressions the fuzzer found: a non-string user_id made a profile whose file could not be loaded again;
+    a residual with NaN gave NaN scores."""
+    from moerm_lite.personalize import resolve_weights
+
+    with pytest.raises(TypeError, match="user_id must be a string or None, got int"):
+        UserProfile(user_id=7)
+    p = UserProfile(model_hash="0" * 16, residual_strength=30.0).fit(np.ones((2, 2)), np.zeros(2), np.ones((2, 3)))
+    p.residual_ = np.array([0.0, np.nan, 1.0])
+    with pytest.raises(ValueError, match="residual containing NaN or inf"):
+        resolve_weights(p, np.zeros(2), "m", "0" * 16, allow_residual=True)
