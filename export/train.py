@@ -43,6 +43,11 @@ from .model import Backbone, ModelArgs, MoEHead, positive_correlation, router_en
 from .readout import add_attribute_readouts, add_readout
 
 log = logging.getLogger("export")
+# the degradation families a build with source "degrade" trains on (export.degrade), and the fine-tuned
+# encoder (export/configs/encoder.json); the others (word_shuffle, echo, entity_swap, padding,
+# mixed_language) are never trained on, encoder included: the family-out check
+TRAINED_FAMILIES = ("sentence_shuffle", "repetition", "terse", "generic", "refusal", "nonanswer", "dismissive",
+                    "offtopic", "neighbour", "truncation", "negation")
 CALIBRATION_PAIRS = 512  # training pairs kept in the checkpoint for the int8 export's GPTQ rounding
 
 
@@ -65,7 +70,8 @@ class TrainConfig:
     contrast_per_prompt: int = 2  # generated contrast pairs per benign prompt (of the 4 kinds)
     # source "degrade": worse replies of these families (export.degrade, train phrasings) for each benign
     # real answer; the families left out are the family-out check's (export.robustness)
-    degrade_families: list[str] = field(default_factory=list)
+    degrade_families: list[str] = field(default_factory=lambda: list(TRAINED_FAMILIES))
+    degrade_per_answer: int = 4  # random families per real answer (of degrade_families)
     # after training: a linear read-out expert on every feature, fitted on these sources' population records
     # of the mixture (export.readout); [] for none
     readout_sources: list[str] = field(
@@ -152,7 +158,8 @@ def load_records(cfg: TrainConfig) -> list[data.Record]:
             from .degrade import benign_degradation_records
 
             recs += benign_degradation_records(real_train_records(BENIGN, data_dir), families=cfg.degrade_families,
-                                               split="train", seed=cfg.seed)
+                                               split="train", seed=cfg.seed,
+                                               families_per_answer=cfg.degrade_per_answer)
         else:
             recs += real_train_records([src], data_dir)
     for f in cfg.jsonl:

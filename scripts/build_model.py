@@ -2,6 +2,8 @@
 
     python scripts/build_model.py                # -> models/moerm-minilm and runs/ship*/
     python scripts/build_model.py --quick        # small smoke run into runs/quick (not for shipping)
+    python scripts/build_model.py --config export/configs/moerm-minilm-quality.json \
+        --out runs/quality/moerm-minilm --runs runs/quality   # the fine-tuned-encoder candidate (docs/design.md)
     python scripts/build_model.py --refresh      # keep the graphs; redo reference corpus, expert cards,
                                                  # active-question curve and the card
     python scripts/build_model.py --backbone-only  # re-export only the int8 backbone graph of the shipped
@@ -62,6 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(ROOT / "models" / DEFAULT_MODEL))
     ap.add_argument("--runs", default=str(ROOT / "runs"))
+    ap.add_argument("--config", default=str(CONFIG), help="TrainConfig JSON (default: the shipped model's)")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
     ap.add_argument("--resume", action="store_true", help="reuse the runs/ship/ checkpoint (skip training)")
     ap.add_argument("--refresh", action="store_true", help="reuse the model folder and runs/ship/report.json")
@@ -76,7 +79,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    cfg = TrainConfig.from_json(CONFIG)
+    cfg = TrainConfig.from_json(args.config)
     runs = Path(args.runs)
     out = Path(args.out)
     users = 200

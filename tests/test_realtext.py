@@ -120,6 +120,21 @@ def test_shipped_training_mixture_uses_licensed_sources_only():
             load_records(TrainConfig(sources=[src]))
 
 
+def test_held_out_degradation_families_train_nothing():
+    """The families the card reports as never trained are in neither the heads' nor the encoder's recipe."""
+    from export.degrade import FAMILIES
+    from export.finetune import FinetuneConfig
+    from export.train import EVAL_ONLY, TRAINED_FAMILIES, TrainConfig
+
+    encoder = FinetuneConfig.from_json(ROOT / "export" / "configs" / "encoder.json")
+    for name in ("moerm-minilm.json", "moerm-minilm-quality.json"):
+        head = TrainConfig.from_json(ROOT / "export" / "configs" / name)
+        assert set(head.degrade_families) == set(TRAINED_FAMILIES) and not set(head.sources) & set(EVAL_ONLY)
+    assert set(encoder.families) == set(TRAINED_FAMILIES)
+    held_out = set(FAMILIES) - set(TRAINED_FAMILIES)
+    assert {"word_shuffle", "echo"} <= held_out and len(held_out) >= 5
+
+
 @needs_data
 def test_contrast_training_data_comes_from_benign_train_splits():
     from export import data
