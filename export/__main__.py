@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("-i", "--input", required=True, help="model folder (ONNX)")
     sp.add_argument("--prompts", type=int, default=200, help="held-out prompts of the hacking search")
     sp.add_argument("--steps", type=int, default=30, help="edit rounds of the hacking search")
+    sp.add_argument("--card", action="store_true", help="also put the tables into the folder's model card")
     sp.add_argument("-o", "--out", default=None, help="write the report JSON here")
 
     sp = sub.add_parser("export", help="checkpoint -> quantized ONNX model folder")
@@ -114,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.input)
         trained = trained_families(json.loads((folder / "config.json").read_text()).get("training", {}))
         rob = report(folder, trained, n_prompts=args.prompts, steps=args.steps)
+        if args.card:
+            from .card import ROBUSTNESS_HEADING, robustness_section
+            from .package import set_card_section
+
+            set_card_section(folder, ROBUSTNESS_HEADING, robustness_section(rob), before="## Features")
         text = json.dumps(rob, indent=1)
         if args.out:
             Path(args.out).write_text(text + "\n")

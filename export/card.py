@@ -229,10 +229,13 @@ def real_text_section(rep: EvalReport) -> list[str]:
     return lines
 
 
+ROBUSTNESS_HEADING = "## Bad replies it was not told about (held out; this folder, int8)"
+
+
 def robustness_section(rob: dict[str, Any]) -> list[str]:
     """Degradation families (held-out ones marked), everyday requests and the reward-hacking search."""
     fams, trained = rob["families"]["families"], set(rob.get("trained_families", []))
-    lines = ["## Bad replies it was not told about (held out; this folder, int8)", "",
+    lines = [ROBUSTNESS_HEADING, "",
              "**Degradation families** (`export/degrade.py`): real answers to held-out prompts (DSP's original "
              "replies and HH-RLHF helpful's test split) against a worse reply made from them; held-out phrasings. "
              "A family marked *never trained* was in no training data of this model, encoder included: its row "
