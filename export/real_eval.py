@@ -159,7 +159,7 @@ def fit_user_terms(phi: np.ndarray, X: np.ndarray | None, w0: np.ndarray, prior_
 
 
 def few_shot_residual(phi: np.ndarray, X: np.ndarray, users: list[data.BenchUser], w0: np.ndarray,
-                      prior_strength: float, P: np.ndarray | None, strength: float = RESIDUAL_STRENGTH,
+                      prior_strength: float, P: np.ndarray | None, strength: float | str = RESIDUAL_STRENGTH,
                       shots: Sequence[int] = SHOTS) -> dict[str, float]:
     """``few_shot`` with the opt-in residual over pair features (``fit_user(residual_strength=...)``):
     phi (R, K) and X (R, F) of the pool's items, each user fitted on its first N comparisons."""
