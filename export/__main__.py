@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--card", action="store_true", help="also put the tables into the folder's model card")
     sp.add_argument("-o", "--out", default=None, help="write the report JSON here")
 
+    sp = sub.add_parser("tastes", help="users of taste families no build trained on, next to the frozen probe")
+    sp.add_argument("-i", "--input", required=True, help="model folder (ONNX)")
+    sp.add_argument("--users", type=int, default=100, help="users per family")
+    sp.add_argument("--card", action="store_true", help="also put the table into the folder's model card")
+    sp.add_argument("-o", "--out", default=None, help="write the report JSON here")
+
     sp = sub.add_parser("export", help="checkpoint -> quantized ONNX model folder")
     sp.add_argument("-i", "--input", required=True, help="run folder with ckpt.pt")
     sp.add_argument("-o", "--output", required=True, help="model folder to write, e.g. models/NAME")
@@ -121,6 +127,24 @@ def main(argv: list[str] | None = None) -> int:
 
             set_card_section(folder, ROBUSTNESS_HEADING, robustness_section(rob), before="## Features")
         text = json.dumps(rob, indent=1)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        print(text)
+    elif args.command == "tastes":
+        from .evaluate import RuntimeFeaturizer
+        from .real_eval import attribute_pool
+        from .tastes import taste_users
+
+        logging.getLogger("moerm_lite").setLevel(logging.ERROR)  # the truncation warning, once per call
+        rz = RuntimeFeaturizer(args.input)
+        tastes = taste_users(attribute_pool(rz, with_probe=False), rz.w0, rz.model.config.default_prior_strength,
+                             rz.prior_precision, n_users=args.users)
+        if args.card:
+            from .card import TASTES_HEADING, tastes_section
+            from .package import set_card_section
+
+            set_card_section(Path(args.input), TASTES_HEADING, tastes_section(tastes), before="## Features")
+        text = json.dumps(tastes, indent=1)
         if args.out:
             Path(args.out).write_text(text + "\n")
         print(text)

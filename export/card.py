@@ -229,6 +229,27 @@ def real_text_section(rep: EvalReport) -> list[str]:
     return lines
 
 
+TASTES_HEADING = "## Tastes it was not trained on (held out; this folder, int8)"
+
+
+def tastes_section(res: dict[str, Any]) -> list[str]:
+    """Users of each taste family (``export.tastes``; no build trains on them) next to the frozen probe."""
+    lines = [TASTES_HEADING, "",
+             "**Taste families** (`export/tastes.py`, `python -m export tastes`): simulated users who prefer more "
+             "(or less) of one property of a reply — a vocabulary field, a rhetorical habit, structure, "
+             "specificity, courtesy — between replies to the same held-out prompt; no build trains on them. Each "
+             "user is fitted from N comparisons and scored on 50–100 more; the frozen probe is a logistic "
+             "regression on the frozen pair features fitted on the same N:", "",
+             "| family | users | fit | N=5 | N=10 | N=20 | N=50 |", "|---|---|---|---|---|---|---|"]
+    for fam, members in res["members"].items():
+        r = res[fam]
+        for key, label in (("model", "this model"), ("model_auto", "+ residual chosen per user"),
+                           ("frozen_probe", "frozen probe")):
+            lines.append(f"| {fam} ({len(members)} kinds) | {r['users']} | {label} | "
+                         + " | ".join(_pct(r[key].get(str(n))) for n in (5, 10, 20, 50)) + " |")
+    return lines + [""]
+
+
 ROBUSTNESS_HEADING = "## Bad replies it was not told about (held out; this folder, int8)"
 
 
