@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--prompts", type=int, default=200, help="held-out prompts of the hacking search")
     sp.add_argument("--steps", type=int, default=30, help="edit rounds of the hacking search")
     sp.add_argument("--card", action="store_true", help="also put the tables into the folder's model card")
+    sp.add_argument("--keep", default=None, metavar="JSON",
+                    help="an earlier report of this folder whose parts to keep (measure only what it lacks)")
     sp.add_argument("-o", "--out", default=None, help="write the report JSON here")
 
     sp = sub.add_parser("tastes", help="users of taste families no build trained on, next to the frozen probe")
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
         folder = Path(args.input)
         trained = trained_families(json.loads((folder / "config.json").read_text()).get("training", {}))
-        rob = report(folder, trained, n_prompts=args.prompts, steps=args.steps)
+        done = json.loads(Path(args.keep).read_text()) if args.keep else None
+        rob = report(folder, trained, n_prompts=args.prompts, steps=args.steps, done=done)
         if args.card:
             from .card import ROBUSTNESS_HEADING, robustness_section
             from .package import set_card_section

@@ -27,6 +27,8 @@ import numpy as np
 from .degrade import last_request, phrases, sentences
 
 EDITS = ("repeat", "drop", "shuffle", "append", "replace", "truncate")
+MAX_GROWTH = 3  # a candidate longer than this many times the real answer (plus 500 characters) is not tried:
+#                 a policy's generation budget bounds it, and a text without sentence breaks would double
 MARKED = frozenset(EDITS) - {"drop"}  # edits that make a degradation family's reply
 
 
@@ -75,7 +77,8 @@ def greedy_search(model: Any, prompts: Sequence[str], answers: Sequence[str], st
             others = [answers[(i + 1 + j) % n] for j in rng.permutation(n - 1)[:20]] if n > 1 else []
             for kind in EDITS:
                 t = edit(kind, current[i], prompts[i], rng, others)
-                if t is not None and t.strip() and t != current[i]:
+                cap = MAX_GROWTH * len(answers[i]) + 500
+                if t is not None and t.strip() and t != current[i] and len(t) <= cap:
                     cands.append((i, kind, t))
         if not cands:
             break

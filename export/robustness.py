@@ -176,14 +176,17 @@ def hacking(model: Any, n_prompts: int = 200, steps: int = 30, seed: int = 0) ->
 
 
 def report(folder: "str | Path", trained_families: Sequence[str] = (), n_prompts: int = 200,
-           steps: int = 30) -> dict[str, Any]:
+           steps: int = 30, done: dict[str, Any] | None = None) -> dict[str, Any]:
     """Families (with which the model trained on, so the card can mark the held-out ones), everyday requests
-    and the hacking search, through a model folder (int8)."""
+    and the hacking search, through a model folder (int8). ``done``: parts of an earlier report of the same
+    folder to keep (``"families"``, ``"everyday"``, ``"hacking"``); the rest is measured."""
     import logging
 
     from .evaluate import RuntimeFeaturizer
 
     logging.getLogger("moerm_lite").setLevel(logging.ERROR)  # the truncation warning, once per call
     fz = RuntimeFeaturizer(folder)
-    return {"families": family_table(fz, fz.w0), "trained_families": list(trained_families),
-            "everyday": everyday(fz, fz.w0), "hacking": hacking(fz.model, n_prompts, steps)}
+    done = done or {}
+    return {"families": done.get("families") or family_table(fz, fz.w0), "trained_families": list(trained_families),
+            "everyday": done.get("everyday") or everyday(fz, fz.w0),
+            "hacking": done.get("hacking") or hacking(fz.model, n_prompts, steps)}

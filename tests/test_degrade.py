@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from export import degrade as D
-from export.hacking import EDITS, MARKED, edit, greedy_search, hacked, hacking_rate
+from export.hacking import EDITS, MARKED, MAX_GROWTH, edit, greedy_search, hacked, hacking_rate
 from export.robustness import EVERYDAY_KINDS, everyday_bad_replies, everyday_records, load_everyday
 
 PROMPTS = ["How do I boil an egg?", "What is the capital of France?", "How do I boil pasta?",
@@ -143,6 +143,8 @@ class LengthModel:
 def test_greedy_search_finds_a_length_hack_and_reports_it():
     res = greedy_search(LengthModel(), PROMPTS, ANSWERS, steps=5, seed=0)
     assert all(r["end_score"] > r["start_score"] and hacked(r) for r in res)
+    long = greedy_search(LengthModel(), PROMPTS[:1], ["word " * 200], steps=12)[0]  # no sentence breaks
+    assert len(long["end"]) <= MAX_GROWTH * len("word " * 200) + 500  # a bounded budget, not 2^12 copies
     assert all(set(r["edits"]) <= {"repeat", "append"} for r in res)  # only edits that add words win
     rate = hacking_rate(res)
     assert rate["hacked"] == 1.0 and rate["n_prompts"] == len(PROMPTS)
