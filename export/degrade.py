@@ -159,24 +159,22 @@ class Pool:
         return cls(list(prompts), list(answers), S.argmax(1))
 
 
+def _shuffled(parts: list[str], rng: np.random.Generator) -> str:
+    """``parts`` joined in a random order other than their own (at least two parts)."""
+    order = rng.permutation(len(parts))
+    while (order == np.arange(len(parts))).all():
+        order = rng.permutation(len(parts))
+    return " ".join(parts[j] for j in order)
+
+
 def _word_shuffle(i: int, pool: Pool, rng: np.random.Generator, split: str) -> str | None:
     words = pool.answers[i].split()
-    if len(words) < 4:
-        return None
-    order = rng.permutation(len(words))
-    while (order == np.arange(len(words))).all():
-        order = rng.permutation(len(words))
-    return " ".join(words[j] for j in order)
+    return _shuffled(words, rng) if len(words) >= 4 else None
 
 
 def _sentence_shuffle(i: int, pool: Pool, rng: np.random.Generator, split: str) -> str | None:
     sents = sentences(pool.answers[i])
-    if len(sents) < 3:
-        return None
-    order = rng.permutation(len(sents))
-    while (order == np.arange(len(sents))).all():
-        order = rng.permutation(len(sents))
-    return " ".join(sents[j] for j in order)
+    return _shuffled(sents, rng) if len(sents) >= 3 else None
 
 
 def _repetition(i: int, pool: Pool, rng: np.random.Generator, split: str) -> str | None:
