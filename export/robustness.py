@@ -82,26 +82,10 @@ def pair_outputs(fz: Any, recs: Sequence[dict[str, Any]]) -> tuple[np.ndarray, n
     return f[c] - f[j], X[c] - X[j]
 
 
-class EncoderFeatures:
-    """An encoder's pair features alone (no head: ``n_experts`` 0), to compare encoders by the probe
-    columns of :func:`family_table`; embeddings cached per encoder (``export.embed.EmbeddingCache``)."""
-
-    n_experts = 0
-
-    def __init__(self, backbone: "str | Path", max_length: int = 256) -> None:
-        from .embed import EmbeddingCache
-
-        self.cache = EmbeddingCache(backbone, max_length)
-
-    def outputs_and_features(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        empty = np.zeros((len(pairs), 0), np.float32)
-        return empty, empty, self.cache.features(pairs)
-
-
-def family_table(fz: Any, w0: np.ndarray | None, seed: int = 0) -> dict[str, Any]:
-    """Per family, on held-out answers: the model (``w0``; None for an encoder alone), the cosine, the
-    family-out probe and the all-families probe (see the module's docstring). Rows ``{family: {"n",
-    "model", "cosine", "probe_family_out", "probe_all"}}``, plus ``"min"`` of the model column."""
+def family_table(fz: Any, w0: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Per family, on held-out answers: the model (population weights ``w0``), the cosine, the family-out
+    probe and the all-families probe (see the module's docstring). Rows ``{family: {"n", "model",
+    "cosine", "probe_family_out", "probe_all"}}``, plus ``"min"`` of the model column."""
     train_real = [r for name in TRAIN_SOURCES for r in data.REAL_LOADERS[name](split="train")]
     train_deg = benign_degradation_records(train_real, split="train", seed=seed)
     test_deg = benign_degradation_records(heldout_answer_records(), split="test", seed=seed + 1)
@@ -125,14 +109,10 @@ def family_table(fz: Any, w0: np.ndarray | None, seed: int = 0) -> dict[str, Any
         if not te.any():
             continue
         v_out = probe(fam_tr != fam)
-        rows[fam] = {"n": int(te.sum()), "cosine": pair_accuracy(cos[te]),
+        rows[fam] = {"n": int(te.sum()), "model": pair_accuracy(phi_te[te] @ w0), "cosine": pair_accuracy(cos[te]),
                      "probe_family_out": pair_accuracy(dX_te[te] @ v_out), "probe_all": pair_accuracy(dX_te[te] @ v_all)}
-        if w0 is not None:
-            rows[fam]["model"] = pair_accuracy(phi_te[te] @ w0)
-    out: dict[str, Any] = {"families": rows, "n_train_records": len(train_deg) + len(real)}
-    if w0 is not None:
-        out["min"] = min(r["model"] for r in rows.values())
-    return out
+    return {"families": rows, "n_train_records": len(train_deg) + len(real),
+            "min": min(r["model"] for r in rows.values())}
 
 
 def everyday(fz: Any, w0: np.ndarray) -> dict[str, Any]:
