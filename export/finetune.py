@@ -36,11 +36,11 @@ from .contrast import contrast_records
 from .degrade import benign_degradation_records
 from .embed import TorchPairFeatures, default_backbone_path, text_tokenizer, torch_pair_features
 from .model import Backbone
+from .train import BENIGN
 
 log = logging.getLogger("export")
 TUNED_BACKBONE_NAME = "all-MiniLM-L6-v2-quality"  # the encoder folder finetune writes into its run folder
 POPULATION = ("hh_helpful", "hh_harmless", "finegrained_qa", "topical_chat")
-BENIGN = ("hh_helpful", "finegrained_qa", "topical_chat")
 
 
 @dataclass
