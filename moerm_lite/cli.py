@@ -200,17 +200,21 @@ def cmd_rank_catalog(args: argparse.Namespace, out: IO[str]) -> None:
     user = UserProfile.load(args.user) if args.user else None
     ranking = catalog.rank(user, top_k=args.top_k)
     if args.format == "table":
+        places = len(str(len(ranking)))
         for place, item in enumerate(ranking, 1):
-            out.write(f"  {place}. {item['score']:+8.3f}  {item['id']}\n")
+            out.write(f"  {place:>{places}}. {item['score']:+8.3f}  {item['id']}\n")
     else:
         _emit(({"id": item["id"], "score": item["score"]} for item in ranking), out)
 
 
 def cmd_rank(args: argparse.Namespace, out: IO[str]) -> None:
     if args.catalog:
+        if args.input is not None:
+            raise ValueError(f"rank --catalog ranks the encoded catalog {args.catalog}; it reads no -i "
+                             f"({args.input}): drop -i, or drop --catalog to rank the requests in {args.input}")
         return cmd_rank_catalog(args, out)
     m, user = _load(args)
-    rows = Rows(args.input, args.skip_bad)
+    rows = Rows("-" if args.input is None else args.input, args.skip_bad)
     done = rows.each(lambda n, r: m.rank(r.get("prompt", ""), _field(r, "responses", n, args.input),
                                          user=user, top_k=args.top_k))
     for r, ranking in done:
@@ -218,8 +222,9 @@ def cmd_rank(args: argparse.Namespace, out: IO[str]) -> None:
             who = f"user {user.user_id!r}" if user is not None and user.user_id else (
                 "user profile" if user is not None else "population weights w0")
             out.write(f"\nprompt: {r.get('prompt', '')!r}   ({who})\n")
+            places = len(str(len(ranking)))
             for place, item in enumerate(ranking, 1):
-                out.write(f"  {place}. {item['score']:+8.3f}  {_one_line(item['text'])}\n")
+                out.write(f"  {place:>{places}}. {item['score']:+8.3f}  {_one_line(item['text'])}\n")
         else:
             _emit(iter([{**_without(r, "responses"), "prompt": r.get("prompt", ""), "ranking": ranking}]), out)
     rows.finish()
@@ -233,13 +238,15 @@ def cmd_explain(args: argparse.Namespace, out: IO[str]) -> None:
         if args.format == "table":
             out.write(f"\nprompt: {_one_line(str(r.get('prompt', '')))!r}\nresponse: {_one_line(r['response'])!r}\n"
                       f"score {e['score']:+.3f}{'  (truncated)' if e['truncated'] else ''}\n")
-            out.write(f"  {'expert':<40} {'gate':>6} {'reward':>7} {'weight':>7} {'contribution':>12}\n")
+            residual_label = "residual over pair features (this user)"
+            width = max([len("expert"), len(residual_label) - 24] + [len(n) for n in e["experts"]])
+            out.write(f"  {'expert':<{width}} {'gate':>6} {'reward':>7} {'weight':>7} {'contribution':>12}\n")
             for k in np.argsort(-np.abs(e["contributions"]), kind="stable"):
                 if e["gating_output"][k] > 0:
-                    out.write(f"  {e['experts'][k]:<40} {e['gating_output'][k]:6.3f} {e['rewards'][k]:+7.3f} "
+                    out.write(f"  {e['experts'][k]:<{width}} {e['gating_output'][k]:6.3f} {e['rewards'][k]:+7.3f} "
                               f"{e['weights'][k]:+7.3f} {e['contributions'][k] + 0.0:+12.3f}\n")
             if e["residual"]:
-                out.write(f"  {'residual over pair features (this user)':<64} {e['residual']:+12.3f}\n")
+                out.write(f"  {residual_label:<{width + 24}} {e['residual']:+12.3f}\n")
         else:
             _emit(iter([{**r, **e}]), out)
     rows.finish()
@@ -297,9 +304,10 @@ def cmd_describe(args: argparse.Namespace, out: IO[str]) -> None:
     d = m.describe_user(user, top=args.top)
     if args.format == "table":
         out.write(d["text"] + "\n")
+        width = max([len(g["name"]) for label in ("favours", "disfavours") for g in d[label]], default=0)
         for label in ("favours", "disfavours"):
             for g in d[label]:
-                out.write(f"  {label:<10} {g['name']:<44} shift {g['shift']:+7.3f}  z {g['z']:+6.2f}  "
+                out.write(f"  {label:<10} {g['name']:<{width}} shift {g['shift']:+7.3f}  z {g['z']:+6.2f}  "
                           f"{g['certainty']} ({100 * g['p_sign']:.0f}%)\n")
     else:
         _emit(iter([d]), out)
@@ -309,9 +317,11 @@ def cmd_experts(args: argparse.Namespace, out: IO[str]) -> None:
     m, _ = _load(args)
     cards = m.describe_experts(n_texts=args.n_texts)
     if args.format == "table":
+        width = max([len(c["name"]) for c in cards], default=0)
+        places = len(str(max([c["expert"] for c in cards], default=0)))
         for c in cards:
             corr = ", ".join(f"{a} {v:+.2f}" for a, v in c["correlations"].items())
-            out.write(f"{c['expert']:>3} {c['name']:<32} routed {100 * c['routing_share']:5.1f}%  {corr}\n")
+            out.write(f"{c['expert']:>{places}} {c['name']:<{width}} routed {100 * c['routing_share']:5.1f}%  {corr}\n")
             for label in ("highest", "lowest"):
                 for t in c[label]:
                     out.write(f"      {label[0]}: {t}\n")
@@ -359,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(fn=cmd_score)
     sp = sub.add_parser("rank", help='rank JSONL records {"prompt", "responses": [...]}')
-    sp.add_argument("-i", "--input", default="-", help="JSONL file (default: - , stdin)")
+    sp.add_argument("-i", "--input", default=None, help="JSONL file (default: - , stdin)")
     sp.add_argument("--top-k", type=int, default=None, help="keep the best k responses")
     sp.add_argument("--format", choices=["jsonl", "table"], default="jsonl")
     sp.add_argument("--catalog", default=None, metavar="NPZ",

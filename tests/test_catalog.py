@@ -72,3 +72,19 @@ def test_cli_encode_then_rank_for_a_profile(tiny_folder, tmp_path):
     got = [json.loads(x) for x in out.getvalue().splitlines()]
     want = m.rank("why", [r["response"] for r in rows], user=user, top_k=3)
     assert [g["id"] for g in got] == [rows[w["corpus_id"]]["id"] for w in want]
+
+
+def test_cli_rank_catalog_refuses_input_and_aligns_its_table(tiny_folder, tmp_path, capsys):
+    import io
+
+    rows = [{"id": f"item-{i}", "prompt": "why", "response": t} for i, t in enumerate(texts(12, seed=2))]
+    src = tmp_path / "catalog.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["encode", "--model", str(tiny_folder), "-i", str(src), "-o", str(tmp_path / "c.npz")]) == 0
+    assert main(["rank", "--catalog", str(tmp_path / "c.npz"), "-i", str(src)]) == 2  # -i would be ignored
+    err = capsys.readouterr().err
+    assert "reads no -i" in err and str(src) in err
+    out = io.StringIO()
+    assert main(["rank", "--catalog", str(tmp_path / "c.npz"), "--format", "table"], out=out) == 0
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 12 and len({line.index(".") for line in lines}) == 1  # " 9." lines up with "10."
