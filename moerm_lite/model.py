@@ -182,6 +182,7 @@ class RewardModel:
         self._w0 = np.asarray(config.w0, dtype=np.float64)  # (K,)
         P = config.prior_precision
         self._prior_precision = None if P is None else np.asarray(P, dtype=np.float64)  # (K, K)
+        self.truncated_inputs = 0  # inputs truncated so far (warned about once, then logged at debug level)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -326,12 +327,20 @@ class RewardModel:
             if progress is not None:
                 progress(len(chunk))
         if truncated.any():
-            log.warning("%d of %d inputs were truncated: a prompt or response was longer than max_length=%d "
-                        "tokens (a prompt keeps its end, a response its start)", int(truncated.sum()), N,
-                        cfg.max_length)
+            self._note_truncation(int(truncated.sum()), N)
         if not (np.isfinite(gates).all() and np.isfinite(rewards).all()):
             raise FloatingPointError("the model produced NaN or inf; the model files may be broken")
         return idx, gates, rewards, truncated
+
+    def _note_truncation(self, n: int, of: int) -> None:
+        """Say that inputs were truncated: a warning the first time for this model, then at debug level."""
+        first = self.truncated_inputs == 0
+        self.truncated_inputs += n
+        log.log(logging.WARNING if first else logging.DEBUG,
+                "%d of %d inputs were truncated (%d so far for this model): a prompt or response was longer "
+                "than max_length=%d tokens (a prompt keeps its end, a response its start)%s", n, of,
+                self.truncated_inputs, self.config.max_length,
+                "; later truncations are logged at debug level" if first else "")
 
     def encode_catalog(self, pairs: Sequence[tuple[Prompt, str]], ids: Sequence[Any] | None = None, *,
                        batch_size: int = BATCH_SIZE, progress: Callable[[int], None] | None = None,
@@ -451,18 +460,23 @@ class RewardModel:
         """Per-expert breakdown of one score.
 
         Returns ``{"score", "rewards" (K,), "gating_output" (K,), "weights" (K,),
-        "contributions" (K,), "residual", "experts", "truncated"}`` where
+        "contributions" (K,), "residual", "experts", "by_expert", "truncated"}`` where
         ``score == sum(contributions) + residual`` and ``contributions == gating_output * weights * rewards``;
-        ``residual`` is the user's residual term ``x . v`` (0.0 without one, see ``fit_user``).
+        ``residual`` is the user's residual term ``x . v`` (0.0 without one, see ``fit_user``);
+        ``by_expert`` names the experts this input was routed to (and the shared ones),
+        ``[{"expert": name, "contribution": float}, ...]``, largest contribution (either sign) first.
         """
         w, v = self.user_terms(user)
         out = self.expert_outputs([self.check_pair((prompt, response))], with_features=v is not None)
         gates, rewards = out["gating_output"][0], out["rewards"][0]  # (K,), (K,)
         contributions = expert_features(gates, rewards) * w + 0.0  # (K,); + 0.0: no -0.0 for unrouted experts
         residual = 0.0 if v is None else float(out["features"][0].astype(np.float64) @ v)
+        names = self.expert_names
+        by_expert = [{"expert": names[k], "contribution": float(contributions[k])}
+                     for k in np.argsort(-np.abs(contributions), kind="stable") if gates[k] > 0]
         return {"score": float(contributions.sum()) + residual, "rewards": rewards, "gating_output": gates,
                 "weights": w.copy(), "contributions": contributions, "residual": residual,
-                "experts": self.expert_names, "truncated": bool(out["truncated"][0])}
+                "experts": names, "by_expert": by_expert, "truncated": bool(out["truncated"][0])}
 
     # ---------------------------------------------------------- personalizing
     def comparison_features(self, comparisons: Iterable[dict[str, Any]], *,

@@ -89,18 +89,30 @@ def test_explain_adds_up(tiny_fp32):
     assert e["gating_output"].sum() == pytest.approx(1.0 + S, abs=1e-6)
     assert (e["rewards"][e["gating_output"] == 0] == 0).all()
     assert e["experts"] == m.expert_names and e["truncated"] is False
+    routed = [k for k in range(m.n_experts) if e["gating_output"][k] > 0]
+    assert sorted(d["expert"] for d in e["by_expert"]) == sorted(m.expert_names[k] for k in routed)
+    assert [d["contribution"] for d in e["by_expert"]] == sorted(
+        (float(e["contributions"][k]) for k in routed), key=lambda c: -abs(c))
+    assert sum(d["contribution"] for d in e["by_expert"]) == pytest.approx(e["score"], abs=1e-6)
     assert not np.signbit(e["contributions"][e["gating_output"] == 0]).any()  # 0.0, never -0.0
     before = m.score(PROMPT, RESPONSES[0])
     e["weights"] *= 0  # the caller's copy, not the model's own weights
     assert m.score(PROMPT, RESPONSES[0]) == before
 
 
-def test_truncation_is_visible(tiny_fp32, caplog):
+def test_truncation_is_visible_and_warned_once(tiny_folder, caplog):
+    m = RewardModel.load(tiny_folder, precision="fp32", threads=1)  # its own count, from 0
     long = "the cat is good " * 20  # > max_length=24 tokens
-    with caplog.at_level(logging.WARNING, logger="moerm_lite"):
-        tiny_fp32.score("", [long, "ok", long])
-    assert "2 of 3 inputs" in caplog.text and "truncated" in caplog.text
-    assert tiny_fp32.explain("", long)["truncated"] is True
+    with caplog.at_level(logging.DEBUG, logger="moerm_lite"):
+        m.score("", [long, "ok", long])
+        for _ in range(3):
+            m.score("", [long, "ok"])
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "truncated" in r.getMessage()]
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG and "truncated" in r.getMessage()]
+    assert len(warned) == 1 and "2 of 3 inputs" in warned[0].getMessage()
+    assert len(debug) == 3 and "(5 so far for this model)" in debug[-1].getMessage()
+    assert m.truncated_inputs == 5
+    assert m.explain("", long)["truncated"] is True
 
 
 def test_empty_prompt_allowed_chat_prompt_rendered(tiny_fp32):
