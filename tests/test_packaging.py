@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,19 +16,28 @@ SHIPPED = ROOT / "models" / "moerm-minilm"
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    """The wheel of a copy of the checkout in which a user also built their own model under models/."""
+    src = tmp_path_factory.mktemp("src") / "repo"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv*", "runs", ".cache", "build", "dist",
+                                                              "*.egg-info", "__pycache__", ".*_cache", "profiles"))
+    (src / "models" / "mine" / "onnx").mkdir(parents=True)  # what `python -m export own -o models/mine` leaves
+    (src / "models" / "mine" / "config.json").write_text("{}")
+    (src / "models" / "mine" / "onnx" / "head.int8.onnx").write_bytes(b"not shipped")
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                    str(out), str(ROOT)], check=True, capture_output=True, text=True, timeout=600)
+                    str(out), str(src)], check=True, capture_output=True, text=True, timeout=600)
     (whl,) = out.glob("moerm_lite-*.whl")
     return whl
 
 
-def test_wheel_holds_the_shipped_model(wheel):
+def test_wheel_holds_the_shipped_model_and_nothing_else(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     manifest = json.loads((SHIPPED / "manifest.json").read_text())["files"]
     for rel in list(manifest) + ["manifest.json"]:
         assert f"moerm_lite/models/moerm-minilm/{rel}" in names, rel
     assert not any(n.startswith(("export/", "tests/", "bench/")) for n in names)  # the runtime only
+    models = {n.split("/")[2] for n in names if n.startswith("moerm_lite/models/") and n.count("/") > 2}
+    assert models == {"moerm-minilm", "examples"}  # a user's models/mine stays out of the wheel
 
 
 @pytest.mark.slow
