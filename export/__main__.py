@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sp = sub.add_parser("own", help="your own TRL-style JSONL -> a model folder, with held-out accuracy")
     sp.add_argument("jsonl", help='comparisons {"prompt", "chosen", "rejected"[, "user_id"]}, one per line')
-    sp.add_argument("-o", "--output", required=True, help="model folder to write, e.g. models/mine")
+    sp.add_argument("-o", "--output", required=True, help="model folder to write, e.g. moerm-models/mine")
     sp.add_argument("--backbone", default="", help="local Hugging Face encoder folder (default: all-MiniLM-L6-v2)")
     sp.add_argument("--test-fraction", type=float, default=0.1, help="held out by prompt, for the accuracy")
     sp.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON", help="override TrainConfig fields")

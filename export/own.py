@@ -1,6 +1,6 @@
 """Your own preferences in one command: a TRL-style JSONL -> a working model folder.
 
-    python -m export own prefs.jsonl -o models/mine
+    python -m export own prefs.jsonl -o moerm-models/mine
 
 Frozen backbone with cached embeddings, so it runs on a CPU. Comparisons are split by prompt: a
 ``test_fraction`` is held out and the folder's accuracy on it is reported (population weights, and per

@@ -10,8 +10,10 @@ It imports neither Ray nor pandas, so it also scores plain dicts of numpy arrays
 
     ds = ray.data.read_json("replies.jsonl")
     scored = ds.map_batches(BatchScorer, fn_constructor_kwargs={"profiles": "profiles/"},
-                            batch_size=256, compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1,
+                            batch_size=256, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
                             batch_format="numpy")
+
+with ``workers`` one fewer than Ray's CPUs (docs/scaling.md: a pool holding every core starves the read).
 
 A row whose ``user_id`` is set is scored with that user's profile (``profiles/<user_id>.json``); a row
 without one (``None``, ``""``, or NaN, which Ray and pandas put in empty cells) with the population weights.
