@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from moerm_lite import UserProfile
-from moerm_lite.personalize import select_residual
 from moerm_lite.head import expert_features
 
 from . import data
@@ -149,9 +148,8 @@ def fit_user_terms(phi: np.ndarray, X: np.ndarray | None, w0: np.ndarray, prior_
                    ) -> tuple[np.ndarray, np.ndarray]:
     """A user's weights (K,) and residual (F,) fitted by the runtime's own code (``UserProfile.fit``), from
     comparison features phi (N, K) and pair-feature differences X (N, F); no residual: zeros.
-    ``residual_strength="auto"``: chosen per user by ``moerm_lite.personalize.select_residual``."""
-    strength = (select_residual(phi, X, w0, prior_strength, P)[0] if residual_strength == "auto" and X is not None
-                else None if isinstance(residual_strength, str) else residual_strength)
+    ``residual_strength="auto"``: chosen per user at the fit, as ``fit_user`` does (``UserProfile``)."""
+    strength = None if X is None else residual_strength
     p = UserProfile(prior_strength=prior_strength, prior_precision=P, residual_strength=strength)
     p.fit(phi, w0, X if strength is not None else None)
     F = 0 if X is None else X.shape[1]

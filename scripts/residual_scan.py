@@ -1,5 +1,5 @@
-"""How strong an opt-in residual to recommend (``fit_user(..., residual_strength=s)``): few-shot accuracy
-for a range of strengths, next to the weights alone.
+"""How strong a residual to fit (``fit_user(..., residual_strength=s)``): few-shot accuracy for a range of
+fixed strengths and for ``"auto"`` (chosen per user from its own comparisons), next to the weights alone.
 
     python scripts/residual_scan.py                      # the shipped model, ~6 minutes on 2 CPU cores
     python scripts/residual_scan.py --model models/mine
@@ -56,6 +56,7 @@ def main() -> None:
         print(f"{name}:")
         rows = {"weights only": few_shot(phi, users, w0, lam, P=P)}
         rows.update({f"residual {s:g}": few_shot_residual(phi, X, users, w0, lam, P, s) for s in STRENGTHS})
+        rows["residual auto"] = few_shot_residual(phi, X, users, w0, lam, P, "auto")
         for label, res in rows.items():
             print(f"  {label:<16}" + "".join(f"{100 * res[str(n)]:8.1f}" for n in SHOTS))
             means.setdefault(label, []).extend(res[str(n)] for n in SHOTS)
@@ -65,8 +66,9 @@ def main() -> None:
     print("DSP domain users (evaluation only; test half), model + residual at N = 5 / 10 / 20 / 50 / all:")
     dsp = dsp_pool(fz)  # embedded once for every strength
     for s in STRENGTHS:
-        res = dsp_users(fz, w0, lam, P, residual_strength=s, pool=dsp)["model_plus_residual"]
-        print(f"  residual {s:<7g}" + "".join(f"{100 * v:8.1f}" for v in res.values()))
+        res = dsp_users(fz, w0, lam, P, residual_strength=s, pool=dsp)
+        print(f"  residual {s:<7g}" + "".join(f"{100 * v:8.1f}" for v in res["model_plus_residual"].values()))
+    print("  residual auto   " + "".join(f"{100 * v:8.1f}" for v in res["model_auto"].values()))
 
 
 if __name__ == "__main__":
