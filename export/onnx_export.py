@@ -107,7 +107,8 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
                             "kept_experts": keep, "trained_experts": args.n_experts,
                             "train_backbone_layers": cfg["train_backbone_layers"],
                             "sources": cfg["sources"],
-                            "degrade_families": cfg.get("degrade_families", []) if "degrade" in cfg["sources"] else [],
+                            "degrade_families": (cfg.get("degrade_families", []) if "degrade" in cfg["sources"]
+                                                 or "degrade" in cfg.get("readout_sources", []) else []),
                             "readout": ({"experts": args.n_readout, **(ckpt.get("readout") or {})}
                                         if args.n_readout else None)}},
     )

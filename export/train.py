@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -72,7 +72,8 @@ class TrainConfig:
     # real answer; the families left out are the family-out check's (export.robustness)
     degrade_families: list[str] = field(default_factory=lambda: list(TRAINED_FAMILIES))
     degrade_per_answer: int = 4  # random families per real answer (of degrade_families)
-    # after training: a linear read-out expert on every feature, fitted on these sources' population records
+    # after training: a linear read-out expert on every feature, fitted on these sources' population records;
+    # a source named here but not in ``sources`` (e.g. "degrade") is loaded for the read-out alone
     # of the mixture (export.readout); [] for none
     readout_sources: list[str] = field(
         default_factory=lambda: ["hh_helpful", "finegrained_qa", "topical_chat", "contrast"])
@@ -344,6 +345,8 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Recor
     rank, world = distributed(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
     backbone_path = Path(cfg.backbone) if cfg.backbone else default_backbone_path()
+    # records given (``own``): the read-out learns from them alone; else also the read-out-only sources
+    readout_extra = readout_only_records(cfg) if records is None else []
     records = load_records(cfg) if records is None else records
     comps = Comparisons.build(records)
     t0 = time.time()
@@ -380,7 +383,8 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Recor
             feats = torch.from_numpy(X).to(cfg.device)
             head, mode, history = fit_head(cfg, comps, lambda idx: feats[idx], X.mean(0), X.std(0) + 1e-6)
             pair_features = cache.features
-        head, readout = add_readouts(head.cpu(), records, cfg, pair_features, trained_on_attribute_users(records))
+        head, readout = add_readouts(head.cpu(), [*records, *readout_extra], cfg, pair_features,
+                                     trained_on_attribute_users(records))
 
     ckpt = {
         "model_args": asdict(head.args),
@@ -404,6 +408,13 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Recor
                                                         "processes": world}, indent=1))
     barrier(world)
     return ckpt
+
+
+def readout_only_records(cfg: TrainConfig) -> list[data.Record]:
+    """Records of the read-out sources that the experts' mixture leaves out (``readout_sources`` not in
+    ``sources``): the read-out learns from them, the trained experts never see them."""
+    extra = [s for s in cfg.readout_sources if s not in cfg.sources]
+    return load_records(replace(cfg, sources=extra, jsonl=[])) if extra else []
 
 
 def trained_on_attribute_users(records: Sequence[data.Record]) -> bool:
@@ -458,6 +469,7 @@ def readout_run(run: "str | Path", cfg: TrainConfig, records: Optional[list[data
                        else "attribute_users" in ckpt["config"]["sources"])
     if records is None and cfg.readout_sources and not head.args.n_readout:
         records = load_records(TrainConfig(**ckpt["config"]))
+        records += readout_only_records(replace(TrainConfig(**ckpt["config"]), readout_sources=cfg.readout_sources))
     K = head.args.n_experts
     head, readout = add_readouts(head, records or [], cfg, cache.features, attribute_users, ckpt.get("readout"))
     if head.args.n_experts == K:
