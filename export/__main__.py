@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--card", action="store_true", help="also put the tables into the folder's model card")
     sp.add_argument("--keep", default=None, metavar="JSON",
                     help="an earlier report of this folder whose parts to keep (measure only what it lacks)")
+    sp.add_argument("--run", default=None, help="the folder's training run (ckpt.pt, frozen backbone): also "
+                    "refit its read-out without each family (family-out for the model itself)")
     sp.add_argument("-o", "--out", default=None, help="write the report JSON here")
 
     sp = sub.add_parser("tastes", help="users of taste families no build trained on, next to the frozen probe")
@@ -124,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         trained = trained_families(json.loads((folder / "config.json").read_text()).get("training", {}))
         done = json.loads(Path(args.keep).read_text()) if args.keep else None
         rob = report(folder, trained, n_prompts=args.prompts, steps=args.steps, done=done)
+        if args.run:
+            from .robustness import readout_family_out
+
+            rob["readout_family_out"] = (done or {}).get("readout_family_out") or readout_family_out(args.run)
         if args.card:
             from .card import ROBUSTNESS_HEADING, robustness_section
             from .package import set_card_section

@@ -256,18 +256,31 @@ ROBUSTNESS_HEADING = "## Bad replies it was not told about (held out; this folde
 def robustness_section(rob: dict[str, Any]) -> list[str]:
     """Degradation families (held-out ones marked), everyday requests and the reward-hacking search."""
     fams, trained = rob["families"]["families"], set(rob.get("trained_families", []))
+    fo = (rob.get("readout_family_out") or {}).get("families", {})
     lines = [ROBUSTNESS_HEADING, "",
              "**Degradation families** (`export/degrade.py`): real answers to held-out prompts (DSP's original "
              "replies and HH-RLHF helpful's test split) against a worse reply made from them; held-out phrasings. "
              "A family marked *never trained* was in no training data of this model, encoder included: its row "
              "is the family-out check. Reference columns: the prompt–reply cosine alone, and a logistic probe on "
              "the frozen pair features fitted on the licensed mixture plus every other family (family-out) "
-             "(`python -m export robustness`):", "",
-             "| family | pairs | this model | cosine | probe, family out |", "|---|---|---|---|---|"]
+             "(`python -m export robustness`)."]
+    if fo:
+        lines[-1] += (" *Read-out family out*: this model's trained experts kept and its helpfulness read-out "
+                      "refitted on its records without the family (torch, fp32; `--run`): the family-out check "
+                      "for every family the experts never trained on; a family they did train on (marked "
+                      "*experts trained*) stays in-family there.")
+    lines[-1] += ":"
+    head = "| family | pairs | this model | cosine | probe, family out |"
+    lines += ["", head + (" read-out family out |" if fo else ""), "|---|---|---|---|---|" + ("---|" if fo else "")]
     for fam, r in fams.items():
         mark = "" if fam in trained else " (never trained)"
-        lines.append(f"| {fam}{mark} | {r['n']} | {_pct(r.get('model'))} | {_pct(r['cosine'])} "
-                     f"| {_pct(r['probe_family_out'])} |")
+        row = (f"| {fam}{mark} | {r['n']} | {_pct(r.get('model'))} | {_pct(r['cosine'])} "
+               f"| {_pct(r['probe_family_out'])} |")
+        if fo:
+            f = fo.get(fam)
+            row += (" – |" if f is None else
+                    f" {_pct(f['readout_family_out'])}{' (experts trained)' if f['experts_trained'] else ''} |")
+        lines.append(row)
     ev = rob.get("everyday")
     if ev:
         lines += ["", f"**Everyday requests** (`export/evalsets/everyday.jsonl`, {ev['n_requests']} requests written "

@@ -115,6 +115,61 @@ def family_table(fz: Any, w0: np.ndarray, seed: int = 0) -> dict[str, Any]:
             "min": min(r["model"] for r in rows.values())}
 
 
+def readout_family_out(run: "str | Path", seed: int = 0) -> dict[str, Any]:
+    """Family-out for the model itself, where a refit can make it so: the trained experts of a run
+    (``ckpt.pt``, frozen backbone) kept, its helpfulness read-out refitted on its own read-out records
+    *without* each degradation family, scored on the held-out answers of ``family_table`` (torch, fp32).
+    A family the experts trained on (the ``contrast`` kinds) is reported but not family-out: marked
+    ``"experts_trained"``. Rows ``{family: {"n", "readout_all", "readout_family_out", "experts_trained"}}``."""
+    from .embed import CACHE_DIR, EmbeddingCache
+    from .readout import fit_for_head, readout_inputs, readout_records, without_readout
+    from .train import TrainConfig, load_checkpoint, load_records, readout_only_records
+
+    ckpt, head, backbone = load_checkpoint(run)
+    if backbone is not None:
+        raise ValueError(f"{run}: readout_family_out needs a frozen-backbone run (its features are cached)")
+    cfg = TrainConfig(**ckpt["config"])
+    base = without_readout(head)  # the trained experts: the read-out's offset
+    cache = EmbeddingCache(ckpt["backbone_path"], cfg.max_length, Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR)
+    recs = readout_records([*load_records(cfg), *readout_only_records(cfg)], cfg.readout_sources)
+    fam = np.array([_family_of(r["source"]) for r in recs])  # (N,) "" for real comparisons
+    Hc, Hr, off = readout_inputs(base, recs, cache.features)
+    test = benign_degradation_records(heldout_answer_records(), split="test", seed=seed + 1)
+    fam_te = np.array([r["source"].split(":", 1)[1] for r in test])
+    Tc, Tr, toff = readout_inputs(base, test, cache.features)
+    c = float(base.args.reward_bound)
+
+    def margin(keep: np.ndarray) -> np.ndarray:
+        u = fit_for_head(base, Hc[keep], Hr[keep], off[keep], cfg.readout_l2)  # (F,)
+        r = (lambda a: c * np.tanh(a / c)) if c > 0 else (lambda a: a)
+        return toff + r(Tc @ u) - r(Tr @ u)  # (M,)
+
+    m_all = margin(np.ones(len(recs), bool))
+    trained = set(CONTRAST_FAMILIES.values()) if "contrast" in cfg.sources else set()  # the experts saw these
+    trained |= set(cfg.degrade_families) if "degrade" in cfg.sources else set()
+    rows: dict[str, Any] = {}
+    for f in FAMILIES:
+        te = fam_te == f
+        if not te.any():
+            continue
+        m_out = margin(fam != f)
+        rows[f] = {"n": int(te.sum()), "readout_all": pair_accuracy(m_all[te]),
+                   "readout_family_out": pair_accuracy(m_out[te]), "in_readout_records": bool((fam == f).any()),
+                   "experts_trained": f in trained}
+    return {"families": rows, "n_records": len(recs), "l2": cfg.readout_l2}
+
+
+def _family_of(source: str) -> str:
+    """The degradation family a read-out record stands for: ``degrade:echo`` -> echo, ``contrast:offtopic``
+    -> offtopic (``CONTRAST_FAMILIES``); "" for a real comparison."""
+    kind, _, sub = source.partition(":")
+    if kind == "degrade":
+        return sub
+    if kind == "contrast":
+        return CONTRAST_FAMILIES.get(sub, sub)
+    return ""
+
+
 def everyday(fz: Any, w0: np.ndarray) -> dict[str, Any]:
     """Everyday requests: share of (answer, worse reply) pairs the answer wins, by kind, and the share of
     requests whose answer scores above every worse reply."""

@@ -39,6 +39,7 @@ from export.onnx_export import export_model  # noqa: E402
 from export.package import add_reference, rename_experts, update_card  # noqa: E402
 from export.parity import embedding_error, parity_report, selection_agreement  # noqa: E402
 from export.reference import reference_corpus, to_jsonl  # noqa: E402
+from export.robustness import readout_family_out  # noqa: E402
 from export.robustness import report as robustness_report  # noqa: E402
 from export.robustness import trained_families  # noqa: E402
 from export.train import TrainConfig, load_checkpoint, readout_run, train  # noqa: E402
@@ -268,6 +269,8 @@ def finish(runs: Path, out: Path, rep: EvalReport, users: int) -> None:
     rep["active"] = model_active_curve(out, n_users=users)
     trained = trained_families(json.loads((out / "config.json").read_text()).get("training", {}))
     rep["robustness"] = robustness_report(out, trained)
+    if load_checkpoint(runs / "ship")[2] is None:  # frozen backbone: the read-out refitted family-out
+        rep["robustness"]["readout_family_out"] = readout_family_out(runs / "ship")
     rep["expert_cards"] = RewardModel.load(out).describe_experts()  # stored in the folder at export
     rep.setdefault("timings", {})["active_and_cards_s"] = time.time() - t1
     old = runs / "ship" / "report.json"

@@ -171,3 +171,24 @@ def test_card_section_is_replaced_or_inserted(tmp_path):
     assert "table 2" in text and "table 1" not in text and text.count("## Bad replies") == 1
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert "README.md" in manifest["files"]
+
+
+def test_readout_records_map_to_their_family_and_the_card_marks_family_out_columns():
+    from export.card import robustness_section
+    from export.robustness import _family_of, trained_families
+
+    assert _family_of("degrade:echo") == "echo" and _family_of("contrast:truncated") == "truncation"
+    assert _family_of("hh_helpful") == "" and _family_of("contrast:offtopic") == "offtopic"
+    # the read-out's degradation families count as trained; the contrast kinds with the contrast source
+    training = {"sources": ["hh_helpful", "contrast"], "degrade_families": ["repetition"]}
+    assert set(trained_families(training)) == {"repetition", "offtopic", "nonanswer", "dismissive", "truncation"}
+    row = {"n": 10, "model": 0.9, "cosine": 0.5, "probe_family_out": 0.7}
+    rob = {"families": {"families": {"echo": row, "offtopic": row}}, "trained_families": ["offtopic"]}
+    plain = "\n".join(robustness_section(rob))
+    assert "| echo (never trained) | 10 | 90.0 | 50.0 | 70.0 |" in plain and "read-out family out" not in plain
+    rob["readout_family_out"] = {"families": {
+        "echo": {"n": 10, "readout_all": 0.95, "readout_family_out": 0.8, "experts_trained": False},
+        "offtopic": {"n": 10, "readout_all": 0.99, "readout_family_out": 0.97, "experts_trained": True}}}
+    text = "\n".join(robustness_section(rob))
+    assert "| echo (never trained) | 10 | 90.0 | 50.0 | 70.0 | 80.0 |" in text
+    assert "| offtopic | 10 | 90.0 | 50.0 | 70.0 | 97.0 (experts trained) |" in text
