@@ -76,9 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("own", help="your own TRL-style JSONL -> a model folder, with held-out accuracy")
     sp.add_argument("jsonl", help='comparisons {"prompt", "chosen", "rejected"[, "user_id"]}, one per line')
     sp.add_argument("-o", "--output", required=True, help="model folder to write, e.g. moerm-models/mine")
-    sp.add_argument("--backbone", default="", help="local Hugging Face encoder folder (default: all-MiniLM-L6-v2)")
+    sp.add_argument("--base", default=None, help="model folder to build on (default: the shipped model)")
+    sp.add_argument("--scratch", action="store_true", help="train a new head on the file alone instead "
+                    "(it knows only your file)")
+    sp.add_argument("--backbone", default="", help="--scratch: local Hugging Face encoder folder "
+                    "(default: all-MiniLM-L6-v2)")
     sp.add_argument("--test-fraction", type=float, default=0.1, help="held out by prompt, for the accuracy")
-    sp.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON", help="override TrainConfig fields")
+    sp.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
+                    help="--scratch: override TrainConfig fields")
+    sp.add_argument("--verbose", action="store_true", help="log every step (the quantizer's too)")
 
     sp = sub.add_parser("active", help="persona-16: accuracy after N active vs N random questions")
     sp.add_argument("-i", "--input", required=True, help="model folder (ONNX)")
@@ -165,14 +171,21 @@ def main(argv: list[str] | None = None) -> int:
                      quant=args.quant, report=args.report,
                      reference=None if args.no_reference else reference_corpus())
     elif args.command == "own":
-        from .own import train_own
+        from .own import own_on_base, train_own
 
-        overrides = {}
-        for kv in args.set:
-            k, v = kv.split("=", 1)
-            overrides[k] = json.loads(v)
-        own = train_own(Path(args.jsonl), Path(args.output), backbone=args.backbone,
-                        test_fraction=args.test_fraction, **overrides)
+        if not args.verbose:  # warnings and the report only
+            logging.getLogger().setLevel(logging.WARNING)
+        if args.scratch:
+            overrides = {}
+            for kv in args.set:
+                k, v = kv.split("=", 1)
+                overrides[k] = json.loads(v)
+            own = train_own(Path(args.jsonl), Path(args.output), backbone=args.backbone,
+                            test_fraction=args.test_fraction, **overrides)
+        else:
+            if args.set or args.backbone:
+                p.error("--set and --backbone train a new head: add --scratch (or drop them)")
+            own = own_on_base(Path(args.jsonl), Path(args.output), base=args.base, test_fraction=args.test_fraction)
         print(json.dumps(own, indent=1))
     elif args.command == "active":
         from .active_eval import model_active_curve

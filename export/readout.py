@@ -88,6 +88,31 @@ def has_prompt_column(n_features: int) -> int:
     return n_features - len(SURFACE) + SURFACE.index("has_prompt")
 
 
+def readout_expert(u: np.ndarray, feat_mean: np.ndarray, feat_std: np.ndarray, expert_hidden: int,
+                   bias: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The read-out ``a = h . u + bias`` as one expert's layers, gated by ``has_prompt``, float64:
+    W1 (F, D), b1 (D,), w2 (D,), so that ``w2 . relu(h W1 + b1) = a`` with a prompt and 0 without one."""
+    F, D = len(u), expert_hidden
+    if D < 2:
+        raise ValueError("a read-out expert needs expert_hidden >= 2")
+    g = has_prompt_column(F)
+    m, s = float(feat_mean[g]), float(feat_std[g])
+    # GATE_MARGIN * (has_prompt - 1) = coef * h_g + bias with h_g = (has_prompt - m) / s as the graph
+    # computes it: 0 with a prompt. coef is exact in fp16; u's own weight on the column, constant with a
+    # prompt, moves into the biases so that the column holds coef alone.
+    coef = float(np.float16(GATE_MARGIN * s))
+    h1 = float((np.float32(1.0) - np.float32(m)) / np.float32(s))  # h_g with a prompt
+    u = np.asarray(u, dtype=np.float64)  # (F,)
+    w1 = np.zeros((F, D))  # (F, D)
+    w1[:, 0], w1[:, 1] = u, -u
+    w1[g, :2] = coef
+    b1 = np.zeros(D)  # (D,)
+    b1[0], b1[1] = -coef * h1 + u[g] * h1 + bias, -coef * h1 - u[g] * h1 - bias
+    w2 = np.zeros(D)  # (D,)
+    w2[0], w2[1] = 1.0, -1.0
+    return w1, b1, w2
+
+
 def append_readout(head: MoEHead, u: np.ndarray, bias: float = 0.0, weight: float = 1.0,
                    variance: float = 0.0) -> MoEHead:
     """A new head: ``head`` with the read-out ``a = h . u + bias`` (``u`` (F,)) appended as its last shared
@@ -95,29 +120,15 @@ def append_readout(head: MoEHead, u: np.ndarray, bias: float = 0.0, weight: floa
     trained experts', ``MoEHead.prior_precision``) and zero offsets for the training users; the others
     unchanged."""
     a = head.args
-    if a.expert_hidden < 2:
-        raise ValueError("a read-out expert needs expert_hidden >= 2")
+    w1_np, b1_np, w2_np = readout_expert(u, head.feat_mean.double().numpy(), head.feat_std.double().numpy(),
+                                         a.expert_hidden, bias)
     variances = [*a.readout_variance, *[0.0] * (a.n_readout - len(a.readout_variance)), float(variance)]
     new = MoEHead(replace(a, n_experts=a.n_experts + 1, n_shared=a.n_shared + 1, n_readout=a.n_readout + 1,
                           readout_variance=variances))
     sd = {k: v.detach().clone() for k, v in head.state_dict().items()}
-    F, D = a.n_features, a.expert_hidden
-    g = has_prompt_column(F)
-    m, s = float(head.feat_mean[g]), float(head.feat_std[g])
-    # GATE_MARGIN * (has_prompt - 1) = coef * h_g + bias with h_g = (has_prompt - m) / s as the graph
-    # computes it: 0 with a prompt. coef is exact in fp16; u's own weight on the column, constant with a
-    # prompt, moves into the biases so that the column holds coef alone.
-    coef = float(np.float16(GATE_MARGIN * s))
-    h1 = float((np.float32(1.0) - np.float32(m)) / np.float32(s))  # h_g with a prompt
-    u = np.asarray(u, dtype=np.float64)
-    w1 = torch.zeros(1, F, D, dtype=torch.float64)  # (1, F, D)
-    w1[0, :, 0] = torch.as_tensor(u)
-    w1[0, :, 1] = -w1[0, :, 0]
-    w1[0, g, :2] = coef
-    b1 = torch.zeros(1, D, dtype=torch.float64)  # (1, D)
-    b1[0, 0], b1[0, 1] = -coef * h1 + u[g] * h1 + bias, -coef * h1 - u[g] * h1 - bias
-    w2 = torch.zeros(1, D)  # (1, D)
-    w2[0, 0], w2[0, 1] = 1.0, -1.0
+    w1 = torch.as_tensor(w1_np)[None]  # (1, F, D)
+    b1 = torch.as_tensor(b1_np)[None]  # (1, D)
+    w2 = torch.as_tensor(w2_np, dtype=torch.float32)[None]  # (1, D)
     sd["w1"] = torch.cat([sd["w1"], w1.float()])  # (K + 1, F, D)
     sd["b1"] = torch.cat([sd["b1"], b1.float()])
     sd["w2"] = torch.cat([sd["w2"], w2])

@@ -241,7 +241,7 @@ def test_pruned_experts_leave_routed_scores_unchanged(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_own_data_in_one_command(tiny_bert, tmp_path):
-    """`python -m export own prefs.jsonl -o DIR`: a loadable folder and a held-out accuracy."""
+    """`python -m export own prefs.jsonl -o DIR --scratch`: a loadable folder and a held-out accuracy."""
     import subprocess
     import sys
 
@@ -257,7 +257,7 @@ def test_own_data_in_one_command(tiny_bert, tmp_path):
     f = tmp_path / "prefs.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "mine"
-    res = subprocess.run([sys.executable, "-m", "export", "own", str(f), "-o", str(out), "--backbone",
+    res = subprocess.run([sys.executable, "-m", "export", "own", str(f), "-o", str(out), "--scratch", "--backbone",
                           str(tiny_bert), "--set", "max_length=32", "epochs=30", f'cache_dir="{tmp_path / "c"}"'],
                          capture_output=True, text=True, timeout=600, cwd=str(Path(__file__).resolve().parents[1]))
     assert res.returncode == 0, res.stderr[-3000:]
