@@ -210,6 +210,18 @@ def own_on_base(jsonl: Path, out: Path, *, base: "str | Path | None" = None, tes
 
 
 # ------------------------------------------------------------------------ from scratch
+def add_shipped_reference(folder: Path) -> None:
+    """Give a folder the shipped model's reference corpus and its own expert cards (``moerm-lite experts``)."""
+    from moerm_lite.model import default_model_path
+
+    from .package import add_expert_cards, add_reference
+
+    ref = default_model_path() / "reference.jsonl"
+    if ref.is_file():
+        add_reference(folder, ref.read_text(encoding="utf-8"))
+        add_expert_cards(folder)
+
+
 def train_own(jsonl: Path, out: Path, *, backbone: str = "", test_fraction: float = 0.1,
               **overrides: Any) -> dict[str, Any]:
     """Train a new head on ``jsonl`` alone (minus a held-out split), export an int8 folder to ``out``; return
@@ -231,6 +243,7 @@ def train_own(jsonl: Path, out: Path, *, backbone: str = "", test_fraction: floa
     with tempfile.TemporaryDirectory() as tmp:
         train(cfg, tmp, records=train_recs)
         folder = export_model(tmp, out, model_id=Path(out).name)
+    add_shipped_reference(Path(folder))
     fz = RuntimeFeaturizer(folder)
     phi = records_phi(fz, test)  # (N, K)
     res: dict[str, Any] = {"folder": str(folder), "train_comparisons": len(train_recs),

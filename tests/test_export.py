@@ -266,6 +266,7 @@ def test_own_data_in_one_command(tiny_bert, tmp_path):
     m = RewardModel.load(out)
     q = f"{WORDS[3]} {WORDS[5]} question 999"
     assert m.score(q, "good kind help nice") > m.score(q, "rude awful harm mean")
+    assert len(m.describe_experts()) == m.n_experts  # cards from the shipped reference corpus
 
 
 def test_training_appends_the_population_readout_and_the_folder_computes_it(tiny_bert, tmp_path):
