@@ -233,6 +233,11 @@ def bench_fit(model: RewardModel, Ns: list[int], repeat: int) -> list[tuple[str,
         t_res = timeit(lambda phi=phi, X=X, profile=profile: profile.fit(phi, model.w0, X), repeat)
         rows.append((f"fit_user N={N} with a residual: solve", f"{1e3 * t_res:.2f} ms",
                      f"{t_res / t_solve:.1f}x the solve without"))
+        auto = UserProfile(prior_strength=model.config.default_prior_strength,
+                           prior_precision=model.prior_precision, residual_strength="auto")
+        t_auto = timeit(lambda phi=phi, X=X, auto=auto: auto.fit(phi, model.w0, X), repeat)
+        rows.append((f"fit_user N={N} residual auto: solve", f"{1e3 * t_auto:.2f} ms",
+                     f"{t_auto / t_solve:.1f}x the solve without" + ("; goal <= 20 ms at N=50" if N == 50 else "")))
     return rows
 
 

@@ -58,8 +58,7 @@ def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float,
     Returns:
         ``(w, cov)`` with shapes (K,) and (K, K).
     """
-    from scipy.optimize import minimize  # here, not at import: scoring never needs scipy
-    from scipy.special import expit, log_expit
+    from scipy.special import expit, log_expit  # here, not at import: scoring never needs scipy
 
     w0 = np.asarray(w0, dtype=np.float64)  # (K,)
     phi = np.asarray(phi, dtype=np.float64).reshape(-1, len(w0))  # (N, K)
@@ -76,19 +75,29 @@ def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float,
     if not np.isfinite(strength_p).all():
         raise ValueError(f"prior_strength {prior_strength!r} times prior_precision overflows")
 
-    def loss_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
-        z = phi @ w  # (N,)
+    def loss(w: np.ndarray) -> float:
         d = w - w0  # (K,)
-        pd = strength_p @ d  # (K,)
-        loss = -log_expit(z).sum() + 0.5 * d @ pd
-        grad = -(expit(-z) @ phi) + pd  # (K,)
-        return float(loss), grad
+        return float(-log_expit(phi @ w).sum() + 0.5 * d @ strength_p @ d)
 
+    # Newton's method with a backtracking line search: the loss is strictly convex (the prior), K is small
     w = w0.copy()
-    if len(phi):
-        res = minimize(loss_grad, w0, jac=True, method="L-BFGS-B",
-                       options={"maxiter": 1000, "gtol": 1e-10, "ftol": 1e-15})
-        w = res.x
+    f = loss(w)
+    for _ in range(100 if len(phi) else 0):
+        s = expit(phi @ w)  # (N,)
+        grad = -((1 - s) @ phi) + strength_p @ (w - w0)  # (K,)
+        if not np.isfinite(grad).all() or np.abs(grad).max() < 1e-10:
+            break
+        try:
+            step = -np.linalg.solve((phi * (s * (1 - s))[:, None]).T @ phi + strength_p, grad)  # (K,)
+        except np.linalg.LinAlgError:  # reported below, where the covariance is checked
+            break
+        t, slope = 1.0, float(grad @ step)
+        while t > 1e-12:
+            f_new = loss(w + t * step)
+            if f_new <= f + 1e-4 * t * slope:
+                break
+            t /= 2
+        w, f = w + t * step, f_new
     s = expit(phi @ w)  # (N,)
     hess = (phi * (s * (1 - s))[:, None]).T @ phi + strength_p  # (K, K)
     try:
@@ -128,6 +137,8 @@ def fit_residual(X: np.ndarray, offset: np.ndarray, strength: float) -> np.ndarr
         return np.zeros(X.shape[1])
     scale = residual_scale(X)  # (F,)
     Z = X / scale  # (N, F): the penalty is isotropic in these units
+    if len(Z) <= Z.shape[1]:  # fewer comparisons than features: Newton on the N coefficients of u = Z^T a
+        return _residual_newton(Z, offset, strength) / scale
 
     def loss_grad(u: np.ndarray) -> tuple[float, np.ndarray]:
         z = offset + Z @ u  # (N,)
@@ -136,6 +147,40 @@ def fit_residual(X: np.ndarray, offset: np.ndarray, strength: float) -> np.ndarr
     u = minimize(loss_grad, np.zeros(X.shape[1]), jac=True, method="L-BFGS-B",
                  options={"maxiter": 1000, "gtol": 1e-10, "ftol": 1e-15}).x
     return u / scale  # (F,) in the features' own units: score term x . v
+
+
+def _residual_newton(Z: np.ndarray, offset: np.ndarray, strength: float, tol: float = 1e-10,
+                     max_iter: int = 100) -> np.ndarray:
+    """``fit_residual``'s minimiser u (F,) in the span of the rows of Z (N, F), where it lies (the
+    representer theorem): u = Z^T a, Newton's method on a (N,) with a backtracking line search.
+
+    With G = Z Z^T and s = sigmoid(offset + G a): the gradient in u is Z^T r with r = 2 strength a - (1 - s),
+    and the Newton step solves (diag(s (1 - s)) G + 2 strength I) d = -r (N x N)."""
+    from scipy.special import expit, log_expit
+
+    N = len(Z)
+    G = Z @ Z.T  # (N, N)
+    a = np.zeros(N)  # (N,)
+
+    def loss(a: np.ndarray) -> float:
+        return float(-log_expit(offset + G @ a).sum() + strength * a @ G @ a)
+
+    f = loss(a)
+    for _ in range(max_iter):
+        s = expit(offset + G @ a)  # (N,)
+        r = 2 * strength * a - (1 - s)  # (N,)
+        if np.abs(Z.T @ r).max() < tol:
+            break
+        d = -np.linalg.solve((s * (1 - s))[:, None] * G + 2 * strength * np.eye(N), r)  # (N,)
+        slope = float((G @ r) @ d)  # directional derivative, < 0
+        t = 1.0
+        while t > 1e-12:
+            f_new = loss(a + t * d)
+            if f_new <= f + 1e-4 * t * slope:
+                break
+            t /= 2
+        a, f = a + t * d, f_new
+    return Z.T @ a  # (F,)
 
 
 def residual_scale(X: np.ndarray) -> np.ndarray:
