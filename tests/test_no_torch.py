@@ -54,7 +54,7 @@ m = RewardModel.load({str(tiny_folder)!r}, threads=1)
 m.rank("why", ["the cat is good", "rude"]); m.explain("why", "ok"); trl_reward_func(m)(["q"], ["a"])
 assert not [k for k in sys.modules if k.split(".")[0] == "scipy"], "scipy imported"
 m.fit_user([{{"chosen": "good", "rejected": "bad"}}])
-assert "scipy.optimize" in sys.modules
+assert "scipy.special" in sys.modules  # the fit: Newton steps on scipy.special
 print("OK")
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
