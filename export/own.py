@@ -50,6 +50,14 @@ def split_records(recs: list[data.Record], test_fraction: float, source: Path) -
 
 
 # ------------------------------------------------------------------------ on a base model
+def standardisation(w: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A head's feature mean and std (F,) each, float64 (0 and 1 where the graph stores none)."""
+    F = w.w1.shape[1]
+    mean = np.zeros(F) if w.feat_mean is None else np.asarray(w.feat_mean, np.float64)
+    std = np.ones(F) if w.feat_std is None else np.asarray(w.feat_std, np.float64)
+    return mean, std
+
+
 def base_terms(model: Any, recs: list[data.Record], mean: np.ndarray, std: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Standardised pair features of chosen and rejected (N, F) each, and the base's population margin (N,)."""
@@ -109,7 +117,7 @@ def with_readout(folder: Path, out: Path, u: np.ndarray, model_id: str, fitted: 
     for g in cfg.graphs.values():
         stored = onnx.load(folder / g.head)
         w = read_head_weights(stored)
-        w1, b1, w2 = readout_expert(u, w.feat_mean, w.feat_std, w.w1.shape[2])
+        w1, b1, w2 = readout_expert(u, *standardisation(w), w.w1.shape[2])
         new = HeadWeights(router_w=w.router_w, router_b=w.router_b, w1=np.concatenate([w.w1, w1[None]]),
                           b1=np.concatenate([w.b1, b1[None]]), w2=np.concatenate([w.w2, w2[None]]),
                           b2=np.concatenate([w.b2, [0.0]]), reward_bound=w.reward_bound,
@@ -118,10 +126,10 @@ def with_readout(folder: Path, out: Path, u: np.ndarray, model_id: str, fitted: 
         graphs[g.head] = build_head_graph(new, cfg.top_k, gating=gating, expert_dtype=stored_expert_dtype(stored))
         graphs[g.backbone] = onnx.load(folder / g.backbone)
     d = cfg.to_dict()
-    P = cfg.prior_precision
-    if P is not None:  # the new expert's prior precision: the median of the others'
-        P = np.asarray(P, np.float64)
-        P = np.block([[P, np.zeros((len(P), 1))], [np.zeros((1, len(P))), np.median(np.diag(P))]])
+    P = None
+    if cfg.prior_precision is not None:  # the new expert's prior precision: the median of the others'
+        P0 = np.asarray(cfg.prior_precision, np.float64)  # (K, K)
+        P = np.block([[P0, np.zeros((len(P0), 1))], [np.zeros((1, len(P0))), np.median(np.diag(P0))]])
     d.update(model_id=model_id, n_experts=cfg.n_experts + 1, n_shared=cfg.n_shared + 1,
              expert_names=[*cfg.expert_names, OWN_NAME], w0=[*cfg.w0, 1.0],
              prior_precision=None if P is None else P.tolist())
@@ -174,7 +182,7 @@ def own_on_base(jsonl: Path, out: Path, *, base: "str | Path | None" = None, tes
     m = RewardModel.load(base)
     folder = m.folder
     w = read_head_weights(onnx.load(folder / m.config.graphs[m.precision].head))
-    mean, std, bound = w.feat_mean.astype(np.float64), w.feat_std.astype(np.float64), w.reward_bound
+    (mean, std), bound = standardisation(w), w.reward_bound
     Hc, Hr, off = base_terms(m, train, mean, std)
     groups = np.array([int(data.bucket(r["prompt"] + "|fold", "fold") * FOLDS) for r in train])
     l2, cv = choose_l2(Hc, Hr, off, groups, bound, std)

@@ -65,10 +65,11 @@ def main() -> None:
         print(f"  {label:<16}{100 * np.mean(v):8.2f}")
     print("DSP domain users (evaluation only; test half), model + residual at N = 5 / 10 / 20 / 50 / all:")
     dsp = dsp_pool(fz)  # embedded once for every strength
+    dsp_res: dict = {}
     for s in STRENGTHS:
-        res = dsp_users(fz, w0, lam, P, residual_strength=s, pool=dsp)
-        print(f"  residual {s:<7g}" + "".join(f"{100 * v:8.1f}" for v in res["model_plus_residual"].values()))
-    print("  residual auto   " + "".join(f"{100 * v:8.1f}" for v in res["model_auto"].values()))
+        dsp_res = dsp_users(fz, w0, lam, P, residual_strength=s, pool=dsp)
+        print(f"  residual {s:<7g}" + "".join(f"{100 * v:8.1f}" for v in dsp_res["model_plus_residual"].values()))
+    print("  residual auto   " + "".join(f"{100 * v:8.1f}" for v in dsp_res["model_auto"].values()))
 
 
 if __name__ == "__main__":
