@@ -1,0 +1,99 @@
+"""Would text statistics that see repetition and copying help a read-out catch bad replies it never saw?
+
+    python scripts/extra_features_probe.py          # ~10 minutes on 2 CPU cores (frozen embeddings cached)
+
+The family-out probe of ``export.robustness.family_table`` (a logistic probe on the frozen pair features,
+fitted on the licensed training mixture plus every degradation family but the one scored), on the pair
+features alone and with candidate statistics appended, each computed from the texts:
+
+- ``repeated``: the share of the reply's word trigrams that occur in it more than once (repetition, padding);
+- ``copied``: the share of its word trigrams that also occur in the prompt (echo);
+- ``new_words``: log(1 + distinct reply words not in the prompt).
+
+Scored on the held-out answers and phrasings the card's family table uses (fp32 features of the frozen
+MiniLM, not a model folder), plus the everyday set with a probe fitted on every family. Not in any shipped
+model: ``moerm_lite.features`` would need a new layout and every model a rebuild. Needs ../shared/data.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from export import data  # noqa: E402
+from export.degrade import FAMILIES, benign_degradation_records  # noqa: E402
+from export.embed import EmbeddingCache, default_backbone_path  # noqa: E402
+from export.evaluate import logistic_fit, pair_accuracy  # noqa: E402
+from export.robustness import PROBE_L2, TRAIN_SOURCES, everyday_records, heldout_answer_records  # noqa: E402
+
+WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+CANDIDATES = {"repeated": [0], "copied": [1], "new_words": [2], "all three": [0, 1, 2]}
+
+
+def trigrams(words: list[str]) -> list[tuple[str, ...]]:
+    return [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+
+
+def statistics(prompt: str, reply: str) -> list[float]:
+    """``repeated``, ``copied``, ``new_words`` of one (prompt, reply)."""
+    words, prompt_words = WORD.findall(reply.lower()), WORD.findall(prompt.lower())
+    tri, prompt_tri = trigrams(words), set(trigrams(prompt_words))
+    repeated = 1 - len(set(tri)) / len(tri) if tri else 0.0
+    copied = sum(t in prompt_tri for t in tri) / len(tri) if tri else 0.0
+    return [repeated, copied, float(np.log1p(len(set(words) - set(prompt_words))))]
+
+
+def differences(cache: EmbeddingCache, recs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Chosen-minus-rejected pair features (N, F) and statistics (N, 3)."""
+    pairs = sorted({(r["prompt"], r[side]) for r in recs for side in ("chosen", "rejected")})
+    pos = {p: i for i, p in enumerate(pairs)}
+    X = cache.features(pairs).astype(np.float64)  # (P, F)
+    S = np.array([statistics(p, r) for p, r in pairs])  # (P, 3)
+    c = np.array([pos[(r["prompt"], r["chosen"])] for r in recs])
+    j = np.array([pos[(r["prompt"], r["rejected"])] for r in recs])
+    return X[c] - X[j], S[c] - S[j]
+
+
+def main() -> None:
+    cache = EmbeddingCache(default_backbone_path(), 256)
+    train_real = [r for name in TRAIN_SOURCES for r in data.REAL_LOADERS[name](split="train")]
+    train_deg = benign_degradation_records(train_real, split="train", seed=0)
+    test_deg = benign_degradation_records(heldout_answer_records(), split="test", seed=1)
+    real = [r for r in train_real if r["prompt"].strip()]
+    parts = {name: differences(cache, recs) for name, recs in
+             (("real", real), ("train", train_deg), ("test", test_deg), ("everyday", everyday_records()))}
+    fam_tr = np.array([r["source"].split(":", 1)[1] for r in train_deg])
+    fam_te = np.array([r["source"].split(":", 1)[1] for r in test_deg])
+    print("family-out probe accuracy (%) on held-out answers; the last row: everyday pairs, probe on every family")
+    cols: dict[str, list[int]] = {"pair features": [], **CANDIDATES}
+    print(f"{'family':18}" + "".join(f"{c:>15}" for c in cols))
+    table: dict[str, list[float]] = {}
+    for label, sel in cols.items():
+        def with_stats(name: str) -> np.ndarray:
+            X, S = parts[name]
+            return np.hstack([X, S[:, sel]])
+
+        R, T, E, V = with_stats("real"), with_stats("train"), with_stats("test"), with_stats("everyday")
+        scale = np.sqrt((np.vstack([R, T]) ** 2).mean(0)) + 1e-6  # (F',)
+
+        def probe(keep: np.ndarray) -> np.ndarray:
+            Z = np.vstack([R, T[keep]]) / scale
+            return logistic_fit(Z, np.ones(len(Z)), PROBE_L2) / scale
+
+        for f in FAMILIES:
+            te = fam_te == f
+            if te.any():
+                table.setdefault(f, []).append(100 * pair_accuracy(E[te] @ probe(fam_tr != f)))
+        table.setdefault("everyday", []).append(100 * pair_accuracy(V @ probe(np.ones(len(fam_tr), bool))))
+    for f, row in table.items():
+        print(f"{f:18}" + "".join(f"{v:15.1f}" for v in row))
+
+
+if __name__ == "__main__":
+    main()
