@@ -45,6 +45,16 @@ def readout_sentence(readout: dict[str, Any]) -> str:
     return ": " + "; ".join(parts) if parts else ""
 
 
+def _helpful_sentence(rep: EvalReport) -> str:
+    """How often the population score agrees with HH-RLHF helpful raters, next to the frozen probe."""
+    hh = rep.get("population", {}).get("hh_helpful")
+    said = (f": {_pct(hh['model'])}% of held-out pairs, the probe {_pct(hh['frozen_probe'])}%"
+            if hh and hh.get("frozen_probe") is not None else "")
+    return ("On human-labelled HH-RLHF helpful pairs it agrees with the raters about as often as a linear probe "
+            f"on the same frozen features (the read-out expert{said}); on HH-RLHF harmless and FineGrained QA "
+            "pairs it is near chance")
+
+
 def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) -> str:
     """Markdown card: what the model is, its data, how it was trained, and what was measured."""
     cfg = ckpt["config"]
@@ -81,9 +91,7 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         "trained on, the stance of 16 persona axes; for a fitted user, the length, layout, tone and topics "
         "their comparisons show.",
         "- **Does not know**: whether an answer is true, well reasoned, safe or subtly harmful. "
-        + ("On human-labelled HH-RLHF helpful pairs it agrees with the raters about as often as a linear "
-           "probe on the same frozen features (the read-out expert); on HH-RLHF harmless and FineGrained QA "
-           "pairs it is near chance" if readout and readout.get("sources") else
+        + (_helpful_sentence(rep) if readout and readout.get("sources") else
            "On the human-labelled HH-RLHF and FineGrained QA pairs it is near chance")
         + f" (numbers below, next to a linear probe on the same frozen {backbone['name']} features).",
         "- **What bounds it**: `scripts/population_bound.py` measures whether any weighting of the experts "
@@ -110,6 +118,8 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         lines += real_text_section(rep)
         if rep.get("robustness"):
             lines += robustness_section(rep["robustness"])
+        if rep.get("tastes"):
+            lines += tastes_section(rep["tastes"])
         if rep.get("feature_choice"):
             lines += feature_section(rep["feature_choice"])
         lines += measured_section(rep, K)
@@ -263,12 +273,12 @@ def robustness_section(rob: dict[str, Any]) -> list[str]:
              "A family marked *never trained* was in no training data of this model, encoder included: its row "
              "is the family-out check. Reference columns: the prompt–reply cosine alone, and a logistic probe on "
              "the frozen pair features fitted on the licensed mixture plus every other family (family-out) "
-             "(`python -m export robustness`)."]
+             "(`python -m export robustness`)"]
     if fo:
-        lines[-1] += (" *Read-out family out*: this model's trained experts kept and its helpfulness read-out "
+        lines[-1] += (". *Read-out family out*: this model's trained experts kept and its helpfulness read-out "
                       "refitted on its records without the family (torch, fp32; `--run`): the family-out check "
                       "for every family the experts never trained on; a family they did train on (marked "
-                      "*experts trained*) stays in-family there.")
+                      "*experts trained*) stays in-family there")
     lines[-1] += ":"
     head = "| family | pairs | this model | cosine | probe, family out |"
     lines += ["", head + (" read-out family out |" if fo else ""), "|---|---|---|---|---|" + ("---|" if fo else "")]

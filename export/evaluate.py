@@ -384,6 +384,7 @@ class EvalReport(TypedDict, total=False):
     expert_cards: list[dict[str, Any]]
     feature_choice: dict[str, Any]  # scripts/feature_choice.py --card
     robustness: dict[str, Any]  # export.robustness.report: degradation families, everyday requests, hacking
+    tastes: dict[str, Any]  # export.tastes.taste_users: taste families no build trained on
 
 
 def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = None, n_users: int = 200,

@@ -72,12 +72,15 @@ class TrainConfig:
     # real answer; the families left out are the family-out check's (export.robustness)
     degrade_families: list[str] = field(default_factory=lambda: list(TRAINED_FAMILIES))
     degrade_per_answer: int = 4  # random families per real answer (of degrade_families)
-    # after training: a linear read-out expert on every feature, fitted on these sources' population records;
-    # a source named here but not in ``sources`` (e.g. "degrade") is loaded for the read-out alone
-    # of the mixture (export.readout); [] for none
+    # after training: a linear read-out expert on every feature, fitted on these sources' population records
+    # of the mixture (export.readout); [] for none. A source named here but not in a non-empty ``sources``
+    # ("degrade") is loaded for the read-out alone: the trained experts never see it
     readout_sources: list[str] = field(
-        default_factory=lambda: ["hh_helpful", "finegrained_qa", "topical_chat", "contrast"])
-    readout_l2: float = 0.1  # its L2, in the features' own units (scripts/readout_scan.py measures others)
+        default_factory=lambda: ["hh_helpful", "finegrained_qa", "topical_chat", "contrast", "degrade"])
+    # its L2, in the features' own units: the smallest of 0.1, 1, 3, 10 that keeps the population score's
+    # HH-RLHF helpful and FineGrained QA test accuracy within a point of a read-out without the "degrade"
+    # records (docs/design.md; scripts/readout_scan.py measures others)
+    readout_l2: float = 1.0
     # and, when attribute users are among the records, one read-out per text attribute
     # (export.readout.add_attribute_readouts) fitted on their replies: population weight 0, this prior
     # variance (0: none; scripts/attribute_readout_scan.py measures others)
@@ -412,9 +415,10 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Recor
 
 def readout_only_records(cfg: TrainConfig) -> list[data.Record]:
     """Records of the read-out sources that the experts' mixture leaves out (``readout_sources`` not in
-    ``sources``): the read-out learns from them, the trained experts never see them."""
+    ``sources``): the read-out learns from them, the trained experts never see them. None for a mixture of
+    user files alone (``sources`` empty): then the read-out learns from those files only."""
     extra = [s for s in cfg.readout_sources if s not in cfg.sources]
-    return load_records(replace(cfg, sources=extra, jsonl=[])) if extra else []
+    return load_records(replace(cfg, sources=extra, jsonl=[])) if extra and cfg.sources else []
 
 
 def trained_on_attribute_users(records: Sequence[data.Record]) -> bool:

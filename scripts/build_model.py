@@ -224,7 +224,7 @@ def reexport(runs: Path, out: Path, part: str, max_score_change: float = 1e-4) -
 # measured on the training run or torch features, not through the folder: a re-evaluation keeps them
 KEPT_ON_REEVALUATION = ("parity", "quant_variants", "torch", "dense", "probe_ceiling", "relabeled_hh_probe",
                         "prior_strength_grid", "expert_names_trained", "timings", "active", "expert_cards",
-                        "feature_choice", "robustness")
+                        "feature_choice", "robustness", "tastes")
 
 
 def reevaluate(runs: Path, out: Path, users: int) -> None:

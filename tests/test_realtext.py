@@ -110,8 +110,11 @@ def test_shipped_training_mixture_uses_licensed_sources_only():
     assert cfg == TrainConfig()  # the shipped model is built with the defaults; the file names its sources
     assert cfg.sources and set(cfg.sources) <= set(SOURCES) and not set(cfg.sources) & set(EVAL_ONLY)
     assert not cfg.jsonl  # nothing from outside the licensed sets
-    # the read-out expert is fitted on records of the mixture itself, and only of these sources
-    assert cfg.readout_sources and set(cfg.readout_sources) <= set(cfg.sources)
+    # the read-out expert is fitted on records of licensed sources only: the mixture's, and degraded
+    # replies of its benign answers (loaded for the read-out alone)
+    assert cfg.readout_sources and set(cfg.readout_sources) <= set(SOURCES)
+    assert not set(cfg.readout_sources) & set(EVAL_ONLY)
+    assert set(cfg.readout_sources) - set(cfg.sources) == {"degrade"}
     shipped = json.loads((ROOT / "models" / "moerm-minilm" / "config.json").read_text())
     assert shipped["training"]["sources"] == cfg.sources
     assert shipped["training"]["readout"]["sources"] == cfg.readout_sources

@@ -20,15 +20,15 @@ TEXTS = [("What would you like to do this weekend?", "I want to watch the footba
 SHARED = list(range(38, 57))  # the 19 shared experts: every input, gate 1 (the last 9: the read-outs)
 # per text: active experts, their gates and rewards (measured on the shipped int8 folder)
 PINNED = [([3, 37] + SHARED, [0.0, 1.0] + [1.0] * 19,  # football -> "interest in sports (for)" (gate ~0) + QA
-           [1.9674, 0.0516, -1.0119, 0.0587, -1.4881, 0.8404, 0.8189, 1.0233, 1.3152, -1.2957, -0.5398, -0.1787,
-            -0.6577,  # the helpfulness read-out, then the attribute read-outs: a short reply, no "you", formal
-            -1.2477, -0.0812, -0.7387, -0.1082, -0.1364, -0.793, -0.0017, 1.2428]),
-          ([7, 36] + SHARED, [0.0011, 0.9989] + [1.0] * 19,  # causing pain -> "agreeableness (for)" says no
-           [-0.229, -1.9957, -0.2706, 0.1824, 0.1495, 0.1114, -0.1099, 0.1646, 0.2216, -0.3712, -0.0405, -0.1205]
+           [1.9546, 0.5875, -1.0445, 0.0104, -1.5279, 0.9358, 0.8102, 1.0447, 1.3073, -1.1991, -0.3893, 0.076,
+            0.0931,  # the helpfulness read-out, then the attribute read-outs: a short reply, no "you", formal
+            -1.2477, -0.0812, -0.7387, -0.1083, -0.1364, -0.793, -0.0017, 1.2428]),
+          ([7, 36] + SHARED, [0.0005, 0.9995] + [1.0] * 19,  # causing pain -> "agreeableness (for)" says no
+           [-0.1564, -1.9965, -0.2823, 0.1603, 0.0995, 0.1271, -0.143, 0.1208, 0.2149, -0.3697, -0.0964, -0.1117]
            + [0.0] * 9),  # no prompt: the read-outs are silent
           ([18, 19] + SHARED, [0.0, 1.0] + [1.0] * 19,
-           [-0.1556, -0.0129, -1.3859, 0.1727, -1.1756, 0.9683, 0.6607, 0.9049, 1.108, -1.338, -0.4593, 0.6514,
-            -0.2058, -0.7329, 0.0729, -0.5975, -0.7525, 0.5686, -0.6718, 0.1209, 0.5217])]
+           [0.6837, 0.6516, -1.4455, 0.0691, -1.1478, 1.0266, 0.5086, 1.0309, 1.1135, -1.2132, -0.2787, 0.7508,
+            1.221, -0.7329, 0.0729, -0.5974, -0.7525, 0.5686, -0.6718, 0.1209, 0.5217])]
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +128,41 @@ def test_max_length_beyond_the_backbone_is_caught_at_load(tmp_path):
     write_manifest(folder)
     with pytest.raises(ModelFolderError, match="cannot embed 600 tokens"):
         RewardModel.load(folder, threads=1)
+
+
+# Today's level of the shipped model on the fixed family set below (66 everyday answers, held-out phrasings),
+# less a margin of about two standard errors: a regression check. Where it is under 95 the issue's target is
+# not met (the model card's held-out table has the full numbers).
+FAMILY_FLOORS = {"word_shuffle": 0.73, "repetition": 0.80, "echo": 0.30, "terse": 0.93, "generic": 0.95,
+                 "refusal": 0.95, "nonanswer": 0.95, "dismissive": 0.95, "offtopic": 0.82, "neighbour": 0.73,
+                 "truncation": 0.92, "negation": 0.50, "entity_swap": 0.45, "padding": 0.82, "mixed_language": 0.60}
+
+
+def test_fixed_degradation_families_on_everyday_answers(shipped):
+    """Every degradation family (export/degrade.py, held-out phrasings) made from the everyday set's answers:
+    the share the real answer wins stays at or above today's floor."""
+    from export.degrade import degradation_records
+    from export.robustness import load_everyday
+
+    rows = load_everyday()
+    recs = degradation_records([r["prompt"] for r in rows], [r["answer"] for r in rows], split="test", seed=0)
+    good = shipped.score_pairs([(r["prompt"], r["chosen"]) for r in recs])
+    bad = shipped.score_pairs([(r["prompt"], r["rejected"]) for r in recs])
+    fam = np.array([r["source"].split(":")[1] for r in recs])
+    assert set(fam) == set(FAMILY_FLOORS)  # sentence order needs answers of several sentences
+    for f, floor in FAMILY_FLOORS.items():
+        won = float(np.mean(good[fam == f] > bad[fam == f]))
+        assert won >= floor, f"{f}: the real answer won {won:.3f} of {int((fam == f).sum())} pairs (< {floor})"
+
+
+def test_everyday_requests_meet_the_target(shipped):
+    """The everyday set (evaluation only) against terse, generic, dismissive and refusal replies: the answer
+    wins >= 95% of pairs and ranks first for >= 90% of the requests (the issue's targets)."""
+    from export.robustness import everyday_records
+
+    recs = everyday_records()
+    won = shipped.score_pairs([(r["prompt"], r["chosen"]) for r in recs]) > shipped.score_pairs(
+        [(r["prompt"], r["rejected"]) for r in recs])
+    prompts = [r["prompt"] for r in recs]
+    first = [all(w for w, q in zip(won, prompts) if q == p) for p in dict.fromkeys(prompts)]
+    assert won.mean() >= 0.95 and np.mean(first) >= 0.90, (won.mean(), np.mean(first))
