@@ -43,6 +43,7 @@ PROFILE_SCHEMA_VERSION = 4  # 4: residual_strength "auto"; 3: an optional residu
 READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)  # 1 has no features: it scores but cannot be updated
 AUTO = "auto"  # residual_strength chosen per user at each fit (choose_residual)
 RESIDUAL_SCALE_FLOOR = 1e-3  # a feature's scale is at least this share of the median scale
+MAX_WEIGHT = 1e100  # larger user weights are refused: with bounded rewards a score stays finite below it
 
 
 def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float,
@@ -331,6 +332,9 @@ def resolve_weights(user: Any, w0: np.ndarray, model_id: str, model_hash: str, *
         raise ValueError(f"user weights have shape {w.shape}, this model has n_experts={K}")
     if not np.isfinite(w).all():
         raise ValueError("user weights contain NaN or inf")
+    if np.abs(w).max(initial=0.0) > MAX_WEIGHT:
+        raise ValueError(f"user weights are too large (largest |w| {np.abs(w).max():.3g} > {MAX_WEIGHT:g}): "
+                         "scores would overflow")
     return w
 
 

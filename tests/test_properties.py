@@ -205,3 +205,16 @@ def test_cli_on_random_jsonl_exits_cleanly(tiny_folder, tmp_path_factory, lines,
         assert skip
     for row in out.getvalue().split("\n")[:-1]:  # JSONL: "\n" ends a row (U+0085 may sit inside a string)
         json.loads(row)
+
+
+@given(weights=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), min_size=6, max_size=6))
+def test_user_weights_of_the_right_length_score_finite_or_are_refused(models, weights):
+    """Weights with NaN or inf (the fuzzer's 33 calls) are a ValueError naming them, never a NaN score."""
+    m = models[0]
+    try:
+        out = m.score("q", ["ok", "fine"], user=np.array(weights))
+    except ValueError as e:
+        assert "user weights" in str(e)
+        assert not np.isfinite(weights).all() or np.abs(weights).max() > 1e100
+    else:
+        assert np.isfinite(weights).all() and np.isfinite(out).all()
