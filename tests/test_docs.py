@@ -3,6 +3,7 @@ this test writes under the names the docs use. A block that cannot run here (ins
 torchrun) is listed in NOT_RUN with the test that covers it instead, so a new block needs a decision."""
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -19,7 +20,6 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOT_RUN = {
     "python3 -m venv .venv-rt": "installs (README command 1; CI runs its steps in a fresh venv)",
     "python3 -m venv .venv": "installs (README command 2 is what .ci/run runs; tests/test_examples.py)",
-    "python -m export own prefs.jsonl -o moerm-models/mine": "trains for minutes (tests/test_export.py)",
     "python scripts/build_model.py": "rebuilds the shipped model: hours (tests/test_train.py, test_export.py)",
     "python scripts/build_model.py --backbone-only": "re-exports the shipped model (tests/test_export.py)",
     "python -m export train --config export/configs/moerm-minilm.json --out runs/x": "trains for hours",
@@ -127,3 +127,23 @@ def test_scaling_ray_blocks_run_on_a_2_cpu_ray(tmp_path):
              "f = pq.read_table('feeds/').to_pydict()\n"
              "assert sorted(f['user_id']) == ['alice', 'bob'] and all(len(t) == 20 for t in f['top_ids'])\n")
     run_python(setup + code + "\n" + check, tmp_path, timeout=600)
+
+
+def test_build_own_block_runs_as_written(tmp_path):
+    """docs/build.md's `own` block: a small preferences file, the folder built on the shipped model, ranked."""
+    pytest.importorskip("onnx")
+    write_inputs(tmp_path)
+    rows = [{"prompt": f"Question {i}: what should I know about topic {i}?", "chosen": f"Short answer {i}.",
+             "rejected": f"A much longer answer about topic {i}, which goes on and on with many more words."}
+            for i in range(60)]
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (code,) = [c for lang, c in blocks(ROOT / "docs" / "build.md") if "export own" in c]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # `python -m export` runs from the checkout
+    for line in code.splitlines():
+        args = shlex.split(line.split(" #")[0])
+        cmd = [sys.executable, *args[1:]] if args[0] == "python" else [sys.executable, "-m", "moerm_lite", *args[1:]]
+        res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, f"{line}\n{res.stderr[-3000:]}"
+        if "export own" in line:
+            report = json.loads(res.stdout)
+            assert report["heldout_accuracy"] >= 0.9 and report["warnings"]  # 60 comparisons: too few, said
