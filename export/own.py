@@ -37,6 +37,10 @@ L2_GRID = (0.1, 1.0, 10.0, 100.0)  # the read-out's L2 (features' own units), ch
 FOLDS = 5
 MIN_TRAIN = 200  # fewer training comparisons: the report warns
 MIN_TEST = 50  # fewer held-out comparisons: the accuracy is too noisy to compare, the report warns
+QUALITY_CHECKS = (  # (report key, what it measures, largest drop from the base before the report warns)
+    ("everyday_wins", "everyday requests, pairs the real answer wins", 0.02),
+    ("everyday_answer_first", "everyday requests whose answer ranks first", 0.05),
+    ("sanity_min", "sanity suite, the worst kind of bad reply", 0.02))
 
 
 def split_records(recs: list[data.Record], test_fraction: float, source: Path) -> tuple[list, list]:
@@ -207,10 +211,14 @@ def own_on_base(jsonl: Path, out: Path, *, base: "str | Path | None" = None, tes
                         "something the base's features predict, or there are too few of them")
     if with_quality:
         report["quality_base"], report["quality"] = quality(folder), quality(Path(out))
-        drop = report["quality_base"]["everyday_wins"] - report["quality"]["everyday_wins"]
-        if drop > 0.02:
-            warnings.append(f"on everyday requests the new folder prefers the real answer {100 * drop:.1f} points "
-                            "less often than the base: your file pulls against answer quality")
+        for key, what, limit in QUALITY_CHECKS:
+            if key not in report["quality"]:
+                continue
+            drop = report["quality_base"][key] - report["quality"][key]
+            if drop > limit:
+                warnings.append(f"{what}: {100 * report['quality'][key]:.1f}% against the base's "
+                                f"{100 * report['quality_base'][key]:.1f}%: your file pulls against answer quality "
+                                "there; a profile fitted on the base (moerm-lite fit) keeps more of it")
     report["warnings"] = warnings
     for msg in warnings:
         log.warning("%s", msg)

@@ -1,0 +1,43 @@
+"""Does `python -m export own` keep the base's sense of quality on a real taste? One DSP domain user.
+
+    python scripts/own_check.py                  # ~4 minutes on 2 CPU cores; --domain business, ...
+
+Writes the comparisons of one DSP domain user (the reply written for the domain against each of the other
+four replies, every instruction; evaluation-only data, so the folder is for measuring, never shipping) to a
+temporary file, runs ``export.own.own_on_base`` on the shipped model and prints its report: held-out
+accuracy of the base and the new folder, the everyday requests and the sanity suite for both.
+Needs the export extra and ../shared/data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from export import data  # noqa: E402
+from export.own import own_on_base  # noqa: E402
+
+DOMAINS = ("academy", "business", "entertainment", "literature")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--domain", default="academy", choices=DOMAINS)
+    args = ap.parse_args()
+    rows = [{"prompt": r["query"], "chosen": r["responses"][args.domain], "rejected": r["responses"][other]}
+            for r in data.load_dsp() for other in (*DOMAINS, "normal") if other != args.domain]
+    with tempfile.TemporaryDirectory() as tmp:
+        prefs = Path(tmp) / f"{args.domain}.jsonl"
+        prefs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        report = own_on_base(prefs, Path(tmp) / "mine")
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
