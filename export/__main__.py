@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sp = sub.add_parser("own", help="your own TRL-style JSONL -> a model folder, with held-out accuracy")
     sp.add_argument("jsonl", help='comparisons {"prompt", "chosen", "rejected"[, "user_id"]}, one per line')
-    sp.add_argument("-o", "--output", required=True, help="model folder to write, e.g. moerm-models/mine")
+    sp.add_argument("-o", "--output", default=None,
+                    help="model folder to write (default: moerm-models/<the file's name>, outside the package)")
     sp.add_argument("--base", default=None, help="model folder to build on (default: the shipped model)")
     sp.add_argument("--scratch", action="store_true", help="train a new head on the file alone instead "
                     "(it knows only your file)")
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if not args.verbose:  # warnings and the report only
             logging.getLogger().setLevel(logging.WARNING)
+        if args.output is None:
+            args.output = str(Path("moerm-models") / Path(args.jsonl).stem)
         if args.scratch:
             overrides = {}
             for kv in args.set:

@@ -1,6 +1,7 @@
 """`python -m export own` on a base model: the base's experts kept, one read-out of your preferences added."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,11 @@ def test_own_cli_is_quiet_and_refuses_scratch_options(tiny_folder, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads(res.stdout)
+    default = [sys.executable, "-m", "export", "own", str(f), "--base", str(tiny_folder)]
+    res = subprocess.run(default, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["folder"] == "moerm-models/prefs" and (tmp_path / "moerm-models" / "prefs").is_dir()
     assert "quality" in report and 0 <= report["quality"]["everyday_wins"] <= 1
     noise = [line for line in res.stderr.splitlines() if line.strip() and "WARNING" not in line
              and "only" not in line and "cross-validation" not in line and "everyday" not in line]

@@ -218,3 +218,33 @@ def test_user_weights_of_the_right_length_score_finite_or_are_refused(models, we
         assert not np.isfinite(weights).all() or np.abs(weights).max() > 1e100
     else:
         assert np.isfinite(weights).all() and np.isfinite(out).all()
+
+
+surrogate_texts = st.lists(st.one_of(st.sampled_from(WORDS), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)),
+                           min_size=1, max_size=8).map(" ".join)
+
+
+@given(prompt=st.one_of(texts, surrogate_texts), response=st.one_of(texts, surrogate_texts))
+def test_unpaired_surrogates_are_named_never_a_tokenizer_crash(models, prompt, response):
+    """Text with a lone surrogate (valid in a Python str, e.g. from surrogateescape): a ValueError naming the
+    field, or a finite score when there is none."""
+    bad = [f for f, t in (("prompt", prompt), ("response", response)) if any(0xD800 <= ord(c) <= 0xDFFF for c in t)]
+    try:
+        out = models[0].score(prompt, response)
+    except ValueError as e:
+        assert bad and bad[0] in str(e) and "surrogate" in str(e)
+    else:
+        assert not bad and np.isfinite(out)
+
+
+@given(user_id=st.one_of(st.none(), texts, junk))
+def test_any_user_id_is_refused_or_round_trips(models, tmp_path_factory, user_id):
+    """fit_user's user_id: a string (or None) whose saved profile loads again, else a TypeError naming it."""
+    m = models[0]
+    try:
+        p = m.fit_user([{"prompt": "q", "chosen": "good", "rejected": "bad"}], user_id=user_id)
+    except TypeError as e:
+        assert "user_id" in str(e) and not (user_id is None or isinstance(user_id, str))
+        return
+    q = UserProfile.load(p.save(tmp_path_factory.mktemp("uid") / "u.json"))
+    assert q.user_id == user_id
