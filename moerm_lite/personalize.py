@@ -30,7 +30,7 @@ import binascii
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +92,7 @@ def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float,
             step = -np.linalg.solve((phi * (s * (1 - s))[:, None]).T @ phi + strength_p, grad)  # (K,)
         except np.linalg.LinAlgError:  # reported below, where the covariance is checked
             break
-        t, slope = 1.0, float(grad @ step)
-        while t > 1e-12:
-            f_new = loss(w + t * step)
-            if f_new <= f + 1e-4 * t * slope:
-                break
-            t /= 2
-        w, f = w + t * step, f_new
+        w, f = backtrack(loss, w, step, f, float(grad @ step))
     s = expit(phi @ w)  # (N,)
     hess = (phi * (s * (1 - s))[:, None]).T @ phi + strength_p  # (K, K)
     try:
@@ -173,15 +167,20 @@ def _residual_newton(Z: np.ndarray, offset: np.ndarray, strength: float, tol: fl
         if np.abs(Z.T @ r).max() < tol:
             break
         d = -np.linalg.solve((s * (1 - s))[:, None] * G + 2 * strength * np.eye(N), r)  # (N,)
-        slope = float((G @ r) @ d)  # directional derivative, < 0
-        t = 1.0
-        while t > 1e-12:
-            f_new = loss(a + t * d)
-            if f_new <= f + 1e-4 * t * slope:
-                break
-            t /= 2
-        a, f = a + t * d, f_new
+        a, f = backtrack(loss, a, d, f, float((G @ r) @ d))  # slope: the directional derivative, < 0
     return Z.T @ a  # (F,)
+
+
+def backtrack(loss: Callable[[np.ndarray], float], x: np.ndarray, step: np.ndarray, f: float,
+              slope: float) -> tuple[np.ndarray, float]:
+    """One damped Newton step: the longest ``x + t step`` (t = 1, 1/2, ...) whose ``loss`` meets the Armijo
+    condition ``loss <= f + 1e-4 t slope`` (``f = loss(x)``, ``slope`` the directional derivative), and its loss."""
+    t = 1.0
+    while True:
+        f_new = loss(x + t * step)
+        if f_new <= f + 1e-4 * t * slope or t <= 1e-12:
+            return x + t * step, f_new
+        t /= 2
 
 
 def residual_scale(X: np.ndarray) -> np.ndarray:
