@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         from .real_eval import attribute_pool
         from .tastes import taste_users
 
-        logging.getLogger("moerm_lite").setLevel(logging.ERROR)  # the truncation warning, once per call
+        logging.getLogger("moerm_lite").setLevel(logging.ERROR)  # the truncation warning of each new model
         rz = RuntimeFeaturizer(args.input)
         tastes = taste_users(attribute_pool(rz, with_probe=False), rz.w0, rz.model.config.default_prior_strength,
                              rz.prior_precision, n_users=args.users)

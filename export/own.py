@@ -73,12 +73,6 @@ def base_terms(model: Any, recs: list[data.Record], mean: np.ndarray, std: np.nd
     return H[:n], H[n:], s[:n] - s[n:]
 
 
-def readout_margin(Hc: np.ndarray, Hr: np.ndarray, offset: np.ndarray, u: np.ndarray, bound: float) -> np.ndarray:
-    """The new folder's margin (N,): the base's plus the read-out's ``c tanh(h . u / c)`` difference."""
-    r = (lambda a: bound * np.tanh(a / bound)) if bound > 0 else (lambda a: a)
-    return offset + r(Hc @ u) - r(Hr @ u)
-
-
 def choose_l2(Hc: np.ndarray, Hr: np.ndarray, offset: np.ndarray, groups: np.ndarray, bound: float,
               std: np.ndarray, grid: tuple[float, ...] = L2_GRID, folds: int = FOLDS
               ) -> tuple[float, dict[str, float]]:
@@ -87,7 +81,7 @@ def choose_l2(Hc: np.ndarray, Hr: np.ndarray, offset: np.ndarray, groups: np.nda
     entry's score (the base alone as ``"base"``)."""
     from scipy.special import log_expit
 
-    from .readout import fit_linear_readout
+    from .readout import fit_linear_readout, readout_margin
 
     scores = {"base": float(log_expit(offset).mean())}
     best = (-np.inf, grid[-1])
@@ -179,7 +173,7 @@ def own_on_base(jsonl: Path, out: Path, *, base: "str | Path | None" = None, tes
 
     from .evaluate import pair_accuracy
     from .onnx_head import read_head_weights
-    from .readout import fit_linear_readout
+    from .readout import fit_linear_readout, readout_margin
 
     recs = data.load_jsonl(jsonl)
     train, test = split_records(recs, test_fraction, jsonl)

@@ -164,6 +164,14 @@ def readout_inputs(head: MoEHead, recs: Sequence[dict[str, Any]],
     return Hc, Hr, offset
 
 
+def readout_margin(h_chosen: np.ndarray, h_rejected: np.ndarray, offset: np.ndarray, u: np.ndarray,
+                   bound: float) -> np.ndarray:
+    """Margins (N,) of a head with the read-out ``u`` (F,) appended: ``offset`` (the head's own margin) plus
+    the read-out's reward ``c tanh(h . u / c)`` (c = ``bound``; 0: ``h . u``) of chosen minus rejected."""
+    r = (lambda a: bound * np.tanh(a / bound)) if bound > 0 else (lambda a: a)
+    return offset + r(h_chosen @ u) - r(h_rejected @ u)
+
+
 def fit_for_head(head: MoEHead, h_chosen: np.ndarray, h_rejected: np.ndarray, offset: np.ndarray,
                  l2: float) -> np.ndarray:
     """``fit_linear_readout`` as ``head`` needs it: its reward bound, the penalty in its features' units."""

@@ -122,7 +122,7 @@ def readout_family_out(run: "str | Path", seed: int = 0) -> dict[str, Any]:
     A family the experts trained on (the ``contrast`` kinds) is reported but not family-out: marked
     ``"experts_trained"``. Rows ``{family: {"n", "readout_all", "readout_family_out", "experts_trained"}}``."""
     from .embed import CACHE_DIR, EmbeddingCache
-    from .readout import fit_for_head, readout_inputs, readout_records, without_readout
+    from .readout import fit_for_head, readout_inputs, readout_margin, readout_records, without_readout
     from .train import TrainConfig, load_checkpoint, load_records, readout_only_records
 
     ckpt, head, backbone = load_checkpoint(run)
@@ -137,16 +137,14 @@ def readout_family_out(run: "str | Path", seed: int = 0) -> dict[str, Any]:
     test = benign_degradation_records(heldout_answer_records(), split="test", seed=seed + 1)
     fam_te = np.array([r["source"].split(":", 1)[1] for r in test])
     Tc, Tr, toff = readout_inputs(base, test, cache.features)
-    c = float(base.args.reward_bound)
 
     def margin(keep: np.ndarray) -> np.ndarray:
         u = fit_for_head(base, Hc[keep], Hr[keep], off[keep], cfg.readout_l2)  # (F,)
-        r = (lambda a: c * np.tanh(a / c)) if c > 0 else (lambda a: a)
-        return toff + r(Tc @ u) - r(Tr @ u)  # (M,)
+        return readout_margin(Tc, Tr, toff, u, float(base.args.reward_bound))  # (M,)
 
     m_all = margin(np.ones(len(recs), bool))
-    trained = set(CONTRAST_FAMILIES.values()) if "contrast" in cfg.sources else set()  # the experts saw these
-    trained |= set(cfg.degrade_families) if "degrade" in cfg.sources else set()
+    trained = set(trained_families({"sources": cfg.sources,  # the families the experts saw
+                                    "degrade_families": cfg.degrade_families if "degrade" in cfg.sources else []}))
     rows: dict[str, Any] = {}
     for f in FAMILIES:
         te = fam_te == f
@@ -219,7 +217,7 @@ def report(folder: "str | Path", trained_families: Sequence[str] = (), n_prompts
 
     from .evaluate import RuntimeFeaturizer
 
-    logging.getLogger("moerm_lite").setLevel(logging.ERROR)  # the truncation warning, once per call
+    logging.getLogger("moerm_lite").setLevel(logging.ERROR)  # the truncation warning of each new model
     fz = RuntimeFeaturizer(folder)
     done = done or {}
     return {"families": done.get("families") or family_table(fz, fz.w0), "trained_families": list(trained_families),

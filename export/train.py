@@ -472,8 +472,8 @@ def readout_run(run: "str | Path", cfg: TrainConfig, records: Optional[list[data
     attribute_users = (trained_on_attribute_users(records) if records is not None
                        else "attribute_users" in ckpt["config"]["sources"])
     if records is None and cfg.readout_sources and not head.args.n_readout:
-        records = load_records(TrainConfig(**ckpt["config"]))
-        records += readout_only_records(replace(TrainConfig(**ckpt["config"]), readout_sources=cfg.readout_sources))
+        run_cfg = TrainConfig(**ckpt["config"])
+        records = load_records(run_cfg) + readout_only_records(replace(run_cfg, readout_sources=cfg.readout_sources))
     K = head.args.n_experts
     head, readout = add_readouts(head, records or [], cfg, cache.features, attribute_users, ckpt.get("readout"))
     if head.args.n_experts == K:
