@@ -241,8 +241,7 @@ def main() -> None:
 
         torch.set_num_threads(model.threads)
         tb, th = torch_model(model)  # the goal's reference: PyTorch fp32, batches of 32, full budget
-        t_torch = timeit(lambda: torch_scores(tb, th, model.folder / "tokenizer.json", model.config.max_length,
-                                              pairs, 32), repeat)
+        t_torch = timeit(lambda: torch_scores(tb, th, model, pairs, 32), repeat)
         t_shipped = None
         for k, (name, (graph, flags)) in enumerate(variants.items()):
             m = with_backbone(model, graph, tmp, f"v{k}", **flags)

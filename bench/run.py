@@ -76,15 +76,16 @@ def torch_model(model: RewardModel):
     return Backbone(default_backbone_path()).eval(), head.eval()
 
 
-def torch_scores(backbone, head, tokenizer_file, max_length, pairs, batch_size: int) -> np.ndarray:
+def torch_scores(backbone, head, model: RewardModel, pairs, batch_size: int) -> np.ndarray:
     """PyTorch fp32 scores: prompts and responses through the backbone (length-sorted padded batches,
-    each distinct text once), numpy pair features, then the head."""
+    each distinct text once), numpy pair features, then the head; ``model`` gives the tokenizer, the token
+    budget and the feature layout."""
     import torch
 
     from export.embed import embed_texts, features_of
     from moerm_lite.text import TextTokenizer
 
-    tok = TextTokenizer(tokenizer_file, max_length)
+    tok = TextTokenizer(model.folder / "tokenizer.json", model.config.max_length)
     cache: dict[tuple[str, str], np.ndarray] = {}
 
     def embed(texts, role):
@@ -94,7 +95,7 @@ def torch_scores(backbone, head, tokenizer_file, max_length, pairs, batch_size: 
                 cache[(role, t)] = e
         return np.stack([cache[(role, t)] for t in texts])
 
-    x = torch.from_numpy(features_of(embed, pairs))  # (N, F)
+    x = torch.from_numpy(features_of(embed, pairs, model.config.features))  # (N, F)
     with torch.inference_mode():
         return head.score(x, head.w0).double().numpy()
 
@@ -122,12 +123,11 @@ def bench_throughput(model: RewardModel, pairs, repeat: int, tmp: Path) -> list[
 
     torch.set_num_threads(model.threads)
     backbone, head = torch_model(model)
-    tok_file, L = model.folder / "tokenizer.json", model.config.max_length
     rows = []
     t_torch = {}
     for bs in (1, 32):
-        t_torch[bs] = timeit(lambda bs=bs: torch_scores(backbone, head, tok_file, L, pairs, bs), repeat)
-    ref = torch_scores(backbone, head, tok_file, L, pairs, 32)
+        t_torch[bs] = timeit(lambda bs=bs: torch_scores(backbone, head, model, pairs, bs), repeat)
+    ref = torch_scores(backbone, head, model, pairs, 32)
     fp32 = fp32_folder(model, backbone, tmp)
     n = len(pairs)
     for bs in (1, 32):  # moerm-lite "batch 32" runs its default batching (<= 128 texts, <= 2,048 tokens)
@@ -262,7 +262,7 @@ from moerm_lite import RewardModel
 from bench.run import torch_model, torch_scores
 m = RewardModel.load(threads=2)
 bb, head = torch_model(m)
-torch_scores(bb, head, m.folder / "tokenizer.json", m.config.max_length, [("", "I like football.")], 1)
+torch_scores(bb, head, m, [("", "I like football.")], 1)
 print(time.perf_counter() - t, MB('VmHWM'), MB('VmRSS'))
 """
 # VmHWM is this process's own peak RSS (ru_maxrss would carry over the parent's peak across exec), VmRSS

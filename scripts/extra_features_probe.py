@@ -61,7 +61,7 @@ def differences(cache: EmbeddingCache, recs: list[dict]) -> tuple[np.ndarray, np
 
 
 def main() -> None:
-    cache = EmbeddingCache(default_backbone_path(), 256)
+    cache = EmbeddingCache(default_backbone_path(), 256, kind="prompt_response_v1")  # the statistics appended here
     train_real = [r for name in TRAIN_SOURCES for r in data.REAL_LOADERS[name](split="train")]
     train_deg = benign_degradation_records(train_real, split="train", seed=0)
     test_deg = benign_degradation_records(heldout_answer_records(), split="test", seed=1)

@@ -61,7 +61,7 @@ def feature_sets(cache: EmbeddingCache, pairs: list[tuple[str, str]]) -> dict[st
     """Each feature set (N, F_set) of ``pairs``."""
     X = pair_features(cache.get([p if p.strip() else " " for p, _ in pairs], "prompt"),
                       cache.get([r for _, r in pairs], "response"),
-                      [p for p, _ in pairs], [r for _, r in pairs]).astype(np.float64)  # (N, 2H + 13)
+                      [p for p, _ in pairs], [r for _, r in pairs], "prompt_response_v1").astype(np.float64)  # (N, 2H + 13)
     H = (X.shape[1] - 13) // 2
     joint = cache.get([pair_text(p, r) for p, r in pairs], "prompt").astype(np.float64)  # (N, H) keeps the end
     joint /= np.maximum(np.linalg.norm(joint, axis=1, keepdims=True), 1e-12)

@@ -13,8 +13,9 @@ PROMPT = "why is the cat nice"
 RESPONSES = ["the cat is kind and good", "it is rude and bad", "thanks for the question"]
 
 
-def test_scores_equal_an_independent_numpy_reference(tiny_fp32, tiny_head):
-    """Tokenize, embed prompt and response separately, build features, run the dense head: by hand."""
+def by_hand(model: RewardModel, head, prompt: str, responses: list[str]) -> np.ndarray:
+    """Tokenize, embed prompt and response separately (the tiny backbone's formula), build the pair
+    features of the folder's layout, run the dense head: scores (N,) computed without the runtime."""
     import onnx
     from onnx import numpy_helper
     from tokenizers import Tokenizer
@@ -22,7 +23,7 @@ def test_scores_equal_an_independent_numpy_reference(tiny_fp32, tiny_head):
     from export.onnx_head import reference_head
     from moerm_lite.features import pair_features
 
-    folder = tiny_fp32.folder
+    folder = model.folder
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(folder / "onnx" / "backbone_fp32.onnx").graph.initializer}
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
 
@@ -30,20 +31,35 @@ def test_scores_equal_an_independent_numpy_reference(tiny_fp32, tiny_head):
         ids = tok.encode(text).ids
         return np.tanh(inits["E"][ids] + inits["T"][0]).mean(0)  # (H,): one segment, no padding
 
-    P = np.stack([embed(PROMPT)] * len(RESPONSES))
-    R = np.stack([embed(r) for r in RESPONSES])
-    x = pair_features(P, R, [PROMPT] * len(RESPONSES), RESPONSES)
-    idx, gates, rewards = reference_head(x, tiny_head, tiny_fp32.experts_per_input)
-    expected = (gates * np.asarray(tiny_fp32.w0)[idx] * rewards).sum(1)
-    np.testing.assert_allclose(tiny_fp32.score(PROMPT, RESPONSES), expected, atol=1e-5)
+    P = np.stack([embed(prompt)] * len(responses))
+    R = np.stack([embed(r) for r in responses])
+    x = pair_features(P, R, [prompt] * len(responses), responses, model.config.features)
+    idx, gates, rewards = reference_head(x, head, model.experts_per_input)
+    return (gates * np.asarray(model.w0)[idx] * rewards).sum(1)
+
+
+def test_scores_equal_an_independent_numpy_reference(tiny_fp32, tiny_head):
+    np.testing.assert_allclose(tiny_fp32.score(PROMPT, RESPONSES), by_hand(tiny_fp32, tiny_head, PROMPT, RESPONSES),
+                               atol=1e-5)
+
+
+def test_a_folder_of_the_first_feature_layout_still_scores(tmp_path):
+    """Folders built before prompt_response_v2 name prompt_response_v1: the runtime computes that layout."""
+    from tests.tiny import build_tiny_folder
+
+    folder, head = build_tiny_folder(tmp_path / "v1", features="prompt_response_v1", reference=False)
+    m = RewardModel.load(folder, precision="fp32")
+    assert m.config.features == "prompt_response_v1" and m.pair_features([(PROMPT, "ok")])[0].shape == (1, 2 * 16 + 13)
+    np.testing.assert_allclose(m.score(PROMPT, RESPONSES), by_hand(m, head, PROMPT, RESPONSES), atol=1e-5)
 
 
 def test_canonical_scores(tiny_fp32, tiny_int8):
-    """Pinned values: a change in tokenization, pooling, routing or the formula moves them."""
+    """Pinned values: a change in tokenization, pooling, features, routing or the formula moves them (last
+    moved by the prompt_response_v2 layout: two more feature columns, so another random tiny head)."""
     np.testing.assert_allclose(tiny_fp32.score(PROMPT, RESPONSES),
-                               [0.14908906518124854, 0.13406052247928552, 0.4271969968936158], atol=1e-5)
+                               [0.9140191606737251, 0.7443812708180828, 1.4264936964570263], atol=1e-5)
     np.testing.assert_allclose(tiny_int8.score(PROMPT, RESPONSES),
-                               [0.14807870203268472, 0.13350596077084304, 0.4302941341392836], atol=1e-4)
+                               [0.9142289521491425, 0.7458030951055368, 1.4258231475432417], atol=1e-4)
 
 
 def test_score_types(tiny_fp32):
