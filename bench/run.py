@@ -5,8 +5,9 @@
 
 Prints one table with ratios. Needs the export extra (torch, transformers) for the baselines and
 ../shared/data for the texts. Measures: (1) scoring throughput, (2) head cost vs number of experts,
-(3) fit_user time split into feature extraction and the solve, (4) cold start and peak memory in a
-fresh process, (5) model folder and runtime-venv size.
+(3) fit_user time split into feature extraction and the solve, (4) one ``rank()`` call of 5 and of 20
+real replies, p50 / p99 against PyTorch fp32 doing the same work, and where its time goes, (5) cold start
+and peak memory in a fresh process, (6) model folder and runtime-venv size.
 """
 
 from __future__ import annotations
@@ -299,18 +300,132 @@ def bench_cold(repeat: int) -> list[tuple[str, str, str]]:
     return rows
 
 
-def bench_latency(model: RewardModel, pairs, n_calls: int) -> list[tuple[str, str, str]]:
-    """p50 / p99 of one ``rank`` call with 8 candidates, after warm-up (a new prompt each call)."""
-    prompts = sorted({p for p, _ in pairs})
-    cands = [r for _, r in pairs][:8]
-    model.rank(prompts[0], cands)
-    times = []
-    for i in range(n_calls):
-        t = time.perf_counter()
-        model.rank(prompts[i % len(prompts)] + f" ({i})", cands)
-        times.append(time.perf_counter() - t)
+def rank_calls(n_replies: int) -> list[tuple[str, list[str]]]:
+    """``rank()`` workloads of real length: each held-out DSP instruction (the test split; timing reads no
+    label) with its five real replies (four domain styles and the original), and for 20 replies those of
+    the next three instructions too."""
+    from export import data
+
+    rows = [r for r in data.load_dsp() if data.in_split(r["query"], "test")]
+    replies = [[r["responses"][d] for d in (*data.DSP_DOMAINS, "normal")] for r in rows]  # 5 per instruction
+    return [(r["query"], [t for j in range(n_replies // 5) for t in replies[(i + j) % len(rows)]])
+            for i, r in enumerate(rows)]
+
+
+def percentiles(times: list[float]) -> tuple[float, float]:
+    """p50 and p99 in milliseconds."""
     p50, p99 = np.percentile(times, [50, 99]) * 1e3
-    return [("latency of rank(), 8 candidates: p50 / p99", f"{p50:.1f} / {p99:.1f} ms", "")]
+    return float(p50), float(p99)
+
+
+def stage_times(model: RewardModel, calls, tb=None, th=None) -> dict[str, float]:
+    """Median milliseconds of each stage of a ranking call, run one stage at a time on the same calls:
+    tokenize, the prompt's backbone pass, the replies' pass (one padded batch), pair features, head.
+    With ``tb``, ``th`` (``torch_model``) the PyTorch fp32 stages; else moerm-lite's, through public API."""
+    import torch
+
+    from export.embed import embed_texts
+    from moerm_lite.features import pair_features
+    from moerm_lite.model import cpu_session
+    from moerm_lite.text import TextTokenizer
+
+    tok = TextTokenizer(model.folder / "tokenizer.json", model.config.max_length)
+    head = cpu_session(str(model.folder / model.config.graphs[model.precision].head), model.threads)
+    parts: dict[str, list[float]] = {k: [] for k in ("tokenize", "prompt pass", "replies pass", "features", "head")}
+    for prompt, replies in calls:
+        t0 = time.perf_counter()
+        tok.encode([prompt], "prompt")
+        t1 = time.perf_counter()
+        tok.encode(replies, "response")
+        t2 = time.perf_counter()
+        if tb is None:
+            P = model.embed([prompt], role="prompt")[0]  # (1, H)
+            t3 = time.perf_counter()
+            R = model.embed(replies)[0]  # (n, H)
+        else:
+            with torch.inference_mode():
+                P = embed_texts(tb, tok, [prompt], "prompt", batch_size=32)  # (1, H)
+                t3 = time.perf_counter()
+                R = embed_texts(tb, tok, replies, "response", batch_size=32)  # (n, H)
+        t4 = time.perf_counter()
+        x = pair_features(np.repeat(P, len(replies), 0), R, [prompt] * len(replies), replies, model.config.features)
+        t5 = time.perf_counter()
+        if th is None:
+            head.run(model.config.head_outputs, {model.config.head_input: x})
+        else:
+            with torch.inference_mode():
+                th.score(torch.from_numpy(x), th.w0)
+        t6 = time.perf_counter()
+        tok_p, tok_r = t1 - t0, t2 - t1  # the passes tokenize again: their own time is the rest
+        for k, v in zip(parts, (tok_p + tok_r, t3 - t2 - tok_p, t4 - t3 - tok_r, t5 - t4, t6 - t5)):
+            parts[k].append(v)
+    out = {k: 1e3 * float(np.median(v)) for k, v in parts.items()}
+    return out
+
+
+def bench_rank(model: RewardModel, n_replies: int, repeat: int, limit: int | None = None
+               ) -> list[tuple[str, str, str]]:
+    """p50 / p99 of one ``rank()`` call of ``n_replies`` real replies against PyTorch fp32 doing the same
+    work in the same run (the prompt once, the replies in one padded batch, numpy features, the head),
+    calls interleaved so that both see the same machine state; then where each call's time goes."""
+    import torch
+
+    torch.set_num_threads(model.threads)
+    tb, th = torch_model(model)
+    calls = rank_calls(n_replies)[:limit]
+    ours, theirs = [], []
+    model.rank(*calls[0]), torch_scores(tb, th, model, [(calls[0][0], r) for r in calls[0][1]], 32)  # warm-up
+    for _ in range(repeat):
+        for prompt, replies in calls:
+            t = time.perf_counter()
+            model.rank(prompt, replies)
+            ours.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            torch_scores(tb, th, model, [(prompt, r) for r in replies], 32)
+            theirs.append(time.perf_counter() - t)
+    (o50, o99), (t50, t99) = percentiles(ours), percentiles(theirs)
+    name = f"rank() of {n_replies} replies ({len(calls)} held-out instructions x {repeat})"
+    rows = [(f"{name}: torch fp32 p50 / p99", f"{t50:.1f} / {t99:.1f} ms", "1.00x"),
+            (f"{name}: moerm-lite p50 / p99", f"{o50:.1f} / {o99:.1f} ms",
+             f"{t50 / o50:.2f}x (goal >= 3x at 5 replies)")]
+    for label, st, total in (("moerm-lite", stage_times(model, calls), o50),
+                             ("torch fp32", stage_times(model, calls, tb, th), t50)):
+        st["python and the rest"] = max(total - sum(st.values()), 0.0)
+        rows.append((f"  {label} rank({n_replies}) stages, median ms",
+                     " / ".join(f"{v:.1f}" for v in st.values()), " / ".join(st)))
+    return rows
+
+
+def bench_budgets(model: RewardModel, pairs, repeat: int, budgets=(128, 256, 512, 1024, 2048),
+                  limit: int | None = None) -> list[tuple[str, str, str]]:
+    """Throughput and ``rank()`` of 5 real replies for each most-padded-tokens-per-backbone-call budget
+    (``RewardModel.load(tokens_per_batch=...)``; scores do not depend on it), interleaved call by call."""
+    calls = rank_calls(5)[:limit]
+    models = {t: RewardModel.load(model.folder, threads=model.threads, precision=model.precision,
+                                  tokens_per_batch=t) for t in budgets}
+    thr: dict[int, list[float]] = {t: [] for t in budgets}
+    rank: dict[int, list[float]] = {t: [] for t in budgets}
+    for m in models.values():
+        m.rank(*calls[0])
+    for _ in range(repeat):
+        for t, m in models.items():
+            s = time.perf_counter()
+            m.score_pairs(pairs)
+            thr[t].append(time.perf_counter() - s)
+        for prompt, replies in calls:
+            for t, m in models.items():
+                s = time.perf_counter()
+                m.rank(prompt, replies)
+                rank[t].append(time.perf_counter() - s)
+    base = model.tokens_per_batch
+    rows = []
+    for t in budgets:
+        tt, rr = float(np.median(thr[t])), percentiles(rank[t])[0]
+        ref_t, ref_r = float(np.median(thr.get(base, thr[t]))), percentiles(rank.get(base, rank[t]))[0]
+        rows.append((f"token budget {t} per backbone call{' (default)' if t == base else ''}: "
+                     "throughput / rank(5) p50", f"{len(pairs) / tt:.1f} texts/s / {rr:.1f} ms",
+                     f"{ref_t / tt:.2f}x / {ref_r / rr:.2f}x the default"))
+    return rows
 
 
 def bench_catalog(model: RewardModel, pairs, size: int, repeat: int) -> list[tuple[str, str, str]]:
@@ -403,7 +518,9 @@ def main() -> None:
     rows += bench_levers(model, pairs, repeat)
     rows += bench_experts([8, 64] if q else [8, 32, 128, 256], 3 if q else 50)
     rows += bench_fit(model, [5, 20] if q else [5, 20, 50, 200], repeat)
-    rows += bench_latency(model, pairs, 20 if q else 300)
+    rows += bench_budgets(model, pairs, repeat, (256, 2048) if q else (128, 256, 512, 1024, 2048), 4 if q else None)
+    rows += bench_rank(model, 5, 1 if q else 3, 8 if q else None)
+    rows += bench_rank(model, 20, 1 if q else 1, 4 if q else None)
     rows += bench_catalog(model, pairs, 100_000, repeat)
     rows += bench_cold(1 if q else 3)
     rows += bench_footprint(model, venv=not q)

@@ -82,6 +82,21 @@ def test_batch_size_invariance_and_input_order(model, atol, request):
     np.testing.assert_allclose(m.score_pairs([pairs[i] for i in perm]), ref[perm], atol=atol)
 
 
+@pytest.mark.parametrize("precision,atol", [("fp32", 1e-6), ("int8", 1e-3)])
+def test_rank_does_not_depend_on_how_the_backbone_batches(tiny_folder, precision, atol):
+    """Every token budget per backbone call (each text alone up to one call for all) gives the same
+    scores and the same ranking, ties in input order included."""
+    responses = [*RESPONSES, RESPONSES[0], "", "the cat is kind and good and kind and good", RESPONSES[2]]
+    models = [RewardModel.load(tiny_folder, precision=precision, tokens_per_batch=t) for t in (1, 16, 64, 10**6)]
+    ref = models[-1].rank(PROMPT, responses)
+    ids = [r["corpus_id"] for r in ref]
+    assert ids.index(0) < ids.index(3) and ids.index(2) < ids.index(6)  # equal texts tie: input order kept
+    for m in models[:-1]:
+        got = m.rank(PROMPT, responses)
+        np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in ref], atol=atol)
+        assert [r["corpus_id"] for r in got] == ids
+
+
 def test_rank_and_flip(tiny_fp32):
     m = tiny_fp32
     ranking = m.rank(PROMPT, RESPONSES)
