@@ -120,7 +120,7 @@ def smoothed(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], alpha: fl
     from onnx import helper, numpy_helper
 
     from export.gptq import FEEDS, matmul_weights
-    from moerm_lite.model import cpu_session
+    from moerm_lite.sessions import cpu_session
 
     model = onnx.load(str(src))
     pairs = matmul_weights(model)
@@ -173,7 +173,7 @@ def with_backbone(model: RewardModel, graph: Path, tmp: Path, name: str, *, dequ
 
 def op_profile(model: RewardModel, pairs, tmp: Path) -> list[tuple[str, float]]:
     """Share of backbone time per operator type, from an onnxruntime profile of the shipped graph."""
-    from moerm_lite.model import cpu_session
+    from moerm_lite.sessions import cpu_session
 
     graphs = model.config.graphs[model.precision]
     sess = cpu_session(model.folder / graphs.backbone, model.threads, dequantize_at_load=graphs.dequantize_at_load,

@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from moerm_lite import RewardModel, UserProfile, fit_map  # noqa: E402
 from moerm_lite.folder import ModelConfig  # noqa: E402
-from moerm_lite.model import BATCH_SIZE, cpu_session  # noqa: E402
+from moerm_lite.model import BATCH_SIZE  # noqa: E402
+from moerm_lite.sessions import cpu_session  # noqa: E402
 
 
 def timeit(fn, repeat: int) -> float:
@@ -326,7 +327,7 @@ def stage_times(model: RewardModel, calls, tb=None, th=None) -> dict[str, float]
 
     from export.embed import embed_texts
     from moerm_lite.features import pair_features
-    from moerm_lite.model import cpu_session
+    from moerm_lite.sessions import cpu_session
     from moerm_lite.text import TextTokenizer
 
     tok = TextTokenizer(model.folder / "tokenizer.json", model.config.max_length)

@@ -34,7 +34,7 @@ def matmul_weights(model: onnx.ModelProto) -> list[tuple[str, str]]:
 def input_grams(fp32: Path, feeds: Iterable[dict[str, np.ndarray]],
                 threads: int = 2) -> dict[str, np.ndarray]:
     """``X^T X`` of each MatMul's input over the real (unpadded) tokens of the calibration batches."""
-    from moerm_lite.model import cpu_session
+    from moerm_lite.sessions import cpu_session
 
     model = onnx.load(str(fp32))
     names = sorted({x for x, _ in matmul_weights(model)})

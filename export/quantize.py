@@ -77,7 +77,7 @@ def dequantize_at_load(model: onnx.ModelProto) -> onnx.ModelProto:
     ``DequantizeLinear`` (opset 21) of the same stored int8 levels and block scales.
 
     The runtime folds these to fp32 weights when it builds the session (the model folder marks the
-    graph ``dequantize_at_load``; ``moerm_lite.model.cpu_session`` turns onnxruntime's QDQ fusions off,
+    graph ``dequantize_at_load``; ``moerm_lite.sessions.cpu_session`` turns onnxruntime's QDQ fusions off,
     which would otherwise quantize the activations too and move the scores): the file keeps its 8-bit
     size, the weights sit in memory as fp32 and run on the fp32 GEMM, which on x86 is faster than
     ``MatMulNBits`` (rank() of 8 candidates: 1.4x). One node per weight folds faster and with a lower

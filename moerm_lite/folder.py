@@ -41,7 +41,7 @@ class GraphFiles:
     #                             activations per call, so batching would make scores batch-dependent)
     dequantize_at_load: bool = False  # the backbone stores 8-bit weights behind DequantizeLinear nodes on
     #   constants: onnxruntime folds them to fp32 once at load and computes in fp32, instead of fusing them
-    #   with quantized activations (which would change the scores); see moerm_lite.model.cpu_session
+    #   with quantized activations (which would change the scores); see moerm_lite.sessions.cpu_session
 
 
 @dataclass(frozen=True)

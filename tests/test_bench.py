@@ -44,7 +44,7 @@ def test_smoothquant_migration_keeps_the_function(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     from bench.quant_levers import smoothed
-    from moerm_lite.model import cpu_session
+    from moerm_lite.sessions import cpu_session
 
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(50, 8)).astype(np.float32)

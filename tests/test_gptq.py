@@ -10,7 +10,7 @@ import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from export.gptq import BLOCK, gptq_round, nbits_scale, round_to_nearest8, write_levels  # noqa: E402
-from moerm_lite.model import cpu_session  # noqa: E402
+from moerm_lite.sessions import cpu_session  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ PKG = Path(moerm_lite.__file__).parent
 LAYERS = [
     {"text", "features", "head", "files"},
     {"folder", "personalize", "active"},
-    {"experts", "catalog", "plot"},
+    {"experts", "catalog", "plot", "sessions"},
     {"model"},
     {"cli", "integrations", "batch"},
     {"__main__", "__init__"},

@@ -1,0 +1,148 @@
+"""onnxruntime sessions for a model folder's graphs, and the load-time checks that a folder's config,
+tokenizer and graphs agree (each failure a ``ModelFolderError`` naming the file): what ``RewardModel.load``
+builds before it holds anything."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .features import feature_dim
+from .folder import GraphFiles, ModelConfig, ModelFolderError, resolve_inside, verify_files, verify_graph_dirs
+from .text import TextTokenizer
+
+
+def cpu_session(model: str | Path | bytes, threads: int, *, optimize: bool = True,
+                dequantize_at_load: bool = False, profile_prefix: str | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session as the runtime makes them: ``threads`` intra-op threads, one
+    inter-op thread, no spinning, no memory pattern, all graph optimizations (``optimize=False``: none,
+    which keeps every intermediate value), profiling when ``profile_prefix`` is given. ``model``: a path
+    or bytes.
+
+    ``dequantize_at_load``: the graph's ``DequantizeLinear`` nodes on constant weights are folded to
+    fp32 weights while the session is built (onnxruntime's QDQ fusions off), so the graph computes
+    in fp32 exactly what its stored 8-bit weights say (GraphFiles.dequantize_at_load)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.enable_mem_pattern = False  # batch shapes vary call to call: a planned block per shape only adds
+    #                                  memory (scoring the bench workload: peak RSS 321 -> 273 MB, same speed)
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if dequantize_at_load:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    opts.log_severity_level = 3
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere a no-op).
+
+    onnxruntime parses a whole graph file and builds its weights from it, then frees the parse: glibc keeps
+    those pages (about 16-24 MB for the shipped backbone), so without this the next session is built on top
+    of them and the load's peak RSS carries them."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        pass
+
+
+def open_graph(path: Path, threads: int, inputs: list[str], outputs: list[str],
+             dequantize_at_load: bool = False) -> ort.InferenceSession:
+    """The runtime's session of a model-folder graph; its inputs/outputs checked against config.json."""
+    try:
+        sess = cpu_session(path, threads, dequantize_at_load=dequantize_at_load)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ModelFolderError(f"onnxruntime cannot load {path}: {str(e)[:300]}") from e
+    release_freed_memory()
+    have_in = {i.name for i in sess.get_inputs()}
+    have_out = {o.name for o in sess.get_outputs()}
+    if set(inputs) != have_in or not set(outputs) <= have_out:
+        raise ModelFolderError(
+            f"{path} has inputs {sorted(have_in)} and outputs {sorted(have_out)}; config.json "
+            f"expects inputs {inputs} and outputs {outputs}")
+    return sess
+
+
+PROBE_RUN = ort.RunOptions()  # a load-time probe's buffers go back to the system after it, not kept in the arena
+PROBE_RUN.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+
+def check_backbone(folder: Path, cfg: ModelConfig, backbone: ort.InferenceSession,
+                    tokenizer: TextTokenizer) -> None:
+    """Embed one probe text of ``max_length`` tokens (the last vocabulary id) so that a config or tokenizer
+    that disagrees with the graph (hidden size, ``max_length``, vocabulary) fails at load, named."""
+    L = cfg.max_length
+    feed = tokenizer.pad([np.full(L, tokenizer.vocab_size - 1, dtype=np.int64)])  # (1, L): longest, last id
+    try:
+        (emb,) = backbone.run([cfg.backbone_output], {n: feed[n] for n in cfg.backbone_inputs}, PROBE_RUN)
+    except Exception as e:
+        raise ModelFolderError(
+            f"{folder}: the backbone graph cannot embed {L} tokens (config max_length) with ids up to "
+            f"{tokenizer.vocab_size - 1} (tokenizer.json): {str(e)[:200]}") from e
+    if emb.shape != (1, cfg.hidden_size):
+        raise ModelFolderError(f"{folder}: the backbone graph returns embeddings of shape {emb.shape[1:]}, "
+                               f"config.json says hidden_size {cfg.hidden_size}")
+
+
+def check_head(folder: Path, cfg: ModelConfig, head: ort.InferenceSession) -> None:
+    """Route four probe feature rows so that a config that disagrees with the head graph (feature size,
+    ``n_experts``, ``top_k``, ``n_shared``) fails at load, named."""
+    F, K, k, S = feature_dim(cfg.hidden_size, cfg.features), cfg.n_experts, cfg.top_k, cfg.n_shared
+    x = np.random.default_rng(0).normal(size=(4, F)).astype(np.float32)  # (4, F)
+    try:
+        idx, gates, rewards = head.run(cfg.head_outputs, {cfg.head_input: x}, PROBE_RUN)  # (4, k + S) each
+    except Exception as e:
+        raise ModelFolderError(f"{folder}: the head graph does not take {F} features (2 x hidden_size "
+                               f"{cfg.hidden_size} + text statistics): {str(e)[:200]}") from e
+    routed = idx[:, :idx.shape[1] - S]  # (4, k') the router's picks
+    if not (idx.shape == gates.shape == rewards.shape == (4, k + S)) or not (
+            (routed >= 0).all() and (routed < K - S).all()
+            and (idx[:, k:] == np.arange(K - S, K)).all()):
+        raise ModelFolderError(
+            f"{folder}: the head graph routes to experts {sorted(set(idx.ravel().tolist()))[:8]}... with "
+            f"{idx.shape[1]} outputs per input; config.json says n_experts {K}, top_k {k}, n_shared {S} "
+            f"(the last n_shared experts always active)")
+
+
+def load_graphs(folder: Path, cfg: ModelConfig, manifest: dict, precision: str, threads: int
+                ) -> tuple[ort.InferenceSession, ort.InferenceSession, TextTokenizer]:
+    """The backbone and head sessions of ``precision`` and the tokenizer, each checked against ``cfg``;
+    the files they read (and the other precisions' graph folders) checked against the manifest."""
+    graphs: GraphFiles = cfg.graphs[precision]
+    backbone_path, head_path = (resolve_inside(folder, g) for g in (graphs.backbone, graphs.head))
+    # onnxruntime builds the backbone session (most of the load) without holding the GIL, so it is built
+    # in a thread while this one checks the files' sha256 (which holds no memory: anything loaded
+    # meanwhile would add to the build's peak). Nothing is returned until both are done, and a file that
+    # fails its check is reported before any onnxruntime error.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="moerm-lite-load") as pool:
+        build = pool.submit(open_graph, backbone_path, threads, cfg.backbone_inputs, [cfg.backbone_output],
+                            graphs.dequantize_at_load)
+        # a check that fails leaves the block once the build is done, and its error wins over the build's
+        verify_files(folder, manifest, ["tokenizer.json"])
+        others = [f for prec, g in cfg.graphs.items() if prec != precision for f in (g.backbone, g.head)]
+        verify_graph_dirs(folder, manifest, graphs, others)
+    backbone = build.result()
+    # Then, one at a time, each probed right after it is built, the load's peak memory is least: a
+    # session's build and a probe's buffers are transient, and the C heap hands them back between steps.
+    try:
+        tokenizer = TextTokenizer(folder / "tokenizer.json", cfg.max_length)
+    except Exception as e:  # tokenizers raises its own exception types
+        raise ModelFolderError(f"{folder / 'tokenizer.json'} cannot be read: {str(e)[:200]}") from e
+    check_backbone(folder, cfg, backbone, tokenizer)
+    release_freed_memory()
+    head = open_graph(head_path, threads, [cfg.head_input], cfg.head_outputs)
+    check_head(folder, cfg, head)
+    return backbone, head, tokenizer
