@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from .head import row_terms
 from .model import BATCH_SIZE, RewardModel
 from .personalize import UserProfile
 
@@ -66,9 +65,7 @@ class BatchScorer:
                  for p, r in zip(prompts, responses)]
         users = batch["user_id"] if "user_id" in batch else [None] * n
         terms = [self._users(u) for u in users]  # (w, v or None) per row
-        with_residual = any(v is not None for _, v in terms)
-        out = self.model.expert_outputs(pairs, batch_size=self.batch_size, with_features=with_residual)
-        contributions, residual = row_terms(out["gating_output"], out["rewards"], out.get("features"), terms)
+        contributions, residual = self.model.score_rows(pairs, terms, batch_size=self.batch_size)
         result = dict(batch)
         result[self.score_column] = contributions.sum(1) + residual  # (N,)
         if self.breakdown:

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from .head import row_terms
 from .model import BATCH_SIZE, RewardModel, User
 from .personalize import UserProfile
 
@@ -70,9 +69,7 @@ def trl_reward_func(model: RewardModel, user: User = None, *,
         if unknown:
             raise KeyError(f"no profile for user_id {unknown[0]!r}; known: {sorted(profiles)[:5]}")
         terms = [model.user_terms(profiles[u] if u is not None else user) for u in user_ids]
-        with_residual = any(v is not None for _, v in terms)
-        o = model.expert_outputs(pairs, batch_size=batch_size, with_features=with_residual)
-        contributions, residual = row_terms(o["gating_output"], o["rewards"], o.get("features"), terms)
+        contributions, residual = model.score_rows(pairs, terms, batch_size=batch_size)
         return (contributions.sum(1) + residual).tolist()  # (B,)
 
     return moerm_lite_reward

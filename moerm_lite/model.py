@@ -16,7 +16,7 @@ from .catalog import Catalog
 from .experts import expert_cards, read_cards, read_reference, trim_card
 from .features import feature_dim, pair_features
 from .folder import CONFIG, ModelConfig, model_hash, read_json, read_manifest, verify_files
-from .head import combine, expert_features, scatter_topk
+from .head import combine, expert_features, row_terms, scatter_topk
 from .personalize import UserProfile, resolve_weights
 from .sessions import load_graphs
 from .text import Prompt, TextTokenizer, check_prompt, check_response
@@ -296,6 +296,17 @@ class RewardModel:
                                   with_features=v is not None)
         s = combine(out["gating_output"], out["rewards"], w)  # (N,)
         return s if v is None else s + out["features"].astype(np.float64) @ v  # (N,)
+
+    def score_rows(self, pairs: Sequence[tuple[Prompt, str]], terms: Sequence[tuple[np.ndarray, np.ndarray | None]],
+                   *, batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
+        """Each pair scored for its own user: ``terms[i]`` is :meth:`user_terms` of row i's user. Returns
+        the per-expert contributions ``pi * r * w`` (N, K) and the residual terms ``x . v`` (N,), float64;
+        a row's score is ``contributions.sum() + residual``."""
+        if len(terms) != len(pairs):
+            raise ValueError(f"score_rows: {len(pairs)} pairs but {len(terms)} users' terms")
+        with_residual = any(v is not None for _, v in terms)
+        out = self.expert_outputs(pairs, batch_size=batch_size, with_features=with_residual)
+        return row_terms(out["gating_output"], out["rewards"], out.get("features"), list(terms))
 
     def score(self, prompt: Prompt, responses: str | Sequence[str], *, user: User = None,
               batch_size: int = BATCH_SIZE, allow_empty: bool = True) -> float | np.ndarray:
