@@ -27,6 +27,8 @@ NOT_RUN = {
         "trains (tests/test_distributed.py runs torchrun on a tiny model)",
     "moerm_lite/   runtime (no torch): model.py  features.py  head.py (the formula)  personalize.py":
         "a directory listing, not code",
+    "../shared/data ─> export/data, contrast, attributes, degrade      (comparison records, train splits only)":
+        "a diagram of the pipeline (docs/architecture.md), not code",
 }
 QUESTION = "How do I boil an egg?"
 REPLIES = ["Boil it for about eight minutes, then cool it in cold water.", "No idea.", "Google it."]
