@@ -28,8 +28,8 @@ DEFAULT_THREADS = 4  # capped at the machine's cores
 PAIRS_PER_CHUNK = 512  # pairs featurized per head call: bounds memory on long inputs
 BATCH_SIZE = 128  # most texts per backbone call
 TOKENS_PER_BATCH = 256  # most padded tokens per backbone call: a long text runs alone, short ones share a call;
-#                         on AMD EPYC (2 cores) 256 ranked 5 real replies 1.28x faster than 2,048, with the
-#                         same throughput (bench/run.py, "token budget" rows); it also bounds activation memory
+#                         on AMD EPYC (2 cores) 256 ranked 5 real replies 1.29x faster than 2,048 and scored
+#                         1.15x the texts/s (bench/run.py, "token budget" rows); it also bounds activation memory
 User = Union[None, UserProfile, Sequence[float], np.ndarray]
 
 

@@ -8,7 +8,10 @@ features alone and with candidate statistics appended, each computed from the te
 
 - ``repeated``: the share of the reply's word trigrams that occur in it more than once (repetition, padding);
 - ``copied``: the share of its word trigrams that also occur in the prompt (echo);
-- ``new_words``: log(1 + distinct reply words not in the prompt).
+- ``new_words``: log(1 + distinct reply words not in the prompt);
+- the first two as counts, which padding cannot dilute: log(1 + trigrams that repeat an earlier one) and
+  log(1 + trigrams also in the prompt) (``prompt_response_v2`` ships the shares and loses padding: see
+  docs/design.md, "Word-trigram statistics in the features").
 
 Scored on the held-out answers and phrasings the card's family table uses (fp32 features of the frozen
 MiniLM, not a model folder), plus the everyday set with a probe fitted on every family. Not in any shipped
@@ -33,7 +36,8 @@ from export.evaluate import logistic_fit, pair_accuracy  # noqa: E402
 from export.robustness import PROBE_L2, TRAIN_SOURCES, everyday_records, heldout_answer_records  # noqa: E402
 
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-CANDIDATES = {"repeated": [0], "copied": [1], "new_words": [2], "all three": [0, 1, 2]}
+CANDIDATES = {"repeated": [0], "copied": [1], "new_words": [2], "all three": [0, 1, 2], "repeated n": [3],
+              "copied n": [4], "both counts": [3, 4]}
 
 
 def trigrams(words: list[str]) -> list[tuple[str, ...]]:
@@ -41,20 +45,22 @@ def trigrams(words: list[str]) -> list[tuple[str, ...]]:
 
 
 def statistics(prompt: str, reply: str) -> list[float]:
-    """``repeated``, ``copied``, ``new_words`` of one (prompt, reply)."""
+    """``repeated``, ``copied``, ``new_words``, ``repeated n``, ``copied n`` of one (prompt, reply)."""
     words, prompt_words = WORD.findall(reply.lower()), WORD.findall(prompt.lower())
     tri, prompt_tri = trigrams(words), set(trigrams(prompt_words))
-    repeated = 1 - len(set(tri)) / len(tri) if tri else 0.0
-    copied = sum(t in prompt_tri for t in tri) / len(tri) if tri else 0.0
-    return [repeated, copied, float(np.log1p(len(set(words) - set(prompt_words))))]
+    n_repeated, n_copied = len(tri) - len(set(tri)), sum(t in prompt_tri for t in tri)
+    repeated = n_repeated / len(tri) if tri else 0.0
+    copied = n_copied / len(tri) if tri else 0.0
+    return [repeated, copied, float(np.log1p(len(set(words) - set(prompt_words)))),
+            float(np.log1p(n_repeated)), float(np.log1p(n_copied))]
 
 
 def differences(cache: EmbeddingCache, recs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """Chosen-minus-rejected pair features (N, F) and statistics (N, 3)."""
+    """Chosen-minus-rejected pair features (N, F) and statistics (N, 5)."""
     pairs = sorted({(r["prompt"], r[side]) for r in recs for side in ("chosen", "rejected")})
     pos = {p: i for i, p in enumerate(pairs)}
     X = cache.features(pairs).astype(np.float64)  # (P, F)
-    S = np.array([statistics(p, r) for p, r in pairs])  # (P, 3)
+    S = np.array([statistics(p, r) for p, r in pairs])  # (P, 5)
     c = np.array([pos[(r["prompt"], r["chosen"])] for r in recs])
     j = np.array([pos[(r["prompt"], r["rejected"])] for r in recs])
     return X[c] - X[j], S[c] - S[j]
