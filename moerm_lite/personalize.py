@@ -5,8 +5,8 @@ A user's comparison (chosen c, rejected j) gives the feature vector
 
     argmax_w  sum_i log sigmoid(w . phi_i)  -  (lambda / 2) (w - w0)^T P (w - w0)
 
-a strictly convex problem (one answer for one input) solved with L-BFGS-B and
-an analytic gradient. ``P`` is the prior precision: the identity, or (shipped
+a strictly convex problem (one answer for one input) solved by Newton's method with
+a backtracking line search (K is small). ``P`` is the prior precision: the identity, or (shipped
 models) the inverse covariance of the training users' weights around ``w0``, so
 the prior knows which experts people actually disagree on. The Laplace posterior
 covariance is the inverse Hessian at the optimum:
