@@ -120,11 +120,10 @@ def fp32_folder(model: RewardModel, backbone, tmp: Path) -> RewardModel:
     return RewardModel.load(dst, precision="fp32", threads=model.threads)
 
 
-def bench_throughput(model: RewardModel, pairs, repeat: int, tmp: Path) -> list[tuple[str, str, str]]:
-    import torch
-
-    torch.set_num_threads(model.threads)
-    backbone, head = torch_model(model)
+def bench_throughput(model: RewardModel, torch_ref, pairs, repeat: int, tmp: Path) -> list[tuple[str, str, str]]:
+    """Texts/s one at a time and batched: PyTorch fp32 (``torch_ref``, from ``torch_model``), an fp32 ONNX
+    export of the same backbone and the shipped int8 model, and their decision agreement."""
+    backbone, head = torch_ref
     rows = []
     t_torch = {}
     for bs in (1, 32):
@@ -132,7 +131,7 @@ def bench_throughput(model: RewardModel, pairs, repeat: int, tmp: Path) -> list[
     ref = torch_scores(backbone, head, model, pairs, 32)
     fp32 = fp32_folder(model, backbone, tmp)
     n = len(pairs)
-    for bs in (1, 32):  # moerm-lite "batch 32" runs its default batching (<= 128 texts, <= 2,048 tokens)
+    for bs in (1, 32):  # moerm-lite "batch 32" runs its default batching (BATCH_SIZE texts, tokens_per_batch)
         ours = 1 if bs == 1 else BATCH_SIZE
         t_int8 = timeit(lambda ours=ours: model.score_pairs(pairs, batch_size=ours), repeat)
         t_fp32 = timeit(lambda ours=ours: fp32.score_pairs(pairs, batch_size=ours), repeat)
@@ -321,7 +320,8 @@ def percentiles(times: list[float]) -> tuple[float, float]:
 
 def stage_times(model: RewardModel, calls, tb=None, th=None) -> dict[str, float]:
     """Median milliseconds of each stage of a ranking call, run one stage at a time on the same calls:
-    tokenize, the prompt's backbone pass, the replies' pass (one padded batch), pair features, head.
+    tokenize, the prompt's backbone pass, the replies' pass (PyTorch: one padded batch; moerm-lite: its
+    batching), pair features, head.
     With ``tb``, ``th`` (``torch_model``) the PyTorch fp32 stages; else moerm-lite's, through public API."""
     import torch
 
@@ -360,19 +360,15 @@ def stage_times(model: RewardModel, calls, tb=None, th=None) -> dict[str, float]
         tok_p, tok_r = t1 - t0, t2 - t1  # the passes tokenize again: their own time is the rest
         for k, v in zip(parts, (tok_p + tok_r, t3 - t2 - tok_p, t4 - t3 - tok_r, t5 - t4, t6 - t5)):
             parts[k].append(v)
-    out = {k: 1e3 * float(np.median(v)) for k, v in parts.items()}
-    return out
+    return {k: 1e3 * float(np.median(v)) for k, v in parts.items()}
 
 
-def bench_rank(model: RewardModel, n_replies: int, repeat: int, limit: int | None = None
+def bench_rank(model: RewardModel, torch_ref, n_replies: int, repeat: int, limit: int | None = None
                ) -> list[tuple[str, str, str]]:
-    """p50 / p99 of one ``rank()`` call of ``n_replies`` real replies against PyTorch fp32 doing the same
-    work in the same run (the prompt once, the replies in one padded batch, numpy features, the head),
-    calls interleaved so that both see the same machine state; then where each call's time goes."""
-    import torch
-
-    torch.set_num_threads(model.threads)
-    tb, th = torch_model(model)
+    """p50 / p99 of one ``rank()`` call of ``n_replies`` real replies against PyTorch fp32 (``torch_ref``)
+    doing the same work in the same run (the prompt once, the replies in one padded batch, numpy features,
+    the head), calls interleaved so that both see the same machine state; then where each call's time goes."""
+    tb, th = torch_ref
     calls = rank_calls(n_replies)[:limit]
     ours, theirs = [], []
     model.rank(*calls[0]), torch_scores(tb, th, model, [(calls[0][0], r) for r in calls[0][1]], 32)  # warm-up
@@ -400,7 +396,10 @@ def bench_rank(model: RewardModel, n_replies: int, repeat: int, limit: int | Non
 def bench_budgets(model: RewardModel, pairs, repeat: int, budgets=(128, 256, 512, 1024, 2048),
                   limit: int | None = None) -> list[tuple[str, str, str]]:
     """Throughput and ``rank()`` of 5 real replies for each most-padded-tokens-per-backbone-call budget
-    (``RewardModel.load(tokens_per_batch=...)``; scores do not depend on it), interleaved call by call."""
+    (``RewardModel.load(tokens_per_batch=...)``; scores do not depend on it), interleaved call by call, each
+    against the model's own budget (added to ``budgets`` if missing)."""
+    base = model.tokens_per_batch
+    budgets = sorted({*budgets, base})
     calls = rank_calls(5)[:limit]
     models = {t: RewardModel.load(model.folder, threads=model.threads, precision=model.precision,
                                   tokens_per_batch=t) for t in budgets}
@@ -418,11 +417,10 @@ def bench_budgets(model: RewardModel, pairs, repeat: int, budgets=(128, 256, 512
                 s = time.perf_counter()
                 m.rank(prompt, replies)
                 rank[t].append(time.perf_counter() - s)
-    base = model.tokens_per_batch
+    ref_t, ref_r = float(np.median(thr[base])), percentiles(rank[base])[0]
     rows = []
     for t in budgets:
         tt, rr = float(np.median(thr[t])), percentiles(rank[t])[0]
-        ref_t, ref_r = float(np.median(thr.get(base, thr[t]))), percentiles(rank.get(base, rank[t]))[0]
         rows.append((f"token budget {t} per backbone call{' (default)' if t == base else ''}: "
                      "throughput / rank(5) p50", f"{len(pairs) / tt:.1f} texts/s / {rr:.1f} ms",
                      f"{ref_t / tt:.2f}x / {ref_r / rr:.2f}x the default"))
@@ -514,14 +512,18 @@ def main() -> None:
     cut = int(model.expert_outputs(pairs)["truncated"].sum())
     repeat = 1 if q else 3
     rows: list[tuple[str, str, str]] = []
+    import torch
+
+    torch.set_num_threads(model.threads)
+    torch_ref = torch_model(model)  # the PyTorch fp32 reference, loaded once
     with tempfile.TemporaryDirectory() as tmp:
-        rows += bench_throughput(model, pairs, repeat, Path(tmp))
+        rows += bench_throughput(model, torch_ref, pairs, repeat, Path(tmp))
     rows += bench_levers(model, pairs, repeat)
     rows += bench_experts([8, 64] if q else [8, 32, 128, 256], 3 if q else 50)
     rows += bench_fit(model, [5, 20] if q else [5, 20, 50, 200], repeat)
     rows += bench_budgets(model, pairs, repeat, (256, 2048) if q else (128, 256, 512, 1024, 2048), 4 if q else None)
-    rows += bench_rank(model, 5, 1 if q else 3, 8 if q else None)
-    rows += bench_rank(model, 20, 1 if q else 1, 4 if q else None)
+    rows += bench_rank(model, torch_ref, 5, 1 if q else 3, 8 if q else None)
+    rows += bench_rank(model, torch_ref, 20, 1, 4 if q else None)
     rows += bench_catalog(model, pairs, 100_000, repeat)
     rows += bench_cold(1 if q else 3)
     rows += bench_footprint(model, venv=not q)

@@ -60,7 +60,7 @@ def release_freed_memory() -> None:
 
 
 def open_graph(path: Path, threads: int, inputs: list[str], outputs: list[str],
-             dequantize_at_load: bool = False) -> ort.InferenceSession:
+               dequantize_at_load: bool = False) -> ort.InferenceSession:
     """The runtime's session of a model-folder graph; its inputs/outputs checked against config.json."""
     try:
         sess = cpu_session(path, threads, dequantize_at_load=dequantize_at_load)
@@ -81,7 +81,7 @@ PROBE_RUN.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
 def check_backbone(folder: Path, cfg: ModelConfig, backbone: ort.InferenceSession,
-                    tokenizer: TextTokenizer) -> None:
+                   tokenizer: TextTokenizer) -> None:
     """Embed one probe text of ``max_length`` tokens (the last vocabulary id) so that a config or tokenizer
     that disagrees with the graph (hidden size, ``max_length``, vocabulary) fails at load, named."""
     L = cfg.max_length
