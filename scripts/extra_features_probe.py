@@ -1,6 +1,7 @@
 """Would text statistics that see repetition and copying help a read-out catch bad replies it never saw?
 
     python scripts/extra_features_probe.py          # ~10 minutes on 2 CPU cores (frozen embeddings cached)
+    python scripts/extra_features_probe.py runs/enc/all-MiniLM-L6-v2-quality   # any local encoder folder
 
 The family-out probe of ``export.robustness.family_table`` (a logistic probe on the frozen pair features,
 fitted on the licensed training mixture plus every degradation family but the one scored), on the pair
@@ -14,8 +15,9 @@ features alone and with candidate statistics appended, each computed from the te
   docs/design.md, "Word-trigram statistics in the features").
 
 Scored on the held-out answers and phrasings the card's family table uses (fp32 features of the frozen
-MiniLM, not a model folder), plus the everyday set with a probe fitted on every family. Not in any shipped
-model: ``moerm_lite.features`` would need a new layout and every model a rebuild. Needs ../shared/data.
+MiniLM, or of the local encoder folder given as the argument, e.g. a fine-tuned one: does it read families
+it never trained on better? docs/design.md, "Bad replies nobody listed"; not a model folder), plus the
+everyday set with a probe fitted on every family. Not in any shipped model: ``moerm_lite.features`` would need a new layout and every model a rebuild. Needs ../shared/data.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def differences(cache: EmbeddingCache, recs: list[dict]) -> tuple[np.ndarray, np
 
 
 def main() -> None:
-    cache = EmbeddingCache(default_backbone_path(), 256, kind="prompt_response_v1")  # the statistics appended here
+    backbone = Path(sys.argv[1]) if len(sys.argv) > 1 else default_backbone_path()
+    cache = EmbeddingCache(backbone, 256, kind="prompt_response_v1")  # the statistics appended here
     train_real = [r for name in TRAIN_SOURCES for r in data.REAL_LOADERS[name](split="train")]
     train_deg = benign_degradation_records(train_real, split="train", seed=0)
     test_deg = benign_degradation_records(heldout_answer_records(), split="test", seed=1)
