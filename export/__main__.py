@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             from .card import ROBUSTNESS_HEADING, robustness_section
             from .package import set_card_section
 
-            set_card_section(folder, ROBUSTNESS_HEADING, robustness_section(rob), before="## Features")
+            set_card_section(folder, ROBUSTNESS_HEADING, robustness_section(rob), before="## Persona statements")
         text = json.dumps(rob, indent=1)
         if args.out:
             Path(args.out).write_text(text + "\n")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             from .card import TASTES_HEADING, tastes_section
             from .package import set_card_section
 
-            set_card_section(Path(args.input), TASTES_HEADING, tastes_section(tastes), before="## Features")
+            set_card_section(Path(args.input), TASTES_HEADING, tastes_section(tastes), before="## Persona statements")
         text = json.dumps(tastes, indent=1)
         if args.out:
             Path(args.out).write_text(text + "\n")

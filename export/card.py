@@ -94,8 +94,8 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         + (_helpful_sentence(rep) if readout and readout.get("sources") else
            "On the human-labelled HH-RLHF and FineGrained QA pairs it is near chance")
         + f" (numbers below, next to a linear probe on the same frozen {backbone['name']} features).",
-        "- **What bounds it**: `scripts/population_bound.py` measures whether any weighting of the experts "
-        "reaches that probe, and `scripts/attribute_bound.py` which tastes the frozen encoder, the text "
+        "- **What bounds it**: `experiments/population_bound.py` measures whether any weighting of the experts "
+        "reaches that probe, and `experiments/attribute_bound.py` which tastes the frozen encoder, the text "
         "statistics and the experts can see at all; [docs/design.md](../../docs/design.md) has the numbers "
         "for the shipped model.",
         "- Prompts longer than the token limit keep their end, responses their start; English only.",
@@ -120,8 +120,6 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
             lines += robustness_section(rep["robustness"])
         if rep.get("tastes"):
             lines += tastes_section(rep["tastes"])
-        if rep.get("feature_choice"):
-            lines += feature_section(rep["feature_choice"])
         lines += measured_section(rep, K)
         if "parity" in rep:
             lines += ["## Parity (torch fp32 vs this folder)", ""]
@@ -147,29 +145,6 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
     if rep.get("expert_cards"):
         lines += expert_cards_section(rep["expert_cards"])
     return "\n".join(lines)
-
-
-def feature_section(fc: dict[str, Any]) -> list[str]:
-    """Why the head sees separate embeddings and text statistics: ``scripts/feature_choice.py``'s table."""
-    rows = fc["rows"]
-    cols = list(next(iter(rows.values())))
-    t = fc["tokens_per_ranking"]
-    lines = ["## Features (why separate embeddings and text statistics)", "",
-             f"Each feature set scored by a linear probe (logistic regression, L2 {fc['l2']:g}) on held-out data, "
-             "frozen encoder (`scripts/feature_choice.py`): each human-labelled set's probe trained on its train "
-             f"split; the sanity suite scored by one probe trained on the licensed training mixture "
-             f"({fc['mixture_records']} population comparisons).", "",
-             "| features | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    lines += [f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in cols) + " |" for name, row in rows.items()]
-    lines += ["", f"To rank {fc['ranking_candidates']} candidates the backbone reads {t['separate']:.0f} tokens with "
-              f"separate embeddings (the prompt once) and {t['pair encoding']:.0f} with the pair encoding "
-              f"({t['pair encoding'] / t['separate']:.1f}x). (d) Fine-tuning the encoder's top layer "
-              "(`scripts/finetune_probe.py`, CPU-sized, the layers below frozen) on one human-labelled set's "
-              "pairs moved its probe by less than a point; trained to predict the text attributes, it made "
-              "hedging visible (held-out R^2 0.05 -> 0.42); a model rebuilt on it gained 2-3-attribute users "
-              "1.4 points at N = 20 and cost persona users up to 0.9 and HH harmless 3 (docs/design.md). "
-              "Not shipped: fine-tuning more layers with the whole mixture needs a GPU.", ""]
-    return lines
 
 
 def real_text_section(rep: EvalReport) -> list[str]:

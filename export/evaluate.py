@@ -382,7 +382,6 @@ class EvalReport(TypedDict, total=False):
     timings: dict[str, float]
     active: dict[str, Any]
     expert_cards: list[dict[str, Any]]
-    feature_choice: dict[str, Any]  # scripts/feature_choice.py --card
     robustness: dict[str, Any]  # export.robustness.report: degradation families, everyday requests, hacking
     tastes: dict[str, Any]  # export.tastes.taste_users: taste families no build trained on
 

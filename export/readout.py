@@ -56,7 +56,7 @@ def fit_linear_readout(h_chosen: np.ndarray, h_rejected: np.ndarray, offset: np.
 
     With ``std`` (F,), the standardisation of ``h``, the penalty is on the weights of the features in their
     own units (``u / std``): standardised, the many embedding directions of tiny spread would weigh as
-    much as the few that carry most of it (measured: noisier held-out accuracy, scripts/readout_scan.py).
+    much as the few that carry most of it (measured: noisier held-out accuracy, experiments/readout_scan.py).
     """
     from scipy.optimize import minimize
     from scipy.special import expit, log_expit
@@ -188,7 +188,7 @@ def add_readout(head: MoEHead, recs: Sequence[dict[str, Any]], sources: Sequence
 
     ``l2`` is fixed, not chosen on a held-out share of the records: the head was trained on all of them,
     so its margin on any share is in-sample (about 99.9% right) and hides what the read-out adds.
-    ``scripts/readout_scan.py`` measures a range of values on the held-out test splits instead.
+    ``experiments/readout_scan.py`` measures a range of values on the held-out test splits instead.
     """
     recs = readout_records(recs, sources)
     if not recs:

@@ -224,7 +224,7 @@ def reexport(runs: Path, out: Path, part: str, max_score_change: float = 1e-4) -
 # measured on the training run or torch features, not through the folder: a re-evaluation keeps them
 KEPT_ON_REEVALUATION = ("parity", "quant_variants", "torch", "dense", "probe_ceiling", "relabeled_hh_probe",
                         "prior_strength_grid", "expert_names_trained", "timings", "active", "expert_cards",
-                        "feature_choice", "robustness", "tastes")
+                        "robustness", "tastes")
 
 
 def reevaluate(runs: Path, out: Path, users: int) -> None:
@@ -273,11 +273,6 @@ def finish(runs: Path, out: Path, rep: EvalReport, users: int) -> None:
         rep["robustness"]["readout_family_out"] = readout_family_out(runs / "ship")
     rep["expert_cards"] = RewardModel.load(out).describe_experts()  # stored in the folder at export
     rep.setdefault("timings", {})["active_and_cards_s"] = time.time() - t1
-    old = runs / "ship" / "report.json"
-    if "feature_choice" not in rep and old.is_file():  # frozen-encoder measurements: no head involved
-        kept = json.loads(old.read_text()).get("feature_choice")
-        if kept:
-            rep["feature_choice"] = kept
     (runs / "ship" / "report.json").write_text(json.dumps(rep, indent=1))
     ckpt, _, _ = load_checkpoint(runs / "ship")
     update_card(out, model_card(json.loads((out / "config.json").read_text()), ckpt, rep))

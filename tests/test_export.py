@@ -16,22 +16,10 @@ from export.onnx_head import build_head_graph  # noqa: E402
 from export.train import TrainConfig, load_checkpoint, readout_run, train  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
 from tests.model_test_utils import random_pairs  # noqa: E402
-from tests.tiny import F, random_head, tiny_reference, tiny_tokenizer  # noqa: E402
+from tests.tiny import F, random_head, tiny_reference  # noqa: E402
 from tests.torch_utils import torch_run_scores  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_bert")
-    tok = tiny_tokenizer()
-    cfg = transformers.BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    torch.manual_seed(0)
-    transformers.BertModel(cfg).save_pretrained(d)
-    (d / "tokenizer.json").write_text(tok.to_str())
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -185,21 +173,6 @@ def test_card_records_the_int8_variant_choice(tiny_run, tiny_export):
     assert "| gptq8 | 1.06% | 99.23% | 99.45% | 99.30% | 26.2 MB |" in card
 
 
-def test_card_states_the_feature_choice(tiny_run, tiny_export):
-    """scripts/feature_choice.py's table, recorded in the report, is in the card with its token counts."""
-    from export.card import model_card
-
-    ckpt, _, _ = load_checkpoint(tiny_run)
-    config = json.loads((tiny_export / "config.json").read_text())
-    fc = {"rows": {"(a) pair encoding": {"hh_helpful": 0.55, "sanity offtopic": 0.5},
-                   "(c) shipped": {"hh_helpful": 0.61, "sanity offtopic": 0.96}},
-          "tokens_per_ranking": {"pair encoding": 1500.0, "separate": 1000.0}, "mixture_records": 6880,
-          "l2": 10.0, "ranking_candidates": 8}
-    card = model_card(config, ckpt, {"feature_choice": fc})
-    assert "| features | hh_helpful | sanity offtopic |" in card and "| (c) shipped | 61.0 | 96.0 |" in card
-    assert "1000 tokens with separate embeddings" in card and "1500 with the pair encoding (1.5x)" in card
-
-
 def test_torch_pair_features_equal_the_runtime_function(tiny_bert):
     """Fine-tuning computes the features in torch; they must be the numpy features the runtime computes."""
     from export.embed import TorchPairFeatures, embed_texts, features_of, text_tokenizer
@@ -336,34 +309,3 @@ def test_a_run_with_attribute_users_gets_attribute_readouts_and_an_older_run_get
     got = RewardModel.load(folder, precision="fp32", threads=1).score_pairs(test, user=w)
     np.testing.assert_allclose(got, torch_run_scores((ckpt, head, None), test, w), atol=1e-4)
     assert np.abs(got).max() > 0.1 and (got[[not p.strip() for p, _ in test]] == 0).all()  # silent without prompt
-
-
-def test_style_tuned_encoder_round_trips_as_a_folder(tiny_bert, tmp_path):
-    """finetune_probe.py --save: the written folder is the base encoder with the tuned top layer, and embeds
-    exactly as the tuned layer did on the cached inputs of the layers below."""
-    import importlib.util
-
-    from export.embed import embed_texts, text_tokenizer
-    from export.model import Backbone
-
-    spec = importlib.util.spec_from_file_location("finetune_probe", ROOT / "scripts" / "finetune_probe.py")
-    fp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fp)
-    base = Backbone(tiny_bert).eval()
-    tok = text_tokenizer(tiny_bert, 32, tmp_path / "tok")
-    texts = [f"reply number {i} " + "word " * (i % 7) for i in range(24)]
-    cache = fp.Cached(base, tok, texts, "response")
-    z = np.random.default_rng(0).normal(size=(len(texts), 3))  # (N, A) attributes to predict
-    frozen_top = base.encoder.encoder.layer[-1]
-    top = fp.finetune_attributes(cache, z, frozen_top, preserve=0.1, epochs=2)
-    assert any(not torch.equal(a, b) for a, b in zip(top.state_dict().values(), frozen_top.state_dict().values()))
-    fp.save_encoder(base, top, tmp_path / "tuned")
-    assert (tmp_path / "tuned" / "tokenizer.json").is_file()
-    tuned = Backbone(tmp_path / "tuned").eval()
-    for name, w in base.encoder.state_dict().items():  # everything below the top layer is the base's
-        same = torch.equal(w, tuned.encoder.state_dict()[name])
-        assert same or name.startswith("encoder.layer.1."), name
-    got = embed_texts(tuned, tok, texts, "response")  # (N, H) through the saved folder
-    want = fp.pooled(top, cache).numpy()  # (N, H) the tuned layer on the cached inputs
-    np.testing.assert_allclose(got, want, atol=1e-5)
-    assert not np.allclose(got, embed_texts(base, tok, texts, "response"), atol=1e-5)

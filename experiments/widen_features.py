@@ -1,7 +1,9 @@
 """Do the word-trigram statistics help on their own, with the experts left exactly as trained?
 
-    python scripts/widen_features.py runs/ship runs/v2pad     # seconds; then
+    python experiments/widen_features.py runs/ship runs/v2pad     # seconds; then
     python scripts/build_model.py --resume --runs runs/v2pad --out runs/v2pad/moerm-minilm
+
+Feeds docs/design.md, "Word-trigram statistics in the features".
 
 Writes ``OUT/ship/ckpt.pt``: the checkpoint of ``RUN`` (trained on pair features ``prompt_response_v1``)
 with its read-outs removed and its head widened to ``prompt_response_v2``: the two new columns
@@ -11,7 +13,7 @@ before. ``build_model.py --resume`` then fits the read-outs (helpfulness and att
 features, where the new columns can matter, and evaluates as usual. A full rebuild with v2 features
 retrains the experts as well: the difference between the two separates what the statistics do from
 what another training run does. Feeds docs/design.md, "Word-trigram statistics in the features" (with
-``scripts/compare_reports.py``); answer there: not shipped.
+``experiments/compare_reports.py``); answer there: not shipped.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Which features the head should see: the pair encoding against separate embeddings and text statistics.
 
-    python scripts/feature_choice.py                 # ~5 minutes on 2 CPU cores the first time, then
-                                                     # seconds (frozen MiniLM embeddings are cached)
-    python scripts/feature_choice.py --card          # also record the table in runs/ship/report.json and
-                                                     # rewrite the shipped model's card with it
+    python experiments/feature_choice.py      # ~5 minutes on 2 CPU cores the first time, then seconds
+                                              # (frozen MiniLM embeddings are cached)
+
+Feeds docs/design.md, "Features: separate embeddings and text statistics" (a design decision: the model
+card no longer carries it).
 
 Each feature set is scored the same way, on held-out data, with a linear probe (logistic regression on
 chosen minus rejected, L2 10, as the card's reference) so that the features and not a head are compared:
@@ -19,7 +20,7 @@ Columns: each human-labelled set's probe, trained on its train split, on its tes
 training mixture's population records (HH-RLHF helpful, FineGrained QA, Topical-Chat, contrast pairs),
 share of pairs the real answer wins; and what the backbone reads to rank 8 candidates of ``bench/run.py``'s
 workload (tokens per ranking call: the pair encoding reads the prompt once per candidate). Fine-tuning
-the encoder, the fourth option, is measured by ``scripts/finetune_probe.py``.
+the encoder, the fourth option, is measured by ``experiments/finetune_probe.py``.
 
 Needs the export extra and ../shared/data.
 """
@@ -27,7 +28,6 @@ Needs the export extra and ../shared/data.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -127,25 +127,8 @@ def print_table(res: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--card", action="store_true",
-                    help="record the table in runs/ship/report.json and rewrite the shipped model's card")
-    ap.add_argument("--runs", default=str(ROOT / "runs"))
-    args = ap.parse_args()
-    res = measure()
-    print_table(res)
-    if args.card:
-        from export.card import model_card
-        from export.package import update_card
-        from export.train import load_checkpoint
-        from moerm_lite.model import DEFAULT_MODEL
-
-        report, out = Path(args.runs) / "ship" / "report.json", ROOT / "models" / DEFAULT_MODEL
-        rep = json.loads(report.read_text())
-        rep["feature_choice"] = res
-        report.write_text(json.dumps(rep, indent=1))
-        ckpt, _, _ = load_checkpoint(Path(args.runs) / "ship")
-        update_card(out, model_card(json.loads((out / "config.json").read_text()), ckpt, rep))
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
+    print_table(measure())
 
 
 if __name__ == "__main__":

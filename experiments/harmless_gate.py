@@ -1,7 +1,10 @@
 """Can a prompt-aware expert bring HH-RLHF harmless to its probe and keep helpfulness and the sanity suite?
 
-    python scripts/harmless_gate.py                  # runs/ship, ~2 minutes on 2 CPU cores (cached embeddings)
-    python scripts/harmless_gate.py --run runs/x
+    python experiments/harmless_gate.py                  # runs/ship, ~2 minutes on 2 CPU cores (cached embeddings)
+    python experiments/harmless_gate.py --run runs/x
+
+Feeds docs/design.md, "What bounds the population score on human-labelled pairs" (the prompt-aware harmless
+expert).
 
 The frozen probe trained on harmless-base prefers evasive replies everywhere (docs/design.md), so it cannot
 be the population score; refusing is right only when the prompt asks for harm. This measures the best case

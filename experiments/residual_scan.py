@@ -1,8 +1,10 @@
 """How strong a residual to fit (``fit_user(..., residual_strength=s)``): few-shot accuracy for a range of
 fixed strengths and for ``"auto"`` (chosen per user from its own comparisons), next to the weights alone.
 
-    python scripts/residual_scan.py                      # the shipped model, ~6 minutes on 2 CPU cores
-    python scripts/residual_scan.py --model models/mine
+Feeds docs/design.md, "The residual chosen per user".
+
+    python experiments/residual_scan.py                      # the shipped model, ~6 minutes on 2 CPU cores
+    python experiments/residual_scan.py --model models/mine
 
 Validation users (seeds apart from the card's test users, as the prior strength is chosen): persona-16
 users and attribute users (1 and 2-3 attributes) on held-out prompts; the mean over N = 5 / 10 / 20 / 50

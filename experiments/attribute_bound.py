@@ -1,7 +1,9 @@
 """What bounds the attribute-user benchmark: how much of each text attribute the model can see at all.
 
-    python scripts/attribute_bound.py                      # the shipped model, through the runtime
-    python scripts/attribute_bound.py --model models/mine  # about 4 minutes on 2 cores
+    python experiments/attribute_bound.py                      # the shipped model, through the runtime
+    python experiments/attribute_bound.py --model models/mine  # about 4 minutes on 2 cores
+
+Feeds docs/design.md, "What bounds the attribute users".
 
 For each attribute of ``export.attributes`` (standardised as the benchmark does), a ridge regression
 predicts the attribute of a reply from

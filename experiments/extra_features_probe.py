@@ -1,7 +1,10 @@
 """Would text statistics that see repetition and copying help a read-out catch bad replies it never saw?
 
-    python scripts/extra_features_probe.py          # ~10 minutes on 2 CPU cores (frozen embeddings cached)
-    python scripts/extra_features_probe.py runs/enc/all-MiniLM-L6-v2-quality   # any local encoder folder
+    python experiments/extra_features_probe.py          # ~10 minutes on 2 CPU cores (frozen embeddings cached)
+    python experiments/extra_features_probe.py runs/enc/all-MiniLM-L6-v2-quality   # any local encoder folder
+
+Feeds docs/design.md, "Bad replies nobody listed, and a fine-tuned encoder" and "Word-trigram statistics in
+the features".
 
 The family-out probe of ``export.robustness.family_table`` (a logistic probe on the frozen pair features,
 fitted on the licensed training mixture plus every degradation family but the one scored), on the pair

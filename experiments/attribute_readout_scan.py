@@ -1,8 +1,10 @@
 """How free to make the attribute read-outs (``TrainConfig.attribute_readout_variance``): few-shot accuracy
 of attribute users for a range of prior variances of those experts, and without them.
 
-    python scripts/attribute_readout_scan.py                      # the shipped model, ~4 minutes on 2 cores
-    python scripts/attribute_readout_scan.py --model models/mine
+Feeds docs/design.md, "Read-outs for the attributes users care about".
+
+    python experiments/attribute_readout_scan.py                      # the shipped model, ~4 minutes on 2 cores
+    python experiments/attribute_readout_scan.py --model models/mine
 
 The read-outs are the last experts of a folder built with them (``export.readout.add_attribute_readouts``);
 their prior is independent of the other experts', so a variance is tried by replacing their diagonal of

@@ -1,7 +1,9 @@
 """How strong a population read-out (export.readout) to fit: held-out accuracy for a range of L2 values.
 
-    python scripts/readout_scan.py                  # runs/ship, ~1 minute on 2 CPU cores (cached embeddings)
-    python scripts/readout_scan.py --run runs/x
+    python experiments/readout_scan.py                  # runs/ship, ~1 minute on 2 CPU cores (cached embeddings)
+    python experiments/readout_scan.py --run runs/x
+
+Feeds docs/design.md, "A read-out expert for helpfulness".
 
 For each L2 the read-out is fitted on the run's training records (as ``train`` does) on top of the head
 as trained, then the population score is measured in torch on data it never saw: the HH-RLHF helpful /

@@ -1,6 +1,8 @@
 """Does `python -m export own` keep the base's sense of quality on a real taste? One DSP domain user.
 
-    python scripts/own_check.py                  # ~4 minutes on 2 CPU cores; --domain business, ...
+    python experiments/own_check.py                  # ~4 minutes on 2 CPU cores; --domain business, ...
+
+Feeds docs/build.md, "Your own preferences, one command".
 
 Writes the comparisons of one DSP domain user (the reply written for the domain against each of the other
 four replies, every instruction; evaluation-only data, so the folder is for measuring, never shipping) to a

@@ -1,9 +1,12 @@
 """Does fine-tuning the top backbone layer move what the frozen encoder bounds? A CPU-sized measurement.
 
-    python scripts/finetune_probe.py                   # HH-RLHF helpful, ~15 minutes on 2 cores
-    python scripts/finetune_probe.py --set hh_harmless
-    python scripts/finetune_probe.py --set attributes  # style attributes of replies, ~15 minutes
-    python scripts/finetune_probe.py --set attributes --preserve 1 --save runs/minilm-style  # write it
+    python experiments/finetune_probe.py                   # HH-RLHF helpful, ~15 minutes on 2 cores
+    python experiments/finetune_probe.py --set hh_harmless
+    python experiments/finetune_probe.py --set attributes  # style attributes of replies, ~15 minutes
+    python experiments/finetune_probe.py --set attributes --preserve 1 --save runs/minilm-style  # write it
+
+Feeds docs/design.md, "What bounds the population score on human-labelled pairs" and "Fine-tuning the top
+layer for style".
 
 The card's reference probe (logistic regression on the pair features of ``moerm_lite.features``, fitted on
 one set's train split) is scored on the held-out test split twice: on the frozen encoder, and after the

@@ -1,6 +1,6 @@
 """Which of two builds is better, on every held-out table at once? Two report.json files side by side.
 
-    python scripts/compare_reports.py runs/ship/report.json runs/v2/report.json [--names old new]
+    python experiments/compare_reports.py runs/ship/report.json runs/v2/report.json [--names old new]
 
 Reads what ``scripts/build_model.py`` writes (int8 runtime numbers, as the card shows them): the
 degradation families on held-out answers (and the read-out family-out check where measured), everyday

@@ -1,7 +1,9 @@
 """What bounds the population score on human-labelled pairs: the experts or their weights.
 
-    python scripts/population_bound.py                      # the shipped model, ~5 minutes on 2 cores
-    python scripts/population_bound.py --model models/mine
+    python experiments/population_bound.py                      # the shipped model, ~5 minutes on 2 cores
+    python experiments/population_bound.py --model models/mine
+
+Feeds docs/design.md, "What bounds the population score on human-labelled pairs".
 
 For HH-RLHF helpful / harmless and FineGrained QA (held-out test splits): accuracy of the population
 weights w0, of a logistic probe on the frozen pair features trained on the train split (the card's

@@ -1,0 +1,43 @@
+"""The experiments' own checks (experiments/ is research, not product: no product module or product test
+imports it; tests/test_layers.py enforces that, and this file is the one place that loads it)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_style_tuned_encoder_round_trips_as_a_folder(tiny_bert, tmp_path):
+    """finetune_probe.py --save: the written folder is the base encoder with the tuned top layer, and embeds
+    exactly as the tuned layer did on the cached inputs of the layers below."""
+    import importlib.util
+
+    from export.embed import embed_texts, text_tokenizer
+    from export.model import Backbone
+
+    spec = importlib.util.spec_from_file_location("finetune_probe", ROOT / "experiments" / "finetune_probe.py")
+    fp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fp)
+    base = Backbone(tiny_bert).eval()
+    tok = text_tokenizer(tiny_bert, 32, tmp_path / "tok")
+    texts = [f"reply number {i} " + "word " * (i % 7) for i in range(24)]
+    cache = fp.Cached(base, tok, texts, "response")
+    z = np.random.default_rng(0).normal(size=(len(texts), 3))  # (N, A) attributes to predict
+    frozen_top = base.encoder.encoder.layer[-1]
+    top = fp.finetune_attributes(cache, z, frozen_top, preserve=0.1, epochs=2)
+    assert any(not torch.equal(a, b) for a, b in zip(top.state_dict().values(), frozen_top.state_dict().values()))
+    fp.save_encoder(base, top, tmp_path / "tuned")
+    assert (tmp_path / "tuned" / "tokenizer.json").is_file()
+    tuned = Backbone(tmp_path / "tuned").eval()
+    for name, w in base.encoder.state_dict().items():  # everything below the top layer is the base's
+        same = torch.equal(w, tuned.encoder.state_dict()[name])
+        assert same or name.startswith("encoder.layer.1."), name
+    got = embed_texts(tuned, tok, texts, "response")  # (N, H) through the saved folder
+    want = fp.pooled(top, cache).numpy()  # (N, H) the tuned layer on the cached inputs
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not np.allclose(got, embed_texts(base, tok, texts, "response"), atol=1e-5)
