@@ -230,7 +230,8 @@ def bench_fit(model: RewardModel, Ns: list[int], repeat: int) -> list[tuple[str,
         rows.append((f"fit_user N={N}: features / solve", f"{1e3 * t_feat:.1f} / {1e3 * t_solve:.2f} ms",
                      "solve goal <= 10 ms at N=50" if N == 50 else ""))
         profile = UserProfile(prior_strength=model.config.default_prior_strength,
-                              prior_precision=model.prior_precision, residual_strength=30.0)
+                              prior_precision=model.prior_precision,
+                              residual_strength=model.config.recommended_residual_strength)
         t_res = timeit(lambda phi=phi, X=X, profile=profile: profile.fit(phi, model.w0, X), repeat)
         rows.append((f"fit_user N={N} with a residual: solve", f"{1e3 * t_res:.2f} ms",
                      f"{t_res / t_solve:.1f}x the solve without"))
@@ -448,7 +449,7 @@ def bench_catalog(model: RewardModel, pairs, size: int, repeat: int) -> list[tup
     # a user with a residual over pair features (fitted on 20 comparisons between the bench's replies)
     comps = [{"prompt": p, "chosen": r, "rejected": pairs[(i + 1) % len(pairs)][1]}
              for i, (p, r) in enumerate(pairs[:20])]
-    user = model.fit_user(comps, residual_strength=30.0)
+    user = model.fit_user(comps, residual_strength=model.config.recommended_residual_strength)
     t_res = timeit(lambda: big.rank(user, top_k=10), max(repeat, 5))
     big_mb = base.pair_features.nbytes * reps / 1e6
     return [(f"catalog: rank {size:,} encoded candidates for a user, top 10", f"{1e3 * t_rank:.1f} ms",

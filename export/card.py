@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from moerm_lite.folder import RECOMMENDED_RESIDUAL_STRENGTH
+
 from .evaluate import EvalReport
 
 DATA_LICENCES = """\
@@ -25,6 +27,11 @@ def _round(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: _round(v) for k, v in x.items()}
     return x
+
+
+def _residual_strength(config: dict[str, Any]) -> float:
+    """The opt-in residual strength a folder's config recommends (``ModelConfig``'s default where absent)."""
+    return float(config.get("recommended_residual_strength", RECOMMENDED_RESIDUAL_STRENGTH))
 
 
 def _pct(x: Any) -> str:
@@ -81,8 +88,8 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
            if config.get("prior_precision") is not None else "P = I")
         + f"; λ = {config['default_prior_strength']:g}, chosen on validation users (persona and attribute users). "
         "Opt-in, a user also gets a residual over the pair features, fitted on what the expert weights leave "
-        "unexplained and moved only by many comparisons (`fit_user(..., residual_strength=30)`; rows marked "
-        "residual below).",
+        "unexplained and moved only by many comparisons (`fit_user(..., residual_strength="
+        f"{_residual_strength(config):g})`; rows marked residual below).",
         "",
         "## What it rewards, and what it does not know",
         "",
@@ -115,12 +122,12 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         "",
     ]
     if rep:
-        lines += real_text_section(rep)
+        lines += real_text_section(rep, _residual_strength(config))
         if rep.get("robustness"):
             lines += robustness_section(rep["robustness"])
         if rep.get("tastes"):
             lines += tastes_section(rep["tastes"])
-        lines += measured_section(rep, K)
+        lines += measured_section(rep, K, _residual_strength(config))
         if "parity" in rep:
             lines += ["## Parity (torch fp32 vs this folder)", ""]
             quant = config.get("quantization", {})
@@ -147,7 +154,7 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
     return "\n".join(lines)
 
 
-def real_text_section(rep: EvalReport) -> list[str]:
+def real_text_section(rep: EvalReport, residual_strength: float) -> list[str]:
     """Held-out real-text numbers, each next to its reference (the unpersonalized model, a frozen probe)."""
     lines = ["## Real text (held out; this folder, int8)", ""]
     san = rep.get("sanity")
@@ -204,7 +211,7 @@ def real_text_section(rep: EvalReport) -> list[str]:
                                                   for n in (5, 10, 20, 50, "all")) + " |",
                   f"| unpersonalized | {_pct(dsp['unpersonalized'])} | | | | |"]
         if "model_plus_residual" in dsp:
-            lines.append("| this model + residual (opt-in: `fit_user(..., residual_strength=30)`) | "
+            lines.append(f"| this model + residual (opt-in: `fit_user(..., residual_strength={residual_strength:g})`) | "
                          + " | ".join(_pct(dsp["model_plus_residual"][str(n)]) for n in (5, 10, 20, 50, "all"))
                          + " |")
         if "model_auto" in dsp:
@@ -343,7 +350,7 @@ def backbone_source(name: str) -> str:
     return f"{name} (a local encoder folder; see its own licence)"
 
 
-def measured_section(rep: EvalReport, K: int) -> list[str]:
+def measured_section(rep: EvalReport, K: int, residual_strength: float) -> list[str]:
     """Markdown lines with the persona table and the other headline metrics of a report."""
     lines: list[str] = []
     p = rep.get("persona", {})
@@ -354,7 +361,8 @@ def measured_section(rep: EvalReport, K: int) -> list[str]:
               "| | global | N=5 | N=10 | N=20 | N=50 |", "|---|---|---|---|---|---|"]
     rows = [("this model (int8 runtime)", p)]
     if "persona_residual" in rep:
-        rows.append(("this model + residual (opt-in, `residual_strength=30`)", rep["persona_residual"]))
+        rows.append((f"this model + residual (opt-in, `residual_strength={residual_strength:g}`)",
+                     rep["persona_residual"]))
     for key, label in (("torch", "this model (torch fp32)"),
                        ("persona_identity_prior", "this model, identity prior P = I (int8)"),
                        ("dense", "dense router, same recipe"),

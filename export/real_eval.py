@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from moerm_lite import UserProfile
+from moerm_lite.folder import RECOMMENDED_RESIDUAL_STRENGTH
 from moerm_lite.head import expert_features
 
 from . import data
@@ -140,7 +141,6 @@ def attribute_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P
     return out
 
 
-RESIDUAL_STRENGTH = 30.0  # the opt-in residual's strength the docs recommend (only many comparisons move it)
 
 
 def fit_user_terms(phi: np.ndarray, X: np.ndarray | None, w0: np.ndarray, prior_strength: float,
@@ -157,7 +157,7 @@ def fit_user_terms(phi: np.ndarray, X: np.ndarray | None, w0: np.ndarray, prior_
 
 
 def few_shot_residual(phi: np.ndarray, X: np.ndarray, users: list[data.BenchUser], w0: np.ndarray,
-                      prior_strength: float, P: np.ndarray | None, strength: float | str = RESIDUAL_STRENGTH,
+                      prior_strength: float, P: np.ndarray | None, strength: float | str = RECOMMENDED_RESIDUAL_STRENGTH,
                       shots: Sequence[int] = SHOTS) -> dict[str, float]:
     """``few_shot`` with the opt-in residual over pair features (``fit_user(residual_strength=...)``):
     phi (R, K) and X (R, F) of the pool's items, each user fitted on its first N comparisons."""
@@ -188,7 +188,7 @@ def dsp_pool(fz: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | None, draws: int = 20,
-              seed: int = 0, residual_strength: float = RESIDUAL_STRENGTH,
+              seed: int = 0, residual_strength: float = RECOMMENDED_RESIDUAL_STRENGTH,
               pool: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Four domain users: fit on N comparisons from half of the instructions, score all of the other half
     (``pool``: ``dsp_pool(fz)``, computed here if not given)."""

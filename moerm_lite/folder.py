@@ -20,6 +20,8 @@ import numpy as np
 from .features import FEATURES_KIND, LAYOUTS
 from .files import atomic_write_text
 
+RECOMMENDED_RESIDUAL_STRENGTH = 30.0  # a folder's config without the field recommends this (measured: design.md)
+
 SCHEMA_VERSION = 3  # 2: prompt and response embedded separately, pair features, shared experts;
 #                    3: a graph may ask for its quantized weights to be dequantized at load (GraphFiles)
 READABLE_SCHEMA_VERSIONS = (2, 3)
@@ -61,6 +63,8 @@ class ModelConfig:
     features: str = FEATURES_KIND  # how the head's input is built from the two embeddings (features.py)
     n_shared: int = 0  # the last n_shared experts are always active (gate 1); the router picks top_k of the rest
     default_prior_strength: float = 1.0  # lambda of the MAP user fit
+    # the opt-in residual's strength the card measures and the docs recommend (fit_user(residual_strength=...))
+    recommended_residual_strength: float = RECOMMENDED_RESIDUAL_STRENGTH
     prior_precision: list[list[float]] | None = None  # P (K, K): user prior N(w0, (lambda P)^-1); None = I
     max_chars: int = 100_000  # longer texts are rejected, not silently cut
     backbone_inputs: list[str] = field(
@@ -105,6 +109,8 @@ class ModelConfig:
                 n_shared=int(d.get("n_shared", 0)),
                 graphs=graphs,
                 default_prior_strength=float(d.get("default_prior_strength", 1.0)),
+                recommended_residual_strength=float(d.get("recommended_residual_strength",
+                                                          RECOMMENDED_RESIDUAL_STRENGTH)),
                 prior_precision=(None if d.get("prior_precision") is None
                                  else [[float(x) for x in row] for row in d["prior_precision"]]),
                 max_chars=int(d.get("max_chars", 100_000)),
@@ -134,6 +140,7 @@ class ModelConfig:
             "expert_names": list(self.expert_names),
             "w0": [float(x) for x in self.w0],
             "default_prior_strength": self.default_prior_strength,
+            "recommended_residual_strength": self.recommended_residual_strength,
             "prior_precision": self.prior_precision,
             "max_chars": self.max_chars,
             "graphs": {p: {"backbone": g.backbone, "head": g.head, "per_sequence": g.per_sequence,
@@ -149,9 +156,10 @@ class ModelConfig:
         if self.max_length < 2 or self.hidden_size < 1 or self.max_chars < 1:
             raise ModelFolderError(f"config.json: need max_length >= 2, hidden_size >= 1, max_chars >= 1; got "
                                    f"{self.max_length}, {self.hidden_size}, {self.max_chars}")
-        if not (math.isfinite(self.default_prior_strength) and self.default_prior_strength > 0):
-            raise ModelFolderError(f"config.json: default_prior_strength must be a positive number, "
-                                   f"got {self.default_prior_strength}")
+        for name in ("default_prior_strength", "recommended_residual_strength"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ModelFolderError(f"config.json: {name} must be a positive number, got {value}")
         if not 0 <= self.n_shared < K or not 1 <= self.top_k <= K - self.n_shared:
             raise ModelFolderError(f"config.json: need 0 <= n_shared < n_experts and 1 <= top_k <= "
                                    f"n_experts - n_shared, got top_k={self.top_k}, n_shared={self.n_shared}, "
@@ -182,6 +190,7 @@ class ModelConfig:
 _KNOWN_KEYS = {
     "schema_version", "model_id", "n_experts", "top_k", "expert_names", "w0", "backbone",
     "graphs", "default_prior_strength", "prior_precision", "max_chars", "io", "features", "n_shared",
+    "recommended_residual_strength",
 }
 
 

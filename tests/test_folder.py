@@ -94,6 +94,17 @@ def test_schema_2_folders_still_load(copy):
     np.testing.assert_array_equal(m.score("q", ["a", "bb"]), before)
 
 
+def test_recommended_residual_strength_is_read_with_its_default(copy):
+    """A config without the field (the folders before it) recommends 30; one with it, its own value."""
+    cfg = json.loads((copy / "config.json").read_text())
+    assert cfg["recommended_residual_strength"] == 30.0  # the build side writes it
+    cfg.pop("recommended_residual_strength")
+    assert ModelConfig.from_dict(cfg).recommended_residual_strength == 30.0
+    cfg["recommended_residual_strength"] = 12.5
+    write_config(copy, cfg)
+    assert RewardModel.load(copy).config.recommended_residual_strength == 12.5
+
+
 def test_graph_flags_round_trip(copy):
     cfg = json.loads((copy / "config.json").read_text())
     cfg["graphs"]["int8"]["dequantize_at_load"] = True
@@ -110,6 +121,8 @@ def test_graph_flags_round_trip(copy):
     (lambda c: c["graphs"]["int8"].update(head="../../etc/passwd"), "outside"),
     (lambda c: c["io"]["head"].update(outputs=["idx", "gates", "rewards"]), "expects"),
     (lambda c: c["graphs"]["int8"].update(head="onnx/backbone_int8.onnx"), "expects"),
+    (lambda c: c.update(recommended_residual_strength=0), "recommended_residual_strength"),
+    (lambda c: c.update(recommended_residual_strength=float("nan")), "recommended_residual_strength"),
 ])
 def test_bad_config(copy, edit, match):
     cfg = json.loads((copy / "config.json").read_text())
