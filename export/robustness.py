@@ -133,7 +133,7 @@ def readout_family_out(run: "str | Path", seed: int = 0) -> dict[str, Any]:
     cache = EmbeddingCache(ckpt["backbone_path"], cfg.max_length, Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR,
                            kind=cfg.features)
     recs = readout_records([*load_records(cfg), *readout_only_records(cfg)], cfg.readout_sources)
-    fam = np.array([_family_of(r["source"]) for r in recs])  # (N,) "" for real comparisons
+    fam = np.array([family_of(r["source"]) for r in recs])  # (N,) "" for real comparisons
     Hc, Hr, off = readout_inputs(base, recs, cache.features)
     test = benign_degradation_records(heldout_answer_records(), split="test", seed=seed + 1)
     fam_te = np.array([r["source"].split(":", 1)[1] for r in test])
@@ -158,7 +158,7 @@ def readout_family_out(run: "str | Path", seed: int = 0) -> dict[str, Any]:
     return {"families": rows, "n_records": len(recs), "l2": cfg.readout_l2}
 
 
-def _family_of(source: str) -> str:
+def family_of(source: str) -> str:
     """The degradation family a read-out record stands for: ``degrade:echo`` -> echo, ``contrast:offtopic``
     -> offtopic (``CONTRAST_FAMILIES``); "" for a real comparison."""
     kind, _, sub = source.partition(":")

@@ -175,10 +175,10 @@ def test_card_section_is_replaced_or_inserted(tmp_path):
 
 def test_readout_records_map_to_their_family_and_the_card_marks_family_out_columns():
     from export.card import robustness_section
-    from export.robustness import _family_of, trained_families
+    from export.robustness import family_of, trained_families
 
-    assert _family_of("degrade:echo") == "echo" and _family_of("contrast:truncated") == "truncation"
-    assert _family_of("hh_helpful") == "" and _family_of("contrast:offtopic") == "offtopic"
+    assert family_of("degrade:echo") == "echo" and family_of("contrast:truncated") == "truncation"
+    assert family_of("hh_helpful") == "" and family_of("contrast:offtopic") == "offtopic"
     # the read-out's degradation families count as trained; the contrast kinds with the contrast source
     training = {"sources": ["hh_helpful", "contrast"], "degrade_families": ["repetition"]}
     assert set(trained_families(training)) == {"repetition", "offtopic", "nonanswer", "dismissive", "truncation"}

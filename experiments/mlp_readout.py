@@ -1,0 +1,112 @@
+"""Would a helpfulness read-out that is not linear catch bad replies nobody listed, in the model itself?
+
+    python experiments/mlp_readout.py                    # runs/ship, ~10 minutes on 2 CPU cores (cached)
+    python experiments/mlp_readout.py --run runs/x --hidden 62 --epochs 3 --weight-decay 1e-2
+
+Feeds docs/design.md, "Bad replies nobody listed, and a fine-tuned encoder" (issue 26: a reward not linear
+in the features). ``export.robustness.readout_family_out`` with a second read-out beside the shipped linear
+one: the trained experts of a run kept, the read-out refitted on the run's own read-out records without
+each degradation family, and scored on the held-out answers (torch fp32). The second read-out is the
+linear one (fitted first, as shipped) plus a one-hidden-layer ReLU network on the standardised features,
+trained on top of it with the Bradley-Terry loss (AdamW, batches of 256, a fixed number of epochs), all
+under the head's reward bound: r(h) = c tanh((h . u + w2 . relu(h W + b)) / c). With ``hidden`` <= the
+head's ``expert_hidden`` - 2 it is one expert of the head as it stands (the linear part takes two hidden
+units, ``export.readout.readout_expert``), so no graph or runtime change would ship it. Nothing here is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from export.degrade import FAMILIES, benign_degradation_records  # noqa: E402
+from export.embed import CACHE_DIR, EmbeddingCache  # noqa: E402
+from export.evaluate import pair_accuracy  # noqa: E402
+from export.readout import fit_for_head, readout_inputs, readout_margin, readout_records, without_readout  # noqa: E402
+from export.robustness import family_of, heldout_answer_records, trained_families  # noqa: E402
+from export.train import TrainConfig, load_checkpoint, load_records, readout_only_records  # noqa: E402
+
+
+def fit_mlp_readout(Hc: np.ndarray, Hr: np.ndarray, off: np.ndarray, u: np.ndarray, bound: float, hidden: int,
+                    epochs: int, weight_decay: float, seed: int = 0) -> torch.nn.Module:
+    """The network on top of the linear read-out ``u`` (F,): Hc, Hr (N, F) standardised, off (N,) the
+    trained experts' margin. Returns a module h (B, F) -> reward (B,) (linear part included, bounded)."""
+    torch.manual_seed(seed)
+
+    class Readout(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.u = torch.nn.Parameter(torch.as_tensor(u, dtype=torch.float32))  # (F,) starts as shipped
+            out = torch.nn.Linear(hidden, 1)
+            torch.nn.init.zeros_(out.weight)  # starts as the linear read-out exactly
+            self.mlp = torch.nn.Sequential(torch.nn.Linear(len(u), hidden), torch.nn.ReLU(), out)
+
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            a = h @ self.u + self.mlp(h).squeeze(-1)  # (B,)
+            return bound * torch.tanh(a / bound) if bound > 0 else a
+
+    net = Readout()
+    opt = torch.optim.AdamW(net.mlp.parameters(), lr=1e-3, weight_decay=weight_decay)  # u stays as fitted
+    tc, tr, to = (torch.as_tensor(a, dtype=torch.float32) for a in (Hc, Hr, off))
+    for _ in range(epochs):
+        for idx in torch.randperm(len(tc)).split(256):
+            loss = -torch.nn.functional.logsigmoid(to[idx] + net(tc[idx]) - net(tr[idx])).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", default=str(ROOT / "runs" / "ship"), help="a frozen-backbone training run")
+    ap.add_argument("--hidden", type=int, default=62)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--weight-decay", type=float, default=1e-2)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    ckpt, head, backbone = load_checkpoint(args.run)
+    if backbone is not None:
+        raise SystemExit(f"{args.run}: needs a frozen-backbone run (its features are cached)")
+    cfg = TrainConfig(**ckpt["config"])
+    base = without_readout(head)  # the trained experts: the read-out's offset
+    cache = EmbeddingCache(ckpt["backbone_path"], cfg.max_length,
+                           Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR, kind=cfg.features)
+    recs = readout_records([*load_records(cfg), *readout_only_records(cfg)], cfg.readout_sources)
+    fam = np.array([family_of(r["source"]) for r in recs])  # (N,) "" for real comparisons
+    Hc, Hr, off = readout_inputs(base, recs, cache.features)  # (N, F), (N, F), (N,)
+    test = benign_degradation_records(heldout_answer_records(), split="test", seed=1)
+    fam_te = np.array([r["source"].split(":", 1)[1] for r in test])
+    Tc, Tr, toff = readout_inputs(base, test, cache.features)
+    bound = float(base.args.reward_bound)
+    trained = set(trained_families({"sources": cfg.sources,
+                                    "degrade_families": cfg.degrade_families if "degrade" in cfg.sources else []}))
+    print(f"{args.run}: read-out refitted without each family; held-out answers, torch fp32; MLP {args.hidden} "
+          f"hidden, {args.epochs} epochs, weight decay {args.weight_decay:g}")
+    print(f"{'family':18}{'pairs':>7}{'linear':>8}{'+ MLP':>8}  (in the read-out's records / experts trained)")
+    for f in FAMILIES:
+        te = fam_te == f
+        if not te.any():
+            continue
+        keep = fam != f  # (N,)
+        u = fit_for_head(base, Hc[keep], Hr[keep], off[keep], cfg.readout_l2)  # (F,)
+        lin = readout_margin(Tc[te], Tr[te], toff[te], u, bound)  # (M,)
+        net = fit_mlp_readout(Hc[keep], Hr[keep], off[keep], u, bound, args.hidden, args.epochs,
+                              args.weight_decay)
+        with torch.no_grad():
+            rc, rr = (net(torch.as_tensor(T[te], dtype=torch.float32)).double().numpy() for T in (Tc, Tr))
+        mlp = toff[te] + rc - rr  # (M,)
+        note = ("in records" if (fam == f).any() else "never trained") + (", experts trained" if f in trained else "")
+        print(f"{f:18}{int(te.sum()):7d}{100 * pair_accuracy(lin):8.1f}{100 * pair_accuracy(mlp):8.1f}  ({note})",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Would a reward that is not linear in the frozen pair features catch bad replies it never saw?
+
+    python experiments/nonlinear_readout_probe.py          # ~10 minutes on 2 CPU cores (embeddings cached)
+    python experiments/nonlinear_readout_probe.py --hidden 64 --epochs 8 --weight-decay 1e-3
+
+Feeds docs/design.md, "Bad replies nobody listed, and a fine-tuned encoder" (issue 26: a reward not linear
+in the features). The family-out probe of ``export.robustness.family_table`` (fitted on the licensed
+training mixture plus every degradation family but the one scored, held-out answers and phrasings) with
+two rewards on the same standardised frozen pair features (``moerm_lite.features``, fp32 MiniLM):
+
+- linear: a logistic regression on chosen minus rejected (the card's probe, L2 10);
+- MLP: r(x) = a linear term + a one-hidden-layer GELU network, trained with the Bradley-Terry loss
+  -log sigmoid(r(chosen) - r(rejected)) (AdamW, batches of 256, a fixed number of epochs; no early
+  stopping, which would need a held-out family to stop on).
+
+The last row scores the everyday requests with both rewards fitted on every family. Not a model: the
+shipped head's helpfulness read-out is linear (``export/readout.py``). Needs ../shared/data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from export import data  # noqa: E402
+from export.degrade import FAMILIES, benign_degradation_records  # noqa: E402
+from export.embed import EmbeddingCache, default_backbone_path  # noqa: E402
+from export.evaluate import logistic_fit, pair_accuracy  # noqa: E402
+from export.robustness import PROBE_L2, TRAIN_SOURCES, everyday_records, heldout_answer_records  # noqa: E402
+
+
+def sides(cache: EmbeddingCache, recs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Pair features of each record's chosen and rejected reply: (N, F) twice."""
+    pairs = sorted({(r["prompt"], r[side]) for r in recs for side in ("chosen", "rejected")})
+    pos = {p: i for i, p in enumerate(pairs)}
+    X = cache.features(pairs).astype(np.float32)  # (P, F)
+    return (X[[pos[(r["prompt"], r["chosen"])] for r in recs]],
+            X[[pos[(r["prompt"], r["rejected"])] for r in recs]])
+
+
+class Reward(torch.nn.Module):
+    """r(x) = w . x + MLP(x): (B, F) -> (B,)."""
+
+    def __init__(self, F: int, hidden: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(F, 1)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(F, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.linear(x) + self.mlp(x)).squeeze(-1)  # (B,)
+
+
+def fit_reward(Xc: torch.Tensor, Xj: torch.Tensor, hidden: int, epochs: int, weight_decay: float,
+               seed: int = 0) -> Reward:
+    """The Bradley-Terry fit of ``Reward`` on chosen Xc (N, F) over rejected Xj (N, F)."""
+    torch.manual_seed(seed)
+    net = Reward(Xc.shape[1], hidden)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=weight_decay)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(Xc)).split(256):
+            loss = -torch.nn.functional.logsigmoid(net(Xc[idx]) - net(Xj[idx])).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--hidden", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--weight-decay", type=float, default=1e-2)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    cache = EmbeddingCache(default_backbone_path(), 256, kind="prompt_response_v1")
+    train_real = [r for name in TRAIN_SOURCES for r in data.REAL_LOADERS[name](split="train")]
+    train_deg = benign_degradation_records(train_real, split="train", seed=0)
+    test_deg = benign_degradation_records(heldout_answer_records(), split="test", seed=1)
+    real = [r for r in train_real if r["prompt"].strip()]
+    parts = {name: sides(cache, recs) for name, recs in
+             (("real", real), ("train", train_deg), ("test", test_deg), ("everyday", everyday_records()))}
+    fam_tr = np.array([r["source"].split(":", 1)[1] for r in train_deg])
+    fam_te = np.array([r["source"].split(":", 1)[1] for r in test_deg])
+    every = np.vstack([*parts["real"], *parts["train"]])  # (M, F) every training side
+    mu, sd = every.mean(0), every.std(0) + 1e-6  # (F,)
+    T = {k: tuple(torch.from_numpy((x - mu) / sd) for x in v) for k, v in parts.items()}
+    print(f"family-out accuracy (%) on held-out answers; MLP: {args.hidden} hidden, {args.epochs} epochs, "
+          f"weight decay {args.weight_decay:g}")
+    print(f"{'family':18}{'linear':>8}{'MLP':>8}")
+    for fam in [*FAMILIES, "everyday"]:
+        keep = torch.from_numpy(fam_tr != fam)  # "everyday": every family
+        Xc = torch.cat([T["real"][0], T["train"][0][keep]])  # (N, F)
+        Xj = torch.cat([T["real"][1], T["train"][1][keep]])
+        if fam == "everyday":
+            tc, tj = T["everyday"]
+        else:
+            te = torch.from_numpy(fam_te == fam)
+            if not te.any():
+                continue
+            tc, tj = T["test"][0][te], T["test"][1][te]
+        d = (Xc - Xj).double().numpy()  # (N, F)
+        v = logistic_fit(d, np.ones(len(d)), PROBE_L2)  # (F,)
+        net = fit_reward(Xc, Xj, args.hidden, args.epochs, args.weight_decay)
+        with torch.no_grad():
+            mlp = (net(tc) - net(tj)).numpy()  # (E,)
+        lin = (tc - tj).double().numpy() @ v  # (E,)
+        print(f"{fam:18}{100 * pair_accuracy(lin):8.1f}{100 * pair_accuracy(mlp):8.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
