@@ -3,7 +3,7 @@
     python experiments/attribute_bound.py                      # the shipped model, through the runtime
     python experiments/attribute_bound.py --model models/mine  # about 4 minutes on 2 cores
 
-Feeds docs/design.md, "What bounds the attribute users".
+Feeds docs/decisions/attribute-bound.md.
 
 For each attribute of ``export.attributes`` (standardised as the benchmark does), a ridge regression
 predicts the attribute of a reply from

@@ -1,7 +1,7 @@
 """How free to make the attribute read-outs (``TrainConfig.attribute_readout_variance``): few-shot accuracy
 of attribute users for a range of prior variances of those experts, and without them.
 
-Feeds docs/design.md, "Read-outs for the attributes users care about".
+Feeds docs/decisions/attribute-readouts.md.
 
     python experiments/attribute_readout_scan.py                      # the shipped model, ~4 minutes on 2 cores
     python experiments/attribute_readout_scan.py --model models/mine

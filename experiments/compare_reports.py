@@ -7,7 +7,7 @@ degradation families on held-out answers (and the read-out family-out check wher
 requests, the hacking search, the sanity suite, human-labelled pairs next to the frozen probe, persona,
 attribute and DSP users at N = 5 / 10 / 20 / 50, the active-question gain and int8 parity. Prints one
 markdown table; a row reads "n/a" where a report lacks it. Measures nothing itself: seconds. Feeds the
-build-against-build tables of docs/design.md (e.g. "Word-trigram statistics in the features").
+build-against-build tables of docs/decisions/ (e.g. features.md, "Word-trigram statistics").
 """
 
 from __future__ import annotations

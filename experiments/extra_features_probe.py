@@ -3,8 +3,7 @@
     python experiments/extra_features_probe.py          # ~10 minutes on 2 CPU cores (frozen embeddings cached)
     python experiments/extra_features_probe.py runs/enc/all-MiniLM-L6-v2-quality   # any local encoder folder
 
-Feeds docs/design.md, "Bad replies nobody listed, and a fine-tuned encoder" and "Word-trigram statistics in
-the features".
+Feeds docs/decisions/bad-replies.md and docs/decisions/features.md ("Word-trigram statistics").
 
 The family-out probe of ``export.robustness.family_table`` (a logistic probe on the frozen pair features,
 fitted on the licensed training mixture plus every degradation family but the one scored), on the pair
@@ -15,11 +14,11 @@ features alone and with candidate statistics appended, each computed from the te
 - ``new_words``: log(1 + distinct reply words not in the prompt);
 - the first two as counts, which padding cannot dilute: log(1 + trigrams that repeat an earlier one) and
   log(1 + trigrams also in the prompt) (``prompt_response_v2`` ships the shares and loses padding: see
-  docs/design.md, "Word-trigram statistics in the features").
+  docs/decisions/features.md).
 
 Scored on the held-out answers and phrasings the card's family table uses (fp32 features of the frozen
 MiniLM, or of the local encoder folder given as the argument, e.g. a fine-tuned one: does it read families
-it never trained on better? docs/design.md, "Bad replies nobody listed"; not a model folder), plus the
+it never trained on better? docs/decisions/bad-replies.md; not a model folder), plus the
 everyday set with a probe fitted on every family. Not in any shipped model: ``moerm_lite.features`` would need a new layout and every model a rebuild. Needs ../shared/data.
 """
 

@@ -3,7 +3,7 @@
     python experiments/feature_choice.py      # ~5 minutes on 2 CPU cores the first time, then seconds
                                               # (frozen MiniLM embeddings are cached)
 
-Feeds docs/design.md, "Features: separate embeddings and text statistics" (a design decision: the model
+Feeds docs/decisions/features.md (a design decision: the model
 card no longer carries it).
 
 Each feature set is scored the same way, on held-out data, with a linear probe (logistic regression on

@@ -5,8 +5,8 @@
     python experiments/finetune_probe.py --set attributes  # style attributes of replies, ~15 minutes
     python experiments/finetune_probe.py --set attributes --preserve 1 --save runs/minilm-style  # write it
 
-Feeds docs/design.md, "What bounds the population score on human-labelled pairs" and "Fine-tuning the top
-layer for style".
+Feeds docs/decisions/population-bound.md and docs/decisions/attribute-bound.md ("Fine-tuning the top layer
+for style").
 
 The card's reference probe (logistic regression on the pair features of ``moerm_lite.features``, fitted on
 one set's train split) is scored on the held-out test split twice: on the frozen encoder, and after the

@@ -3,10 +3,10 @@
     python experiments/harmless_gate.py                  # runs/ship, ~2 minutes on 2 CPU cores (cached embeddings)
     python experiments/harmless_gate.py --run runs/x
 
-Feeds docs/design.md, "What bounds the population score on human-labelled pairs" (the prompt-aware harmless
+Feeds docs/decisions/population-bound.md (the prompt-aware harmless
 expert).
 
-The frozen probe trained on harmless-base prefers evasive replies everywhere (docs/design.md), so it cannot
+The frozen probe trained on harmless-base prefers evasive replies everywhere (docs/decisions/population-bound.md), so it cannot
 be the population score; refusing is right only when the prompt asks for harm. This measures the best case
 for an expert that knows that: a harmless read-out (a linear reward on the pair features, fitted on the
 harmless-base train split like the probe, scaled by ``weight``) switched on only where a classifier of the

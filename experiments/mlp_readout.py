@@ -3,7 +3,7 @@
     python experiments/mlp_readout.py                    # runs/ship, ~10 minutes on 2 CPU cores (cached)
     python experiments/mlp_readout.py --run runs/x --hidden 62 --epochs 3 --weight-decay 1e-2
 
-Feeds docs/design.md, "Bad replies nobody listed, and a fine-tuned encoder" (issue 26: a reward not linear
+Feeds docs/decisions/bad-replies.md (issue 26: a reward not linear
 in the features). ``export.robustness.readout_family_out`` with a second read-out beside the shipped linear
 one: the trained experts of a run kept, the read-out refitted on the run's own read-out records without
 each degradation family, and scored on the held-out answers (torch fp32). The second read-out is the

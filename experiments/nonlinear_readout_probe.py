@@ -3,7 +3,7 @@
     python experiments/nonlinear_readout_probe.py          # ~10 minutes on 2 CPU cores (embeddings cached)
     python experiments/nonlinear_readout_probe.py --hidden 64 --epochs 8 --weight-decay 1e-3
 
-Feeds docs/design.md, "Bad replies nobody listed, and a fine-tuned encoder" (issue 26: a reward not linear
+Feeds docs/decisions/bad-replies.md (issue 26: a reward not linear
 in the features). The family-out probe of ``export.robustness.family_table`` (fitted on the licensed
 training mixture plus every degradation family but the one scored, held-out answers and phrasings) with
 two rewards on the same standardised frozen pair features (``moerm_lite.features``, fp32 MiniLM):

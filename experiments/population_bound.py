@@ -3,7 +3,7 @@
     python experiments/population_bound.py                      # the shipped model, ~5 minutes on 2 cores
     python experiments/population_bound.py --model models/mine
 
-Feeds docs/design.md, "What bounds the population score on human-labelled pairs".
+Feeds docs/decisions/population-bound.md.
 
 For HH-RLHF helpful / harmless and FineGrained QA (held-out test splits): accuracy of the population
 weights w0, of a logistic probe on the frozen pair features trained on the train split (the card's

@@ -3,7 +3,7 @@
     python experiments/readout_scan.py                  # runs/ship, ~1 minute on 2 CPU cores (cached embeddings)
     python experiments/readout_scan.py --run runs/x
 
-Feeds docs/design.md, "A read-out expert for helpfulness".
+Feeds docs/decisions/helpfulness-readout.md.
 
 For each L2 the read-out is fitted on the run's training records (as ``train`` does) on top of the head
 as trained, then the population score is measured in torch on data it never saw: the HH-RLHF helpful /

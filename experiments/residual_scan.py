@@ -1,7 +1,7 @@
 """How strong a residual to fit (``fit_user(..., residual_strength=s)``): few-shot accuracy for a range of
 fixed strengths and for ``"auto"`` (chosen per user from its own comparisons), next to the weights alone.
 
-Feeds docs/design.md, "The residual chosen per user".
+Feeds docs/decisions/residual.md.
 
     python experiments/residual_scan.py                      # the shipped model, ~6 minutes on 2 CPU cores
     python experiments/residual_scan.py --model models/mine

@@ -2,7 +2,7 @@
 
     python experiments/user_fit_variants.py              # the shipped model, ~12 minutes on 2 CPU cores
 
-Feeds docs/design.md, "The residual chosen per user" (issue 27: never worse than the simple model). Each
+Feeds docs/decisions/residual.md (issue 27: never worse than the simple model). Each
 user is fitted from N = 5 / 10 / 20 / 50 comparisons and scored on held-out ones, as the card's tables:
 the taste families (``export.tastes``; no build trains on them), single- and multi-attribute users (the
 tastes the experts were trained on) and the four DSP domain users (evaluation only). Rows:

@@ -3,7 +3,7 @@
     python experiments/widen_features.py runs/ship runs/v2pad     # seconds; then
     python scripts/build_model.py --resume --runs runs/v2pad --out runs/v2pad/moerm-minilm
 
-Feeds docs/design.md, "Word-trigram statistics in the features".
+Feeds docs/decisions/features.md ("Word-trigram statistics").
 
 Writes ``OUT/ship/ckpt.pt``: the checkpoint of ``RUN`` (trained on pair features ``prompt_response_v1``)
 with its read-outs removed and its head widened to ``prompt_response_v2``: the two new columns
@@ -12,7 +12,7 @@ standardisation from the run's own training pairs, so the trained experts comput
 before. ``build_model.py --resume`` then fits the read-outs (helpfulness and attribute) on the wider
 features, where the new columns can matter, and evaluates as usual. A full rebuild with v2 features
 retrains the experts as well: the difference between the two separates what the statistics do from
-what another training run does. Feeds docs/design.md, "Word-trigram statistics in the features" (with
+what another training run does. Feeds docs/decisions/features.md (with
 ``experiments/compare_reports.py``); answer there: not shipped.
 """
 

@@ -103,7 +103,7 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         + f" (numbers below, next to a linear probe on the same frozen {backbone['name']} features).",
         "- **What bounds it**: `experiments/population_bound.py` measures whether any weighting of the experts "
         "reaches that probe, and `experiments/attribute_bound.py` which tastes the frozen encoder, the text "
-        "statistics and the experts can see at all; [docs/design.md](../../docs/design.md) has the numbers "
+        "statistics and the experts can see at all; [docs/decisions/](../../docs/decisions/README.md) has the numbers "
         "for the shipped model.",
         "- Prompts longer than the token limit keep their end, responses their start; English only.",
         "",

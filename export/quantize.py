@@ -82,7 +82,7 @@ def dequantize_at_load(model: onnx.ModelProto) -> onnx.ModelProto:
     size, the weights sit in memory as fp32 and run on the fp32 GEMM, which on x86 is faster than
     ``MatMulNBits`` (rank() of 8 candidates: 1.4x). One node per weight folds faster and with a lower
     memory peak than the equivalent Cast, Mul and Reshape (session build 0.10 s vs 0.17 s, peak RSS
-    130 MB vs 216 MB for MiniLM-L6). See docs/design.md."""
+    130 MB vs 216 MB for MiniLM-L6). See docs/decisions/speed.md."""
     from onnx import helper, numpy_helper
 
     g = model.graph

@@ -2,7 +2,7 @@
 One is fitted on the population's helpfulness data (below); ``add_attribute_readouts`` adds one per text
 attribute of ``export.attributes`` (at the end of this file).
 
-Why: the trained experts do not compute what HH-RLHF helpful raters rewarded (docs/design.md, "What
+Why: the trained experts do not compute what HH-RLHF helpful raters rewarded (docs/decisions/population-bound.md, "What
 bounds the population score"), while a linear read-out of the same frozen features does. Shared experts
 that see the embeddings *during* training learned persona topics instead; fitted afterwards, on
 population records only (no simulated users), the read-out has nothing else to learn.
@@ -220,7 +220,7 @@ def without_readout(head: MoEHead) -> MoEHead:
 
 # ------------------------------------------------------------------------ attribute read-outs
 ATTRIBUTE_ALPHAS = (1.0, 10.0, 100.0, 1e3, 1e4)  # ridge penalties tried per attribute (standardised features)
-ATTRIBUTE_VARIANCE = 1.0  # their prior variance (TrainConfig.attribute_readout_variance; docs/design.md)
+ATTRIBUTE_VARIANCE = 1.0  # their prior variance (TrainConfig.attribute_readout_variance; docs/decisions/attribute-readouts.md)
 
 
 def fit_ridge(H: np.ndarray, y: np.ndarray, alphas: Sequence[float] = ATTRIBUTE_ALPHAS, seed: int = 0

@@ -80,7 +80,7 @@ class TrainConfig:
         default_factory=lambda: ["hh_helpful", "finegrained_qa", "topical_chat", "contrast", "degrade"])
     # its L2, in the features' own units: the smallest of 0.1, 1, 3, 10 that keeps the population score's
     # HH-RLHF helpful and FineGrained QA test accuracy within a point of a read-out without the "degrade"
-    # records (docs/design.md; experiments/readout_scan.py measures others)
+    # records (docs/decisions/helpfulness-readout.md; experiments/readout_scan.py measures others)
     readout_l2: float = 1.0
     # and, when attribute users are among the records, one read-out per text attribute
     # (export.readout.add_attribute_readouts) fitted on their replies: population weight 0, this prior

@@ -17,7 +17,7 @@ token embeddings cannot see: the share of the response's word trigrams that repe
 sit before the v1 statistics so that those stay the last 13 columns in both layouts. ``config.json`` names
 the layout a model was built with (``LAYOUTS``); new builds use ``FEATURES_KIND`` unless their
 ``TrainConfig.features`` says otherwise. (v2 was measured and is not shipped: the shares catch repeated and
-echoed replies but are diluted by padding, which then wins more often; docs/design.md.)
+echoed replies but are diluted by padding, which then wins more often; docs/decisions/features.md.)
 The shipped model's shared (always active) experts see only the statistics, which carry over to new
 prompts; its routed experts see everything.
 Training (``export/``) computes the same features with this same function, so the two never drift.
@@ -35,7 +35,7 @@ SURFACE = ("cosine", "has_prompt", "log_words", "log_prompt_words", "log_lines",
 WORD_STATISTICS = ("repeated_trigrams", "copied_trigrams")  # v2 only, before SURFACE
 LAYOUTS = {"prompt_response_v1": SURFACE, "prompt_response_v2": WORD_STATISTICS + SURFACE}  # the columns after 2H
 FEATURES_KIND = "prompt_response_v1"  # the layout new models are built with (config.json's ``features``);
-#                                      v2 was measured and not shipped (docs/design.md)
+#                                      v2 was measured and not shipped (docs/decisions/features.md)
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•+]|\d{1,3}[.)])\s+\S")
 _WORD = re.compile(r"[A-Za-z]+(?:['’][A-Za-z]+)?")
 _SECOND_PERSON = frozenset("you your yours yourself yourselves".split())

@@ -20,7 +20,7 @@ import numpy as np
 from .features import FEATURES_KIND, LAYOUTS
 from .files import atomic_write_text
 
-RECOMMENDED_RESIDUAL_STRENGTH = 30.0  # a folder's config without the field recommends this (measured: design.md)
+RECOMMENDED_RESIDUAL_STRENGTH = 30.0  # a folder's config without the field recommends this (docs/decisions/residual.md)
 
 SCHEMA_VERSION = 3  # 2: prompt and response embedded separately, pair features, shared experts;
 #                    3: a graph may ask for its quantized weights to be dequantized at load (GraphFiles)

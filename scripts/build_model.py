@@ -3,7 +3,7 @@
     python scripts/build_model.py                # -> models/moerm-minilm and runs/ship*/
     python scripts/build_model.py --quick        # small smoke run into runs/quick (not for shipping)
     python scripts/build_model.py --config export/configs/moerm-minilm-quality.json \
-        --out runs/quality/moerm-minilm --runs runs/quality   # the fine-tuned-encoder candidate (docs/design.md)
+        --out runs/quality/moerm-minilm --runs runs/quality   # the fine-tuned-encoder candidate (docs/decisions/bad-replies.md)
     python scripts/build_model.py --refresh      # keep the graphs; redo reference corpus, expert cards,
                                                  # active-question curve and the card
     python scripts/build_model.py --backbone-only  # re-export only the int8 backbone graph of the shipped
