@@ -37,7 +37,7 @@ from moerm_lite.text import TextTokenizer  # noqa: E402
 
 def calibration(model: RewardModel, n: int) -> list[dict[str, np.ndarray]]:
     """Padded backbone feeds of ``n`` training-split texts, tokenized as the runtime does."""
-    from export import data
+    from moerm_build import data
 
     rows = data.load_hh_harmless(split="train")[: n // 2] + data.load_finegrained_qa(split="train")[: n // 2]
     tok = TextTokenizer(model.folder / "tokenizer.json", model.config.max_length)
@@ -49,9 +49,9 @@ def calibration(model: RewardModel, n: int) -> list[dict[str, np.ndarray]]:
 
 def fp32_backbone(path: Path, attention: str) -> Path:
     """MiniLM exported to ONNX fp32 as the build side does, with ``attention`` = "sdpa" or "eager"."""
-    from export.embed import default_backbone_path
-    from export.model import Backbone
-    from export.onnx_backbone import export_backbone
+    from moerm_build.train.embed import default_backbone_path
+    from moerm_build.model import Backbone
+    from moerm_build.graphs.onnx_backbone import export_backbone
 
     b = Backbone(default_backbone_path())
     return export_backbone(b, path, attention=attention)
@@ -73,7 +73,7 @@ def fp16_fused(src: Path, dst: Path) -> Path:
     """Fused eager graph (embedding lookup left unfused) with int8 embedding rows and fp16 weights."""
     import onnx
 
-    from export.quantize import fp16_matmul_weights, quantize_embedding_rows
+    from moerm_build.graphs.quantize import fp16_matmul_weights, quantize_embedding_rows
 
     f = fused(src, dst, embed_layer_norm=False)
     onnx.save(fp16_matmul_weights(quantize_embedding_rows(onnx.load(str(f)))), str(dst))
@@ -119,7 +119,7 @@ def smoothed(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], alpha: fl
     import onnx
     from onnx import helper, numpy_helper
 
-    from export.gptq import FEEDS, matmul_weights
+    from moerm_build.graphs.gptq import FEEDS, matmul_weights
     from moerm_lite.sessions import cpu_session
 
     model = onnx.load(str(src))
@@ -202,7 +202,7 @@ def main() -> None:
     pairs = workload(8 if args.quick else 64, 8)
     repeat = 1 if args.quick else 3
     feeds = calibration(model, 64 if args.quick else 400)
-    from export.quantize import quantize_backbone
+    from moerm_build.graphs.quantize import quantize_backbone
 
     i, j = np.triu_indices(len(pairs), 1)
     shipped_graph = model.folder / model.config.graphs[model.precision].backbone

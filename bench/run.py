@@ -46,7 +46,7 @@ def timeit(fn, repeat: int) -> float:
 
 def workload(n_prompts: int, n_cand: int, seed: int = 0) -> list[tuple[str, str]]:
     """Ranking workload: HH prompts, each with candidates of varied length from HH and QA replies."""
-    from export import data
+    from moerm_build import data
 
     rng = np.random.default_rng(seed)
     hh = data.load_hh_harmless(split="test")
@@ -60,9 +60,9 @@ def torch_model(model: RewardModel):
     import onnx
     import torch
 
-    from export.embed import default_backbone_path
-    from export.model import Backbone, ModelArgs, MoEHead
-    from export.onnx_head import read_head_weights
+    from moerm_build.train.embed import default_backbone_path
+    from moerm_build.model import Backbone, ModelArgs, MoEHead
+    from moerm_build.graphs.onnx_head import read_head_weights
 
     w = read_head_weights(onnx.load(str(model.folder / model.config.graphs[model.precision].head)))
     K, F, D = w.w1.shape
@@ -84,7 +84,7 @@ def torch_scores(backbone, head, model: RewardModel, pairs, batch_size: int) -> 
     budget and the feature layout."""
     import torch
 
-    from export.embed import embed_texts, features_of
+    from moerm_build.train.embed import embed_texts, features_of
     from moerm_lite.text import TextTokenizer
 
     tok = TextTokenizer(model.folder / "tokenizer.json", model.config.max_length)
@@ -106,7 +106,7 @@ def fp32_folder(model: RewardModel, backbone, tmp: Path) -> RewardModel:
     """A copy of the model folder whose backbone graph is ONNX fp32 (exported here)."""
     import shutil
 
-    from export.onnx_backbone import export_backbone
+    from moerm_build.graphs.onnx_backbone import export_backbone
     from moerm_lite.folder import CONFIG, write_manifest
 
     dst = tmp / "fp32"
@@ -180,7 +180,7 @@ def bench_levers(model: RewardModel, pairs, repeat: int) -> list[tuple[str, str,
 def bench_experts(Ks: list[int], repeat: int) -> list[tuple[str, str, str]]:
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.onnx_head import HeadWeights, build_head_graph
+    from moerm_build.graphs.onnx_head import HeadWeights, build_head_graph
 
     H, D, B = 781, 64, 32  # H: the pair features of MiniLM (2 * 384 + 13)
     rng = np.random.default_rng(0)
@@ -216,7 +216,7 @@ def bench_experts(Ks: list[int], repeat: int) -> list[tuple[str, str, str]]:
 
 
 def bench_fit(model: RewardModel, Ns: list[int], repeat: int) -> list[tuple[str, str, str]]:
-    from export import data
+    from moerm_build import data
 
     st = data.load_persona()
     rng = np.random.default_rng(1)
@@ -305,7 +305,7 @@ def rank_calls(n_replies: int) -> list[tuple[str, list[str]]]:
     """``rank()`` workloads of real length: each held-out DSP instruction (the test split; timing reads no
     label) with its five real replies (four domain styles and the original), and for 20 replies those of
     the next three instructions too."""
-    from export import data
+    from moerm_build import data
 
     rows = [r for r in data.load_dsp() if data.in_split(r["query"], "test")]
     replies = [[r["responses"][d] for d in (*data.DSP_DOMAINS, "normal")] for r in rows]  # 5 per instruction
@@ -326,7 +326,7 @@ def stage_times(model: RewardModel, calls, tb=None, th=None) -> dict[str, float]
     With ``tb``, ``th`` (``torch_model``) the PyTorch fp32 stages; else moerm-lite's, through public API."""
     import torch
 
-    from export.embed import embed_texts
+    from moerm_build.train.embed import embed_texts
     from moerm_lite.features import pair_features
     from moerm_lite.sessions import cpu_session
     from moerm_lite.text import TextTokenizer

@@ -43,7 +43,7 @@ def ray_rows_per_second(rows: list[dict], workers: int) -> float:
 def train_seconds(processes: int, out: Path, cfg: list[str]) -> float:
     launch = (["-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else [])
     t = time.perf_counter()
-    subprocess.run([sys.executable, *launch, "-m", "export", "train", "--out", str(out), *cfg], check=True,
+    subprocess.run([sys.executable, *launch, "-m", "moerm_build", "train", "--out", str(out), *cfg], check=True,
                    capture_output=True, cwd=ROOT)
     return time.perf_counter() - t
 
@@ -63,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t1 = train_seconds(1, Path(tmp) / "one", cfg)
         t2 = train_seconds(2, Path(tmp) / "two", cfg)
-        from export.train import load_checkpoint
+        from moerm_build.train.train import load_checkpoint
 
         (_, h1, _), (_, h2, _) = load_checkpoint(Path(tmp) / "one"), load_checkpoint(Path(tmp) / "two")
         s1, s2 = h1.state_dict(), h2.state_dict()
@@ -79,8 +79,8 @@ def main() -> None:
 
 def heldout_accuracy(run: Path) -> float:
     """Population-score accuracy of a run (torch) on the HH helpful test split."""
-    from export import data
-    from export.evaluate import TorchFeaturizer
+    from moerm_build import data
+    from moerm_build.evaluate.metrics import TorchFeaturizer
 
     recs = data.load_hh_helpful(split="test")
     fz = TorchFeaturizer(run)

@@ -9,7 +9,7 @@ texts/s on the ranking workload of ``bench/run.py``, the share of texts cut, hel
 population score on HH-RLHF helpful / harmless and FineGrained QA, the sanity suite's weakest kind, and
 the share of pairwise decisions on those sets that agree with the full budget.
 
-Needs ../shared/data and the export extra (it reads the data through ``export``).
+Needs ../shared/data and the export extra (it reads the data through ``moerm_build``).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def with_budget(model: RewardModel, max_length: int, tmp: Path) -> RewardModel:
 def held_out_sets(limit: int | None) -> tuple[dict[str, list[tuple[str, str, str]]], np.ndarray]:
     """(prompt, chosen, rejected) rows of the held-out human-labelled sets and of the sanity suite, and
     the sanity rows' kinds."""
-    from export import data
-    from export.real_eval import HUMAN_LABELLED, sanity_records
+    from moerm_build import data
+    from moerm_build.evaluate.real_eval import HUMAN_LABELLED, sanity_records
 
     sets = {name: load(split="test") for name, load in HUMAN_LABELLED.items()}
     out = {k: [(r["prompt"], r["chosen"], r["rejected"]) for r in v[:limit]] for k, v in sets.items()}
@@ -64,7 +64,7 @@ def cut_shares(tok: TextTokenizer, rows: list[tuple[str, str, str]]) -> tuple[fl
 
 
 def main() -> None:
-    from export.contrast import KINDS
+    from moerm_build.data.contrast import KINDS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")

@@ -5,7 +5,7 @@
 
 Feeds docs/decisions/attribute-bound.md.
 
-For each attribute of ``export.attributes`` (standardised as the benchmark does), a ridge regression
+For each attribute of ``moerm_build.data.attributes`` (standardised as the benchmark does), a ridge regression
 predicts the attribute of a reply from
 
 - the 13 text statistics of ``moerm_lite.features`` (what the shared experts see),
@@ -36,11 +36,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export import data  # noqa: E402
-from export.attributes import ATTRIBUTES, ResponsePool, attribute_benchmark, pair_order  # noqa: E402
-from export.evaluate import RuntimeFeaturizer, few_shot  # noqa: E402
-from export.real_eval import eval_pool  # noqa: E402
-from export.train import attribute_training_pool  # noqa: E402
+from moerm_build import data  # noqa: E402
+from moerm_build.data.attributes import ATTRIBUTES, ResponsePool, attribute_benchmark, pair_order  # noqa: E402
+from moerm_build.evaluate.metrics import RuntimeFeaturizer, few_shot  # noqa: E402
+from moerm_build.evaluate.real_eval import eval_pool  # noqa: E402
+from moerm_build.train.train import attribute_training_pool  # noqa: E402
 from moerm_lite.features import SURFACE  # noqa: E402
 from moerm_lite.head import expert_features  # noqa: E402
 from moerm_lite.model import DEFAULT_MODEL  # noqa: E402

@@ -6,7 +6,7 @@ Feeds docs/decisions/attribute-readouts.md.
     python experiments/attribute_readout_scan.py                      # the shipped model, ~4 minutes on 2 cores
     python experiments/attribute_readout_scan.py --model models/mine
 
-The read-outs are the last experts of a folder built with them (``export.readout.add_attribute_readouts``);
+The read-outs are the last experts of a folder built with them (``moerm_build.train.readout.add_attribute_readouts``);
 their prior is independent of the other experts', so a variance is tried by replacing their diagonal of
 the folder's prior precision, and "without" drops their columns. Validation users (seeds apart from the
 card's test users, as the prior strength is chosen): 1- and 2-3-attribute users on held-out prompts; the
@@ -28,10 +28,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export import data  # noqa: E402
-from export.attributes import attribute_benchmark  # noqa: E402
-from export.evaluate import RuntimeFeaturizer, few_shot  # noqa: E402
-from export.real_eval import SHOTS, attribute_pool, dsp_pool, dsp_users  # noqa: E402
+from moerm_build import data  # noqa: E402
+from moerm_build.data.attributes import attribute_benchmark  # noqa: E402
+from moerm_build.evaluate.metrics import RuntimeFeaturizer, few_shot  # noqa: E402
+from moerm_build.evaluate.real_eval import SHOTS, attribute_pool, dsp_pool, dsp_users  # noqa: E402
 from moerm_lite.head import expert_features  # noqa: E402
 from moerm_lite.model import DEFAULT_MODEL  # noqa: E402
 

@@ -5,7 +5,7 @@
 
 Feeds docs/decisions/bad-replies.md and docs/decisions/features.md ("Word-trigram statistics").
 
-The family-out probe of ``export.robustness.family_table`` (a logistic probe on the frozen pair features,
+The family-out probe of ``moerm_build.evaluate.robustness.family_table`` (a logistic probe on the frozen pair features,
 fitted on the licensed training mixture plus every degradation family but the one scored), on the pair
 features alone and with candidate statistics appended, each computed from the texts:
 
@@ -33,11 +33,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export import data  # noqa: E402
-from export.degrade import FAMILIES, benign_degradation_records  # noqa: E402
-from export.embed import EmbeddingCache, default_backbone_path  # noqa: E402
-from export.evaluate import logistic_fit, pair_accuracy  # noqa: E402
-from export.robustness import PROBE_L2, TRAIN_SOURCES, everyday_records, heldout_answer_records  # noqa: E402
+from moerm_build import data  # noqa: E402
+from moerm_build.data.degrade import FAMILIES, benign_degradation_records  # noqa: E402
+from moerm_build.train.embed import EmbeddingCache, default_backbone_path  # noqa: E402
+from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy  # noqa: E402
+from moerm_build.evaluate.robustness import PROBE_L2, TRAIN_SOURCES, everyday_records, heldout_answer_records  # noqa: E402
 
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 CANDIDATES = {"repeated": [0], "copied": [1], "new_words": [2], "all three": [0, 1, 2], "repeated n": [3],

@@ -38,16 +38,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.run import workload  # noqa: E402
-from export.contrast import KINDS  # noqa: E402
-from export.embed import EmbeddingCache, default_backbone_path  # noqa: E402
-from export.evaluate import logistic_fit, pair_accuracy  # noqa: E402
-from export.readout import readout_records  # noqa: E402
-from export.real_eval import HUMAN_LABELLED, sanity_records  # noqa: E402
-from export.train import TrainConfig, load_records  # noqa: E402
+from moerm_build.data.contrast import KINDS  # noqa: E402
+from moerm_build.train.embed import EmbeddingCache, default_backbone_path  # noqa: E402
+from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy  # noqa: E402
+from moerm_build.train.readout import readout_records  # noqa: E402
+from moerm_build.evaluate.real_eval import HUMAN_LABELLED, sanity_records  # noqa: E402
+from moerm_build.train.train import TrainConfig, load_records  # noqa: E402
 from moerm_lite.features import pair_features  # noqa: E402
 from moerm_lite.text import TextTokenizer  # noqa: E402
 
-CONFIG = ROOT / "export" / "configs" / "moerm-minilm.json"
+CONFIG = ROOT / "moerm_build" / "configs" / "moerm-minilm.json"
 L2 = 10.0  # the card's frozen probe's
 RANKING = 8  # candidates per ranking call
 

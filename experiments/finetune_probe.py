@@ -15,7 +15,7 @@ reward (the layers below are run once and cached, which is what makes this fit o
 model card names (fine-tuning the top layers, ``--train-backbone-layers``) moves human-labelled accuracy,
 before anyone pays for a full GPU build.
 
-``--set attributes`` asks the same of the attribute users (``export.attributes``), whose hedging, enthusiasm
+``--set attributes`` asks the same of the attribute users (``moerm_build.data.attributes``), whose hedging, enthusiasm
 and code the frozen encoder barely sees: the top layer is trained to predict the training pool's
 standardised attributes from the normalised reply embedding (a linear map), with a penalty
 ``preserve * (1 - cos(tuned, frozen))`` that keeps the embedding close to the frozen one (which every
@@ -46,12 +46,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export.embed import default_backbone_path, text_tokenizer, torch_pair_features  # noqa: E402
-from export.evaluate import logistic_fit, pair_accuracy  # noqa: E402
-from export.model import Backbone  # noqa: E402
-from export.real_eval import HUMAN_LABELLED  # noqa: E402
+from moerm_build.train.embed import default_backbone_path, text_tokenizer, torch_pair_features  # noqa: E402
+from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy  # noqa: E402
+from moerm_build.model import Backbone  # noqa: E402
+from moerm_build.evaluate.real_eval import HUMAN_LABELLED  # noqa: E402
 
-PROBE_L2 = 10.0  # the card's frozen probe (export.real_eval.population)
+PROBE_L2 = 10.0  # the card's frozen probe (moerm_build.evaluate.real_eval.population)
 SETS = HUMAN_LABELLED
 ATTRIBUTE_SET = "attributes"
 PRESERVE = (1.0, 0.1)  # --set attributes: weights of the penalty that keeps embeddings near the frozen ones
@@ -217,8 +217,8 @@ def save_encoder(backbone: Backbone, top: torch.nn.Module, out: Path) -> None:
 
 def save_main(args: argparse.Namespace) -> None:
     """Only tune the top layer on the training pool's attributes (the first --preserve) and write the encoder."""
-    from export import data
-    from export.train import attribute_training_pool
+    from moerm_build import data
+    from moerm_build.train.train import attribute_training_pool
 
     train, _ = attribute_training_pool(data.DATA_DIR)
     backbone, (cache,) = reply_caches([train], args.max_length)
@@ -229,12 +229,12 @@ def save_main(args: argparse.Namespace) -> None:
 
 
 def attribute_main(args: argparse.Namespace) -> None:
-    from export import data
-    from export.attributes import ATTRIBUTE_WORDS, ATTRIBUTES, attribute_benchmark, pair_order
-    from export.evaluate import RuntimeFeaturizer, few_shot
-    from export.readout import fit_ridge
-    from export.real_eval import attribute_pool
-    from export.train import attribute_training_pool
+    from moerm_build import data
+    from moerm_build.data.attributes import ATTRIBUTE_WORDS, ATTRIBUTES, attribute_benchmark, pair_order
+    from moerm_build.evaluate.metrics import RuntimeFeaturizer, few_shot
+    from moerm_build.train.readout import fit_ridge
+    from moerm_build.evaluate.real_eval import attribute_pool
+    from moerm_build.train.train import attribute_training_pool
     from moerm_lite.features import SURFACE, pair_features
     from moerm_lite.model import DEFAULT_MODEL
 

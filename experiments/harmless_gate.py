@@ -31,12 +31,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export.contrast import KINDS  # noqa: E402
-from export.embed import EmbeddingCache  # noqa: E402
-from export.evaluate import logistic_fit, pair_accuracy  # noqa: E402
-from export.readout import fit_for_head, readout_records  # noqa: E402
-from export.real_eval import HUMAN_LABELLED, sanity_records  # noqa: E402
-from export.train import TrainConfig, load_checkpoint, load_records  # noqa: E402
+from moerm_build.data.contrast import KINDS  # noqa: E402
+from moerm_build.train.embed import EmbeddingCache  # noqa: E402
+from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy  # noqa: E402
+from moerm_build.train.readout import fit_for_head, readout_records  # noqa: E402
+from moerm_build.evaluate.real_eval import HUMAN_LABELLED, sanity_records  # noqa: E402
+from moerm_build.train.train import TrainConfig, load_checkpoint, load_records  # noqa: E402
 
 THRESHOLDS = (0.0, -1.0, -2.0)  # the prompt classifier's logit above which the expert is on
 WEIGHTS = (1.0, 3.0, 10.0)

@@ -4,14 +4,14 @@
     python experiments/mlp_readout.py --run runs/x --hidden 62 --epochs 3 --weight-decay 1e-2
 
 Feeds docs/decisions/bad-replies.md (issue 26: a reward not linear
-in the features). ``export.robustness.readout_family_out`` with a second read-out beside the shipped linear
+in the features). ``moerm_build.evaluate.robustness.readout_family_out`` with a second read-out beside the shipped linear
 one: the trained experts of a run kept, the read-out refitted on the run's own read-out records without
 each degradation family, and scored on the held-out answers (torch fp32). The second read-out is the
 linear one (fitted first, as shipped) plus a one-hidden-layer ReLU network on the standardised features,
 trained on top of it with the Bradley-Terry loss (AdamW, batches of 256, a fixed number of epochs), all
 under the head's reward bound: r(h) = c tanh((h . u + w2 . relu(h W + b)) / c). With ``hidden`` <= the
 head's ``expert_hidden`` - 2 it is one expert of the head as it stands (the linear part takes two hidden
-units, ``export.readout.readout_expert``), so no graph or runtime change would ship it. Nothing here is.
+units, ``moerm_build.train.readout.readout_expert``), so no graph or runtime change would ship it. Nothing here is.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export.degrade import FAMILIES, benign_degradation_records  # noqa: E402
-from export.embed import CACHE_DIR, EmbeddingCache  # noqa: E402
-from export.evaluate import pair_accuracy  # noqa: E402
-from export.readout import fit_for_head, readout_inputs, readout_margin, readout_records, without_readout  # noqa: E402
-from export.robustness import family_of, heldout_answer_records, trained_families  # noqa: E402
-from export.train import TrainConfig, load_checkpoint, load_records, readout_only_records  # noqa: E402
+from moerm_build.data.degrade import FAMILIES, benign_degradation_records  # noqa: E402
+from moerm_build.train.embed import CACHE_DIR, EmbeddingCache  # noqa: E402
+from moerm_build.evaluate.metrics import pair_accuracy  # noqa: E402
+from moerm_build.train.readout import fit_for_head, readout_inputs, readout_margin, readout_records, without_readout  # noqa: E402
+from moerm_build.evaluate.robustness import family_of, heldout_answer_records, trained_families  # noqa: E402
+from moerm_build.train.train import TrainConfig, load_checkpoint, load_records, readout_only_records  # noqa: E402
 
 
 def fit_mlp_readout(Hc: np.ndarray, Hr: np.ndarray, off: np.ndarray, u: np.ndarray, bound: float, hidden: int,

@@ -4,7 +4,7 @@
     python experiments/nonlinear_readout_probe.py --hidden 64 --epochs 8 --weight-decay 1e-3
 
 Feeds docs/decisions/bad-replies.md (issue 26: a reward not linear
-in the features). The family-out probe of ``export.robustness.family_table`` (fitted on the licensed
+in the features). The family-out probe of ``moerm_build.evaluate.robustness.family_table`` (fitted on the licensed
 training mixture plus every degradation family but the one scored, held-out answers and phrasings) with
 two rewards on the same standardised frozen pair features (``moerm_lite.features``, fp32 MiniLM):
 
@@ -14,7 +14,7 @@ two rewards on the same standardised frozen pair features (``moerm_lite.features
   stopping, which would need a held-out family to stop on).
 
 The last row scores the everyday requests with both rewards fitted on every family. Not a model: the
-shipped head's helpfulness read-out is linear (``export/readout.py``). Needs ../shared/data.
+shipped head's helpfulness read-out is linear (``moerm_build/train/readout.py``). Needs ../shared/data.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export import data  # noqa: E402
-from export.degrade import FAMILIES, benign_degradation_records  # noqa: E402
-from export.embed import EmbeddingCache, default_backbone_path  # noqa: E402
-from export.evaluate import logistic_fit, pair_accuracy  # noqa: E402
-from export.robustness import PROBE_L2, TRAIN_SOURCES, everyday_records, heldout_answer_records  # noqa: E402
+from moerm_build import data  # noqa: E402
+from moerm_build.data.degrade import FAMILIES, benign_degradation_records  # noqa: E402
+from moerm_build.train.embed import EmbeddingCache, default_backbone_path  # noqa: E402
+from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy  # noqa: E402
+from moerm_build.evaluate.robustness import PROBE_L2, TRAIN_SOURCES, everyday_records, heldout_answer_records  # noqa: E402
 
 
 def sides(cache: EmbeddingCache, recs: list[dict]) -> tuple[np.ndarray, np.ndarray]:

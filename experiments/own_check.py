@@ -1,4 +1,4 @@
-"""Does `python -m export own` keep the base's sense of quality on a real taste? One DSP domain user.
+"""Does `python -m moerm_build own` keep the base's sense of quality on a real taste? One DSP domain user.
 
     python experiments/own_check.py                  # ~4 minutes on 2 CPU cores; --domain business, ...
 
@@ -6,7 +6,7 @@ Feeds docs/build.md, "Your own preferences, one command".
 
 Writes the comparisons of one DSP domain user (the reply written for the domain against each of the other
 four replies, every instruction; evaluation-only data, so the folder is for measuring, never shipping) to a
-temporary file, runs ``export.own.own_on_base`` on the shipped model and prints its report: held-out
+temporary file, runs ``moerm_build.release.own.own_on_base`` on the shipped model and prints its report: held-out
 accuracy of the base and the new folder, the everyday requests and the sanity suite for both.
 Needs the export extra and ../shared/data.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export import data  # noqa: E402
-from export.own import own_on_base  # noqa: E402
+from moerm_build import data  # noqa: E402
+from moerm_build.release.own import own_on_base  # noqa: E402
 
 DOMAINS = ("academy", "business", "entertainment", "literature")
 

@@ -26,9 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export.contrast import KINDS  # noqa: E402
-from export.evaluate import RuntimeFeaturizer, logistic_fit, pair_accuracy  # noqa: E402
-from export.real_eval import HUMAN_LABELLED, features_phi, sanity_records  # noqa: E402
+from moerm_build.data.contrast import KINDS  # noqa: E402
+from moerm_build.evaluate.metrics import RuntimeFeaturizer, logistic_fit, pair_accuracy  # noqa: E402
+from moerm_build.evaluate.real_eval import HUMAN_LABELLED, features_phi, sanity_records  # noqa: E402
 from moerm_lite.model import DEFAULT_MODEL  # noqa: E402
 
 L2 = (0.1, 1.0, 10.0, 100.0)

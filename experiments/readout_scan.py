@@ -1,4 +1,4 @@
-"""How strong a population read-out (export.readout) to fit: held-out accuracy for a range of L2 values.
+"""How strong a population read-out (moerm_build.train.readout) to fit: held-out accuracy for a range of L2 values.
 
     python experiments/readout_scan.py                  # runs/ship, ~1 minute on 2 CPU cores (cached embeddings)
     python experiments/readout_scan.py --run runs/x
@@ -28,19 +28,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export.contrast import KINDS  # noqa: E402
-from export.embed import EmbeddingCache  # noqa: E402
-from export.evaluate import logistic_fit, pair_accuracy  # noqa: E402
-from export.readout import (  # noqa: E402
+from moerm_build.data.contrast import KINDS  # noqa: E402
+from moerm_build.train.embed import EmbeddingCache  # noqa: E402
+from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy  # noqa: E402
+from moerm_build.train.readout import (  # noqa: E402
     append_readout,
     fit_for_head,
     readout_inputs,
     readout_records,
     without_readout,
 )
-from export.real_eval import HUMAN_LABELLED as SETS  # noqa: E402
-from export.real_eval import sanity_records  # noqa: E402
-from export.train import TrainConfig, load_checkpoint, load_records  # noqa: E402
+from moerm_build.evaluate.real_eval import HUMAN_LABELLED as SETS  # noqa: E402
+from moerm_build.evaluate.real_eval import sanity_records  # noqa: E402
+from moerm_build.train.train import TrainConfig, load_checkpoint, load_records  # noqa: E402
 
 L2 = (0.03, 0.1, 0.3, 1.0, 3.0)
 

@@ -25,10 +25,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export import data  # noqa: E402
-from export.attributes import attribute_benchmark  # noqa: E402
-from export.evaluate import RuntimeFeaturizer, few_shot  # noqa: E402
-from export.real_eval import SHOTS, attribute_pool, dsp_pool, dsp_users, few_shot_residual  # noqa: E402
+from moerm_build import data  # noqa: E402
+from moerm_build.data.attributes import attribute_benchmark  # noqa: E402
+from moerm_build.evaluate.metrics import RuntimeFeaturizer, few_shot  # noqa: E402
+from moerm_build.evaluate.real_eval import SHOTS, attribute_pool, dsp_pool, dsp_users, few_shot_residual  # noqa: E402
 from moerm_lite.head import expert_features  # noqa: E402
 from moerm_lite.model import DEFAULT_MODEL  # noqa: E402
 

@@ -4,7 +4,7 @@
 
 Feeds docs/decisions/residual.md (issue 27: never worse than the simple model). Each
 user is fitted from N = 5 / 10 / 20 / 50 comparisons and scored on held-out ones, as the card's tables:
-the taste families (``export.tastes``; no build trains on them), single- and multi-attribute users (the
+the taste families (``moerm_build.data.tastes``; no build trains on them), single- and multi-attribute users (the
 tastes the experts were trained on) and the four DSP domain users (evaluation only). Rows:
 
 - ``weights only`` and ``auto (shipped)``: the runtime's own fits (``UserProfile.fit``), the expert
@@ -33,11 +33,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export import data  # noqa: E402
-from export.attributes import attribute_benchmark  # noqa: E402
-from export.evaluate import RuntimeFeaturizer, logistic_fit, pair_accuracy  # noqa: E402
-from export.real_eval import PROBE_L2, SHOTS, attribute_pool, dsp_pool, fit_user_terms  # noqa: E402
-from export.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool  # noqa: E402
+from moerm_build import data  # noqa: E402
+from moerm_build.data.attributes import attribute_benchmark  # noqa: E402
+from moerm_build.evaluate.metrics import RuntimeFeaturizer, logistic_fit, pair_accuracy  # noqa: E402
+from moerm_build.evaluate.real_eval import PROBE_L2, SHOTS, attribute_pool, dsp_pool, fit_user_terms  # noqa: E402
+from moerm_build.data.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool  # noqa: E402
 from moerm_lite.model import DEFAULT_MODEL  # noqa: E402
 from moerm_lite.personalize import RESIDUAL_GRID, backtrack, loo_log_likelihood, residual_scale  # noqa: E402
 

@@ -30,10 +30,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export.embed import EmbeddingCache  # noqa: E402
-from export.model import MoEHead  # noqa: E402
-from export.readout import without_readout  # noqa: E402
-from export.train import Comparisons, TrainConfig, load_checkpoint, load_records  # noqa: E402
+from moerm_build.train.embed import EmbeddingCache  # noqa: E402
+from moerm_build.model import MoEHead  # noqa: E402
+from moerm_build.train.readout import without_readout  # noqa: E402
+from moerm_build.train.train import Comparisons, TrainConfig, load_checkpoint, load_records  # noqa: E402
 from moerm_lite.features import SURFACE, WORD_STATISTICS, word_statistics  # noqa: E402
 
 V2 = "prompt_response_v2"

@@ -15,7 +15,7 @@ comparisons (by default the candidates themselves):
 so a question is worth asking when the model cannot predict its answer and the answer would
 also settle the comparisons the user is likely to face, rather than one that only pins down ``w``
 along directions no candidate differs in (which is what information gain about ``w`` itself, BALD,
-rewards). ``python -m export active`` measures it against random questions; the model card has the curve.
+rewards). ``python -m moerm_build active`` measures it against random questions; the model card has the curve.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ the layout a model was built with (``LAYOUTS``); new builds use ``FEATURES_KIND`
 echoed replies but are diluted by padding, which then wins more often; docs/decisions/features.md.)
 The shipped model's shared (always active) experts see only the statistics, which carry over to new
 prompts; its routed experts see everything.
-Training (``export/``) computes the same features with this same function, so the two never drift.
+Training (``moerm_build/``) computes the same features with this same function, so the two never drift.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The model folder: the contract between ``export/`` and the runtime.
+"""The model folder: the contract between ``moerm_build/`` and the runtime.
 
 A model folder holds ``config.json`` (schema below), ``tokenizer.json``,
 ``onnx/*.onnx`` (one backbone graph and one expert-head graph per precision),

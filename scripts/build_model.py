@@ -2,7 +2,7 @@
 
     python scripts/build_model.py                # -> models/moerm-minilm and runs/ship*/
     python scripts/build_model.py --quick        # small smoke run into runs/quick (not for shipping)
-    python scripts/build_model.py --config export/configs/moerm-minilm-quality.json \
+    python scripts/build_model.py --config moerm_build/configs/moerm-minilm-quality.json \
         --out runs/quality/moerm-minilm --runs runs/quality   # the fine-tuned-encoder candidate (docs/decisions/bad-replies.md)
     python scripts/build_model.py --refresh      # keep the graphs; redo reference corpus, expert cards,
                                                  # active-question curve and the card
@@ -32,28 +32,29 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from export.active_eval import model_active_curve  # noqa: E402
-from export.card import model_card  # noqa: E402
-from export.evaluate import EvalReport, RuntimeFeaturizer, TorchFeaturizer, evaluate  # noqa: E402
-from export.onnx_export import export_model  # noqa: E402
-from export.package import add_reference, rename_experts, update_card  # noqa: E402
-from export.parity import embedding_error, parity_report, selection_agreement  # noqa: E402
-from export.reference import reference_corpus, to_jsonl  # noqa: E402
-from export.robustness import readout_family_out  # noqa: E402
-from export.robustness import report as robustness_report  # noqa: E402
-from export.robustness import trained_families  # noqa: E402
-from export.train import TrainConfig, load_checkpoint, readout_run, train  # noqa: E402
+from moerm_build.evaluate.active_eval import model_active_curve  # noqa: E402
+from moerm_build.release.card import model_card  # noqa: E402
+from moerm_build.evaluate.metrics import RuntimeFeaturizer, TorchFeaturizer  # noqa: E402
+from moerm_build.evaluate.report import EvalReport, evaluate  # noqa: E402
+from moerm_build.release.onnx_export import export_model  # noqa: E402
+from moerm_build.release.package import add_reference, rename_experts, update_card  # noqa: E402
+from moerm_build.evaluate.parity import embedding_error, parity_report, selection_agreement  # noqa: E402
+from moerm_build.evaluate.reference import reference_corpus, to_jsonl  # noqa: E402
+from moerm_build.evaluate.robustness import readout_family_out  # noqa: E402
+from moerm_build.evaluate.robustness import report as robustness_report  # noqa: E402
+from moerm_build.evaluate.robustness import trained_families  # noqa: E402
+from moerm_build.train.train import TrainConfig, load_checkpoint, readout_run, train  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
 from moerm_lite.model import DEFAULT_MODEL  # noqa: E402
 
-CONFIG = ROOT / "export" / "configs" / "moerm-minilm.json"
-ENCODER_CONFIG = ROOT / "export" / "configs" / "encoder.json"  # the fine-tuned backbone's recipe
+CONFIG = ROOT / "moerm_build" / "configs" / "moerm-minilm.json"
+ENCODER_CONFIG = ROOT / "moerm_build" / "configs" / "encoder.json"  # the fine-tuned backbone's recipe
 
 
 def ensure_backbone(cfg: TrainConfig) -> None:
     """A config whose backbone is the fine-tuned encoder (``runs/enc/all-MiniLM-L6-v2-quality``) gets it
-    built (or resumed) first: ``python -m export finetune --config export/configs/encoder.json --out runs/enc``."""
-    from export.finetune import TUNED_BACKBONE_NAME, FinetuneConfig, finetune
+    built (or resumed) first: ``python -m moerm_build finetune --config moerm_build/configs/encoder.json --out runs/enc``."""
+    from moerm_build.train.finetune import TUNED_BACKBONE_NAME, FinetuneConfig, finetune
 
     if Path(cfg.backbone).name != TUNED_BACKBONE_NAME or (ROOT / cfg.backbone / "config.json").is_file():
         return
@@ -166,11 +167,11 @@ def reexport(runs: Path, out: Path, part: str, max_score_change: float = 1e-4) -
 
     import onnx
 
-    from export.model import Backbone
-    from export.onnx_backbone import export_backbone
-    from export.onnx_head import build_head_graph, read_head_weights, stored_expert_dtype
-    from export.parity import heldout_comparisons
-    from export.quantize import calibration_feeds, quantize_backbone
+    from moerm_build.model import Backbone
+    from moerm_build.graphs.onnx_backbone import export_backbone
+    from moerm_build.graphs.onnx_head import build_head_graph, read_head_weights, stored_expert_dtype
+    from moerm_build.evaluate.parity import heldout_comparisons
+    from moerm_build.graphs.quantize import calibration_feeds, quantize_backbone
     from moerm_lite.folder import write_manifest
 
     ckpt, head, backbone = load_checkpoint(runs / "ship")

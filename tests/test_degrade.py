@@ -5,9 +5,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from export import degrade as D
-from export.hacking import EDITS, MARKED, MAX_GROWTH, edit, greedy_search, hacked, hacking_rate
-from export.robustness import EVERYDAY_KINDS, everyday_bad_replies, everyday_records, load_everyday
+from moerm_build.data import degrade as D
+from moerm_build.evaluate.hacking import EDITS, MARKED, MAX_GROWTH, edit, greedy_search, hacked, hacking_rate
+from moerm_build.evaluate.robustness import EVERYDAY_KINDS, everyday_bad_replies, everyday_records, load_everyday
 
 PROMPTS = ["How do I boil an egg?", "What is the capital of France?", "How do I boil pasta?",
            "Human: Hi there\n\nAssistant: Hello!\n\nHuman: Which planet is the largest?"]
@@ -105,7 +105,7 @@ def test_harmful_prompts_never_get_a_worse_refusal():
 
 
 def test_everyday_set_is_evaluation_only_and_scored_against_held_out_phrasings():
-    from export.train import EVAL_ONLY, TrainConfig, load_records
+    from moerm_build.train.train import EVAL_ONLY, TrainConfig, load_records
 
     rows = load_everyday()
     assert len(rows) >= 60 and len({r["prompt"] for r in rows}) == len(rows)
@@ -159,7 +159,7 @@ def test_greedy_search_finds_a_length_hack_and_reports_it():
 def test_card_section_is_replaced_or_inserted(tmp_path):
     import json
 
-    from export.package import set_card_section
+    from moerm_build.release.package import set_card_section
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "README.md").write_text("# m\n\n## Real text\n\nrows\n\n## Features\n\nf\n")
@@ -174,8 +174,8 @@ def test_card_section_is_replaced_or_inserted(tmp_path):
 
 
 def test_readout_records_map_to_their_family_and_the_card_marks_family_out_columns():
-    from export.card import robustness_section
-    from export.robustness import family_of, trained_families
+    from moerm_build.release.card import robustness_section
+    from moerm_build.evaluate.robustness import family_of, trained_families
 
     assert family_of("degrade:echo") == "echo" and family_of("contrast:truncated") == "truncation"
     assert family_of("hh_helpful") == "" and family_of("contrast:offtopic") == "offtopic"

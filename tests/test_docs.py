@@ -22,12 +22,12 @@ NOT_RUN = {
     "python3 -m venv .venv": "installs (README command 2 is what .ci/run runs; tests/test_examples.py)",
     "python scripts/build_model.py": "rebuilds the shipped model: hours (tests/test_train.py, test_export.py)",
     "python scripts/build_model.py --backbone-only": "re-exports the shipped model (tests/test_export.py)",
-    "python -m export train --config export/configs/moerm-minilm.json --out runs/x": "trains for hours",
-    "torchrun --nproc_per_node 2 -m export train --config export/configs/moerm-minilm.json --out runs/x":
+    "python -m moerm_build train --config moerm_build/configs/moerm-minilm.json --out runs/x": "trains for hours",
+    "torchrun --nproc_per_node 2 -m moerm_build train --config moerm_build/configs/moerm-minilm.json --out runs/x":
         "trains (tests/test_distributed.py runs torchrun on a tiny model)",
     "moerm_lite/   runtime (no torch): model.py  features.py  head.py (the formula)  personalize.py":
         "a directory listing, not code",
-    "../shared/data ─> export/data, contrast, attributes, degrade      (comparison records, train splits only)":
+    "../shared/data ─> moerm_build/data: sources, contrast, attributes, degrade, tastes   (train splits only)":
         "a diagram of the pipeline (docs/architecture.md), not code",
 }
 QUESTION = "How do I boil an egg?"
@@ -139,13 +139,13 @@ def test_build_own_block_runs_as_written(tmp_path):
              "rejected": f"A much longer answer about topic {i}, which goes on and on with many more words."}
             for i in range(60)]
     (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (code,) = [c for lang, c in blocks(ROOT / "docs" / "build.md") if "export own" in c]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # `python -m export` runs from the checkout
+    (code,) = [c for lang, c in blocks(ROOT / "docs" / "build.md") if "moerm_build own" in c]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # `python -m moerm_build` runs from the checkout
     for line in code.splitlines():
         args = shlex.split(line.split(" #")[0])
         cmd = [sys.executable, *args[1:]] if args[0] == "python" else [sys.executable, "-m", "moerm_lite", *args[1:]]
         res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, f"{line}\n{res.stderr[-3000:]}"
-        if "export own" in line:
+        if "moerm_build own" in line:
             report = json.loads(res.stdout)
             assert report["heldout_accuracy"] >= 0.9 and report["warnings"]  # 60 comparisons: too few, said

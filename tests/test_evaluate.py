@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from export import data
-from export.evaluate import RuntimeFeaturizer, records_phi, few_shot, pair_accuracy
+from moerm_build import data
+from moerm_build.evaluate.metrics import RuntimeFeaturizer, records_phi, few_shot, pair_accuracy
 from moerm_lite import fit_map
 from tests.conftest import DATA
 
@@ -39,7 +39,7 @@ def test_few_shot_on_planted_features():
 @pytest.mark.skipif(not (DATA / "persona").is_dir(), reason="../shared/data not present")
 def test_active_curve_on_persona_statements_with_perfect_features():
     """Features = the true persona components (plus noise): both strategies learn the users."""
-    from export.active_eval import active_curve
+    from moerm_build.evaluate.active_eval import active_curve
 
     st = data.load_persona()
     phi = st.components() + 0.05 * np.random.default_rng(0).normal(size=(len(st.text), len(st.axes)))

@@ -102,7 +102,7 @@ def test_stored_cards_are_read_not_recomputed(tiny_folder, tmp_path):
     """Cards stored at export (expert_cards.json) equal a fresh computation, and are what describe_experts reads."""
     import shutil
 
-    from export.package import add_expert_cards
+    from moerm_build.release.package import add_expert_cards
 
     folder = tmp_path / "with_cards"
     shutil.copytree(tiny_folder, folder)
@@ -119,11 +119,11 @@ def test_stored_cards_are_read_not_recomputed(tiny_folder, tmp_path):
 
 
 def test_rename_experts_changes_names_only(tiny_folder, tmp_path):
-    """export.package.rename_experts: new names in config.json and the stored cards, a folder that loads
+    """moerm_build.release.package.rename_experts: new names in config.json and the stored cards, a folder that loads
     (manifest refreshed) and scores exactly as before; a wrong count is refused."""
     import shutil
 
-    from export.package import add_expert_cards, rename_experts
+    from moerm_build.release.package import add_expert_cards, rename_experts
 
     folder = tmp_path / "renamed"
     shutil.copytree(tiny_folder, folder)

@@ -10,10 +10,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from export.onnx_backbone import export_backbone  # noqa: E402
-from export.onnx_export import export_model  # noqa: E402
-from export.onnx_head import build_head_graph  # noqa: E402
-from export.train import TrainConfig, load_checkpoint, readout_run, train  # noqa: E402
+from moerm_build.graphs.onnx_backbone import export_backbone  # noqa: E402
+from moerm_build.release.onnx_export import export_model  # noqa: E402
+from moerm_build.graphs.onnx_head import build_head_graph  # noqa: E402
+from moerm_build.train.train import TrainConfig, load_checkpoint, readout_run, train  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
 from tests.model_test_utils import random_pairs  # noqa: E402
 from tests.tiny import F, random_head, tiny_reference  # noqa: E402
@@ -68,7 +68,7 @@ def test_dynamo_exporter_also_works(tiny_run, tmp_path):
     """The legacy exporter is deprecated; keep the dynamo path working."""
     import onnxruntime as ort
 
-    from export.model import Backbone
+    from moerm_build.model import Backbone
 
     ckpt, _, _ = load_checkpoint(tiny_run)
     bb = Backbone(ckpt["backbone_path"])
@@ -116,7 +116,7 @@ def test_embedding_rows_quantized_within_half_a_step():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.quantize import quantize_embedding_rows
+    from moerm_build.graphs.quantize import quantize_embedding_rows
 
     table = np.random.default_rng(0).normal(size=(1200, 8)).astype(np.float32)
     table[7] *= 100  # one loud token must not cost the others precision (per-row scales)
@@ -161,7 +161,7 @@ def test_default_int8_backbone_is_gptq_rounded_on_the_checkpoints_training_pairs
 
 
 def test_card_records_the_int8_variant_choice(tiny_run, tiny_export):
-    from export.card import model_card
+    from moerm_build.release.card import model_card
 
     ckpt, _, _ = load_checkpoint(tiny_run)
     config = json.loads((tiny_export / "config.json").read_text())
@@ -175,8 +175,8 @@ def test_card_records_the_int8_variant_choice(tiny_run, tiny_export):
 
 def test_torch_pair_features_equal_the_runtime_function(tiny_bert):
     """Fine-tuning computes the features in torch; they must be the numpy features the runtime computes."""
-    from export.embed import TorchPairFeatures, embed_texts, features_of, text_tokenizer
-    from export.model import Backbone
+    from moerm_build.train.embed import TorchPairFeatures, embed_texts, features_of, text_tokenizer
+    from moerm_build.model import Backbone
 
     bb = Backbone(tiny_bert).eval()
     import tempfile
@@ -193,7 +193,7 @@ def test_torch_pair_features_equal_the_runtime_function(tiny_bert):
 
 def test_pruned_experts_leave_routed_scores_unchanged(tiny_run, tmp_path):
     """Dropping experts no input routes to: the folder's scores equal the full head's on those inputs."""
-    from export.onnx_export import used_experts
+    from moerm_build.release.onnx_export import used_experts
 
     ckpt, head, _ = load_checkpoint(tiny_run)
     pairs = random_pairs(40, seed=21)
@@ -214,7 +214,7 @@ def test_pruned_experts_leave_routed_scores_unchanged(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_own_data_in_one_command(tiny_bert, tmp_path):
-    """`python -m export own prefs.jsonl -o DIR --scratch`: a loadable folder and a held-out accuracy."""
+    """`python -m moerm_build own prefs.jsonl -o DIR --scratch`: a loadable folder and a held-out accuracy."""
     import subprocess
     import sys
 
@@ -230,7 +230,7 @@ def test_own_data_in_one_command(tiny_bert, tmp_path):
     f = tmp_path / "prefs.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "mine"
-    res = subprocess.run([sys.executable, "-m", "export", "own", str(f), "-o", str(out), "--scratch", "--backbone",
+    res = subprocess.run([sys.executable, "-m", "moerm_build", "own", str(f), "-o", str(out), "--scratch", "--backbone",
                           str(tiny_bert), "--set", "max_length=32", "epochs=30", f'cache_dir="{tmp_path / "c"}"'],
                          capture_output=True, text=True, timeout=600, cwd=str(Path(__file__).resolve().parents[1]))
     assert res.returncode == 0, res.stderr[-3000:]
@@ -276,8 +276,8 @@ def test_training_appends_the_population_readout_and_the_folder_computes_it(tiny
 
 def test_a_run_with_attribute_users_gets_attribute_readouts_and_an_older_run_gets_the_same(tiny_bert, tmp_path,
                                                                                           monkeypatch):
-    from export import train as train_module
-    from export.attributes import ATTRIBUTES, ResponsePool
+    from moerm_build.train import train as train_module
+    from moerm_build.data.attributes import ATTRIBUTES, ResponsePool
 
     pairs = random_pairs(200, seed=9)
     recs = [{"prompt": pairs[i][0] or "a question", "chosen": pairs[i][1], "rejected": pairs[i + 1][1],

@@ -9,7 +9,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from export.gptq import BLOCK, gptq_round, nbits_scale, round_to_nearest8, write_levels  # noqa: E402
+from moerm_build.graphs.gptq import BLOCK, gptq_round, nbits_scale, round_to_nearest8, write_levels  # noqa: E402
 from moerm_lite.sessions import cpu_session  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def test_gptq_has_less_output_error_than_rounding():
 
 def test_dequantize_at_load_keeps_the_levels():
     """The shipped form: the same int8 levels and block scales, folded to an fp32 MatMul at load."""
-    from export.quantize import dequantize_at_load
+    from moerm_build.graphs.quantize import dequantize_at_load
 
     rng = np.random.default_rng(4)
     W = rng.normal(size=(64, 8)).astype(np.float32)

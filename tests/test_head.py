@@ -5,7 +5,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export.onnx_head import build_head_graph, reference_head
+from moerm_build.graphs.onnx_head import build_head_graph, reference_head
 from moerm_lite.head import combine, expert_features, scatter_topk
 from tests.tiny import F, random_head
 

@@ -43,7 +43,7 @@ def test_no_product_code_or_test_loads_the_experiments():
     and no test but tests/test_experiments.py, imports it or loads a file from it (tests/test_typing.py
     type-checks it, which depends on nothing in it)."""
     root = PKG.parent
-    files = [p for d in ("moerm_lite", "export", "bench", "scripts", "tests") for p in (root / d).rglob("*.py")]
+    files = [p for d in ("moerm_lite", "moerm_build", "bench", "scripts", "tests") for p in (root / d).rglob("*.py")]
     assert len(files) > 50
     for path in files:
         if path.name in ("test_experiments.py", "test_typing.py", "test_layers.py"):  # checks of it, this one
@@ -57,3 +57,69 @@ def test_no_product_code_or_test_loads_the_experiments():
             assert not any(n.split(".")[0] == "experiments" for n in names), f"{path} imports experiments"
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 assert node.value != "experiments", f"{path} builds a path into experiments/"
+
+
+BUILD_LAYERS = ["data", "model", "train", "evaluate", "graphs", "release", "__main__"]  # the build side, bottom up
+
+
+def build_modules() -> dict[str, Path]:
+    """Every module of moerm_build by dotted name (a package by its own name)."""
+    root = PKG.parent / "moerm_build"
+    out = {}
+    for p in root.rglob("*.py"):
+        parts = list(p.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def build_imports(path: Path, name: str) -> set[str]:
+    """The moerm_build modules ``path`` imports, deferred imports included (absolute names)."""
+    out = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            if base.split(".")[0] == "moerm_build":
+                out |= {f"{base}.{a.name}" for a in node.names}  # `from moerm_build.data import tastes`
+                if base != "moerm_build":  # `from moerm_build import data` imports data, not the package
+                    out.add(base)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "moerm_build"}
+    return out
+
+
+def build_layer(name: str) -> int:
+    parts = name.split(".")
+    return BUILD_LAYERS.index(parts[1]) if len(parts) > 1 else len(BUILD_LAYERS)  # the package itself: top
+
+
+def test_build_side_imports_run_down_its_layers():
+    """moerm_build: data -> model -> train -> evaluate -> graphs -> release -> the CLI; a module imports
+    only its own layer or those below (deferred imports count), and no two modules import each other,
+    however indirectly."""
+    mods = build_modules()
+    assert {n.split(".")[1] for n in mods if n.count(".")} == set(BUILD_LAYERS), "a module outside the layers"
+    graph = {}
+    for name, path in mods.items():
+        deps = {d for d in build_imports(path, name) if d in mods and d != name}
+        for d in deps:
+            assert build_layer(d) <= build_layer(name), f"{name} imports {d}, a layer above it"
+        graph[name] = deps
+    done: set[str] = set()
+
+    def visit(n: str, stack: list[str]) -> None:
+        assert n not in stack, f"import cycle: {' -> '.join(stack[stack.index(n):] + [n])}"
+        if n in done:
+            return
+        for d in graph[n]:
+            if d.startswith(n + "."):  # a package importing its own submodule is not a cycle by itself
+                continue
+            visit(d, stack + [n])
+        done.add(n)
+
+    for n in graph:
+        visit(n, [])

@@ -20,7 +20,7 @@ def by_hand(model: RewardModel, head, prompt: str, responses: list[str]) -> np.n
     from onnx import numpy_helper
     from tokenizers import Tokenizer
 
-    from export.onnx_head import reference_head
+    from moerm_build.graphs.onnx_head import reference_head
     from moerm_lite.features import pair_features
 
     folder = model.folder

@@ -1,4 +1,4 @@
-"""`python -m export own` on a base model: the base's experts kept, one read-out of your preferences added."""
+"""`python -m moerm_build own` on a base model: the base's experts kept, one read-out of your preferences added."""
 
 import json
 import os
@@ -26,7 +26,7 @@ def prefs(n: int, seed: int = 0) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def own(tiny_folder, tmp_path_factory):
-    from export.own import own_on_base
+    from moerm_build.release.own import own_on_base
 
     tmp = tmp_path_factory.mktemp("own")
     f = tmp / "prefs.jsonl"
@@ -64,13 +64,13 @@ def test_own_is_the_base_plus_the_readout_and_silent_without_a_prompt(own, tiny_
 def test_own_cli_is_quiet_and_refuses_scratch_options(tiny_folder, tmp_path):
     f = tmp_path / "prefs.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in prefs(80, seed=1)))
-    cmd = [sys.executable, "-m", "export", "own", str(f), "-o", str(tmp_path / "m"), "--base", str(tiny_folder)]
+    cmd = [sys.executable, "-m", "moerm_build", "own", str(f), "-o", str(tmp_path / "m"), "--base", str(tiny_folder)]
     res = subprocess.run(cmd + ["--set", "epochs=3"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 2 and "--scratch" in res.stderr
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads(res.stdout)
-    default = [sys.executable, "-m", "export", "own", str(f), "--base", str(tiny_folder)]
+    default = [sys.executable, "-m", "moerm_build", "own", str(f), "--base", str(tiny_folder)]
     res = subprocess.run(default, capture_output=True, text=True, cwd=tmp_path, timeout=300,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr[-2000:]

@@ -20,7 +20,7 @@ def wheel(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("src") / "repo"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv*", "runs", ".cache", "build", "dist",
                                                               "*.egg-info", "__pycache__", ".*_cache", "profiles"))
-    (src / "models" / "mine" / "onnx").mkdir(parents=True)  # what `python -m export own -o models/mine` leaves
+    (src / "models" / "mine" / "onnx").mkdir(parents=True)  # what `python -m moerm_build own -o models/mine` leaves
     (src / "models" / "mine" / "config.json").write_text("{}")
     (src / "models" / "mine" / "onnx" / "head.int8.onnx").write_bytes(b"not shipped")
     out = tmp_path_factory.mktemp("wheel")

@@ -1,4 +1,4 @@
-"""The read-out experts (export.readout): their exact form in the head and the ONNX graph, their fits on
+"""The read-out experts (moerm_build.train.readout): their exact form in the head and the ONNX graph, their fits on
 planted targets, their prior, names, and what they may be fitted on."""
 
 from types import SimpleNamespace
@@ -9,12 +9,12 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from export.attributes import ATTRIBUTES  # noqa: E402
-from export.evaluate import READOUT_NAME, name_experts, readout_names  # noqa: E402
-from export.model import ModelArgs, MoEHead  # noqa: E402
-from export.onnx_export import head_weights  # noqa: E402
-from export.onnx_head import build_head_graph  # noqa: E402
-from export.readout import (  # noqa: E402
+from moerm_build.data.attributes import ATTRIBUTES  # noqa: E402
+from moerm_build.evaluate.metrics import READOUT_NAME, name_experts, readout_names  # noqa: E402
+from moerm_build.model import ModelArgs, MoEHead  # noqa: E402
+from moerm_build.release.onnx_export import head_weights  # noqa: E402
+from moerm_build.graphs.onnx_head import build_head_graph  # noqa: E402
+from moerm_build.train.readout import (  # noqa: E402
     add_attribute_readouts,
     append_readout,
     fit_linear_readout,
@@ -182,7 +182,7 @@ def test_readout_names_and_expert_names_keep_the_readouts_plain(monkeypatch):
     st = SimpleNamespace(axes=["a"], axis=np.zeros(8, int), y=np.ones(8))
     corr = np.zeros((K, 1))
     corr[0, 0] = 0.9
-    monkeypatch.setattr("export.data.statement_split", lambda st, split: np.arange(8))
+    monkeypatch.setattr("moerm_build.data.statement_split", lambda st, split: np.arange(8))
     names = name_experts(np.zeros((8, K)), st, {"hh_helpful": np.ones((5, K))}, corr, ["verbosity"],
                          n_shared=2, readout=["longer replies"])
     assert names[-1] == "longer replies" and names[0] == "longer replies 2"

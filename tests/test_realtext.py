@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export import attributes as A
-from export.contrast import HELD_OUT, KINDS, TRAIN, contrast_records, is_evasive, real_answers, sanity_suite
+from moerm_build.data import attributes as A
+from moerm_build.data.contrast import HELD_OUT, KINDS, TRAIN, contrast_records, is_evasive, real_answers, sanity_suite
 from tests.conftest import DATA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,9 +104,9 @@ def test_sanity_suite_phrasings_are_held_out():
 
 
 def test_shipped_training_mixture_uses_licensed_sources_only():
-    from export.train import EVAL_ONLY, SOURCES, TrainConfig, load_records
+    from moerm_build.train.train import EVAL_ONLY, SOURCES, TrainConfig, load_records
 
-    cfg = TrainConfig.from_json(ROOT / "export" / "configs" / "moerm-minilm.json")
+    cfg = TrainConfig.from_json(ROOT / "moerm_build" / "configs" / "moerm-minilm.json")
     assert cfg == TrainConfig()  # the shipped model is built with the defaults; the file names its sources
     assert cfg.sources and set(cfg.sources) <= set(SOURCES) and not set(cfg.sources) & set(EVAL_ONLY)
     assert not cfg.jsonl  # nothing from outside the licensed sets
@@ -125,13 +125,13 @@ def test_shipped_training_mixture_uses_licensed_sources_only():
 
 def test_held_out_degradation_families_train_nothing():
     """The families the card reports as never trained are in neither the heads' nor the encoder's recipe."""
-    from export.degrade import FAMILIES
-    from export.finetune import FinetuneConfig
-    from export.train import EVAL_ONLY, TRAINED_FAMILIES, TrainConfig
+    from moerm_build.data.degrade import FAMILIES
+    from moerm_build.train.finetune import FinetuneConfig
+    from moerm_build.train.train import EVAL_ONLY, TRAINED_FAMILIES, TrainConfig
 
-    encoder = FinetuneConfig.from_json(ROOT / "export" / "configs" / "encoder.json")
+    encoder = FinetuneConfig.from_json(ROOT / "moerm_build" / "configs" / "encoder.json")
     for name in ("moerm-minilm.json", "moerm-minilm-quality.json"):
-        head = TrainConfig.from_json(ROOT / "export" / "configs" / name)
+        head = TrainConfig.from_json(ROOT / "moerm_build" / "configs" / name)
         assert set(head.degrade_families) == set(TRAINED_FAMILIES) and not set(head.sources) & set(EVAL_ONLY)
     assert set(encoder.families) == set(TRAINED_FAMILIES)
     held_out = set(FAMILIES) - set(TRAINED_FAMILIES)
@@ -140,8 +140,8 @@ def test_held_out_degradation_families_train_nothing():
 
 @needs_data
 def test_contrast_training_data_comes_from_benign_train_splits():
-    from export import data
-    from export.train import BENIGN, real_train_records
+    from moerm_build import data
+    from moerm_build.train.train import BENIGN, real_train_records
 
     recs = real_train_records(BENIGN, DATA)
     out = contrast_records(recs)

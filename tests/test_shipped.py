@@ -139,10 +139,10 @@ FAMILY_FLOORS = {"word_shuffle": 0.73, "repetition": 0.80, "echo": 0.30, "terse"
 
 
 def test_fixed_degradation_families_on_everyday_answers(shipped):
-    """Every degradation family (export/degrade.py, held-out phrasings) made from the everyday set's answers:
+    """Every degradation family (moerm_build/data/degrade.py, held-out phrasings) made from the everyday set's answers:
     the share the real answer wins stays at or above today's floor."""
-    from export.degrade import degradation_records
-    from export.robustness import load_everyday
+    from moerm_build.data.degrade import degradation_records
+    from moerm_build.evaluate.robustness import load_everyday
 
     rows = load_everyday()
     recs = degradation_records([r["prompt"] for r in rows], [r["answer"] for r in rows], split="test", seed=0)
@@ -158,7 +158,7 @@ def test_fixed_degradation_families_on_everyday_answers(shipped):
 def test_everyday_requests_meet_the_target(shipped):
     """The everyday set (evaluation only) against terse, generic, dismissive and refusal replies: the answer
     wins >= 95% of pairs and ranks first for >= 90% of the requests (the issue's targets)."""
-    from export.robustness import everyday_records
+    from moerm_build.evaluate.robustness import everyday_records
 
     recs = everyday_records()
     won = shipped.score_pairs([(r["prompt"], r["chosen"]) for r in recs]) > shipped.score_pairs(

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from export import tastes as T
-from export.attributes import ResponsePool
+from moerm_build.data import tastes as T
+from moerm_build.data.attributes import ResponsePool
 
 
 def value(text, family, member):

@@ -5,11 +5,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from export import data  # noqa: E402
-from export.model import ModelArgs, MoEHead, positive_correlation, switch_load_balance  # noqa: E402
-from export.onnx_export import head_weights  # noqa: E402
-from export.onnx_head import reference_head  # noqa: E402
-from export.train import Comparisons, TrainConfig, fit_head  # noqa: E402
+from moerm_build import data  # noqa: E402
+from moerm_build.model import ModelArgs, MoEHead, positive_correlation, switch_load_balance  # noqa: E402
+from moerm_build.release.onnx_export import head_weights  # noqa: E402
+from moerm_build.graphs.onnx_head import reference_head  # noqa: E402
+from moerm_build.train.train import Comparisons, TrainConfig, fit_head  # noqa: E402
 from tests.conftest import DATA  # noqa: E402
 
 needs_data = pytest.mark.skipif(not (DATA / "persona").is_dir(), reason="../shared/data not present")
@@ -170,7 +170,7 @@ def test_relabeled_hh_is_eval_only():
     recs = data.load_relabeled_hh(DATA)
     assert {r["user_id"] for r in recs} == {"helpful", "harmless"}
     with pytest.raises(ValueError, match="licence"):
-        from export.train import load_records
+        from moerm_build.train.train import load_records
 
         load_records(TrainConfig(sources=["relabeled_hh"]))
 
@@ -189,7 +189,7 @@ def test_population_prior_is_the_inverse_spread_of_training_users():
 def test_training_is_reproducible_bit_for_bit():
     """Two runs of the loop give identical weights (at this size, without deterministic algorithms they
     differ: multi-threaded CPU scatter-adds sum in a varying order)."""
-    from export.train import deterministic_torch
+    from moerm_build.train.train import deterministic_torch
 
     rng = np.random.default_rng(0)
     T, H = 4000, 384

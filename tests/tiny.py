@@ -15,8 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-from export.onnx_head import HeadWeights, build_head_graph
-from export.package import REFERENCE, make_config, write_model_folder
+from moerm_build.graphs.onnx_head import HeadWeights, build_head_graph
+from moerm_build.release.package import REFERENCE, make_config, write_model_folder
 from moerm_lite.features import FEATURES_KIND, feature_dim
 
 WORDS = ["the", "a", "is", "and", "of", "to", "in", "it", "good", "bad", "great", "awful", "kind", "rude", "help", "harm", "yes", "no", "cat", "dog", "math", "art", "music", "sport", "science", "risk", "god", "money", "power", "love", "hate", "fast", "slow", "long", "short", "true", "false", "please", "sorry", "thanks", "hello", "answer", "question", "why", "how", "what", "ok", "fine", "safe", "danger", "nice", "mean"]

@@ -9,12 +9,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from export.model import Backbone
+from moerm_build.model import Backbone
 
 
 def torch_run_scores(run_or_parts: Any, pairs: list[tuple[str, str]], w: Optional[np.ndarray] = None) -> np.ndarray:
     """Reference fp32 scores from the torch model (backbone + head) for parity checks."""
-    from export.embed import embed_texts, features_of, text_tokenizer
+    from moerm_build.train.embed import embed_texts, features_of, text_tokenizer
 
     ckpt, head, backbone = run_or_parts
     if backbone is None:

@@ -13,7 +13,7 @@ reply has to some degree, which routed experts cannot, since an input only reach
 They see the text statistics only (``shared_skip``: not the embeddings): cosine relevance,
 length, layout and style rates, which carry over to new prompts; what a reply is about stays
 with the routed experts. The last ``n_readout`` shared experts are the exception: linear read-outs of
-every feature, fitted after training (``export.readout``: the population's helpfulness data, and one per
+every feature, fitted after training (``moerm_build.train.readout``: the population's helpfulness data, and one per
 text attribute of the attribute users' replies).
 
 Training user u has weights ``w0 + user_weights[u]`` (an L2 penalty on the offset is the training-time
@@ -45,7 +45,7 @@ class ModelArgs:
     n_users: int = 0  # rows of the training-user weight table
     n_types: int = 0  # latent preference types (mixture mode, no user ids)
     reward_bound: float = 0.0  # c > 0: rewards c * tanh(r / c) in (-c, c); 0: unbounded
-    n_readout: int = 0  # the last n_readout shared experts see every feature (export.readout)
+    n_readout: int = 0  # the last n_readout shared experts see every feature (moerm_build.train.readout)
     readout_variance: list[float] = field(default_factory=list)  # per read-out: its prior variance (0: median)
 
     @property

@@ -1,8 +1,8 @@
-"""Checkpoint -> model folder: the orchestration. Backbone graph: ``export.onnx_backbone``; its
-int8 variants: ``export.quantize`` (default: 8-bit weights in blocks of 16 rounded by GPTQ on the
-checkpoint's calibration texts, fp32 activations, int8 embedding rows); head: ``export.onnx_head``
+"""Checkpoint -> model folder: the orchestration. Backbone graph: ``moerm_build.graphs.onnx_backbone``; its
+int8 variants: ``moerm_build.graphs.quantize`` (default: 8-bit weights in blocks of 16 rounded by GPTQ on the
+checkpoint's calibration texts, fp32 activations, int8 embedding rows); head: ``moerm_build.graphs.onnx_head``
 (sparse dispatch; router kept fp32; expert weights fp16 in the int8 folder's head by default);
-folder, config and manifest: ``export.package``.
+folder, config and manifest: ``moerm_build.release.package``.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ import onnx
 
 from moerm_lite.experts import trim_card
 
-from .card import model_card
-from .embed import backbone_name
-from .evaluate import EvalReport
-from .model import Backbone, MoEHead
-from .onnx_backbone import export_backbone
-from .onnx_head import HeadWeights, build_head_graph
-from .package import REFERENCE, add_expert_cards, make_config, update_card, write_model_folder
-from .quantize import calibration_feeds, quantize_backbone
-from .train import load_checkpoint
+from moerm_build.release.card import model_card
+from moerm_build.train.embed import backbone_name
+from moerm_build.evaluate.report import EvalReport
+from moerm_build.model import Backbone, MoEHead
+from moerm_build.graphs.onnx_backbone import export_backbone
+from moerm_build.graphs.onnx_head import HeadWeights, build_head_graph
+from moerm_build.release.package import REFERENCE, add_expert_cards, make_config, update_card, write_model_folder
+from moerm_build.graphs.quantize import calibration_feeds, quantize_backbone
+from moerm_build.train.train import load_checkpoint
 
-log = logging.getLogger("export")
+log = logging.getLogger("moerm_build")
 
 
 def head_weights(head: MoEHead) -> HeadWeights:
@@ -49,11 +49,11 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
 
     ``report`` (an ``evaluate`` result, or its JSON file) supplies the measured default prior
     strength (``prior_strength``, lambda), the data-derived ``expert_names`` and the card's metrics.
-    ``reference`` rows (``export/reference.py``) are shipped as ``reference.jsonl``, and the
+    ``reference`` rows (``moerm_build/evaluate/reference.py``) are shipped as ``reference.jsonl``, and the
     expert cards the runtime reads off them go into the model card. ``quant`` is the int8
     backbone variant (``quantize_backbone``); ``head_experts`` the int8 head's routed experts' weight type
     (``fp16``, or ``int8`` per channel: half their size, a little further from torch; shared experts stay
-    fp16, ``export.onnx_head``).
+    fp16, ``moerm_build.graphs.onnx_head``).
     """
     ckpt, head, backbone = load_checkpoint(run)
     if backbone is None:
@@ -114,7 +114,7 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
     )
     extra_files = dict(extra_files or {})
     if reference:
-        from .reference import to_jsonl
+        from moerm_build.evaluate.reference import to_jsonl
 
         extra_files[REFERENCE] = to_jsonl(reference)
         config["reference"] = REFERENCE

@@ -2,18 +2,18 @@
 
 - **Degradation families, held out** (``family_table``): real answers to held-out prompts (DSP's original
   Alpaca replies and HH-RLHF helpful's test split, never trained on) against a worse reply of each family
-  of ``export.degrade`` (test phrasings). Columns: the model's population score; the prompt-reply cosine
+  of ``moerm_build.data.degrade`` (test phrasings). Columns: the model's population score; the prompt-reply cosine
   alone; a logistic probe on the frozen pair features fitted on the licensed training mixture plus every
   family *but this one* (train splits, train phrasings: the family-out reference); and the same probe fitted
   with every family (an in-family ceiling for a linear read-out of these features).
-- **Everyday requests** (``everyday``): ``export/evalsets/everyday.jsonl``, written for this project and
+- **Everyday requests** (``everyday``): ``moerm_build/data/evalsets/everyday.jsonl``, written for this project and
   never trained on: short useful answers to everyday requests against terse, generic, dismissive and
   refusal replies (test phrasings). Share of pairs won, and share of requests whose answer ranks first.
 
-- **Reward hacking** (``hacking``): ``export.hacking``'s greedy edit search from real answers to held-out
+- **Reward hacking** (``hacking``): ``moerm_build.evaluate.hacking``'s greedy edit search from real answers to held-out
   prompts; the share of prompts where it ends on a marked-worse text that scores higher.
 
-``report(folder)`` runs all three on a model folder (``python -m export robustness -i FOLDER``); the model
+``report(folder)`` runs all three on a model folder (``python -m moerm_build robustness -i FOLDER``); the model
 card quotes it. Everything here is evaluation: nothing in it feeds training.
 """
 
@@ -29,12 +29,12 @@ import numpy as np
 from moerm_lite.features import SURFACE
 from moerm_lite.head import expert_features
 
-from . import data
-from .contrast import HELD_OUT
-from .degrade import FAMILIES, benign_degradation_records, phrases
-from .evaluate import logistic_fit, pair_accuracy
+from moerm_build import data
+from moerm_build.data.contrast import HELD_OUT
+from moerm_build.data.degrade import FAMILIES, benign_degradation_records, phrases
+from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy
 
-EVERYDAY = Path(__file__).resolve().parent / "evalsets" / "everyday.jsonl"
+EVERYDAY = Path(__file__).resolve().parents[1] / "data" / "evalsets" / "everyday.jsonl"
 EVERYDAY_KINDS = ("terse", "generic", "dismissive", "refusal")
 PROBE_L2 = 10.0  # the card's frozen probe's
 TRAIN_SOURCES = ("hh_helpful", "finegrained_qa", "topical_chat")  # benign, licensed: answers to degrade
@@ -121,9 +121,9 @@ def readout_family_out(run: "str | Path", seed: int = 0) -> dict[str, Any]:
     *without* each degradation family, scored on the held-out answers of ``family_table`` (torch, fp32).
     A family the experts trained on (the ``contrast`` kinds) is reported but not family-out: marked
     ``"experts_trained"``. Rows ``{family: {"n", "readout_all", "readout_family_out", "experts_trained"}}``."""
-    from .embed import CACHE_DIR, EmbeddingCache
-    from .readout import fit_for_head, readout_inputs, readout_margin, readout_records, without_readout
-    from .train import TrainConfig, load_checkpoint, load_records, readout_only_records
+    from moerm_build.train.embed import CACHE_DIR, EmbeddingCache
+    from moerm_build.train.readout import fit_for_head, readout_inputs, readout_margin, readout_records, without_readout
+    from moerm_build.train.train import TrainConfig, load_checkpoint, load_records, readout_only_records
 
     ckpt, head, backbone = load_checkpoint(run)
     if backbone is not None:
@@ -185,7 +185,7 @@ def everyday(fz: Any, w0: np.ndarray) -> dict[str, Any]:
 
 
 CONTRAST_FAMILIES = {"offtopic": "offtopic", "nonanswer": "nonanswer", "dismissive": "dismissive",
-                     "truncated": "truncation"}  # export.contrast's kinds, as the degradation families they are
+                     "truncated": "truncation"}  # moerm_build.data.contrast's kinds, as the degradation families they are
 
 
 def trained_families(training: dict[str, Any]) -> list[str]:
@@ -198,9 +198,9 @@ def trained_families(training: dict[str, Any]) -> list[str]:
 
 
 def hacking(model: Any, n_prompts: int = 200, steps: int = 30, seed: int = 0) -> dict[str, Any]:
-    """The greedy edit search (``export.hacking``) from ``n_prompts`` held-out real answers."""
-    from .contrast import real_answers
-    from .hacking import greedy_search, hacking_rate
+    """The greedy edit search (``moerm_build.evaluate.hacking``) from ``n_prompts`` held-out real answers."""
+    from moerm_build.data.contrast import real_answers
+    from moerm_build.evaluate.hacking import greedy_search, hacking_rate
 
     answers = real_answers(heldout_answer_records())
     pick = sorted(np.random.default_rng(seed).permutation(len(answers))[:n_prompts])
@@ -216,7 +216,7 @@ def report(folder: "str | Path", trained_families: Sequence[str] = (), n_prompts
     folder to keep (``"families"``, ``"everyday"``, ``"hacking"``); the rest is measured."""
     import logging
 
-    from .evaluate import RuntimeFeaturizer
+    from moerm_build.evaluate.metrics import RuntimeFeaturizer
 
     logging.getLogger("moerm_lite").setLevel(logging.ERROR)  # the truncation warning of each new model
     fz = RuntimeFeaturizer(folder)

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-log = logging.getLogger("export")
+log = logging.getLogger("moerm_build")
 BLOCK = 16  # weights per scale along K, as in the shipped MatMulNBits graphs
 FEEDS = ("input_ids", "attention_mask", "token_type_ids")
 

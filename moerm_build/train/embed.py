@@ -22,10 +22,10 @@ from moerm_lite.features import FEATURES_KIND, SURFACE, pair_features
 from moerm_lite.folder import atomic_write_text, sha256_file
 from moerm_lite.text import TextTokenizer
 
-from .model import Backbone
+from moerm_build.model import Backbone
 
-log = logging.getLogger("export")
-CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "embeddings"
+log = logging.getLogger("moerm_build")
+CACHE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "embeddings"
 
 
 def default_backbone_path() -> Path:

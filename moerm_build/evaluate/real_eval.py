@@ -4,7 +4,7 @@
   off-topic answer, a non-answer, a dismissive reply and a six-word truncation (held-out phrasings).
 - **HH-RLHF helpful / harmless, WebGPT**: held-out global accuracy of the population weights, next to a
   logistic probe on the frozen pair features trained on the train split (WebGPT: on half of it).
-- **Attribute users**: simulated users over text attributes (``export.attributes``) on held-out prompts.
+- **Attribute users**: simulated users over text attributes (``moerm_build.data.attributes``) on held-out prompts.
 - **DSP domain users**: four users who each prefer replies written for their domain.
 
 References: the unpersonalized model (``w0``) and a logistic probe on the *frozen* pair features
@@ -23,12 +23,13 @@ from moerm_lite import UserProfile
 from moerm_lite.folder import RECOMMENDED_RESIDUAL_STRENGTH
 from moerm_lite.head import expert_features
 
-from . import data
-from .attributes import ATTRIBUTES, ResponsePool, attribute_benchmark
-from .contrast import KINDS, sanity_suite
-from .evaluate import logistic_fit, pair_accuracy
+from moerm_build import data
+from moerm_build.data.attributes import ATTRIBUTES, ResponsePool, attribute_benchmark
+from moerm_build.data.contrast import KINDS, sanity_suite
+from moerm_build.data.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool
+from moerm_build.evaluate.metrics import few_shot, logistic_fit, pair_accuracy
 
-log = logging.getLogger("export")
+log = logging.getLogger("moerm_build")
 SHOTS = (5, 10, 20, 50)
 PROBE_L2 = 1.0  # few-shot probes: L2 of the logistic regression on standardised frozen features
 HUMAN_LABELLED = {"hh_helpful": data.load_hh_helpful, "hh_harmless": data.load_hh_harmless,
@@ -92,7 +93,7 @@ def eval_pool(scaler: Any) -> ResponsePool:
 
 def train_scaler() -> Any:
     """The attribute standardisation of the training pool (what training users were simulated with)."""
-    from .train import attribute_training_pool
+    from moerm_build.train.train import attribute_training_pool
 
     return attribute_training_pool(data.DATA_DIR)[1]
 
@@ -122,8 +123,6 @@ def attribute_pool(fz: Any, with_probe: bool = True) -> dict[str, Any]:
 def attribute_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P: np.ndarray | None,
                     n_users: int = 100) -> dict[str, Any]:
     """Few-shot accuracy of single- and multi-attribute users on held-out prompts (``ap``: attribute_pool)."""
-    from .evaluate import few_shot
-
     pool, phi, X = ap["pool"], ap["phi"], ap["X"]
     out: dict[str, Any] = {"n_prompts": len(pool.prompts), "n_responses": len(pool.responses),
                            "attributes": list(ATTRIBUTES)}
@@ -244,3 +243,18 @@ def attribute_correlations(phi: np.ndarray, z: np.ndarray) -> np.ndarray:
     from moerm_lite.experts import correlations
 
     return correlations(phi, z)
+
+
+def taste_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P: np.ndarray | None,
+                n_users: int = 100) -> dict[str, Any]:
+    """Per taste family (all held out): the model's fitted users, with the residual chosen per user
+    (``residual_strength="auto"``), and the frozen probe, at N = 5 / 10 / 20 / 50 (``ap``:
+    ``moerm_build.evaluate.real_eval.attribute_pool``)."""
+    pool = taste_pool(ap["pool"])
+    out: dict[str, Any] = {"members": {f: list(m) for f, m in TASTE_FAMILIES.items()}}
+    for fam in TASTE_FAMILIES:
+        users = taste_benchmark(pool, fam, n_users=n_users)
+        out[fam] = {"users": len(users), "model": few_shot(ap["phi"], users, w0, prior_strength, P=P),
+                    "model_auto": few_shot_residual(ap["phi"], ap["X"], users, w0, prior_strength, P, "auto"),
+                    "frozen_probe": probe_few_shot(ap["X"], users)}
+    return out

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from moerm_lite.features import FEATURES_KIND, LAYOUTS
 
-from . import data
-from .embed import (
+from moerm_build import data
+from moerm_build.train.embed import (
     CACHE_DIR,
     EmbeddingCache,
     TorchPairFeatures,
@@ -39,12 +39,12 @@ from .embed import (
     text_tokenizer,
     tokenizer_json,
 )
-from .model import Backbone, ModelArgs, MoEHead, positive_correlation, router_entropy, switch_load_balance
-from .readout import add_attribute_readouts, add_readout
+from moerm_build.model import Backbone, ModelArgs, MoEHead, positive_correlation, router_entropy, switch_load_balance
+from moerm_build.train.readout import add_attribute_readouts, add_readout
 
-log = logging.getLogger("export")
-# the degradation families a build with source "degrade" trains on (export.degrade), and the fine-tuned
-# encoder (export/configs/encoder.json); the others (word_shuffle, echo, entity_swap, padding,
+log = logging.getLogger("moerm_build")
+# the degradation families a build with source "degrade" trains on (moerm_build.data.degrade), and the fine-tuned
+# encoder (moerm_build/configs/encoder.json); the others (word_shuffle, echo, entity_swap, padding,
 # mixed_language) are never trained on, encoder included: the family-out check
 TRAINED_FAMILIES = ("sentence_shuffle", "repetition", "terse", "generic", "refusal", "nonanswer", "dismissive",
                     "offtopic", "neighbour", "truncation", "negation")
@@ -66,15 +66,15 @@ class TrainConfig:
                                                         "finegrained_qa", "topical_chat", "contrast"])
     persona_users: int = 2000  # simulated users over the 16 persona axes, train statements only
     persona_per_user: int = 100  # comparisons per simulated user
-    attribute_users: int = 1000  # simulated users over text attributes of real replies (export.attributes)
+    attribute_users: int = 1000  # simulated users over text attributes of real replies (moerm_build.data.attributes)
     attribute_per_user: int = 60
     contrast_per_prompt: int = 2  # generated contrast pairs per benign prompt (of the 4 kinds)
-    # source "degrade": worse replies of these families (export.degrade, train phrasings) for each benign
-    # real answer; the families left out are the family-out check's (export.robustness)
+    # source "degrade": worse replies of these families (moerm_build.data.degrade, train phrasings) for each benign
+    # real answer; the families left out are the family-out check's (moerm_build.evaluate.robustness)
     degrade_families: list[str] = field(default_factory=lambda: list(TRAINED_FAMILIES))
     degrade_per_answer: int = 4  # random families per real answer (of degrade_families)
     # after training: a linear read-out expert on every feature, fitted on these sources' population records
-    # of the mixture (export.readout); [] for none. A source named here but not in a non-empty ``sources``
+    # of the mixture (moerm_build.train.readout); [] for none. A source named here but not in a non-empty ``sources``
     # ("degrade") is loaded for the read-out alone: the trained experts never see it
     readout_sources: list[str] = field(
         default_factory=lambda: ["hh_helpful", "finegrained_qa", "topical_chat", "contrast", "degrade"])
@@ -83,7 +83,7 @@ class TrainConfig:
     # records (docs/decisions/helpfulness-readout.md; experiments/readout_scan.py measures others)
     readout_l2: float = 1.0
     # and, when attribute users are among the records, one read-out per text attribute
-    # (export.readout.add_attribute_readouts) fitted on their replies: population weight 0, this prior
+    # (moerm_build.train.readout.add_attribute_readouts) fitted on their replies: population weight 0, this prior
     # variance (0: none; experiments/attribute_readout_scan.py measures others)
     attribute_readout_variance: float = 1.0
     jsonl: list[str] = field(default_factory=list)  # extra TRL-format comparison files
@@ -119,7 +119,7 @@ class TrainConfig:
 
 SOURCES = ("persona", "attribute_users", "hh_harmless", "hh_helpful", "finegrained_qa", "topical_chat",
            "contrast", "degrade")
-# no licence / CC BY-NC / our evaluation set (export/evalsets): never training data for a model
+# no licence / CC BY-NC / our evaluation set (moerm_build/data/evalsets): never training data for a model
 EVAL_ONLY = ("relabeled_hh", "dsp", "webgpt", "everyday")
 BENIGN = ("hh_helpful", "finegrained_qa", "topical_chat")  # real answers for contrast pairs
 
@@ -132,15 +132,15 @@ def real_train_records(names: Sequence[str], data_dir: Path) -> list[data.Record
 def attribute_training_pool(data_dir: Path) -> tuple[Any, Any]:
     """The real replies attribute users compare (every licensed set's train split), and the attribute
     standardisation fitted on them: ``(ResponsePool, Scaler)``."""
-    from .attributes import ResponsePool
+    from moerm_build.data.attributes import ResponsePool
 
     return ResponsePool.build(real_train_records(list(data.REAL_LOADERS), data_dir))
 
 
 def load_records(cfg: TrainConfig) -> list[data.Record]:
     """The training mixture: the configured sources, train splits only, plus user JSONL files."""
-    from .attributes import attribute_training_records
-    from .contrast import contrast_records
+    from moerm_build.data.attributes import attribute_training_records
+    from moerm_build.data.contrast import contrast_records
 
     data_dir = Path(cfg.data_dir)
     for src in cfg.sources:
@@ -160,7 +160,7 @@ def load_records(cfg: TrainConfig) -> list[data.Record]:
             recs += contrast_records(real_train_records(BENIGN, data_dir), seed=cfg.seed,
                                      per_prompt=cfg.contrast_per_prompt)
         elif src == "degrade":
-            from .degrade import benign_degradation_records
+            from moerm_build.data.degrade import benign_degradation_records
 
             recs += benign_degradation_records(real_train_records(BENIGN, data_dir), families=cfg.degrade_families,
                                                split="train", seed=cfg.seed,
@@ -462,7 +462,7 @@ def load_checkpoint(path: "str | Path") -> tuple[dict[str, Any], MoEHead, Option
 
 def readout_run(run: "str | Path", cfg: TrainConfig, records: Optional[list[data.Record]] = None) -> bool:
     """Give a frozen-backbone training run the read-out experts ``cfg`` asks for that it lacks
-    (``export.readout``), rewriting its ``ckpt.pt``: what ``train`` does at its end. ``records``: the run's
+    (``moerm_build.train.readout``), rewriting its ``ckpt.pt``: what ``train`` does at its end. ``records``: the run's
     training records (default: its config's mixture). Returns whether it added any (no: a fine-tuned
     backbone, a run that has them all, or no data to fit them on)."""
     run = Path(run)

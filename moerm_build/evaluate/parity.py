@@ -15,8 +15,8 @@ from scipy.stats import spearmanr
 from moerm_lite import RewardModel
 from moerm_lite.head import combine
 
-from . import data
-from .evaluate import RuntimeFeaturizer, TorchFeaturizer
+from moerm_build import data
+from moerm_build.evaluate.metrics import RuntimeFeaturizer, TorchFeaturizer
 
 
 def heldout_comparisons(per_source: int = 300, seed: int = 0) -> list[data.Record]:

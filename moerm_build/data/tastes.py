@@ -14,10 +14,10 @@ reply, computed from its text alone, per 100 words unless said otherwise:
 
 A user is one member of one family with a random sign: it prefers, between two replies to the same
 prompt, the one with more (or less) of that property, when the two differ by at least a quarter of the
-property's standard deviation on the pool (``export.attributes.user_comparisons``). No build trains on
-these users (``export.train`` has no such source), so every family is held out; ``taste_users`` reports
-each family's users fitted from N comparisons next to a logistic probe on the frozen pair features fitted on
-the same N (``export.real_eval.probe_few_shot``).
+property's standard deviation on the pool (``moerm_build.data.attributes.user_comparisons``). No build
+trains on these users (``moerm_build.train.train`` has no such source), so every family is held out;
+``moerm_build.evaluate.real_eval.taste_users`` reports each family's users fitted from N comparisons
+next to a logistic probe on the frozen pair features fitted on the same N (``probe_few_shot``).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def taste_matrix(texts: Sequence[str]) -> np.ndarray:
 
 
 def taste_pool(pool: Any) -> Any:
-    """An ``export.attributes.ResponsePool`` whose ``z`` holds the standardised taste members (R, M)."""
+    """An ``moerm_build.data.attributes.ResponsePool`` whose ``z`` holds the standardised taste members (R, M)."""
     T = taste_matrix(pool.responses)  # (R, M)
     sd = T.std(0)  # (M,)
     z = np.divide(T - T.mean(0), sd, out=np.zeros_like(T), where=sd > 1e-9 * (1 + np.abs(T).max(0)))
@@ -134,8 +134,8 @@ def taste_benchmark(pool: Any, family: str, n_users: int = 100, n_adapt: int = 5
                     seed: int = 2468) -> list[Any]:
     """Users of one family (a random member, a random sign) on a taste pool (``taste_pool``): adaptation
     comparisons from one half of the prompts, evaluation from the other (as ``attribute_benchmark``)."""
-    from .attributes import user_comparisons
-    from .data import BenchUser, bucket
+    from moerm_build.data.attributes import user_comparisons
+    from moerm_build.data import BenchUser, bucket
 
     members = [j for j, (f, _) in enumerate(MEMBERS) if f == family]
     if not members:
@@ -154,21 +154,3 @@ def taste_benchmark(pool: Any, family: str, n_users: int = 100, n_adapt: int = 5
         if len(a) == n_adapt and len(e) >= n_eval // 2:  # a member the pool barely varies on: redraw
             users.append(BenchUser(w, a, e))
     return users
-
-
-def taste_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P: np.ndarray | None,
-                n_users: int = 100) -> dict[str, Any]:
-    """Per taste family (all held out): the model's fitted users, with the residual chosen per user
-    (``residual_strength="auto"``), and the frozen probe, at N = 5 / 10 / 20 / 50 (``ap``:
-    ``export.real_eval.attribute_pool``)."""
-    from .evaluate import few_shot
-    from .real_eval import few_shot_residual, probe_few_shot
-
-    pool = taste_pool(ap["pool"])
-    out: dict[str, Any] = {"members": {f: list(m) for f, m in TASTE_FAMILIES.items()}}
-    for fam in TASTE_FAMILIES:
-        users = taste_benchmark(pool, fam, n_users=n_users)
-        out[fam] = {"users": len(users), "model": few_shot(ap["phi"], users, w0, prior_strength, P=P),
-                    "model_auto": few_shot_residual(ap["phi"], ap["X"], users, w0, prior_strength, P, "auto"),
-                    "frozen_probe": probe_few_shot(ap["X"], users)}
-    return out

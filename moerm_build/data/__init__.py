@@ -1,4 +1,7 @@
-"""Comparison records from ``../shared/data`` and from user JSONL, plus the persona-16 benchmark.
+"""The data layer. This module: comparison records from ``../shared/data`` and from user JSONL, plus the
+persona-16 benchmark. Its submodules make more from them: ``attributes`` (text attributes and the users who
+weigh them), ``contrast`` (worse replies of four kinds), ``degrade`` (degradation families), ``tastes``
+(taste families no build trains on); ``evalsets/`` holds evaluation-only sets written for this project.
 
 Every loader yields TRL-style records ``{"prompt", "chosen", "rejected", "source"}`` with an
 optional ``"user_id"``. Held-out splits are by conversation prompt, question or statement
@@ -22,7 +25,7 @@ from moerm_lite.text import render_messages
 
 # MOERM_LITE_DATA (MOERM_DATA_DIR, the old name, still works) or ../shared/data next to the checkout
 DATA_DIR = Path(os.environ.get("MOERM_LITE_DATA") or os.environ.get("MOERM_DATA_DIR")
-                or Path(__file__).resolve().parents[2] / "shared" / "data")
+                or Path(__file__).resolve().parents[3] / "shared" / "data")
 
 PERSONA16 = [
     "agreeableness", "conscientiousness", "extraversion", "neuroticism", "openness",

@@ -8,7 +8,7 @@ from typing import Any
 import onnx
 import torch
 
-from .model import Backbone
+from moerm_build.model import Backbone
 
 BACKBONE_OPSET = 17
 

@@ -142,7 +142,7 @@ def quantize_backbone(fp32: Path, out: Path, variant: str = "gptq8",
         onnx.save(fp16_matmul_weights(quantize_embedding_rows(onnx.load(str(fp32)))), str(out))
         return out
     if variant in ("gptq8", "gptq8_nbits"):
-        from .gptq import quantize_gptq8
+        from moerm_build.graphs.gptq import quantize_gptq8
 
         if calibration is None:
             raise ValueError(f"the {variant} variant needs calibration batches")
@@ -155,7 +155,7 @@ def quantize_backbone(fp32: Path, out: Path, variant: str = "gptq8",
         quantize_dynamic(str(fp32), str(out), per_channel=True, weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul", "Gather"])
         return out
-    from .gptq import round_to_nearest8
+    from moerm_build.graphs.gptq import round_to_nearest8
 
     level = 4 if variant == "weight_only8_int8_compute" else None
     onnx.save(quantize_embedding_rows(round_to_nearest8(onnx.load(str(fp32)), level)), str(out))

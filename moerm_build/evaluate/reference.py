@@ -15,16 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from . import data
-from .attributes import ATTRIBUTES, attribute_matrix
+from moerm_build import data
+from moerm_build.data.attributes import ATTRIBUTES, attribute_matrix
 
 
 def reference_corpus(data_dir: Path = data.DATA_DIR, per_axis: int = 12, per_source: int = 40,
                      seed: int = 0) -> list[dict[str, Any]]:
     """Rows ``{"prompt", "response", "source", "labels"}``: ``per_axis`` statements per persona axis
     (half each stance) and ``per_source`` replies (half chosen) per human-labelled set, test splits only;
-    the replies also carry their text attributes (``export.attributes``, standardised on the training pool)."""
-    from .real_eval import train_scaler
+    the replies also carry their text attributes (``moerm_build.data.attributes``, standardised on the training pool)."""
+    from moerm_build.evaluate.real_eval import train_scaler
 
     scaler = train_scaler()
     rng = np.random.default_rng(seed)

@@ -10,7 +10,7 @@ failure, not a list of texts. The families (``FAMILIES``):
 - ``terse``: one or two words ("Nothing.", "No.", "Do something.");
 - ``generic``: empty generalities that fit any request;
 - ``refusal``: a refusal of a harmless request;
-- ``nonanswer`` / ``dismissive``: "I don't know." / "Just google it." (``export.contrast``'s phrasings);
+- ``nonanswer`` / ``dismissive``: "I don't know." / "Just google it." (``moerm_build.data.contrast``'s phrasings);
 - ``offtopic``: the answer to a random other prompt; ``neighbour``: the answer to the most similar
   other prompt (same words, other question);
 - ``truncation``: the first 15-40% of the answer;
@@ -21,7 +21,7 @@ failure, not a list of texts. The families (``FAMILIES``):
 
 Phrase pools are split: ``split="train"`` draws from the first two thirds of each pool, ``"test"`` from
 the rest, so a family-out check never meets a training phrasing. Harmful prompts are never used
-(``export.contrast.real_answers`` refuses them): there a refusal is often the better reply.
+(``moerm_build.data.contrast.real_answers`` refuses them): there a refusal is often the better reply.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .contrast import HELD_OUT, TRAIN, real_answers
+from moerm_build.data.contrast import HELD_OUT, TRAIN, real_answers
 
 FAMILIES = ("word_shuffle", "sentence_shuffle", "repetition", "echo", "terse", "generic", "refusal",
             "nonanswer", "dismissive", "offtopic", "neighbour", "truncation", "negation", "entity_swap",

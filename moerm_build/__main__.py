@@ -1,4 +1,4 @@
-"""Build side CLI, run from a checkout: ``python -m export {train,evaluate,export,own,active} ...``."""
+"""Build side CLI, run from a checkout: ``python -m moerm_build {train,evaluate,export,own,active} ...``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def set_fields(p: argparse.ArgumentParser, cfg: Any, pairs: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m moerm_build", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     sp = sub.add_parser("train", help="train the MoE reward model -> OUT/ckpt.pt")
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         import torch
 
-        from .train import TrainConfig, train
+        from moerm_build.train.train import TrainConfig, train
 
         cfg = TrainConfig.from_json(args.config) if args.config else TrainConfig()
         set_fields(p, cfg, args.set)
@@ -108,13 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, torch.get_num_threads()))
         train(cfg, args.out)
     elif args.command == "finetune":
-        from .finetune import FinetuneConfig, finetune
+        from moerm_build.train.finetune import FinetuneConfig, finetune
 
         fcfg = FinetuneConfig.from_json(args.config) if args.config else FinetuneConfig()
         set_fields(p, fcfg, args.set)
         print(finetune(fcfg, args.out))
     elif args.command == "evaluate":
-        from .evaluate import RuntimeFeaturizer, TorchFeaturizer, evaluate
+        from moerm_build.evaluate.metrics import RuntimeFeaturizer, TorchFeaturizer
+        from moerm_build.evaluate.report import evaluate
 
         path = Path(args.input)
         if (path / "ckpt.pt").is_file():
@@ -127,19 +128,19 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out).write_text(text + "\n")
         print(text)
     elif args.command == "robustness":
-        from .robustness import report, trained_families
+        from moerm_build.evaluate.robustness import report, trained_families
 
         folder = Path(args.input)
         trained = trained_families(json.loads((folder / "config.json").read_text()).get("training", {}))
         done = json.loads(Path(args.keep).read_text()) if args.keep else None
         rob = report(folder, trained, n_prompts=args.prompts, steps=args.steps, done=done)
         if args.run:
-            from .robustness import readout_family_out
+            from moerm_build.evaluate.robustness import readout_family_out
 
             rob["readout_family_out"] = (done or {}).get("readout_family_out") or readout_family_out(args.run)
         if args.card:
-            from .card import ROBUSTNESS_HEADING, robustness_section
-            from .package import set_card_section
+            from moerm_build.release.card import ROBUSTNESS_HEADING, robustness_section
+            from moerm_build.release.package import set_card_section
 
             set_card_section(folder, ROBUSTNESS_HEADING, robustness_section(rob), before="## Persona statements")
         text = json.dumps(rob, indent=1)
@@ -147,17 +148,17 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out).write_text(text + "\n")
         print(text)
     elif args.command == "tastes":
-        from .evaluate import RuntimeFeaturizer
-        from .real_eval import attribute_pool
-        from .tastes import taste_users
+        from moerm_build.evaluate.metrics import RuntimeFeaturizer
+        from moerm_build.evaluate.real_eval import attribute_pool
+        from moerm_build.evaluate.real_eval import taste_users
 
         logging.getLogger("moerm_lite").setLevel(logging.ERROR)  # the truncation warning of each new model
         rz = RuntimeFeaturizer(args.input)
         tastes = taste_users(attribute_pool(rz, with_probe=False), rz.w0, rz.model.config.default_prior_strength,
                              rz.prior_precision, n_users=args.users)
         if args.card:
-            from .card import TASTES_HEADING, tastes_section
-            from .package import set_card_section
+            from moerm_build.release.card import TASTES_HEADING, tastes_section
+            from moerm_build.release.package import set_card_section
 
             set_card_section(Path(args.input), TASTES_HEADING, tastes_section(tastes), before="## Persona statements")
         text = json.dumps(tastes, indent=1)
@@ -165,14 +166,14 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out).write_text(text + "\n")
         print(text)
     elif args.command == "export":
-        from .onnx_export import export_model
-        from .reference import reference_corpus
+        from moerm_build.release.onnx_export import export_model
+        from moerm_build.evaluate.reference import reference_corpus
 
         export_model(args.input, args.output, precision=args.precision, also_fp32=args.also_fp32,
                      quant=args.quant, report=args.report,
                      reference=None if args.no_reference else reference_corpus())
     elif args.command == "own":
-        from .own import own_on_base, train_own
+        from moerm_build.release.own import own_on_base, train_own
 
         if not args.verbose:  # warnings and the report only
             logging.getLogger().setLevel(logging.WARNING)
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             own = own_on_base(Path(args.jsonl), Path(args.output), base=args.base, test_fraction=args.test_fraction)
         print(json.dumps(own, indent=1))
     elif args.command == "active":
-        from .active_eval import model_active_curve
+        from moerm_build.evaluate.active_eval import model_active_curve
 
         curve = model_active_curve(args.input, precision=args.precision, n_users=args.users)
         text = json.dumps(curve, indent=1)

@@ -2,7 +2,7 @@
 
 Start from a real answer to a held-out prompt and, for ``steps`` rounds, try one edit of each kind from a
 fixed set on the current text, score the candidates and keep the best if it scores higher than the current
-text. The edits (``EDITS``) each make a degradation family of ``export.degrade``:
+text. The edits (``EDITS``) each make a degradation family of ``moerm_build.data.degrade``:
 
 - ``repeat``: repeat one of its sentences after it (repetition);
 - ``drop``: drop one sentence (neutral: a shorter answer may be as good);
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .degrade import last_request, phrases, sentences
+from moerm_build.data.degrade import last_request, phrases, sentences
 
 EDITS = ("repeat", "drop", "shuffle", "append", "replace", "truncate")
 MAX_GROWTH = 3  # a candidate longer than this many times the real answer (plus 500 characters) is not tried:

@@ -1,12 +1,12 @@
 """Your own preferences in one command: a TRL-style JSONL -> a model folder that keeps the base's sense of quality.
 
-    python -m export own prefs.jsonl -o moerm-models/mine               # on top of the shipped model
-    python -m export own prefs.jsonl -o moerm-models/mine --scratch     # a new head from the file alone
+    python -m moerm_build own prefs.jsonl -o moerm-models/mine               # on top of the shipped model
+    python -m moerm_build own prefs.jsonl -o moerm-models/mine --scratch     # a new head from the file alone
 
 **On a base model** (default: the shipped one). The base's backbone, router, experts and population weights
 stay as they are; one new shared expert, ``your preferences``, joins with population weight 1: a linear
 read-out of the base's pair features fitted on your comparisons *on top of* the base's population score
-(the fit of the shipped helpfulness read-out, ``export/readout.py``), its L2 chosen by 5-fold
+(the fit of the shipped helpfulness read-out, ``moerm_build/train/readout.py``), its L2 chosen by 5-fold
 cross-validation over your prompts. Where your file says nothing, the score is the base's; where it does,
 the read-out adds what it learned. No torch and no data set are needed, only the base folder.
 
@@ -14,7 +14,7 @@ the read-out adds what it learned. No torch and no data set are needed, only the
 encoder (``--backbone``). It knows only your file: on other questions it may prefer a bad reply.
 
 Comparisons are split by prompt: ``test_fraction`` is held out. The report gives the held-out accuracy of
-the base and of the new folder, and how both do on the everyday requests (``export/evalsets``) and, where
+the base and of the new folder, and how both do on the everyday requests (``moerm_build/data/evalsets``) and, where
 ``../shared/data`` is present, on the sanity suite; ``warnings`` says when the file is too small to trust.
 """
 
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from . import data
+from moerm_build import data
 
-log = logging.getLogger("export")
+log = logging.getLogger("moerm_build")
 OWN_NAME = "your preferences"  # the new expert's name
 L2_GRID = (0.1, 1.0, 10.0, 100.0)  # the read-out's L2 (features' own units), chosen by cross-validation
 FOLDS = 5
@@ -81,7 +81,7 @@ def choose_l2(Hc: np.ndarray, Hr: np.ndarray, offset: np.ndarray, groups: np.nda
     entry's score (the base alone as ``"base"``)."""
     from scipy.special import log_expit
 
-    from .readout import fit_linear_readout, readout_margin
+    from moerm_build.train.readout import fit_linear_readout, readout_margin
 
     scores = {"base": float(log_expit(offset).mean())}
     best = (-np.inf, grid[-1])
@@ -106,9 +106,9 @@ def with_readout(folder: Path, out: Path, u: np.ndarray, model_id: str, fitted: 
 
     from moerm_lite.folder import ModelConfig, read_json
 
-    from .onnx_head import HeadWeights, build_head_graph, read_head_weights, stored_expert_dtype
-    from .package import write_model_folder
-    from .readout import readout_expert
+    from moerm_build.graphs.onnx_head import HeadWeights, build_head_graph, read_head_weights, stored_expert_dtype
+    from moerm_build.release.package import write_model_folder
+    from moerm_build.train.readout import readout_expert
 
     cfg = ModelConfig.from_dict(read_json(folder / "config.json", "config"))
     graphs: dict[str, onnx.ModelProto] = {}
@@ -135,12 +135,12 @@ def with_readout(folder: Path, out: Path, u: np.ndarray, model_id: str, fitted: 
     d.pop("expert_cards", None)  # recomputed below for the new expert list
     extra = {rel: (folder / rel).read_text(encoding="utf-8") for rel in ([d["reference"]] if d.get("reference") else [])}
     card = (f"# {model_id}\n\nThe model `{cfg.model_id}` with one more shared expert, \"{OWN_NAME}\", fitted on "
-            f"{fitted['train_comparisons']} comparisons of `{fitted['source']}` by `python -m export own` "
+            f"{fitted['train_comparisons']} comparisons of `{fitted['source']}` by `python -m moerm_build own` "
             f"(L2 {fitted['l2']:g}, chosen by {FOLDS}-fold cross-validation over prompts).\n\n"
             "```json\n" + json.dumps(fitted.get("report", {}), indent=1) + "\n```\n")
     write_model_folder(out, d, graphs, (folder / "tokenizer.json").read_text(encoding="utf-8"), card, extra)
     if d.get("reference"):
-        from .package import add_expert_cards
+        from moerm_build.release.package import add_expert_cards
 
         add_expert_cards(out)
     return out
@@ -148,14 +148,14 @@ def with_readout(folder: Path, out: Path, u: np.ndarray, model_id: str, fitted: 
 
 def quality(folder: Path) -> dict[str, Any]:
     """The folder on the everyday requests and, with ``../shared/data``, the sanity suite."""
-    from .evaluate import RuntimeFeaturizer
-    from .robustness import everyday
+    from moerm_build.evaluate.metrics import RuntimeFeaturizer
+    from moerm_build.evaluate.robustness import everyday
 
     fz = RuntimeFeaturizer(folder)
     ev = everyday(fz, fz.w0)
     res: dict[str, Any] = {"everyday_wins": ev["wins"], "everyday_answer_first": ev["answer_first"]}
     try:
-        from .real_eval import sanity
+        from moerm_build.evaluate.real_eval import sanity
 
         res["sanity_min"] = sanity(fz, fz.w0)["min"]
     except (FileNotFoundError, OSError) as e:  # no ../shared/data: the sanity suite needs DSP's replies
@@ -171,9 +171,9 @@ def own_on_base(jsonl: Path, out: Path, *, base: "str | Path | None" = None, tes
 
     from moerm_lite import RewardModel
 
-    from .evaluate import pair_accuracy
-    from .onnx_head import read_head_weights
-    from .readout import fit_linear_readout, readout_margin
+    from moerm_build.evaluate.metrics import pair_accuracy
+    from moerm_build.graphs.onnx_head import read_head_weights
+    from moerm_build.train.readout import fit_linear_readout, readout_margin
 
     recs = data.load_jsonl(jsonl)
     train, test = split_records(recs, test_fraction, jsonl)
@@ -224,7 +224,7 @@ def add_shipped_reference(folder: Path) -> None:
     """Give a folder the shipped model's reference corpus and its own expert cards (``moerm-lite experts``)."""
     from moerm_lite.model import default_model_path
 
-    from .package import add_expert_cards, add_reference
+    from moerm_build.release.package import add_expert_cards, add_reference
 
     ref = default_model_path() / "reference.jsonl"
     if ref.is_file():
@@ -236,9 +236,9 @@ def train_own(jsonl: Path, out: Path, *, backbone: str = "", test_fraction: floa
               **overrides: Any) -> dict[str, Any]:
     """Train a new head on ``jsonl`` alone (minus a held-out split), export an int8 folder to ``out``; return
     the accuracies."""
-    from .evaluate import RuntimeFeaturizer, pair_accuracy, records_phi
-    from .onnx_export import export_model
-    from .train import TrainConfig, train
+    from moerm_build.evaluate.metrics import RuntimeFeaturizer, pair_accuracy, records_phi
+    from moerm_build.release.onnx_export import export_model
+    from moerm_build.train.train import TrainConfig, train
 
     recs = data.load_jsonl(jsonl)
     train_recs, test = split_records(recs, test_fraction, jsonl)

@@ -223,7 +223,7 @@ def attribute_benchmark(pool: ResponsePool, n_users: int = 100, n_attributes: in
     evaluation comparisons from the other. ``n_attributes`` = 1 for single-attribute users, None for
     2-3 attributes; ``attribute`` (an index) makes every user weigh that one attribute, either sign.
     """
-    from .data import BenchUser, bucket
+    from moerm_build.data import BenchUser, bucket
 
     rng = np.random.default_rng(seed)
     half = np.array([bucket(p, "attribute-bench") < 0.5 for p in pool.prompts])

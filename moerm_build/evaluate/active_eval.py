@@ -21,8 +21,8 @@ from moerm_lite import fit_map
 from moerm_lite.active import prior_covariance, variance_reduction
 from moerm_lite.head import expert_features
 
-from . import data
-from .evaluate import RuntimeFeaturizer, pair_accuracy
+from moerm_build import data
+from moerm_build.evaluate.metrics import RuntimeFeaturizer, pair_accuracy
 
 
 def active_curve(phi_stmt: np.ndarray, st: data.Statements, w0: np.ndarray, prior_strength: float, *,

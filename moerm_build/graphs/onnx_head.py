@@ -18,7 +18,7 @@ selected expert instead (``gating="full_softmax"``).
 
 Expert weights ``W1`` may be stored fp16 (cast back after the Gather) or int8 with a
 per-expert, per-output-channel scale that is gathered along with them; the router never is. With int8,
-the shared experts stay fp16: a read-out's gate weight (``export.readout.GATE_MARGIN``) shares a hidden
+the shared experts stay fp16: a read-out's gate weight (``moerm_build.train.readout.GATE_MARGIN``) shares a hidden
 unit with its small weights, and a per-channel int8 scale set by the gate would round them all to 0.
 """
 

@@ -1,6 +1,6 @@
 """Read-outs: always-active experts, each a linear reward on every pair feature, fitted after training.
 One is fitted on the population's helpfulness data (below); ``add_attribute_readouts`` adds one per text
-attribute of ``export.attributes`` (at the end of this file).
+attribute of ``moerm_build.data.attributes`` (at the end of this file).
 
 Why: the trained experts do not compute what HH-RLHF helpful raters rewarded (docs/decisions/population-bound.md, "What
 bounds the population score"), while a linear read-out of the same frozen features does. Shared experts
@@ -38,9 +38,9 @@ import torch
 
 from moerm_lite.features import SURFACE
 
-from .model import MoEHead
+from moerm_build.model import MoEHead
 
-log = logging.getLogger("export")
+log = logging.getLogger("moerm_build")
 GATE_MARGIN = 1000.0  # far above |h . u| of any text, so a prompt-less input switches both hidden units off
 
 
@@ -251,14 +251,14 @@ def fit_ridge(H: np.ndarray, y: np.ndarray, alphas: Sequence[float] = ATTRIBUTE_
 
 def add_attribute_readouts(head: MoEHead, pool: Any, features: Callable[[list[tuple[str, str]]], np.ndarray],
                            variance: float = ATTRIBUTE_VARIANCE) -> tuple[MoEHead, dict[str, Any] | None]:
-    """Append one read-out per text attribute of ``export.attributes``: a ridge regression of the reply's
+    """Append one read-out per text attribute of ``moerm_build.data.attributes``: a ridge regression of the reply's
     standardised attribute on its pair features, fitted on ``pool`` (an ``attributes.ResponsePool`` of
     training replies to prompts). Population weight 0 (the population has no taste for length or tone),
     prior ``variance``, gated by ``has_prompt`` like the helpfulness read-out. A user who cares about one
     attribute then needs one weight, not a mix of experts trained for other things.
 
     Returns the new head and what was fitted (``None`` and the head unchanged without such replies)."""
-    from .attributes import ATTRIBUTES
+    from moerm_build.data.attributes import ATTRIBUTES
 
     rows = [i for i, g in enumerate(pool.group) if str(pool.prompts[g]).strip()]
     if len(rows) < 10:

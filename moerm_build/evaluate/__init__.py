@@ -1,0 +1,1 @@
+"""Evaluation: featurizers and metrics, the real-text suite, bad replies and reward hacking, parity, the report."""

@@ -1,0 +1,1 @@
+"""ONNX graphs: the backbone and the sparse head exported, quantized (int8, GPTQ) and checked."""

@@ -1,0 +1,1 @@
+"""Training: embeddings and their cache, the head's training loop, read-outs fitted after it, backbone fine-tuning."""
