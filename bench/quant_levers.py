@@ -49,9 +49,9 @@ def calibration(model: RewardModel, n: int) -> list[dict[str, np.ndarray]]:
 
 def fp32_backbone(path: Path, attention: str) -> Path:
     """MiniLM exported to ONNX fp32 as the build side does, with ``attention`` = "sdpa" or "eager"."""
-    from moerm_build.train.embed import default_backbone_path
-    from moerm_build.model import Backbone
     from moerm_build.graphs.onnx_backbone import export_backbone
+    from moerm_build.model import Backbone
+    from moerm_build.train.embed import default_backbone_path
 
     b = Backbone(default_backbone_path())
     return export_backbone(b, path, attention=attention)

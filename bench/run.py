@@ -60,9 +60,9 @@ def torch_model(model: RewardModel):
     import onnx
     import torch
 
-    from moerm_build.train.embed import default_backbone_path
-    from moerm_build.model import Backbone, ModelArgs, MoEHead
     from moerm_build.graphs.onnx_head import read_head_weights
+    from moerm_build.model import Backbone, ModelArgs, MoEHead
+    from moerm_build.train.embed import default_backbone_path
 
     w = read_head_weights(onnx.load(str(model.folder / model.config.graphs[model.precision].head)))
     K, F, D = w.w1.shape

@@ -28,22 +28,21 @@ Needs the export extra and ../shared/data; embeddings come from the build side's
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from moerm_build import data
+from moerm_build.data.attributes import ATTRIBUTES, ResponsePool, attribute_benchmark, pair_order
+from moerm_build.evaluate.metrics import RuntimeFeaturizer, few_shot
+from moerm_build.evaluate.real_eval import eval_pool
+from moerm_build.train.train import attribute_training_pool
+from moerm_lite.features import SURFACE
+from moerm_lite.head import expert_features
+from moerm_lite.model import DEFAULT_MODEL
 
-from moerm_build import data  # noqa: E402
-from moerm_build.data.attributes import ATTRIBUTES, ResponsePool, attribute_benchmark, pair_order  # noqa: E402
-from moerm_build.evaluate.metrics import RuntimeFeaturizer, few_shot  # noqa: E402
-from moerm_build.evaluate.real_eval import eval_pool  # noqa: E402
-from moerm_build.train.train import attribute_training_pool  # noqa: E402
-from moerm_lite.features import SURFACE  # noqa: E402
-from moerm_lite.head import expert_features  # noqa: E402
-from moerm_lite.model import DEFAULT_MODEL  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
 TAUS = (1.0, 3.0, 10.0, 30.0)

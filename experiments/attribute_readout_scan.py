@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from moerm_build import data
+from moerm_build.data.attributes import attribute_benchmark
+from moerm_build.evaluate.metrics import RuntimeFeaturizer, few_shot
+from moerm_build.evaluate.real_eval import SHOTS, attribute_pool, dsp_pool, dsp_users
+from moerm_lite.head import expert_features
+from moerm_lite.model import DEFAULT_MODEL
 
-from moerm_build import data  # noqa: E402
-from moerm_build.data.attributes import attribute_benchmark  # noqa: E402
-from moerm_build.evaluate.metrics import RuntimeFeaturizer, few_shot  # noqa: E402
-from moerm_build.evaluate.real_eval import SHOTS, attribute_pool, dsp_pool, dsp_users  # noqa: E402
-from moerm_lite.head import expert_features  # noqa: E402
-from moerm_lite.model import DEFAULT_MODEL  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 VARIANCES = (0.1, 0.3, 1.0, 3.0, 10.0)
 RIDGE = 1e-3  # MoEHead.prior_precision's

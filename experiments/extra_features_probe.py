@@ -30,14 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from moerm_build import data  # noqa: E402
-from moerm_build.data.degrade import FAMILIES, benign_degradation_records  # noqa: E402
-from moerm_build.train.embed import EmbeddingCache, default_backbone_path  # noqa: E402
-from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy  # noqa: E402
-from moerm_build.evaluate.robustness import PROBE_L2, TRAIN_SOURCES, everyday_records, heldout_answer_records  # noqa: E402
+from moerm_build import data
+from moerm_build.data.degrade import FAMILIES, benign_degradation_records
+from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy
+from moerm_build.evaluate.robustness import PROBE_L2, TRAIN_SOURCES, everyday_records, heldout_answer_records
+from moerm_build.train.embed import EmbeddingCache, default_backbone_path
 
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 CANDIDATES = {"repeated": [0], "copied": [1], "new_words": [2], "all three": [0, 1, 2], "repeated n": [3],

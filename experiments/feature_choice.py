@@ -39,10 +39,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.run import workload  # noqa: E402
 from moerm_build.data.contrast import KINDS  # noqa: E402
-from moerm_build.train.embed import EmbeddingCache, default_backbone_path  # noqa: E402
 from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy  # noqa: E402
-from moerm_build.train.readout import readout_records  # noqa: E402
 from moerm_build.evaluate.real_eval import HUMAN_LABELLED, sanity_records  # noqa: E402
+from moerm_build.train.embed import EmbeddingCache, default_backbone_path  # noqa: E402
+from moerm_build.train.readout import readout_records  # noqa: E402
 from moerm_build.train.train import TrainConfig, load_records  # noqa: E402
 from moerm_lite.features import pair_features  # noqa: E402
 from moerm_lite.text import TextTokenizer  # noqa: E402

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,13 +42,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy
+from moerm_build.evaluate.real_eval import HUMAN_LABELLED
+from moerm_build.model import Backbone
+from moerm_build.train.embed import default_backbone_path, text_tokenizer, torch_pair_features
 
-from moerm_build.train.embed import default_backbone_path, text_tokenizer, torch_pair_features  # noqa: E402
-from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy  # noqa: E402
-from moerm_build.model import Backbone  # noqa: E402
-from moerm_build.evaluate.real_eval import HUMAN_LABELLED  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 PROBE_L2 = 10.0  # the card's frozen probe (moerm_build.evaluate.real_eval.population)
 SETS = HUMAN_LABELLED
@@ -232,8 +231,8 @@ def attribute_main(args: argparse.Namespace) -> None:
     from moerm_build import data
     from moerm_build.data.attributes import ATTRIBUTE_WORDS, ATTRIBUTES, attribute_benchmark, pair_order
     from moerm_build.evaluate.metrics import RuntimeFeaturizer, few_shot
-    from moerm_build.train.readout import fit_ridge
     from moerm_build.evaluate.real_eval import attribute_pool
+    from moerm_build.train.readout import fit_ridge
     from moerm_build.train.train import attribute_training_pool
     from moerm_lite.features import SURFACE, pair_features
     from moerm_lite.model import DEFAULT_MODEL

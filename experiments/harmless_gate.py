@@ -22,21 +22,20 @@ Needs the export extra and ../shared/data.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from moerm_build.data.contrast import KINDS
+from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy
+from moerm_build.evaluate.real_eval import HUMAN_LABELLED, sanity_records
+from moerm_build.train.embed import EmbeddingCache
+from moerm_build.train.readout import fit_for_head, readout_records
+from moerm_build.train.train import TrainConfig, load_checkpoint, load_records
 
-from moerm_build.data.contrast import KINDS  # noqa: E402
-from moerm_build.train.embed import EmbeddingCache  # noqa: E402
-from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy  # noqa: E402
-from moerm_build.train.readout import fit_for_head, readout_records  # noqa: E402
-from moerm_build.evaluate.real_eval import HUMAN_LABELLED, sanity_records  # noqa: E402
-from moerm_build.train.train import TrainConfig, load_checkpoint, load_records  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 THRESHOLDS = (0.0, -1.0, -2.0)  # the prompt classifier's logit above which the expert is on
 WEIGHTS = (1.0, 3.0, 10.0)

@@ -17,21 +17,19 @@ units, ``moerm_build.train.readout.readout_expert``), so no graph or runtime cha
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from moerm_build.data.degrade import FAMILIES, benign_degradation_records
+from moerm_build.evaluate.metrics import pair_accuracy
+from moerm_build.evaluate.robustness import family_of, heldout_answer_records, trained_families
+from moerm_build.train.embed import CACHE_DIR, EmbeddingCache
+from moerm_build.train.readout import fit_for_head, readout_inputs, readout_margin, readout_records, without_readout
+from moerm_build.train.train import TrainConfig, load_checkpoint, load_records, readout_only_records
 
-from moerm_build.data.degrade import FAMILIES, benign_degradation_records  # noqa: E402
-from moerm_build.train.embed import CACHE_DIR, EmbeddingCache  # noqa: E402
-from moerm_build.evaluate.metrics import pair_accuracy  # noqa: E402
-from moerm_build.train.readout import fit_for_head, readout_inputs, readout_margin, readout_records, without_readout  # noqa: E402
-from moerm_build.evaluate.robustness import family_of, heldout_answer_records, trained_families  # noqa: E402
-from moerm_build.train.train import TrainConfig, load_checkpoint, load_records, readout_only_records  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def fit_mlp_readout(Hc: np.ndarray, Hr: np.ndarray, off: np.ndarray, u: np.ndarray, bound: float, hidden: int,

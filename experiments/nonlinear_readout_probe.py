@@ -20,20 +20,16 @@ shipped head's helpfulness read-out is linear (``moerm_build/train/readout.py``)
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from moerm_build import data  # noqa: E402
-from moerm_build.data.degrade import FAMILIES, benign_degradation_records  # noqa: E402
-from moerm_build.train.embed import EmbeddingCache, default_backbone_path  # noqa: E402
-from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy  # noqa: E402
-from moerm_build.evaluate.robustness import PROBE_L2, TRAIN_SOURCES, everyday_records, heldout_answer_records  # noqa: E402
+from moerm_build import data
+from moerm_build.data.degrade import FAMILIES, benign_degradation_records
+from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy
+from moerm_build.evaluate.robustness import PROBE_L2, TRAIN_SOURCES, everyday_records, heldout_answer_records
+from moerm_build.train.embed import EmbeddingCache, default_backbone_path
 
 
 def sides(cache: EmbeddingCache, recs: list[dict]) -> tuple[np.ndarray, np.ndarray]:

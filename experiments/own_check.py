@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from moerm_build import data  # noqa: E402
-from moerm_build.release.own import own_on_base  # noqa: E402
+from moerm_build import data
+from moerm_build.release.own import own_on_base
 
 DOMAINS = ("academy", "business", "entertainment", "literature")
 

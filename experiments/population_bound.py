@@ -18,18 +18,17 @@ Needs the export extra and ../shared/data.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from moerm_build.data.contrast import KINDS
+from moerm_build.evaluate.metrics import RuntimeFeaturizer, logistic_fit, pair_accuracy
+from moerm_build.evaluate.real_eval import HUMAN_LABELLED, features_phi, sanity_records
+from moerm_lite.model import DEFAULT_MODEL
 
-from moerm_build.data.contrast import KINDS  # noqa: E402
-from moerm_build.evaluate.metrics import RuntimeFeaturizer, logistic_fit, pair_accuracy  # noqa: E402
-from moerm_build.evaluate.real_eval import HUMAN_LABELLED, features_phi, sanity_records  # noqa: E402
-from moerm_lite.model import DEFAULT_MODEL  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 L2 = (0.1, 1.0, 10.0, 100.0)
 

@@ -25,22 +25,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from moerm_build.data.contrast import KINDS  # noqa: E402
-from moerm_build.train.embed import EmbeddingCache  # noqa: E402
-from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy  # noqa: E402
-from moerm_build.train.readout import (  # noqa: E402
+from moerm_build.data.contrast import KINDS
+from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy
+from moerm_build.train.embed import EmbeddingCache
+from moerm_build.train.readout import (
     append_readout,
     fit_for_head,
     readout_inputs,
     readout_records,
     without_readout,
 )
-from moerm_build.evaluate.real_eval import HUMAN_LABELLED as SETS  # noqa: E402
-from moerm_build.evaluate.real_eval import sanity_records  # noqa: E402
-from moerm_build.train.train import TrainConfig, load_checkpoint, load_records  # noqa: E402
+from moerm_build.evaluate.real_eval import HUMAN_LABELLED as SETS
+from moerm_build.evaluate.real_eval import sanity_records
+from moerm_build.train.train import TrainConfig, load_checkpoint, load_records
+
+ROOT = Path(__file__).resolve().parents[1]
+
 
 L2 = (0.03, 0.1, 0.3, 1.0, 3.0)
 

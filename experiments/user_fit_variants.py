@@ -24,22 +24,21 @@ Nothing here is shipped; it prints one table per user group. Needs the export ex
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from moerm_build import data
+from moerm_build.data.attributes import attribute_benchmark
+from moerm_build.data.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool
+from moerm_build.evaluate.metrics import RuntimeFeaturizer, logistic_fit, pair_accuracy
+from moerm_build.evaluate.real_eval import PROBE_L2, SHOTS, attribute_pool, dsp_pool, fit_user_terms
+from moerm_lite.model import DEFAULT_MODEL
+from moerm_lite.personalize import RESIDUAL_GRID, backtrack, loo_log_likelihood, residual_scale
 
-from moerm_build import data  # noqa: E402
-from moerm_build.data.attributes import attribute_benchmark  # noqa: E402
-from moerm_build.evaluate.metrics import RuntimeFeaturizer, logistic_fit, pair_accuracy  # noqa: E402
-from moerm_build.evaluate.real_eval import PROBE_L2, SHOTS, attribute_pool, dsp_pool, fit_user_terms  # noqa: E402
-from moerm_build.data.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool  # noqa: E402
-from moerm_lite.model import DEFAULT_MODEL  # noqa: E402
-from moerm_lite.personalize import RESIDUAL_GRID, backtrack, loo_log_likelihood, residual_scale  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 STRENGTHS = (1.0, 3.0, 10.0, 30.0)
 Fit = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (phi (N, K), X (N, F)) -> (w, v)

@@ -27,14 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from moerm_build.train.embed import EmbeddingCache  # noqa: E402
-from moerm_build.model import MoEHead  # noqa: E402
-from moerm_build.train.readout import without_readout  # noqa: E402
-from moerm_build.train.train import Comparisons, TrainConfig, load_checkpoint, load_records  # noqa: E402
-from moerm_lite.features import SURFACE, WORD_STATISTICS, word_statistics  # noqa: E402
+from moerm_build.model import MoEHead
+from moerm_build.train.embed import EmbeddingCache
+from moerm_build.train.readout import without_readout
+from moerm_build.train.train import Comparisons, TrainConfig, load_checkpoint, load_records
+from moerm_lite.features import SURFACE, WORD_STATISTICS, word_statistics
 
 V2 = "prompt_response_v2"
 

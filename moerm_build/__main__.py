@@ -1,4 +1,4 @@
-"""Build side CLI, run from a checkout: ``python -m moerm_build {train,evaluate,export,own,active} ...``."""
+"""Build side CLI (the export extra installs it): ``python -m moerm_build {train,finetune,evaluate,robustness,tastes,export,own,active} ...``."""
 
 from __future__ import annotations
 
@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out).write_text(text + "\n")
         print(text)
     elif args.command == "export":
-        from moerm_build.release.onnx_export import export_model
         from moerm_build.evaluate.reference import reference_corpus
+        from moerm_build.release.onnx_export import export_model
 
         export_model(args.input, args.output, precision=args.precision, also_fp32=args.also_fp32,
                      quant=args.quant, report=args.report,

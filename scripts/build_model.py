@@ -22,31 +22,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
+from moerm_build.evaluate.active_eval import model_active_curve
+from moerm_build.evaluate.metrics import RuntimeFeaturizer, TorchFeaturizer
+from moerm_build.evaluate.parity import embedding_error, parity_report, selection_agreement
+from moerm_build.evaluate.reference import reference_corpus, to_jsonl
+from moerm_build.evaluate.report import EvalReport, evaluate
+from moerm_build.evaluate.robustness import readout_family_out
+from moerm_build.evaluate.robustness import report as robustness_report
+from moerm_build.evaluate.robustness import trained_families
+from moerm_build.release.card import model_card
+from moerm_build.release.onnx_export import export_model
+from moerm_build.release.package import add_reference, rename_experts, update_card
+from moerm_build.train.train import TrainConfig, load_checkpoint, readout_run, train
+from moerm_lite import RewardModel
+from moerm_lite.model import DEFAULT_MODEL
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from moerm_build.evaluate.active_eval import model_active_curve  # noqa: E402
-from moerm_build.release.card import model_card  # noqa: E402
-from moerm_build.evaluate.metrics import RuntimeFeaturizer, TorchFeaturizer  # noqa: E402
-from moerm_build.evaluate.report import EvalReport, evaluate  # noqa: E402
-from moerm_build.release.onnx_export import export_model  # noqa: E402
-from moerm_build.release.package import add_reference, rename_experts, update_card  # noqa: E402
-from moerm_build.evaluate.parity import embedding_error, parity_report, selection_agreement  # noqa: E402
-from moerm_build.evaluate.reference import reference_corpus, to_jsonl  # noqa: E402
-from moerm_build.evaluate.robustness import readout_family_out  # noqa: E402
-from moerm_build.evaluate.robustness import report as robustness_report  # noqa: E402
-from moerm_build.evaluate.robustness import trained_families  # noqa: E402
-from moerm_build.train.train import TrainConfig, load_checkpoint, readout_run, train  # noqa: E402
-from moerm_lite import RewardModel  # noqa: E402
-from moerm_lite.model import DEFAULT_MODEL  # noqa: E402
-
 CONFIG = ROOT / "moerm_build" / "configs" / "moerm-minilm.json"
 ENCODER_CONFIG = ROOT / "moerm_build" / "configs" / "encoder.json"  # the fine-tuned backbone's recipe
 
@@ -167,11 +164,11 @@ def reexport(runs: Path, out: Path, part: str, max_score_change: float = 1e-4) -
 
     import onnx
 
-    from moerm_build.model import Backbone
+    from moerm_build.evaluate.parity import heldout_comparisons
     from moerm_build.graphs.onnx_backbone import export_backbone
     from moerm_build.graphs.onnx_head import build_head_graph, read_head_weights, stored_expert_dtype
-    from moerm_build.evaluate.parity import heldout_comparisons
     from moerm_build.graphs.quantize import calibration_feeds, quantize_backbone
+    from moerm_build.model import Backbone
     from moerm_lite.folder import write_manifest
 
     ckpt, head, backbone = load_checkpoint(runs / "ship")

@@ -174,8 +174,8 @@ def test_card_section_is_replaced_or_inserted(tmp_path):
 
 
 def test_readout_records_map_to_their_family_and_the_card_marks_family_out_columns():
-    from moerm_build.release.card import robustness_section
     from moerm_build.evaluate.robustness import family_of, trained_families
+    from moerm_build.release.card import robustness_section
 
     assert family_of("degrade:echo") == "echo" and family_of("contrast:truncated") == "truncation"
     assert family_of("hh_helpful") == "" and family_of("contrast:offtopic") == "offtopic"

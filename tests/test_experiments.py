@@ -17,8 +17,8 @@ def test_style_tuned_encoder_round_trips_as_a_folder(tiny_bert, tmp_path):
     exactly as the tuned layer did on the cached inputs of the layers below."""
     import importlib.util
 
-    from moerm_build.train.embed import embed_texts, text_tokenizer
     from moerm_build.model import Backbone
+    from moerm_build.train.embed import embed_texts, text_tokenizer
 
     spec = importlib.util.spec_from_file_location("finetune_probe", ROOT / "experiments" / "finetune_probe.py")
     fp = importlib.util.module_from_spec(spec)

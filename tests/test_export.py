@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from moerm_build.graphs.onnx_backbone import export_backbone  # noqa: E402
-from moerm_build.release.onnx_export import export_model  # noqa: E402
 from moerm_build.graphs.onnx_head import build_head_graph  # noqa: E402
+from moerm_build.release.onnx_export import export_model  # noqa: E402
 from moerm_build.train.train import TrainConfig, load_checkpoint, readout_run, train  # noqa: E402
 from moerm_lite import RewardModel  # noqa: E402
 from tests.model_test_utils import random_pairs  # noqa: E402
@@ -175,8 +175,8 @@ def test_card_records_the_int8_variant_choice(tiny_run, tiny_export):
 
 def test_torch_pair_features_equal_the_runtime_function(tiny_bert):
     """Fine-tuning computes the features in torch; they must be the numpy features the runtime computes."""
-    from moerm_build.train.embed import TorchPairFeatures, embed_texts, features_of, text_tokenizer
     from moerm_build.model import Backbone
+    from moerm_build.train.embed import TorchPairFeatures, embed_texts, features_of, text_tokenizer
 
     bb = Backbone(tiny_bert).eval()
     import tempfile
@@ -276,8 +276,8 @@ def test_training_appends_the_population_readout_and_the_folder_computes_it(tiny
 
 def test_a_run_with_attribute_users_gets_attribute_readouts_and_an_older_run_gets_the_same(tiny_bert, tmp_path,
                                                                                           monkeypatch):
-    from moerm_build.train import train as train_module
     from moerm_build.data.attributes import ATTRIBUTES, ResponsePool
+    from moerm_build.train import train as train_module
 
     pairs = random_pairs(200, seed=9)
     recs = [{"prompt": pairs[i][0] or "a question", "chosen": pairs[i][1], "rejected": pairs[i + 1][1],

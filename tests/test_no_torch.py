@@ -1,4 +1,5 @@
-"""The runtime never imports torch or transformers (nor matplotlib, outside plotting), directly or indirectly."""
+"""The runtime never imports torch or transformers (nor matplotlib, outside plotting, nor the build side,
+which installs beside it), directly or indirectly."""
 
 import pkgutil
 import subprocess
@@ -28,7 +29,7 @@ from moerm_lite import RewardModel
 m = RewardModel.load({str(tiny_folder)!r}, threads=1)
 s = m.score("why", ["the cat is good", "rude"])
 u = m.fit_user([{{"prompt": "", "chosen": "good", "rejected": "bad"}}])
-bad = [k for k in sys.modules if k.split(".")[0] in ("torch", "transformers", "optimum", "matplotlib")]
+bad = [k for k in sys.modules if k.split(".")[0] in ("torch", "transformers", "optimum", "matplotlib", "moerm_build")]
 assert not bad, bad
 print("OK", s.shape, u.n_comparisons_)
 """

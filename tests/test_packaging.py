@@ -35,7 +35,10 @@ def test_wheel_holds_the_shipped_model_and_nothing_else(wheel):
     manifest = json.loads((SHIPPED / "manifest.json").read_text())["files"]
     for rel in list(manifest) + ["manifest.json"]:
         assert f"moerm_lite/models/moerm-minilm/{rel}" in names, rel
-    assert not any(n.startswith(("export/", "tests/", "bench/")) for n in names)  # the runtime only
+    assert not any(n.startswith(("tests/", "bench/", "experiments/", "scripts/")) for n in names)
+    # the build side installs with its recipes and evaluation set, for python -m moerm_build
+    assert {"moerm_build/__main__.py", "moerm_build/configs/moerm-minilm.json",
+            "moerm_build/data/evalsets/everyday.jsonl"} <= names
     models = {n.split("/")[2] for n in names if n.startswith("moerm_lite/models/") and n.count("/") > 2}
     assert models == {"moerm-minilm", "examples"}  # a user's models/mine stays out of the wheel
 

@@ -11,9 +11,9 @@ ort = pytest.importorskip("onnxruntime")
 
 from moerm_build.data.attributes import ATTRIBUTES  # noqa: E402
 from moerm_build.evaluate.metrics import READOUT_NAME, name_experts, readout_names  # noqa: E402
+from moerm_build.graphs.onnx_head import build_head_graph  # noqa: E402
 from moerm_build.model import ModelArgs, MoEHead  # noqa: E402
 from moerm_build.release.onnx_export import head_weights  # noqa: E402
-from moerm_build.graphs.onnx_head import build_head_graph  # noqa: E402
 from moerm_build.train.readout import (  # noqa: E402
     add_attribute_readouts,
     append_readout,

@@ -6,9 +6,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from moerm_build import data  # noqa: E402
+from moerm_build.graphs.onnx_head import reference_head  # noqa: E402
 from moerm_build.model import ModelArgs, MoEHead, positive_correlation, switch_load_balance  # noqa: E402
 from moerm_build.release.onnx_export import head_weights  # noqa: E402
-from moerm_build.graphs.onnx_head import reference_head  # noqa: E402
 from moerm_build.train.train import Comparisons, TrainConfig, fit_head  # noqa: E402
 from tests.conftest import DATA  # noqa: E402
 

@@ -134,8 +134,8 @@ def taste_benchmark(pool: Any, family: str, n_users: int = 100, n_adapt: int = 5
                     seed: int = 2468) -> list[Any]:
     """Users of one family (a random member, a random sign) on a taste pool (``taste_pool``): adaptation
     comparisons from one half of the prompts, evaluation from the other (as ``attribute_benchmark``)."""
-    from moerm_build.data.attributes import user_comparisons
     from moerm_build.data import BenchUser, bucket
+    from moerm_build.data.attributes import user_comparisons
 
     members = [j for j, (f, _) in enumerate(MEMBERS) if f == family]
     if not members:

@@ -18,14 +18,14 @@ import onnx
 
 from moerm_lite.experts import trim_card
 
-from moerm_build.release.card import model_card
-from moerm_build.train.embed import backbone_name
 from moerm_build.evaluate.report import EvalReport
-from moerm_build.model import Backbone, MoEHead
 from moerm_build.graphs.onnx_backbone import export_backbone
 from moerm_build.graphs.onnx_head import HeadWeights, build_head_graph
-from moerm_build.release.package import REFERENCE, add_expert_cards, make_config, update_card, write_model_folder
 from moerm_build.graphs.quantize import calibration_feeds, quantize_backbone
+from moerm_build.model import Backbone, MoEHead
+from moerm_build.release.card import model_card
+from moerm_build.release.package import REFERENCE, add_expert_cards, make_config, update_card, write_model_folder
+from moerm_build.train.embed import backbone_name
 from moerm_build.train.train import load_checkpoint
 
 log = logging.getLogger("moerm_build")

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from moerm_build import data
 from moerm_build.data.contrast import contrast_records
 from moerm_build.data.degrade import benign_degradation_records
-from moerm_build.train.embed import TorchPairFeatures, default_backbone_path, text_tokenizer, torch_pair_features
 from moerm_build.model import Backbone
+from moerm_build.train.embed import TorchPairFeatures, default_backbone_path, text_tokenizer, torch_pair_features
 from moerm_build.train.train import BENIGN
 
 log = logging.getLogger("moerm_build")
