@@ -2,7 +2,7 @@
 
     python experiments/compare_reports.py runs/ship/report.json runs/v2/report.json [--names old new]
 
-Reads what ``scripts/build_model.py`` writes (int8 runtime numbers, as the card shows them): the
+Reads what ``moerm_build.release.pipeline`` writes (int8 runtime numbers, as the card shows them): the
 degradation families on held-out answers (and the read-out family-out check where measured), everyday
 requests, the hacking search, the sanity suite, human-labelled pairs next to the frozen probe, persona,
 attribute and DSP users at N = 5 / 10 / 20 / 50, the active-question gain and int8 parity. Prints one

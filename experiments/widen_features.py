@@ -1,7 +1,7 @@
 """Do the word-trigram statistics help on their own, with the experts left exactly as trained?
 
     python experiments/widen_features.py runs/ship runs/v2pad     # seconds; then
-    python scripts/build_model.py --resume --runs runs/v2pad --out runs/v2pad/moerm-minilm
+    python -m moerm_build release build --resume --runs runs/v2pad --out runs/v2pad/moerm-minilm
 
 Feeds docs/decisions/features.md ("Word-trigram statistics").
 
@@ -9,7 +9,7 @@ Writes ``OUT/ship/ckpt.pt``: the checkpoint of ``RUN`` (trained on pair features
 with its read-outs removed and its head widened to ``prompt_response_v2``: the two new columns
 (``moerm_lite.features.WORD_STATISTICS``) get zero weight in the router and in every expert, and their
 standardisation from the run's own training pairs, so the trained experts compute what they computed
-before. ``build_model.py --resume`` then fits the read-outs (helpfulness and attribute) on the wider
+before. ``release build --resume`` then fits the read-outs (helpfulness and attribute) on the wider
 features, where the new columns can matter, and evaluates as usual. A full rebuild with v2 features
 retrains the experts as well: the difference between the two separates what the statistics do from
 what another training run does. Feeds docs/decisions/features.md (with

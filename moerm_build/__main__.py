@@ -1,4 +1,5 @@
-"""Build side CLI (the export extra installs it): ``python -m moerm_build {train,finetune,evaluate,robustness,tastes,export,own,active} ...``."""
+"""Build side CLI (the export extra installs it): ``python -m moerm_build {train,finetune,evaluate,robustness,
+tastes,export,own,active,release} ...``."""
 
 from __future__ import annotations
 
@@ -92,6 +93,28 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--precision", default="int8")
     sp.add_argument("--users", type=int, default=200)
     sp.add_argument("-o", "--out", default=None, help="write the curve JSON here")
+
+    sp = sub.add_parser("release", help="the shipped model's pipeline: build, refresh, reexport, reevaluate")
+    rel = sp.add_subparsers(dest="step", required=True)
+    steps = {
+        "build": "train, evaluate, export int8, evaluate the folder, report and card (hours)",
+        "refresh": "keep the graphs; redo reference corpus, expert cards, active curve, robustness, card",
+        "reexport": "re-export one graph with today's code from the same weights; refused if a score moves",
+        "reevaluate": "re-run the evaluation through the folder with today's code; keep parity and references",
+        "check": "export both graphs again into a copy: byte-identical? the largest score change (writes nothing)",
+    }
+    for step, help_ in steps.items():
+        rp = rel.add_parser(step, help=help_)
+        rp.add_argument("--runs", default="runs", help="training runs and the report (RUNS/ship)")
+        rp.add_argument("--out", default=None, help="the model folder (default: models/<shipped model>)")
+        if step == "build":
+            rp.add_argument("--config", default=None, help="TrainConfig JSON (default: the shipped model's)")
+            rp.add_argument("--quick", action="store_true", help="tiny smoke run into RUNS/quick")
+            rp.add_argument("--resume", action="store_true", help="reuse RUNS/ship/ckpt.pt (skip training)")
+            rp.add_argument("--dense", action="store_true", help="also train the dense-router variant")
+            rp.add_argument("--variants", action="store_true", help="also compare int8 backbone variants")
+        if step == "reexport":
+            rp.add_argument("part", choices=["backbone", "head"])
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -199,6 +222,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             Path(args.out).write_text(text + "\n")
         print(text)
+    elif args.command == "release":
+        import torch
+
+        from moerm_build.release import pipeline
+        from moerm_build.train.train import TrainConfig
+        from moerm_lite.model import DEFAULT_MODEL
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        runs, out = Path(args.runs), Path(args.out or Path("models") / DEFAULT_MODEL)
+        if args.step == "build":
+            cfg = TrainConfig.from_json(args.config or pipeline.CONFIG)
+            pipeline.build(cfg, runs, out, quick=args.quick, resume=args.resume, dense=args.dense,
+                           variants=args.variants)
+        elif args.step == "refresh":
+            pipeline.refresh(runs, out)
+        elif args.step == "reexport":
+            pipeline.reexport(runs, out, args.part)
+        elif args.step == "check":
+            same = pipeline.check(runs, out)
+            print(json.dumps(same, indent=1))
+            return 0 if same["max_score_change"] <= 1e-6 else 1
+        else:
+            pipeline.reevaluate(runs, out)
     return 0
 
 

@@ -20,8 +20,8 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOT_RUN = {
     "python3 -m venv .venv-rt": "installs (README command 1; CI runs its steps in a fresh venv)",
     "python3 -m venv .venv": "installs (README command 2 is what .ci/run runs; tests/test_examples.py)",
-    "python scripts/build_model.py": "rebuilds the shipped model: hours (tests/test_train.py, test_export.py)",
-    "python scripts/build_model.py --backbone-only": "re-exports the shipped model (tests/test_export.py)",
+    "python -m moerm_build release build": "rebuilds the shipped model: hours (tests/test_train.py, test_export.py)",
+    "python -m moerm_build release reexport backbone": "re-exports the shipped model (tests/test_export.py)",
     "python -m moerm_build train --config moerm_build/configs/moerm-minilm.json --out runs/x": "trains for hours",
     "torchrun --nproc_per_node 2 -m moerm_build train --config moerm_build/configs/moerm-minilm.json --out runs/x":
         "trains (tests/test_distributed.py runs torchrun on a tiny model)",

@@ -267,7 +267,7 @@ def test_training_appends_the_population_readout_and_the_folder_computes_it(tiny
     cfg_none = TrainConfig(**{**cfg.__dict__, "readout_sources": []})  # none asked for: the head as trained
     train(cfg_none, tmp_path / "plain", records=recs)
     assert load_checkpoint(tmp_path / "plain")[1].args.n_readout == 0
-    # a run trained without one gets the same read-out afterwards (scripts/build_model.py --resume)
+    # a run trained without one gets the same read-out afterwards (python -m moerm_build release build --resume)
     assert readout_run(tmp_path / "plain", cfg, records=recs)
     assert not readout_run(tmp_path / "plain", cfg, records=recs)  # it has one now
     later = load_checkpoint(tmp_path / "plain")[1].state_dict()

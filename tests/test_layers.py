@@ -39,11 +39,11 @@ def test_imports_run_one_way():
 
 
 def test_no_product_code_or_test_loads_the_experiments():
-    """experiments/ is research: no module of the runtime, the build side, the bench or the release script,
+    """experiments/ is research: no module of the runtime, the build side, the bench,
     and no test but tests/test_experiments.py, imports it or loads a file from it (tests/test_typing.py
     type-checks it, which depends on nothing in it)."""
     root = PKG.parent
-    files = [p for d in ("moerm_lite", "moerm_build", "bench", "scripts", "tests") for p in (root / d).rglob("*.py")]
+    files = [p for d in ("moerm_lite", "moerm_build", "bench", "tests") for p in (root / d).rglob("*.py")]
     assert len(files) > 50
     for path in files:
         if path.name in ("test_experiments.py", "test_typing.py", "test_layers.py"):  # checks of it, this one

@@ -19,6 +19,6 @@ def test_build_side_type_checks():
     pytest.importorskip("mypy")
     pytest.importorskip("torch")
     root = Path(__file__).resolve().parents[1]
-    res = subprocess.run([sys.executable, "-m", "mypy", "moerm_build", "scripts", "experiments", "bench"], cwd=root,
+    res = subprocess.run([sys.executable, "-m", "mypy", "moerm_build", "experiments", "bench"], cwd=root,
                          capture_output=True, text=True, check=False)  # the build side and its tools
     assert res.returncode == 0, res.stdout + res.stderr

@@ -22,7 +22,7 @@ from moerm_build.evaluate.metrics import (Featurizer, choose_prior_strength, cho
 
 
 class EvalReport(TypedDict, total=False):
-    """What ``evaluate`` measures (and what ``scripts/build_model.py`` adds), as the card reads it.
+    """What ``evaluate`` measures (and what ``moerm_build.release.pipeline`` adds), as the card reads it.
 
     JSON-ready; every part is optional because a report may come from a partial evaluation.
     """

@@ -117,7 +117,7 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         f"{', '.join(cfg['sources'])}; {cfg['epochs']} epochs; {ckpt['train_seconds']:.0f} s of training on "
         "cached embeddings.",
         "",
-        "Rebuild: `python scripts/build_model.py` (train, export, evaluate; see docs/build.md). Every number "
+        "Rebuild: `python -m moerm_build release build` (train, export, evaluate; see docs/build.md). Every number "
         "below comes from that script's report on this project's machine (2 cores, no GPU).",
         "",
     ]
@@ -138,12 +138,12 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
                     backbone_q += " (8-bit levels, dequantized to fp32 at load)"
                 lines += [f"Backbone graph: {backbone_q}; head: {quant.get('head')}.", ""]
             lines += [f"- {k}: {_round(v)}" for k, v in rep["parity"].items() if k != "reexports"]
-            # older reports' single backbone key is carried over by scripts/build_model.py's reexport
+            # older reports' single backbone key is carried over by the release pipeline's reexport
             for part, r in rep["parity"].get("reexports", {}).items():
                 moved = (f"moves no score of the parity set by more than {r['max_score_change']:.1e}"
                          if r["max_score_change"] else "leaves every score of the parity set bit-identical")
                 lines += ["", f"The {part} graph was re-exported after the other measurements in this card "
-                              f"(`python scripts/build_model.py --{part}-only`: {r['what']}). It {moved}, so the "
+                              f"(`python -m moerm_build release reexport {part}`: {r['what']}). It {moved}, so the "
                               "numbers above hold for it; parity was measured again."]
             lines.append("")
         if rep.get("quant_variants"):

@@ -1,32 +1,32 @@
-"""Rebuild the shipped model from scratch: train, evaluate, export int8, evaluate through the folder.
+"""The release pipeline: train, evaluate, export int8, evaluate through the folder, write the report and
+the card (``python -m moerm_build release ...``, run from the repository root).
 
-    python scripts/build_model.py                # -> models/moerm-minilm and runs/ship*/
-    python scripts/build_model.py --quick        # small smoke run into runs/quick (not for shipping)
-    python scripts/build_model.py --config moerm_build/configs/moerm-minilm-quality.json \
-        --out runs/quality/moerm-minilm --runs runs/quality   # the fine-tuned-encoder candidate (docs/decisions/bad-replies.md)
-    python scripts/build_model.py --refresh      # keep the graphs; redo reference corpus, expert cards,
-                                                 # active-question curve and the card
-    python scripts/build_model.py --backbone-only  # re-export only the int8 backbone graph of the shipped
-                                                 # run with today's export code, re-measure parity, card
-    python scripts/build_model.py --head-only    # the same for the head graph (from the folder's weights)
-    python scripts/build_model.py --reevaluate   # re-run the evaluation through the folder with today's
-                                                 # evaluation code (expert names too); keep parity,
-                                                 # references, cards; card
+    python -m moerm_build release build               # -> models/moerm-minilm and runs/ship*/ (hours)
+    python -m moerm_build release build --quick       # small smoke run into runs/quick (not for shipping)
+    python -m moerm_build release build --config moerm_build/configs/moerm-minilm-quality.json \
+        --out runs/quality/moerm-minilm --runs runs/quality   # the fine-tuned-encoder candidate
+    python -m moerm_build release build --resume      # reuse runs/ship/ckpt.pt (refit read-outs), then the rest
+    python -m moerm_build release refresh             # keep the graphs; redo reference corpus, expert cards,
+                                                      # active-question curve, robustness and the card
+    python -m moerm_build release reexport backbone   # re-export one graph of the shipped run with today's
+    python -m moerm_build release reexport head       # export code; refused if a parity score moves; card
+    python -m moerm_build release reevaluate          # re-run the evaluation through the folder with today's
+                                                      # code (expert names too); keep parity, references
+    python -m moerm_build release check               # both graphs exported again into a copy: byte-identical
+                                                      # to the folder's? the largest score change (~8 min)
 
-Needs the export extra (torch pinned: pip install torch==2.13.0) and ../shared/data.
-Every number in the model card and the README's tables comes from the reports this writes.
+One report (``EvalReport``, ``runs/ship/report.json``) flows through every step; the card is written from it
+at the end of each command (``moerm_build.release.card``). Needs the export extra (torch pinned: pip
+install torch==2.13.0) and ../shared/data.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from moerm_build.evaluate.active_eval import model_active_curve
 from moerm_build.evaluate.metrics import RuntimeFeaturizer, TorchFeaturizer
@@ -41,67 +41,41 @@ from moerm_build.release.onnx_export import export_model
 from moerm_build.release.package import add_reference, rename_experts, update_card
 from moerm_build.train.train import TrainConfig, load_checkpoint, readout_run, train
 from moerm_lite import RewardModel
-from moerm_lite.model import DEFAULT_MODEL
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "moerm_build" / "configs" / "moerm-minilm.json"
-ENCODER_CONFIG = ROOT / "moerm_build" / "configs" / "encoder.json"  # the fine-tuned backbone's recipe
 
 
 def ensure_backbone(cfg: TrainConfig) -> None:
-    """A config whose backbone is the fine-tuned encoder (``runs/enc/all-MiniLM-L6-v2-quality``) gets it
-    built (or resumed) first: ``python -m moerm_build finetune --config moerm_build/configs/encoder.json --out runs/enc``."""
+    """A config whose backbone is the fine-tuned encoder (``runs/enc/all-MiniLM-L6-v2-quality``, relative to
+    the working directory) gets it built (or resumed) first: ``python -m moerm_build finetune --config
+    moerm_build/configs/encoder.json --out runs/enc``."""
     from moerm_build.train.finetune import TUNED_BACKBONE_NAME, FinetuneConfig, finetune
 
-    if Path(cfg.backbone).name != TUNED_BACKBONE_NAME or (ROOT / cfg.backbone / "config.json").is_file():
+    if Path(cfg.backbone).name != TUNED_BACKBONE_NAME or (Path(cfg.backbone) / "config.json").is_file():
         return
+    finetune(FinetuneConfig.from_json(ENCODER_CONFIG), Path(cfg.backbone).parent)
 
-    finetune(FinetuneConfig.from_json(ENCODER_CONFIG), ROOT / Path(cfg.backbone).parent)
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "moerm-minilm.json"  # the shipped model's recipe
+ENCODER_CONFIG = CONFIG.parent / "encoder.json"  # the fine-tuned backbone's recipe
+QUICK_USERS, USERS = 50, 200  # simulated users per benchmark: a smoke run, a release
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default=str(ROOT / "models" / DEFAULT_MODEL))
-    ap.add_argument("--runs", default=str(ROOT / "runs"))
-    ap.add_argument("--config", default=str(CONFIG), help="TrainConfig JSON (default: the shipped model's)")
-    ap.add_argument("--quick", action="store_true", help="tiny smoke run")
-    ap.add_argument("--resume", action="store_true", help="reuse the runs/ship/ checkpoint (skip training)")
-    ap.add_argument("--refresh", action="store_true", help="reuse the model folder and runs/ship/report.json")
-    ap.add_argument("--dense", action="store_true", help="also train the dense-router variant (card row)")
-    ap.add_argument("--variants", action="store_true", help="also compare int8 backbone variants (card table)")
-    ap.add_argument("--backbone-only", action="store_true",
-                    help="re-export the backbone graph only; keep head, experts and the other measurements")
-    ap.add_argument("--head-only", action="store_true",
-                    help="re-export the head graph only (same weights); keep the other measurements")
-    ap.add_argument("--reevaluate", action="store_true",
-                    help="re-run the runtime evaluation of the shipped folder; keep parity and references")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    cfg = TrainConfig.from_json(args.config)
-    runs = Path(args.runs)
-    out = Path(args.out)
-    users = 200
-    if args.quick:
+def build(cfg: TrainConfig, runs: Path, out: Path, *, quick: bool = False, resume: bool = False,
+          dense: bool = False, variants: bool = False) -> None:
+    """Train (or, ``resume``, reuse ``runs/ship``), evaluate in torch, export the int8 folder ``out``,
+    evaluate through it, and write the report and the card. ``quick``: a tiny smoke run under
+    ``runs/quick``; ``dense``: also the dense-router variant (a card row); ``variants``: also compare int8
+    backbone variants (a card table)."""
+    users = USERS
+    if quick:
         cfg = replace(cfg, persona_users=200, attribute_users=100, epochs=1)
-        runs, out, users = runs / "quick", runs / "quick" / "model", 50
-    if args.backbone_only or args.head_only:
-        reexport(runs, out, "backbone" if args.backbone_only else "head")
-        return
-    if args.reevaluate:
-        reevaluate(runs, out, users)
-        return
-    if args.refresh:
-        rep = json.loads((runs / "ship" / "report.json").read_text())
-        add_reference(out, to_jsonl(reference_corpus()))
-        finish(runs, out, rep, users)
-        return
+        runs, out, users = runs / "quick", runs / "quick" / "model", QUICK_USERS
     t0 = time.time()
     times = {}
-    if not args.resume:
+    if not resume:
         ensure_backbone(cfg)
         train(cfg, runs / "ship")
-        if args.dense:
+        if dense:
             train(replace(cfg, top_k=cfg.n_experts - cfg.n_shared), runs / "ship-dense")
         times["train_s"] = time.time() - t0
     else:
@@ -112,7 +86,7 @@ def main() -> None:
     rep_torch = evaluate(tz, tz.w0, n_users=users, with_probes=True)
     (runs / "ship" / "eval_torch.json").write_text(json.dumps(rep_torch, indent=1))
     rep_dense = None
-    if args.dense:
+    if dense:
         dz = TorchFeaturizer(runs / "ship-dense")
         rep_dense = evaluate(dz, dz.w0, n_users=users, real_text=False)
     times["evaluate_torch_s"] = time.time() - t1
@@ -128,7 +102,7 @@ def main() -> None:
     rep = evaluate(rz, rz.w0, prior_strength=prior_strength, n_users=users)
     rep["parity"] = parity_report(runs / "ship", out)
     rep["parity"]["all_heldout_inputs"] = selection_agreement(runs / "ship", out)
-    if args.variants:
+    if variants:
         rep["quant_variants"] = quant_variants(runs / "ship", out, rep["parity"])
     rep["parity"]["persona_few_shot_int8_minus_torch"] = {
         n: round(rep["persona"][n] - rep_torch["persona"][n], 4) for n in ("5", "10", "20", "50")}
@@ -147,51 +121,97 @@ def main() -> None:
     finish(runs, out, rep, users)
 
 
+def refresh(runs: Path, out: Path) -> None:
+    """Keep the folder's graphs and ``runs/ship/report.json``; redo the reference corpus and everything
+    measured after export (active questions, robustness, expert cards), then the card."""
+    rep = json.loads((runs / "ship" / "report.json").read_text())
+    add_reference(out, to_jsonl(reference_corpus()))
+    finish(runs, out, rep, USERS)
+
+
 REEXPORT_NOTES = {
     "backbone": "eager attention, the same 8-bit levels dequantized at load",
     "head": "the same weights; the routed experts' fp16 weights are gathered, then cast",
 }
 
 
+def reexported_graph(part: str, out: Path, ckpt: dict, head: Any, backbone: Any, tmp: Path) -> tuple[str, Path]:
+    """The int8 folder ``out``'s ``part`` graph ("backbone" or "head") exported again with today's code from
+    the same weights, written under ``tmp``: (its path inside the folder, the new file). The backbone's GPTQ
+    levels depend on the weights and calibration texts only; the head is rebuilt from the folder's own
+    head graph."""
+    import onnx
+
+    from moerm_build.graphs.onnx_backbone import export_backbone
+    from moerm_build.graphs.onnx_head import build_head_graph, read_head_weights, stored_expert_dtype
+    from moerm_build.graphs.quantize import calibration_feeds, quantize_backbone
+    from moerm_build.model import Backbone
+
+    graphs = RewardModel.load(out).config.graphs["int8"]
+    if part == "backbone":
+        fp32 = export_backbone(backbone or Backbone(ckpt["backbone_path"]), tmp / "fp32.onnx")
+        feeds = calibration_feeds(ckpt, out / "tokenizer.json")
+        return graphs.backbone, quantize_backbone(fp32, tmp / "int8.onnx", "gptq8", feeds)
+    stored = onnx.load(out / graphs.head)
+    onnx.save(build_head_graph(read_head_weights(stored), head.args.top_k, gating=head.args.gating,
+                               expert_dtype=stored_expert_dtype(stored)), tmp / "head.onnx")
+    return graphs.head, tmp / "head.onnx"
+
+
+def parity_pairs() -> list[tuple[str, str]]:
+    """The parity set: both replies of every held-out comparison of ``moerm_build.evaluate.parity``."""
+    from moerm_build.evaluate.parity import heldout_comparisons
+
+    return [(r["prompt"], t) for r in heldout_comparisons() for t in (r["chosen"], r["rejected"])]
+
+
+def check(runs: Path, out: Path) -> dict[str, Any]:
+    """Does today's build side still make the folder ``out`` from ``runs/ship``? Both graphs exported again
+    into a copy of the folder (nothing in ``out`` is written): whether each is byte-identical to the
+    folder's, and the largest change of any score of the parity set."""
+    import shutil
+    import tempfile
+
+    from moerm_lite.folder import write_manifest
+
+    ckpt, head, backbone = load_checkpoint(runs / "ship")
+    pairs = parity_pairs()
+    before = RewardModel.load(out).score_pairs(pairs)  # (P,)
+    res: dict[str, Any] = {"parity_pairs": len(pairs)}
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / "folder"
+        shutil.copytree(out, trial)
+        for part in ("head", "backbone"):
+            rel, new = reexported_graph(part, out, ckpt, head, backbone, Path(tmp))
+            res[f"{part}_bytes_identical"] = new.read_bytes() == (out / rel).read_bytes()
+            shutil.copy(new, trial / rel)
+        write_manifest(trial)
+        res["max_score_change"] = float(abs(RewardModel.load(trial).score_pairs(pairs) - before).max())
+    return res
+
+
 def reexport(runs: Path, out: Path, part: str, max_score_change: float = 1e-4) -> None:
     """Swap in the int8 folder's ``part`` graph ("backbone" or "head") re-exported with today's export code
-    from the same weights (the backbone's GPTQ levels depend on the weights and calibration texts only; the
-    head is rebuilt from the folder's own head graph). The other measurements in the card stay valid only
+    from the same weights (``reexported_graph``). The other measurements in the card stay valid only
     if the scores do not move, so this refuses a graph that moves any score of the parity set by more
     than ``max_score_change``; parity against torch is measured again."""
     import shutil
     import tempfile
 
-    import onnx
-
-    from moerm_build.evaluate.parity import heldout_comparisons
-    from moerm_build.graphs.onnx_backbone import export_backbone
-    from moerm_build.graphs.onnx_head import build_head_graph, read_head_weights, stored_expert_dtype
-    from moerm_build.graphs.quantize import calibration_feeds, quantize_backbone
-    from moerm_build.model import Backbone
     from moerm_lite.folder import write_manifest
 
     ckpt, head, backbone = load_checkpoint(runs / "ship")
     rep = json.loads((runs / "ship" / "report.json").read_text())
     old = RewardModel.load(out)
-    pairs = [(r["prompt"], t) for r in heldout_comparisons() for t in (r["chosen"], r["rejected"])]
+    pairs = parity_pairs()
     before = old.score_pairs(pairs)
     config = old.config.to_dict()  # written with today's schema_version
     with tempfile.TemporaryDirectory() as tmp:
         if part == "backbone":
-            rel = old.config.graphs["int8"].backbone
             graphs = {p: replace(g, dequantize_at_load=(p == "int8")) for p, g in old.config.graphs.items()}
             config = replace(old.config, graphs=graphs).to_dict()
             config["quantization"]["int8_backbone"] = "gptq8 (8-bit levels, dequantized to fp32 at load)"
-            fp32 = export_backbone(backbone or Backbone(ckpt["backbone_path"]), Path(tmp) / "fp32.onnx")
-            feeds = calibration_feeds(ckpt, out / "tokenizer.json")
-            new = quantize_backbone(fp32, Path(tmp) / "int8.onnx", "gptq8", feeds)
-        else:
-            rel = old.config.graphs["int8"].head
-            stored = onnx.load(out / rel)
-            new = Path(tmp) / "head.onnx"
-            onnx.save(build_head_graph(read_head_weights(stored), head.args.top_k, gating=head.args.gating,
-                                       expert_dtype=stored_expert_dtype(stored)), new)
+        rel, new = reexported_graph(part, out, ckpt, head, backbone, Path(tmp))
         trial = Path(tmp) / "folder"
         shutil.copytree(out, trial)
         shutil.copy(new, trial / rel)
@@ -200,7 +220,7 @@ def reexport(runs: Path, out: Path, part: str, max_score_change: float = 1e-4) -
         moved = float(abs(RewardModel.load(trial).score_pairs(pairs) - before).max())
         if moved > max_score_change:
             raise SystemExit(f"the re-exported {part} moves scores by {moved:.2e} > {max_score_change}: "
-                             "rebuild the model instead (python scripts/build_model.py --resume)")
+                             "rebuild the model instead (python -m moerm_build release build --resume)")
         shutil.copy(new, out / rel)
     (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
     write_manifest(out)
@@ -225,7 +245,7 @@ KEPT_ON_REEVALUATION = ("parity", "quant_variants", "torch", "dense", "probe_cei
                         "robustness", "tastes")
 
 
-def reevaluate(runs: Path, out: Path, users: int) -> None:
+def reevaluate(runs: Path, out: Path, users: int = USERS) -> None:
     """Re-run the evaluation of the int8 folder with today's evaluation code (same data, seeds and prior
     strength), keep what was measured elsewhere (``KEPT_ON_REEVALUATION``, and the frozen-probe rows of the
     attribute users, on fp32 features), and rewrite the report and the card."""
@@ -276,7 +296,3 @@ def finish(runs: Path, out: Path, rep: EvalReport, users: int) -> None:
     update_card(out, model_card(json.loads((out / "config.json").read_text()), ckpt, rep))
     print(json.dumps({k: rep[k] for k in ("persona", "sanity", "parity", "timings")}, indent=1))
     print(json.dumps({k: rep["active"][k] for k in ("N", "active", "random", "gain_at_10")}))
-
-
-if __name__ == "__main__":
-    main()
