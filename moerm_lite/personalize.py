@@ -116,9 +116,6 @@ def fit_residual(X: np.ndarray, offset: np.ndarray, strength: float) -> np.ndarr
     ``RESIDUAL_SCALE_FLOOR`` of the median, so a feature constant in the user's data cannot blow up).
     Zero comparisons give ``v = 0``.
     """
-    from scipy.optimize import minimize  # here, not at import: scoring never needs scipy
-    from scipy.special import expit, log_expit
-
     X = np.asarray(X, dtype=np.float64)  # (N, F)
     offset = np.asarray(offset, dtype=np.float64).reshape(-1)  # (N,)
     if X.ndim != 2 or len(X) != len(offset):
@@ -131,22 +128,36 @@ def fit_residual(X: np.ndarray, offset: np.ndarray, strength: float) -> np.ndarr
     if not len(X):
         return np.zeros(X.shape[1])
     scale = residual_scale(X)  # (F,)
-    Z = X / scale  # (N, F): the penalty is isotropic in these units
+    return penalized_logistic(X / scale, offset, strength) / scale  # (F,) in the features' own units
+
+
+def penalized_logistic(Z: np.ndarray, offset: np.ndarray, strength: float) -> np.ndarray:
+    """u (F,) = argmin  -sum_i log sigmoid(offset_i + Z_i . u)  +  strength * ||u||^2  for Z (N, F), offset
+    (N,): the one penalised logistic fit of the project (the residual here; the build side's probes).
+    Newton's method on the N coefficients of the row span of Z when N <= F (``_residual_newton``), else
+    L-BFGS with an analytic gradient; both to the optimum (a strictly convex problem), not to a tolerance
+    that depends on the solver."""
+    from scipy.optimize import minimize  # here, not at import: scoring never needs scipy
+    from scipy.special import expit, log_expit
+
+    Z = np.asarray(Z, dtype=np.float64)  # (N, F)
+    offset = np.asarray(offset, dtype=np.float64).reshape(-1)  # (N,)
+    if not len(Z):
+        return np.zeros(Z.shape[1])
     if len(Z) <= Z.shape[1]:  # fewer comparisons than features: Newton on the N coefficients of u = Z^T a
-        return _residual_newton(Z, offset, strength) / scale
+        return _residual_newton(Z, offset, strength)
 
     def loss_grad(u: np.ndarray) -> tuple[float, np.ndarray]:
         z = offset + Z @ u  # (N,)
         return float(-log_expit(z).sum() + strength * u @ u), -(expit(-z) @ Z) + 2 * strength * u
 
-    u = minimize(loss_grad, np.zeros(X.shape[1]), jac=True, method="L-BFGS-B",
-                 options={"maxiter": 1000, "gtol": 1e-10, "ftol": 1e-15}).x
-    return u / scale  # (F,) in the features' own units: score term x . v
+    return minimize(loss_grad, np.zeros(Z.shape[1]), jac=True, method="L-BFGS-B",
+                    options={"maxiter": 1000, "gtol": 1e-10, "ftol": 1e-15}).x
 
 
 def _residual_newton(Z: np.ndarray, offset: np.ndarray, strength: float, tol: float = 1e-10,
                      max_iter: int = 100) -> np.ndarray:
-    """``fit_residual``'s minimiser u (F,) in the span of the rows of Z (N, F), where it lies (the
+    """``penalized_logistic``'s minimiser u (F,) in the span of the rows of Z (N, F), where it lies (the
     representer theorem): u = Z^T a, Newton's method on a (N,) with a backtracking line search.
 
     With G = Z Z^T and s = sigmoid(offset + G a): the gradient in u is Z^T r with r = 2 strength a - (1 - s),

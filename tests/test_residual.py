@@ -12,7 +12,7 @@ from moerm_lite import Catalog, RewardModel, UserProfile
 from moerm_lite.cli import main
 from moerm_lite.features import feature_dim
 from moerm_lite.head import combine
-from moerm_lite.personalize import decode_array, encode_array, fit_residual
+from moerm_lite.personalize import decode_array, encode_array, fit_residual, penalized_logistic
 from tests.test_online import COMPS
 
 
@@ -52,6 +52,26 @@ def test_residual_is_the_optimum_and_only_explains_what_the_offset_leaves():
         fit_residual(X, offset, 0.0)
     with pytest.raises(ValueError, match="NaN"):
         fit_residual(np.full((2, 3), np.nan), np.zeros(2), 1.0)
+
+
+@pytest.mark.parametrize("N", [5, 20, 21, 400])  # Newton in the row span (N <= F = 20), L-BFGS above
+def test_penalized_logistic_reaches_the_optimum_on_both_paths(N):
+    """The one penalised logistic fit (the residual's and the build side's probes): zero gradient, and the
+    same answer from either solver where both apply."""
+    rng = np.random.default_rng(N)
+    Z, offset = rng.normal(size=(N, 20)), rng.normal(size=N)
+    u = penalized_logistic(Z, offset, 0.3)
+    grad = -(expit(-(offset + Z @ u)) @ Z) + 2 * 0.3 * u
+    assert np.abs(grad).max() < 1e-5  # of a loss summed over N comparisons
+    if N <= 20:  # the row-span Newton agrees with a plain Newton on all F coefficients
+        w = np.zeros(20)
+        for _ in range(50):
+            s = expit(offset + Z @ w)
+            g = -((1 - s) @ Z) + 0.6 * w
+            H = (Z * (s * (1 - s))[:, None]).T @ Z + 0.6 * np.eye(20)
+            w -= np.linalg.solve(H, g)
+        np.testing.assert_allclose(u, w, atol=1e-8)
+    np.testing.assert_array_equal(penalized_logistic(Z[:0], offset[:0], 0.3), np.zeros(20))
 
 
 def test_float16_array_codec_round_trips_and_refuses_garbage():

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from moerm_lite import RewardModel, fit_map
+from moerm_lite.personalize import penalized_logistic
 from moerm_lite.head import expert_features
 
 from moerm_build import data
@@ -175,15 +176,10 @@ def interpretability(phi_stmt: np.ndarray, gates: np.ndarray, st: data.Statement
 
 
 def logistic_fit(X: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
-    """argmin_w  -sum log sigmoid(y * X w) + l2 * ||w||^2  (L-BFGS-B, analytic gradient)."""
-    from scipy.optimize import minimize
-    from scipy.special import expit, log_expit
-
-    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        z = y * (X @ w)
-        return float(-log_expit(z).sum() + l2 * w @ w), -((y * expit(-z)) @ X) + 2 * l2 * w
-
-    return minimize(loss, np.zeros(X.shape[1]), jac=True, method="L-BFGS-B").x
+    """argmin_w  -sum log sigmoid(y * X w) + l2 * ||w||^2: the runtime's one penalised logistic fit
+    (``moerm_lite.personalize.penalized_logistic``, which a user's residual uses too)."""
+    X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)  # (N, F), (N,)
+    return penalized_logistic(y[:, None] * X, np.zeros(len(X)), l2)  # (F,)
 
 
 def probe_ceiling(emb: np.ndarray, st: data.Statements, users: list[data.BenchUser]) -> dict[str, float]:
