@@ -36,7 +36,7 @@ from torch import nn
 
 @dataclass
 class ModelArgs:
-    n_features: int = 775  # F, pair features (moerm_lite.features.feature_dim(H); H = 384 for MiniLM)
+    n_features: int = 775  # F, pair features (moerm_lite.features.feature_dim(hidden_size), 384 for MiniLM)
     n_experts: int = 32  # K, all experts: routed and shared
     n_shared: int = 0  # S, always-active experts (the last S)
     shared_skip: int = 0  # leading feature columns the shared experts never see (2H: the embeddings)
@@ -63,14 +63,14 @@ class MoEHead(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
-        H, K, D = args.n_features, args.n_experts, args.expert_hidden
-        self.register_buffer("feat_mean", torch.zeros(H))  # (F,) feature standardisation
-        self.register_buffer("feat_std", torch.ones(H))  # (F,)
-        mask = torch.ones(K, H, 1)
+        n_in, K, D = args.n_features, args.n_experts, args.expert_hidden  # n_in = F, the pair features
+        self.register_buffer("feat_mean", torch.zeros(n_in))  # (F,) feature standardisation
+        self.register_buffer("feat_std", torch.ones(n_in))  # (F,)
+        mask = torch.ones(K, n_in, 1)
         mask[K - args.n_shared:K - args.n_readout, : args.shared_skip] = 0.0  # shared: form, not content
         self.register_buffer("w1_mask", mask)  # (K, F, 1)
-        self.router = nn.Linear(H, K - args.n_shared)
-        self.w1 = nn.Parameter(torch.randn(K, H, D) / math.sqrt(H))  # (K, H, D)
+        self.router = nn.Linear(n_in, K - args.n_shared)
+        self.w1 = nn.Parameter(torch.randn(K, n_in, D) / math.sqrt(n_in))  # (K, F, D)
         self.b1 = nn.Parameter(torch.zeros(K, D))  # (K, D)
         self.w2 = nn.Parameter(torch.randn(K, D) / math.sqrt(D))  # (K, D)
         self.b2 = nn.Parameter(torch.zeros(K))  # (K,)
@@ -97,20 +97,20 @@ class MoEHead(nn.Module):
 
     def rewards(self, h: torch.Tensor) -> torch.Tensor:
         """Every expert's reward, (B, K). Training evaluates all; the exported graph only the routed."""
-        K, H, D = self.w1.shape
-        pre = h @ self.expert_w1().permute(1, 0, 2).reshape(H, K * D)  # (B, K*D): one GEMM for all experts
+        K, n_in, D = self.w1.shape  # n_in = F
+        pre = h @ self.expert_w1().permute(1, 0, 2).reshape(n_in, K * D)  # (B, K*D): one GEMM for all experts
         hidden = F.relu(pre.view(-1, K, D) + self.b1)  # (B, K, D)
         r = (hidden * self.w2).sum(-1) + self.b2  # (B, K)
         c = self.args.reward_bound
         return c * torch.tanh(r / c) if c > 0 else r
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Pair features x (B, F) -> gates, rewards, features pi * r (B, K); router_probs (B, K - S)."""
+        """Pair features x (B, F) -> gates, rewards, expert features phi = pi * r (B, K); router_probs (B, K - S)."""
         h = self.standardize(x)
         pi, probs, idx = self.gates(h)
         r = self.rewards(h)
         return {"gating_output": pi, "rewards": r, "router_probs": probs, "expert_index": idx,
-                "features": pi * r}  # (B, K) each, idx (B, k)
+                "phi": pi * r}  # (B, K) each, idx (B, k); phi: the expert features a user's weights score
 
     def prior_precision(self, ridge: float = 1e-3) -> "np.ndarray | None":
         """P = (cov of the training users' offsets from w0 + ridge I)^-1, (K, K); None without enough users.
@@ -133,7 +133,7 @@ class MoEHead(nn.Module):
 
     def score(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """s = sum_k pi_k w_k r_k, (B,), for pair features x (B, F); ``w`` is (K,) or (B, K)."""
-        return (self.forward(x)["features"] * w).sum(-1)
+        return (self.forward(x)["phi"] * w).sum(-1)
 
 
 class Backbone(nn.Module):

@@ -121,7 +121,7 @@ def test_user_aware_training_recovers_planted_users():
     proto[range(4), range(4)] = 1.0
     proto[range(4), range(4, 8)] = 1.0
     with torch.no_grad():
-        f = head(proto)["features"] - head(torch.cat([-proto[:, :4], proto[:, 4:]], 1))["features"]  # (A, K)
+        f = head(proto)["phi"] - head(torch.cat([-proto[:, :4], proto[:, 4:]], 1))["phi"]  # (A, K)
         learned = (head.w0 + head.user_weights) @ f.T  # (U, A): utility of +axis minus -axis
     order = [comps.user_ids.index(f"u{u}") for u in range(len(W))]
     corr = [np.corrcoef(learned[i].numpy(), W[u])[0, 1] for u, i in enumerate(order)]

@@ -246,7 +246,7 @@ class BatchLoss(torch.nn.Module):
         head, cfg, args = self.head, self.cfg, self.head.args
         o = head(x)  # (T, K) each
         B = len(u)
-        feats = o["features"][inv]  # (2B, K)
+        feats = o["phi"][inv]  # (2B, K)
         phi = feats[:B] - feats[B:]  # (B, K)
         w = head.w0.expand(B, -1)  # (B, K) population weights
         if args.n_users:  # a training user is w0 plus its own offset: the MAP prior of fit_user
