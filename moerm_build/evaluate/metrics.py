@@ -118,7 +118,7 @@ class RuntimeFeaturizer:
     def outputs_and_features(self, pairs: Sequence[tuple[str, str]]
                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         o = self.model.expert_outputs(list(pairs), batch_size=64, with_features=True)
-        return o["gating_output"], o["rewards"], o["phi"]
+        return o["gating_output"], o["rewards"], o["features"]
 
 
 # ------------------------------------------------------------------------ persona
