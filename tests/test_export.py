@@ -173,6 +173,32 @@ def test_card_records_the_int8_variant_choice(tiny_run, tiny_export):
     assert "| gptq8 | 1.06% | 99.23% | 99.45% | 99.30% | 26.2 MB |" in card
 
 
+def test_card_counts_come_from_the_report_and_the_build(tiny_run, tiny_export):
+    """The card's prose (moerm_build/release/card.md) carries no count of its own: users, comparisons,
+    draws, the machine and the quantizer's settings are the report's and the build's."""
+    from moerm_build.graphs.gptq import BLOCK
+    from moerm_build.release.card import model_card
+
+    ckpt, _, _ = load_checkpoint(tiny_run)
+    config = json.loads((tiny_export / "config.json").read_text())
+    shots = {str(n): 0.6 for n in (5, 10, 20, 50)}
+    att = {"attributes": ["verbosity"], "n_prompts": 11, "n_responses": 33, "users": 7, "heldout_per_user": [3, 5],
+           **{k: {"global": 0.5, **shots} for k in ("single", "multi")}, "single_by_attribute_n10": {}}
+    dsp = {k: {**shots, "all": 0.7} for k in ("model", "frozen_probe")}
+    rep = {"attribute_users": att, "dsp": {**dsp, "unpersonalized": 0.5, "train_comparisons": 40, "draws": 4},
+           "machine": {"cpu": "Some CPU", "cores": 3, "gpu": False},
+           "interpretability": {"axes": [{"axis": a, "expert": 0, "corr": 0.5, "routing_share": 1.0} for a in "ab"]},
+           "persona": {"global": 0.5, **shots},
+           "quant_variants": {"gptq8": {"embedding_rel_error": 0.01, "same_topk_selection_all": 0.99,
+                                        "same_topk_selection": 0.99, "decision_agreement": 0.99, "backbone_mb": 1.0}}}
+    card = model_card(config, ckpt, rep)
+    assert "7 users each, 3–5 further comparisons" in card and "20 draws" not in card and "; 4 draws)" in card
+    assert "this project's machine (Some CPU, 3 cores, no GPU)" in card
+    assert "the stance of 2 persona axes" in card and "simulated users over the 2 benchmark axes" in card
+    assert f"blocks of {BLOCK} " in card and f"chose on {len(ckpt['calibration'])} training pairs" in card
+    assert "{" not in card.split("## ")[1]  # every field of the template filled
+
+
 def test_torch_pair_features_equal_the_runtime_function(tiny_bert):
     """Fine-tuning computes the features in torch; they must be the numpy features the runtime computes."""
     from moerm_build.model import Backbone

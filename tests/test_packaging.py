@@ -38,7 +38,7 @@ def test_wheel_holds_the_shipped_model_and_nothing_else(wheel):
     assert not any(n.startswith(("tests/", "bench/", "experiments/")) for n in names)
     # the build side installs with its recipes and evaluation set, for python -m moerm_build
     assert {"moerm_build/__main__.py", "moerm_build/configs/moerm-minilm.json",
-            "moerm_build/data/evalsets/everyday.jsonl"} <= names
+            "moerm_build/data/evalsets/everyday.jsonl", "moerm_build/release/card.md"} <= names
     models = {n.split("/")[2] for n in names if n.startswith("moerm_lite/models/") and n.count("/") > 2}
     assert models == {"moerm-minilm", "examples"}  # a user's models/mine stays out of the wheel
 

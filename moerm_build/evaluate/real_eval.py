@@ -126,8 +126,12 @@ def attribute_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P
     pool, phi, X = ap["pool"], ap["phi"], ap["X"]
     out: dict[str, Any] = {"n_prompts": len(pool.prompts), "n_responses": len(pool.responses),
                            "attributes": list(ATTRIBUTES)}
+    heldout: list[int] = []  # comparisons each user is scored on
+    counts: list[int] = []  # users per group
     for name, k in (("single", 1), ("multi", None)):
         users = attribute_benchmark(pool, n_users=n_users, n_attributes=k)
+        heldout += [len(u.eval) for u in users]
+        counts.append(len(users))
         out[name] = few_shot(phi, users, w0, prior_strength, P=P)
         out[name + "_residual"] = few_shot_residual(phi, X, users, w0, prior_strength, P)
         if ap.get("with_probe", True):
@@ -137,6 +141,7 @@ def attribute_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P
         users = attribute_benchmark(pool, n_users=20, attribute=a, seed=100 + a)
         per_attr[attr] = few_shot(phi, users, w0, prior_strength, shots=(10,), P=P)["10"] if users else None
     out["single_by_attribute_n10"] = per_attr
+    out["users"], out["heldout_per_user"] = min(counts), [min(heldout), max(heldout)]
     return out
 
 
@@ -195,7 +200,7 @@ def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | No
     names = (*data.DSP_DOMAINS, "normal")
     rng = np.random.default_rng(seed)
     res: dict[str, Any] = {"model": {}, "frozen_probe": {}, "model_plus_residual": {}, "model_auto": {},
-                           "unpersonalized": {}}
+                           "unpersonalized": {}, "draws": draws}
     per_user: dict[str, dict[str, float]] = {}
     for u, dom in enumerate(data.DSP_DOMAINS):
         others = [j for j in range(len(names)) if j != u]
@@ -252,9 +257,12 @@ def taste_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P: np
     ``moerm_build.evaluate.real_eval.attribute_pool``)."""
     pool = taste_pool(ap["pool"])
     out: dict[str, Any] = {"members": {f: list(m) for f, m in TASTE_FAMILIES.items()}}
+    heldout: list[int] = []
     for fam in TASTE_FAMILIES:
         users = taste_benchmark(pool, fam, n_users=n_users)
+        heldout += [len(u.eval) for u in users]
         out[fam] = {"users": len(users), "model": few_shot(ap["phi"], users, w0, prior_strength, P=P),
                     "model_auto": few_shot_residual(ap["phi"], ap["X"], users, w0, prior_strength, P, "auto"),
                     "frozen_probe": probe_few_shot(ap["X"], users)}
+    out["heldout_per_user"] = [min(heldout), max(heldout)]  # comparisons each user is scored on
     return out

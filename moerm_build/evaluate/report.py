@@ -56,6 +56,7 @@ class EvalReport(TypedDict, total=False):
     expert_cards: list[dict[str, Any]]
     robustness: dict[str, Any]  # moerm_build.evaluate.robustness.report: degradation families, everyday requests, hacking
     tastes: dict[str, Any]  # moerm_build.evaluate.real_eval.taste_users: taste families no build trained on
+    machine: dict[str, Any]  # where it was measured: {"cpu", "cores", "gpu"} (moerm_build.release.pipeline)
 
 
 def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = None, n_users: int = 200,

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, cast
 
 from moerm_lite.folder import RECOMMENDED_RESIDUAL_STRENGTH
 
+from moerm_build import data
 from moerm_build.evaluate.report import EvalReport
+from moerm_build.graphs.gptq import BLOCK
 
-DATA_LICENCES = """\
-| data | use | licence |
-|---|---|---|
-| Anthropic model-written persona statements (Perez et al. 2022, *Discovering Language Model Behaviors with Model-Written Evaluations*, github anthropics/evals) | training (simulated users over the 16 benchmark axes, train statements only) and the persona benchmark | CC-BY-4.0 — statements © Anthropic, used with attribution |
-| Anthropic HH-RLHF harmless-base and helpful-base (Bai et al. 2022) | training (train split by prompt): human pairs, contrast pairs (helpful-base only) and attribute users; held-out accuracy | MIT |
-| FineGrainedRLHF QA-Feedback (Wu et al. 2023, allenai) | training (train split by question): human pairs, contrast pairs, attribute users; held-out accuracy | Apache-2.0 |
-| USR Topical-Chat ratings (Mehri & Eskenazi 2020, via UniEval) | training (pairs with overall ratings 1+ apart), contrast pairs, attribute users | MIT |
-| Domain-Specific Preference (Cheng et al. 2023, Linear95/DSP) | evaluation only, never training: sanity suite, domain users | CC BY-NC 4.0 |
-| WebGPT comparisons (Nakano et al. 2021, via Linear95/DSP) | evaluation only, never training | CC BY-NC 4.0 |
-| Relabeled HH-RLHF (Siththaranjan et al. 2023, hidden-context) | evaluation only, never training | no licence file upstream |
-"""
+CARD_TEMPLATE = Path(__file__).with_name("card.md")  # the card's prose, with {fields} filled by model_card
 
 
 def _round(x: Any) -> Any:
@@ -32,6 +25,12 @@ def _round(x: Any) -> Any:
 def _residual_strength(config: dict[str, Any]) -> float:
     """The opt-in residual strength a folder's config recommends (``ModelConfig``'s default where absent)."""
     return float(config.get("recommended_residual_strength", RECOMMENDED_RESIDUAL_STRENGTH))
+
+
+def _span(lo_hi: list[int]) -> str:
+    """``[lo, hi]`` as "lo–hi", or one number where they agree."""
+    lo, hi = lo_hi
+    return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
 def _pct(x: Any) -> str:
@@ -62,65 +61,46 @@ def _helpful_sentence(rep: EvalReport) -> str:
             "pairs it is near chance")
 
 
+def machine_words(machine: dict[str, Any] | None) -> str:
+    """Where a report was measured, in words (``moerm_build.release.pipeline.machine``)."""
+    if not machine:
+        return "this project's machine"
+    cpu = f"{machine['cpu']}, " if machine.get("cpu") else ""
+    return f"this project's machine ({cpu}{machine['cores']} cores, {'a GPU' if machine.get('gpu') else 'no GPU'})"
+
+
 def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) -> str:
-    """Markdown card: what the model is, its data, how it was trained, and what was measured."""
+    """Markdown card: what the model is, its data, how it was trained, and what was measured. The prose is
+    ``card.md`` beside this module, filled from the folder's config, the checkpoint and the report; the
+    measured sections below it are tables of the report."""
     cfg = ckpt["config"]
     K, k, S = config["n_experts"], config["top_k"], config.get("n_shared", 0)
     backbone = config["backbone"]
     readout = config.get("training", {}).get("readout")
-    lines = [
-        f"# {config['model_id']}",
-        "",
-        f"A sparse Mixture-of-Experts reward model for [moerm-lite](../../README.md). The {backbone['name']} "
-        f"encoder ({backbone['hidden_size']}-dimensional, mean pooling, {backbone['max_length']} tokens, "
-        f"{'top ' + str(cfg['train_backbone_layers']) + ' layers fine-tuned' if cfg['train_backbone_layers'] else 'frozen'}) "
-        "embeds prompt and response separately; the head sees pair features built from the two embeddings "
-        "and the texts (`moerm_lite/features.py`). "
-        f"K = {K} expert reward heads (MLPs, {cfg['expert_hidden']} hidden units): a router sends each input to "
-        f"its top-{k} of the {K - S} routed experts, and {S} shared experts are always active; the shared "
-        "experts see only the text statistics (relevance as cosine, length, layout, style rates)"
-        + (f", except the last {readout['experts']}: linear read-outs of every feature fitted after "
-           f"training (`moerm_build/train/readout.py`){readout_sentence(readout)}. " if readout else ". ")
-        +
-        "Score: `s = Σ_k π_k · w_k · r_k`, a raw logit (higher is better) with the population weights `w0` or "
-        "a user's fitted weights. Users are fitted under the prior N(w0, (λP)^-1) with "
-        + ("P the inverse covariance of the training users' weights (`prior_precision` in config.json)"
-           if config.get("prior_precision") is not None else "P = I")
-        + f"; λ = {config['default_prior_strength']:g}, chosen on validation users (persona and attribute users). "
-        "Opt-in, a user also gets a residual over the pair features, fitted on what the expert weights leave "
-        "unexplained and moved only by many comparisons (`fit_user(..., residual_strength="
-        f"{_residual_strength(config):g})`; rows marked residual below).",
-        "",
-        "## What it rewards, and what it does not know",
-        "",
-        "- **Rewards**: a real answer that is on topic over an answer to another question, a non-answer, a "
-        "dismissive reply or a cut-off answer (the sanity suite below); for the persona statements it was "
-        "trained on, the stance of 16 persona axes; for a fitted user, the length, layout, tone and topics "
-        "their comparisons show.",
-        "- **Does not know**: whether an answer is true, well reasoned, safe or subtly harmful. "
-        + (_helpful_sentence(rep) if readout and readout.get("sources") else
-           "On the human-labelled HH-RLHF and FineGrained QA pairs it is near chance")
-        + f" (numbers below, next to a linear probe on the same frozen {backbone['name']} features).",
-        "- **What bounds it**: `experiments/population_bound.py` measures whether any weighting of the experts "
-        "reaches that probe, and `experiments/attribute_bound.py` which tastes the frozen encoder, the text "
-        "statistics and the experts can see at all; [docs/decisions/](../../docs/decisions/README.md) has the numbers "
-        "for the shipped model.",
-        "- Prompts longer than the token limit keep their end, responses their start; English only.",
-        "",
-        "## Data and licences",
-        "",
-        DATA_LICENCES,
-        f"Backbone: {backbone_source(backbone['name'])}. Training mode: {ckpt['mode']}, "
-        f"{len(ckpt['user_ids'])} training users "
-        f"({cfg['persona_users']} persona users × {cfg['persona_per_user']} comparisons, "
-        f"{cfg.get('attribute_users', 0)} attribute users × {cfg.get('attribute_per_user', 0)}); sources "
-        f"{', '.join(cfg['sources'])}; {cfg['epochs']} epochs; {ckpt['train_seconds']:.0f} s of training on "
-        "cached embeddings.",
-        "",
-        "Rebuild: `python -m moerm_build release build` (train, export, evaluate; see docs/build.md). Every number "
-        "below comes from that script's report on this project's machine (2 cores, no GPU).",
-        "",
-    ]
+    axes = rep.get("interpretability", {}).get("axes") or data.PERSONA16  # the benchmark's axes
+    values = {
+        "model_id": config["model_id"], "backbone_name": backbone["name"], "hidden_size": backbone["hidden_size"],
+        "max_length": backbone["max_length"],
+        "backbone_state": (f"top {cfg['train_backbone_layers']} layers fine-tuned" if cfg["train_backbone_layers"]
+                           else "frozen"),
+        "n_experts": K, "expert_hidden": cfg["expert_hidden"], "top_k": k, "n_routed": K - S, "n_shared": S,
+        "readouts": (f", except the last {readout['experts']}: linear read-outs of every feature fitted after "
+                     f"training (`moerm_build/train/readout.py`){readout_sentence(readout)}. " if readout else ". "),
+        "prior": ("P the inverse covariance of the training users' weights (`prior_precision` in config.json)"
+                  if config.get("prior_precision") is not None else "P = I"),
+        "prior_strength": f"{config['default_prior_strength']:g}",
+        "residual_strength": f"{_residual_strength(config):g}",
+        "persona_axes": len(axes),
+        "helpful": (_helpful_sentence(rep) if readout and readout.get("sources") else
+                    "On the human-labelled HH-RLHF and FineGrained QA pairs it is near chance"),
+        "backbone_source": backbone_source(backbone["name"]), "mode": ckpt["mode"],
+        "n_training_users": len(ckpt["user_ids"]), "persona_users": cfg["persona_users"],
+        "persona_per_user": cfg["persona_per_user"], "attribute_users": cfg.get("attribute_users", 0),
+        "attribute_per_user": cfg.get("attribute_per_user", 0), "sources": ", ".join(cfg["sources"]),
+        "epochs": cfg["epochs"], "train_seconds": f"{ckpt['train_seconds']:.0f}",
+        "machine": machine_words(rep.get("machine")),
+    }
+    lines = [CARD_TEMPLATE.read_text(encoding="utf-8").format_map(values).rstrip("\n"), ""]
     if rep:
         lines += real_text_section(rep, _residual_strength(config))
         if rep.get("robustness"):
@@ -147,7 +127,7 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
                               "numbers above hold for it; parity was measured again."]
             lines.append("")
         if rep.get("quant_variants"):
-            lines += quant_section(rep["quant_variants"])
+            lines += quant_section(rep["quant_variants"], len(ckpt["calibration"]))
         lines += experts_section(config, rep)
     if rep.get("expert_cards"):
         lines += expert_cards_section(rep["expert_cards"])
@@ -184,7 +164,8 @@ def real_text_section(rep: EvalReport, residual_strength: float) -> list[str]:
         lines += [f"**Attribute users**: simulated users who weigh 1–3 text attributes of real replies "
                   f"({', '.join(att['attributes'])}) with random signs, fitted from N comparisons between "
                   f"replies to the same held-out prompt ({att['n_prompts']} prompts, {att['n_responses']} "
-                  "replies: test splits, DSP, WebGPT), 100 users each, 100 further comparisons scored:", "",
+                  f"replies: test splits, DSP, WebGPT), {att['users']} users each, "
+                  f"{_span(att['heldout_per_user'])} further comparisons scored:", "",
                   "| users | global | N=5 | N=10 | N=20 | N=50 |", "|---|---|---|---|---|---|"]
         for key, label in (("single", "1 attribute: this model"),
                            ("single_residual", "1 attribute: this model + residual (opt-in)"),
@@ -203,7 +184,7 @@ def real_text_section(rep: EvalReport, residual_strength: float) -> list[str]:
     if dsp:
         lines += ["**DSP domain users** (academy, business, entertainment, literature: each prefers the reply "
                   "written for its domain over the other four; fitted on N comparisons from half of the "
-                  "instructions, scored on all of the other half; 20 draws):", "",
+                  f"instructions, scored on all of the other half; {dsp['draws']} draws):", "",
                   "| | N=5 | N=10 | N=20 | N=50 | all (" + str(dsp["train_comparisons"]) + ") |",
                   "|---|---|---|---|---|---|",
                   "| this model | " + " | ".join(_pct(dsp["model"][str(n)]) for n in (5, 10, 20, 50, "all")) + " |",
@@ -230,7 +211,7 @@ def tastes_section(res: dict[str, Any]) -> list[str]:
              "**Taste families** (`moerm_build/data/tastes.py`, `python -m moerm_build tastes`): simulated users who prefer more "
              "(or less) of one property of a reply — a vocabulary field, a rhetorical habit, structure, "
              "specificity, courtesy — between replies to the same held-out prompt; no build trains on them. Each "
-             "user is fitted from N comparisons and scored on 50–100 more; the frozen probe is a logistic "
+             f"user is fitted from N comparisons and scored on {_span(res['heldout_per_user'])} more; the frozen probe is a logistic "
              "regression on the frozen pair features fitted on the same N:", "",
              "| family | users | fit | N=5 | N=10 | N=20 | N=50 |", "|---|---|---|---|---|---|---|"]
     for fam, members in res["members"].items():
@@ -319,7 +300,7 @@ def experts_section(config: dict[str, Any], rep: EvalReport) -> list[str]:
     return lines
 
 
-def quant_section(variants: dict[str, dict[str, Any]]) -> list[str]:
+def quant_section(variants: dict[str, dict[str, Any]], calibration_pairs: int) -> list[str]:
     """How the int8 backbone variant was chosen: reward-level agreement with torch fp32, per variant."""
     lines = ["## Choice of int8 backbone", "",
              "Picked by agreement with torch fp32 at the reward level (same head, same held-out inputs):", "",
@@ -330,8 +311,9 @@ def quant_section(variants: dict[str, dict[str, Any]]) -> list[str]:
                      f"| {100 * v['same_topk_selection_all']:.2f}% "
                      f"| {100 * v['same_topk_selection']:.2f}% | {100 * v['decision_agreement']:.2f}% "
                      f"| {v['backbone_mb']:.1f} MB |")
-    lines += ["", "gptq8: 8-bit weights in blocks of 16 (onnxruntime MatMulNBits, fp32 activations) whose "
-              "levels GPTQ chose on 512 training pairs; weight_only8: the same graph rounded to nearest. Embedding "
+    lines += ["", f"gptq8: 8-bit weights in blocks of {BLOCK} (onnxruntime MatMulNBits, fp32 activations) whose "
+              f"levels GPTQ chose on {calibration_pairs} training pairs; weight_only8: the same graph rounded to "
+              "nearest. Embedding "
               "tables are int8 per row in both.", ""]
     return lines
 

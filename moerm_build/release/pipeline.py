@@ -281,9 +281,28 @@ def quant_variants(run: Path, out: Path, parity: dict) -> dict:
     return rows
 
 
+def machine() -> dict[str, Any]:
+    """Where a report is measured: the CPU's model name (``lscpu``'s, where it says), cores, a GPU or not."""
+    import os
+    import platform
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": bool(torch.cuda.is_available())}
+
+
 def finish(runs: Path, out: Path, rep: EvalReport, users: int) -> None:
     """Runtime-only measurements (active questions, expert cards), then report and card."""
     t1 = time.time()
+    rep["machine"] = machine()
     rep["active"] = model_active_curve(out, n_users=users)
     trained = trained_families(json.loads((out / "config.json").read_text()).get("training", {}))
     rep["robustness"] = robustness_report(out, trained)
