@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("-i", "--input", required=True, help="model folder (ONNX)")
     sp.add_argument("--prompts", type=int, default=200, help="held-out prompts of the hacking search")
     sp.add_argument("--steps", type=int, default=30, help="edit rounds of the hacking search")
-    sp.add_argument("--card", action="store_true", help="also put the tables into the folder's model card")
+    sp.add_argument("--card", action="store_true",
+                    help="also record it in RUNS/ship/report.json and write the folder's card from that report")
+    sp.add_argument("--runs", default="runs", help="with --card: where the folder's run and report are")
     sp.add_argument("--keep", default=None, metavar="JSON",
                     help="an earlier report of this folder whose parts to keep (measure only what it lacks)")
     sp.add_argument("--run", default=None, help="the folder's training run (ckpt.pt, frozen backbone): also "
@@ -60,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("tastes", help="users of taste families no build trained on, next to the frozen probe")
     sp.add_argument("-i", "--input", required=True, help="model folder (ONNX)")
     sp.add_argument("--users", type=int, default=100, help="users per family")
-    sp.add_argument("--card", action="store_true", help="also put the table into the folder's model card")
+    sp.add_argument("--card", action="store_true",
+                    help="also record it in RUNS/ship/report.json and write the folder's card from that report")
+    sp.add_argument("--runs", default="runs", help="with --card: where the folder's run and report are")
     sp.add_argument("-o", "--out", default=None, help="write the report JSON here")
 
     sp = sub.add_parser("export", help="checkpoint -> quantized ONNX model folder")
@@ -162,10 +166,9 @@ def main(argv: list[str] | None = None) -> int:
 
             rob["readout_family_out"] = (done or {}).get("readout_family_out") or readout_family_out(args.run)
         if args.card:
-            from moerm_build.release.card import ROBUSTNESS_HEADING, robustness_section
-            from moerm_build.release.package import set_card_section
+            from moerm_build.release.pipeline import record
 
-            set_card_section(folder, ROBUSTNESS_HEADING, robustness_section(rob), before="## Persona statements")
+            record(Path(args.runs), folder, "robustness", rob)
         text = json.dumps(rob, indent=1)
         if args.out:
             Path(args.out).write_text(text + "\n")
@@ -180,10 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         tastes = taste_users(attribute_pool(rz, with_probe=False), rz.w0, rz.model.config.default_prior_strength,
                              rz.prior_precision, n_users=args.users)
         if args.card:
-            from moerm_build.release.card import TASTES_HEADING, tastes_section
-            from moerm_build.release.package import set_card_section
+            from moerm_build.release.pipeline import record
 
-            set_card_section(Path(args.input), TASTES_HEADING, tastes_section(tastes), before="## Persona statements")
+            record(Path(args.runs), Path(args.input), "tastes", tastes)
         text = json.dumps(tastes, indent=1)
         if args.out:
             Path(args.out).write_text(text + "\n")

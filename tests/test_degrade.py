@@ -156,23 +156,6 @@ def test_greedy_search_finds_a_length_hack_and_reports_it():
     assert hacking_rate(greedy_search(Exact(), PROMPTS, ANSWERS, steps=3))["hacked"] == 0.0
 
 
-def test_card_section_is_replaced_or_inserted(tmp_path):
-    import json
-
-    from moerm_build.release.package import set_card_section
-
-    (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "README.md").write_text("# m\n\n## Real text\n\nrows\n\n## Features\n\nf\n")
-    set_card_section(tmp_path, "## Bad replies", ["## Bad replies", "", "table 1", ""], before="## Features")
-    assert (tmp_path / "README.md").read_text() == (
-        "# m\n\n## Real text\n\nrows\n\n## Bad replies\n\ntable 1\n\n## Features\n\nf\n")
-    set_card_section(tmp_path, "## Bad replies", ["## Bad replies", "", "table 2", ""], before="## Features")
-    text = (tmp_path / "README.md").read_text()
-    assert "table 2" in text and "table 1" not in text and text.count("## Bad replies") == 1
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert "README.md" in manifest["files"]
-
-
 def test_readout_records_map_to_their_family_and_the_card_marks_family_out_columns():
     from moerm_build.evaluate.robustness import family_of, trained_families
     from moerm_build.release.card import robustness_section

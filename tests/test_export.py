@@ -199,6 +199,31 @@ def test_card_counts_come_from_the_report_and_the_build(tiny_run, tiny_export):
     assert "{" not in card.split("## ")[1]  # every field of the template filled
 
 
+def test_a_measurement_goes_into_the_report_and_the_card_is_written_from_it(tiny_run, tiny_export, tmp_path):
+    """`tastes --card` / `robustness --card`: the result joins runs/ship/report.json and the whole card is
+    written again from that report (the folder still loads: its manifest follows)."""
+    import shutil
+
+    from moerm_build.release.pipeline import record
+
+    runs, folder = tmp_path / "runs", tmp_path / "model"
+    shutil.copytree(tiny_run, runs / "ship")
+    shutil.copytree(tiny_export, folder)
+    (runs / "ship" / "report.json").write_text(json.dumps({"dsp": None}))
+    shots = {str(n): 0.55 for n in (5, 10, 20, 50)}
+    tastes = {"members": {"topic": ["food", "money"]}, "heldout_per_user": [4, 6],
+              "topic": {"users": 3, "model": shots, "model_auto": shots, "frozen_probe": shots}}
+    record(runs, folder, "tastes", tastes)
+    rep = json.loads((runs / "ship" / "report.json").read_text())
+    assert rep["tastes"] == tastes and "dsp" in rep  # the rest of the report kept
+    card = (folder / "README.md").read_text()
+    assert "| topic (2 kinds) | 3 | this model | 55.0 | 55.0 | 55.0 | 55.0 |" in card
+    assert "scored on 4–6 more" in card
+    RewardModel.load(folder)  # manifest refreshed with the card
+    with pytest.raises(SystemExit, match="report.json not found"):
+        record(tmp_path / "elsewhere", folder, "tastes", tastes)
+
+
 def test_torch_pair_features_equal_the_runtime_function(tiny_bert):
     """Fine-tuning computes the features in torch; they must be the numpy features the runtime computes."""
     from moerm_build.model import Backbone

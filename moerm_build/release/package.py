@@ -126,17 +126,3 @@ def update_card(folder: Path, card: str) -> None:
     folder = Path(folder)
     atomic_write_text(folder / "README.md", card)
     write_manifest(folder)
-
-
-def set_card_section(folder: Path, heading: str, lines: list[str], before: str) -> None:
-    """Put ``lines`` (a markdown section starting with ``heading``) into a folder's card: in place of the
-    section with that heading, else before the first line starting with ``before``, else at the end; the
-    manifest is refreshed (the card takes no part in the model hash)."""
-    folder = Path(folder)
-    old = (folder / "README.md").read_text(encoding="utf-8").splitlines()
-    if heading in old:
-        start = old.index(heading)
-        end = next((i for i in range(start + 1, len(old)) if old[i].startswith("## ")), len(old))
-    else:
-        start = end = next((i for i, line in enumerate(old) if line.startswith(before)), len(old))
-    update_card(folder, "\n".join(old[:start] + lines + old[end:]) + "\n")

@@ -281,6 +281,19 @@ def quant_variants(run: Path, out: Path, parity: dict) -> dict:
     return rows
 
 
+def record(runs: Path, out: Path, key: str, value: Any) -> None:
+    """Put one measurement into the report of the run the folder ``out`` came from (``runs/ship/report.json``)
+    and write the folder's card from that report: a card is only ever written whole, from a report."""
+    report = runs / "ship" / "report.json"
+    if not report.is_file():
+        raise SystemExit(f"{report} not found: --card needs the report of the run {out} came from (--runs)")
+    rep = json.loads(report.read_text())
+    rep[key] = value
+    report.write_text(json.dumps(rep, indent=1))
+    ckpt, _, _ = load_checkpoint(runs / "ship")
+    update_card(out, model_card(json.loads((out / "config.json").read_text()), ckpt, rep))
+
+
 def machine() -> dict[str, Any]:
     """Where a report is measured: the CPU's model name (``lscpu``'s, where it says), cores, a GPU or not."""
     import os
