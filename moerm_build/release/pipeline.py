@@ -26,7 +26,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from moerm_build.evaluate.active_eval import model_active_curve
 from moerm_build.evaluate.metrics import RuntimeFeaturizer, TorchFeaturizer
@@ -41,6 +41,7 @@ from moerm_build.release.onnx_export import export_model
 from moerm_build.release.package import add_reference, rename_experts, update_card
 from moerm_build.train.train import TrainConfig, load_checkpoint, readout_run, train
 from moerm_lite import RewardModel
+from moerm_lite.folder import GraphFiles
 
 
 
@@ -135,9 +136,11 @@ REEXPORT_NOTES = {
 }
 
 
-def reexported_graph(part: str, out: Path, ckpt: dict, head: Any, backbone: Any, tmp: Path) -> tuple[str, Path]:
-    """The int8 folder ``out``'s ``part`` graph ("backbone" or "head") exported again with today's code from
-    the same weights, written under ``tmp``: (its path inside the folder, the new file). The backbone's GPTQ
+def reexported_graph(part: str, out: Path, graphs: GraphFiles, ckpt: dict, head: Any, backbone: Any,
+                     tmp: Path) -> tuple[str, Path]:
+    """The int8 folder ``out``'s ``part`` graph ("backbone" or "head"; ``graphs``: the folder's int8 graph
+    files) exported again with today's code from the same weights, written under ``tmp``: (its path inside
+    the folder, the new file). The backbone's GPTQ
     levels depend on the weights and calibration texts only; the head is rebuilt from the folder's own
     head graph."""
     import onnx
@@ -147,7 +150,6 @@ def reexported_graph(part: str, out: Path, ckpt: dict, head: Any, backbone: Any,
     from moerm_build.graphs.quantize import calibration_feeds, quantize_backbone
     from moerm_build.model import Backbone
 
-    graphs = RewardModel.load(out).config.graphs["int8"]
     if part == "backbone":
         fp32 = export_backbone(backbone or Backbone(ckpt["backbone_path"]), tmp / "fp32.onnx")
         feeds = calibration_feeds(ckpt, out / "tokenizer.json")
@@ -176,13 +178,14 @@ def check(runs: Path, out: Path) -> dict[str, Any]:
 
     ckpt, head, backbone = load_checkpoint(runs / "ship")
     pairs = parity_pairs()
-    before = RewardModel.load(out).score_pairs(pairs)  # (P,)
+    old = RewardModel.load(out)
+    before = old.score_pairs(pairs)  # (P,)
     res: dict[str, Any] = {"parity_pairs": len(pairs)}
     with tempfile.TemporaryDirectory() as tmp:
         trial = Path(tmp) / "folder"
         shutil.copytree(out, trial)
         for part in ("head", "backbone"):
-            rel, new = reexported_graph(part, out, ckpt, head, backbone, Path(tmp))
+            rel, new = reexported_graph(part, out, old.config.graphs["int8"], ckpt, head, backbone, Path(tmp))
             res[f"{part}_bytes_identical"] = new.read_bytes() == (out / rel).read_bytes()
             shutil.copy(new, trial / rel)
         write_manifest(trial)
@@ -211,7 +214,7 @@ def reexport(runs: Path, out: Path, part: str, max_score_change: float = 1e-4) -
             graphs = {p: replace(g, dequantize_at_load=(p == "int8")) for p, g in old.config.graphs.items()}
             config = replace(old.config, graphs=graphs).to_dict()
             config["quantization"]["int8_backbone"] = "gptq8 (8-bit levels, dequantized to fp32 at load)"
-        rel, new = reexported_graph(part, out, ckpt, head, backbone, Path(tmp))
+        rel, new = reexported_graph(part, out, old.config.graphs["int8"], ckpt, head, backbone, Path(tmp))
         trial = Path(tmp) / "folder"
         shutil.copytree(out, trial)
         shutil.copy(new, trial / rel)
@@ -234,8 +237,7 @@ def reexport(runs: Path, out: Path, part: str, max_score_change: float = 1e-4) -
                      "persona_few_shot_int8_minus_torch": rep["parity"].get("persona_few_shot_int8_minus_torch"),
                      "reexports": {k: {"max_score_change": (v["max_score_change"] if isinstance(v, dict) else v),
                                        "what": REEXPORT_NOTES[k]} for k, v in reexports.items()}}
-    (runs / "ship" / "report.json").write_text(json.dumps(rep, indent=1))
-    update_card(out, model_card(config, ckpt, rep))
+    save_report(runs, out, rep, ckpt)
     print(json.dumps(rep["parity"], indent=1))
 
 
@@ -260,9 +262,7 @@ def reevaluate(runs: Path, out: Path, users: int = USERS) -> None:
         for c in rep.get("expert_cards", []):
             c["name"] = new["expert_names"][c["expert"]]
     rep.setdefault("timings", {})["reevaluate_runtime_s"] = time.time() - t0
-    (runs / "ship" / "report.json").write_text(json.dumps(rep, indent=1))
-    ckpt, _, _ = load_checkpoint(runs / "ship")
-    update_card(out, model_card(json.loads((out / "config.json").read_text()), ckpt, rep))
+    save_report(runs, out, rep)
     print(json.dumps({k: rep[k] for k in ("persona", "persona_residual", "sanity", "dsp")}, indent=1)[:4000])
 
 
@@ -289,15 +289,24 @@ def record(runs: Path, out: Path, key: str, value: Any) -> None:
         raise SystemExit(f"{report} not found: --card needs the report of the run {out} came from (--runs)")
     rep = json.loads(report.read_text())
     rep[key] = value
-    report.write_text(json.dumps(rep, indent=1))
-    ckpt, _, _ = load_checkpoint(runs / "ship")
-    update_card(out, model_card(json.loads((out / "config.json").read_text()), ckpt, rep))
+    save_report(runs, out, rep)
+
+
+def save_report(runs: Path, out: Path, rep: EvalReport | dict[str, Any], ckpt: dict[str, Any] | None = None) -> None:
+    """Write ``runs/ship/report.json`` and the folder ``out``'s card from it (its config as it is now; ``ckpt``
+    the run's checkpoint where the caller has it): the one place a card is written after export."""
+    (runs / "ship" / "report.json").write_text(json.dumps(rep, indent=1))
+    if ckpt is None:
+        ckpt, _, _ = load_checkpoint(runs / "ship")
+    update_card(out, model_card(json.loads((out / "config.json").read_text()), ckpt, cast(EvalReport, rep)))
 
 
 def machine() -> dict[str, Any]:
     """Where a report is measured: the CPU's model name (``lscpu``'s, where it says), cores, a GPU or not."""
     import os
     import platform
+
+    import torch
 
     cpu = platform.processor()
     try:
@@ -307,8 +316,6 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    import torch
-
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": bool(torch.cuda.is_available())}
 
 
@@ -319,12 +326,11 @@ def finish(runs: Path, out: Path, rep: EvalReport, users: int) -> None:
     rep["active"] = model_active_curve(out, n_users=users)
     trained = trained_families(json.loads((out / "config.json").read_text()).get("training", {}))
     rep["robustness"] = robustness_report(out, trained)
-    if load_checkpoint(runs / "ship")[2] is None:  # frozen backbone: the read-out refitted family-out
+    ckpt, _, backbone = load_checkpoint(runs / "ship")
+    if backbone is None:  # frozen backbone: the read-out refitted family-out
         rep["robustness"]["readout_family_out"] = readout_family_out(runs / "ship")
     rep["expert_cards"] = RewardModel.load(out).describe_experts()  # stored in the folder at export
     rep.setdefault("timings", {})["active_and_cards_s"] = time.time() - t1
-    (runs / "ship" / "report.json").write_text(json.dumps(rep, indent=1))
-    ckpt, _, _ = load_checkpoint(runs / "ship")
-    update_card(out, model_card(json.loads((out / "config.json").read_text()), ckpt, rep))
+    save_report(runs, out, rep, ckpt)
     print(json.dumps({k: rep[k] for k in ("persona", "sanity", "parity", "timings")}, indent=1))
     print(json.dumps({k: rep["active"][k] for k in ("N", "active", "random", "gain_at_10")}))
