@@ -30,11 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-
-from moerm_build import data
-from moerm_build.data.degrade import FAMILIES, benign_degradation_records
+from moerm_build.data.degrade import FAMILIES
 from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy
-from moerm_build.evaluate.robustness import PROBE_L2, TRAIN_SOURCES, everyday_records, heldout_answer_records
+from moerm_build.evaluate.robustness import PROBE_L2, everyday_records, families, family_out_records
 from moerm_build.train.embed import EmbeddingCache, default_backbone_path
 
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -71,14 +69,10 @@ def differences(cache: EmbeddingCache, recs: list[dict]) -> tuple[np.ndarray, np
 def main() -> None:
     backbone = Path(sys.argv[1]) if len(sys.argv) > 1 else default_backbone_path()
     cache = EmbeddingCache(backbone, 256, kind="prompt_response_v1")  # the statistics appended here
-    train_real = [r for name in TRAIN_SOURCES for r in data.REAL_LOADERS[name](split="train")]
-    train_deg = benign_degradation_records(train_real, split="train", seed=0)
-    test_deg = benign_degradation_records(heldout_answer_records(), split="test", seed=1)
-    real = [r for r in train_real if r["prompt"].strip()]
+    real, train_deg, test_deg = family_out_records()
     parts = {name: differences(cache, recs) for name, recs in
              (("real", real), ("train", train_deg), ("test", test_deg), ("everyday", everyday_records()))}
-    fam_tr = np.array([r["source"].split(":", 1)[1] for r in train_deg])
-    fam_te = np.array([r["source"].split(":", 1)[1] for r in test_deg])
+    fam_tr, fam_te = families(train_deg), families(test_deg)
     print("family-out probe accuracy (%) on held-out answers; the last row: everyday pairs, probe on every family")
     cols: dict[str, list[int]] = {"pair features": [], **CANDIDATES}
     print(f"{'family':18}" + "".join(f"{c:>15}" for c in cols))

@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moerm_build.data.degrade import FAMILIES, benign_degradation_records
+from moerm_build.data.degrade import FAMILIES
 from moerm_build.evaluate.metrics import pair_accuracy
-from moerm_build.evaluate.robustness import family_of, heldout_answer_records, trained_families
+from moerm_build.evaluate.robustness import families, family_of, family_out_records, trained_families
 from moerm_build.train.embed import CACHE_DIR, EmbeddingCache
 from moerm_build.train.readout import fit_for_head, readout_inputs, readout_margin, readout_records, without_readout
 from moerm_build.train.train import TrainConfig, load_checkpoint, load_records, readout_only_records
+from nonlinear_readout_probe import train_bradley_terry  # the sibling experiment's Bradley-Terry loop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,15 +52,8 @@ def fit_mlp_readout(Hc: np.ndarray, Hr: np.ndarray, off: np.ndarray, u: np.ndarr
             return bound * torch.tanh(a / bound) if bound > 0 else a
 
     net = Readout()
-    opt = torch.optim.AdamW(net.mlp.parameters(), lr=1e-3, weight_decay=weight_decay)  # u stays as fitted
     tc, tr, to = (torch.as_tensor(a, dtype=torch.float32) for a in (Hc, Hr, off))
-    for _ in range(epochs):
-        for idx in torch.randperm(len(tc)).split(256):
-            loss = -torch.nn.functional.logsigmoid(to[idx] + net(tc[idx]) - net(tr[idx])).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net.eval()
+    return train_bradley_terry(net, net.mlp.parameters(), tc, tr, epochs, weight_decay, offset=to)  # u as fitted
 
 
 def main() -> None:
@@ -80,8 +74,8 @@ def main() -> None:
     recs = readout_records([*load_records(cfg), *readout_only_records(cfg)], cfg.readout_sources)
     fam = np.array([family_of(r["source"]) for r in recs])  # (N,) "" for real comparisons
     Hc, Hr, off = readout_inputs(base, recs, cache.features)  # (N, F), (N, F), (N,)
-    test = benign_degradation_records(heldout_answer_records(), split="test", seed=1)
-    fam_te = np.array([r["source"].split(":", 1)[1] for r in test])
+    test = family_out_records()[2]
+    fam_te = families(test)
     Tc, Tr, toff = readout_inputs(base, test, cache.features)
     bound = float(base.args.reward_bound)
     trained = set(trained_families({"sources": cfg.sources,

@@ -20,16 +20,19 @@ shipped head's helpfulness read-out is linear (``moerm_build/train/readout.py``)
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-
-from moerm_build import data
-from moerm_build.data.degrade import FAMILIES, benign_degradation_records
+from moerm_build.data.degrade import FAMILIES
 from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy
-from moerm_build.evaluate.robustness import PROBE_L2, TRAIN_SOURCES, everyday_records, heldout_answer_records
+from moerm_build.evaluate.robustness import PROBE_L2, everyday_records, families, family_out_records
 from moerm_build.train.embed import EmbeddingCache, default_backbone_path
+
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def sides(cache: EmbeddingCache, recs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -58,10 +61,20 @@ def fit_reward(Xc: torch.Tensor, Xj: torch.Tensor, hidden: int, epochs: int, wei
     """The Bradley-Terry fit of ``Reward`` on chosen Xc (N, F) over rejected Xj (N, F)."""
     torch.manual_seed(seed)
     net = Reward(Xc.shape[1], hidden)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=weight_decay)
+    return train_bradley_terry(net, net.parameters(), Xc, Xj, epochs, weight_decay)
+
+
+def train_bradley_terry(net: M, params: Iterable[torch.nn.Parameter], Xc: torch.Tensor, Xj: torch.Tensor,
+                        epochs: int, weight_decay: float, offset: torch.Tensor | None = None) -> M:
+    """Train ``params`` of the reward ``net`` ((B, F) -> (B,)) with the Bradley-Terry loss
+    -log sigmoid(offset + net(chosen) - net(rejected)) on Xc, Xj (N, F) (``offset`` (N,), e.g. the margin of
+    experts held fixed; none: 0): AdamW at lr 1e-3, batches of 256, ``epochs`` passes. Returns it in eval
+    mode. ``experiments/mlp_readout.py`` trains its read-out with it too."""
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=weight_decay)
     for _ in range(epochs):
         for idx in torch.randperm(len(Xc)).split(256):
-            loss = -torch.nn.functional.logsigmoid(net(Xc[idx]) - net(Xj[idx])).mean()
+            margin = net(Xc[idx]) - net(Xj[idx])  # (b,)
+            loss = -torch.nn.functional.logsigmoid(margin if offset is None else offset[idx] + margin).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -76,14 +89,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     cache = EmbeddingCache(default_backbone_path(), 256, kind="prompt_response_v1")
-    train_real = [r for name in TRAIN_SOURCES for r in data.REAL_LOADERS[name](split="train")]
-    train_deg = benign_degradation_records(train_real, split="train", seed=0)
-    test_deg = benign_degradation_records(heldout_answer_records(), split="test", seed=1)
-    real = [r for r in train_real if r["prompt"].strip()]
+    real, train_deg, test_deg = family_out_records()
     parts = {name: sides(cache, recs) for name, recs in
              (("real", real), ("train", train_deg), ("test", test_deg), ("everyday", everyday_records()))}
-    fam_tr = np.array([r["source"].split(":", 1)[1] for r in train_deg])
-    fam_te = np.array([r["source"].split(":", 1)[1] for r in test_deg])
+    fam_tr, fam_te = families(train_deg), families(test_deg)
     every = np.vstack([*parts["real"], *parts["train"]])  # (M, F) every training side
     mu, sd = every.mean(0), every.std(0) + 1e-6  # (F,)
     T = {k: tuple(torch.from_numpy((x - mu) / sd) for x in v) for k, v in parts.items()}

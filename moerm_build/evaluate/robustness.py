@@ -82,19 +82,30 @@ def pair_outputs(fz: Any, recs: Sequence[dict[str, Any]]) -> tuple[np.ndarray, n
     return f[c] - f[j], X[c] - X[j]
 
 
+def family_out_records(seed: int = 0) -> tuple[list[data.Record], list[data.Record], list[data.Record]]:
+    """The records of the family-out check: the licensed training mixture's real comparisons that have a
+    prompt, its degradations (train phrasings; ``seed``), and the held-out answers' degradations (test
+    phrasings; ``seed + 1``)."""
+    train_real = [r for name in TRAIN_SOURCES for r in data.REAL_LOADERS[name](split="train")]
+    train_deg = benign_degradation_records(train_real, split="train", seed=seed)
+    test_deg = benign_degradation_records(heldout_answer_records(), split="test", seed=seed + 1)
+    return [r for r in train_real if r["prompt"].strip()], train_deg, test_deg
+
+
+def families(recs: list[data.Record]) -> np.ndarray:
+    """The degradation family of each record of ``benign_degradation_records`` (``degrade:echo`` -> echo)."""
+    return np.array([r["source"].split(":", 1)[1] for r in recs])
+
+
 def family_table(fz: Any, w0: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """Per family, on held-out answers: the model (population weights ``w0``), the cosine, the family-out
     probe and the all-families probe (see the module's docstring). Rows ``{family: {"n", "model",
     "cosine", "probe_family_out", "probe_all"}}``, plus ``"min"`` of the model column."""
-    train_real = [r for name in TRAIN_SOURCES for r in data.REAL_LOADERS[name](split="train")]
-    train_deg = benign_degradation_records(train_real, split="train", seed=seed)
-    test_deg = benign_degradation_records(heldout_answer_records(), split="test", seed=seed + 1)
-    real = [r for r in train_real if r["prompt"].strip()]
+    real, train_deg, test_deg = family_out_records(seed)
     _, dX_real = pair_outputs(fz, real)
     _, dX_tr = pair_outputs(fz, train_deg)
     phi_te, dX_te = pair_outputs(fz, test_deg)
-    fam_tr = np.array([r["source"].split(":", 1)[1] for r in train_deg])
-    fam_te = np.array([r["source"].split(":", 1)[1] for r in test_deg])
+    fam_tr, fam_te = families(train_deg), families(test_deg)
     scale = np.sqrt((np.vstack([dX_real, dX_tr]) ** 2).mean(0)) + 1e-6  # (F,): standardised probe inputs
     cos = dX_te[:, -len(SURFACE)]  # (N,) the cosine's difference (SURFACE[0])
 
@@ -135,8 +146,8 @@ def readout_family_out(run: "str | Path", seed: int = 0) -> dict[str, Any]:
     recs = readout_records([*load_records(cfg), *readout_only_records(cfg)], cfg.readout_sources)
     fam = np.array([family_of(r["source"]) for r in recs])  # (N,) "" for real comparisons
     Hc, Hr, off = readout_inputs(base, recs, cache.features)
-    test = benign_degradation_records(heldout_answer_records(), split="test", seed=seed + 1)
-    fam_te = np.array([r["source"].split(":", 1)[1] for r in test])
+    test = family_out_records(seed)[2]
+    fam_te = families(test)
     Tc, Tr, toff = readout_inputs(base, test, cache.features)
 
     def margin(keep: np.ndarray) -> np.ndarray:
