@@ -18,7 +18,6 @@ import json
 import tempfile
 from pathlib import Path
 
-
 from moerm_build import data
 from moerm_build.release.own import own_on_base
 

@@ -35,35 +35,12 @@ from moerm_build.data.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool
 from moerm_build.evaluate.metrics import RuntimeFeaturizer, logistic_fit, pair_accuracy
 from moerm_build.evaluate.real_eval import PROBE_L2, SHOTS, attribute_pool, dsp_pool, fit_user_terms
 from moerm_lite.model import DEFAULT_MODEL
-from moerm_lite.personalize import RESIDUAL_GRID, backtrack, loo_log_likelihood, residual_scale
+from moerm_lite.personalize import RESIDUAL_GRID, loo_log_likelihood, penalized_logistic, residual_scale
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
 STRENGTHS = (1.0, 3.0, 10.0, 30.0)
 Fit = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (phi (N, K), X (N, F)) -> (w, v)
 Draw = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
-
-
-def dual_logistic(G: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """argmin_a -sum log sigmoid(offset + G a) + a^T G a / 2 (Newton): the MAP of a logistic model with a
-    standard normal prior on c = Psi^T a, G = Psi Psi^T (N, N). Returns a (N,)."""
-    from scipy.special import expit, log_expit
-
-    a = np.zeros(len(G))  # (N,)
-
-    def loss(a: np.ndarray) -> float:
-        return float(-log_expit(offset + G @ a).sum() + 0.5 * a @ G @ a)
-
-    f = loss(a)
-    for _ in range(100):
-        s = expit(offset + G @ a)  # (N,)
-        r = a - (1 - s)  # (N,)
-        if np.abs(r).max() < 1e-10:
-            break
-        d = -np.linalg.solve((s * (1 - s))[:, None] * G + np.eye(len(G)), r)  # (N,)
-        a, f = backtrack(loss, a, d, f, float((G @ r) @ d))
-    return a
 
 
 class Fits:
@@ -80,8 +57,7 @@ class Fits:
     def residual_on(self, phi: np.ndarray, X: np.ndarray, w: np.ndarray, rho: float,
                     scale: np.ndarray) -> np.ndarray:
         """The residual (F,) of strength rho after the weights w, penalty scaled by ``scale`` (F,)."""
-        Z = X / scale / np.sqrt(2 * rho)  # (N, F): u = Z^T a, v = u / scale / sqrt(2 rho)
-        return (Z.T @ dual_logistic(Z @ Z.T, phi @ w)) / scale / np.sqrt(2 * rho)
+        return penalized_logistic(X / scale, phi @ w, rho) / scale  # (F,)
 
     def auto_population_scale(self, phi: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         w, _ = fit_user_terms(phi, None, self.w0, self.lam, self.P, None)
@@ -108,9 +84,10 @@ class Fits:
     def joint(self, rho: float) -> Fit:
         def fit(phi: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             s = residual_scale(X)  # (F,)
-            A, Z = phi @ self.Linv.T, X / s / np.sqrt(2 * rho)  # (N, K), (N, F)
-            a = dual_logistic(A @ A.T + Z @ Z.T, phi @ self.w0)  # (N,)
-            return self.w0 + self.Linv.T @ (A.T @ a), (Z.T @ a) / np.sqrt(2 * rho) / s
+            A, Z = phi @ self.Linv.T, X / s / np.sqrt(2 * rho)  # (N, K), (N, F): both priors N(0, I) on c
+            c = penalized_logistic(np.hstack([A, Z]), phi @ self.w0, 0.5)  # (K + F,): penalty ||c||^2 / 2
+            K = len(self.w0)
+            return self.w0 + self.Linv.T @ c[:K], c[K:] / np.sqrt(2 * rho) / s
         return fit
 
     def joint_auto(self, phi: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 from moerm_build.model import MoEHead
 from moerm_build.train.embed import EmbeddingCache
 from moerm_build.train.readout import without_readout
