@@ -1,7 +1,7 @@
 """Cost bounds and robustness of the runtime on the shipped model, each in a fresh process.
 
-    python bench/limits.py            # all checks (about a minute on 2 cores)
-    python bench/limits.py --trials 50
+    python -m bench.limits            # all checks (about a minute on 2 cores)
+    python -m bench.limits --trials 50
 
 Prints seconds and peak resident memory (extra over the loaded model) for: a 100k + 100k-character
 pair, ``next_comparison`` on 1,000 candidates; and how many of N trials of two concurrent

@@ -1,7 +1,7 @@
 """Speed levers for the backbone, measured: what each buys and what it costs in decisions.
 
-    python bench/quant_levers.py           # about 5 minutes on 2 cores
-    python bench/quant_levers.py --quick
+    python -m bench.quant_levers           # about 5 minutes on 2 cores
+    python -m bench.quant_levers --quick
 
 Builds backbone variants next to the shipped model (in a temporary folder; the head is unchanged),
 scores the ranking workload of ``bench/run.py`` with each, and prints texts/s, the speed-up over the
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import tempfile
 from collections import defaultdict
 from dataclasses import replace
@@ -27,12 +26,10 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.run import cpu_description, model_variant, timeit, torch_model, torch_scores, workload  # noqa: E402
-from moerm_lite import RewardModel  # noqa: E402
-from moerm_lite.text import TextTokenizer  # noqa: E402
+from bench.run import cpu_description, model_variant, timeit, torch_model, torch_scores
+from moerm_build.data import ranking_workload
+from moerm_lite import RewardModel
+from moerm_lite.text import TextTokenizer
 
 
 def calibration(model: RewardModel, n: int) -> list[dict[str, np.ndarray]]:
@@ -199,7 +196,7 @@ def main() -> None:
     args = ap.parse_args()
     model = RewardModel.load(threads=args.threads)
     logging.getLogger("moerm_lite").setLevel(logging.ERROR)  # the workload's long texts: not once per call
-    pairs = workload(8 if args.quick else 64, 8)
+    pairs = ranking_workload(8 if args.quick else 64, 8)
     repeat = 1 if args.quick else 3
     feeds = calibration(model, 64 if args.quick else 400)
     from moerm_build.graphs.quantize import quantize_backbone

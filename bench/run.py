@@ -1,7 +1,7 @@
 """Benchmarks: moerm-lite against PyTorch + transformers on the same texts, threads and model.
 
-    python bench/run.py            # full run (a few minutes on 2 cores)
-    python bench/run.py --quick    # smoke run, under 2 minutes
+    python -m bench.run            # full run (a few minutes on 2 cores), from the repository root
+    python -m bench.run --quick    # smoke run, under 2 minutes
 
 Prints one table with ratios. Needs the export extra (torch, transformers) for the baselines and
 ../shared/data for the texts. Measures: (1) scoring throughput, (2) head cost vs number of experts,
@@ -24,13 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from moerm_lite import RewardModel, UserProfile, fit_map
+from moerm_lite.folder import ModelConfig
+from moerm_lite.model import BATCH_SIZE
+from moerm_lite.sessions import cpu_session
 
-from moerm_lite import RewardModel, UserProfile, fit_map  # noqa: E402
-from moerm_lite.folder import ModelConfig  # noqa: E402
-from moerm_lite.model import BATCH_SIZE  # noqa: E402
-from moerm_lite.sessions import cpu_session  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timeit(fn, repeat: int) -> float:
@@ -42,17 +41,6 @@ def timeit(fn, repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return float(np.median(times))
-
-
-def workload(n_prompts: int, n_cand: int, seed: int = 0) -> list[tuple[str, str]]:
-    """Ranking workload: HH prompts, each with candidates of varied length from HH and QA replies."""
-    from moerm_build import data
-
-    rng = np.random.default_rng(seed)
-    hh = data.load_hh_harmless(split="test")
-    pool = [r["chosen"] for r in hh] + [r["chosen"] for r in data.load_finegrained_qa(split="test")]
-    prompts = [hh[i]["prompt"] for i in rng.permutation(len(hh))[:n_prompts]]
-    return [(p, pool[j]) for p in prompts for j in rng.choice(len(pool), n_cand, replace=False)]
 
 
 def torch_model(model: RewardModel):
@@ -97,7 +85,7 @@ def torch_scores(backbone, head, model: RewardModel, pairs, batch_size: int) -> 
                 cache[(role, t)] = e
         return np.stack([cache[(role, t)] for t in texts])
 
-    x = torch.from_numpy(features_of(embed, pairs, model.config.features))  # (N, F)
+    x = torch.from_numpy(features_of(embed, pairs, model.config.feature_layout))  # (N, F)
     with torch.inference_mode():
         return head.score(x, head.w0).double().numpy()
 
@@ -257,7 +245,6 @@ print(t_import, t_load, time.perf_counter() - t, MB('VmHWM'), MB('VmRSS'))
 COLD_TORCH = """
 import sys, time
 t = time.perf_counter()
-sys.path.insert(0, {root!r})
 import torch
 torch.set_num_threads(2)
 from moerm_lite import RewardModel
@@ -284,7 +271,7 @@ def bench_cold(repeat: int) -> list[tuple[str, str, str]]:
         for name, code in (("moerm-lite (runtime only)", COLD_RUNTIME), ("torch + transformers", COLD_TORCH)):
             runs = []
             for _ in range(repeat + 1):
-                out = subprocess.run([sys.executable, "-c", MB + code.format(root=str(ROOT))],
+                out = subprocess.run([sys.executable, "-c", MB + code],
                                      capture_output=True, text=True, check=True, cwd=ROOT, env=env)
                 runs.append([float(x) for x in out.stdout.split()])
             res[name] = np.median(np.array(runs[1:]), axis=0)
@@ -350,7 +337,7 @@ def stage_times(model: RewardModel, calls, tb=None, th=None) -> dict[str, float]
                 t3 = time.perf_counter()
                 R = embed_texts(tb, tok, replies, "response", batch_size=32)  # (n, H)
         t4 = time.perf_counter()
-        x = pair_features(np.repeat(P, len(replies), 0), R, [prompt] * len(replies), replies, model.config.features)
+        x = pair_features(np.repeat(P, len(replies), 0), R, [prompt] * len(replies), replies, model.config.feature_layout)
         t5 = time.perf_counter()
         if th is None:
             head.run(model.config.head_outputs, {model.config.head_input: x})
@@ -508,7 +495,9 @@ def main() -> None:
     args = ap.parse_args()
     q = args.quick
     model = RewardModel.load(threads=args.threads)
-    pairs = workload(4 if q else 64, 4 if q else 8)
+    from moerm_build.data import ranking_workload  # here: a cold-start process imports this module
+
+    pairs = ranking_workload(4 if q else 64, 4 if q else 8)
     logging.getLogger("moerm_lite").setLevel(logging.ERROR)  # said once here, not once per scoring call
     cut = int(model.expert_outputs(pairs)["truncated"].sum())
     repeat = 1 if q else 3

@@ -1,8 +1,8 @@
 """Scale-out measurements: Ray Data batch scoring with 1 and 2 workers, torchrun training with 1 and 2
 processes, on this machine.
 
-    python bench/scale.py            # about 5 minutes on 2 cores
-    python bench/scale.py --quick
+    python -m bench.scale            # about 5 minutes on 2 cores
+    python -m bench.scale --quick
 
 Needs the ray and export extras, and ../shared/data for the texts and the training data.
 """
@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.run import cpu_description
+from moerm_build.data import ranking_workload
 
-from bench.run import cpu_description, workload  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def ray_rows_per_second(rows: list[dict], workers: int) -> float:
@@ -52,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    pairs = workload(25 if args.quick else 250, 8)
+    pairs = ranking_workload(25 if args.quick else 250, 8)
     rows = [{"id": i, "prompt": p, "response": r} for i, (p, r) in enumerate(pairs)]
     print(f"scale-out, {cpu_description()}")
     one, two = ray_rows_per_second(rows, 1), ray_rows_per_second(rows, 2)
@@ -65,7 +65,7 @@ def main() -> None:
         t2 = train_seconds(2, Path(tmp) / "two", cfg)
         from moerm_build.train.train import load_checkpoint
 
-        (_, h1, _), (_, h2, _) = load_checkpoint(Path(tmp) / "one"), load_checkpoint(Path(tmp) / "two")
+        (_, h1), (_, h2) = load_checkpoint(Path(tmp) / "one"), load_checkpoint(Path(tmp) / "two")
         s1, s2 = h1.state_dict(), h2.state_dict()
         rel = max(float((s1[k] - s2[k]).norm() / s1[k].norm().clamp(min=1e-12)) for k in s1 if s1[k].numel())
         log = json.loads((Path(tmp) / "two" / "train_log.json").read_text())

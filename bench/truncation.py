@@ -1,7 +1,7 @@
 """The token budget: what a shorter ``max_length`` buys in speed and costs in quality.
 
-    python bench/truncation.py            # about 5 minutes on 2 cores
-    python bench/truncation.py --quick
+    python -m bench.truncation            # about 5 minutes on 2 cores
+    python -m bench.truncation --quick
 
 The shipped model is copied with ``max_length`` set lower in its config (the graphs take any length up
 to the position table; a prompt over the budget keeps its end, a response its start). For each budget:
@@ -15,19 +15,16 @@ Needs ../shared/data and the export extra (it reads the data through ``moerm_bui
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.run import cpu_description, model_variant, timeit, workload  # noqa: E402
-from moerm_lite import RewardModel  # noqa: E402
-from moerm_lite.text import TextTokenizer  # noqa: E402
+from bench.run import cpu_description, model_variant, timeit
+from moerm_build.data import ranking_workload
+from moerm_lite import RewardModel
+from moerm_lite.text import TextTokenizer
 
 BUDGETS = (256, 192, 128, 96, 64)
 
@@ -71,7 +68,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     model = RewardModel.load(threads=args.threads)
-    pairs = workload(8 if args.quick else 64, 8)
+    pairs = ranking_workload(8 if args.quick else 64, 8)
     sets, kinds = held_out_sets(40 if args.quick else None)
     human = [r for k in ("hh_helpful", "hh_harmless", "finegrained_qa") for r in sets[k]]
     rows: list[tuple] = []

@@ -18,7 +18,7 @@ chosen minus rejected, L2 10, as the card's reference) so that the features and 
 Columns: each human-labelled set's probe, trained on its train split, on its test split; the sanity suite
 (real answer vs a worse reply to a new DSP instruction) scored by one probe trained on the licensed
 training mixture's population records (HH-RLHF helpful, FineGrained QA, Topical-Chat, contrast pairs),
-share of pairs the real answer wins; and what the backbone reads to rank 8 candidates of ``bench/run.py``'s
+share of pairs the real answer wins; and what the backbone reads to rank 8 candidates of the benchmarks'
 workload (tokens per ranking call: the pair encoding reads the prompt once per candidate). Fine-tuning
 the encoder, the fourth option, is measured by ``experiments/finetune_probe.py``.
 
@@ -28,25 +28,22 @@ Needs the export extra and ../shared/data.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from moerm_build.data import ranking_workload
+from moerm_build.data.contrast import KINDS
+from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy
+from moerm_build.evaluate.real_eval import HUMAN_LABELLED, sanity_records
+from moerm_build.train.embed import EmbeddingCache, default_backbone_path
+from moerm_build.train.readout import readout_records
+from moerm_build.train.train import TrainConfig, load_records
+from moerm_lite.features import pair_features
+from moerm_lite.text import TextTokenizer
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.run import workload  # noqa: E402
-from moerm_build.data.contrast import KINDS  # noqa: E402
-from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy  # noqa: E402
-from moerm_build.evaluate.real_eval import HUMAN_LABELLED, sanity_records  # noqa: E402
-from moerm_build.train.embed import EmbeddingCache, default_backbone_path  # noqa: E402
-from moerm_build.train.readout import readout_records  # noqa: E402
-from moerm_build.train.train import TrainConfig, load_records  # noqa: E402
-from moerm_lite.features import pair_features  # noqa: E402
-from moerm_lite.text import TextTokenizer  # noqa: E402
-
 CONFIG = ROOT / "moerm_build" / "configs" / "moerm-minilm.json"
 L2 = 10.0  # the card's frozen probe's
 RANKING = 8  # candidates per ranking call
@@ -81,8 +78,8 @@ def differences(cache: EmbeddingCache, recs: list[dict[str, Any]]) -> dict[str, 
 
 
 def tokens_per_ranking(tok: TextTokenizer) -> dict[str, float]:
-    """Mean tokens the backbone reads to rank ``RANKING`` candidates, per encoding (bench/run.py's workload)."""
-    pairs = workload(64, RANKING)
+    """Mean tokens the backbone reads to rank ``RANKING`` candidates, per encoding (``moerm_build.data.ranking_workload``, the benchmarks' workload)."""
+    pairs = ranking_workload(64, RANKING)
     by_prompt: dict[str, list[str]] = {}
     for p, r in pairs:
         by_prompt.setdefault(p, []).append(r)

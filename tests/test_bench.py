@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_quick_runs(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "bench.json"
-    res = subprocess.run([sys.executable, "bench/run.py", "--quick", "--json", str(out)], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--json", str(out)], cwd=ROOT,
                          capture_output=True, text=True, check=False, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     table = res.stdout
@@ -28,7 +28,7 @@ def test_bench_quick_runs(tmp_path):
 @pytest.mark.skipif(not (DATA / "hh_rlhf").is_dir(), reason="../shared/data not present")
 def test_token_budget_bench_quick_runs():
     pytest.importorskip("torch")
-    res = subprocess.run([sys.executable, "bench/truncation.py", "--quick"], cwd=ROOT, capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "bench.truncation", "--quick"], cwd=ROOT, capture_output=True,
                          text=True, check=False, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [line.split() for line in res.stdout.splitlines() if line.split() and line.split()[0].isdigit()]

@@ -308,6 +308,17 @@ def persona_benchmark(st: Statements, n_users: int = 200, n_adapt: int = 50, n_e
     return users
 
 
+def ranking_workload(n_prompts: int, n_cand: int, seed: int = 0, data_dir: Path = DATA_DIR
+                     ) -> list[tuple[str, str]]:
+    """A ranking workload of real texts (the benchmarks' and the token-budget measurements'): HH-RLHF
+    harmless test prompts, each with ``n_cand`` replies of varied length drawn from HH and QA test replies."""
+    rng = np.random.default_rng(seed)
+    hh = load_hh_harmless(data_dir, split="test")
+    pool = [r["chosen"] for r in hh] + [r["chosen"] for r in load_finegrained_qa(data_dir, split="test")]
+    prompts = [hh[i]["prompt"] for i in rng.permutation(len(hh))[:n_prompts]]
+    return [(p, pool[j]) for p in prompts for j in rng.choice(len(pool), n_cand, replace=False)]
+
+
 def iter_pairs(records: list[Record]) -> Iterator[tuple[str, str]]:
     """Every distinct (prompt, response) pair the records mention."""
     seen = set()
