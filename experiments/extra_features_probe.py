@@ -68,7 +68,7 @@ def differences(cache: EmbeddingCache, recs: list[dict]) -> tuple[np.ndarray, np
 
 def main() -> None:
     backbone = Path(sys.argv[1]) if len(sys.argv) > 1 else default_backbone_path()
-    cache = EmbeddingCache(backbone, 256, kind="prompt_response_v1")  # the statistics appended here
+    cache = EmbeddingCache(backbone, 256, layout="prompt_response_v1")  # the statistics appended here
     real, train_deg, test_deg = family_out_records()
     parts = {name: differences(cache, recs) for name, recs in
              (("real", real), ("train", train_deg), ("test", test_deg), ("everyday", everyday_records()))}

@@ -11,9 +11,9 @@ for style").
 The card's reference probe (logistic regression on the pair features of ``moerm_lite.features``, fitted on
 one set's train split) is scored on the held-out test split twice: on the frozen encoder, and after the
 encoder's top transformer layer was trained on the same train split together with a linear Bradley-Terry
-reward (the layers below are run once and cached, which is what makes this fit on a CPU). The gap says whether the lever the
-model card names (fine-tuning the top layers, ``--train-backbone-layers``) moves human-labelled accuracy,
-before anyone pays for a full GPU build.
+reward (the layers below are run once and cached, which is what makes this fit on a CPU). The gap says whether fine-tuning the
+encoder (``python -m moerm_build finetune``, the build's one fine-tuning path) can move human-labelled accuracy,
+before anyone pays for a full run of it.
 
 ``--set attributes`` asks the same of the attribute users (``moerm_build.data.attributes``), whose hedging, enthusiasm
 and code the frozen encoder barely sees: the top layer is trained to predict the training pool's

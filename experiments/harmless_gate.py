@@ -43,10 +43,10 @@ WEIGHTS = (1.0, 3.0, 10.0)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", default=str(ROOT / "runs" / "ship"), help="a training run (frozen backbone)")
+    ap.add_argument("--run", default=str(ROOT / "runs" / "ship"), help="a training run")
     args = ap.parse_args()
-    ckpt, head, _ = load_checkpoint(args.run)
-    cfg = TrainConfig(**ckpt["config"])
+    ckpt, head = load_checkpoint(args.run)
+    cfg = TrainConfig.of_run(ckpt)
     cache = EmbeddingCache(ckpt["backbone_path"], cfg.max_length)
     records = load_records(cfg)
 

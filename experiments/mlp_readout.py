@@ -25,9 +25,8 @@ import torch
 from moerm_build.data.degrade import FAMILIES
 from moerm_build.evaluate.metrics import pair_accuracy
 from moerm_build.evaluate.robustness import families, family_of, family_out_records, trained_families
-from moerm_build.train.embed import CACHE_DIR, EmbeddingCache
 from moerm_build.train.readout import fit_for_head, readout_inputs, readout_margin, readout_records, without_readout
-from moerm_build.train.train import TrainConfig, load_checkpoint, load_records, readout_only_records
+from moerm_build.train.train import TrainConfig, load_checkpoint, load_records, readout_only_records, run_cache
 from nonlinear_readout_probe import train_bradley_terry  # the sibling experiment's Bradley-Terry loop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,19 +57,16 @@ def fit_mlp_readout(Hc: np.ndarray, Hr: np.ndarray, off: np.ndarray, u: np.ndarr
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", default=str(ROOT / "runs" / "ship"), help="a frozen-backbone training run")
+    ap.add_argument("--run", default=str(ROOT / "runs" / "ship"), help="a training run")
     ap.add_argument("--hidden", type=int, default=62)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--weight-decay", type=float, default=1e-2)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    ckpt, head, backbone = load_checkpoint(args.run)
-    if backbone is not None:
-        raise SystemExit(f"{args.run}: needs a frozen-backbone run (its features are cached)")
-    cfg = TrainConfig(**ckpt["config"])
+    ckpt, head = load_checkpoint(args.run)
+    cfg = TrainConfig.of_run(ckpt)
     base = without_readout(head)  # the trained experts: the read-out's offset
-    cache = EmbeddingCache(ckpt["backbone_path"], cfg.max_length,
-                           Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR, kind=cfg.features)
+    cache = run_cache(cfg, ckpt["backbone_path"])
     recs = readout_records([*load_records(cfg), *readout_only_records(cfg)], cfg.readout_sources)
     fam = np.array([family_of(r["source"]) for r in recs])  # (N,) "" for real comparisons
     Hc, Hr, off = readout_inputs(base, recs, cache.features)  # (N, F), (N, F), (N,)

@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=1e-2)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    cache = EmbeddingCache(default_backbone_path(), 256, kind="prompt_response_v1")
+    cache = EmbeddingCache(default_backbone_path(), 256, layout="prompt_response_v1")
     real, train_deg, test_deg = family_out_records()
     parts = {name: sides(cache, recs) for name, recs in
              (("real", real), ("train", train_deg), ("test", test_deg), ("everyday", everyday_records()))}

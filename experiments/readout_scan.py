@@ -19,7 +19,6 @@ Needs the export extra and ../shared/data.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +46,9 @@ L2 = (0.03, 0.1, 0.3, 1.0, 3.0)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", default=str(ROOT / "runs" / "ship"), help="a training run (frozen backbone)")
+    ap.add_argument("--run", default=str(ROOT / "runs" / "ship"), help="a training run")
     args = ap.parse_args()
-    ckpt, head, backbone = load_checkpoint(args.run)
-    if backbone is not None:
-        sys.exit("a fine-tuned backbone: this scan reads cached frozen embeddings only")
+    ckpt, head = load_checkpoint(args.run)
     head = without_readout(head)
     cfg = TrainConfig(**{**ckpt["config"], "readout_sources": TrainConfig().readout_sources})
     cache = EmbeddingCache(ckpt["backbone_path"], cfg.max_length)

@@ -65,21 +65,10 @@ class Fits:
         for rho in RESIDUAL_GRID[1:]:
             assert rho is not None
             v = self.residual_on(phi, X, w, rho, self.pop_scale)
-            score = self.loo(phi, X / self.pop_scale / np.sqrt(2 * rho), phi @ w + X @ v)
+            score = loo_log_likelihood(phi, X, w, v, self.lam, self.P, rho, scale=self.pop_scale)
             if score > best[0] + 1e-12:
                 best = (score, v)
         return w, best[1]
-
-    def loo(self, phi: np.ndarray, Z: np.ndarray, z: np.ndarray) -> float:
-        """``loo_log_likelihood`` of the margins z (N,) of a fit whose residual has the prior u ~ N(0, I) on
-        Z (N, F), already in its own units."""
-        from scipy.special import expit, log_expit
-
-        A = phi @ np.linalg.solve(self.lam * self.P, phi.T) + Z @ Z.T  # (N, N)
-        s = expit(z)  # (N,)
-        c = s * (1 - s)
-        h = np.diag(A @ np.linalg.inv(np.eye(len(z)) + c[:, None] * A))  # (N,) leverages
-        return float(log_expit(z - h * (1 - s) / np.maximum(1 - h * c, 1e-12)).mean())
 
     def joint(self, rho: float) -> Fit:
         def fit(phi: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

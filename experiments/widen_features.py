@@ -59,18 +59,18 @@ def widen(head: MoEHead, at: int, mean: np.ndarray, std: np.ndarray) -> MoEHead:
 
 def main() -> None:
     run, out = Path(sys.argv[1]), Path(sys.argv[2])
-    ckpt, head, backbone = load_checkpoint(run)
-    if backbone is not None or ckpt["config"]["features"] != "prompt_response_v1":
-        raise SystemExit(f"{run}: needs a frozen-backbone run on prompt_response_v1 features")
-    cfg = TrainConfig(**ckpt["config"])
+    ckpt, head = load_checkpoint(run)
+    if ckpt["config"]["feature_layout"] != "prompt_response_v1":
+        raise SystemExit(f"{run}: needs a run on prompt_response_v1 features")
+    cfg = TrainConfig.of_run(ckpt)
     pairs = Comparisons.build(load_records(cfg)).pairs
     S = np.array([word_statistics(p, r) for p, r in pairs])  # (T, 2) the training pairs' new columns
     base = without_readout(head)
     wide = widen(base, base.args.n_features - len(SURFACE), S.mean(0), S.std(0) + 1e-6)  # at 2H
-    cache = EmbeddingCache(ckpt["backbone_path"], cfg.max_length, kind="prompt_response_v1")
+    cache = EmbeddingCache(ckpt["backbone_path"], cfg.max_length, layout="prompt_response_v1")
     some = [pairs[i] for i in np.random.default_rng(0).permutation(len(pairs))[:512]]
     x1 = torch.from_numpy(cache.features(some))  # (512, F)
-    cache.kind = V2
+    cache.layout = V2
     x2 = torch.from_numpy(cache.features(some))  # (512, F + 2)
     with torch.no_grad():
         a, b = base(x1), wide(x2)
@@ -78,7 +78,7 @@ def main() -> None:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-5)
     ckpt.update(model_args=asdict(wide.args), head={k: v.detach().cpu() for k, v in wide.state_dict().items()},
                 readout=None, expert_names=ckpt["expert_names"][:base.args.n_experts])
-    ckpt["config"]["features"] = V2
+    ckpt["config"]["feature_layout"] = V2
     (out / "ship").mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, out / "ship" / "ckpt.pt")
     shutil.copy(run / "times.json", out / "ship" / "times.json")

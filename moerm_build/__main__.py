@@ -29,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("train", help="train the MoE reward model -> OUT/ckpt.pt")
     sp.add_argument("--config", default=None, help="JSON file with TrainConfig fields")
     sp.add_argument("--out", required=True, help="run folder, e.g. runs/x")
-    sp.add_argument("--train-backbone-layers", type=int, default=None, help="fine-tune the top n layers")
     sp.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON", help="override config fields")
 
     sp = sub.add_parser("finetune", help="fine-tune the backbone on answer quality -> OUT/encoder (resumable)")
@@ -130,8 +129,6 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = TrainConfig.from_json(args.config) if args.config else TrainConfig()
         set_fields(p, cfg, args.set)
-        if args.train_backbone_layers is not None:
-            cfg.train_backbone_layers = args.train_backbone_layers
         torch.set_num_threads(max(1, torch.get_num_threads()))
         train(cfg, args.out)
     elif args.command == "finetune":

@@ -57,7 +57,7 @@ def variance_reduction(phi: np.ndarray, mean: np.ndarray, cov: np.ndarray,
     return s * np.einsum("pk,kl,pl->p", phi, M, phi) / (1.0 + s * v)
 
 
-def candidate_pair_gains(features: np.ndarray, mean: np.ndarray, cov: np.ndarray,
+def candidate_pair_gains(expert_features: np.ndarray, mean: np.ndarray, cov: np.ndarray,
                          offset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`variance_reduction` of every pair of n candidates, targets all pairs, in O(n^2 + n K^2).
 
@@ -66,7 +66,7 @@ def candidate_pair_gains(features: np.ndarray, mean: np.ndarray, cov: np.ndarray
     table of differences is never built: 1,000 candidates (499,500 pairs) stay under 100 MB.
 
     Args:
-        features: (n, K) expert features ``pi * r`` of the candidates.
+        expert_features: (n, K) the candidates' ``pi * r``.
         offset: (n,) a part of each candidate's score taken as known (a profile's residual term ``x . v``);
             it moves the predicted answers, not the uncertainty, which is the weights' alone.
     Returns:
@@ -74,7 +74,7 @@ def candidate_pair_gains(features: np.ndarray, mean: np.ndarray, cov: np.ndarray
     """
     from scipy.special import ndtr  # here, not at import: scoring never needs scipy
 
-    F = np.asarray(features, dtype=np.float64)  # (n, K)
+    F = np.asarray(expert_features, dtype=np.float64)  # (n, K)
     n = len(F)
     total = F.sum(0)  # (K,)
     targets_gram = n * (F.T @ F) - np.outer(total, total)  # (K, K) = sum over pairs of phi phi^T

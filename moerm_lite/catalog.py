@@ -23,6 +23,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from .deprecated import renamed
 from .files import atomic_write_text
 from .head import expert_features, scatter_topk
 from .personalize import UserProfile, resolve_weights
@@ -64,7 +65,9 @@ class Catalog:
             raise ValueError(f"catalog pair_features must be ({N}, F) finite values, "
                              f"got {self.pair_features.shape}")
         gating, rewards_dense = scatter_topk(self.expert_index, self.gates, self.rewards, self.n_experts)
-        self.features = expert_features(gating, rewards_dense)  # (N, K): pi * r, what scores are made of
+        self.expert_features = expert_features(gating, rewards_dense)  # (N, K): pi * r, what scores are made of
+
+    features = renamed("features", "expert_features", "the pair features are ``pair_features``")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -92,7 +95,7 @@ class Catalog:
     def scores(self, user: Weights = None) -> np.ndarray:
         """Scores of every candidate for ``user``, (N,) float64, in catalog order."""
         w, v = self.user_terms(user)
-        s = self.features @ w  # (N,)
+        s = self.expert_features @ w  # (N,)
         if v is None or self.pair_features is None:
             return s
         for i in range(0, len(s), RESIDUAL_ROWS):  # float64 like rank(), a block at a time: no (N, F) copy

@@ -15,8 +15,8 @@ the rates of a few style markers. Layout v2 adds two statistics of the words the
 token embeddings cannot see: the share of the response's word trigrams that repeat an earlier one
 (a looped sentence, padding) and the share that also occur in the prompt (the question echoed back); they
 sit before the v1 statistics so that those stay the last 13 columns in both layouts. ``config.json`` names
-the layout a model was built with (``LAYOUTS``); new builds use ``FEATURES_KIND`` unless their
-``TrainConfig.features`` says otherwise. (v2 was measured and is not shipped: the shares catch repeated and
+the layout a model was built with (``LAYOUTS``); new builds use ``DEFAULT_LAYOUT`` unless their
+``TrainConfig.feature_layout`` says otherwise. (v2 was measured and is not shipped: the shares catch repeated and
 echoed replies but are diluted by padding, which then wins more often; docs/decisions/features.md.)
 The shipped model's shared (always active) experts see only the statistics, which carry over to new
 prompts; its routed experts see everything.
@@ -34,8 +34,8 @@ SURFACE = ("cosine", "has_prompt", "log_words", "log_prompt_words", "log_lines",
            "exclamations", "questions", "second_person", "contractions", "word_length", "log_sentence_words")
 WORD_STATISTICS = ("repeated_trigrams", "copied_trigrams")  # v2 only, before SURFACE
 LAYOUTS = {"prompt_response_v1": SURFACE, "prompt_response_v2": WORD_STATISTICS + SURFACE}  # the columns after 2H
-FEATURES_KIND = "prompt_response_v1"  # the layout new models are built with (config.json's ``features``);
-#                                      v2 was measured and not shipped (docs/decisions/features.md)
+DEFAULT_LAYOUT = "prompt_response_v1"  # the layout new models are built with (config.json's ``features``);
+#                                       v2 was measured and not shipped (docs/decisions/features.md)
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•+]|\d{1,3}[.)])\s+\S")
 _WORD = re.compile(r"[A-Za-z]+(?:['’][A-Za-z]+)?")
 _SECOND_PERSON = frozenset("you your yours yourself yourselves".split())
@@ -43,16 +43,16 @@ _SENTENCE_END = re.compile(r"[.!?]+(?:\s|$)")
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")  # a lower-cased word or number, for the trigram statistics
 
 
-def check_layout(kind: str) -> tuple[str, ...]:
-    """The statistics' names after the 2H embedding columns of layout ``kind``; a ValueError names the known ones."""
-    if kind not in LAYOUTS:
-        raise ValueError(f"unknown pair-feature layout {kind!r}; this moerm-lite computes {sorted(LAYOUTS)}")
-    return LAYOUTS[kind]
+def check_layout(layout: str) -> tuple[str, ...]:
+    """The statistics' names after the 2H embedding columns of ``layout``; a ValueError names the known ones."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown pair-feature layout {layout!r}; this moerm-lite computes {sorted(LAYOUTS)}")
+    return LAYOUTS[layout]
 
 
-def feature_dim(hidden_size: int, kind: str = FEATURES_KIND) -> int:
-    """F, the length of a pair's feature vector in layout ``kind``, for backbone embeddings of size H."""
-    return 2 * hidden_size + len(check_layout(kind))
+def feature_dim(hidden_size: int, layout: str = DEFAULT_LAYOUT) -> int:
+    """F, the length of a pair's feature vector in ``layout``, for backbone embeddings of size H."""
+    return 2 * hidden_size + len(check_layout(layout))
 
 
 def _trigrams(text: str) -> list[tuple[str, ...]]:
@@ -94,12 +94,12 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def pair_features(prompt_emb: np.ndarray, response_emb: np.ndarray, prompts: Sequence[str],
-                  responses: Sequence[str], kind: str = FEATURES_KIND) -> np.ndarray:
-    """Features (B, F) float32 of B pairs in layout ``kind`` from their embeddings (B, H) and texts.
+                  responses: Sequence[str], layout: str = DEFAULT_LAYOUT) -> np.ndarray:
+    """Features (B, F) float32 of B pairs in ``layout`` from their embeddings (B, H) and texts.
 
     A row of ``prompt_emb`` for an empty prompt is ignored (the prompt part of the features is 0).
     """
-    check_layout(kind)
+    check_layout(layout)
     B = len(responses)
     if prompt_emb.shape != response_emb.shape or len(prompts) != B or response_emb.shape[0] != B:
         raise ValueError(f"pair_features: shapes disagree: prompts {prompt_emb.shape} / {len(prompts)}, "
@@ -112,7 +112,7 @@ def pair_features(prompt_emb: np.ndarray, response_emb: np.ndarray, prompts: Seq
     words = np.log1p([len(t.split()) for t in responses])  # (B,)
     prompt_words = np.log1p([len(t.split()) for t in prompts])  # (B,)
     extra = np.column_stack([pr.sum(1), has_prompt, words, prompt_words, stats])  # (B, 13)
-    if kind == "prompt_response_v1":
+    if layout == "prompt_response_v1":
         return np.hstack([r, pr, extra]).astype(np.float32)  # (B, 2H + 13)
     trigram = np.array([word_statistics(p, t) for p, t in zip(prompts, responses)]).reshape(B, 2)  # (B, 2)
     return np.hstack([r, pr, trigram, extra]).astype(np.float32)  # (B, 2H + 15)

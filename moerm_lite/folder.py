@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .features import FEATURES_KIND, LAYOUTS
+from .features import DEFAULT_LAYOUT, LAYOUTS
 from .files import atomic_write_text
 
 RECOMMENDED_RESIDUAL_STRENGTH = 30.0  # a folder's config without the field recommends this (docs/decisions/residual.md)
@@ -60,7 +60,7 @@ class ModelConfig:
     graphs: dict[str, GraphFiles]  # precision -> graph files
     pooling: str = "mean"
     backbone_name: str = ""  # where the backbone came from (documentation only)
-    features: str = FEATURES_KIND  # how the head's input is built from the two embeddings (features.py)
+    feature_layout: str = DEFAULT_LAYOUT  # config.json's "features": how the head's input is built (features.py)
     n_shared: int = 0  # the last n_shared experts are always active (gate 1); the router picks top_k of the rest
     default_prior_strength: float = 1.0  # lambda of the MAP user fit
     # the opt-in residual's strength the card measures and the docs recommend (fit_user(residual_strength=...))
@@ -105,7 +105,7 @@ class ModelConfig:
                 hidden_size=int(backbone["hidden_size"]),
                 pooling=str(backbone.get("pooling", "mean")),
                 backbone_name=str(backbone.get("name", "")),
-                features=str(d["features"]),
+                feature_layout=str(d["features"]),
                 n_shared=int(d.get("n_shared", 0)),
                 graphs=graphs,
                 default_prior_strength=float(d.get("default_prior_strength", 1.0)),
@@ -133,7 +133,7 @@ class ModelConfig:
             "model_id": self.model_id,
             "backbone": {"name": self.backbone_name, "max_length": self.max_length, "pooling": self.pooling,
                          "hidden_size": self.hidden_size},
-            "features": self.features,
+            "features": self.feature_layout,
             "n_experts": self.n_experts,
             "n_shared": self.n_shared,
             "top_k": self.top_k,
@@ -171,9 +171,9 @@ class ModelConfig:
             )
         if not all(math.isfinite(x) for x in self.w0):
             raise ModelFolderError("config.json: w0 contains NaN or inf")
-        if self.pooling != "mean" or self.features not in LAYOUTS:
+        if self.pooling != "mean" or self.feature_layout not in LAYOUTS:
             raise ModelFolderError(
-                f"config.json: unsupported pooling/features {self.pooling!r}/{self.features!r}; this "
+                f"config.json: unsupported pooling/features {self.pooling!r}/{self.feature_layout!r}; this "
                 f"moerm-lite computes mean pooling and one of {sorted(LAYOUTS)}")
         if not self.graphs:
             raise ModelFolderError("config.json: 'graphs' lists no precision")

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .active import all_pairs, candidate_pair_gains, prior_covariance
+from .deprecated import renamed
 from .catalog import Catalog
 from .experts import expert_cards, read_cards, read_reference, trim_card
 from .features import feature_dim, pair_features
@@ -116,13 +117,7 @@ class RewardModel:
         ``n_shared`` always-active experts come on top."""
         return self.config.top_k
 
-    @property
-    def top_k(self) -> int:
-        """Deprecated name of :attr:`experts_per_input` (``rank(top_k=)`` is the number of responses)."""
-        import warnings
-
-        warnings.warn("RewardModel.top_k is deprecated; use experts_per_input", DeprecationWarning, stacklevel=2)
-        return self.config.top_k
+    top_k = renamed("top_k", "experts_per_input", "``rank(top_k=)`` is the number of responses")
 
     @property
     def expert_names(self) -> list[str]:
@@ -166,7 +161,7 @@ class RewardModel:
 
     def _stacked(self, kept: list[np.ndarray]) -> np.ndarray:
         """The per-chunk features ``_head_outputs`` kept, as one (N, F) array."""
-        F = feature_dim(self.config.hidden_size, self.config.features)
+        F = feature_dim(self.config.hidden_size, self.config.feature_layout)
         return np.concatenate(kept) if kept else np.zeros((0, F), np.float32)
 
     def _head_outputs(self, texts: list[tuple[str, str]], batch_size: int,
@@ -248,7 +243,7 @@ class RewardModel:
         R_rows = R[[ri[r] for _, r in pairs]]  # (N, H)
         cut = np.array([bool(p in pi and p_cut[pi[p]]) or bool(r_cut[ri[r]]) for p, r in pairs])  # (N,)
         return pair_features(P_rows, R_rows, [p for p, _ in pairs], [r for _, r in pairs],
-                             self.config.features), cut
+                             self.config.feature_layout), cut
 
     def embed(self, texts: Sequence[str], *, role: str = "response",
               batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -480,7 +475,7 @@ class RewardModel:
         w = resolve_weights(user, self._w0, self.config.model_id, self.model_hash, allow_residual=True)
         if not isinstance(user, UserProfile) or user.residual_ is None:
             return w, None
-        F = feature_dim(self.config.hidden_size, self.config.features)
+        F = feature_dim(self.config.hidden_size, self.config.feature_layout)
         if user.residual_.shape != (F,):
             raise ValueError(f"user profile {user.user_id!r} has a residual of shape {user.residual_.shape}; "
                              f"this model's pair features have {F}")

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .deprecated import renamed
 from .files import file_lock, locked_write_text
 
 PROFILE_SCHEMA_VERSION = 4  # 4: residual_strength "auto"; 3: an optional residual over pair features;
@@ -203,13 +204,14 @@ def residual_scale(X: np.ndarray) -> np.ndarray:
 
 def loo_log_likelihood(phi: np.ndarray, X: np.ndarray | None, w: np.ndarray, v: np.ndarray | None,
                        prior_strength: float, prior_precision: np.ndarray | None,
-                       residual_strength: float | None) -> float:
+                       residual_strength: float | None, scale: np.ndarray | None = None) -> float:
     """Mean approximate leave-one-out log-likelihood of a fit (w, v) on its own N comparisons.
 
     Each comparison's margin without it is ``z_i + h_i g_i / (1 - h_i s_i (1 - s_i))`` (one Newton step
     from the full fit; Rad & Maleki's approximate leave-one-out), with ``g_i = -(1 - s_i)`` the loss's
     slope and ``h_i`` the leverage ``x_i^T H^-1 x_i`` of the joint Laplace Hessian over (w, v), computed
-    in the N-dimensional form ``diag(A (I + S A)^-1)``, ``A = phi (lambda P)^-1 phi^T + Z Z^T / (2 rho)``.
+    in the N-dimensional form ``diag(A (I + S A)^-1)``, ``A = phi (lambda P)^-1 phi^T + Z Z^T / (2 rho)``,
+    ``Z = X / scale`` (``scale`` (F,): the residual penalty's units, default ``residual_scale(X)``, as fitted).
     Higher is better; N = 0 gives 0.
     """
     from scipy.special import expit, log_expit
@@ -222,7 +224,7 @@ def loo_log_likelihood(phi: np.ndarray, X: np.ndarray | None, w: np.ndarray, v: 
     A = phi @ np.linalg.solve(prior_strength * P, phi.T)  # (N, N)
     z = phi @ w  # (N,)
     if residual_strength is not None and v is not None and X is not None:
-        Z = np.asarray(X, np.float64) / residual_scale(X)  # (N, F)
+        Z = np.asarray(X, np.float64) / (residual_scale(X) if scale is None else scale)  # (N, F)
         A = A + Z @ Z.T / (2 * residual_strength)
         z = z + np.asarray(X, np.float64) @ v
     s = expit(z)  # (N,)
@@ -352,12 +354,14 @@ class UserProfile:
     """One user's signed expert weights, fitted from their comparisons.
 
     scikit-learn style: ``__init__`` stores settings, :meth:`fit` learns
-    ``weights_`` (K,), ``covariance_`` (K, K), ``features_`` (N, K) and
-    ``n_comparisons_``; :meth:`partial_fit` adds comparisons. A profile
+    ``weights_`` (K,), ``covariance_`` (K, K), the comparisons' expert-feature differences
+    ``expert_features_`` (N, K) and ``n_comparisons_``; :meth:`partial_fit` adds comparisons. A profile
     remembers the model it was fitted for and is refused by any other model.
     With ``residual_strength`` (opt-in) it also learns ``residual_`` (F,) over the
     comparisons' pair-feature differences ``pair_features_`` (N, F), kept as float16.
     """
+
+    features_ = renamed("features_", "expert_features_", "the pair features are ``pair_features_``")
 
     def __init__(self, user_id: str | None = None, prior_strength: float = 1.0,
                  prior_precision: np.ndarray | None = None, *, model_id: str | None = None,
@@ -400,7 +404,7 @@ class UserProfile:
         self.weights_ = w  # (K,)
         self.covariance_ = cov  # (K, K)
         self.w0_ = w0
-        self.features_: np.ndarray | None = phi.copy()  # (N, K)
+        self.expert_features_: np.ndarray | None = phi.copy()  # (N, K)
         self.n_comparisons_ = len(phi)
         return self
 
@@ -411,7 +415,7 @@ class UserProfile:
         The result equals :meth:`fit` on the concatenated features, in any order of arrival.
         """
         self._check_fitted()
-        if self.features_ is None:
+        if self.expert_features_ is None:
             raise ValueError(f"user profile {self.user_id!r} was saved without its comparisons "
                              "(schema_version 1) and cannot be updated; refit it from all comparisons")
         K = len(self.w0_)
@@ -432,7 +436,7 @@ class UserProfile:
             if add.ndim not in (1, 2) or add.shape[-1] != F:
                 raise ValueError(f"pair_features must have shape (M, {F}), got {add.shape}")
             X = np.vstack([self.pair_features_, add.reshape(-1, F)])
-        return self.fit(np.vstack([self.features_, new]), self.w0_, X)
+        return self.fit(np.vstack([self.expert_features_, new]), self.w0_, X)
 
     def update(self, comparisons: Any, model: Any) -> UserProfile:
         """Deprecated: use ``model.update_user(profile, comparisons)`` (the model computes the
@@ -541,7 +545,7 @@ class UserProfile:
             "weights": self.weights_.tolist(),
             "w0": self.w0_.tolist(),
             "covariance": self.covariance_.tolist(),
-            "features": None if self.features_ is None else self.features_.tolist(),
+            "features": None if self.expert_features_ is None else self.expert_features_.tolist(),
             "residual_strength": self.residual_strength,
             "residual_chosen": self.residual_chosen_,
             "residual": None if self.residual_ is None else self.residual_.tolist(),
@@ -576,7 +580,7 @@ class UserProfile:
             p.covariance_ = np.asarray(d["covariance"], dtype=np.float64)
             p.n_comparisons_ = int(d["n_comparisons"])
             feats = d.get("features")
-            p.features_ = (None if feats is None
+            p.expert_features_ = (None if feats is None
                            else np.asarray(feats, dtype=np.float64).reshape(-1, len(p.w0_)))
             res = d.get("residual")
             p.residual_ = None if res is None else np.asarray(res, dtype=np.float64).reshape(-1)
@@ -599,11 +603,11 @@ class UserProfile:
         if (p.weights_.ndim != 1 or p.w0_.shape != K or p.covariance_.shape != K * 2
                 or (p.prior_precision is not None and p.prior_precision.shape != K * 2)):
             raise ValueError("user profile is malformed: weights, w0 and covariance shapes disagree")
-        if p.features_ is not None and len(p.features_) != p.n_comparisons_:
-            raise ValueError(f"user profile is malformed: {len(p.features_)} stored comparisons, "
+        if p.expert_features_ is not None and len(p.expert_features_) != p.n_comparisons_:
+            raise ValueError(f"user profile is malformed: {len(p.expert_features_)} stored comparisons, "
                              f"n_comparisons says {p.n_comparisons_}")
         if not (np.isfinite(p.weights_).all() and np.isfinite(p.w0_).all()
-                and (p.features_ is None or np.isfinite(p.features_).all())):
+                and (p.expert_features_ is None or np.isfinite(p.expert_features_).all())):
             raise ValueError("user profile contains NaN or inf weights or features")
         if not (math.isfinite(p.prior_strength) and p.prior_strength > 0):
             raise ValueError(f"user profile is malformed: prior_strength must be positive, got {p.prior_strength}")

@@ -100,7 +100,7 @@ def check_backbone(folder: Path, cfg: ModelConfig, backbone: ort.InferenceSessio
 def check_head(folder: Path, cfg: ModelConfig, head: ort.InferenceSession) -> None:
     """Route four probe feature rows so that a config that disagrees with the head graph (feature size,
     ``n_experts``, ``top_k``, ``n_shared``) fails at load, named."""
-    F, K, k, S = feature_dim(cfg.hidden_size, cfg.features), cfg.n_experts, cfg.top_k, cfg.n_shared
+    F, K, k, S = feature_dim(cfg.hidden_size, cfg.feature_layout), cfg.n_experts, cfg.top_k, cfg.n_shared
     x = np.random.default_rng(0).normal(size=(4, F)).astype(np.float32)  # (4, F)
     try:
         idx, gates, rewards = head.run(cfg.head_outputs, {cfg.head_input: x}, PROBE_RUN)  # (4, k + S) each

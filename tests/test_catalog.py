@@ -88,3 +88,17 @@ def test_cli_rank_catalog_refuses_input_and_aligns_its_table(tiny_folder, tmp_pa
     assert main(["rank", "--catalog", str(tmp_path / "c.npz"), "--format", "table"], out=out) == 0
     lines = out.getvalue().splitlines()
     assert len(lines) == 12 and len({line.index(".") for line in lines}) == 1  # " 9." lines up with "10."
+
+
+def test_old_names_warn_and_read_the_new_ones(tiny_folder):
+    """Renamed attributes (one meaning per name: ``features`` was the expert features here and the pair
+    features elsewhere) still read, with a DeprecationWarning naming the new name."""
+    m = RewardModel.load(tiny_folder, threads=1)
+    cat = m.encode_catalog([("q", "a"), ("q", "b b")])
+    user = m.fit_user([{"prompt": "q", "chosen": "a", "rejected": "b b"}], user_id="u")
+    for obj, old, new in ((cat, "features", "expert_features"), (user, "features_", "expert_features_"),
+                          (m, "top_k", "experts_per_input")):
+        with pytest.warns(DeprecationWarning, match=new):
+            value = getattr(obj, old)
+        np.testing.assert_array_equal(value, getattr(obj, new))
+    assert cat.expert_features.shape == (2, m.n_experts) and user.expert_features_.shape == (1, m.n_experts)

@@ -41,7 +41,7 @@ def test_torchrun_trains_and_exports_a_loadable_folder(tmp_path):
          "--out", str(tmp_path / "two"), *cfg])
     run(["-m", "moerm_build", "train", "--out", str(tmp_path / "one"), *cfg])
     assert json.loads((tmp_path / "two" / "train_log.json").read_text())["processes"] == 2
-    (c2, h2, _), (c1, h1, _) = load_checkpoint(tmp_path / "two"), load_checkpoint(tmp_path / "one")
+    (c2, h2), (c1, h1) = load_checkpoint(tmp_path / "two"), load_checkpoint(tmp_path / "one")
     s1, s2 = h1.state_dict(), h2.state_dict()
     assert {k: v.shape for k, v in s1.items()} == {k: v.shape for k, v in s2.items()}  # same layout
     assert c1["model_args"] == c2["model_args"] and c1["expert_names"] == c2["expert_names"]

@@ -52,6 +52,22 @@ def test_folder_loads_and_describes_itself(tiny_export):
     assert cfg["reference"] == "reference.jsonl" and "## Expert cards" in card and "`tone`" in card
 
 
+def test_checkpoint_from_an_older_build(tiny_run, tmp_path):
+    """A run from before two changes loads under today's names: ``features`` was renamed ``feature_layout``,
+    and the head stopped training backbone layers (the retired fields are dropped); a run that did train
+    backbone layers is refused, by name."""
+    ckpt = torch.load(tiny_run / "ckpt.pt", weights_only=True)
+    old_cfg = {k: v for k, v in ckpt["config"].items() if k != "feature_layout"}
+    ckpt["config"] = {**old_cfg, "features": "prompt_response_v2", "train_backbone_layers": 0, "backbone_lr": 3e-5}
+    torch.save({**ckpt, "backbone_state": None}, tmp_path / "ckpt.pt")
+    old, head = load_checkpoint(tmp_path)
+    assert "train_backbone_layers" not in old["config"] and "backbone_state" not in old
+    assert TrainConfig.of_run(old).feature_layout == "prompt_response_v2"
+    torch.save({**ckpt, "backbone_state": {"w": torch.zeros(1)}}, tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match="moerm_build finetune"):
+        load_checkpoint(tmp_path)
+
+
 def test_torch_onnx_parity(tiny_run, tiny_export):
     parts = load_checkpoint(tiny_run)
     pairs = random_pairs(64, seed=11)
@@ -70,7 +86,7 @@ def test_dynamo_exporter_also_works(tiny_run, tmp_path):
 
     from moerm_build.model import Backbone
 
-    ckpt, _, _ = load_checkpoint(tiny_run)
+    ckpt, _ = load_checkpoint(tiny_run)
     bb = Backbone(ckpt["backbone_path"])
     path = export_backbone(bb, tmp_path / "dyn.onnx", dynamo=True)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -146,7 +162,7 @@ def test_other_backbone_variants_load_and_agree(tiny_run, tmp_path, variant):
 
 
 def test_default_int8_backbone_is_gptq_rounded_on_the_checkpoints_training_pairs(tiny_run, tiny_export):
-    ckpt, _, _ = load_checkpoint(tiny_run)
+    ckpt, _ = load_checkpoint(tiny_run)
     pairs = random_pairs(120, seed=5)  # tiny_run's records: (prompt_i, response_i) vs (prompt_i, response_i+1)
     trained = {(pairs[i][0], pairs[i + d][1]) for i in range(0, 118, 2) for d in (0, 1)}
     assert ckpt["calibration"] and all(tuple(p) in trained for p in ckpt["calibration"])
@@ -163,7 +179,7 @@ def test_default_int8_backbone_is_gptq_rounded_on_the_checkpoints_training_pairs
 def test_card_records_the_int8_variant_choice(tiny_run, tiny_export):
     from moerm_build.release.card import model_card
 
-    ckpt, _, _ = load_checkpoint(tiny_run)
+    ckpt, _ = load_checkpoint(tiny_run)
     config = json.loads((tiny_export / "config.json").read_text())
     row = {"embedding_rel_error": 0.0106, "same_topk_selection_all": 0.9923, "same_topk_selection": 0.9945,
            "decision_agreement": 0.993, "backbone_mb": 26.2}
@@ -179,7 +195,7 @@ def test_card_counts_come_from_the_report_and_the_build(tiny_run, tiny_export):
     from moerm_build.graphs.gptq import BLOCK
     from moerm_build.release.card import model_card
 
-    ckpt, _, _ = load_checkpoint(tiny_run)
+    ckpt, _ = load_checkpoint(tiny_run)
     config = json.loads((tiny_export / "config.json").read_text())
     shots = {str(n): 0.6 for n in (5, 10, 20, 50)}
     att = {"attributes": ["verbosity"], "n_prompts": 11, "n_responses": 33, "users": 7, "heldout_per_user": [3, 5],
@@ -246,7 +262,7 @@ def test_pruned_experts_leave_routed_scores_unchanged(tiny_run, tmp_path):
     """Dropping experts no input routes to: the folder's scores equal the full head's on those inputs."""
     from moerm_build.release.onnx_export import used_experts
 
-    ckpt, head, _ = load_checkpoint(tiny_run)
+    ckpt, head = load_checkpoint(tiny_run)
     pairs = random_pairs(40, seed=21)
     full = export_model(tiny_run, tmp_path / "full", prune=False, precision="fp32")
     g = RewardModel.load(full, precision="fp32").expert_outputs(pairs)["gating_output"]
@@ -304,7 +320,7 @@ def test_training_appends_the_population_readout_and_the_folder_computes_it(tiny
                       readout_sources=["pop"])
     train(cfg, tmp_path / "run", records=recs)
     parts = load_checkpoint(tmp_path / "run")
-    ckpt, head, _ = parts
+    ckpt, head = parts
     assert (head.args.n_experts, head.args.n_shared, head.args.n_readout) == (7, 3, 1)
     prompted = sum(1 for r in recs if "user_id" not in r and r["prompt"].strip())  # population, with a prompt
     assert 0 < prompted < 39 and ckpt["readout"]["records"] == {"pop": prompted}
@@ -339,7 +355,7 @@ def test_a_run_with_attribute_users_gets_attribute_readouts_and_an_older_run_get
                       expert_hidden=8, epochs=2, batch_size=16, cache_dir=str(tmp_path / "cache"),
                       readout_sources=[])
     train(cfg, tmp_path / "run", records=recs)
-    ckpt, head, _ = load_checkpoint(tmp_path / "run")
+    ckpt, head = load_checkpoint(tmp_path / "run")
     A = len(ATTRIBUTES)
     assert (head.args.n_experts, head.args.n_readout) == (6 + A, A) and (head.w0[-A:] == 0).all()
     assert ckpt["readout"]["attribute_readouts"]["attributes"] == list(ATTRIBUTES)
@@ -358,5 +374,5 @@ def test_a_run_with_attribute_users_gets_attribute_readouts_and_an_older_run_get
     w = np.zeros(6 + A)
     w[-A:] = np.linspace(-1.0, 1.0, A)  # a user of the attribute read-outs only: the population ignores them
     got = RewardModel.load(folder, precision="fp32", threads=1).score_pairs(test, user=w)
-    np.testing.assert_allclose(got, torch_run_scores((ckpt, head, None), test, w), atol=1e-4)
+    np.testing.assert_allclose(got, torch_run_scores((ckpt, head), test, w), atol=1e-4)
     assert np.abs(got).max() > 0.1 and (got[[not p.strip() for p, _ in test]] == 0).all()  # silent without prompt

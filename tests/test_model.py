@@ -33,7 +33,7 @@ def by_hand(model: RewardModel, head, prompt: str, responses: list[str]) -> np.n
 
     P = np.stack([embed(prompt)] * len(responses))
     R = np.stack([embed(r) for r in responses])
-    x = pair_features(P, R, [prompt] * len(responses), responses, model.config.features)
+    x = pair_features(P, R, [prompt] * len(responses), responses, model.config.feature_layout)
     idx, gates, rewards = reference_head(x, head, model.experts_per_input)
     return (gates * np.asarray(model.w0)[idx] * rewards).sum(1)
 
@@ -48,9 +48,9 @@ def test_a_folder_of_the_second_feature_layout_scores_its_own_features(tmp_path)
     computes that layout, and the scores equal the formula by hand on it."""
     from tests.tiny import build_tiny_folder
 
-    folder, head = build_tiny_folder(tmp_path / "v2", features="prompt_response_v2", reference=False)
+    folder, head = build_tiny_folder(tmp_path / "v2", feature_layout="prompt_response_v2", reference=False)
     m = RewardModel.load(folder, precision="fp32")
-    assert m.config.features == "prompt_response_v2" and m.pair_features([(PROMPT, "ok")])[0].shape == (1, 2 * 16 + 15)
+    assert m.config.feature_layout == "prompt_response_v2" and m.pair_features([(PROMPT, "ok")])[0].shape == (1, 2 * 16 + 15)
     np.testing.assert_allclose(m.score(PROMPT, RESPONSES), by_hand(m, head, PROMPT, RESPONSES), atol=1e-5)
 
 

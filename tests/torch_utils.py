@@ -12,13 +12,12 @@ import torch
 from moerm_build.model import Backbone
 
 
-def torch_run_scores(run_or_parts: Any, pairs: list[tuple[str, str]], w: Optional[np.ndarray] = None) -> np.ndarray:
+def torch_run_scores(parts: Any, pairs: list[tuple[str, str]], w: Optional[np.ndarray] = None) -> np.ndarray:
     """Reference fp32 scores from the torch model (backbone + head) for parity checks."""
     from moerm_build.train.embed import embed_texts, features_of, text_tokenizer
 
-    ckpt, head, backbone = run_or_parts
-    if backbone is None:
-        backbone = Backbone(ckpt["backbone_path"])
+    ckpt, head = parts
+    backbone = Backbone(ckpt["backbone_path"])
     with tempfile.TemporaryDirectory() as tmp:
         tok = text_tokenizer(ckpt["backbone_path"], ckpt["config"]["max_length"], Path(tmp))
         x = torch.from_numpy(features_of(lambda t, role: embed_texts(backbone, tok, t, role), pairs))  # (N, F)

@@ -46,39 +46,21 @@ class Featurizer(Protocol):
 
 
 class TorchFeaturizer:
-    """The torch model of a checkpoint, on cached embeddings (or its fine-tuned backbone)."""
+    """The torch model of a checkpoint, on cached embeddings of its backbone."""
 
     def __init__(self, run: "str | Path") -> None:
         import torch
 
-        from moerm_build.train.embed import EmbeddingCache, TorchPairFeatures, text_tokenizer
-        from moerm_build.train.train import load_checkpoint
+        from moerm_build.train.train import TrainConfig, load_checkpoint, run_cache
 
-        self.ckpt, self.head, self.backbone = load_checkpoint(run)
+        self.ckpt, self.head = load_checkpoint(run)
         self.n_experts, self.n_shared = self.head.args.n_experts, self.head.args.n_shared
         self.n_readout = self.head.args.n_readout
         self.readout_names = readout_names(self.ckpt.get("readout"), self.n_readout)
         self.prior_precision = self.head.prior_precision()
-        cfg = self.ckpt["config"]
         self._torch = torch
-        if self.backbone is None:
-            cache = EmbeddingCache(self.ckpt["backbone_path"], cfg["max_length"], kind=cfg["features"])
-            self.features, self.embed = cache.features, cache.get
-        else:
-            from moerm_build.train.embed import embed_texts
-
-            tok = text_tokenizer(self.ckpt["backbone_path"], cfg["max_length"], Path(run))
-            fz = TorchPairFeatures(self.backbone, tok, kind=cfg["features"])
-            backbone = self.backbone
-
-            def features(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-                with torch.no_grad():
-                    return fz(pairs).numpy()
-
-            def embed(texts: Sequence[str], role: str = "response") -> np.ndarray:
-                return embed_texts(backbone, tok, texts, role)
-
-            self.features, self.embed = features, embed
+        cache = run_cache(TrainConfig.of_run(self.ckpt), self.ckpt["backbone_path"])
+        self.features, self.embed = cache.features, cache.get
 
     def outputs(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
         g, r, _ = self.outputs_and_features(pairs)

@@ -132,17 +132,13 @@ def readout_family_out(run: "str | Path", seed: int = 0) -> dict[str, Any]:
     *without* each degradation family, scored on the held-out answers of ``family_table`` (torch, fp32).
     A family the experts trained on (the ``contrast`` kinds) is reported but not family-out: marked
     ``"experts_trained"``. Rows ``{family: {"n", "readout_all", "readout_family_out", "experts_trained"}}``."""
-    from moerm_build.train.embed import CACHE_DIR, EmbeddingCache
     from moerm_build.train.readout import fit_for_head, readout_inputs, readout_margin, readout_records, without_readout
-    from moerm_build.train.train import TrainConfig, load_checkpoint, load_records, readout_only_records
+    from moerm_build.train.train import TrainConfig, load_checkpoint, load_records, readout_only_records, run_cache
 
-    ckpt, head, backbone = load_checkpoint(run)
-    if backbone is not None:
-        raise ValueError(f"{run}: readout_family_out needs a frozen-backbone run (its features are cached)")
-    cfg = TrainConfig(**ckpt["config"])
+    ckpt, head = load_checkpoint(run)
+    cfg = TrainConfig.of_run(ckpt)
     base = without_readout(head)  # the trained experts: the read-out's offset
-    cache = EmbeddingCache(ckpt["backbone_path"], cfg.max_length, Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR,
-                           kind=cfg.features)
+    cache = run_cache(cfg, ckpt["backbone_path"])
     recs = readout_records([*load_records(cfg), *readout_only_records(cfg)], cfg.readout_sources)
     fam = np.array([family_of(r["source"]) for r in recs])  # (N,) "" for real comparisons
     Hc, Hr, off = readout_inputs(base, recs, cache.features)

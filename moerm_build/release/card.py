@@ -73,6 +73,8 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
     """Markdown card: what the model is, its data, how it was trained, and what was measured. The prose is
     ``card.md`` beside this module, filled from the folder's config, the checkpoint and the report; the
     measured sections below it are tables of the report."""
+    from moerm_build.train.finetune import TUNED_BACKBONE_NAME
+
     cfg = ckpt["config"]
     K, k, S = config["n_experts"], config["top_k"], config.get("n_shared", 0)
     backbone = config["backbone"]
@@ -81,8 +83,7 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
     values = {
         "model_id": config["model_id"], "backbone_name": backbone["name"], "hidden_size": backbone["hidden_size"],
         "max_length": backbone["max_length"],
-        "backbone_state": (f"top {cfg['train_backbone_layers']} layers fine-tuned" if cfg["train_backbone_layers"]
-                           else "frozen"),
+        "backbone_state": "fine-tuned, then frozen" if backbone["name"] == TUNED_BACKBONE_NAME else "frozen",
         "n_experts": K, "expert_hidden": cfg["expert_hidden"], "top_k": k, "n_routed": K - S, "n_shared": S,
         "readouts": (f", except the last {readout['experts']}: linear read-outs of every feature fitted after "
                      f"training (`moerm_build/train/readout.py`){readout_sentence(readout)}. " if readout else ". "),

@@ -55,9 +55,8 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
     (``fp16``, or ``int8`` per channel: half their size, a little further from torch; shared experts stay
     fp16, ``moerm_build.graphs.onnx_head``).
     """
-    ckpt, head, backbone = load_checkpoint(run)
-    if backbone is None:
-        backbone = Backbone(ckpt["backbone_path"])
+    ckpt, head = load_checkpoint(run)
+    backbone = Backbone(ckpt["backbone_path"])  # frozen in training: a fine-tuned one is its own folder
     args, cfg = head.args, ckpt["config"]
     rep = cast(EvalReport, report if isinstance(report, dict) else
                json.loads(Path(report).read_text()) if report else {})
@@ -94,7 +93,7 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
     config = make_config(
         model_id=model_id, n_experts=len(keep), top_k=args.top_k, expert_names=names,
         w0=head.w0.detach().double().numpy()[keep].tolist(), max_length=cfg["max_length"],
-        hidden_size=int(backbone.n_embd), n_shared=args.n_shared, features=cfg["features"],
+        hidden_size=int(backbone.n_embd), n_shared=args.n_shared, feature_layout=cfg["feature_layout"],
         precisions=precisions, gating=args.gating,
         default_prior_strength=float(rep.get("prior_strength", cast("dict[str, Any]", rep).get("lambda", 1.0))),
         prior_precision=None if P is None else (P + P.T) / 2,
@@ -105,7 +104,8 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
                                 "head": f"router fp32, expert W1 {head_experts}"},
                "training": {"mode": ckpt["mode"], "backbone_hash": ckpt["backbone_hash"],
                             "kept_experts": keep, "trained_experts": args.n_experts,
-                            "train_backbone_layers": cfg["train_backbone_layers"],
+                            "train_backbone_layers": 0,  # the head never trains the backbone (a fine-tuned one
+                            #                              is its own folder, backbone_hash); kept: hashed config
                             "sources": cfg["sources"],
                             "degrade_families": (cfg.get("degrade_families", []) if "degrade" in cfg["sources"]
                                                  or "degrade" in cfg.get("readout_sources", []) else []),

@@ -11,7 +11,7 @@ from typing import Any
 
 import onnx
 
-from moerm_lite.features import FEATURES_KIND
+from moerm_lite.features import DEFAULT_LAYOUT
 from moerm_lite.folder import CONFIG, GraphFiles, ModelConfig, atomic_write_text, write_manifest
 
 REFERENCE = "reference.jsonl"  # the expert-card reference corpus inside a model folder
@@ -23,7 +23,7 @@ def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list
                 gating: str = "topk_softmax",
                 default_prior_strength: float = 1.0, prior_precision: Any = None, backbone_name: str = "",
                 per_sequence: tuple[str, ...] = ("int8",), dequantize_at_load: tuple[str, ...] = (),
-                features: str = FEATURES_KIND, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                feature_layout: str = DEFAULT_LAYOUT, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` dict (``ModelConfig.to_dict``, the one definition of the format) for a model
     whose graphs are ``onnx/{backbone,head}_{precision}.onnx``."""
     score = {"kind": "raw_logit", "higher_is_better": True, "formula": "sum_k gate_k * weight_k * reward_k",
@@ -31,7 +31,7 @@ def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list
     cfg = ModelConfig(
         model_id=model_id, n_experts=n_experts, top_k=top_k, n_shared=n_shared, expert_names=list(expert_names),
         w0=[float(x) for x in w0], max_length=max_length, hidden_size=hidden_size, backbone_name=backbone_name,
-        features=features,
+        feature_layout=feature_layout,
         default_prior_strength=default_prior_strength,
         prior_precision=None if prior_precision is None else [[float(x) for x in row] for row in prior_precision],
         graphs={p: GraphFiles(backbone=f"onnx/backbone_{p}.onnx", head=f"onnx/head_{p}.onnx",

@@ -136,7 +136,7 @@ REEXPORT_NOTES = {
 }
 
 
-def reexported_graph(part: str, out: Path, graphs: GraphFiles, ckpt: dict, head: Any, backbone: Any,
+def reexported_graph(part: str, out: Path, graphs: GraphFiles, ckpt: dict, head: Any,
                      tmp: Path) -> tuple[str, Path]:
     """The int8 folder ``out``'s ``part`` graph ("backbone" or "head"; ``graphs``: the folder's int8 graph
     files) exported again with today's code from the same weights, written under ``tmp``: (its path inside
@@ -151,7 +151,7 @@ def reexported_graph(part: str, out: Path, graphs: GraphFiles, ckpt: dict, head:
     from moerm_build.model import Backbone
 
     if part == "backbone":
-        fp32 = export_backbone(backbone or Backbone(ckpt["backbone_path"]), tmp / "fp32.onnx")
+        fp32 = export_backbone(Backbone(ckpt["backbone_path"]), tmp / "fp32.onnx")
         feeds = calibration_feeds(ckpt, out / "tokenizer.json")
         return graphs.backbone, quantize_backbone(fp32, tmp / "int8.onnx", "gptq8", feeds)
     stored = onnx.load(out / graphs.head)
@@ -176,7 +176,7 @@ def check(runs: Path, out: Path) -> dict[str, Any]:
 
     from moerm_lite.folder import write_manifest
 
-    ckpt, head, backbone = load_checkpoint(runs / "ship")
+    ckpt, head = load_checkpoint(runs / "ship")
     pairs = parity_pairs()
     old = RewardModel.load(out)
     before = old.score_pairs(pairs)  # (P,)
@@ -185,7 +185,7 @@ def check(runs: Path, out: Path) -> dict[str, Any]:
         trial = Path(tmp) / "folder"
         shutil.copytree(out, trial)
         for part in ("head", "backbone"):
-            rel, new = reexported_graph(part, out, old.config.graphs["int8"], ckpt, head, backbone, Path(tmp))
+            rel, new = reexported_graph(part, out, old.config.graphs["int8"], ckpt, head, Path(tmp))
             res[f"{part}_bytes_identical"] = new.read_bytes() == (out / rel).read_bytes()
             shutil.copy(new, trial / rel)
         write_manifest(trial)
@@ -203,7 +203,7 @@ def reexport(runs: Path, out: Path, part: str, max_score_change: float = 1e-4) -
 
     from moerm_lite.folder import write_manifest
 
-    ckpt, head, backbone = load_checkpoint(runs / "ship")
+    ckpt, head = load_checkpoint(runs / "ship")
     rep = json.loads((runs / "ship" / "report.json").read_text())
     old = RewardModel.load(out)
     pairs = parity_pairs()
@@ -214,7 +214,7 @@ def reexport(runs: Path, out: Path, part: str, max_score_change: float = 1e-4) -
             graphs = {p: replace(g, dequantize_at_load=(p == "int8")) for p, g in old.config.graphs.items()}
             config = replace(old.config, graphs=graphs).to_dict()
             config["quantization"]["int8_backbone"] = "gptq8 (8-bit levels, dequantized to fp32 at load)"
-        rel, new = reexported_graph(part, out, old.config.graphs["int8"], ckpt, head, backbone, Path(tmp))
+        rel, new = reexported_graph(part, out, old.config.graphs["int8"], ckpt, head, Path(tmp))
         trial = Path(tmp) / "folder"
         shutil.copytree(out, trial)
         shutil.copy(new, trial / rel)
@@ -297,7 +297,7 @@ def save_report(runs: Path, out: Path, rep: EvalReport | dict[str, Any], ckpt: d
     the run's checkpoint where the caller has it): the one place a card is written after export."""
     (runs / "ship" / "report.json").write_text(json.dumps(rep, indent=1))
     if ckpt is None:
-        ckpt, _, _ = load_checkpoint(runs / "ship")
+        ckpt, _ = load_checkpoint(runs / "ship")
     update_card(out, model_card(json.loads((out / "config.json").read_text()), ckpt, cast(EvalReport, rep)))
 
 
@@ -326,9 +326,8 @@ def finish(runs: Path, out: Path, rep: EvalReport, users: int) -> None:
     rep["active"] = model_active_curve(out, n_users=users)
     trained = trained_families(json.loads((out / "config.json").read_text()).get("training", {}))
     rep["robustness"] = robustness_report(out, trained)
-    ckpt, _, backbone = load_checkpoint(runs / "ship")
-    if backbone is None:  # frozen backbone: the read-out refitted family-out
-        rep["robustness"]["readout_family_out"] = readout_family_out(runs / "ship")
+    ckpt, _ = load_checkpoint(runs / "ship")
+    rep["robustness"]["readout_family_out"] = readout_family_out(runs / "ship")  # the read-out refitted family-out
     rep["expert_cards"] = RewardModel.load(out).describe_experts()  # stored in the folder at export
     rep.setdefault("timings", {})["active_and_cards_s"] = time.time() - t1
     save_report(runs, out, rep, ckpt)

