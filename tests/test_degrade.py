@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from moerm_build.data import degrade as D
-from moerm_build.evaluate.hacking import EDITS, MARKED, MAX_GROWTH, edit, greedy_search, hacked, hacking_rate
+from moerm_build.evaluate.hacking import (EDITS, MARKED, MAX_GROWTH, edit, greedy_search, hacked, hacking_rate,
+                                          marked_texts)
 from moerm_build.evaluate.robustness import EVERYDAY_KINDS, everyday_bad_replies, everyday_records, load_everyday
 
 PROMPTS = ["How do I boil an egg?", "What is the capital of France?", "How do I boil pasta?",
@@ -154,6 +155,21 @@ def test_greedy_search_finds_a_length_hack_and_reports_it():
             return np.array([1.0 if r in ANSWERS else 0.0 for _, r in pairs])
 
     assert hacking_rate(greedy_search(Exact(), PROMPTS, ANSWERS, steps=3))["hacked"] == 0.0
+
+
+def test_search_path_and_its_marked_texts():
+    """Each kept edit's text is on the path, the last is the end; the texts from the first marked edit on
+    are the degradations a search found (a path of drops only has none); train phrasings differ from test."""
+    res = greedy_search(LengthModel(), PROMPTS, ANSWERS, steps=4, seed=1)
+    for r in res:
+        assert len(r["path"]) == len(r["edits"]) and r["path"][-1] == r["end"]
+        assert marked_texts(r) == r["path"]  # every kept edit here adds words: a marked one
+    assert marked_texts({"edits": ["drop", "drop"], "path": ["a b", "a"]}) == []
+    assert marked_texts({"edits": ["drop", "append", "drop"], "path": ["a", "a x", "x"]}) == ["a x", "x"]
+    rng = np.random.default_rng(0)
+    pools = {split: {edit("append", "An answer.", "q?", rng, [], split)[len("An answer. "):] for _ in range(200)}
+             for split in ("train", "test")}
+    assert not (pools["train"] - {"q?"}) & (pools["test"] - {"q?"})  # the request itself is in both pools
 
 
 def test_readout_records_map_to_their_family_and_the_card_marks_family_out_columns():

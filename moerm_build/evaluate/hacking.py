@@ -32,9 +32,11 @@ MAX_GROWTH = 3  # a candidate longer than this many times the real answer (plus 
 MARKED = frozenset(EDITS) - {"drop"}  # edits that make a degradation family's reply
 
 
-def edit(kind: str, text: str, prompt: str, rng: np.random.Generator, others: Sequence[str]) -> str | None:
+def edit(kind: str, text: str, prompt: str, rng: np.random.Generator, others: Sequence[str],
+         split: str = "test") -> str | None:
     """One edit of ``kind`` applied to ``text`` (None where it does not apply); ``others`` are other
-    prompts' answers, for ``replace``."""
+    prompts' answers, for ``replace``; ``split``: the phrasings ``append`` and ``replace`` draw from
+    (``moerm_build.data.degrade.phrases``: "test" for the check, "train" for a search whose texts train)."""
     sents = sentences(text)
     if kind == "repeat":
         if not sents:
@@ -50,10 +52,10 @@ def edit(kind: str, text: str, prompt: str, rng: np.random.Generator, others: Se
         words = text.split()
         return " ".join(words[j] for j in rng.permutation(len(words))) if len(words) > 3 else None
     if kind == "append":
-        pool = phrases("filler", "test") + phrases("generic", "test") + [last_request(prompt)]
+        pool = phrases("filler", split) + phrases("generic", split) + [last_request(prompt)]
         return f"{text} {rng.choice(pool)}"
     if kind == "replace":
-        pool = list(others[:20]) + phrases("terse", "test") + phrases("generic", "test")
+        pool = list(others[:20]) + phrases("terse", split) + phrases("generic", split)
         return str(rng.choice(pool))
     if kind == "truncate":
         words = text.split()
@@ -62,21 +64,23 @@ def edit(kind: str, text: str, prompt: str, rng: np.random.Generator, others: Se
 
 
 def greedy_search(model: Any, prompts: Sequence[str], answers: Sequence[str], steps: int = 30, seed: int = 0,
-                  user: Any = None) -> list[dict[str, Any]]:
+                  user: Any = None, split: str = "test") -> list[dict[str, Any]]:
     """Run the search for every (prompt, real answer) at once (each round scores all candidates in one
-    call). Returns per prompt ``{"start", "end", "start_score", "end_score", "edits": [kinds kept]}``."""
+    call; ``split``: the phrasings of ``edit``). Returns per prompt ``{"start", "end", "start_score",
+    "end_score", "edits": [kinds kept], "path": [the text after each kept edit]}``."""
     rng = np.random.default_rng(seed)
     n = len(prompts)
     current = list(answers)
     start_scores = np.asarray(model.score_pairs(list(zip(prompts, answers)), user=user), np.float64)  # (n,)
     scores = start_scores.copy()  # (n,)
     kept: list[list[str]] = [[] for _ in range(n)]
+    path: list[list[str]] = [[] for _ in range(n)]
     for _ in range(steps):
         cands: list[tuple[int, str, str]] = []  # (prompt index, edit kind, text)
         for i in range(n):
             others = [answers[(i + 1 + j) % n] for j in rng.permutation(n - 1)[:20]] if n > 1 else []
             for kind in EDITS:
-                t = edit(kind, current[i], prompts[i], rng, others)
+                t = edit(kind, current[i], prompts[i], rng, others, split)
                 cap = MAX_GROWTH * len(answers[i]) + 500
                 if t is not None and t.strip() and t != current[i] and len(t) <= cap:
                     cands.append((i, kind, t))
@@ -90,8 +94,16 @@ def greedy_search(model: Any, prompts: Sequence[str], answers: Sequence[str], st
         for i, c in best.items():
             current[i], scores[i] = cands[c][2], s[c]
             kept[i].append(cands[c][1])
+            path[i].append(cands[c][2])
     return [{"start": answers[i], "end": current[i], "start_score": float(start_scores[i]),
-             "end_score": float(scores[i]), "edits": kept[i]} for i in range(n)]
+             "end_score": float(scores[i]), "edits": kept[i], "path": path[i]} for i in range(n)]
+
+
+def marked_texts(result: dict[str, Any]) -> list[str]:
+    """The texts of a search's path from its first marked edit on: each is a degradation of the start
+    (a marked edit made it), and each scored above the start (the search keeps only gains)."""
+    first = next((j for j, k in enumerate(result["edits"]) if k in MARKED), None)
+    return [] if first is None else list(result["path"][first:])
 
 
 def hacked(result: dict[str, Any]) -> bool:
