@@ -154,6 +154,15 @@ class Backbone(nn.Module):
         m = attention_mask.unsqueeze(-1).to(out.dtype)  # (B, L, 1)
         return (out * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, H)
 
+    def keep_layers(self, keep: "list[int]") -> None:
+        """Keep only the transformer layers ``keep`` (indices, in order): a smaller student initialised from
+        this encoder, saved and loaded like any other (its config says how many layers it has)."""
+        layers = self.encoder.encoder.layer
+        if not keep or sorted(set(keep)) != list(keep) or not 0 <= keep[0] <= keep[-1] < len(layers):
+            raise ValueError(f"keep_layers: need increasing layer indices in 0..{len(layers) - 1}, got {keep}")
+        self.encoder.encoder.layer = nn.ModuleList([layers[i] for i in keep])
+        self.encoder.config.num_hidden_layers = len(keep)
+
     def train_top_layers(self, n: int) -> None:
         """Freeze everything but the top ``n`` transformer layers."""
         for p in self.encoder.parameters():

