@@ -140,7 +140,9 @@ class ModelConfig:
             "expert_names": list(self.expert_names),
             "w0": [float(x) for x in self.w0],
             "default_prior_strength": self.default_prior_strength,
-            "recommended_residual_strength": self.recommended_residual_strength,
+            # not written at its default: a folder from before the field is written again byte for byte
+            **({"recommended_residual_strength": self.recommended_residual_strength}
+               if self.recommended_residual_strength != RECOMMENDED_RESIDUAL_STRENGTH else {}),
             "prior_precision": self.prior_precision,
             "max_chars": self.max_chars,
             "graphs": {p: {"backbone": g.backbone, "head": g.head, "per_sequence": g.per_sequence,

@@ -95,14 +95,16 @@ def test_schema_2_folders_still_load(copy):
 
 
 def test_recommended_residual_strength_is_read_with_its_default(copy):
-    """A config without the field (the folders before it) recommends 30; one with it, its own value."""
+    """A config without the field (the folders before it, and any that keep the default) recommends 30; one
+    with it, its own value; the default is not written, so a rebuilt folder's config stays byte-identical."""
     cfg = json.loads((copy / "config.json").read_text())
-    assert cfg["recommended_residual_strength"] == 30.0  # the build side writes it
-    cfg.pop("recommended_residual_strength")
+    assert "recommended_residual_strength" not in cfg  # the default, not written
     assert ModelConfig.from_dict(cfg).recommended_residual_strength == 30.0
     cfg["recommended_residual_strength"] = 12.5
     write_config(copy, cfg)
-    assert RewardModel.load(copy).config.recommended_residual_strength == 12.5
+    loaded = RewardModel.load(copy).config
+    assert loaded.recommended_residual_strength == 12.5
+    assert loaded.to_dict()["recommended_residual_strength"] == 12.5
 
 
 def test_graph_flags_round_trip(copy):
