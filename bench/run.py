@@ -473,6 +473,21 @@ def model_variant(model: RewardModel, tmp: Path, name: str, config: ModelConfig,
     return RewardModel.load(dst, threads=model.threads, precision=model.precision)
 
 
+def backbone_variant(model: RewardModel, encoder: Path, tmp: Path) -> RewardModel:
+    """The model with the local encoder folder ``encoder`` as its backbone, exported fp32 as the build side
+    exports it (the shipped int8 graph computes in fp32 too: the same arithmetic): to time a candidate
+    backbone, a distilled one say. Its scores mean nothing; the head was trained on another backbone."""
+    from dataclasses import replace
+
+    from moerm_build.graphs.onnx_backbone import export_backbone
+    from moerm_build.model import Backbone
+
+    graph = export_backbone(Backbone(encoder), tmp / "backbone_fp32.onnx")
+    flags = replace(model.config.graphs[model.precision], dequantize_at_load=False)
+    return model_variant(model, tmp, "backbone", replace(model.config, graphs={**model.config.graphs,
+                                                                              model.precision: flags}), graph)
+
+
 def dir_size(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
@@ -492,9 +507,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small inputs, few repeats (smoke run)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the table as JSON here")
+    ap.add_argument("--backbone", default=None, help="time this local encoder folder in place of the shipped "
+                    "backbone (speeds only; the cold-start and size rows stay the shipped model's)")
     args = ap.parse_args()
     q = args.quick
+    swap = tempfile.TemporaryDirectory()
     model = RewardModel.load(threads=args.threads)
+    if args.backbone:
+        model = backbone_variant(model, Path(args.backbone), Path(swap.name))
     from moerm_build.data import ranking_workload  # here: a cold-start process imports this module
 
     pairs = ranking_workload(4 if q else 64, 4 if q else 8)
@@ -517,9 +537,10 @@ def main() -> None:
     rows += bench_catalog(model, pairs, 100_000, repeat)
     rows += bench_cold(1 if q else 3)
     rows += bench_footprint(model, venv=not q)
+    swap.cleanup()
     print(f"moerm-lite benchmark ({'quick' if q else 'full'}), {len(pairs)} texts ({cut} pairs longer than "
           f"max_length={model.config.max_length} tokens, cut as the runtime cuts them), {args.threads} threads, "
-          f"{cpu_description()}")
+          f"{cpu_description()}" + (f"; backbone {args.backbone} (fp32, timing only)" if args.backbone else ""))
     w = max(len(r[0]) for r in rows)
     for name, value, ratio in rows:
         print(f"{name:<{w}}  {value:>22}  {ratio}")
