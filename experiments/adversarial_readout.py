@@ -34,7 +34,8 @@ from moerm_build.evaluate.robustness import (TRAIN_SOURCES, everyday_records, fa
                                              heldout_answer_records)
 from moerm_build.model import Backbone, MoEHead
 from moerm_build.train.embed import embed_texts, features_of, text_tokenizer
-from moerm_build.train.readout import fit_for_head, readout_inputs, readout_margin, readout_records, without_readout
+from moerm_build.train.readout import (fit_for_head, readout_inputs, readout_margin, readout_records, readout_reward,
+                                       without_readout)
 from moerm_build.train.train import TrainConfig, load_checkpoint, load_records, readout_only_records, run_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +59,8 @@ class MemoEmbed:
 
 
 class ReadoutReward:
-    """The search's reward: the trained experts' population score plus the read-out ``u``, as
-    ``readout_margin`` scores it (``score_pairs`` is what ``greedy_search`` calls)."""
+    """The search's reward: the trained experts' population score plus the read-out ``u``
+    (``readout_reward``), as ``readout_margin`` scores it (``score_pairs`` is what ``greedy_search`` calls)."""
 
     def __init__(self, base: MoEHead, embed: MemoEmbed, layout: str, u: np.ndarray) -> None:
         self.base, self.embed, self.layout, self.u = base, embed, layout, u
@@ -70,8 +71,7 @@ class ReadoutReward:
         with torch.no_grad():
             s = self.base.score(X, self.base.w0).double().numpy()  # (N,)
             h = self.base.standardize(X).double().numpy()  # (N, F)
-        a = h @ self.u  # (N,)
-        return s + (self.bound * np.tanh(a / self.bound) if self.bound > 0 else a)
+        return s + readout_reward(h, self.u, self.bound)
 
 
 def main() -> None:

@@ -56,7 +56,7 @@ class FinetuneConfig:
     layers: int = 6  # top transformer layers trained (6: all of MiniLM-L6's; embeddings stay frozen)
     keep_layers: list[int] = field(default_factory=list)  # a student of these layers ([]: all of them)
     bradley_terry: float = 1.0  # weight of the reward's loss (0: distil only)
-    name: str = "all-MiniLM-L6-v2-quality"  # the encoder folder written into the run folder
+    name: str = TUNED_BACKBONE_NAME  # the encoder folder written into the run folder
     max_length: int = 128  # tokens per text while training
     batch_size: int = 16  # comparisons per step
     epochs: float = 1.0
@@ -156,13 +156,13 @@ def finetune(cfg: FinetuneConfig, out: "str | Path") -> Path:
             drift = (1 - F.cosine_similarity(x[:, :backbone.n_embd], r_ref, dim=1)).mean()  # unit responses
         else:  # distil only: responses and the batch's prompts, each onto the full encoder's embedding
             prompts = list(dict.fromkeys(r["prompt"] for r in batch if r["prompt"].strip()))
+            texts = [(responses, "response")] + ([(prompts, "prompt")] if prompts else [])
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                p_ref = embed(frozen, tok, prompts, "prompt").float() if prompts else r_ref[:0]  # (U, H)
+                ref = [r_ref] + [embed(frozen, tok, t, role).float() for t, role in texts[1:]]  # (2B, H), (U, H)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                got = torch.cat([embed(backbone, tok, responses, "response"),
-                                 embed(backbone, tok, prompts, "prompt") if prompts else r_ref[:0]]).float()
+                got = [embed(backbone, tok, t, role) for t, role in texts]
             bt = torch.zeros(())
-            drift = (1 - F.cosine_similarity(got, torch.cat([r_ref, p_ref]), dim=1)).mean()
+            drift = (1 - F.cosine_similarity(torch.cat(got).float(), torch.cat(ref), dim=1)).mean()
         loss = cfg.bradley_terry * bt + cfg.preserve * drift
         opt.zero_grad(set_to_none=True)
         loss.backward()

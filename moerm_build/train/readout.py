@@ -164,12 +164,18 @@ def readout_inputs(head: MoEHead, recs: Sequence[dict[str, Any]],
     return Hc, Hr, offset
 
 
+def readout_reward(h: np.ndarray, u: np.ndarray, bound: float) -> np.ndarray:
+    """The read-out's reward (N,) of standardised features h (N, F): ``c tanh(h . u / c)`` (c = ``bound``;
+    0: ``h . u``), as the head computes it."""
+    a = h @ u  # (N,)
+    return bound * np.tanh(a / bound) if bound > 0 else a
+
+
 def readout_margin(h_chosen: np.ndarray, h_rejected: np.ndarray, offset: np.ndarray, u: np.ndarray,
                    bound: float) -> np.ndarray:
     """Margins (N,) of a head with the read-out ``u`` (F,) appended: ``offset`` (the head's own margin) plus
-    the read-out's reward ``c tanh(h . u / c)`` (c = ``bound``; 0: ``h . u``) of chosen minus rejected."""
-    r = (lambda a: bound * np.tanh(a / bound)) if bound > 0 else (lambda a: a)
-    return offset + r(h_chosen @ u) - r(h_rejected @ u)
+    the read-out's reward (``readout_reward``) of chosen minus rejected."""
+    return offset + readout_reward(h_chosen, u, bound) - readout_reward(h_rejected, u, bound)
 
 
 def fit_for_head(head: MoEHead, h_chosen: np.ndarray, h_rejected: np.ndarray, offset: np.ndarray,
