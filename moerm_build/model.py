@@ -151,8 +151,13 @@ class Backbone(nn.Module):
                 token_type_ids: torch.Tensor) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                            token_type_ids=token_type_ids).last_hidden_state  # (B, L, H)
-        m = attention_mask.unsqueeze(-1).to(out.dtype)  # (B, L, 1)
-        return (out * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, H)
+        return mean_pool(out, attention_mask)  # (B, H)
+
+    def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               token_type_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The token embeddings and every layer's output: ``layers + 1`` tensors (B, L, H)."""
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            output_hidden_states=True).hidden_states
 
     def keep_layers(self, keep: "list[int]") -> None:
         """Keep only the transformer layers ``keep`` (indices, in order): a smaller student initialised from
@@ -172,6 +177,12 @@ class Backbone(nn.Module):
             for layer in layers[len(layers) - n:]:
                 for p in layer.parameters():
                     p.requires_grad_(True)
+
+
+def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, H) mean of the token states (B, L, H) over the tokens the mask keeps."""
+    m = attention_mask.unsqueeze(-1).to(states.dtype)  # (B, L, 1)
+    return (states * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, H)
 
 
 def switch_load_balance(probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

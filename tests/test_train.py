@@ -228,3 +228,28 @@ def test_a_student_keeps_the_layers_it_names_and_loads_as_an_encoder(tiny_bert, 
     for bad in ([], [1, 0], [0, 0], [2]):
         with pytest.raises(ValueError, match="keep_layers"):
             Backbone(tiny_bert).keep_layers(bad)
+
+
+def test_layer_gap_compares_each_student_layer_with_the_teacher_layer_it_stands_for(tiny_bert):
+    """finetune's ``hidden`` loss: zero for the teacher against itself, one for a student that outputs zeros,
+    blind to padded tokens, and the states end in what the backbone pools."""
+    from moerm_build.model import Backbone, mean_pool
+    from moerm_build.train.finetune import layer_gap
+
+    teacher, student = Backbone(tiny_bert).eval(), Backbone(tiny_bert).eval()
+    student.keep_layers([1])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    feed = {"input_ids": torch.tensor([[2, 5, 7, 3], [2, 6, 0, 0]]), "attention_mask": mask,
+            "token_type_ids": torch.zeros(2, 4, dtype=torch.long)}
+    with torch.no_grad():
+        t, s = teacher.states(**feed), student.states(**feed)
+        assert len(t) == 3 and len(s) == 2  # the embeddings and each layer's output
+        torch.testing.assert_close(mean_pool(t[-1], mask), teacher(**feed))
+        assert layer_gap(t, t, mask, [1, 2]).item() == 0.0
+        gap = layer_gap(s, t, mask, [2]).item()
+        assert 0 < gap < 1
+        assert layer_gap(tuple(torch.zeros_like(x) for x in s), t, mask, [2]).item() == pytest.approx(1.0)
+        padded = tuple(x.clone() for x in s)
+        padded[1][1, 2:] = 100.0  # what a padded token holds does not count
+        assert layer_gap(padded, t, mask, [2]).item() == pytest.approx(gap)
+        assert layer_gap(s, t, mask, [1]).item() != pytest.approx(gap)  # which teacher layer matters

@@ -15,7 +15,10 @@ local Hugging Face encoder folder: ``python -m moerm_build train --set backbone=
 With ``keep_layers`` the trained encoder is a smaller student that keeps those of the encoder's layers (a
 faster backbone), and with ``bradley_terry`` 0 it is only distilled: the same penalty, on prompts and
 responses, pulls its embeddings onto the full encoder's. The pair features use unit embeddings only
-(``moerm_lite.features``), so matching directions is matching what the head reads.
+(``moerm_lite.features``), so matching directions is matching what the head reads. ``hidden`` > 0 adds a
+token-level signal (``layer_gap``): each kept layer's output is pulled onto the full encoder's output at
+the same depth (a student of layers 1, 3, 5 against the teacher's layers 1, 3, 5 outputs: two layers' work
+in one).
 
 Every ``checkpoint_every`` steps the backbone, the reward, the optimiser and the step are written to
 ``OUT/state.pt`` (atomically); the data order is fixed by the seed, so a resumed run continues exactly.
@@ -40,7 +43,7 @@ import torch.nn.functional as F
 from moerm_build import data
 from moerm_build.data.contrast import contrast_records
 from moerm_build.data.degrade import benign_degradation_records
-from moerm_build.model import Backbone
+from moerm_build.model import Backbone, mean_pool
 from moerm_build.train.embed import TorchPairFeatures, default_backbone_path, text_tokenizer, torch_pair_features
 from moerm_build.train.train import BENIGN
 
@@ -64,6 +67,7 @@ class FinetuneConfig:
     head_lr: float = 1e-2  # the linear reward
     warmup: int = 50  # steps
     preserve: float = 1.0  # weight of 1 - cos(tuned, frozen) per embedding
+    hidden: float = 0.0  # distilling: weight of the layer-wise gap of token states (``layer_gap``)
     checkpoint_every: int = 50  # steps
     seed: int = 0
     data_dir: str = str(data.DATA_DIR)
@@ -111,6 +115,7 @@ def finetune(cfg: FinetuneConfig, out: "str | Path") -> Path:
     backbone, frozen = Backbone(path), Backbone(path)
     if cfg.keep_layers:
         backbone.keep_layers(cfg.keep_layers)
+    teacher_at = [k + 1 for k in (cfg.keep_layers or range(frozen.encoder.config.num_hidden_layers))]
     backbone.train_top_layers(cfg.layers)
     frozen.eval()
     for p in frozen.parameters():
@@ -134,7 +139,7 @@ def finetune(cfg: FinetuneConfig, out: "str | Path") -> Path:
         reward.load_state_dict(st["reward"])
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
-        step, history = st["step"], st["history"]
+        step, history = st["step"], [h + [0.0] * (4 - len(h)) for h in st["history"]]  # runs before ``hidden``
         log.info("resumed at step %d of %d", step, total)
     bf16 = native_bf16()
     scale = feature_scale(TorchPairFeatures(frozen, tok), [recs[i] for i in order[:256]], bf16)  # (F,)
@@ -146,9 +151,10 @@ def finetune(cfg: FinetuneConfig, out: "str | Path") -> Path:
         batch = [recs[i] for i in rows]
         pairs = [(r["prompt"], r["chosen"]) for r in batch] + [(r["prompt"], r["rejected"]) for r in batch]
         responses = [t for _, t in pairs]
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            r_ref = embed(frozen, tok, responses, "response").float()  # (2B, H)
+        hid = torch.zeros(())
         if cfg.bradley_terry > 0:
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                r_ref = embed(frozen, tok, responses, "response").float()  # (2B, H)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 x = pair_features_once(backbone, tok, pairs).float()  # (2B, F)
             d = (x[:len(batch)] - x[len(batch):]) / scale  # (B, F)
@@ -157,13 +163,20 @@ def finetune(cfg: FinetuneConfig, out: "str | Path") -> Path:
         else:  # distil only: responses and the batch's prompts, each onto the full encoder's embedding
             prompts = list(dict.fromkeys(r["prompt"] for r in batch if r["prompt"].strip()))
             texts = [(responses, "response")] + ([(prompts, "prompt")] if prompts else [])
+            inputs = [token_inputs(tok, t, role) for t, role in texts]
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                ref = [r_ref] + [embed(frozen, tok, t, role).float() for t, role in texts[1:]]  # (2B, H), (U, H)
+                ref = [frozen.states(**x) for x in inputs]  # per text group: layers + 1 of (N, L, H)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                got = [embed(backbone, tok, t, role) for t, role in texts]
+                got = [backbone.states(**x) for x in inputs]
+            pooled = [(mean_pool(g[-1], x["attention_mask"]).float(), mean_pool(r[-1], x["attention_mask"]).float())
+                      for g, r, x in zip(got, ref, inputs)]  # (N, H) each
             bt = torch.zeros(())
-            drift = (1 - F.cosine_similarity(torch.cat(got).float(), torch.cat(ref), dim=1)).mean()
-        loss = cfg.bradley_terry * bt + cfg.preserve * drift
+            drift = (1 - F.cosine_similarity(torch.cat([g for g, _ in pooled]), torch.cat([r for _, r in pooled]),
+                                             dim=1)).mean()
+            if cfg.hidden > 0:
+                hid = torch.stack([layer_gap(g, r, x["attention_mask"], teacher_at)
+                                   for g, r, x in zip(got, ref, inputs)]).mean()
+        loss = cfg.bradley_terry * bt + cfg.preserve * drift + cfg.hidden * hid
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -171,11 +184,11 @@ def finetune(cfg: FinetuneConfig, out: "str | Path") -> Path:
         sched.step()
         step += 1
         seen += 3 * len(batch)
-        history.append([step, bt.item(), drift.item()])
+        history.append([step, bt.item(), drift.item(), hid.item()])
         if step % 10 == 0:
-            recent = np.array(history[-50:])
-            log.info("step %d/%d bt %.4f drift %.4f  %.1f texts/s", step, total, recent[:, 1].mean(),
-                     recent[:, 2].mean(), seen / (time.time() - t0))
+            recent = np.array(history[-50:])  # (<= 50, 4)
+            log.info("step %d/%d bt %.4f drift %.4f hidden %.4f  %.1f texts/s", step, total,
+                     *recent[:, 1:].mean(0), seen / (time.time() - t0))
         if step % cfg.checkpoint_every == 0 or step == total:
             _atomic_save({"backbone": backbone.state_dict(), "reward": reward.state_dict(), "opt": opt.state_dict(),
                           "sched": sched.state_dict(), "step": step, "history": history}, state_file)
@@ -184,10 +197,26 @@ def finetune(cfg: FinetuneConfig, out: "str | Path") -> Path:
     return enc
 
 
+def token_inputs(tok: Any, texts: list[str], role: str) -> dict[str, torch.Tensor]:
+    """The backbone's padded inputs (N, L) for texts in a role."""
+    ids, _ = tok.encode(texts, role)
+    return {k: torch.from_numpy(v) for k, v in tok.pad(ids).items()}
+
+
 def embed(backbone: Backbone, tok: Any, texts: list[str], role: str) -> torch.Tensor:
     """Mean-pooled embeddings (N, H) of texts, with gradients where the backbone has them."""
-    ids, _ = tok.encode(texts, role)
-    return backbone(**{k: torch.from_numpy(v) for k, v in tok.pad(ids).items()})
+    return backbone(**token_inputs(tok, texts, role))
+
+
+def layer_gap(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...], attention_mask: torch.Tensor,
+              teacher_at: list[int]) -> torch.Tensor:
+    """Mean over the student's layers of ||s - t||^2 / ||t||^2 over the kept tokens, layer ``i`` of the
+    student (``student[i + 1]``) against the teacher's output ``teacher[teacher_at[i]]``: a student that keeps
+    layers 1, 3, 5 learns to do, in each, what the teacher does in two."""
+    m = attention_mask.unsqueeze(-1).float()  # (N, L, 1)
+    gaps = [((s.float() - teacher[t].float()).pow(2) * m).sum() / (teacher[t].float().pow(2) * m).sum().clamp_min(1e-9)
+            for s, t in zip(student[1:], teacher_at)]
+    return torch.stack(gaps).mean()
 
 
 def pair_features_once(backbone: Backbone, tok: Any, pairs: list[tuple[str, str]]) -> torch.Tensor:
