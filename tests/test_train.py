@@ -253,3 +253,11 @@ def test_layer_gap_compares_each_student_layer_with_the_teacher_layer_it_stands_
         padded[1][1, 2:] = 100.0  # what a padded token holds does not count
         assert layer_gap(padded, t, mask, [2]).item() == pytest.approx(gap)
         assert layer_gap(s, t, mask, [1]).item() != pytest.approx(gap)  # which teacher layer matters
+
+
+def test_finetune_refuses_the_distillation_loss_next_to_a_reward(tmp_path):
+    from moerm_build.train.finetune import FinetuneConfig, finetune
+
+    with pytest.raises(ValueError, match="bradley_terry"):
+        finetune(FinetuneConfig(hidden=1.0), tmp_path / "run")  # bradley_terry defaults to 1
+    assert not (tmp_path / "run").exists()  # refused before anything is written

@@ -67,7 +67,7 @@ class FinetuneConfig:
     head_lr: float = 1e-2  # the linear reward
     warmup: int = 50  # steps
     preserve: float = 1.0  # weight of 1 - cos(tuned, frozen) per embedding
-    hidden: float = 0.0  # distilling: weight of the layer-wise gap of token states (``layer_gap``)
+    hidden: float = 0.0  # distilling only (bradley_terry 0): weight of the token states' gap (``layer_gap``)
     checkpoint_every: int = 50  # steps
     seed: int = 0
     data_dir: str = str(data.DATA_DIR)
@@ -105,6 +105,8 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 def finetune(cfg: FinetuneConfig, out: "str | Path") -> Path:
     """Run (or resume) the fine-tuning; returns the encoder folder ``out/<cfg.name>``."""
+    if cfg.hidden > 0 and cfg.bradley_terry > 0:
+        raise ValueError("finetune: hidden is a distillation loss; set bradley_terry to 0 to use it")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
