@@ -147,15 +147,17 @@ def pool_features(rz: RuntimeFeaturizer, cache: Path | None, share: float = 1.0
 
     recs = real_train_records(list(REAL_LOADERS), DATA_DIR)
     train_pool, _ = ResponsePool.build([r for r in recs if bucket(r["prompt"], "taste-basis") < share])
+
     def kept(name: str, compute: Any) -> dict[str, np.ndarray]:
-        f = None if cache is None else cache / f"{name}.npz"
-        if f is not None and f.is_file():
+        if cache is None:
+            return compute()
+        f = cache / f"{name}.npz"
+        if f.is_file():
             with np.load(f) as z:
                 return dict(z)
         arrays = compute()
-        if f is not None:
-            cache.mkdir(parents=True, exist_ok=True)
-            np.savez(f, **arrays)
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(f, **arrays)
         return arrays
 
     def heldout() -> dict[str, np.ndarray]:
