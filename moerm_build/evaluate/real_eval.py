@@ -27,10 +27,9 @@ from moerm_build import data
 from moerm_build.data.attributes import ATTRIBUTES, ResponsePool, attribute_benchmark
 from moerm_build.data.contrast import KINDS, sanity_suite
 from moerm_build.data.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool
-from moerm_build.evaluate.metrics import few_shot, logistic_fit, pair_accuracy
+from moerm_build.evaluate.metrics import SHOTS, few_shot, logistic_fit, pair_accuracy
 
 log = logging.getLogger("moerm_build")
-SHOTS = (5, 10, 20, 50)
 PROBE_L2 = 1.0  # few-shot probes: L2 of the logistic regression on standardised frozen features
 HUMAN_LABELLED = {"hh_helpful": data.load_hh_helpful, "hh_harmless": data.load_hh_harmless,
                   "finegrained_qa": data.load_finegrained_qa}  # held-out population accuracy, by name
