@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from moerm_build.data import DATA_DIR, DSP_DOMAINS, REAL_LOADERS, bucket, load_dsp
+from moerm_build.data import DATA_DIR, DSP_DOMAINS, REAL_LOADERS, bucket
 from moerm_build.data.attributes import attribute_benchmark
 from moerm_build.data.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool
 from moerm_build.evaluate.metrics import RuntimeFeaturizer, few_shot, logistic_fit, pair_accuracy
-from moerm_build.evaluate.real_eval import (PROBE_L2, SHOTS, attribute_pool, eval_pool, few_shot_residual,
-                                           train_scaler)
+from moerm_build.evaluate.real_eval import (PROBE_L2, SHOTS, attribute_pool, dsp_features, dsp_pool, eval_pool,
+                                           few_shot_residual, probe_few_shot, train_scaler)
 from moerm_lite import fit_map
 from moerm_lite.model import DEFAULT_MODEL
 from moerm_lite.personalize import penalized_logistic
@@ -107,7 +107,6 @@ def main() -> None:
     ap, tp = pool_features(rz, args.cache, args.train_share)  # the card's held-out pool; the basis users' training pool
     X = ap["X"]
     mu, sd = tp["X"].mean(0), tp["X"].std(0) + 1e-6  # (F,): the basis' space is the training pool's
-    Xp = (X - X.mean(0)) / (X.std(0) + 1e-6)  # the probe's (``probe_few_shot``)
     Xb, Xt = (X - mu) / sd, (tp["X"] - mu) / sd
     families = [*TASTE_FAMILIES, "attribute"]
     lam, P = rz.model.config.default_prior_strength, rz.prior_precision
@@ -125,7 +124,7 @@ def main() -> None:
         users = family_users(ap, fam, args.users)  # the card's users of this family
         row = [few_shot(ap["phi"], users, rz.w0, lam, P=P),
                few_shot_residual(ap["phi"], X, users, rz.w0, lam, P, "auto"),
-               fitted(Xp, users, prior_root(np.zeros((F, 0)), np.zeros(0), 0.0, 1.0))]
+               probe_few_shot(X, users)]
         others = [u for f in families if f != fam for u in train[f]]
         for r in args.ranks:
             V, var = basis(Xt, others, r)
@@ -177,11 +176,10 @@ def dsp_row(rz: RuntimeFeaturizer, mu: np.ndarray, sd: np.ndarray, roots: list[n
     """The four DSP domain users (evaluation only; ``real_eval.dsp_users``' draws and halves, so the probe
     reproduces the card's), the probe on DSP's own standardisation, the basis fits in the basis' space
     (``mu``, ``sd``; a basis learned from every family above). Experts + basis is not measured here."""
-    raw = dsp_pool_raw(rz)  # (I, 5, F)
-    flat = raw.reshape(-1, raw.shape[-1])  # (5 I, F)
-    Xd = (raw - flat.mean(0)) / (flat.std(0) + 1e-6)  # DSP's own standardisation, as ``dsp_pool``
+    features = dsp_features(rz)
+    _, raw, first = features  # (I, 5, F) not standardised, (I,) the fitting half
+    _, Xd, _ = dsp_pool(rz, features)  # DSP's own standardisation, the card's probe's
     Xp = (raw - mu) / sd
-    first = np.array([bucket(r["query"], "dsp-half") < 0.5 for r in load_dsp()])  # (I,) the fitting half
     rng = np.random.default_rng(seed)
     acc = np.zeros((1 + len(roots), len(SHOTS)))
     for u in range(len(DSP_DOMAINS)):
@@ -200,14 +198,6 @@ def dsp_row(rz: RuntimeFeaturizer, mu: np.ndarray, sd: np.ndarray, roots: list[n
                     acc[1 + i, s] += pair_accuracy(d(Xp, te) @ root @ z)
     acc /= len(DSP_DOMAINS) * draws
     return "DSP (probe, then each basis prior): " + " | ".join(" / ".join(f"{100 * v:.1f}" for v in a) for a in acc)
-
-
-def dsp_pool_raw(rz: RuntimeFeaturizer) -> np.ndarray:
-    """(I, 5, F) frozen pair features of DSP's replies, not standardised."""
-    rows = load_dsp()
-    names = (*DSP_DOMAINS, "normal")
-    X = rz.features([(r["query"], r["responses"][d]) for r in rows for d in names]).astype(np.float64)
-    return X.reshape(len(rows), len(names), -1)
 
 
 if __name__ == "__main__":

@@ -175,8 +175,8 @@ def few_shot_residual(phi: np.ndarray, X: np.ndarray, users: list[data.BenchUser
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
-def dsp_pool(fz: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """DSP's replies through the model: phi (I, 5, K), standardised frozen features (I, 5, F) of each
+def dsp_features(fz: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DSP's replies through the model: phi (I, 5, K), frozen features (I, 5, F), not standardised, of each
     instruction's four domain replies and the original, and which instructions are in the fitting half
     (I,)."""
     rows = data.load_dsp()
@@ -184,10 +184,18 @@ def dsp_pool(fz: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pairs = [(r["query"], r["responses"][d]) for r in rows for d in names]
     gt, rw, X = fz.outputs_and_features(pairs)
     phi = expert_features(gt, rw).reshape(len(rows), len(names), -1)  # (I, 5, K)
-    X = X.astype(np.float64)
-    X = ((X - X.mean(0)) / (X.std(0) + 1e-6)).reshape(len(rows), len(names), -1)  # (I, 5, F)
+    X = X.astype(np.float64).reshape(len(rows), len(names), -1)  # (I, 5, F)
     first = np.array([data.bucket(r["query"], "dsp-half") < 0.5 for r in rows])
     return phi, X, first
+
+
+def dsp_pool(fz: Any, features: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``dsp_features`` (``features``, computed here if not given) with the frozen features standardised
+    over all of DSP's replies."""
+    phi, X, first = dsp_features(fz) if features is None else features
+    flat = X.reshape(-1, X.shape[-1])  # (5 I, F)
+    return phi, (X - flat.mean(0)) / (flat.std(0) + 1e-6), first
 
 
 def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | None, draws: int = 20,
