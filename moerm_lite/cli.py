@@ -16,6 +16,7 @@ import numpy as np
 from .catalog import Catalog
 from .model import BATCH_SIZE, RewardModel
 from .personalize import UserProfile
+from .sessions import ENGINES
 
 PROGRESS_MIN_ROWS = 200
 
@@ -112,7 +113,7 @@ def _emit(rows: Iterator[dict[str, Any]], out: IO[str]) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[RewardModel, UserProfile | None]:
-    model = RewardModel.load(args.model, threads=args.threads, precision=args.precision)
+    model = RewardModel.load(args.model, threads=args.threads, precision=args.precision, engine=args.engine)
     user = UserProfile.load(args.user) if getattr(args, "user", None) else None
     return model, user
 
@@ -125,7 +126,7 @@ def cmd_info(args: argparse.Namespace, out: IO[str]) -> None:
             "n_shared": cfg.n_shared,
             "max_length": cfg.max_length, "default_prior_strength": cfg.default_prior_strength,
             "recommended_residual_strength": cfg.recommended_residual_strength,
-            "model_hash": m.model_hash, "threads": m.threads, "expert_names": m.expert_names}
+            "model_hash": m.model_hash, "threads": m.threads, "engine": m.engine, "expert_names": m.expert_names}
     out.write(json.dumps(info, indent=1) + "\n")
 
 
@@ -356,8 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--skip-bad", action="store_true",
                             help="leave out bad input rows (listed on stderr, exit code 3) instead of "
                                  "stopping at the first one with nothing written")
-        sp.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+        sp.add_argument("--threads", type=int, default=None, help="intra-op threads of the engine")
         sp.add_argument("--precision", default="int8", help="graphs to run (default int8; `info` lists them)")
+        sp.add_argument("--engine", choices=ENGINES, default="onnxruntime",
+                        help='what runs the backbone (openvino: pip install "moerm-lite[openvino]")')
         if user:
             sp.add_argument("--user", default=None, help="user profile JSON written by `fit`")
 

@@ -19,7 +19,7 @@ from .features import feature_dim, pair_features
 from .folder import CONFIG, ModelConfig, model_hash, read_json, read_manifest, verify_files
 from .head import combine, expert_features, row_terms, scatter_topk
 from .personalize import UserProfile, resolve_weights
-from .sessions import load_graphs
+from .sessions import BackboneRunner, load_graphs
 from .text import Prompt, TextTokenizer, check_prompt, check_response
 
 log = logging.getLogger("moerm_lite")
@@ -62,10 +62,12 @@ class RewardModel:
     and only read afterwards, so one model may score from many threads at once.
     """
 
-    def __init__(self, folder: Path, config: ModelConfig, backbone: ort.InferenceSession,
+    def __init__(self, folder: Path, config: ModelConfig, backbone: BackboneRunner,
                  head: ort.InferenceSession, tokenizer: TextTokenizer, precision: str,
-                 threads: int, model_hash: str, tokens_per_batch: int = TOKENS_PER_BATCH) -> None:
+                 threads: int, model_hash: str, tokens_per_batch: int = TOKENS_PER_BATCH,
+                 engine: str = "onnxruntime") -> None:
         self.folder, self.config, self.precision, self.threads = folder, config, precision, threads
+        self.engine = engine  # what runs the backbone graph: "onnxruntime" or "openvino"
         self.tokens_per_batch = tokens_per_batch
         self._backbone, self._head, self._tokenizer = backbone, head, tokenizer
         self.model_hash = model_hash  # which exact model this is (moerm_lite.folder.model_hash)
@@ -77,7 +79,8 @@ class RewardModel:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | Path | None = None, *, threads: int | None = None,
-             precision: str = "int8", tokens_per_batch: int = TOKENS_PER_BATCH) -> RewardModel:
+             precision: str = "int8", tokens_per_batch: int = TOKENS_PER_BATCH,
+             engine: str = "onnxruntime") -> RewardModel:
         """Load a model folder (``None``: the shipped default) after checking its manifest.
 
         Args:
@@ -85,6 +88,9 @@ class RewardModel:
             threads: onnxruntime intra-op threads; default ``min(4, cpu count)``.
             precision: which graphs to run, e.g. ``"int8"`` or ``"fp32"`` (see ``config.json``).
             tokens_per_batch: most padded tokens per backbone call (results do not depend on it).
+            engine: what runs the backbone graph: ``"onnxruntime"`` (default) or ``"openvino"`` (optional,
+                ``pip install "moerm-lite[openvino]"``; bf16 compute on CPUs with native bf16: faster,
+                scores within bf16 rounding; docs/api.md).
         """
         folder = Path(path) if path is not None else default_model_path()
         if not folder.is_dir():
@@ -101,9 +107,9 @@ class RewardModel:
             raise ValueError(f"threads must be a positive int, got {threads!r}")
         if isinstance(tokens_per_batch, bool) or not isinstance(tokens_per_batch, int) or tokens_per_batch < 1:
             raise ValueError(f"tokens_per_batch must be a positive int, got {tokens_per_batch!r}")
-        backbone, head, tokenizer = load_graphs(folder, cfg, manifest, precision, threads)
+        backbone, head, tokenizer = load_graphs(folder, cfg, manifest, precision, threads, engine)
         return cls(folder, cfg, backbone, head, tokenizer, precision, threads, model_hash(manifest),
-                   tokens_per_batch)
+                   tokens_per_batch, engine)
 
     # -------------------------------------------------------------- properties
     @property
@@ -259,7 +265,9 @@ class RewardModel:
             return out, np.zeros(0, dtype=bool)
         ids, truncated = self._tokenizer.encode(texts, role)
         order = np.argsort([len(x) for x in ids], kind="stable")  # length buckets: less padding
-        per_sequence = self.config.graphs[self.precision].per_sequence
+        # one text per call where a padded batch would change the numbers: dynamic-int8 graphs, and OpenVINO
+        # (bf16 kernels round a padded batch differently), so that a score never depends on its batch
+        per_sequence = self.config.graphs[self.precision].per_sequence or self.engine == "openvino"
         start = 0
         while start < len(order):
             # up to batch_size texts, and at most tokens_per_batch padded tokens (the longest text is last)
@@ -520,4 +528,5 @@ class RewardModel:
 
     def __repr__(self) -> str:
         return (f"RewardModel({self.config.model_id!r}, n_experts={self.n_experts}, experts_per_input={self.experts_per_input}, "
-                f"precision={self.precision!r}, threads={self.threads})")
+                f"precision={self.precision!r}, threads={self.threads}"
+                + (f", engine={self.engine!r})" if self.engine != "onnxruntime" else ")"))

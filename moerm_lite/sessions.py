@@ -8,6 +8,7 @@ import ctypes
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -15,6 +16,14 @@ import onnxruntime as ort
 from .features import feature_dim
 from .folder import GraphFiles, ModelConfig, ModelFolderError, resolve_inside, verify_files, verify_graph_dirs
 from .text import TextTokenizer
+
+ENGINES = ("onnxruntime", "openvino")  # what runs the backbone graph; the head always runs on onnxruntime
+
+
+class BackboneRunner(Protocol):
+    """What the model calls a backbone graph through: an onnxruntime session, or ``OpenVinoBackbone``."""
+
+    def run(self, output_names: list[str], feed: dict[str, np.ndarray], run_options: Any = None) -> list[Any]: ...
 
 
 def cpu_session(model: str | Path | bytes, threads: int, *, optimize: bool = True,
@@ -80,7 +89,7 @@ PROBE_RUN = ort.RunOptions()  # a load-time probe's buffers go back to the syste
 PROBE_RUN.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
-def check_backbone(folder: Path, cfg: ModelConfig, backbone: ort.InferenceSession,
+def check_backbone(folder: Path, cfg: ModelConfig, backbone: BackboneRunner,
                    tokenizer: TextTokenizer) -> None:
     """Embed one probe text of ``max_length`` tokens (the last vocabulary id) so that a config or tokenizer
     that disagrees with the graph (hidden size, ``max_length``, vocabulary) fails at load, named."""
@@ -117,10 +126,24 @@ def check_head(folder: Path, cfg: ModelConfig, head: ort.InferenceSession) -> No
             f"(the last n_shared experts always active)")
 
 
-def load_graphs(folder: Path, cfg: ModelConfig, manifest: dict, precision: str, threads: int
-                ) -> tuple[ort.InferenceSession, ort.InferenceSession, TextTokenizer]:
-    """The backbone and head sessions of ``precision`` and the tokenizer, each checked against ``cfg``;
-    the files they read (and the other precisions' graph folders) checked against the manifest."""
+def open_backbone(path: Path, cfg: ModelConfig, threads: int, dequantize_at_load: bool, engine: str
+                  ) -> BackboneRunner:
+    """The backbone graph as ``engine`` runs it: an onnxruntime session, or an ``OpenVinoBackbone`` with the
+    same ``run`` signature (``moerm_lite.ov_backbone``, imported only here)."""
+    if engine == "openvino":
+        from .ov_backbone import open_openvino_backbone
+
+        return open_openvino_backbone(path, threads, cfg.backbone_inputs, cfg.backbone_output)
+    return open_graph(path, threads, cfg.backbone_inputs, [cfg.backbone_output], dequantize_at_load)
+
+
+def load_graphs(folder: Path, cfg: ModelConfig, manifest: dict, precision: str, threads: int,
+                engine: str = "onnxruntime") -> tuple[BackboneRunner, ort.InferenceSession, TextTokenizer]:
+    """The backbone (run by ``engine``, one of ``ENGINES``) and head sessions of ``precision`` and the
+    tokenizer, each checked against ``cfg``; the files they read (and the other precisions' graph folders)
+    checked against the manifest."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     graphs: GraphFiles = cfg.graphs[precision]
     backbone_path, head_path = (resolve_inside(folder, g) for g in (graphs.backbone, graphs.head))
     # onnxruntime builds the backbone session (most of the load) without holding the GIL, so it is built
@@ -128,8 +151,7 @@ def load_graphs(folder: Path, cfg: ModelConfig, manifest: dict, precision: str, 
     # meanwhile would add to the build's peak). Nothing is returned until both are done, and a file that
     # fails its check is reported before any onnxruntime error.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="moerm-lite-load") as pool:
-        build = pool.submit(open_graph, backbone_path, threads, cfg.backbone_inputs, [cfg.backbone_output],
-                            graphs.dequantize_at_load)
+        build = pool.submit(open_backbone, backbone_path, cfg, threads, graphs.dequantize_at_load, engine)
         # a check that fails leaves the block once the build is done, and its error wins over the build's
         verify_files(folder, manifest, ["tokenizer.json"])
         others = [f for prec, g in cfg.graphs.items() if prec != precision for f in (g.backbone, g.head)]

@@ -10,6 +10,7 @@ PKG = Path(moerm_lite.__file__).parent
 LAYERS = [
     {"text", "features", "head", "files", "deprecated"},
     {"folder", "personalize", "active"},
+    {"ov_backbone"},
     {"experts", "catalog", "plot", "sessions"},
     {"model"},
     {"cli", "integrations", "batch"},

@@ -1,0 +1,107 @@
+"""The backbone graph run by OpenVINO instead of onnxruntime: ``RewardModel.load(engine="openvino")``.
+
+An optional engine (``pip install "moerm-lite[openvino]"``): the same ONNX file of the model folder, read
+by OpenVINO, its weights folded to fp32 once at load, then compiled for the CPU with OpenVINO's default
+inference precision, which is bf16 on CPUs with native bf16 (AVX512-BF16 or AMX) and fp32 elsewhere.
+On a CPU with bf16 the replies' pass of a ``rank()`` call runs about 1.7x faster than onnxruntime's
+fp32, and scores move by bf16 rounding (docs/decisions/speed.md has the measured decision agreement);
+on others it computes in fp32, about as fast as onnxruntime. Only the backbone runs here: the head stays
+on onnxruntime. Imported only when that engine is asked for.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .folder import ModelFolderError
+
+INSTALL_HINT = 'engine="openvino" needs OpenVINO: pip install "moerm-lite[openvino]"'
+
+
+class OpenVinoBackbone:
+    """A compiled OpenVINO backbone with onnxruntime's ``run(output_names, feed)`` signature, so the model
+    calls either engine the same way. Thread-safe: each thread gets its own infer request."""
+
+    def __init__(self, compiled: Any, inputs: list[str], output: str) -> None:
+        self._compiled, self._inputs, self._output = compiled, list(inputs), output
+        self._local = threading.local()
+
+    def run(self, output_names: list[str], feed: dict[str, np.ndarray], run_options: Any = None
+            ) -> list[np.ndarray]:
+        """The outputs named (only the graph's one output exists), each a new array; ``run_options`` is
+        accepted for signature parity with onnxruntime and ignored."""
+        if list(output_names) != [self._output]:
+            raise ValueError(f"the backbone graph has one output, {self._output!r}; asked for {output_names}")
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        result = request.infer({name: feed[name] for name in self._inputs})
+        return [np.array(result[0], dtype=np.float32)]  # a copy: the request reuses its output buffer
+
+
+def fold_constant_weights(core: Any, model: Any) -> int:
+    """Replace each MatMul weight computed from constants alone (the folder's 8-bit levels behind
+    ``DequantizeLinear``) by the fp32 constant it computes, evaluated once in fp32: left as it is, OpenVINO
+    would dequantize them at every call. Returns how many were folded."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    targets = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        source = op.input_value(1)
+        if source.get_node().get_type_name() != "Constant" and _constant_only(source.get_node()):
+            targets.append((op, source))
+    if not targets:
+        return 0
+    weights = ov.Model([ops.result(s) for _, s in targets], [], "weights")
+    values = core.compile_model(weights, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request().infer({})
+    for (op, _), w in zip(targets, values.values()):
+        op.input(1).replace_source_output(ops.constant(np.ascontiguousarray(w, dtype=np.float32)).output(0))
+    model.validate_nodes_and_infer_types()
+    return len(targets)
+
+
+def _constant_only(node: Any) -> bool:
+    """Whether ``node``'s value depends on no graph input."""
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if n.get_type_name() == "Parameter":
+            return False
+        key = n.get_name()  # unique within the model
+        if key in seen:
+            continue
+        seen.add(key)
+        stack += [n.input_value(i).get_node() for i in range(n.get_input_size())]
+    return True
+
+
+def open_openvino_backbone(path: Path, threads: int, inputs: list[str], output: str) -> OpenVinoBackbone:
+    """The folder's backbone graph compiled by OpenVINO for the CPU with ``threads`` threads; its inputs and
+    output checked against config.json (``ModelFolderError`` naming the file)."""
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise ImportError(INSTALL_HINT) from e
+    core = ov.Core()
+    try:
+        model = core.read_model(str(path))
+        have_in = {p.get_any_name() for p in model.inputs}
+        have_out = {name for o in model.outputs for name in o.get_names()}
+        if set(inputs) != have_in or output not in have_out:
+            raise ModelFolderError(f"{path} has inputs {sorted(have_in)} and outputs {sorted(have_out)}; "
+                                   f"config.json expects inputs {inputs} and output {output!r}")
+        fold_constant_weights(core, model)
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+                                                     "PERFORMANCE_HINT": "LATENCY"})
+    except ModelFolderError:
+        raise
+    except Exception as e:  # OpenVINO raises its own exception types
+        raise ModelFolderError(f"OpenVINO cannot load {path}: {str(e)[:300]}") from e
+    return OpenVinoBackbone(compiled, inputs, output)

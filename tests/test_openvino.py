@@ -1,0 +1,165 @@
+"""The optional OpenVINO engine (``RewardModel.load(engine="openvino")``): the same rankings as onnxruntime
+on a fixed set (ties included), scores that do not depend on the batch, its weights folded exactly, and a
+clear error where OpenVINO is not installed. Its speed is measured in bench/run.py, not here."""
+
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import moerm_lite
+from moerm_lite import ModelFolderError, RewardModel
+from moerm_lite.cli import main
+from tests.test_no_torch import BLOCK
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "models" / "examples"
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason='needs OpenVINO (pip install "moerm-lite[openvino]")')
+PROMPT = "How do I bake bread?"
+REPLIES = ["Mix flour, water, salt and yeast, let it rise, then bake at 230 C.", "No.", "",
+           "Mix flour, water, salt and yeast, let it rise, then bake at 230 C.",  # the first again: a tie
+           "Bread is a food. " * 20, "Paris is the capital of France."]
+
+
+def rows(name):
+    return [json.loads(x) for x in (EXAMPLES / name).read_text().splitlines() if x.strip()]
+
+
+@pytest.fixture(scope="module")
+def engines():
+    if not HAS_OPENVINO:
+        pytest.skip("needs OpenVINO")
+    return RewardModel.load(threads=2), RewardModel.load(threads=2, engine="openvino")
+
+
+@needs_openvino
+def test_same_ranking_as_onnxruntime_ties_included(engines):
+    ort, ov = engines
+    assert (ort.engine, ov.engine) == ("onnxruntime", "openvino") and "openvino" in repr(ov)
+    calls = [(r["prompt"], r["responses"]) for r in rows("rank.jsonl")] + [(PROMPT, REPLIES)]
+    for prompt, replies in calls:
+        want, got = ort.rank(prompt, replies), ov.rank(prompt, replies)
+        assert [r["corpus_id"] for r in got] == [r["corpus_id"] for r in want], prompt
+        np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], atol=0.05)
+    ids = [r["corpus_id"] for r in ov.rank(PROMPT, REPLIES)]
+    assert ids.index(0) + 1 == ids.index(3)  # equal texts tie, in input order
+    assert ov.score(PROMPT, REPLIES[0]) == ov.score(PROMPT, REPLIES[3])
+
+
+@needs_openvino
+def test_scores_do_not_depend_on_the_batch(engines):
+    """Each text runs alone through OpenVINO (bf16 would round a padded batch differently, ~1e-3): its
+    embedding is the same bits whatever else is in the call, however the call is batched or ordered, and
+    its score the same up to the order of a float64 sum."""
+    _, ov = engines
+    comparisons = rows("user_comparisons.jsonl")
+    pairs = [(r["prompt"], r[side]) for r in comparisons for side in ("chosen", "rejected")]
+    texts = [r for _, r in pairs]
+    alone = np.concatenate([ov.embed([t])[0] for t in texts])  # (N, H)
+    wide = RewardModel.load(threads=1, engine="openvino", tokens_per_batch=10**6)
+    assert np.array_equal(ov.embed(texts)[0], alone) and np.array_equal(wide.embed(texts)[0], alone)
+    ref = np.array([ov.score_pairs([p])[0] for p in pairs])
+    perm = np.random.default_rng(0).permutation(len(pairs))
+    for got, want in ((ov.score_pairs(pairs), ref), (ov.score_pairs(pairs, batch_size=3), ref),
+                      (ov.score_pairs([pairs[i] for i in perm]), ref[perm]), (wide.score_pairs(pairs), ref)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+@needs_openvino
+def test_scores_from_many_threads_at_once(engines):
+    _, ov = engines
+    texts = [f"Reply number {i}: bake it at {200 + i} C." for i in range(8)]
+    ref = ov.score(PROMPT, texts)
+    out: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:
+        out[i] = ov.score(PROMPT, texts[i:] + texts[:i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(4):
+        assert np.array_equal(out[i], np.roll(ref, -i))
+
+
+@needs_openvino
+def test_weights_are_folded_exactly(engines):
+    """The shipped graph's blockwise 8-bit weights behind DequantizeLinear become the fp32 constants
+    onnxruntime computes: every weight MatMul folded (not attention's), and in fp32 the two engines agree
+    to float rounding."""
+    import openvino as ov
+
+    from moerm_lite.ov_backbone import fold_constant_weights
+    from moerm_lite.text import TextTokenizer
+
+    ort, _ = engines
+    cfg = ort.config
+    core = ov.Core()
+    model = core.read_model(str(ort.folder / cfg.graphs[ort.precision].backbone))
+    n_matmul = sum(op.get_type_name() == "MatMul" for op in model.get_ops())
+    assert fold_constant_weights(core, model) == 36 and n_matmul == 48  # 6 layers: 6 weights + 2 attention
+    assert fold_constant_weights(core, model) == 0  # nothing left to fold
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    tok = TextTokenizer(ort.folder / "tokenizer.json", cfg.max_length)
+    texts = ["the cat is good", "a much longer text about bread and butter and the weather today"]
+    ids, _ = tok.encode(texts, "response")
+    got = np.concatenate([np.asarray(compiled.create_infer_request().infer(
+        {k: v for k, v in tok.pad([x]).items() if k in cfg.backbone_inputs})[0]) for x in ids])
+    np.testing.assert_allclose(got, ort.embed(texts)[0], atol=1e-5)
+
+
+@needs_openvino
+def test_cli_runs_the_engine():
+    out = io.StringIO()
+    assert main(["info", "--engine", "openvino"], out=out) == 0
+    assert json.loads(out.getvalue())["engine"] == "openvino"
+
+
+@needs_openvino
+def test_openvino_engine_imports_no_torch():
+    code = BLOCK + """
+from moerm_lite import RewardModel
+m = RewardModel.load(threads=1, engine="openvino")
+m.score("why", ["because"])
+bad = [k for k in sys.modules if k.split(".")[0] in ("torch", "transformers", "optimum", "nncf", "moerm_build")]
+assert not bad, bad
+print("OK")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(moerm_lite.__file__).parents[1])
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-2000:]
+
+
+def test_without_openvino_the_error_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    with pytest.raises(ImportError, match=r'pip install "moerm-lite\[openvino\]"'):
+        RewardModel.load(threads=1, engine="openvino")
+
+
+def test_an_unknown_engine_is_named():
+    with pytest.raises(ValueError, match="engine must be one of .*'onnxruntime', 'openvino'.*'tensorrt'"):
+        RewardModel.load(threads=1, engine="tensorrt")
+
+
+@needs_openvino
+def test_a_broken_graph_is_named(tiny_folder, tmp_path):
+    import shutil
+
+    from moerm_lite.folder import write_manifest
+
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_folder, folder)
+    graph = folder / RewardModel.load(tiny_folder, threads=1).config.graphs["int8"].backbone
+    graph.write_bytes(graph.read_bytes()[:1000])
+    write_manifest(folder)
+    with pytest.raises(ModelFolderError, match="OpenVINO cannot load .*backbone"):
+        RewardModel.load(folder, threads=1, engine="openvino")
