@@ -7,7 +7,9 @@ Prints one table with ratios. Needs the export extra (torch, transformers) for t
 ../shared/data for the texts. Measures: (1) scoring throughput, (2) head cost vs number of experts,
 (3) fit_user time split into feature extraction and the solve, (4) one ``rank()`` call of 5 and of 20
 real replies, p50 / p99 against PyTorch fp32 doing the same work, and where its time goes, (5) cold start
-and peak memory in a fresh process, (6) model folder and runtime-venv size.
+and peak memory in a fresh process, (6) model folder and runtime-venv size. Where OpenVINO is installed
+(``pip install "moerm-lite[openvino]"``), the ``engine="openvino"`` rows: rank(), throughput, cold start,
+and its decisions against onnxruntime's on held-out comparisons.
 """
 
 from __future__ import annotations
@@ -260,7 +262,7 @@ MB = ("def MB(field):\n    for line in open('/proc/self/status'):\n        if li
       "            return int(line.split()[1]) / 1024\n")
 
 
-def bench_cold(repeat: int) -> list[tuple[str, str, str]]:
+def bench_cold(repeat: int, openvino: bool = False) -> list[tuple[str, str, str]]:
     """Fresh processes, median of ``repeat`` after one untimed run. They run with compiled bytecode, as an
     installed package does (pip compiles it at install): with PYTHONDONTWRITEBYTECODE set, as on some CI
     machines, an editable checkout would recompile moerm-lite's sources in every process (~20 ms)."""
@@ -268,7 +270,10 @@ def bench_cold(repeat: int) -> list[tuple[str, str, str]]:
     with tempfile.TemporaryDirectory() as pycache:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONPYCACHEPREFIX"] = pycache
-        for name, code in (("moerm-lite (runtime only)", COLD_RUNTIME), ("torch + transformers", COLD_TORCH)):
+        codes = [("moerm-lite (runtime only)", COLD_RUNTIME), ("torch + transformers", COLD_TORCH)]
+        if openvino:
+            codes.append(("openvino", COLD_RUNTIME.replace("load(threads=2)", "load(threads=2, engine='openvino')")))
+        for name, code in codes:
             runs = []
             for _ in range(repeat + 1):
                 out = subprocess.run([sys.executable, "-c", MB + code],
@@ -285,6 +290,10 @@ def bench_cold(repeat: int) -> list[tuple[str, str, str]]:
                  f"{tt[1] / rt[1]:.1f}x less (goal <= 150 MB)"))
     rows.append(("resident after first score: moerm-lite / torch", f"{rt[2]:.0f} / {tt[2]:.0f} MB",
                  f"{tt[2] / rt[2]:.1f}x less"))
+    if openvino:
+        ov = res["openvino"][2:]
+        rows.append(("cold start / peak RSS, engine='openvino'", f"{ov[0]:.2f} s / {ov[1]:.0f} MB",
+                     f"{ov[0] / rt[0]:.1f}x / {ov[1] / rt[1]:.1f}x onnxruntime's"))
     return rows
 
 
@@ -351,33 +360,81 @@ def stage_times(model: RewardModel, calls, tb=None, th=None) -> dict[str, float]
     return {k: 1e3 * float(np.median(v)) for k, v in parts.items()}
 
 
-def bench_rank(model: RewardModel, torch_ref, n_replies: int, repeat: int, limit: int | None = None
-               ) -> list[tuple[str, str, str]]:
+def bench_rank(model: RewardModel, torch_ref, n_replies: int, repeat: int, limit: int | None = None,
+               openvino: RewardModel | None = None) -> list[tuple[str, str, str]]:
     """p50 / p99 of one ``rank()`` call of ``n_replies`` real replies against PyTorch fp32 (``torch_ref``)
     doing the same work in the same run (the prompt once, the replies in one padded batch, numpy features,
-    the head), calls interleaved so that both see the same machine state; then where each call's time goes."""
+    the head), calls interleaved so that all see the same machine state; then where each call's time goes.
+    ``openvino``: the same model loaded with ``engine="openvino"``, timed in the same loop."""
     tb, th = torch_ref
     calls = rank_calls(n_replies)[:limit]
-    ours, theirs = [], []
-    model.rank(*calls[0]), torch_scores(tb, th, model, [(calls[0][0], r) for r in calls[0][1]], 32)  # warm-up
+    ours: dict[str, list[float]] = {"moerm-lite": [], "moerm-lite openvino": []}
+    theirs = []
+    engines = [("moerm-lite", model)] + ([("moerm-lite openvino", openvino)] if openvino is not None else [])
+    for _, m in engines:  # warm-up
+        m.rank(*calls[0])
+    torch_scores(tb, th, model, [(calls[0][0], r) for r in calls[0][1]], 32)
     for _ in range(repeat):
         for prompt, replies in calls:
-            t = time.perf_counter()
-            model.rank(prompt, replies)
-            ours.append(time.perf_counter() - t)
+            for label, m in engines:
+                t = time.perf_counter()
+                m.rank(prompt, replies)
+                ours[label].append(time.perf_counter() - t)
             t = time.perf_counter()
             torch_scores(tb, th, model, [(prompt, r) for r in replies], 32)
             theirs.append(time.perf_counter() - t)
-    (o50, o99), (t50, t99) = percentiles(ours), percentiles(theirs)
+    t50, t99 = percentiles(theirs)
     name = f"rank() of {n_replies} replies ({len(calls)} held-out instructions x {repeat})"
-    rows = [(f"{name}: torch fp32 p50 / p99", f"{t50:.1f} / {t99:.1f} ms", "1.00x"),
-            (f"{name}: moerm-lite p50 / p99", f"{o50:.1f} / {o99:.1f} ms",
-             f"{t50 / o50:.2f}x (goal >= 3x at 5 replies)")]
-    for label, st, total in (("moerm-lite", stage_times(model, calls), o50),
-                             ("torch fp32", stage_times(model, calls, tb, th), t50)):
+    rows = [(f"{name}: torch fp32 p50 / p99", f"{t50:.1f} / {t99:.1f} ms", "1.00x")]
+    for label, _ in engines:
+        o50, o99 = percentiles(ours[label])
+        rows.append((f"{name}: {label} p50 / p99", f"{o50:.1f} / {o99:.1f} ms",
+                     f"{t50 / o50:.2f}x (goal >= 3x at 5 replies)"))
+    stages = [(label, stage_times(m, calls), float(np.median(ours[label]) * 1e3)) for label, m in engines]
+    stages.append(("torch fp32", stage_times(model, calls, tb, th), t50))
+    for label, st, total in stages:
         st["python and the rest"] = max(total - sum(st.values()), 0.0)
         rows.append((f"  {label} rank({n_replies}) stages, median ms",
                      " / ".join(f"{v:.1f}" for v in st.values()), " / ".join(st)))
+    return rows
+
+
+def openvino_model(model: RewardModel) -> RewardModel | None:
+    """The model with its backbone run by OpenVINO (``engine="openvino"``), or None where OpenVINO is not
+    installed (``pip install "moerm-lite[openvino]"``)."""
+    try:
+        return RewardModel.load(model.folder, threads=model.threads, precision=model.precision, engine="openvino")
+    except ImportError:
+        return None
+
+
+def bench_openvino(model: RewardModel, openvino: RewardModel | None, torch_ref, pairs, repeat: int,
+                   per_source: int) -> list[tuple[str, str, str]]:
+    """The OpenVINO engine next to onnxruntime on the same model: throughput against PyTorch fp32 at batch
+    32, and its pairwise decisions against onnxruntime's on held-out comparisons of every source
+    (``moerm_build.evaluate.parity.heldout_comparisons``) and on all pairs of the workload."""
+    if openvino is None:
+        return [("openvino engine", "not installed", 'pip install "moerm-lite[openvino]"')]
+    from moerm_build.evaluate.parity import heldout_comparisons
+
+    backbone, head = torch_ref
+    n = len(pairs)
+    t_torch = timeit(lambda: torch_scores(backbone, head, model, pairs, 32), repeat)
+    t_ort = timeit(lambda: model.score_pairs(pairs), repeat)
+    t_ov = timeit(lambda: openvino.score_pairs(pairs), repeat)
+    rows = [("throughput, default batching: moerm-lite onnxruntime / openvino",
+             f"{n / t_ort:.1f} / {n / t_ov:.1f} texts/s",
+             f"{t_torch / t_ort:.2f}x / {t_torch / t_ov:.2f}x torch fp32 batch 32")]
+    s, s_ov = model.score_pairs(pairs), openvino.score_pairs(pairs)
+    i, j = np.triu_indices(n, 1)
+    agree = np.mean(np.sign(s_ov[i] - s_ov[j]) == np.sign(s[i] - s[j]))
+    recs = heldout_comparisons(per_source=per_source)
+    held = [(r["prompt"], r[side]) for r in recs for side in ("chosen", "rejected")]
+    d, d_ov = (m.score_pairs(held).reshape(-1, 2) @ np.array([1.0, -1.0]) for m in (model, openvino))  # (C,)
+    rows += [(f"decisions openvino = onnxruntime: {len(recs)} held-out comparisons / all workload pairs",
+              f"{100 * np.mean(np.sign(d_ov) == np.sign(d)):.2f}% / {100 * agree:.2f}%", "goal >= 99%"),
+             ("largest score change openvino vs onnxruntime (workload)", f"{np.abs(s_ov - s).max():.4f}",
+              f"score spread (std) {s.std():.2f}")]
     return rows
 
 
@@ -447,13 +504,15 @@ def bench_catalog(model: RewardModel, pairs, size: int, repeat: int) -> list[tup
 
 
 def cpu_description() -> str:
-    """The CPU model and its int8 dot-product features, from /proc/cpuinfo."""
+    """The CPU model and its int8 and bf16 dot-product features, from /proc/cpuinfo."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                 "unknown CPU")
     flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
     int8 = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return f"{name}, {os.cpu_count()} cores, int8 features: {' '.join(int8) or 'none found'}"
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]  # OpenVINO computes in bf16 where one is
+    return (f"{name}, {os.cpu_count()} cores, int8 features: {' '.join(int8) or 'none found'}, "
+            f"bf16: {' '.join(bf16) or 'none (the openvino engine computes in fp32)'}")
 
 
 def model_variant(model: RewardModel, tmp: Path, name: str, config: ModelConfig,
@@ -532,10 +591,12 @@ def main() -> None:
     rows += bench_experts([8, 64] if q else [8, 32, 128, 256], 3 if q else 50)
     rows += bench_fit(model, [5, 20] if q else [5, 20, 50, 200], repeat)
     rows += bench_budgets(model, pairs, repeat, (256, 2048) if q else (128, 256, 512, 1024, 2048), 4 if q else None)
-    rows += bench_rank(model, torch_ref, 5, 1 if q else 3, 8 if q else None)
-    rows += bench_rank(model, torch_ref, 20, 1, 4 if q else None)
+    openvino = openvino_model(model)
+    rows += bench_rank(model, torch_ref, 5, 1 if q else 3, 8 if q else None, openvino)
+    rows += bench_rank(model, torch_ref, 20, 1, 4 if q else None, openvino)
+    rows += bench_openvino(model, openvino, torch_ref, pairs, repeat, 20 if q else 200)
     rows += bench_catalog(model, pairs, 100_000, repeat)
-    rows += bench_cold(1 if q else 3)
+    rows += bench_cold(1 if q else 3, openvino is not None)
     rows += bench_footprint(model, venv=not q)
     swap.cleanup()
     print(f"moerm-lite benchmark ({'quick' if q else 'full'}), {len(pairs)} texts ({cut} pairs longer than "
