@@ -41,3 +41,24 @@ def test_style_tuned_encoder_round_trips_as_a_folder(tiny_bert, tmp_path):
     want = fp.pooled(top, cache).numpy()  # (N, H) the tuned layer on the cached inputs
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert not np.allclose(got, embed_texts(base, tok, texts, "response"), atol=1e-5)
+
+
+def test_per_channel_requantization_keeps_each_weight_within_half_a_step():
+    """openvino_variants.py's int8 variant: each weight column's 8-bit levels reproduce it within half a
+    step of that column's scale, through OpenVINO's compressed-weight pattern computed in fp32."""
+    ov = pytest.importorskip("openvino")
+    import openvino.opset13 as ops
+
+    from experiments.openvino_variants import requantize_per_channel
+
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(16, 5)).astype(np.float32) * np.array([1, 10, 0.1, 3, 0.5], np.float32)  # (K, N)
+    W[:, 3] += 4.0  # a column that never crosses zero
+    x = ops.parameter([2, 16], np.float32, name="x")
+    model = ov.Model([ops.matmul(x, ops.constant(W), False, False)], [x], "m")
+    requantize_per_channel(model)
+    eye = np.eye(16, dtype=np.float32)[:2]  # rows 0 and 1 of W come back
+    got = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({"x": eye})[0]  # (2, N)
+    step = (W.max(0) - W.min(0)) / 255  # (N,)
+    assert np.all(np.abs(got - W[:2]) <= step / 2 * 1.01 + 1e-6)
+    assert not np.allclose(got, W[:2], atol=1e-7)  # it really was quantized
