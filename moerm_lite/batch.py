@@ -36,7 +36,8 @@ class BatchScorer:
 
     Args:
         model: a model folder (``None``: the installed default model).
-        threads: onnxruntime threads per worker (default 1: one worker per core is the usual layout).
+        threads: threads per worker (default 1: one worker per core is the usual layout).
+        engine: what runs the backbone, ``"onnxruntime"`` or ``"openvino"`` (``RewardModel.load``).
         profiles: a folder of ``<user_id>.json`` profiles, or a mapping ``user_id -> path``; each is
             loaded on first use and kept.
         breakdown: also return each row's per-expert contributions, an (N, K) column ``contributions``,
@@ -48,8 +49,9 @@ class BatchScorer:
 
     def __init__(self, model: str | Path | None = None, *, threads: int = 1, precision: str = "int8",
                  profiles: str | Path | Mapping[str, str | Path] | None = None, breakdown: bool = False,
-                 score_column: str = "score", unknown_user: str = "error", batch_size: int = BATCH_SIZE) -> None:
-        self.model = RewardModel.load(model, threads=threads, precision=precision)
+                 score_column: str = "score", unknown_user: str = "error", batch_size: int = BATCH_SIZE,
+                 engine: str = "onnxruntime") -> None:
+        self.model = RewardModel.load(model, threads=threads, precision=precision, engine=engine)
         self.breakdown, self.score_column = breakdown, score_column
         self.batch_size = batch_size
         self._users = _Users(profiles, unknown_user, self.model.user_terms)  # user_id -> (w, v or None)

@@ -118,6 +118,17 @@ def test_weights_are_folded_exactly(engines):
 
 
 @needs_openvino
+def test_batch_scorer_runs_the_engine(engines):
+    from moerm_lite.batch import BatchScorer
+
+    _, ov = engines
+    rs = rows("user_comparisons.jsonl")
+    out = BatchScorer(threads=1, engine="openvino")({"prompt": [r["prompt"] for r in rs],
+                                                     "response": [r["chosen"] for r in rs]})
+    assert out["score"] == pytest.approx(ov.score_pairs([(r["prompt"], r["chosen"]) for r in rs]), abs=1e-9)
+
+
+@needs_openvino
 def test_cli_runs_the_engine():
     out = io.StringIO()
     assert main(["info", "--engine", "openvino"], out=out) == 0
