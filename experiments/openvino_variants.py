@@ -13,13 +13,15 @@ graph on OpenVINO (the head on onnxruntime, as ``engine="openvino"`` does) and i
 Variants: the graph as read (its 8-bit weights dequantized at every call); weights folded to fp32 at load,
 computed in OpenVINO's default precision (bf16 where the CPU has it: what ``engine="openvino"`` ships) and
 in fp32; the folded weights requantized to 8 bits per output channel with activations quantized per call in
-groups of 32 or 16 values (OpenVINO's ``DYNAMIC_QUANTIZATION_GROUP_SIZE``: int8 compute). Needs
+groups of 32 or 16 values (OpenVINO's ``DYNAMIC_QUANTIZATION_GROUP_SIZE``: int8 compute), all of them or
+all but the FFN's output MatMul (its inputs, after GELU, have the outlier channels). Needs
 OpenVINO, the export extra (the PyTorch reference) and ../shared/data.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import numpy as np
@@ -32,7 +34,8 @@ from moerm_lite.sessions import open_graph
 from moerm_lite.text import TextTokenizer
 
 BASE = {"NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
-VARIANTS: dict[str, tuple[str, dict]] = {  # name: (weights, compile options)
+FFN_OUT = r"/layer\.\d+/output/dense/"  # the FFN's output MatMul (attention's is layer.N/attention/output/dense)
+VARIANTS: dict[str, tuple[str, dict]] = {  # name: (weights, compile options); "int8 but FFN out": that one kept
     "as read: 8-bit weights dequantized at every call, default precision": ("as read", {}),
     "weights folded to fp32 at load, default precision (engine='openvino')": ("fp32", {}),
     "weights folded to fp32 at load, fp32 compute": ("fp32", {"INFERENCE_PRECISION_HINT": "f32"}),
@@ -41,17 +44,22 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # name: (weights, compile options)
     "the same, bf16 elsewhere": ("int8", {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 32}),
     "int8 weights per channel, activations in groups of 16": (
         "int8", {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 16}),
+    "int8 in groups of 32, the FFN's output MatMul kept (bf16)": (
+        "int8 but FFN out", {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 32}),
+    "int8 in groups of 32, the FFN's output MatMul kept (fp32 everywhere)": (
+        "int8 but FFN out", {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 32}),
 }
 
 
-def requantize_per_channel(model) -> None:
+def requantize_per_channel(model, keep: str | None = None) -> None:
     """Each folded MatMul weight (K, N) as 8-bit levels per output channel (asymmetric: min to max), behind
-    the Convert-Subtract-Multiply pattern OpenVINO keeps compressed and runs with int8 compute."""
+    the Convert-Subtract-Multiply pattern OpenVINO keeps compressed and runs with int8 compute; MatMuls whose
+    name matches the regular expression ``keep`` stay as they are."""
     import openvino.opset13 as ops
 
     for op in model.get_ordered_ops():
         w = op.input_value(1).get_node() if op.get_type_name() == "MatMul" else None
-        if w is None or w.get_type_name() != "Constant":
+        if w is None or w.get_type_name() != "Constant" or (keep and re.search(keep, op.get_friendly_name())):
             continue
         W = w.get_data().astype(np.float32)  # (K, N)
         lo, hi = W.min(0), W.max(0)  # (N,) each
@@ -74,8 +82,8 @@ def variant(ref: RewardModel, weights: str, options: dict) -> RewardModel:
     model = core.read_model(str(ref.folder / graphs.backbone))
     if weights != "as read":
         fold_constant_weights(core, model)
-    if weights == "int8":
-        requantize_per_channel(model)
+    if weights.startswith("int8"):
+        requantize_per_channel(model, FFN_OUT if weights == "int8 but FFN out" else None)
     compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": ref.threads, **BASE, **options})
     head = open_graph(ref.folder / graphs.head, ref.threads, [cfg.head_input], cfg.head_outputs)
     return RewardModel(ref.folder, cfg, OpenVinoBackbone(compiled, cfg.backbone_inputs, cfg.backbone_output),
@@ -84,12 +92,18 @@ def variant(ref: RewardModel, weights: str, options: dict) -> RewardModel:
 
 
 def main() -> None:
+    import argparse
+
     import torch
 
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", default="", help="run only the variants whose name contains this")
+    args = ap.parse_args()
     logging.getLogger("moerm_lite").setLevel(logging.ERROR)
     ref = RewardModel.load(threads=2)
     torch.set_num_threads(ref.threads)
-    models = {"onnxruntime (default engine)": ref} | {name: variant(ref, *v) for name, v in VARIANTS.items()}
+    models = {"onnxruntime (default engine)": ref} | {name: variant(ref, *v) for name, v in VARIANTS.items()
+                                                      if args.only in name or "engine=" in name}
     recs = heldout_comparisons(per_source=200)
     held = [(r["prompt"], r[side]) for r in recs for side in ("chosen", "rejected")]
     margins = {name: m.score_pairs(held).reshape(-1, 2) @ np.array([1.0, -1.0]) for name, m in models.items()}
