@@ -174,3 +174,13 @@ def test_a_broken_graph_is_named(tiny_folder, tmp_path):
     write_manifest(folder)
     with pytest.raises(ModelFolderError, match="OpenVINO cannot load .*backbone"):
         RewardModel.load(folder, threads=1, engine="openvino")
+
+
+@needs_openvino
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_any_folder_graph_runs(tiny_folder, precision):
+    """A folder's fp32 graph (nothing to fold) and its dynamic-int8 graph run too, scoring as onnxruntime."""
+    texts = ["the cat is good", "rude", "", "a longer text about the weather and bread"]
+    ort, ov = (RewardModel.load(tiny_folder, precision=precision, threads=1, engine=e)
+               for e in ("onnxruntime", "openvino"))
+    np.testing.assert_allclose(ov.score("why", texts), ort.score("why", texts), atol=1e-2)
