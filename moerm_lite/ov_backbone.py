@@ -39,7 +39,8 @@ class OpenVinoBackbone:
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self._compiled.create_infer_request()
-        result = request.infer({name: feed[name] for name in self._inputs})
+        # share_inputs: OpenVINO reads the caller's arrays in place during this synchronous call (no copy)
+        result = request.infer({name: np.ascontiguousarray(feed[name]) for name in self._inputs}, share_inputs=True)
         return [np.array(result[0], dtype=np.float32)]  # a copy: the request reuses its output buffer
 
 
