@@ -34,8 +34,9 @@ from moerm_lite.sessions import open_graph
 from moerm_lite.text import TextTokenizer
 
 BASE = {"NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
-FFN_OUT = r"/layer\.\d+/output/dense/"  # the FFN's output MatMul (attention's is layer.N/attention/output/dense)
-VARIANTS: dict[str, tuple[str, dict]] = {  # name: (weights, compile options); "int8 but FFN out": that one kept
+FFN_OUT = r"/layer\.\d+/output/dense/"  # the FFN's output MatMul (not layer.N/attention/output/dense)
+# name: (weights, compile options); weights "int8 but FFN out": every MatMul but FFN_OUT requantized
+VARIANTS: dict[str, tuple[str, dict]] = {
     "as read: 8-bit weights dequantized at every call, default precision": ("as read", {}),
     "weights folded to fp32 at load, default precision (engine='openvino')": ("fp32", {}),
     "weights folded to fp32 at load, fp32 compute": ("fp32", {"INFERENCE_PRECISION_HINT": "f32"}),
@@ -122,7 +123,8 @@ def main() -> None:
             torch_scores(tb, th, ref, [(prompt, r) for r in replies], 32)
             times["torch"].append(time.perf_counter() - t)
     t50 = percentiles(times["torch"])[0]
-    print(f"{cpu_description()}; {len(recs)} held-out comparisons; rank() of 5 replies, {len(calls)} instructions x 2")
+    print(f"{cpu_description()}; {len(recs)} held-out comparisons; "
+          f"rank() of 5 replies, {len(calls)} instructions x 2")
     print(f"{'variant':<72} {'rank(5) p50':>12} {'x torch':>8} {'decisions = onnxruntime':>24}")
     print(f"{'PyTorch fp32':<72} {t50:>9.1f} ms {1.0:>7.2f}x")
     for name in models:

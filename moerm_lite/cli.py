@@ -126,7 +126,8 @@ def cmd_info(args: argparse.Namespace, out: IO[str]) -> None:
             "n_shared": cfg.n_shared,
             "max_length": cfg.max_length, "default_prior_strength": cfg.default_prior_strength,
             "recommended_residual_strength": cfg.recommended_residual_strength,
-            "model_hash": m.model_hash, "threads": m.threads, "engine": m.engine, "expert_names": m.expert_names}
+            "model_hash": m.model_hash, "threads": m.threads, "engine": m.engine,
+            "expert_names": m.expert_names}
     out.write(json.dumps(info, indent=1) + "\n")
 
 

@@ -85,7 +85,8 @@ class RewardModel:
 
         Args:
             path: model folder.
-            threads: intra-op threads of the engine (and of the head on onnxruntime); default ``min(4, cpu count)``.
+            threads: intra-op threads of the engine (and of the head on onnxruntime); default
+                ``min(4, cpu count)``.
             precision: which graphs to run, e.g. ``"int8"`` or ``"fp32"`` (see ``config.json``).
             tokens_per_batch: most padded tokens per backbone call (results do not depend on it).
             engine: what runs the backbone graph: ``"onnxruntime"`` (default) or ``"openvino"`` (optional,

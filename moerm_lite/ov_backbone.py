@@ -40,7 +40,8 @@ class OpenVinoBackbone:
         if request is None:
             request = self._local.request = self._compiled.create_infer_request()
         # share_inputs: OpenVINO reads the caller's arrays in place during this synchronous call (no copy)
-        result = request.infer({name: np.ascontiguousarray(feed[name]) for name in self._inputs}, share_inputs=True)
+        result = request.infer({name: np.ascontiguousarray(feed[name]) for name in self._inputs},
+                               share_inputs=True)
         return [np.array(result[0], dtype=np.float32)]  # a copy: the request reuses its output buffer
 
 
@@ -61,7 +62,8 @@ def fold_constant_weights(core: Any, model: Any) -> int:
     if not targets:
         return 0
     weights = ov.Model([ops.result(s) for _, s in targets], [], "weights")
-    values = core.compile_model(weights, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request().infer({})
+    request = core.compile_model(weights, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
+    values = request.infer({})
     for (op, _), w in zip(targets, values.values()):
         op.input(1).replace_source_output(ops.constant(np.ascontiguousarray(w, dtype=np.float32)).output(0))
     model.validate_nodes_and_infer_types()

@@ -23,7 +23,8 @@ ENGINES = ("onnxruntime", "openvino")  # what runs the backbone graph; the head 
 class BackboneRunner(Protocol):
     """What the model calls a backbone graph through: an onnxruntime session, or ``OpenVinoBackbone``."""
 
-    def run(self, output_names: list[str], feed: dict[str, np.ndarray], run_options: Any = None) -> list[Any]: ...
+    def run(self, output_names: list[str], feed: dict[str, np.ndarray],
+            run_options: Any = None) -> list[Any]: ...
 
 
 def cpu_session(model: str | Path | bytes, threads: int, *, optimize: bool = True,
