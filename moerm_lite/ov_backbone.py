@@ -5,8 +5,8 @@ by OpenVINO, its weights folded to fp32 once at load, then compiled for the CPU 
 inference precision, which is bf16 on CPUs with native bf16 (AVX512-BF16 or AMX) and fp32 elsewhere.
 On a CPU with bf16 the replies' pass of a ``rank()`` call runs about 1.7x faster than onnxruntime's
 fp32, and scores move by bf16 rounding (docs/decisions/speed.md has the measured decision agreement);
-on others it computes in fp32, a little faster than onnxruntime (1.15x measured with bf16 turned off). Only the backbone runs here: the head stays
-on onnxruntime. Imported only when that engine is asked for.
+on others it computes in fp32, a little faster than onnxruntime (1.15x measured with bf16 turned off).
+Only the backbone runs here: the head stays on onnxruntime. Imported only when that engine is asked for.
 """
 
 from __future__ import annotations
