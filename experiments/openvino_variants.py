@@ -11,8 +11,9 @@ graph on OpenVINO (the head on onnxruntime, as ``engine="openvino"`` does) and i
   work (``bench.run``'s reference), calls interleaved in one run.
 
 Variants: the graph as read (its 8-bit weights dequantized at every call); weights folded to fp32 at load,
-computed in OpenVINO's default precision (bf16 where the CPU has it: what ``engine="openvino"`` ships) and
-in fp32; the folded weights requantized to 8 bits per output channel with activations quantized per call in
+computed in OpenVINO's default precision (bf16 where the CPU has it) on one stream of two threads or on two
+single-threaded streams that run a call's texts side by side (what ``engine="openvino"`` ships), and in
+fp32; the folded weights requantized to 8 bits per output channel with activations quantized per call in
 groups of 32 or 16 values (OpenVINO's ``DYNAMIC_QUANTIZATION_GROUP_SIZE``: int8 compute), all of them or
 all but the FFN's output MatMul (its inputs, after GELU, have the outlier channels). Needs
 OpenVINO, the export extra (the PyTorch reference) and ../shared/data.
@@ -38,7 +39,9 @@ FFN_OUT = r"/layer\.\d+/output/dense/"  # the FFN's output MatMul (not layer.N/a
 # name: (weights, compile options); weights "int8 but FFN out": every MatMul but FFN_OUT requantized
 VARIANTS: dict[str, tuple[str, dict]] = {
     "as read: 8-bit weights dequantized at every call, default precision": ("as read", {}),
-    "weights folded to fp32 at load, default precision (engine='openvino')": ("fp32", {}),
+    "weights folded to fp32 at load, default precision, one stream of 2 threads": ("fp32", {}),
+    "the same, one stream per thread, texts side by side (engine='openvino')": (
+        "fp32", {"NUM_STREAMS": 2, "PERFORMANCE_HINT": "THROUGHPUT"}),
     "weights folded to fp32 at load, fp32 compute": ("fp32", {"INFERENCE_PRECISION_HINT": "f32"}),
     "int8 weights per channel, activations per call in groups of 32": (
         "int8", {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 32}),

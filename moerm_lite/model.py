@@ -19,7 +19,7 @@ from .features import feature_dim, pair_features
 from .folder import CONFIG, ModelConfig, model_hash, read_json, read_manifest, verify_files
 from .head import combine, expert_features, row_terms, scatter_topk
 from .personalize import UserProfile, resolve_weights
-from .sessions import BackboneRunner, load_graphs
+from .sessions import BackboneRunner, load_graphs, run_feeds
 from .text import Prompt, TextTokenizer, check_prompt, check_response
 
 log = logging.getLogger("moerm_lite")
@@ -269,6 +269,7 @@ class RewardModel:
         # one text per call where a padded batch would change the numbers: dynamic-int8 graphs, and OpenVINO
         # (bf16 kernels round a padded batch differently), so that a score never depends on its batch
         per_sequence = self.config.graphs[self.precision].per_sequence or self.engine == "openvino"
+        groups: list[list[int]] = []  # the texts of each backbone call
         start = 0
         while start < len(order):
             # up to batch_size texts, and at most tokens_per_batch padded tokens (the longest text is last)
@@ -276,14 +277,14 @@ class RewardModel:
             while (stop < len(order) and stop - start < batch_size
                    and (stop - start + 1) * len(ids[order[stop]]) <= self.tokens_per_batch):
                 stop += 1
-            idx = order[start:stop]
+            idx = [int(i) for i in order[start:stop]]
             start = stop
-            groups = [[i] for i in idx] if per_sequence else [list(idx)]
-            for g in groups:
-                feed = self._tokenizer.pad([ids[i] for i in g])
-                (emb,) = self._backbone.run([self.config.backbone_output],
-                                            {name: feed[name] for name in self.config.backbone_inputs})
-                out[g] = emb
+            groups += [[i] for i in idx] if per_sequence else [idx]
+        inputs = self.config.backbone_inputs
+        feeds = ({name: feed[name] for name in inputs}
+                 for feed in (self._tokenizer.pad([ids[i] for i in g]) for g in groups))  # one at a time
+        for g, emb in zip(groups, run_feeds(self._backbone, self.config.backbone_output, feeds)):
+            out[g] = emb
         return out, truncated
 
     # ----------------------------------------------------------------- scoring

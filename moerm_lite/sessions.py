@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +26,18 @@ class BackboneRunner(Protocol):
 
     def run(self, output_names: list[str], feed: dict[str, np.ndarray],
             run_options: Any = None) -> list[Any]: ...
+
+
+def run_feeds(backbone: BackboneRunner, output: str, feeds: Iterable[dict[str, np.ndarray]]
+              ) -> Iterator[np.ndarray]:
+    """Each feed's ``output``, in order. A runner with ``run_many`` (OpenVINO's, several streams) gets them
+    all at once and runs them in parallel; an onnxruntime session one call each, as they come."""
+    run_many = getattr(backbone, "run_many", None)
+    if run_many is not None:
+        yield from run_many(output, list(feeds))
+    else:
+        for feed in feeds:
+            yield backbone.run([output], feed)[0]
 
 
 def cpu_session(model: str | Path | bytes, threads: int, *, optimize: bool = True,

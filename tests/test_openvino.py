@@ -184,3 +184,15 @@ def test_any_folder_graph_runs(tiny_folder, precision):
     ort, ov = (RewardModel.load(tiny_folder, precision=precision, threads=1, engine=e)
                for e in ("onnxruntime", "openvino"))
     np.testing.assert_allclose(ov.score("why", texts), ort.score("why", texts), atol=1e-2)
+
+
+@needs_openvino
+def test_one_text_then_many_then_one_again(engines):
+    """A call of one text (one infer request) and calls of several (the streams' queue) alternate on one
+    model without either touching the other's buffers (sharing the caller's arrays with the reused request
+    crashed the next call), and give the same embeddings."""
+    _, ov = engines
+    texts = [r["chosen"] for r in rows("user_comparisons.jsonl")][:5]
+    alone = np.concatenate([ov.embed([t])[0] for t in texts])  # (5, H)
+    for k in (2, 1, 5, 1, 3):
+        assert np.array_equal(ov.embed(texts[:k])[0], alone[:k])
