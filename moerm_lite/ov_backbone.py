@@ -50,9 +50,11 @@ class OpenVinoBackbone:
             results[i] = np.array(request.get_output_tensor(0).data, dtype=np.float32)  # a copy
 
         queue.set_callback(done)
-        for i in sorted(range(len(feeds)), key=lambda i: -feeds[i][self._inputs[0]].size):
-            queue.start_async({name: np.ascontiguousarray(feeds[i][name]) for name in self._inputs}, i)
-        queue.wait_all()
+        try:
+            for i in sorted(range(len(feeds)), key=lambda i: -feeds[i][self._inputs[0]].size):
+                queue.start_async({name: feeds[i][name] for name in self._inputs}, i)
+        finally:  # a feed that fails to start leaves no job running into the next call
+            queue.wait_all()
         return results
 
     def run(self, output_names: list[str], feed: dict[str, np.ndarray], run_options: Any = None

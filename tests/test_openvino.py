@@ -196,3 +196,14 @@ def test_one_text_then_many_then_one_again(engines):
     alone = np.concatenate([ov.embed([t])[0] for t in texts])  # (5, H)
     for k in (2, 1, 5, 1, 3):
         assert np.array_equal(ov.embed(texts[:k])[0], alone[:k])
+
+
+@needs_openvino
+def test_the_sanity_suite_loses_the_same_pairs(engines):
+    """Our own 20 questions and answers against four kinds of worse reply: both engines prefer the real
+    answer in exactly the same pairs."""
+    suite = [json.loads(x) for x in (ROOT / "tests" / "data" / "sanity.jsonl").read_text().splitlines() if x.strip()]
+    for kind in ("offtopic", "nonanswer", "dismissive", "truncated"):
+        pairs = [(r["prompt"], r[side]) for r in suite for side in ("answer", kind)]
+        wins = [(m.score_pairs(pairs).reshape(-1, 2) @ np.array([1.0, -1.0])) > 0 for m in engines]  # (20,) each
+        assert np.array_equal(wins[0], wins[1]), kind
