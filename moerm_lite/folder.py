@@ -304,3 +304,13 @@ def resolve_inside(folder: Path, rel: Any, where: str = CONFIG) -> Path:
     if not parts or Path(rel).is_absolute() or ".." in parts or "\\" in rel:
         raise ModelFolderError(f"{where} names a path outside the model folder: {rel!r}")
     return folder / rel
+
+
+def check_graph_io(path: Path, have_in: set[str], have_out: set[str], inputs: list[str],
+                   outputs: list[str]) -> None:
+    """A graph's input and output names (``have_in``, ``have_out``, as the engine that loaded ``path`` reads
+    them) against what config.json says: exactly ``inputs``, and at least ``outputs``."""
+    if set(inputs) != have_in or not set(outputs) <= have_out:
+        raise ModelFolderError(
+            f"{path} has inputs {sorted(have_in)} and outputs {sorted(have_out)}; config.json "
+            f"expects inputs {inputs} and outputs {outputs}")

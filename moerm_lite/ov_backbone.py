@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .folder import ModelFolderError
+from .folder import ModelFolderError, check_graph_io
 
 INSTALL_HINT = 'engine="openvino" needs OpenVINO: pip install "moerm-lite[openvino]"'
 
@@ -122,11 +122,8 @@ def open_openvino_backbone(path: Path, threads: int, inputs: list[str], output: 
     core = ov.Core()
     try:
         model = core.read_model(str(path))
-        have_in = {p.get_any_name() for p in model.inputs}
-        have_out = {name for o in model.outputs for name in o.get_names()}
-        if set(inputs) != have_in or output not in have_out:
-            raise ModelFolderError(f"{path} has inputs {sorted(have_in)} and outputs {sorted(have_out)}; "
-                                   f"config.json expects inputs {inputs} and output {output!r}")
+        check_graph_io(path, {p.get_any_name() for p in model.inputs},
+                       {name for o in model.outputs for name in o.get_names()}, inputs, [output])
         fold_constant_weights(core, model)
         # one stream per thread, each single-threaded: texts run side by side (run_many); on 2 cores the
         # replies of a rank() call took 60 ms this way against 65 ms with one stream of 2 threads

@@ -15,7 +15,8 @@ import numpy as np
 import onnxruntime as ort
 
 from .features import feature_dim
-from .folder import GraphFiles, ModelConfig, ModelFolderError, resolve_inside, verify_files, verify_graph_dirs
+from .folder import (GraphFiles, ModelConfig, ModelFolderError, check_graph_io, resolve_inside, verify_files,
+                     verify_graph_dirs)
 from .text import TextTokenizer
 
 ENGINES = ("onnxruntime", "openvino")  # what runs the backbone graph; the head always runs on onnxruntime
@@ -90,12 +91,8 @@ def open_graph(path: Path, threads: int, inputs: list[str], outputs: list[str],
     except Exception as e:  # onnxruntime raises its own exception types
         raise ModelFolderError(f"onnxruntime cannot load {path}: {str(e)[:300]}") from e
     release_freed_memory()
-    have_in = {i.name for i in sess.get_inputs()}
-    have_out = {o.name for o in sess.get_outputs()}
-    if set(inputs) != have_in or not set(outputs) <= have_out:
-        raise ModelFolderError(
-            f"{path} has inputs {sorted(have_in)} and outputs {sorted(have_out)}; config.json "
-            f"expects inputs {inputs} and outputs {outputs}")
+    check_graph_io(path, {i.name for i in sess.get_inputs()}, {o.name for o in sess.get_outputs()}, inputs,
+                   outputs)
     return sess
 
 
