@@ -233,13 +233,13 @@ def bench_fit(model: RewardModel, Ns: list[int], repeat: int) -> list[tuple[str,
     return rows
 
 
-COLD_RUNTIME = """
+COLD_RUNTIME = """  # the caller defines ENGINE first
 import sys, time
 t = time.perf_counter()
 sys.modules['torch'] = None  # a runtime-only process: torch cannot be imported
 from moerm_lite import RewardModel
 t_import = time.perf_counter() - t
-m = RewardModel.load(threads=2)
+m = RewardModel.load(threads=2, engine=ENGINE)
 t_load = time.perf_counter() - t - t_import
 m.score("", "I like football.")
 print(t_import, t_load, time.perf_counter() - t, MB('VmHWM'), MB('VmRSS'))
@@ -270,9 +270,10 @@ def bench_cold(repeat: int, openvino: bool = False) -> list[tuple[str, str, str]
     with tempfile.TemporaryDirectory() as pycache:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONPYCACHEPREFIX"] = pycache
-        codes = [("moerm-lite (runtime only)", COLD_RUNTIME), ("torch + transformers", COLD_TORCH)]
+        codes = [("moerm-lite (runtime only)", "ENGINE = 'onnxruntime'\n" + COLD_RUNTIME),
+                 ("torch + transformers", COLD_TORCH)]
         if openvino:
-            codes.append(("openvino", COLD_RUNTIME.replace("load(threads=2)", "load(threads=2, engine='openvino')")))
+            codes.append(("openvino", "ENGINE = 'openvino'\n" + COLD_RUNTIME))
         for name, code in codes:
             runs = []
             for _ in range(repeat + 1):
