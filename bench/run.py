@@ -318,8 +318,9 @@ def percentiles(times: list[float]) -> tuple[float, float]:
 
 def stage_times(model: RewardModel, calls, tb=None, th=None) -> dict[str, float]:
     """Median milliseconds of each stage of a ranking call, run one stage at a time on the same calls:
-    tokenize, the prompt's backbone pass, the replies' pass (PyTorch: one padded batch; moerm-lite: its
-    batching), pair features, head.
+    tokenize, the backbone passes of the prompt and the replies (PyTorch: the prompt, then the replies in one
+    padded batch; moerm-lite: its own batching, the prompt beside the replies on OpenVINO's streams), pair
+    features, head.
     With ``tb``, ``th`` (``torch_model``) the PyTorch fp32 stages; else moerm-lite's, through public API."""
     import torch
 
@@ -330,33 +331,34 @@ def stage_times(model: RewardModel, calls, tb=None, th=None) -> dict[str, float]
 
     tok = TextTokenizer(model.folder / "tokenizer.json", model.config.max_length)
     head = cpu_session(str(model.folder / model.config.graphs[model.precision].head), model.threads)
-    parts: dict[str, list[float]] = {k: [] for k in ("tokenize", "prompt pass", "replies pass", "features", "head")}
+    parts: dict[str, list[float]] = {k: [] for k in ("tokenize", "backbone passes", "features", "head")}
     for prompt, replies in calls:
+        prompts = [prompt] * len(replies)
         t0 = time.perf_counter()
         tok.encode([prompt], "prompt")
-        t1 = time.perf_counter()
         tok.encode(replies, "response")
-        t2 = time.perf_counter()
-        if tb is None:
-            P = model.embed([prompt], role="prompt")[0]  # (1, H)
-            t3 = time.perf_counter()
-            R = model.embed(replies)[0]  # (n, H)
-        else:
+        t1 = time.perf_counter()
+        if tb is None:  # tokenize, the passes and the features, as rank() runs them
+            model.pair_features(list(zip(prompts, replies)))
+            t2 = time.perf_counter()
+            P, R = model.embed([prompt], role="prompt")[0], model.embed(replies)[0]  # (1, H), (n, H): untimed
+        else:  # tokenize again, then the passes
             with torch.inference_mode():
                 P = embed_texts(tb, tok, [prompt], "prompt", batch_size=32)  # (1, H)
-                t3 = time.perf_counter()
                 R = embed_texts(tb, tok, replies, "response", batch_size=32)  # (n, H)
+            t2 = time.perf_counter()
+        t3 = time.perf_counter()
+        x = pair_features(np.repeat(P, len(replies), 0), R, prompts, replies, model.config.feature_layout)
         t4 = time.perf_counter()
-        x = pair_features(np.repeat(P, len(replies), 0), R, [prompt] * len(replies), replies, model.config.feature_layout)
-        t5 = time.perf_counter()
         if th is None:
             head.run(model.config.head_outputs, {model.config.head_input: x})
         else:
             with torch.inference_mode():
                 th.score(torch.from_numpy(x), th.w0)
-        t6 = time.perf_counter()
-        tok_p, tok_r = t1 - t0, t2 - t1  # the passes tokenize again: their own time is the rest
-        for k, v in zip(parts, (tok_p + tok_r, t3 - t2 - tok_p, t4 - t3 - tok_r, t5 - t4, t6 - t5)):
+        t5 = time.perf_counter()
+        tokenize, features = t1 - t0, t4 - t3
+        passes = t2 - t1 - tokenize - (features if tb is None else 0.0)  # what the timed block did besides
+        for k, v in zip(parts, (tokenize, passes, features, t5 - t4)):
             parts[k].append(v)
     return {k: 1e3 * float(np.median(v)) for k, v in parts.items()}
 

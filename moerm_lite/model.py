@@ -19,7 +19,7 @@ from .features import feature_dim, pair_features
 from .folder import CONFIG, ModelConfig, model_hash, read_json, read_manifest, verify_files
 from .head import combine, expert_features, row_terms, scatter_topk
 from .personalize import UserProfile, resolve_weights
-from .sessions import BackboneRunner, load_graphs, run_feeds
+from .sessions import BackboneRunner, load_graphs, run_feeds, runs_side_by_side
 from .text import Prompt, TextTokenizer, check_prompt, check_response
 
 log = logging.getLogger("moerm_lite")
@@ -241,8 +241,13 @@ class RewardModel:
         """``pair_features`` on checked texts; each distinct prompt and response is embedded once."""
         prompts = sorted({p for p, _ in pairs if p.strip()})
         responses = sorted({r for _, r in pairs})
-        P, p_cut = self.embed(prompts, role="prompt", batch_size=batch_size)  # (Np, H)
-        R, r_cut = self.embed(responses, role="response", batch_size=batch_size)  # (Nr, H)
+        p_ids, p_cut = self._tokenizer.encode(prompts, "prompt")
+        r_ids, r_cut = self._tokenizer.encode(responses, "response")
+        if runs_side_by_side(self._backbone):  # one pass: a ranking call's prompt runs beside its replies
+            E = self._embed_ids(p_ids + r_ids, batch_size)  # (Np + Nr, H)
+            P, R = E[:len(prompts)], E[len(prompts):]  # (Np, H), (Nr, H)
+        else:  # padded batches: a short prompt padded to its batch's replies costs more than its own call
+            P, R = self._embed_ids(p_ids, batch_size), self._embed_ids(r_ids, batch_size)  # (Np, H), (Nr, H)
         pi = {p: i for i, p in enumerate(prompts)}
         ri = {r: i for i, r in enumerate(responses)}
         H = R.shape[1]
@@ -261,10 +266,14 @@ class RewardModel:
         ``batch_size`` texts and ``tokens_per_batch`` padded tokens (many short texts per call, few
         long ones); the result does not depend on ``batch_size``.
         """
-        out = np.zeros((len(texts), self.config.hidden_size), dtype=np.float32)  # (N, H)
         if not texts:
-            return out, np.zeros(0, dtype=bool)
+            return np.zeros((0, self.config.hidden_size), dtype=np.float32), np.zeros(0, dtype=bool)
         ids, truncated = self._tokenizer.encode(texts, role)
+        return self._embed_ids(ids, batch_size), truncated
+
+    def _embed_ids(self, ids: list[np.ndarray], batch_size: int) -> np.ndarray:
+        """Backbone embeddings (N, H) float32 of tokenized texts, batched as ``embed`` says."""
+        out = np.zeros((len(ids), self.config.hidden_size), dtype=np.float32)  # (N, H)
         order = np.argsort([len(x) for x in ids], kind="stable")  # length buckets: less padding
         # one text per call where a padded batch would change the numbers: dynamic-int8 graphs, and OpenVINO
         # (bf16 kernels round a padded batch differently), so that a score never depends on its batch
@@ -285,7 +294,7 @@ class RewardModel:
                  for feed in (self._tokenizer.pad([ids[i] for i in g]) for g in groups))  # one at a time
         for g, emb in zip(groups, run_feeds(self._backbone, self.config.backbone_output, feeds)):
             out[g] = emb
-        return out, truncated
+        return out
 
     # ----------------------------------------------------------------- scoring
     def score_pairs(self, pairs: Sequence[tuple[Prompt, str]], *, user: User = None,

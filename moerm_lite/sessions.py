@@ -29,13 +29,18 @@ class BackboneRunner(Protocol):
             run_options: Any = None) -> list[Any]: ...
 
 
+def runs_side_by_side(backbone: BackboneRunner) -> bool:
+    """Whether ``backbone`` runs a call's feeds in parallel (``run_many``: OpenVINO's streams), so that a
+    short text is best sent with the others rather than padded into a batch or run alone before them."""
+    return getattr(backbone, "run_many", None) is not None
+
+
 def run_feeds(backbone: BackboneRunner, output: str, feeds: Iterable[dict[str, np.ndarray]]
               ) -> Iterator[np.ndarray]:
     """Each feed's ``output``, in order. A runner with ``run_many`` (OpenVINO's, several streams) gets them
     all at once and runs them in parallel; an onnxruntime session one call each, as they come."""
-    run_many = getattr(backbone, "run_many", None)
-    if run_many is not None:
-        yield from run_many(output, list(feeds))
+    if runs_side_by_side(backbone):
+        yield from backbone.run_many(output, list(feeds))  # type: ignore[attr-defined]
     else:
         for feed in feeds:
             yield backbone.run([output], feed)[0]

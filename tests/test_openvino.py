@@ -207,3 +207,19 @@ def test_the_sanity_suite_loses_the_same_pairs(engines):
         pairs = [(r["prompt"], r[side]) for r in suite for side in ("answer", kind)]
         wins = [(m.score_pairs(pairs).reshape(-1, 2) @ np.array([1.0, -1.0])) > 0 for m in engines]  # (20,) each
         assert np.array_equal(wins[0], wins[1]), kind
+
+
+@needs_openvino
+def test_the_prompt_runs_beside_its_replies_with_the_same_bits(engines):
+    """rank() sends the prompt with its replies in one pass over the streams (prompt role: a long prompt keeps
+    its end): the pair features equal those built from embedding the prompt and the replies apart."""
+    from moerm_lite.features import pair_features
+
+    _, ov = engines
+    long_prompt = "Earlier turns. " * 200 + PROMPT  # over max_length: only its end is kept
+    for prompt in (PROMPT, long_prompt):
+        replies = [r for r in REPLIES if r.strip()]
+        got, cut = ov.pair_features([(prompt, r) for r in replies])  # (n, F), (n,)
+        P = np.repeat(ov.embed([prompt], role="prompt")[0], len(replies), 0)  # (n, H)
+        want = pair_features(P, ov.embed(replies)[0], [prompt] * len(replies), replies, ov.config.feature_layout)
+        assert np.array_equal(got, want) and cut.all() == (prompt == long_prompt)
