@@ -357,7 +357,9 @@ def stage_times(model: RewardModel, calls, tb=None, th=None) -> dict[str, float]
                 th.score(torch.from_numpy(x), th.w0)
         t5 = time.perf_counter()
         tokenize, features = t1 - t0, t4 - t3
-        passes = t2 - t1 - tokenize - (features if tb is None else 0.0)  # what the timed block did besides
+        # the timed block (t1..t2) less what it repeats of the other stages: tokenizing, and for moerm-lite's
+        # pair_features() the features
+        passes = t2 - t1 - tokenize - (features if tb is None else 0.0)
         for k, v in zip(parts, (tokenize, passes, features, t5 - t4)):
             parts[k].append(v)
     return {k: 1e3 * float(np.median(v)) for k, v in parts.items()}
