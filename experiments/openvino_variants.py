@@ -46,6 +46,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "int8 weights per channel, activations per call in groups of 32": (
         "int8", {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 32}),
     "the same, bf16 elsewhere": ("int8", {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 32}),
+    "int8 in groups of 32 (bf16 elsewhere), one stream per thread, texts side by side": (
+        "int8", {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 32, "NUM_STREAMS": 2, "PERFORMANCE_HINT": "THROUGHPUT"}),
     "int8 weights per channel, activations in groups of 16": (
         "int8", {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 16}),
     "int8 in groups of 32, the FFN's output MatMul kept (bf16)": (
