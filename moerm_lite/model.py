@@ -266,8 +266,6 @@ class RewardModel:
         ``batch_size`` texts and ``tokens_per_batch`` padded tokens (many short texts per call, few
         long ones); the result does not depend on ``batch_size``.
         """
-        if not texts:
-            return np.zeros((0, self.config.hidden_size), dtype=np.float32), np.zeros(0, dtype=bool)
         ids, truncated = self._tokenizer.encode(texts, role)
         return self._embed_ids(ids, batch_size), truncated
 
@@ -275,9 +273,10 @@ class RewardModel:
         """Backbone embeddings (N, H) float32 of tokenized texts, batched as ``embed`` says."""
         out = np.zeros((len(ids), self.config.hidden_size), dtype=np.float32)  # (N, H)
         order = np.argsort([len(x) for x in ids], kind="stable")  # length buckets: less padding
-        # one text per call where a padded batch would change the numbers: dynamic-int8 graphs, and OpenVINO
-        # (bf16 kernels round a padded batch differently), so that a score never depends on its batch
-        per_sequence = self.config.graphs[self.precision].per_sequence or self.engine == "openvino"
+        # one text per call where a padded batch would change the numbers (dynamic-int8 graphs), so that a score
+        # never depends on its batch, and for a runner that runs texts side by side (OpenVINO: one per stream;
+        # its bf16 kernels would also round a padded batch differently)
+        per_sequence = self.config.graphs[self.precision].per_sequence or runs_side_by_side(self._backbone)
         groups: list[list[int]] = []  # the texts of each backbone call
         start = 0
         while start < len(order):
