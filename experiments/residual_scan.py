@@ -1,76 +1,149 @@
-"""How strong a residual to fit (``fit_user(..., residual_strength=s)``): few-shot accuracy for a range of
-fixed strengths and for ``"auto"`` (chosen per user from its own comparisons), next to the weights alone.
+"""Which residual a new user gets by default (``fit_user(..., residual_strength=...)``): few-shot accuracy
+of the expert weights alone, of fixed residual strengths, and of strengths chosen per user (``"auto"``),
+constrained by the tastes the experts know and chosen family-out on tastes no build trained on.
 
 Feeds docs/decisions/residual.md.
 
-    python experiments/residual_scan.py                      # the shipped model, ~6 minutes on 2 CPU cores
+    python experiments/residual_scan.py                      # the shipped model, ~15 minutes on 2 CPU cores
     python experiments/residual_scan.py --model models/mine
 
-Validation users (seeds apart from the card's test users, as the prior strength is chosen): persona-16
-users and attribute users (1 and 2-3 attributes) on held-out prompts; the mean over N = 5 / 10 / 20 / 50
-of both is what a choice would go by. DSP domain users (evaluation only) are shown for information, not
-for choosing. Every fit is the runtime's own (``UserProfile.fit``) at the model's prior strength.
+- **Constraining users** (what a default must not hurt: tastes the experts were trained on; seeds apart
+  from the card's test users, as the prior strength is chosen): persona-16 users and attribute users (1 and
+  2-3 attributes) on held-out prompts. A default may lose at most half a point against the weights alone at
+  every one of these groups and N = 5 / 10 / 20 / 50.
+- **Unseen tastes** (no build trains on them): the five taste families (``moerm_build.data.tastes``; seeds
+  apart from the card's) and the four DSP domain users (evaluation only; fitted on comparisons from one half
+  of the instructions, scored on all of the other half; 20 draws each, the N comparisons of a draw the first
+  N of one random order). The choice is made family-out: for each of these six groups, the fit within the
+  constraint with the best mean gain over the *other* five, scored on the one left out.
 
-Needs the export extra and ../shared/data.
+Every fit is the runtime's own (``UserProfile.fit``) at the model's prior strength, except "auto over
+none/10/30/100", the runtime's per-user choice (``choose_residual``) over a shorter grid. Needs the export
+extra and ../shared/data.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from moerm_build import data
 from moerm_build.data.attributes import attribute_benchmark
-from moerm_build.evaluate.metrics import RuntimeFeaturizer, few_shot
-from moerm_build.evaluate.real_eval import SHOTS, attribute_pool, dsp_pool, dsp_users, few_shot_residual
+from moerm_build.data.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool
+from moerm_build.evaluate.metrics import RuntimeFeaturizer, pair_accuracy
+from moerm_build.evaluate.real_eval import SHOTS, attribute_pool, dsp_pool, fit_user_terms
 from moerm_lite.head import expert_features
 from moerm_lite.model import DEFAULT_MODEL
+from moerm_lite.personalize import choose_residual, fit_map
 
 ROOT = Path(__file__).resolve().parents[1]
+STRENGTHS = (3.0, 10.0, 30.0, 100.0, 300.0)
+SHORT_GRID = (None, 10.0, 30.0, 100.0)
+TOLERANCE = 0.5  # points a default may lose against the weights alone, on any constraining group and N
+Fit = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (phi (N, K), X (N, F)) -> (w, v)
+Group = tuple[np.ndarray, np.ndarray, list]  # phi (R, K), X (R, F) of a pool's items, its users
 
 
-STRENGTHS = (3.0, 10.0, 30.0, 100.0)
+def fits(w0: np.ndarray, lam: float, P: np.ndarray | None) -> dict[str, Fit]:
+    """Every fit compared, by label."""
+    def runtime(strength: float | str | None) -> Fit:
+        return lambda phi, X: fit_user_terms(phi, X, w0, lam, P, strength)
+
+    def short_auto(phi: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w, _ = fit_map(phi, w0, lam, P)
+        _, v, _ = choose_residual(phi, X, w, lam, P, SHORT_GRID)
+        return w, np.zeros(X.shape[1]) if v is None else v
+
+    return {"weights only": runtime(None), **{f"residual {s:g}": runtime(s) for s in STRENGTHS},
+            "residual auto": runtime("auto"), "auto over none/10/30/100": short_auto}
+
+
+def scan(group: Group, table: dict[str, Fit]) -> dict[str, list[float]]:
+    """Mean held-out accuracy (%) of each fit at each N of SHOTS, each user fitted on its first N."""
+    phi, X, users = group
+    acc: dict[str, list[list[float]]] = {name: [[] for _ in SHOTS] for name in table}
+    for u in users:
+        a, e = np.array(u.adapt), np.array(u.eval)
+        pa, pe = phi[a[:, 0]] - phi[a[:, 1]], phi[e[:, 0]] - phi[e[:, 1]]  # (N, K), (E, K)
+        xa, xe = X[a[:, 0]] - X[a[:, 1]], X[e[:, 0]] - X[e[:, 1]]  # (N, F), (E, F)
+        for name, fit in table.items():
+            for i, n in enumerate(SHOTS):
+                w, v = fit(pa[:n], xa[:n])
+                acc[name][i].append(pair_accuracy(pe @ w + xe @ v))
+    return {name: [100 * float(np.mean(a)) for a in per_n] for name, per_n in acc.items()}
+
+
+def dsp_group(fz: RuntimeFeaturizer, draws: int = 20, seed: int = 0) -> Group:
+    """The four DSP domain users as draws of users over one pool of DSP's replies: each draw's comparisons
+    (its domain's reply against another of the same instruction) from the fitting half in a random order,
+    scored on every such comparison of the other half."""
+    phi, X, first = dsp_pool(fz)  # (I, 5, K), (I, 5, F) standardised, (I,)
+    n_items = phi.shape[1]
+    index = np.arange(phi.shape[0] * n_items).reshape(phi.shape[:2])  # (I, 5): item of each reply
+    rng, users = np.random.default_rng(seed), []
+    for u in range(len(data.DSP_DOMAINS)):
+        def pairs(rows: np.ndarray) -> list[tuple[int, int]]:
+            return [(int(index[i, u]), int(index[i, j])) for j in range(n_items) if j != u for i in rows]
+
+        fit_pairs, test_pairs = pairs(np.flatnonzero(first)), pairs(np.flatnonzero(~first))
+        for _ in range(draws):
+            order = rng.permutation(len(fit_pairs))[:max(SHOTS)]
+            users.append(data.BenchUser(np.zeros(0), [fit_pairs[i] for i in order], test_pairs))
+    return phi.reshape(-1, phi.shape[-1]), X.reshape(-1, X.shape[-1]), users
+
+
+def print_table(title: str, rows: dict[str, list[float]]) -> None:
+    print(f"{title}\n{'':28}" + "".join(f"{'N=' + str(n):>8}" for n in SHOTS))
+    for name, vals in rows.items():
+        print(f"  {name:26}" + "".join(f"{v:8.1f}" for v in vals), flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(ROOT / "models" / DEFAULT_MODEL), help="a model folder")
+    ap.add_argument("--users", type=int, default=100, help="users per group")
     args = ap.parse_args()
     fz = RuntimeFeaturizer(args.model)
     lam, P, w0 = fz.model.config.default_prior_strength, fz.prior_precision, fz.w0
+    table = fits(w0, lam, P)
     st = data.load_persona()
     g, r, X_stmt = fz.outputs_and_features([("", s) for s in st.text])  # (S, K), (S, K), (S, F)
     pool = attribute_pool(fz, with_probe=False)
-    single = attribute_benchmark(pool["pool"], n_users=100, n_attributes=1, seed=778)
-    multi = attribute_benchmark(pool["pool"], n_users=100, seed=779)
-    groups = {"persona": (expert_features(g, r), X_stmt.astype(np.float64),
-                          data.persona_benchmark(st, n_users=100, seed=777)),
-              "1 attribute": (pool["phi"], pool["X"], single),
-              "2-3 attributes": (pool["phi"], pool["X"], multi)}
-    cols = "".join(f"{'N=' + str(n):>8}" for n in SHOTS)
-    print(f"validation users, {Path(args.model).name} (int8 runtime), prior strength {lam:g}; "
-          f"accuracy at {cols}")
-    means: dict[str, list[float]] = {}
-    for name, (phi, X, users) in groups.items():
-        print(f"{name}:")
-        rows = {"weights only": few_shot(phi, users, w0, lam, P=P)}
-        rows.update({f"residual {s:g}": few_shot_residual(phi, X, users, w0, lam, P, s) for s in STRENGTHS})
-        rows["residual auto"] = few_shot_residual(phi, X, users, w0, lam, P, "auto")
-        for label, res in rows.items():
-            print(f"  {label:<16}" + "".join(f"{100 * res[str(n)]:8.1f}" for n in SHOTS))
-            means.setdefault(label, []).extend(res[str(n)] for n in SHOTS)
-    print("mean over the three groups and N:")
-    for label, v in means.items():
-        print(f"  {label:<16}{100 * np.mean(v):8.2f}")
-    print("DSP domain users (evaluation only; test half), model + residual at N = 5 / 10 / 20 / 50 / all:")
-    dsp = dsp_pool(fz)  # embedded once for every strength
-    dsp_res: dict = {}
-    for s in STRENGTHS:
-        dsp_res = dsp_users(fz, w0, lam, P, residual_strength=s, pool=dsp)
-        print(f"  residual {s:<7g}" + "".join(f"{100 * v:8.1f}" for v in dsp_res["model_plus_residual"].values()))
-    print("  residual auto   " + "".join(f"{100 * v:8.1f}" for v in dsp_res["model_auto"].values()))
+    phi, X = pool["phi"], pool["X"]
+    constraining: dict[str, Group] = {
+        "persona": (expert_features(g, r), X_stmt.astype(np.float64),
+                    data.persona_benchmark(st, n_users=args.users, seed=777)),
+        "1 attribute": (phi, X, attribute_benchmark(pool["pool"], n_users=args.users, n_attributes=1, seed=778)),
+        "2-3 attributes": (phi, X, attribute_benchmark(pool["pool"], n_users=args.users, seed=779))}
+    tp = taste_pool(pool["pool"])
+    unseen: dict[str, Group] = {
+        f"taste family: {f}": (phi, X, taste_benchmark(tp, f, n_users=args.users, seed=8642 + i))
+        for i, f in enumerate(TASTE_FAMILIES)}
+    unseen["DSP domain users (4 x 20 draws)"] = dsp_group(fz)
+    print(f"{Path(args.model).name} (int8 runtime), prior strength {lam:g}; held-out accuracy (%)")
+    results: dict[str, dict[str, list[float]]] = {}
+    for kind, groups in (("constraining", constraining), ("unseen", unseen)):
+        for title, group in groups.items():
+            results[title] = scan(group, table)
+            print_table(f"{kind}: {title} ({len(group[2])} users)", results[title])
+
+    def gain(name: str, titles: list[str]) -> np.ndarray:  # (groups x N,) points over the weights alone
+        return np.concatenate([np.subtract(results[t][name], results[t]["weights only"]) for t in titles])
+
+    print("\nagainst the weights alone: the worst change over the constraining groups and N, the mean change "
+          "over the unseen tastes and N")
+    for name in table:
+        print(f"  {name:26}{gain(name, list(constraining)).min():+8.2f}{gain(name, list(unseen)).mean():+8.2f}")
+    allowed = [name for name in table if gain(name, list(constraining)).min() >= -TOLERANCE]
+    print(f"within {TOLERANCE} point of the weights alone on every constraining group and N: {', '.join(allowed)}")
+    print("family-out: the pick on the other unseen groups, and its gain on the one left out (N = 5 / 10 / 20 / 50)")
+    for held in unseen:
+        others = [t for t in unseen if t != held]
+        pick = max(allowed, key=lambda name: gain(name, others).mean())
+        print(f"  {held:34}{pick:>20}" + "".join(f"{g:+7.1f}" for g in gain(pick, [held])))
 
 
 if __name__ == "__main__":
