@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("moerm_lite").setLevel(logging.ERROR)  # the truncation warning of each new model
         rz = RuntimeFeaturizer(args.input)
         tastes = taste_users(attribute_pool(rz, with_probe=False), rz.w0, rz.model.config.default_prior_strength,
-                             rz.prior_precision, n_users=args.users)
+                             rz.prior_precision, n_users=args.users,
+                             residual_strength=rz.model.config.recommended_residual_strength)
         if args.card:
             from moerm_build.release.pipeline import record
 

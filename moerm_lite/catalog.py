@@ -6,9 +6,9 @@ emitted them (``expert_index``, ``gates``, ``rewards``: (N, k + n_shared) each),
 and population weights ``w0``. Ranking is then one (N, K) @ (K,) product: the same arithmetic as
 ``RewardModel.rank`` on the same texts, so the scores are the same.
 
-A profile with a residual over pair features (``fit_user(residual_strength=...)``) also needs each
-candidate's pair features x (F,): a catalog encoded ``with_features=True`` keeps them (float32, about
-3 KB a candidate) and adds ``x . v`` as ``rank()`` does; one encoded without them refuses such a profile.
+A profile with a residual over pair features (``fit_user``'s default) also needs each candidate's pair
+features x (F,): a catalog encoded ``with_features=True`` (the default) keeps them (float32, about 3 KB a
+candidate) and adds ``x . v`` as ``rank()`` does; one encoded without them refuses such a profile.
 
 On disk a catalog is one ``.npz`` file (numpy arrays, read with ``allow_pickle=False``).
 """
@@ -85,8 +85,8 @@ class Catalog:
         v = user.residual_  # (F,)
         if self.pair_features is None:
             raise ValueError(f"user profile {user.user_id!r} has a residual over pair features, and this "
-                             "catalog was encoded without them: encode it with encode_catalog(..., "
-                             "with_features=True) (moerm-lite encode --features)")
+                             "catalog was encoded without them (with_features=False, moerm-lite encode "
+                             "--no-features): encode it again with them, the default")
         if self.pair_features.shape[1] != len(v):
             raise ValueError(f"user profile {user.user_id!r} has a residual over {len(v)} features, the "
                              f"catalog stores {self.pair_features.shape[1]}")

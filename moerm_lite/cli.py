@@ -15,7 +15,7 @@ import numpy as np
 
 from .catalog import Catalog
 from .model import BATCH_SIZE, RewardModel
-from .personalize import UserProfile
+from .personalize import AUTO, RECOMMENDED, UserProfile
 from .sessions import ENGINES
 
 PROGRESS_MIN_ROWS = 200
@@ -290,14 +290,16 @@ def cmd_next(args: argparse.Namespace, out: IO[str]) -> None:
     rows.finish()
 
 
-def residual_strength(text: str) -> float | str:
-    """``--residual-strength``: a number or ``auto``."""
-    if text == "auto":
+def residual_strength(text: str) -> float | str | None:
+    """``--residual-strength``: a number, ``auto``, ``recommended`` or ``none``."""
+    if text in (AUTO, RECOMMENDED):
         return text
+    if text == "none":
+        return None
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, auto, recommended or none, got {text!r}") from None
 
 
 def cmd_describe(args: argparse.Namespace, out: IO[str]) -> None:
@@ -386,9 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-i", "--input", default="-", help="JSONL file (default: - , stdin)")
     sp.add_argument("-o", "--out", required=True, help="catalog file to write (.npz)")
     sp.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="most texts per backbone call")
-    sp.add_argument("--features", action="store_true",
-                    help="also store each candidate's pair features (~3 KB each): profiles fitted with "
-                         "--residual-strength need them")
+    sp.add_argument("--features", action=argparse.BooleanOptionalAction, default=True,
+                    help="store each candidate's pair features (~3 KB each; default): profiles with a residual "
+                         "(`fit`'s default) need them; --no-features ranks only profiles fitted with "
+                         "--residual-strength none")
     common(sp, user=False)
     sp.set_defaults(fn=cmd_encode)
     sp = sub.add_parser("explain", help='per-expert breakdown of JSONL records {"prompt", "response"}')
@@ -403,10 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fold the comparisons into this profile (same weights as refitting on all)")
     sp.add_argument("--user-id", default=None)
     sp.add_argument("--prior-strength", type=float, default=None, help="lambda (default: the model's)")
-    sp.add_argument("--residual-strength", type=residual_strength, default=None, metavar="RHO|auto",
-                    help="also fit a residual over pair features, for tastes the experts miss: a strength "
-                         "(30 moves with many comparisons) or auto (chosen per user from its comparisons); "
-                         "catalogs need `encode --features` for it")
+    sp.add_argument("--residual-strength", type=residual_strength, default=RECOMMENDED,
+                    metavar="RHO|auto|recommended|none",
+                    help="the residual over pair features, for tastes the experts miss: recommended (default: "
+                         "the model's, 30 for the shipped one, moves with many comparisons), a strength, auto "
+                         "(chosen per user from its comparisons) or none (expert weights alone)")
     common(sp, user=False)
     sp.set_defaults(fn=cmd_fit)
     sp = sub.add_parser("next", help='which pair to ask a user about: {"prompt", "candidates": [...]} JSONL')

@@ -18,7 +18,7 @@ from .experts import expert_cards, read_cards, read_reference, trim_card
 from .features import feature_dim, pair_features
 from .folder import CONFIG, ModelConfig, model_hash, read_json, read_manifest, verify_files
 from .head import combine, expert_features, row_terms, scatter_topk
-from .personalize import UserProfile, resolve_weights
+from .personalize import RECOMMENDED, UserProfile, resolve_weights
 from .sessions import BackboneRunner, load_graphs, run_feeds, runs_side_by_side
 from .text import Prompt, TextTokenizer, check_prompt, check_response
 
@@ -212,13 +212,14 @@ class RewardModel:
 
     def encode_catalog(self, pairs: Sequence[tuple[Prompt, str]], ids: Sequence[Any] | None = None, *,
                        batch_size: int = BATCH_SIZE, progress: Callable[[int], None] | None = None,
-                       with_features: bool = False) -> Catalog:
+                       with_features: bool = True) -> Catalog:
         """Encode (prompt, response) candidates once, to rank them for any user without the backbone.
 
         ``ids`` name the candidates (default ``"0"``, ``"1"``, ...). ``catalog.rank(user)`` equals
         ``rank()`` on the same texts; ``catalog.save(path)`` / ``Catalog.load(path)`` keep it.
-        ``with_features``: also keep each candidate's pair features (F floats), which profiles with a
-        residual (``fit_user(residual_strength=...)``) need.
+        ``with_features`` (default): also keep each candidate's pair features (F floats, about 3 KB), which
+        profiles with a residual (``fit_user``'s default) need; ``False`` keeps a catalog that ranks only
+        profiles of expert weights alone (``fit_user(..., residual_strength=None)``) and plain weights.
         """
         texts = self._check_pairs(pairs)
         if ids is None:
@@ -391,18 +392,23 @@ class RewardModel:
         return phi[0::2] - phi[1::2], None if X is None else X[0::2] - X[1::2]  # (N, K), (N, F)
 
     def fit_user(self, comparisons: Iterable[dict[str, Any]], *, user_id: str | None = None,
-                 prior_strength: float | None = None, residual_strength: float | str | None = None) -> UserProfile:
-        """Fit a user's signed expert weights from ``{"prompt", "chosen", "rejected"}`` records.
+                 prior_strength: float | None = None,
+                 residual_strength: float | str | None = RECOMMENDED) -> UserProfile:
+        """Fit a user's signed expert weights from ``{"prompt", "chosen", "rejected"}`` records, and a
+        regularized residual over the pair features for what the experts cannot express.
 
         ``prior_strength`` (lambda) defaults to the model's measured ``default_prior_strength``.
-        Zero comparisons give the population weights ``w0``. ``residual_strength`` (opt-in) also fits a
-        regularized residual over the pair features, for tastes the experts cannot express: a number fixes
-        its strength (30 moves it only with many comparisons); ``"auto"`` chooses it (or none) for this
-        user, at every fit, by approximate leave-one-out likelihood on the user's own comparisons
-        (``moerm_lite.personalize.choose_residual``; docs/api.md). A catalog
-        ranks such a profile only if encoded ``with_features=True``.
+        Zero comparisons give the population weights ``w0``. ``residual_strength``: ``"recommended"``
+        (default) is the folder's ``recommended_residual_strength`` (30 for the shipped model: the residual
+        moves scores only with many comparisons, docs/decisions/residual.md); a number fixes it; ``"auto"``
+        chooses it (or none) for this user, at every fit, by approximate leave-one-out likelihood on the
+        user's own comparisons (``moerm_lite.personalize.choose_residual``); ``None`` fits the expert
+        weights alone. A catalog ranks a profile with a residual only if encoded ``with_features=True``
+        (the default).
         """
         strength = self.config.default_prior_strength if prior_strength is None else prior_strength
+        if residual_strength == RECOMMENDED:
+            residual_strength = self.config.recommended_residual_strength
         phi, X = self.comparison_terms(comparisons, with_pair_features=residual_strength is not None)
         return UserProfile(user_id=user_id, prior_strength=strength, prior_precision=self._prior_precision,
                            model_id=self.config.model_id, model_hash=self.model_hash,

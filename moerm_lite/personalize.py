@@ -16,8 +16,8 @@ A profile keeps its comparisons' features, so :meth:`UserProfile.partial_fit` /
 :meth:`UserProfile.update` fold in new comparisons and give exactly the weights of a
 fit on all of them at once (the objective is convex; the refit starts from w0 every time).
 
-Optionally (``residual_strength``, opt-in) a profile also fits a *residual* ``v`` over the pair
-features ``x`` the head sees (:mod:`moerm_lite.features`, (F,)): a user's score is then
+With a ``residual_strength`` (``RewardModel.fit_user``'s default) a profile also fits a *residual* ``v``
+over the pair features ``x`` the head sees (:mod:`moerm_lite.features`, (F,)): a user's score is then
 ``w . (pi * r) + x . v``. It is fitted after ``w``, on what ``w`` leaves unexplained, with a strong
 L2 penalty on the features scaled by the root mean square of the user's own differences, so that
 only many comparisons move it: for tastes the expert basis cannot express (``fit_residual``).
@@ -43,6 +43,7 @@ PROFILE_SCHEMA_VERSION = 4  # 4: residual_strength "auto"; 3: an optional residu
 #                             2: comparisons' features stored
 READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)  # 1 has no features: it scores but cannot be updated
 AUTO = "auto"  # residual_strength chosen per user at each fit (choose_residual)
+RECOMMENDED = "recommended"  # RewardModel.fit_user's default: the folder's recommended_residual_strength
 RESIDUAL_SCALE_FLOOR = 1e-3  # a feature's scale is at least this share of the median scale
 MAX_WEIGHT = 1e100  # larger user weights are refused: with bounded rewards a score stays finite below it
 
@@ -357,7 +358,7 @@ class UserProfile:
     ``weights_`` (K,), ``covariance_`` (K, K), the comparisons' expert-feature differences
     ``expert_features_`` (N, K) and ``n_comparisons_``; :meth:`partial_fit` adds comparisons. A profile
     remembers the model it was fitted for and is refused by any other model.
-    With ``residual_strength`` (opt-in) it also learns ``residual_`` (F,) over the
+    With a ``residual_strength`` it also learns ``residual_`` (F,) over the
     comparisons' pair-feature differences ``pair_features_`` (N, F), kept as float16.
     """
 

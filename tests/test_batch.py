@@ -41,7 +41,9 @@ def test_batch_scorer_equals_score_pairs(tiny_folder, profiles):
         user = UserProfile.load(profiles / f"{name}.json") if name else None
         want = m.score_pairs([(rs[i]["prompt"], rs[i]["response"]) for i in idx], user=user)
         np.testing.assert_allclose(out["score"][idx], want, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(out["contributions"].sum(1), out["score"], atol=1e-12)
+    # the profiles' residuals (fit_user's default) are the part of a score no expert carries
+    np.testing.assert_allclose(out["contributions"].sum(1) + out["residual"], out["score"], atol=1e-12)
+    assert np.abs(out["residual"]).max() > 0
     assert list(out["id"]) == list(range(50))  # input columns are kept
 
 

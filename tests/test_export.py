@@ -228,12 +228,14 @@ def test_a_measurement_goes_into_the_report_and_the_card_is_written_from_it(tiny
     (runs / "ship" / "report.json").write_text(json.dumps({"dsp": None}))
     shots = {str(n): 0.55 for n in (5, 10, 20, 50)}
     tastes = {"members": {"topic": ["food", "money"]}, "heldout_per_user": [4, 6],
-              "topic": {"users": 3, "model": shots, "model_auto": shots, "frozen_probe": shots}}
+              "topic": {"users": 3, "model": shots, "model_residual": {**shots, "50": 0.6}, "model_auto": shots,
+                        "frozen_probe": shots}}
     record(runs, folder, "tastes", tastes)
     rep = json.loads((runs / "ship" / "report.json").read_text())
     assert rep["tastes"] == tastes and "dsp" in rep  # the rest of the report kept
     card = (folder / "README.md").read_text()
-    assert "| topic (2 kinds) | 3 | this model | 55.0 | 55.0 | 55.0 | 55.0 |" in card
+    assert "| topic (2 kinds) | 3 | this model (default: + residual) | 55.0 | 55.0 | 55.0 | 60.0 |" in card
+    assert "| topic (2 kinds) | 3 | weights alone | 55.0 | 55.0 | 55.0 | 55.0 |" in card
     assert "scored on 4–6 more" in card
     RewardModel.load(folder)  # manifest refreshed with the card
     with pytest.raises(SystemExit, match="report.json not found"):

@@ -48,7 +48,7 @@ def test_update_refuses_other_model_and_v1_profiles(tiny_fp32, tiny_int8):
     p.model_hash = "0" * 16
     with pytest.raises(ValueError, match="refit"):
         tiny_fp32.update_user(p, COMPS[2:])
-    d = tiny_fp32.fit_user(COMPS[:2]).to_dict()
+    d = tiny_fp32.fit_user(COMPS[:2], residual_strength=None).to_dict()  # version 1 had no residual
     d["schema_version"], d["features"] = 1, None
     old = UserProfile.from_dict(d)
     assert tiny_fp32.score("why", "good", user=old) == pytest.approx(tiny_fp32.score("why", "good", user=d["weights"]))

@@ -149,7 +149,7 @@ def test_malformed_residual_profiles_are_refused(edit, match):
 
 def test_model_scores_with_the_residual_everywhere_it_can(tiny_fp32, tmp_path):
     m = tiny_fp32
-    plain = m.fit_user(COMPS)
+    plain = m.fit_user(COMPS, residual_strength=None)  # the expert weights alone
     user = m.fit_user(COMPS * 20, residual_strength=1.0)  # many repeats: the residual moves
     assert user.residual_.shape == (feature_dim(m.config.hidden_size),)
     assert plain.residual_ is None and user.n_comparisons_ == 100
@@ -173,8 +173,8 @@ def test_model_scores_with_the_residual_everywhere_it_can(tiny_fp32, tmp_path):
     back = Catalog.load(cat.save(tmp_path / "c.npz"))
     assert [r["id"] for r in back.rank(user)] == [r["id"] for r in cat.rank(user)]
     np.testing.assert_array_equal(back.pair_features, cat.pair_features)
-    with pytest.raises(ValueError, match="with_features=True"):
-        m.encode_catalog(pairs).rank(user)
+    with pytest.raises(ValueError, match="encoded without them"):
+        m.encode_catalog(pairs, with_features=False).rank(user)
     # active questions predict the answer from the whole score, residual included
     q = m.next_comparison("why", [p[1] for p in pairs], user=user)
     i, j = q["pair"]
@@ -187,6 +187,28 @@ def test_model_scores_with_the_residual_everywhere_it_can(tiny_fp32, tmp_path):
     # a profile without a residual scores exactly as before
     np.testing.assert_array_equal(m.score_pairs(pairs, user=plain),
                                   combine(out["gating_output"], out["rewards"], plain.weights_))
+
+
+def test_a_user_gets_the_folders_recommended_residual_by_default(tiny_fp32, tiny_folder, tmp_path):
+    m = tiny_fp32
+    rho = m.config.recommended_residual_strength
+    default, fixed = m.fit_user(COMPS), m.fit_user(COMPS, residual_strength=rho)
+    assert default.residual_strength == rho
+    np.testing.assert_array_equal(default.residual_, fixed.residual_)
+    np.testing.assert_array_equal(default.weights_, fixed.weights_)
+    assert np.abs(default.residual_).max() > 0  # fitted, not a placeholder
+    # None: the expert weights alone, the same weights (the residual is fitted after them)
+    alone = m.fit_user(COMPS, residual_strength=None)
+    assert alone.residual_ is None and alone.residual_strength is None
+    np.testing.assert_array_equal(alone.weights_, default.weights_)
+    # the CLI the same: no flag is the recommended strength, "none" none
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in COMPS))
+    args = ["--model", str(tiny_folder), "--threads", "1"]
+    assert main(["fit", str(tmp_path / "c.jsonl"), "-o", str(tmp_path / "d.json"), *args]) == 0
+    assert main(["fit", str(tmp_path / "c.jsonl"), "-o", str(tmp_path / "n.json"), "--residual-strength", "none",
+                 *args]) == 0
+    assert UserProfile.load(tmp_path / "d.json").residual_strength == rho
+    assert UserProfile.load(tmp_path / "n.json").residual_ is None
 
 
 def test_update_user_with_residual_equals_fit_on_all(tiny_fp32):
@@ -228,9 +250,9 @@ def test_cli_catalog_with_features_ranks_a_residual_profile(tiny_folder, tmp_pat
     assert main(["fit", str(tmp_path / "c.jsonl"), "-o", profile, "--residual-strength", "0.5", *m]) == 0
     items = [{"id": f"i{n}", "prompt": "why", "response": t} for n, t in enumerate(["kind", "rude", "no"])]
     (tmp_path / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
-    assert main(["encode", "-i", str(tmp_path / "items.jsonl"), "-o", str(tmp_path / "f.npz"), "--features",
-                 *m]) == 0
-    assert main(["encode", "-i", str(tmp_path / "items.jsonl"), "-o", str(tmp_path / "plain.npz"), *m]) == 0
+    assert main(["encode", "-i", str(tmp_path / "items.jsonl"), "-o", str(tmp_path / "f.npz"), *m]) == 0
+    assert main(["encode", "-i", str(tmp_path / "items.jsonl"), "-o", str(tmp_path / "plain.npz"),
+                 "--no-features", *m]) == 0
     out = io.StringIO()
     assert main(["rank", "--catalog", str(tmp_path / "f.npz"), "--user", profile], out=out) == 0
     got = {r["id"]: r["score"] for r in map(json.loads, out.getvalue().splitlines())}
@@ -239,7 +261,7 @@ def test_cli_catalog_with_features_ranks_a_residual_profile(tiny_folder, tmp_pat
     assert [got[r["id"]] for r in items] == pytest.approx(list(want))
     capsys.readouterr()
     assert main(["rank", "--catalog", str(tmp_path / "plain.npz"), "--user", profile]) == 2
-    assert "--features" in capsys.readouterr().err
+    assert "--no-features" in capsys.readouterr().err
 
 
 def test_rl_adapters_batch_scorer_and_catalog_ranker_apply_a_residual(tiny_fp32, tiny_folder, tmp_path):
@@ -247,7 +269,7 @@ def test_rl_adapters_batch_scorer_and_catalog_ranker_apply_a_residual(tiny_fp32,
     from moerm_lite.integrations import openrlhf_reward_func, trl_reward_func
 
     user = tiny_fp32.fit_user(COMPS * 20, user_id="u", residual_strength=1.0)
-    plain = tiny_fp32.fit_user(COMPS, user_id="p")
+    plain = tiny_fp32.fit_user(COMPS, user_id="p", residual_strength=None)
     texts = ["kind", "rude", "no"]
     want = tiny_fp32.score_pairs([("why", t) for t in texts], user=user)  # (3,)
     assert trl_reward_func(tiny_fp32, user)(["why"] * 3, texts) == pytest.approx(list(want))
@@ -266,9 +288,9 @@ def test_rl_adapters_batch_scorer_and_catalog_ranker_apply_a_residual(tiny_fp32,
     np.testing.assert_allclose(out["contributions"].sum(1) + out["residual"], out["score"], rtol=1e-9)
     assert out["residual"][1] == 0.0 and out["residual"][0] != 0.0
     items = [("why", t) for t in texts]
-    tiny_fp32.encode_catalog(items, with_features=True).save(tmp_path / "f.npz")
+    tiny_fp32.encode_catalog(items).save(tmp_path / "f.npz")
     top = CatalogRanker(tmp_path / "f.npz", profiles=tmp_path, top_k=3)({"user_id": ["u"]})
     np.testing.assert_allclose(top["top_scores"][0], np.sort(want)[::-1], rtol=1e-6)
-    tiny_fp32.encode_catalog(items).save(tmp_path / "plain.npz")
-    with pytest.raises(ValueError, match="with_features=True"):
+    tiny_fp32.encode_catalog(items, with_features=False).save(tmp_path / "plain.npz")
+    with pytest.raises(ValueError, match="encoded without them"):
         CatalogRanker(tmp_path / "plain.npz", profiles=tmp_path)({"user_id": ["u"]})

@@ -258,9 +258,10 @@ def attribute_correlations(phi: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 
 def taste_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P: np.ndarray | None,
-                n_users: int = 100) -> dict[str, Any]:
-    """Per taste family (all held out): the model's fitted users, with the residual chosen per user
-    (``residual_strength="auto"``), and the frozen probe, at N = 5 / 10 / 20 / 50 (``ap``:
+                n_users: int = 100, residual_strength: float = RECOMMENDED_RESIDUAL_STRENGTH) -> dict[str, Any]:
+    """Per taste family (all held out): the model's fitted users, by default (the residual at
+    ``residual_strength``, the folder's recommended strength), with the expert weights alone and with the
+    residual chosen per user (``"auto"``), and the frozen probe, at N = 5 / 10 / 20 / 50 (``ap``:
     ``moerm_build.evaluate.real_eval.attribute_pool``)."""
     pool = taste_pool(ap["pool"])
     out: dict[str, Any] = {"members": {f: list(m) for f, m in TASTE_FAMILIES.items()}}
@@ -269,6 +270,8 @@ def taste_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P: np
         users = taste_benchmark(pool, fam, n_users=n_users)
         heldout += [len(u.eval) for u in users]
         out[fam] = {"users": len(users), "model": few_shot(ap["phi"], users, w0, prior_strength, P=P),
+                    "model_residual": few_shot_residual(ap["phi"], ap["X"], users, w0, prior_strength, P,
+                                                        residual_strength),
                     "model_auto": few_shot_residual(ap["phi"], ap["X"], users, w0, prior_strength, P, "auto"),
                     "frozen_probe": probe_few_shot(ap["X"], users)}
     out["heldout_per_user"] = [min(heldout), max(heldout)]  # comparisons each user is scored on

@@ -23,7 +23,8 @@ def _round(x: Any) -> Any:
 
 
 def _residual_strength(config: dict[str, Any]) -> float:
-    """The opt-in residual strength a folder's config recommends (``ModelConfig``'s default where absent)."""
+    """The residual strength a folder's config recommends, ``fit_user``'s default (``ModelConfig``'s default
+    where absent)."""
     return float(config.get("recommended_residual_strength", RECOMMENDED_RESIDUAL_STRENGTH))
 
 
@@ -168,11 +169,11 @@ def real_text_section(rep: EvalReport, residual_strength: float) -> list[str]:
                   f"replies: test splits, DSP, WebGPT), {att['users']} users each, "
                   f"{_span(att['heldout_per_user'])} further comparisons scored:", "",
                   "| users | global | N=5 | N=10 | N=20 | N=50 |", "|---|---|---|---|---|---|"]
-        for key, label in (("single", "1 attribute: this model"),
-                           ("single_residual", "1 attribute: this model + residual (opt-in)"),
+        for key, label in (("single_residual", "1 attribute: this model (default: + residual)"),
+                           ("single", "1 attribute: this model, weights alone"),
                            ("single_frozen_probe", "1 attribute: frozen probe"),
-                           ("multi", "2–3 attributes: this model"),
-                           ("multi_residual", "2–3 attributes: this model + residual (opt-in)"),
+                           ("multi_residual", "2–3 attributes: this model (default: + residual)"),
+                           ("multi", "2–3 attributes: this model, weights alone"),
                            ("multi_frozen_probe", "2–3 attributes: frozen probe")):
             if key in att:
                 r = att[key]
@@ -183,22 +184,19 @@ def real_text_section(rep: EvalReport, residual_strength: float) -> list[str]:
                   + ", ".join(f"{a} {_pct(v)}" for a, v in by.items()) + ".", ""]
     dsp = rep.get("dsp")
     if dsp:
+        shots = (5, 10, 20, 50, "all")
+        rows = [(f"this model (default: + residual, `residual_strength={residual_strength:g}`)",
+                 "model_plus_residual"), ("this model, weights alone (`residual_strength=None`)", "model"),
+                ("this model + residual chosen per user (`residual_strength=\"auto\"`)", "model_auto"),
+                ("frozen probe", "frozen_probe")]
         lines += ["**DSP domain users** (academy, business, entertainment, literature: each prefers the reply "
                   "written for its domain over the other four; fitted on N comparisons from half of the "
                   f"instructions, scored on all of the other half; {dsp['draws']} draws):", "",
                   "| | N=5 | N=10 | N=20 | N=50 | all (" + str(dsp["train_comparisons"]) + ") |",
-                  "|---|---|---|---|---|---|",
-                  "| this model | " + " | ".join(_pct(dsp["model"][str(n)]) for n in (5, 10, 20, 50, "all")) + " |",
-                  "| frozen probe | " + " | ".join(_pct(dsp["frozen_probe"][str(n)])
-                                                  for n in (5, 10, 20, 50, "all")) + " |",
-                  f"| unpersonalized | {_pct(dsp['unpersonalized'])} | | | | |"]
-        if "model_plus_residual" in dsp:
-            lines.append(f"| this model + residual (opt-in: `fit_user(..., residual_strength={residual_strength:g})`) | "
-                         + " | ".join(_pct(dsp["model_plus_residual"][str(n)]) for n in (5, 10, 20, 50, "all"))
-                         + " |")
-        if "model_auto" in dsp:
-            lines.append("| this model + residual chosen per user (opt-in: `residual_strength=\"auto\"`) | "
-                         + " | ".join(_pct(dsp["model_auto"][str(n)]) for n in (5, 10, 20, 50, "all")) + " |")
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {label} | " + " | ".join(_pct(dsp[key][str(n)]) for n in shots) + " |"
+                  for label, key in rows if key in dsp]  # reports before a row: without it
+        lines.append(f"| unpersonalized | {_pct(dsp['unpersonalized'])} | | | | |")
         lines.append("")
     return lines
 
@@ -217,8 +215,10 @@ def tastes_section(res: dict[str, Any]) -> list[str]:
              "| family | users | fit | N=5 | N=10 | N=20 | N=50 |", "|---|---|---|---|---|---|---|"]
     for fam, members in res["members"].items():
         r = res[fam]
-        for key, label in (("model", "this model"), ("model_auto", "+ residual chosen per user"),
-                           ("frozen_probe", "frozen probe")):
+        for key, label in (("model_residual", "this model (default: + residual)"), ("model", "weights alone"),
+                           ("model_auto", "+ residual chosen per user"), ("frozen_probe", "frozen probe")):
+            if key not in r:  # reports before the default residual: no such row
+                continue
             lines.append(f"| {fam} ({len(members)} kinds) | {r['users']} | {label} | "
                          + " | ".join(_pct(r[key].get(str(n))) for n in (5, 10, 20, 50)) + " |")
     return lines + [""]
@@ -342,11 +342,12 @@ def measured_section(rep: EvalReport, K: int, residual_strength: float) -> list[
               f"Few-shot accuracy of simulated persona users ({who['users']} test users, {who['heldout_per_user']} "
               "held-out comparisons each, statements never trained on):", "",
               "| | global | N=5 | N=10 | N=20 | N=50 |", "|---|---|---|---|---|---|"]
-    rows = [("this model (int8 runtime)", p)]
+    rows = []
     if "persona_residual" in rep:
-        rows.append((f"this model + residual (opt-in, `residual_strength={residual_strength:g}`)",
+        rows.append((f"this model (default: + residual, `residual_strength={residual_strength:g}`)",
                      rep["persona_residual"]))
-    for key, label in (("torch", "this model (torch fp32)"),
+    rows.append(("this model, weights alone (int8 runtime)", p))
+    for key, label in (("torch", "this model, weights alone (torch fp32)"),
                        ("persona_identity_prior", "this model, identity prior P = I (int8)"),
                        ("dense", "dense router, same recipe"),
                        ("probe_ceiling", "supervised per-axis probes on the frozen features (ceiling)")):
