@@ -12,6 +12,13 @@ from pathlib import Path
 from typing import Any
 
 
+def card_args(sp: argparse.ArgumentParser) -> None:
+    """``--card`` and ``--runs``: a measurement that joins the folder's report and card."""
+    sp.add_argument("--card", action="store_true",
+                    help="also record it in RUNS/ship/report.json and write the folder's card from that report")
+    sp.add_argument("--runs", default="runs", help="with --card: where the folder's run and report are")
+
+
 def set_fields(p: argparse.ArgumentParser, cfg: Any, pairs: list[str]) -> None:
     """Apply ``FIELD=JSON`` overrides to a config dataclass; an unknown field is a usage error."""
     names = {f.name for f in fields(cfg)}
@@ -49,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("-i", "--input", required=True, help="model folder (ONNX)")
     sp.add_argument("--prompts", type=int, default=200, help="held-out prompts of the hacking search")
     sp.add_argument("--steps", type=int, default=30, help="edit rounds of the hacking search")
-    sp.add_argument("--card", action="store_true",
-                    help="also record it in RUNS/ship/report.json and write the folder's card from that report")
-    sp.add_argument("--runs", default="runs", help="with --card: where the folder's run and report are")
+    card_args(sp)
     sp.add_argument("--keep", default=None, metavar="JSON",
                     help="an earlier report of this folder whose parts to keep (measure only what it lacks)")
     sp.add_argument("--run", default=None, help="the folder's training run (ckpt.pt, frozen backbone): also "
@@ -61,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("tastes", help="users of taste families no build trained on, next to the frozen probe")
     sp.add_argument("-i", "--input", required=True, help="model folder (ONNX)")
     sp.add_argument("--users", type=int, default=100, help="users per family")
-    sp.add_argument("--card", action="store_true",
-                    help="also record it in RUNS/ship/report.json and write the folder's card from that report")
-    sp.add_argument("--runs", default="runs", help="with --card: where the folder's run and report are")
+    card_args(sp)
     sp.add_argument("-o", "--out", default=None, help="write the report JSON here")
 
     sp = sub.add_parser("export", help="checkpoint -> quantized ONNX model folder")
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("-i", "--input", required=True, help="model folder (ONNX)")
     sp.add_argument("--precision", default="int8")
     sp.add_argument("--users", type=int, default=200)
+    card_args(sp)
     sp.add_argument("-o", "--out", default=None, help="write the curve JSON here")
 
     sp = sub.add_parser("release", help="the shipped model's pipeline: build, refresh, reexport, reevaluate")
@@ -218,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         from moerm_build.evaluate.active_eval import model_active_curve
 
         curve = model_active_curve(args.input, precision=args.precision, n_users=args.users)
+        if args.card:
+            from moerm_build.release.pipeline import record
+
+            record(Path(args.runs), Path(args.input), "active", curve)
         text = json.dumps(curve, indent=1)
         if args.out:
             Path(args.out).write_text(text + "\n")
