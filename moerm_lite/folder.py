@@ -63,7 +63,7 @@ class ModelConfig:
     feature_layout: str = DEFAULT_LAYOUT  # config.json's "features": how the head's input is built (features.py)
     n_shared: int = 0  # the last n_shared experts are always active (gate 1); the router picks top_k of the rest
     default_prior_strength: float = 1.0  # lambda of the MAP user fit
-    # the opt-in residual's strength the card measures and the docs recommend (fit_user(residual_strength=...))
+    # the residual's strength fit_user uses by default and the card measures (docs/decisions/residual.md)
     recommended_residual_strength: float = RECOMMENDED_RESIDUAL_STRENGTH
     prior_precision: list[list[float]] | None = None  # P (K, K): user prior N(w0, (lambda P)^-1); None = I
     max_chars: int = 100_000  # longer texts are rejected, not silently cut
