@@ -490,7 +490,7 @@ class UserProfile:
         a taste uncertain across experts that measure similar things, so it is modest early on).
 
         Returns plain types: ``{"user_id", "n_comparisons", "favours": [...], "disfavours": [...],
-        "residual": bool, "text": str}``, each list item ``{"expert", "name", "shift", "z", "p_sign",
+        "residual": bool, "residual_share": :meth:`residual_share` or None, "text": str}``, each list item ``{"expert", "name", "shift", "z", "p_sign",
         "certainty"}`` (certainty: "sure" for p_sign >= 0.975, "likely" >= 0.84, else "a hint").
         """
         self._check_fitted()
@@ -519,10 +519,27 @@ class UserProfile:
         if not fav and not dis:
             lines.append("No clear difference from the population's taste yet.")
         residual = self.residual_ is not None and bool(self.residual_.any())  # "auto" may have chosen none
-        if residual:
+        share = self.residual_share() if residual else None
+        if share is not None:
+            lines.append(f"A residual over the pair features, for tastes the experts do not name, makes "
+                         f"{'under 1%' if share < 0.01 else f'{100 * share:.0f}%'} of its score differences "
+                         "on these comparisons.")
+        elif residual:
             lines.append("Also uses a residual over the pair features, for tastes the experts do not name.")
         return {"user_id": self.user_id, "n_comparisons": int(n), "favours": fav, "disfavours": dis,
-                "residual": residual, "text": " ".join(lines)}
+                "residual": residual, "residual_share": share, "text": " ".join(lines)}
+
+    def residual_share(self) -> float | None:
+        """How much of this profile's score differences on its own comparisons its residual makes:
+        ``mean |x . v| / (mean |x . v| + mean |phi . w|)`` over them, in [0, 1]; None without a residual or
+        without stored comparisons. Small while a few comparisons barely move the residual."""
+        self._check_fitted()
+        if self.residual_ is None or self.pair_features_ is None or self.expert_features_ is None \
+                or not len(self.expert_features_):
+            return None
+        r = float(np.abs(self.pair_features_ @ self.residual_).mean())  # residual part
+        e = float(np.abs(self.expert_features_ @ self.weights_).mean())  # expert part
+        return r / (r + e) if r + e > 0 else 0.0
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "weights_"):
