@@ -390,8 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="most texts per backbone call")
     sp.add_argument("--features", action=argparse.BooleanOptionalAction, default=True,
                     help="store each candidate's pair features (~3 KB each; default): profiles with a residual "
-                         "(`fit`'s default) need them; --no-features ranks only profiles fitted with "
-                         "--residual-strength none")
+                         "(`fit`'s default) need them; a catalog --no-features ranks only profiles fitted with "
+                         "--residual-strength none and plain weights")
     common(sp, user=False)
     sp.set_defaults(fn=cmd_encode)
     sp = sub.add_parser("explain", help='per-expert breakdown of JSONL records {"prompt", "response"}')
