@@ -490,8 +490,9 @@ class UserProfile:
         a taste uncertain across experts that measure similar things, so it is modest early on).
 
         Returns plain types: ``{"user_id", "n_comparisons", "favours": [...], "disfavours": [...],
-        "residual": bool, "residual_share": :meth:`residual_share` or None, "text": str}``, each list item ``{"expert", "name", "shift", "z", "p_sign",
-        "certainty"}`` (certainty: "sure" for p_sign >= 0.975, "likely" >= 0.84, else "a hint").
+        "residual": bool, "residual_share": :meth:`residual_share` or None, "text": str}``, each list item
+        ``{"expert", "name", "shift", "z", "p_sign", "certainty"}`` (certainty: "sure" for p_sign >= 0.975,
+        "likely" >= 0.84, else "a hint").
         """
         self._check_fitted()
         K = len(self.weights_)
