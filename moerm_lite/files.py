@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def _write_replace(path: Path, tmp: Path, text: str | bytes, fd: int | None = None) -> None:
+def _write_replace(path: Path, tmp: Path, text: str | bytes | memoryview, fd: int | None = None) -> None:
     """Write ``text`` to ``tmp`` (fsynced, the mode ``path`` has or 0644), then rename it over ``path``."""
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # mkstemp alone would leave 0600
     if fd is None:
@@ -26,7 +26,7 @@ def _write_replace(path: Path, tmp: Path, text: str | bytes, fd: int | None = No
         raise
 
 
-def atomic_write_text(path: Path, text: str | bytes) -> None:
+def atomic_write_text(path: Path, text: str | bytes | memoryview) -> None:
     """Write ``text`` (or bytes) to ``path`` so that a crash leaves either the old file or the new one.
 
     Writers that do not share a lock each get their own temporary file (``mkstemp``).

@@ -80,7 +80,7 @@ class RewardModel:
     @classmethod
     def load(cls, path: str | Path | None = None, *, threads: int | None = None,
              precision: str = "int8", tokens_per_batch: int = TOKENS_PER_BATCH,
-             engine: str = "onnxruntime") -> RewardModel:
+             engine: str = "onnxruntime", compile_cache: bool | str | Path = True) -> RewardModel:
         """Load a model folder (``None``: the shipped default) after checking its manifest.
 
         Args:
@@ -92,6 +92,9 @@ class RewardModel:
             engine: what runs the backbone graph: ``"onnxruntime"`` (default) or ``"openvino"`` (optional,
                 ``pip install "moerm-lite[openvino]"``; bf16 compute on CPUs with native bf16: faster,
                 scores within bf16 rounding; docs/api.md).
+            compile_cache: with ``engine="openvino"``, where the compiled backbone is kept so that later
+                loads skip compiling it: ``True`` (default) a folder under ``~/.cache/moerm-lite``
+                (``MOERM_LITE_CACHE`` moves it), a path, or ``False`` for none. onnxruntime compiles nothing.
         """
         folder = Path(path) if path is not None else default_model_path()
         if not folder.is_dir():
@@ -108,7 +111,9 @@ class RewardModel:
             raise ValueError(f"threads must be a positive int, got {threads!r}")
         if isinstance(tokens_per_batch, bool) or not isinstance(tokens_per_batch, int) or tokens_per_batch < 1:
             raise ValueError(f"tokens_per_batch must be a positive int, got {tokens_per_batch!r}")
-        backbone, head, tokenizer = load_graphs(folder, cfg, manifest, precision, threads, engine)
+        if not isinstance(compile_cache, (bool, str, Path)):
+            raise ValueError(f"compile_cache must be True, False or a folder, got {compile_cache!r}")
+        backbone, head, tokenizer = load_graphs(folder, cfg, manifest, precision, threads, engine, compile_cache)
         return cls(folder, cfg, backbone, head, tokenizer, precision, threads, model_hash(manifest),
                    tokens_per_batch, engine)
 

@@ -142,22 +142,27 @@ def check_head(folder: Path, cfg: ModelConfig, head: ort.InferenceSession) -> No
             f"(the last n_shared experts always active)")
 
 
-def open_backbone(path: Path, cfg: ModelConfig, threads: int, dequantize_at_load: bool, engine: str
-                  ) -> BackboneRunner:
+def open_backbone(path: Path, cfg: ModelConfig, threads: int, dequantize_at_load: bool, engine: str,
+                  graph_sha256: str = "", compile_cache: bool | str | Path = False) -> BackboneRunner:
     """The backbone graph as ``engine`` runs it: an onnxruntime session, or an ``OpenVinoBackbone`` with the
-    same ``run`` signature (``moerm_lite.ov_backbone``, imported only here)."""
+    same ``run`` signature (``moerm_lite.ov_backbone``, imported only here), compiled once into
+    ``compile_cache`` (True: the default folder; False: none) and mapped from there at later loads."""
     if engine == "openvino":
-        from .ov_backbone import open_openvino_backbone
+        from .ov_backbone import default_cache_dir, open_openvino_backbone
 
-        return open_openvino_backbone(path, threads, cfg.backbone_inputs, cfg.backbone_output)
+        cache = (None if compile_cache is False or not graph_sha256
+                 else default_cache_dir() if compile_cache is True else Path(compile_cache))
+        return open_openvino_backbone(path, threads, cfg.backbone_inputs, cfg.backbone_output, graph_sha256,
+                                      cache)
     return open_graph(path, threads, cfg.backbone_inputs, [cfg.backbone_output], dequantize_at_load)
 
 
 def load_graphs(folder: Path, cfg: ModelConfig, manifest: dict, precision: str, threads: int,
-                engine: str = "onnxruntime") -> tuple[BackboneRunner, ort.InferenceSession, TextTokenizer]:
-    """The backbone (run by ``engine``, one of ``ENGINES``) and head sessions of ``precision`` and the
-    tokenizer, each checked against ``cfg``; the files they read (and the other precisions' graph folders)
-    checked against the manifest."""
+                engine: str = "onnxruntime", compile_cache: bool | str | Path = False
+                ) -> tuple[BackboneRunner, ort.InferenceSession, TextTokenizer]:
+    """The backbone (run by ``engine``, one of ``ENGINES``; ``compile_cache`` as ``open_backbone`` takes
+    it) and head sessions of ``precision`` and the tokenizer, each checked against ``cfg``; the files they
+    read (and the other precisions' graph folders) checked against the manifest."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     graphs: GraphFiles = cfg.graphs[precision]
@@ -167,7 +172,9 @@ def load_graphs(folder: Path, cfg: ModelConfig, manifest: dict, precision: str, 
     # meanwhile would add to the build's peak). Nothing is returned until both are done, and a file that
     # fails its check is reported before any onnxruntime error.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="moerm-lite-load") as pool:
-        build = pool.submit(open_backbone, backbone_path, cfg, threads, graphs.dequantize_at_load, engine)
+        sha = str(manifest.get(graphs.backbone, {}).get("sha256", ""))  # names a compiled model's cache file
+        build = pool.submit(open_backbone, backbone_path, cfg, threads, graphs.dequantize_at_load, engine,
+                            sha, compile_cache)
         # a check that fails leaves the block once the build is done, and its error wins over the build's
         verify_files(folder, manifest, ["tokenizer.json"])
         others = [f for prec, g in cfg.graphs.items() if prec != precision for f in (g.backbone, g.head)]

@@ -1,5 +1,7 @@
 """Smoke test: the benchmark's quick mode runs end to end and prints its table."""
 
+import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_quick_runs(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "bench.json"
+    env = {**os.environ, "MOERM_LITE_CACHE": str(tmp_path / "cache")}  # the openvino engine's compiled model
     res = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--json", str(out)], cwd=ROOT,
-                         capture_output=True, text=True, check=False, timeout=600)
+                         capture_output=True, text=True, check=False, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     table = res.stdout
-    for key in ("throughput batch 32: moerm-lite int8", "head K=64", "fit_user N=20", "cold start", "peak RSS",
-                "resident after first score", "model folder"):
+    openvino = ("cold start / peak RSS, engine='openvino'", "the same, compiling (compile_cache=False)")
+    keys = ("throughput batch 32: moerm-lite int8", "head K=64", "fit_user N=20", "cold start", "peak RSS",
+            "resident after first score", "model folder")
+    for key in keys + (openvino if importlib.util.find_spec("openvino") else ()):
         assert key in table
     assert out.read_text().startswith("[")
 

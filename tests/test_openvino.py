@@ -32,6 +32,14 @@ def rows(name):
     return [json.loads(x) for x in (EXAMPLES / name).read_text().splitlines() if x.strip()]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def cache_in_tmp(tmp_path_factory):
+    """Compiled models cached where the tests say, never in the user's home (subprocesses inherit it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MOERM_LITE_CACHE", str(tmp_path_factory.mktemp("moerm-lite-cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def engines():
     if not HAS_OPENVINO:
@@ -223,3 +231,81 @@ def test_the_prompt_runs_beside_its_replies_with_the_same_bits(engines):
         P = np.repeat(ov.embed([prompt], role="prompt")[0], len(replies), 0)  # (n, H)
         want = pair_features(P, ov.embed(replies)[0], [prompt] * len(replies), replies, ov.config.feature_layout)
         assert np.array_equal(got, want) and cut.all() == (prompt == long_prompt)
+
+
+def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    from moerm_lite.ov_backbone import default_cache_dir
+
+    monkeypatch.setenv("MOERM_LITE_CACHE", str(tmp_path / "a"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "b"))
+    assert default_cache_dir() == tmp_path / "a" / "openvino"
+    monkeypatch.delenv("MOERM_LITE_CACHE")
+    assert default_cache_dir() == tmp_path / "b" / "moerm-lite" / "openvino"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "moerm-lite" / "openvino"
+
+
+def test_compile_cache_must_be_a_flag_or_a_folder():
+    with pytest.raises(ValueError, match="compile_cache must be True, False or a folder, got 3"):
+        RewardModel.load(threads=1, engine="openvino", compile_cache=3)  # type: ignore[arg-type]
+
+
+def no_compiling(monkeypatch):
+    """From here on, a load that compiles instead of using its cache fails."""
+    from moerm_lite import ov_backbone
+
+    def fail(*args, **kwargs):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(ov_backbone, "fold_constant_weights", fail)
+
+
+@needs_openvino
+def test_the_compiled_model_is_cached_and_used_again(tmp_path, monkeypatch):
+    texts = ["Mix flour, water and yeast.", "No.", ""]
+    first = RewardModel.load(threads=2, engine="openvino", compile_cache=tmp_path)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".blob", ".json"]
+    no_compiling(monkeypatch)
+    again = RewardModel.load(threads=2, engine="openvino", compile_cache=tmp_path)
+    assert np.array_equal(again.embed(texts)[0], first.embed(texts)[0])
+    assert np.array_equal(again.score(PROMPT, texts), first.score(PROMPT, texts))
+    with pytest.raises(ModelFolderError, match="compiled again"):  # another thread count: its own file
+        RewardModel.load(threads=1, engine="openvino", compile_cache=tmp_path)
+
+
+@needs_openvino
+@pytest.mark.parametrize("damage", ["garbage", "cut", "probe"])
+def test_a_damaged_cache_is_compiled_again(tmp_path, monkeypatch, damage):
+    """A cached file that is not what was written (another file's bytes, cut short, or a probe record that
+    does not match it) is never used: the model is compiled again, scores as before, and the cache is
+    rewritten."""
+    texts = ["Mix flour, water and yeast.", "No."]
+    want = RewardModel.load(threads=1, engine="openvino", compile_cache=False).score(PROMPT, texts)
+    RewardModel.load(threads=1, engine="openvino", compile_cache=tmp_path)
+    blob = next(tmp_path.glob("*.blob"))
+    record = blob.with_suffix(".json")
+    if damage == "garbage":
+        blob.write_bytes(np.random.default_rng(0).bytes(blob.stat().st_size))
+    elif damage == "cut":
+        blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])
+    else:
+        probe = json.loads(record.read_text())["probe"]
+        record.write_text(json.dumps({"probe": [x + 1e-3 for x in probe]}))
+    m = RewardModel.load(threads=1, engine="openvino", compile_cache=tmp_path)
+    assert np.array_equal(m.score(PROMPT, texts), want)
+    no_compiling(monkeypatch)  # rewritten: the next load uses it
+    assert np.array_equal(RewardModel.load(threads=1, engine="openvino", compile_cache=tmp_path)
+                          .score(PROMPT, texts), want)
+
+
+@needs_openvino
+def test_no_cache_writes_nothing_and_an_unwritable_one_warns(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOERM_LITE_CACHE", str(tmp_path / "default"))
+    want = RewardModel.load(threads=1, engine="openvino", compile_cache=False).score(PROMPT, "No.")
+    assert not (tmp_path / "default").exists()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.warns(UserWarning, match="cannot cache the compiled OpenVINO model in .*a-file"):
+        m = RewardModel.load(threads=1, engine="openvino", compile_cache=blocked)
+    assert m.score(PROMPT, "No.") == want
