@@ -88,3 +88,21 @@ def test_expected_accuracy_matches_an_explicit_update():
     got = expected_accuracy(pool, mean, cov)
     np.testing.assert_allclose(got, want, rtol=1e-9)
     assert ((got > 0.5) & (got < 1)).all()
+
+
+def test_sentence_statistics_known_answers():
+    """sentence_features_probe.py's statistics on planted unit vectors: a sentence said twice has duplicate
+    cosine 1 and does not count as distinct; relevance is each sentence's cosine to the prompt."""
+    from experiments.sentence_features_probe import sentence_statistics
+
+    e = np.eye(4)
+    p = e[0]
+    S = np.stack([e[0], e[1], e[1]])  # (3, 4): on topic, then one sentence twice
+    dup, distinct, rel_min, rel_max, rel_mean, outlier, adjacent = sentence_statistics(p, S, np.array([2, 1, 1.]))
+    assert dup == 1.0 and distinct == np.log1p(2)
+    assert (rel_min, rel_max, rel_mean) == (0.0, 1.0, 0.5)
+    centre = (e[0] + 2 * e[1]) / np.sqrt(5)
+    assert np.isclose(outlier, centre @ e[0]) and adjacent == 0.5
+    one = sentence_statistics(np.zeros(4), e[:1], np.array([3.]))
+    assert one[0] == 0.0 and one[1] == np.log1p(1) and one[2:5] == [0.0, 0.0, 0.0] and one[6] == 1.0
+    assert sentence_statistics(p, np.zeros((0, 4)), np.zeros(0)) == [0.0] * 7
