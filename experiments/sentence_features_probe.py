@@ -27,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moerm_build.data.degrade import FAMILIES, sentences
-from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy
-from moerm_build.evaluate.robustness import PROBE_L2, everyday_records, families, family_out_records
+from experiments.extra_features_probe import probe_table
+from moerm_build.data.degrade import sentences
 from moerm_build.train.embed import EmbeddingCache, default_backbone_path
 
 NAMES = ("duplicate", "distinct", "relevance min", "relevance max", "relevance mean", "outlier", "adjacent")
@@ -84,34 +83,7 @@ def differences(cache: EmbeddingCache, recs: list[dict]) -> tuple[np.ndarray, np
 def main() -> None:
     backbone = Path(sys.argv[1]) if len(sys.argv) > 1 else default_backbone_path()
     cache = EmbeddingCache(backbone, 256, layout="prompt_response_v1")
-    real, train_deg, test_deg = family_out_records()
-    parts = {name: differences(cache, recs) for name, recs in
-             (("real", real), ("train", train_deg), ("test", test_deg), ("everyday", everyday_records()))}
-    fam_tr, fam_te = families(train_deg), families(test_deg)
-    print("family-out probe accuracy (%) on held-out answers; "
-          "the last row: everyday pairs, probe on every family")
-    cols: dict[str, list[int]] = {"pair features": [], **CANDIDATES}
-    print(f"{'family':18}" + "".join(f"{c:>20}" for c in cols))
-    table: dict[str, list[float]] = {}
-    for sel in cols.values():
-        def with_stats(name: str) -> np.ndarray:
-            X, S = parts[name]
-            return np.hstack([X, S[:, sel]])
-
-        R, T, E, V = with_stats("real"), with_stats("train"), with_stats("test"), with_stats("everyday")
-        scale = np.sqrt((np.vstack([R, T]) ** 2).mean(0)) + 1e-6  # (F',)
-
-        def probe(keep: np.ndarray) -> np.ndarray:
-            Z = np.vstack([R, T[keep]]) / scale
-            return logistic_fit(Z, np.ones(len(Z)), PROBE_L2) / scale
-
-        for f in FAMILIES:
-            te = fam_te == f
-            if te.any():
-                table.setdefault(f, []).append(100 * pair_accuracy(E[te] @ probe(fam_tr != f)))
-        table.setdefault("everyday", []).append(100 * pair_accuracy(V @ probe(np.ones(len(fam_tr), bool))))
-    for f, row in table.items():
-        print(f"{f:18}" + "".join(f"{v:20.1f}" for v in row))
+    probe_table(lambda recs: differences(cache, recs), CANDIDATES, width=20)
 
 
 if __name__ == "__main__":
