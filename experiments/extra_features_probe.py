@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from moerm_build.data.degrade import FAMILIES
-from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy
-from moerm_build.evaluate.robustness import PROBE_L2, everyday_records, families, family_out_records
+from moerm_build.evaluate.robustness import family_out_columns
 from moerm_build.train.embed import EmbeddingCache, default_backbone_path
 
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -67,48 +64,10 @@ def differences(cache: EmbeddingCache, recs: list[dict]) -> tuple[np.ndarray, np
     return X[c] - X[j], S[c] - S[j]
 
 
-Parts = dict[str, tuple[np.ndarray, np.ndarray]]  # real / train / test / everyday: (pair, extra) differences
-
-
-def probe_table(differences: Callable[[list[dict]], tuple[np.ndarray, np.ndarray]],
-                candidates: dict[str, list[int]], width: int = 15) -> None:
-    """Print the family-out probe's accuracy per family (and on the everyday set, probe on every family)
-    with the pair features alone and with each candidate's columns of the extra statistics appended;
-    ``differences(records)`` gives the chosen-minus-rejected pair features and extra statistics."""
-    real, train_deg, test_deg = family_out_records()
-    named = (("real", real), ("train", train_deg), ("test", test_deg), ("everyday", everyday_records()))
-    parts: Parts = {name: differences(recs) for name, recs in named}
-    fam_tr, fam_te = families(train_deg), families(test_deg)
-    print("family-out probe accuracy (%) on held-out answers; "
-          "the last row: everyday pairs, probe on every family")
-    cols: dict[str, list[int]] = {"pair features": [], **candidates}
-    print(f"{'family':18}" + "".join(f"{c:>{width}}" for c in cols))
-    table: dict[str, list[float]] = {}
-    for sel in cols.values():
-        def with_stats(name: str) -> np.ndarray:
-            X, S = parts[name]
-            return np.hstack([X, S[:, sel]])
-
-        R, T, E, V = with_stats("real"), with_stats("train"), with_stats("test"), with_stats("everyday")
-        scale = np.sqrt((np.vstack([R, T]) ** 2).mean(0)) + 1e-6  # (F',)
-
-        def probe(keep: np.ndarray) -> np.ndarray:
-            Z = np.vstack([R, T[keep]]) / scale
-            return logistic_fit(Z, np.ones(len(Z)), PROBE_L2) / scale
-
-        for f in FAMILIES:
-            te = fam_te == f
-            if te.any():
-                table.setdefault(f, []).append(100 * pair_accuracy(E[te] @ probe(fam_tr != f)))
-        table.setdefault("everyday", []).append(100 * pair_accuracy(V @ probe(np.ones(len(fam_tr), bool))))
-    for f, row in table.items():
-        print(f"{f:18}" + "".join(f"{v:{width}.1f}" for v in row))
-
-
 def main() -> None:
     backbone = Path(sys.argv[1]) if len(sys.argv) > 1 else default_backbone_path()
     cache = EmbeddingCache(backbone, 256, layout="prompt_response_v1")  # the statistics appended here
-    probe_table(lambda recs: differences(cache, recs), CANDIDATES)
+    print(family_out_columns(lambda recs: differences(cache, recs), CANDIDATES))
 
 
 if __name__ == "__main__":

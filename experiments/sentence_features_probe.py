@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.extra_features_probe import probe_table
 from moerm_build.data.degrade import sentences
+from moerm_build.evaluate.robustness import family_out_columns
 from moerm_build.train.embed import EmbeddingCache, default_backbone_path
 
 NAMES = ("duplicate", "distinct", "relevance min", "relevance max", "relevance mean", "outlier", "adjacent")
@@ -83,7 +83,7 @@ def differences(cache: EmbeddingCache, recs: list[dict]) -> tuple[np.ndarray, np
 def main() -> None:
     backbone = Path(sys.argv[1]) if len(sys.argv) > 1 else default_backbone_path()
     cache = EmbeddingCache(backbone, 256, layout="prompt_response_v1")
-    probe_table(lambda recs: differences(cache, recs), CANDIDATES, width=20)
+    print(family_out_columns(lambda recs: differences(cache, recs), CANDIDATES, width=20))
 
 
 if __name__ == "__main__":

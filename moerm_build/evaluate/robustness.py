@@ -20,7 +20,7 @@ card quotes it. Everything here is evaluation: nothing in it feeds training.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,40 @@ def family_table(fz: Any, w0: np.ndarray, seed: int = 0) -> dict[str, Any]:
                      "probe_family_out": pair_accuracy(dX_te[te] @ v_out), "probe_all": pair_accuracy(dX_te[te] @ v_all)}
     return {"families": rows, "n_train_records": len(train_deg) + len(real),
             "min": min(r["model"] for r in rows.values())}
+
+
+def family_out_columns(differences: Callable[[list[data.Record]], tuple[np.ndarray, np.ndarray]],
+                       candidates: dict[str, list[int]], width: int = 15) -> str:
+    """The family-out probe of :func:`family_table` on the pair features alone and with each candidate's
+    columns of extra statistics appended, as a printable table: held-out accuracy (%) per family, and on
+    the everyday set with a probe fitted on every family (``experiments/extra_features_probe.py``,
+    ``experiments/sentence_features_probe.py``). ``differences(records)`` gives the records' chosen-minus-
+    rejected pair features (N, F) and extra statistics (N, S)."""
+    real, train_deg, test_deg = family_out_records()
+    named = (("real", real), ("train", train_deg), ("test", test_deg), ("everyday", everyday_records()))
+    parts = {name: differences(recs) for name, recs in named}  # name -> ((N, F), (N, S))
+    fam_tr, fam_te = families(train_deg), families(test_deg)
+    cols: dict[str, list[int]] = {"pair features": [], **candidates}
+    table: dict[str, list[float]] = {}
+    for sel in cols.values():
+        R, T, E, V = (np.hstack([parts[name][0], parts[name][1][:, sel]])
+                      for name in ("real", "train", "test", "everyday"))
+        scale = np.sqrt((np.vstack([R, T]) ** 2).mean(0)) + 1e-6  # (F',)
+
+        def probe(keep: np.ndarray) -> np.ndarray:  # called within this iteration only
+            Z = np.vstack([R, T[keep]]) / scale
+            return logistic_fit(Z, np.ones(len(Z)), PROBE_L2) / scale
+
+        for f in FAMILIES:
+            te = fam_te == f
+            if te.any():
+                table.setdefault(f, []).append(100 * pair_accuracy(E[te] @ probe(fam_tr != f)))
+        table.setdefault("everyday", []).append(100 * pair_accuracy(V @ probe(np.ones(len(fam_tr), bool))))
+    lines = ["family-out probe accuracy (%) on held-out answers; "
+             "the last row: everyday pairs, probe on every family",
+             f"{'family':18}" + "".join(f"{c:>{width}}" for c in cols)]
+    lines += [f"{f:18}" + "".join(f"{v:{width}.1f}" for v in row) for f, row in table.items()]
+    return "\n".join(lines)
 
 
 def readout_family_out(run: "str | Path", seed: int = 0) -> dict[str, Any]:
