@@ -4,7 +4,7 @@
     python -m bench.limits --trials 50
 
 Prints seconds and peak resident memory (extra over the loaded model) for: a 100k + 100k-character
-pair, ``next_comparison`` on 1,000 candidates; and how many of N trials of two concurrent
+pair, ``next_comparison`` on 1,000 candidates (a new user, and one with 5 answers); and how many of N trials of two concurrent
 ``moerm-lite fit --update`` on one profile kept both updates.
 """
 
@@ -34,6 +34,10 @@ CASES = {
     "score one 100k + 100k-character pair": 'm.score("word " * 20000, "word " * 20000)',
     "next_comparison, 1,000 candidates": ('c = [f"Option {i}: take route {i % 7} and stop at {i % 13}." '
                                           'for i in range(1000)]\nm.next_comparison("Which route?", c)'),
+    "the same for a user with 5 answers (expected accuracy)": (
+        'u = m.fit_user([{"prompt": "Which route?", "chosen": f"Route {i}.", "rejected": f"Stop {i}."} '
+        'for i in range(5)])\nc = [f"Option {i}: take route {i % 7} and stop at {i % 13}." for i in range(1000)]'
+        '\nm.next_comparison("Which route?", c, user=u)'),
 }
 
 

@@ -9,9 +9,10 @@ one at a time, a comparison from the user's pool (oriented as the user answers),
 ``fit_map`` at the model's prior strength, and is scored on the user's held-out comparisons after N answers,
 next to the same pool asked in random order:
 
-- ``variance``: ``moerm_lite.active.variance_reduction``, what ``RewardModel.next_comparison`` asks by;
+- ``variance``: ``moerm_lite.active.variance_reduction``, what ``RewardModel.next_comparison`` asked by until
+  2026-12-06 (it now asks by the ``--select`` choice);
 - ``accuracy``: the comparison after whose answer (one Newton step of the posterior) the pool's comparisons
-  are expected to be ordered right most often (:func:`expected_accuracy`, here only);
+  are expected to be ordered right most often (``moerm_lite.active.expected_accuracy``);
 - ``variance, then accuracy``: the first for the first 3 answers, the second after;
 - ``... , narrower``: the same, the question chosen under the posterior of a prior 3x stronger (the
   fit that is scored stays at the model's prior).
@@ -30,46 +31,26 @@ criterion and random questions on fresh users of every group (persona: the card'
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from moerm_build import data
-from moerm_build.data.attributes import attribute_benchmark
+from moerm_build.data.attributes import ResponsePool, attribute_benchmark
 from moerm_build.data.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool
 from moerm_build.evaluate.metrics import RuntimeFeaturizer, pair_accuracy
 from moerm_build.evaluate.real_eval import attribute_pool
 from moerm_lite import fit_map
-from moerm_lite.active import prior_covariance, variance_reduction
+from moerm_lite.active import expected_accuracy, prior_covariance, variance_reduction
 from moerm_lite.head import expert_features
 from moerm_lite.model import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
-KAPPA = math.sqrt(math.pi / 8)
 SWITCH = 3  # answers asked by variance before expected accuracy
 NARROWER = 3.0  # the narrower selection posterior's prior strength, times the model's
 SHOWN = (1, 2, 3, 5, 10, 15, 20)
 Criterion = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]  # (pool, w, cov, answers) -> (Q,)
-
-
-def expected_accuracy(pool: np.ndarray, w: np.ndarray, cov: np.ndarray) -> np.ndarray:
-    """(Q,) the expected share of the pool's comparisons (Q, K) ordered right after answering each one:
-    the posterior moved by one Newton step and the rank-one Laplace update for either answer."""
-    from scipy.special import ndtr
-
-    m, cx = pool @ w, pool @ cov  # (Q,), (Q, K)
-    v = np.einsum("qk,qk->q", cx, pool)  # (Q,)
-    p = ndtr(KAPPA * m / np.sqrt(1 + KAPPA**2 * v))  # (Q,) P(first preferred)
-    s = p * (1 - p)  # (Q,)
-    C = pool @ cx.T  # (T, Q): t^T cov x, the targets being the pool
-    v_new = np.maximum(v[:, None] - s * C**2 / (1 + s * v), 0)  # (T, Q)
-    scale = np.sqrt(1 + KAPPA**2 * v_new)  # (T, Q)
-    out = np.zeros(len(pool))
-    for prob, step in ((p, (1 - p) / (1 + s * v)), (1 - p, -p / (1 + s * v))):
-        out += prob * ndtr(KAPPA * np.abs(m[:, None] + C * step) / scale).mean(0)
-    return out
 
 
 def switch_policy(switch: int) -> Criterion:
@@ -159,7 +140,7 @@ def pool_users(phi: np.ndarray, users: list) -> list[tuple[np.ndarray, np.ndarra
             for a, e in ((np.array(u.adapt), np.array(u.eval)) for u in users)]
 
 
-def groups(phi_st: np.ndarray, st: data.Statements, phi: np.ndarray, pool: list, fresh: bool
+def groups(phi_st: np.ndarray, st: data.Statements, phi: np.ndarray, pool: ResponsePool, fresh: bool
            ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     """The eight groups of ``--select``: validation users (``fresh`` False) or fresh ones."""
     tp, shift = taste_pool(pool), 100 if fresh else 0

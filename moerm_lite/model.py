@@ -11,14 +11,14 @@ from typing import Any, Union
 import numpy as np
 import onnxruntime as ort
 
-from .active import all_pairs, candidate_pair_gains, prior_covariance
+from .active import SELECTION_PRIOR, choose_pair, preference_probability_from, prior_covariance
 from .deprecated import renamed
 from .catalog import Catalog
 from .experts import expert_cards, read_cards, read_reference, trim_card
 from .features import feature_dim, pair_features
 from .folder import CONFIG, ModelConfig, model_hash, read_json, read_manifest, verify_files
 from .head import combine, expert_features, row_terms, scatter_topk
-from .personalize import RECOMMENDED, UserProfile, resolve_weights
+from .personalize import RECOMMENDED, UserProfile, fit_map, resolve_weights
 from .sessions import BackboneRunner, load_graphs, run_feeds, runs_side_by_side
 from .text import Prompt, TextTokenizer, check_prompt, check_response
 
@@ -430,33 +430,47 @@ class RewardModel:
                         user: User = None) -> dict[str, Any]:
         """The pair of candidate responses whose answer would tell the most about this user.
 
-        Every pair is rated by how much its answer is expected to shrink the posterior variance
-        of all candidate pairs' score differences (:mod:`moerm_lite.active`), under the user's
-        Laplace posterior (a :class:`UserProfile`), or under the prior ``N(w0, (lambda P)^-1)`` for
-        ``user=None`` or a plain weight vector. A profile's residual (``residual_strength``) enters as a
-        known offset: its uncertainty is not modelled (it is strongly regularized, and moved only by many
-        comparisons). Ask the user to compare the two responses, then ``model.update_user(profile, [...])``.
+        Until the user has answered ``ACCURACY_AFTER`` (5) comparisons, every pair is rated by how much its
+        answer is expected to shrink the posterior variance of all candidate pairs' score differences;
+        after that, by how many of the candidate pairs the posterior is expected to order right after its
+        answer (:mod:`moerm_lite.active`). Both rate pairs under a *selection* posterior: the user's
+        comparisons (a :class:`UserProfile`'s; none for ``user=None`` or a plain weight vector) fitted again
+        under a prior ``SELECTION_PRIOR`` (3) times stronger than theirs. The user's predicted answer comes
+        from their own posterior (the profile's Laplace posterior, or the prior ``N(w0, (lambda P)^-1)``).
+        A profile's residual (``residual_strength``) enters as a known offset: its uncertainty is not
+        modelled (it is strongly regularized, and moved only by many comparisons). Ask the user to compare
+        the two responses, then ``model.update_user(profile, [...])``.
 
         Returns:
-            ``{"pair": (i, j), "responses": (a, b), "variance_reduction": expected drop,
-            "p_first": P(user prefers a), "variance": posterior variance of s(a) - s(b)}``.
+            ``{"pair": (i, j), "responses": (a, b), "criterion": "variance_reduction" or
+            "expected_accuracy", "variance_reduction": expected drop, "expected_accuracy": expected share
+            of the pairs ordered right after the answer (None before 5 answers), "p_first": P(user prefers
+            a), "variance": posterior variance of s(a) - s(b)}``; the last two under the user's posterior.
         """
         candidates = self._check_list(candidates, "candidates")
         if len(candidates) < 2:
             raise ValueError(f"next_comparison needs at least 2 candidates, got {len(candidates)}")
-        mean, v = self.user_terms(user)  # (K,), (F,) or None
-        cov = (user.covariance_ if isinstance(user, UserProfile) else  # (K, K)
-               prior_covariance(self.config.default_prior_strength, self._prior_precision, self.n_experts))
+        mean, v = self.user_terms(user)  # (K,), (F,) or None: what the user is scored with
+        lam = self.config.default_prior_strength
+        if not isinstance(user, UserProfile):  # no answers yet: the prior
+            answers, cov = 0, prior_covariance(lam, self._prior_precision, self.n_experts)  # (K, K)
+            select = (mean, cov / SELECTION_PRIOR)
+        else:
+            answers, cov = user.n_comparisons_, user.covariance_
+            select = ((mean, cov) if user.expert_features_ is None  # saved without its comparisons
+                      else fit_map(user.expert_features_, user.w0_, SELECTION_PRIOR * user.prior_strength,
+                                   user.prior_precision))
         out = self.expert_outputs([(prompt, c) for c in candidates], with_features=v is not None)
         f = expert_features(out["gating_output"], out["rewards"])  # (n, K)
-        offset = None if v is None else out["features"].astype(np.float64) @ v  # (n,) the residual terms
-        gain, p_first, variance = candidate_pair_gains(f, mean, cov, offset)  # (n, n) each
-        i, j = all_pairs(len(candidates))
-        b = int(np.argmax(gain[i, j]))  # the first best pair in (i, j) order
-        a, c = int(i[b]), int(j[b])
+        offset = np.zeros(len(f)) if v is None else out["features"].astype(np.float64) @ v  # (n,) residuals
+        choice = choose_pair(f, *select, answers, offset)
+        a, c = choice["pair"]
+        d = f[a] - f[c]  # (K,)
+        variance = float(d @ cov @ d)
+        p_first = preference_probability_from(np.array(d @ mean + offset[a] - offset[c]), np.array(variance))
         return {"pair": (a, c), "responses": (candidates[a], candidates[c]),
-                "variance_reduction": float(gain[a, c]), "p_first": float(p_first[a, c]),
-                "variance": float(variance[a, c])}
+                **{k: val for k, val in choice.items() if k != "pair"},
+                "p_first": float(p_first), "variance": variance}
 
     def describe_experts(self, *, n_texts: int = 3, n_attributes: int | None = 3) -> list[dict[str, Any]]:
         """Expert cards: what each expert does, read off the reference corpus shipped in the folder.

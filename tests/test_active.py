@@ -1,10 +1,12 @@
-"""Choosing the next question: the variance-reduction criterion and next_comparison."""
+"""Choosing the next question: variance reduction, expected accuracy after the answer, and next_comparison."""
 
 import numpy as np
 import pytest
 
-from moerm_lite import UserProfile, fit_map
-from moerm_lite.active import all_pairs, preference_probability, variance_reduction
+from moerm_lite import fit_map
+from moerm_lite import active
+from moerm_lite.active import (ACCURACY_AFTER, SELECTION_PRIOR, all_pairs, candidate_pair_accuracy, choose_pair,
+                               expected_accuracy, preference_probability, variance_reduction)
 from moerm_lite.head import expert_features
 from tests.test_online import COMPS
 
@@ -74,24 +76,35 @@ def test_next_comparison_picks_the_best_pair(tiny_fp32):
     out = tiny_fp32.expert_outputs([("why", c) for c in cands])
     f = expert_features(out["gating_output"], out["rewards"])
     i, j = all_pairs(len(cands))
-    gains = variance_reduction(f[i] - f[j], tiny_fp32.w0, np.eye(tiny_fp32.n_experts) / 1.0)
+    lam = tiny_fp32.config.default_prior_strength  # a new user: the prior, SELECTION_PRIOR times stronger
+    gains = variance_reduction(f[i] - f[j], tiny_fp32.w0, np.eye(tiny_fp32.n_experts) / (SELECTION_PRIOR * lam))
     b = int(np.argmax(gains))
     assert q["pair"] == (i[b], j[b]) and q["responses"] == (cands[i[b]], cands[j[b]])
+    assert q["criterion"] == "variance_reduction" and q["expected_accuracy"] is None
     assert q["variance_reduction"] == pytest.approx(gains[b])
     assert 0 < q["p_first"] < 1 and q["variance"] > 0
 
 
-def test_next_comparison_uses_the_profile_posterior(tiny_fp32):
-    cands = ["the cat is kind and good", "it is rude and bad", "thanks for the question"]
-    fresh = tiny_fp32.next_comparison("why", cands)
-    sure = UserProfile(prior_strength=1.0).fit(np.zeros((0, tiny_fp32.n_experts)), tiny_fp32.w0)
-    sure.covariance_ = sure.covariance_ * 1e-6  # a user we already know well
-    sure.model_hash = tiny_fp32.model_hash
-    assert tiny_fp32.next_comparison("why", cands, user=sure)["variance_reduction"] < 1e-3 * fresh["variance_reduction"]
-    p = tiny_fp32.fit_user(COMPS)
+def test_next_comparison_uses_the_profile_comparisons(tiny_fp32):
+    """A profile's comparisons, fitted again under the stronger selection prior, are what the question is
+    chosen under: before ACCURACY_AFTER answers by variance reduction, after them the pair of largest
+    expected accuracy under that posterior (the profile's residual a known offset); the predicted answer
+    stays the user's own."""
+    cands = ["the cat is kind and good", "it is rude and bad", "thanks for the question", "math and art"]
+    p = tiny_fp32.fit_user(COMPS[:ACCURACY_AFTER - 1])
+    assert tiny_fp32.next_comparison("why", cands, user=p)["criterion"] == "variance_reduction"
+    p = tiny_fp32.fit_user(COMPS[:ACCURACY_AFTER])
     q = tiny_fp32.next_comparison("why", cands, user=p)
-    a, b = q["responses"]
-    diff = tiny_fp32.comparison_features([{"prompt": "why", "chosen": a, "rejected": b}])[0]  # (K,)
+    mean, cov = fit_map(p.expert_features_, p.w0_, SELECTION_PRIOR * p.prior_strength, p.prior_precision)
+    out = tiny_fp32.expert_outputs([("why", c) for c in cands], with_features=True)
+    f = expert_features(out["gating_output"], out["rewards"])  # (n, K)
+    offset = out["features"].astype(np.float64) @ p.residual_  # (n,) the residual terms, known
+    i, j = all_pairs(len(cands))
+    acc = candidate_pair_accuracy(f, mean, cov, (i, j), (i, j), offset)
+    b = int(np.argmax(acc))
+    assert q["criterion"] == "expected_accuracy" and q["pair"] == (i[b], j[b])
+    assert q["expected_accuracy"] == pytest.approx(acc[b])
+    diff = f[i[b]] - f[j[b]]  # (K,) the predicted answer: the user's own posterior
     assert q["variance"] == pytest.approx(float(p.uncertainty(diff)))
 
 
@@ -134,3 +147,69 @@ def test_candidate_pair_gains_equal_the_pair_table():
     np.testing.assert_allclose(gain[i, j], variance_reduction(phi, mean, cov), rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(p[i, j], preference_probability(phi, mean, cov), rtol=1e-10)
     np.testing.assert_allclose(v[i, j], np.einsum("pk,kl,pl->p", phi, cov, phi), rtol=1e-8, atol=1e-12)
+
+
+def test_expected_accuracy_matches_an_explicit_update():
+    """The criterion after ACCURACY_AFTER answers: for each question, the pool's comparisons ordered right after either
+    answer (one Newton step and the Laplace update, from explicit matrices), weighted by the answer's
+    probability."""
+    from scipy.special import ndtr
+
+    from moerm_lite.active import expected_accuracy, preference_probability
+
+    KAPPA = np.sqrt(np.pi / 8)
+
+    rng = np.random.default_rng(3)
+    pool, mean = rng.normal(size=(9, 5)), rng.normal(size=5)
+    A = rng.normal(size=(5, 5))
+    cov = A @ A.T / 5 + 0.1 * np.eye(5)
+    want = []
+    for x in pool:
+        p = preference_probability(x[None], mean, cov)[0]
+        cov_new = np.linalg.inv(np.linalg.inv(cov) + p * (1 - p) * np.outer(x, x))
+        v = np.einsum("tk,kl,tl->t", pool, cov_new, pool)
+        want.append(sum(prob * np.mean(ndtr(KAPPA * np.abs(pool @ (mean + cov_new @ x * step))
+                                            / np.sqrt(1 + KAPPA**2 * v)))
+                        for prob, step in ((p, 1 - p), (1 - p, -p))))
+    got = expected_accuracy(pool, mean, cov)
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    assert ((got > 0.5) & (got < 1)).all()
+
+
+def test_candidate_pair_accuracy_equals_the_pair_table():
+    """The Gram form over candidate pairs (in blocks, with a residual offset) equals expected_accuracy on the
+    explicit (P, K) table of differences, each pair a question and every pair a target."""
+    rng = np.random.default_rng(7)
+    F, offset = rng.normal(size=(12, 5)), rng.normal(size=12)
+    A = rng.normal(size=(5, 5))
+    cov, mean = A @ A.T / 5 + 0.1 * np.eye(5), rng.normal(size=5)
+    i, j = all_pairs(12)
+    # the offset moves each candidate's score: as an extra feature with weight 1 and no uncertainty
+    Fx = np.hstack([F, offset[:, None]])
+    covx = np.zeros((6, 6))
+    covx[:5, :5] = cov
+    want = expected_accuracy(Fx[i] - Fx[j], np.append(mean, 1.0), covx)
+    got = candidate_pair_accuracy(F, mean, cov, (i, j), (i, j), offset)
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    half = len(i) // 2  # other targets than the questions
+    np.testing.assert_allclose(candidate_pair_accuracy(F, mean, cov, (i, j), (i[:half], j[:half])),
+                               expected_accuracy(F[i] - F[j], mean, cov, F[i[:half]] - F[j[:half]]), rtol=1e-10)
+
+
+def test_choose_pair_switches_criterion_and_bounds_the_work(monkeypatch):
+    """Before ACCURACY_AFTER answers the pair of largest variance reduction, after it that of largest expected
+    accuracy; beyond MAX_PAIRS pairs only the MAX_PAIRS of largest variance reduction are questions."""
+    rng = np.random.default_rng(8)
+    F, mean, cov = rng.normal(size=(9, 4)), rng.normal(size=4), np.eye(4)
+    i, j = all_pairs(9)
+    first = choose_pair(F, mean, cov, ACCURACY_AFTER - 1)
+    b = int(np.argmax(variance_reduction(F[i] - F[j], mean, cov)))
+    assert first["pair"] == (i[b], j[b]) and first["criterion"] == "variance_reduction"
+    later = choose_pair(F, mean, cov, ACCURACY_AFTER)
+    acc = expected_accuracy(F[i] - F[j], mean, cov)
+    assert later["pair"] == (i[int(np.argmax(acc))], j[int(np.argmax(acc))])
+    assert later["expected_accuracy"] == pytest.approx(acc.max())
+    monkeypatch.setattr(active, "MAX_PAIRS", 5)
+    short = choose_pair(F, mean, cov, ACCURACY_AFTER)
+    top5 = np.argsort(-variance_reduction(F[i] - F[j], mean, cov), kind="stable")[:5]
+    assert short["pair"] in {(int(i[q]), int(j[q])) for q in top5}

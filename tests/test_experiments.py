@@ -64,32 +64,6 @@ def test_per_channel_requantization_keeps_each_weight_within_half_a_step():
     assert not np.allclose(got, W[:2], atol=1e-7)  # it really was quantized
 
 
-def test_expected_accuracy_matches_an_explicit_update():
-    """active_variants.py's criterion: for each question, the pool's comparisons ordered right after either
-    answer (one Newton step and the Laplace update, from explicit matrices), weighted by the answer's
-    probability."""
-    from scipy.special import ndtr
-
-    from experiments.active_variants import KAPPA, expected_accuracy
-    from moerm_lite.active import preference_probability
-
-    rng = np.random.default_rng(3)
-    pool, mean = rng.normal(size=(9, 5)), rng.normal(size=5)
-    A = rng.normal(size=(5, 5))
-    cov = A @ A.T / 5 + 0.1 * np.eye(5)
-    want = []
-    for x in pool:
-        p = preference_probability(x[None], mean, cov)[0]
-        cov_new = np.linalg.inv(np.linalg.inv(cov) + p * (1 - p) * np.outer(x, x))
-        v = np.einsum("tk,kl,tl->t", pool, cov_new, pool)
-        want.append(sum(prob * np.mean(ndtr(KAPPA * np.abs(pool @ (mean + cov_new @ x * step))
-                                            / np.sqrt(1 + KAPPA**2 * v)))
-                        for prob, step in ((p, 1 - p), (1 - p, -p))))
-    got = expected_accuracy(pool, mean, cov)
-    np.testing.assert_allclose(got, want, rtol=1e-9)
-    assert ((got > 0.5) & (got < 1)).all()
-
-
 def test_sentence_statistics_known_answers():
     """sentence_features_probe.py's statistics on planted unit vectors: a sentence said twice has duplicate
     cosine 1 and does not count as distinct; relevance is each sentence's cosine to the prompt."""

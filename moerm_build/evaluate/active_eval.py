@@ -3,11 +3,12 @@
 Each test user of the benchmark (same users and held-out comparisons as the few-shot table)
 gets a pool of candidate comparisons drawn by the benchmark's own recipe from the adaptation
 statements. *Random* asks them in random order, as the few-shot protocol does. *Active*
-asks, one at a time, the pool comparison whose answer is expected to shrink the pool's
-predictive variance most under the current Laplace posterior
-(``moerm_lite.active.variance_reduction``, what ``RewardModel.next_comparison`` uses),
-refitting after each answer with the runtime's ``fit_map``. Accuracy after N answers is
-measured on the user's 100 held-out comparisons, which the selection never sees.
+asks, one at a time, the pool comparison ``RewardModel.next_comparison``'s rule picks
+(``moerm_lite.active.question_scores``: variance reduction for the first answers, then expected
+accuracy, under the answers so far fitted with a prior ``SELECTION_PRIOR`` times stronger),
+the pool itself as targets. Accuracy after N answers is measured on the user's 100 held-out
+comparisons, which the selection never sees, with the user's own fit (the runtime's ``fit_map``
+at the model's prior strength).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from moerm_lite import fit_map
-from moerm_lite.active import prior_covariance, variance_reduction
+from moerm_lite.active import SELECTION_PRIOR, prior_covariance, question_scores
 from moerm_lite.head import expert_features
 
 from moerm_build import data
@@ -49,13 +50,15 @@ def active_curve(phi_stmt: np.ndarray, st: data.Statements, w0: np.ndarray, prio
             w, _ = fit_map(phi_pool[order[:n]], w0, prior_strength, P)
             acc["random"][u_i, n - 1] = pair_accuracy(phi_eval @ w)
         asked: list[int] = []
-        w, cov = w0.copy(), prior_covariance(prior_strength, P, K)
+        select = SELECTION_PRIOR * prior_strength
+        w, cov = w0.copy(), prior_covariance(select, P, K)  # the selection posterior
         for n in range(1, rounds + 1):
-            gain = variance_reduction(phi_pool, w, cov)  # (P,)
+            gain = question_scores(phi_pool, w, cov, len(asked))  # (P,)
             gain[asked] = -np.inf
             asked.append(int(np.argmax(gain)))
-            w, cov = fit_map(phi_pool[asked], w0, prior_strength, P)
-            acc["active"][u_i, n - 1] = pair_accuracy(phi_eval @ w)
+            w, cov = fit_map(phi_pool[asked], w0, select, P)
+            w_user, _ = fit_map(phi_pool[asked], w0, prior_strength, P)  # what the user is scored with
+            acc["active"][u_i, n - 1] = pair_accuracy(phi_eval @ w_user)
     curve = {k: [round(float(x), 4) for x in v.mean(0)] for k, v in acc.items()}
     at10 = acc["active"][:, 9] - acc["random"][:, 9] if rounds >= 10 else np.zeros(1)
     return {"users": n_users, "pool_size": pool_size, "prior_strength": prior_strength,
