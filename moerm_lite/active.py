@@ -1,4 +1,5 @@
-"""Which comparison to ask a user next: the answer that most shrinks their predictive uncertainty.
+"""Which comparison to ask a user next: first the answer that most shrinks their predictive uncertainty, then
+the one after which their comparisons are expected to be ordered right most often.
 
 A user's weights have the posterior ``w ~ N(mean, cov)`` (the MAP fit and its Laplace covariance;
 before any comparison, the prior ``N(w0, (lambda P)^-1)``). For a comparison with feature difference
