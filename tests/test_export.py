@@ -378,3 +378,17 @@ def test_a_run_with_attribute_users_gets_attribute_readouts_and_an_older_run_get
     got = RewardModel.load(folder, precision="fp32", threads=1).score_pairs(test, user=w)
     np.testing.assert_allclose(got, torch_run_scores((ckpt, head), test, w), atol=1e-4)
     assert np.abs(got).max() > 0.1 and (got[[not p.strip() for p, _ in test]] == 0).all()  # silent without prompt
+
+
+def test_card_active_section_names_the_rule_and_the_curve():
+    """The card's active-questions lines: the rule next_comparison ships (from moerm_lite.active's constants)
+    and the curve at N = 1, 2, 3, 5, 10, 15, 20 in percent."""
+    from moerm_build.release.card import active_section
+
+    act = {"users": 3, "pool_size": 10, "prior_strength": 0.1, "N": list(range(1, 21)),
+           "active": [0.5 + i / 100 for i in range(20)], "random": [0.5] * 20,
+           "gain_at_10": 0.032, "gain_at_10_stderr": 0.004}
+    lines = active_section(act)
+    assert "first 5 answers" in lines[0] and "a prior 3 times stronger" in lines[0] and "3 persona" in lines[0]
+    assert "| active | 50.0 | 51.0 | 52.0 | 54.0 | 59.0 | 64.0 | 69.0 |" in lines
+    assert lines[-2:] == ["Gain at N = 10: +3.2 points (± 0.4 standard error).", ""]

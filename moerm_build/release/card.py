@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
+from moerm_lite.active import ACCURACY_AFTER, SELECTION_PRIOR
 from moerm_lite.folder import RECOMMENDED_RESIDUAL_STRENGTH
 
 from moerm_build import data
@@ -370,19 +371,24 @@ def measured_section(rep: EvalReport, K: int, residual_strength: float) -> list[
                  f"{_pct(rep['relabeled_hh_probe']['helpful'])}% (helpful) and "
                  f"{_pct(rep['relabeled_hh_probe']['harmless'])}% (harmless) on the other half"
                  if "relabeled_hh_probe" in rep else "") + ".", ""]
-    act = rep.get("active")
-    if act:
-        shown = [n for n in (1, 2, 3, 5, 10, 15, 20) if n <= len(act["N"])]
-        lines += [f"Active questions (`next_comparison`, {act['users']} persona test users, a pool of "
-                  f"{act['pool_size']} candidate comparisons each, "
-                  f"λ = {act.get('prior_strength', act.get('lambda')):g}): held-out accuracy "
-                  "after N answers.", "",
-                  "| N | " + " | ".join(str(n) for n in shown) + " |", "|---" * (len(shown) + 1) + "|",
-                  "| active | " + " | ".join(_pct(act["active"][n - 1]) for n in shown) + " |",
-                  "| random | " + " | ".join(_pct(act["random"][n - 1]) for n in shown) + " |", "",
-                  f"Gain at N = 10: {100 * act['gain_at_10']:+.1f} points "
-                  f"(± {100 * act['gain_at_10_stderr']:.1f} standard error).", ""]
+    if rep.get("active"):
+        lines += active_section(rep["active"])
     return lines
+
+
+def active_section(act: dict[str, Any]) -> list[str]:
+    """The active-questions curve (``moerm_build active``) as the card shows it."""
+    shown = [n for n in (1, 2, 3, 5, 10, 15, 20) if n <= len(act["N"])]
+    return [f"Active questions (`next_comparison`: variance reduction for a user's first {ACCURACY_AFTER} "
+            f"answers, then expected accuracy after the answer, each under a prior {SELECTION_PRIOR:g} times "
+            f"stronger; {act['users']} persona "
+            f"test users, a pool of {act['pool_size']} candidate comparisons each, "
+            f"λ = {act.get('prior_strength', act.get('lambda')):g}): held-out accuracy after N answers.", "",
+            "| N | " + " | ".join(str(n) for n in shown) + " |", "|---" * (len(shown) + 1) + "|",
+            "| active | " + " | ".join(_pct(act["active"][n - 1]) for n in shown) + " |",
+            "| random | " + " | ".join(_pct(act["random"][n - 1]) for n in shown) + " |", "",
+            f"Gain at N = 10: {100 * act['gain_at_10']:+.1f} points "
+            f"(± {100 * act['gain_at_10_stderr']:.1f} standard error).", ""]
 
 
 def expert_cards_section(cards: list[dict[str, Any]]) -> list[str]:
