@@ -71,6 +71,12 @@ class OpenVinoBackbone:
             queue.wait_all()
         return results
 
+    def probe(self) -> np.ndarray:
+        """(H,) the embedding of a fixed 16-token input (every input 1: a valid id, mask and segment for a
+        BERT-like graph): what a cached compiled model must reproduce exactly."""
+        feed = {name: np.ones((1, 16), dtype=np.int64) for name in self._inputs}  # (1, 16) each
+        return self.run([self._output], feed)[0].ravel()
+
     def run(self, output_names: list[str], feed: dict[str, np.ndarray], run_options: Any = None
             ) -> list[np.ndarray]:
         """The outputs named (only the graph's one output exists), each a new array; ``run_options`` is
@@ -134,11 +140,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moerm-lite" / "openvino"
 
 
-def probe_feed(inputs: list[str]) -> dict[str, np.ndarray]:
-    """A fixed input of 16 tokens (every input 1: a valid id, mask and segment for a BERT-like graph)."""
-    return {name: np.ones((1, 16), dtype=np.int64) for name in inputs}
-
-
 def cache_key(core: Any, graph_sha256: str, config: dict[str, Any]) -> str:
     """The name of a compiled model's cache file: a hash of what the compiled model depends on."""
     import openvino as ov
@@ -165,23 +166,23 @@ def import_cached(core: Any, blob: Path, config: dict[str, Any], inputs: list[st
         check_graph_io(blob, {p.get_any_name() for p in compiled.inputs},
                        {name for o in compiled.outputs for name in o.get_names()}, inputs, [output])
         backbone = OpenVinoBackbone(compiled, inputs, output, mapped)
-        got = backbone.run([output], probe_feed(inputs))[0].ravel()
+        got = backbone.probe()
     except Exception:  # a stale, foreign or damaged file: compiled again by the caller
         return None
     return backbone if got.shape == want.shape and np.array_equal(got, want) else None
 
 
-def store_cached(compiled: Any, blob: Path, inputs: list[str], output: str) -> None:
-    """Write ``compiled`` to ``blob``, then the probe's embedding beside it (each atomically; a reader
-    needs both). A cache that cannot be written is a warning: the model is loaded all the same."""
+def store_cached(compiled: Any, backbone: OpenVinoBackbone, blob: Path) -> None:
+    """Write ``compiled`` to ``blob``, then ``backbone``'s (the same model's) probe embedding beside it (each
+    atomically; a reader needs both). A cache that cannot be written is a warning: the model is loaded all
+    the same."""
     import io
 
     try:
         stream = io.BytesIO()
         compiled.export_model(stream)
         atomic_write_text(blob, stream.getbuffer())  # no copy of the 56 MB
-        probe = OpenVinoBackbone(compiled, inputs, output).run([output], probe_feed(inputs))[0].ravel()
-        atomic_write_text(blob.with_suffix(".json"), json.dumps({"probe": probe.tolist()}))
+        atomic_write_text(blob.with_suffix(".json"), json.dumps({"probe": backbone.probe().tolist()}))
     except Exception as e:  # a read-only or full disk, or an engine that cannot export
         warnings.warn(f"moerm-lite: cannot cache the compiled OpenVINO model in {blob.parent}: "
                       f"{str(e)[:200]} (it is compiled again at each load; compile_cache=False skips it)",
@@ -219,6 +220,7 @@ def open_openvino_backbone(path: Path, threads: int, inputs: list[str], output: 
     except Exception as e:  # OpenVINO raises its own exception types
         raise ModelFolderError(f"OpenVINO cannot load {path}: {str(e)[:300]}") from e
     del model
+    backbone = OpenVinoBackbone(compiled, inputs, output)
     if blob is not None:
-        store_cached(compiled, blob, inputs, output)
-    return OpenVinoBackbone(compiled, inputs, output)
+        store_cached(compiled, backbone, blob)
+    return backbone
