@@ -4,8 +4,8 @@
     python -m bench.limits --trials 50
 
 Prints seconds and peak resident memory (extra over the loaded model) for: a 100k + 100k-character
-pair, ``next_comparison`` on 1,000 candidates (a new user, and one with 5 answers); and how many of N trials of two concurrent
-``moerm-lite fit --update`` on one profile kept both updates.
+pair, ``next_comparison`` on 1,000 candidates (a new user, and one with 5 answers); and how many of N
+trials of two concurrent ``moerm-lite fit --update`` on one profile kept both updates.
 """
 
 from __future__ import annotations
