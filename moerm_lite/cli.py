@@ -113,7 +113,8 @@ def _emit(rows: Iterator[dict[str, Any]], out: IO[str]) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[RewardModel, UserProfile | None]:
-    model = RewardModel.load(args.model, threads=args.threads, precision=args.precision, engine=args.engine)
+    model = RewardModel.load(args.model, threads=args.threads, precision=args.precision, engine=args.engine,
+                             int8_compute=args.int8_compute)
     user = UserProfile.load(args.user) if getattr(args, "user", None) else None
     return model, user
 
@@ -127,6 +128,7 @@ def cmd_info(args: argparse.Namespace, out: IO[str]) -> None:
             "max_length": cfg.max_length, "default_prior_strength": cfg.default_prior_strength,
             "recommended_residual_strength": cfg.recommended_residual_strength,
             "model_hash": m.model_hash, "threads": m.threads, "engine": m.engine,
+            "int8_compute": m.int8_compute,
             "expert_names": m.expert_names}
     out.write(json.dumps(info, indent=1) + "\n")
 
@@ -364,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--precision", default="int8", help="graphs to run (default int8; `info` lists them)")
         sp.add_argument("--engine", choices=ENGINES, default="onnxruntime",
                         help='what runs the backbone (openvino: pip install "moerm-lite[openvino]")')
+        sp.add_argument("--int8-compute", action="store_true",
+                        help="onnxruntime: multiply the backbone's 8-bit weights in int8 (faster on CPUs with "
+                             "VNNI; scores move slightly; docs/api.md)")
         if user:
             sp.add_argument("--user", default=None, help="user profile JSON written by `fit`")
 

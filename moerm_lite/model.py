@@ -65,9 +65,10 @@ class RewardModel:
     def __init__(self, folder: Path, config: ModelConfig, backbone: BackboneRunner,
                  head: ort.InferenceSession, tokenizer: TextTokenizer, precision: str,
                  threads: int, model_hash: str, tokens_per_batch: int = TOKENS_PER_BATCH,
-                 engine: str = "onnxruntime") -> None:
+                 engine: str = "onnxruntime", int8_compute: bool = False) -> None:
         self.folder, self.config, self.precision, self.threads = folder, config, precision, threads
         self.engine = engine  # what runs the backbone graph: "onnxruntime" or "openvino"
+        self.int8_compute = int8_compute  # the backbone's MatMuls multiply in int8 (RewardModel.load)
         self.tokens_per_batch = tokens_per_batch
         self._backbone, self._head, self._tokenizer = backbone, head, tokenizer
         self.model_hash = model_hash  # which exact model this is (moerm_lite.folder.model_hash)
@@ -80,7 +81,8 @@ class RewardModel:
     @classmethod
     def load(cls, path: str | Path | None = None, *, threads: int | None = None,
              precision: str = "int8", tokens_per_batch: int = TOKENS_PER_BATCH,
-             engine: str = "onnxruntime", compile_cache: bool | str | Path = True) -> RewardModel:
+             engine: str = "onnxruntime", compile_cache: bool | str | Path = True,
+             int8_compute: bool = False) -> RewardModel:
         """Load a model folder (``None``: the shipped default) after checking its manifest.
 
         Args:
@@ -95,6 +97,11 @@ class RewardModel:
             compile_cache: with ``engine="openvino"``, where the compiled backbone is kept so that later
                 loads skip compiling it: ``True`` (default) a folder under ``~/.cache/moerm-lite``
                 (``MOERM_LITE_CACHE`` moves it), a path, or ``False`` for none. onnxruntime compiles nothing.
+            int8_compute: with the onnxruntime engine (1.25 or later) and 8-bit graphs, the backbone's
+                MatMuls quantize their inputs per row in blocks of 16 and multiply in int8 instead of
+                folding the 8-bit weights to fp32 at load: faster and smaller on CPUs with int8 dot
+                products (AVX-512 VNNI, AVX-VNNI), scores moved slightly, still independent of the batch
+                (docs/api.md). Default off: the arithmetic the model card measured.
         """
         folder = Path(path) if path is not None else default_model_path()
         if not folder.is_dir():
@@ -113,9 +120,12 @@ class RewardModel:
             raise ValueError(f"tokens_per_batch must be a positive int, got {tokens_per_batch!r}")
         if not isinstance(compile_cache, (bool, str, Path)):
             raise ValueError(f"compile_cache must be True, False or a folder, got {compile_cache!r}")
-        backbone, head, tokenizer = load_graphs(folder, cfg, manifest, precision, threads, engine, compile_cache)
+        if not isinstance(int8_compute, bool):
+            raise ValueError(f"int8_compute must be True or False, got {int8_compute!r}")
+        backbone, head, tokenizer = load_graphs(folder, cfg, manifest, precision, threads, engine, compile_cache,
+                                                int8_compute)
         return cls(folder, cfg, backbone, head, tokenizer, precision, threads, model_hash(manifest),
-                   tokens_per_batch, engine)
+                   tokens_per_batch, engine, int8_compute)
 
     # -------------------------------------------------------------- properties
     @property
@@ -564,4 +574,5 @@ class RewardModel:
     def __repr__(self) -> str:
         return (f"RewardModel({self.config.model_id!r}, n_experts={self.n_experts}, experts_per_input={self.experts_per_input}, "
                 f"precision={self.precision!r}, threads={self.threads}"
-                + (f", engine={self.engine!r})" if self.engine != "onnxruntime" else ")"))
+                + (f", engine={self.engine!r}" if self.engine != "onnxruntime" else "")
+                + (", int8_compute=True)" if self.int8_compute else ")"))

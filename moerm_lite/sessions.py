@@ -5,6 +5,7 @@ builds before it holds anything."""
 from __future__ import annotations
 
 import ctypes
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from .folder import (GraphFiles, ModelConfig, ModelFolderError, check_graph_io, 
 from .text import TextTokenizer
 
 ENGINES = ("onnxruntime", "openvino")  # what runs the backbone graph; the head always runs on onnxruntime
+INT8_COMPUTE_ORT = (1, 25)  # the first onnxruntime that fuses 8-bit DequantizeLinear -> MatMul to MatMulNBits
 
 
 class BackboneRunner(Protocol):
@@ -47,7 +49,8 @@ def run_feeds(backbone: BackboneRunner, output: str, feeds: Iterable[dict[str, n
 
 
 def cpu_session(model: str | Path | bytes, threads: int, *, optimize: bool = True,
-                dequantize_at_load: bool = False, profile_prefix: str | None = None) -> ort.InferenceSession:
+                dequantize_at_load: bool = False, int8_compute: bool = False,
+                profile_prefix: str | None = None) -> ort.InferenceSession:
     """An onnxruntime CPU session as the runtime makes them: ``threads`` intra-op threads, one
     inter-op thread, no spinning, no memory pattern, all graph optimizations (``optimize=False``: none,
     which keeps every intermediate value), profiling when ``profile_prefix`` is given. ``model``: a path
@@ -55,7 +58,12 @@ def cpu_session(model: str | Path | bytes, threads: int, *, optimize: bool = Tru
 
     ``dequantize_at_load``: the graph's ``DequantizeLinear`` nodes on constant weights are folded to
     fp32 weights while the session is built (onnxruntime's QDQ fusions off), so the graph computes
-    in fp32 exactly what its stored 8-bit weights say (GraphFiles.dequantize_at_load)."""
+    in fp32 exactly what its stored 8-bit weights say (GraphFiles.dequantize_at_load).
+
+    ``int8_compute`` (instead, on such a graph): onnxruntime's QDQ fusions turn each 8-bit weight and its
+    MatMul into one ``MatMulNBits`` that quantizes its input per row in blocks (``accuracy_level`` 4) and
+    multiplies in int8: faster where the CPU has int8 dot products, scores moved by the activations'
+    rounding, still independent of the batch (``check_int8_compute`` says where it is available)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -64,7 +72,9 @@ def cpu_session(model: str | Path | bytes, threads: int, *, optimize: bool = Tru
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if dequantize_at_load:
+    if int8_compute:
+        opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "4")
+    elif dequantize_at_load:
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
     opts.log_severity_level = 3
     if profile_prefix:
@@ -89,10 +99,10 @@ def release_freed_memory() -> None:
 
 
 def open_graph(path: Path, threads: int, inputs: list[str], outputs: list[str],
-               dequantize_at_load: bool = False) -> ort.InferenceSession:
+               dequantize_at_load: bool = False, int8_compute: bool = False) -> ort.InferenceSession:
     """The runtime's session of a model-folder graph; its inputs/outputs checked against config.json."""
     try:
-        sess = cpu_session(path, threads, dequantize_at_load=dequantize_at_load)
+        sess = cpu_session(path, threads, dequantize_at_load=dequantize_at_load, int8_compute=int8_compute)
     except Exception as e:  # onnxruntime raises its own exception types
         raise ModelFolderError(f"onnxruntime cannot load {path}: {str(e)[:300]}") from e
     release_freed_memory()
@@ -142,11 +152,34 @@ def check_head(folder: Path, cfg: ModelConfig, head: ort.InferenceSession) -> No
             f"(the last n_shared experts always active)")
 
 
+def onnxruntime_fuses_int8() -> bool:
+    """Whether this onnxruntime fuses 8-bit ``DequantizeLinear`` -> MatMul into ``MatMulNBits`` (1.25+)."""
+    found = re.match(r"(\d+)\.(\d+)", ort.__version__)
+    return found is not None and tuple(map(int, found.groups())) >= INT8_COMPUTE_ORT
+
+
+def check_int8_compute(graphs: GraphFiles, engine: str) -> None:
+    """``ValueError`` naming why a backbone cannot compute in int8 (``cpu_session``'s ``int8_compute``): it
+    needs 8-bit weights behind ``DequantizeLinear`` (a ``dequantize_at_load`` graph), the onnxruntime
+    engine, and an onnxruntime that fuses them to ``MatMulNBits`` (older ones would dequantize the weights
+    at every call instead)."""
+    if engine != "onnxruntime":
+        raise ValueError(f"int8_compute runs on the onnxruntime engine, not {engine!r}")
+    if not graphs.dequantize_at_load:
+        raise ValueError(f"int8_compute needs a graph with 8-bit weights (dequantize_at_load); "
+                         f"{graphs.backbone} has none")
+    if not onnxruntime_fuses_int8():
+        need = ".".join(map(str, INT8_COMPUTE_ORT))
+        raise ValueError(f"int8_compute needs onnxruntime>={need}, this is {ort.__version__}")
+
+
 def open_backbone(path: Path, cfg: ModelConfig, threads: int, dequantize_at_load: bool, engine: str,
-                  graph_sha256: str = "", compile_cache: bool | str | Path = False) -> BackboneRunner:
-    """The backbone graph as ``engine`` runs it: an onnxruntime session, or an ``OpenVinoBackbone`` with the
-    same ``run`` signature (``moerm_lite.ov_backbone``, imported only here), compiled once into
-    ``compile_cache`` (True: the default folder; False: none) and mapped from there at later loads."""
+                  graph_sha256: str = "", compile_cache: bool | str | Path = False,
+                  int8_compute: bool = False) -> BackboneRunner:
+    """The backbone graph as ``engine`` runs it: an onnxruntime session (``int8_compute``: see
+    ``cpu_session``), or an ``OpenVinoBackbone`` with the same ``run`` signature (``moerm_lite.ov_backbone``,
+    imported only here), compiled once into ``compile_cache`` (True: the default folder; False: none) and
+    mapped from there at later loads."""
     if engine == "openvino":
         from .ov_backbone import default_cache_dir, open_openvino_backbone
 
@@ -154,18 +187,21 @@ def open_backbone(path: Path, cfg: ModelConfig, threads: int, dequantize_at_load
                  else default_cache_dir() if compile_cache is True else Path(compile_cache))
         return open_openvino_backbone(path, threads, cfg.backbone_inputs, cfg.backbone_output, graph_sha256,
                                       cache)
-    return open_graph(path, threads, cfg.backbone_inputs, [cfg.backbone_output], dequantize_at_load)
+    return open_graph(path, threads, cfg.backbone_inputs, [cfg.backbone_output], dequantize_at_load,
+                      int8_compute)
 
 
 def load_graphs(folder: Path, cfg: ModelConfig, manifest: dict, precision: str, threads: int,
-                engine: str = "onnxruntime", compile_cache: bool | str | Path = False
-                ) -> tuple[BackboneRunner, ort.InferenceSession, TextTokenizer]:
-    """The backbone (run by ``engine``, one of ``ENGINES``; ``compile_cache`` as ``open_backbone`` takes
-    it) and head sessions of ``precision`` and the tokenizer, each checked against ``cfg``; the files they
-    read (and the other precisions' graph folders) checked against the manifest."""
+                engine: str = "onnxruntime", compile_cache: bool | str | Path = False,
+                int8_compute: bool = False) -> tuple[BackboneRunner, ort.InferenceSession, TextTokenizer]:
+    """The backbone (run by ``engine``, one of ``ENGINES``; ``compile_cache`` and ``int8_compute`` as
+    ``open_backbone`` takes them) and head sessions of ``precision`` and the tokenizer, each checked against
+    ``cfg``; the files they read (and the other precisions' graph folders) checked against the manifest."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     graphs: GraphFiles = cfg.graphs[precision]
+    if int8_compute:
+        check_int8_compute(graphs, engine)
     backbone_path, head_path = (resolve_inside(folder, g) for g in (graphs.backbone, graphs.head))
     # onnxruntime builds the backbone session (most of the load) without holding the GIL, so it is built
     # in a thread while this one checks the files' sha256 (which holds no memory: anything loaded
@@ -174,7 +210,7 @@ def load_graphs(folder: Path, cfg: ModelConfig, manifest: dict, precision: str, 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="moerm-lite-load") as pool:
         sha = str(manifest.get(graphs.backbone, {}).get("sha256", ""))  # names a compiled model's cache file
         build = pool.submit(open_backbone, backbone_path, cfg, threads, graphs.dequantize_at_load, engine,
-                            sha, compile_cache)
+                            sha, compile_cache, int8_compute)
         # a check that fails leaves the block once the build is done, and its error wins over the build's
         verify_files(folder, manifest, ["tokenizer.json"])
         others = [f for prec, g in cfg.graphs.items() if prec != precision for f in (g.backbone, g.head)]
