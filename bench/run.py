@@ -7,9 +7,10 @@ Prints one table with ratios. Needs the export extra (torch, transformers) for t
 ../shared/data for the texts. Measures: (1) scoring throughput, (2) head cost vs number of experts,
 (3) fit_user time split into feature extraction and the solve, (4) one ``rank()`` call of 5 and of 20
 real replies, p50 / p99 against PyTorch fp32 doing the same work, and where its time goes, (5) cold start
-and peak memory in a fresh process, (6) model folder and runtime-venv size. Where OpenVINO is installed
-(``pip install "moerm-lite[openvino]"``), the ``engine="openvino"`` rows: rank(), throughput, cold start,
-and its decisions against onnxruntime's on held-out comparisons.
+and peak memory in a fresh process, (6) model folder and runtime-venv size. The same rows for the faster
+ways to run the backbone: onnxruntime's ``int8_compute=True`` and, where OpenVINO is installed (``pip
+install "moerm-lite[openvino]"``), ``engine="openvino"``: rank(), throughput, cold start, and their
+decisions against the default path's on held-out comparisons.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -233,13 +235,13 @@ def bench_fit(model: RewardModel, Ns: list[int], repeat: int) -> list[tuple[str,
     return rows
 
 
-COLD_RUNTIME = """  # the caller defines ENGINE and CACHE first
+COLD_RUNTIME = """  # the caller defines ENGINE, CACHE and INT8 first
 import sys, time
 t = time.perf_counter()
 sys.modules['torch'] = None  # a runtime-only process: torch cannot be imported
 from moerm_lite import RewardModel
 t_import = time.perf_counter() - t
-m = RewardModel.load(threads=2, engine=ENGINE, compile_cache=CACHE)
+m = RewardModel.load(threads=2, engine=ENGINE, compile_cache=CACHE, int8_compute=INT8)
 t_load = time.perf_counter() - t - t_import
 m.score("", "I like football.")
 print(t_import, t_load, time.perf_counter() - t, MB('VmHWM'), MB('VmRSS'))
@@ -262,27 +264,32 @@ MB = ("def MB(field):\n    for line in open('/proc/self/status'):\n        if li
       "            return int(line.split()[1]) / 1024\n")
 
 
-def bench_cold(repeat: int, openvino: bool = False) -> list[tuple[str, str, str]]:
-    """Fresh processes, median of ``repeat`` after one untimed run. They run with compiled bytecode, as an
-    installed package does (pip compiles it at install): with PYTHONDONTWRITEBYTECODE set, as on some CI
-    machines, an editable checkout would recompile moerm-lite's sources in every process (~20 ms)."""
-    rows, res = [], {}
+def bench_cold(repeat: int, openvino: bool = False, int8: bool = False) -> list[tuple[str, str, str]]:
+    """Fresh processes, median of ``repeat`` rounds after one untimed round (a round starts one process of
+    each kind in turn): the default load, PyTorch, and with ``int8`` / ``openvino`` the load with
+    ``int8_compute=True`` / ``engine="openvino"`` (from its cache and compiling). They run with compiled
+    bytecode, as an installed package does (pip compiles it at install): with PYTHONDONTWRITEBYTECODE set,
+    as on some CI machines, an editable checkout would recompile moerm-lite's sources in every process
+    (~20 ms)."""
+    rows = []
     with tempfile.TemporaryDirectory() as pycache, tempfile.TemporaryDirectory() as cache:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONPYCACHEPREFIX"] = pycache
         env["MOERM_LITE_CACHE"] = cache  # the openvino engine's compiled model: the untimed run writes it
-        codes = [("moerm-lite (runtime only)", "ENGINE, CACHE = 'onnxruntime', True\n" + COLD_RUNTIME),
-                 ("torch + transformers", COLD_TORCH)]
+        default = "ENGINE, CACHE, INT8 = 'onnxruntime', True, False\n"
+        codes = [("moerm-lite (runtime only)", default + COLD_RUNTIME), ("torch + transformers", COLD_TORCH)]
+        if int8:
+            codes += [("int8 compute", "ENGINE, CACHE, INT8 = 'onnxruntime', True, True\n" + COLD_RUNTIME)]
         if openvino:
-            codes += [("openvino", "ENGINE, CACHE = 'openvino', True\n" + COLD_RUNTIME),
-                      ("openvino, compiling", "ENGINE, CACHE = 'openvino', False\n" + COLD_RUNTIME)]
-        for name, code in codes:
-            runs = []
-            for _ in range(repeat + 1):
+            codes += [(name, f"ENGINE, CACHE, INT8 = 'openvino', {cached}, False\n" + COLD_RUNTIME)
+                      for name, cached in (("openvino", True), ("openvino, compiling", False))]
+        runs: dict[str, list[list[float]]] = {name: [] for name, _ in codes}
+        for _ in range(repeat + 1):  # rounds of one process each, so that all see the same machine state
+            for name, code in codes:
                 out = subprocess.run([sys.executable, "-c", MB + code],
                                      capture_output=True, text=True, check=True, cwd=ROOT, env=env)
-                runs.append([float(x) for x in out.stdout.split()])
-            res[name] = np.median(np.array(runs[1:]), axis=0)
+                runs[name].append([float(x) for x in out.stdout.split()])
+        res = {name: np.median(np.array(r[1:]), axis=0) for name, r in runs.items()}
     runtime, tt = res["moerm-lite (runtime only)"], res["torch + transformers"]
     t_import, t_load, rt = runtime[0], runtime[1], runtime[2:]  # rt, tt: seconds, peak MB, resident MB
     rows.append(("cold start to first score: moerm-lite / torch", f"{rt[0]:.2f} / {tt[0]:.2f} s",
@@ -293,6 +300,10 @@ def bench_cold(repeat: int, openvino: bool = False) -> list[tuple[str, str, str]
                  f"{tt[1] / rt[1]:.1f}x less (goal <= 150 MB)"))
     rows.append(("resident after first score: moerm-lite / torch", f"{rt[2]:.0f} / {tt[2]:.0f} MB",
                  f"{tt[2] / rt[2]:.1f}x less"))
+    if int8:
+        q = res["int8 compute"][2:]
+        rows.append(("cold start / peak RSS, int8_compute=True", f"{q[0]:.2f} s / {q[1]:.0f} MB",
+                     f"{q[0] / rt[0]:.1f}x / {q[1] / rt[1]:.2f}x the default's"))
     if openvino:
         ov, first = res["openvino"][2:], res["openvino, compiling"][2:]
         rows.append(("cold start / peak RSS, engine='openvino'", f"{ov[0]:.2f} s / {ov[1]:.0f} MB",
@@ -370,16 +381,17 @@ def stage_times(model: RewardModel, calls, tb=None, th=None) -> dict[str, float]
 
 
 def bench_rank(model: RewardModel, torch_ref, n_replies: int, repeat: int, limit: int | None = None,
-               openvino: RewardModel | None = None) -> list[tuple[str, str, str]]:
+               others: dict[str, RewardModel | None] | None = None) -> list[tuple[str, str, str]]:
     """p50 / p99 of one ``rank()`` call of ``n_replies`` real replies against PyTorch fp32 (``torch_ref``)
     doing the same work in the same run (the prompt once, the replies in one padded batch, numpy features,
     the head), calls interleaved so that all see the same machine state; then where each call's time goes.
-    ``openvino``: the same model loaded with ``engine="openvino"``, timed in the same loop."""
+    ``others``: the same model run another way (``other_paths``), by label, timed in the same loop."""
     tb, th = torch_ref
     calls = rank_calls(n_replies)[:limit]
-    ours: dict[str, list[float]] = {"moerm-lite": [], "moerm-lite openvino": []}
+    engines = [("moerm-lite", model)] + [(f"moerm-lite {label}", m) for label, m in (others or {}).items()
+                                         if m is not None]
+    ours: dict[str, list[float]] = {label: [] for label, _ in engines}
     theirs = []
-    engines = [("moerm-lite", model)] + ([("moerm-lite openvino", openvino)] if openvino is not None else [])
     for _, m in engines:  # warm-up
         m.rank(*calls[0])
     torch_scores(tb, th, model, [(calls[0][0], r) for r in calls[0][1]], 32)
@@ -408,42 +420,60 @@ def bench_rank(model: RewardModel, torch_ref, n_replies: int, repeat: int, limit
     return rows
 
 
-def openvino_model(model: RewardModel) -> RewardModel | None:
-    """The model with its backbone run by OpenVINO (``engine="openvino"``), or None where OpenVINO is not
-    installed (``pip install "moerm-lite[openvino]"``)."""
+def other_paths(model: RewardModel) -> dict[str, RewardModel | None]:
+    """The model run the faster ways, by label: onnxruntime multiplying in int8 (``int8_compute=True``;
+    None where the graph has no 8-bit weights or onnxruntime is older than 1.25) and its backbone on
+    OpenVINO (``engine="openvino"``; None where OpenVINO is not installed)."""
+    def load(**how: Any) -> RewardModel:
+        return RewardModel.load(model.folder, threads=model.threads, precision=model.precision, **how)
+
+    out: dict[str, RewardModel | None] = {}
     try:
-        return RewardModel.load(model.folder, threads=model.threads, precision=model.precision, engine="openvino")
+        out["int8_compute"] = load(int8_compute=True)
+    except ValueError:
+        out["int8_compute"] = None
+    try:
+        out["openvino"] = load(engine="openvino")
     except ImportError:
-        return None
+        out["openvino"] = None
+    return out
 
 
-def bench_openvino(model: RewardModel, openvino: RewardModel | None, torch_ref, pairs, repeat: int,
-                   per_source: int) -> list[tuple[str, str, str]]:
-    """The OpenVINO engine next to onnxruntime on the same model: throughput against PyTorch fp32 at batch
-    32, and its pairwise decisions against onnxruntime's on held-out comparisons of every source
-    (``moerm_build.evaluate.parity.heldout_comparisons``) and on all pairs of the workload."""
-    if openvino is None:
-        return [("openvino engine", "not installed", 'pip install "moerm-lite[openvino]"')]
+def bench_paths(model: RewardModel, others: dict[str, RewardModel | None], torch_ref, pairs, repeat: int,
+                per_source: int) -> list[tuple[str, str, str]]:
+    """Each other way of running the model (``other_paths``) next to the default on the same model:
+    throughput against PyTorch fp32 at batch 32, and its pairwise decisions against the default's on
+    held-out comparisons of every source (``moerm_build.evaluate.parity.heldout_comparisons``) and on all
+    pairs of the workload."""
     from moerm_build.evaluate.parity import heldout_comparisons
 
     backbone, head = torch_ref
     n = len(pairs)
-    t_torch = timeit(lambda: torch_scores(backbone, head, model, pairs, 32), repeat)
-    t_ort = timeit(lambda: model.score_pairs(pairs), repeat)
-    t_ov = timeit(lambda: openvino.score_pairs(pairs), repeat)
-    rows = [("throughput, default batching: moerm-lite onnxruntime / openvino",
-             f"{n / t_ort:.1f} / {n / t_ov:.1f} texts/s",
-             f"{t_torch / t_ort:.2f}x / {t_torch / t_ov:.2f}x torch fp32 batch 32")]
-    s, s_ov = model.score_pairs(pairs), openvino.score_pairs(pairs)
-    i, j = np.triu_indices(n, 1)
-    agree = np.mean(np.sign(s_ov[i] - s_ov[j]) == np.sign(s[i] - s[j]))
     recs = heldout_comparisons(per_source=per_source)
     held = [(r["prompt"], r[side]) for r in recs for side in ("chosen", "rejected")]
-    d, d_ov = (m.score_pairs(held).reshape(-1, 2) @ np.array([1.0, -1.0]) for m in (model, openvino))  # (C,)
-    rows += [(f"decisions openvino = onnxruntime: {len(recs)} held-out comparisons / all workload pairs",
-              f"{100 * np.mean(np.sign(d_ov) == np.sign(d)):.2f}% / {100 * agree:.2f}%", "goal >= 99%"),
-             ("largest score change openvino vs onnxruntime (workload)", f"{np.abs(s_ov - s).max():.4f}",
-              f"score spread (std) {s.std():.2f}")]
+    s = model.score_pairs(pairs)
+    d = model.score_pairs(held).reshape(-1, 2) @ np.array([1.0, -1.0])  # (C,)
+    i, j = np.triu_indices(n, 1)
+    rows = []
+    for label, other in others.items():
+        if other is None:
+            why = ('pip install "moerm-lite[openvino]"' if label == "openvino"
+                   else "needs 8-bit graphs and onnxruntime>=1.25")
+            rows.append((f"{label}", "not available", why))
+            continue
+        t_torch = timeit(lambda: torch_scores(backbone, head, model, pairs, 32), repeat)
+        t_default = timeit(lambda: model.score_pairs(pairs), repeat)
+        t_other = timeit(lambda other=other: other.score_pairs(pairs), repeat)
+        s_o = other.score_pairs(pairs)
+        agree = np.mean(np.sign(s_o[i] - s_o[j]) == np.sign(s[i] - s[j]))
+        d_o = other.score_pairs(held).reshape(-1, 2) @ np.array([1.0, -1.0])  # (C,)
+        rows += [(f"throughput, default batching: moerm-lite default / {label}",
+                  f"{n / t_default:.1f} / {n / t_other:.1f} texts/s",
+                  f"{t_torch / t_default:.2f}x / {t_torch / t_other:.2f}x torch fp32 batch 32"),
+                 (f"decisions {label} = default: {len(recs)} held-out comparisons / all workload pairs",
+                  f"{100 * np.mean(np.sign(d_o) == np.sign(d)):.2f}% / {100 * agree:.2f}%", "goal >= 99%"),
+                 (f"largest score change {label} vs default (workload)", f"{np.abs(s_o - s).max():.4f}",
+                  f"score spread (std) {s.std():.2f}")]
     return rows
 
 
@@ -600,12 +630,12 @@ def main() -> None:
     rows += bench_experts([8, 64] if q else [8, 32, 128, 256], 3 if q else 50)
     rows += bench_fit(model, [5, 20] if q else [5, 20, 50, 200], repeat)
     rows += bench_budgets(model, pairs, repeat, (256, 2048) if q else (128, 256, 512, 1024, 2048), 4 if q else None)
-    openvino = openvino_model(model)
-    rows += bench_rank(model, torch_ref, 5, 1 if q else 3, 8 if q else None, openvino)
-    rows += bench_rank(model, torch_ref, 20, 1, 4 if q else None, openvino)
-    rows += bench_openvino(model, openvino, torch_ref, pairs, repeat, 20 if q else 200)
+    others = other_paths(model)
+    rows += bench_rank(model, torch_ref, 5, 1 if q else 3, 8 if q else None, others)
+    rows += bench_rank(model, torch_ref, 20, 1, 4 if q else None, others)
+    rows += bench_paths(model, others, torch_ref, pairs, repeat, 20 if q else 200)
     rows += bench_catalog(model, pairs, 100_000, repeat)
-    rows += bench_cold(1 if q else 3, openvino is not None)
+    rows += bench_cold(1 if q else 3, others["openvino"] is not None, others["int8_compute"] is not None)
     rows += bench_footprint(model, venv=not q)
     swap.cleanup()
     print(f"moerm-lite benchmark ({'quick' if q else 'full'}), {len(pairs)} texts ({cut} pairs longer than "

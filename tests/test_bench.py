@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from moerm_lite.sessions import onnxruntime_fuses_int8
 from tests.conftest import DATA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,10 +24,13 @@ def test_bench_quick_runs(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     table = res.stdout
     openvino = ("cold start / peak RSS, engine='openvino'", "the same, compiling (compile_cache=False)")
+    int8 = ("moerm-lite int8_compute p50", "decisions int8_compute = default",
+            "cold start / peak RSS, int8_compute=True")
     keys = ("throughput batch 32: moerm-lite int8", "head K=64", "fit_user N=20", "cold start", "peak RSS",
             "resident after first score", "model folder")
-    for key in keys + (openvino if importlib.util.find_spec("openvino") else ()):
-        assert key in table
+    optional = (openvino if importlib.util.find_spec("openvino") else ()) + (int8 if onnxruntime_fuses_int8() else ())
+    for key in keys + optional:
+        assert key in table, key
     assert out.read_text().startswith("[")
 
 
