@@ -6,6 +6,7 @@ Feeds docs/decisions/residual.md.
 
     python experiments/residual_scan.py                      # the shipped model, ~15 minutes on 2 CPU cores
     python experiments/residual_scan.py --model models/mine
+    python experiments/residual_scan.py --spread             # and the residual under a spread-shaped prior
 
 - **Constraining users** (what a default must not hurt: tastes the experts were trained on; seeds apart
   from the card's test users, as the prior strength is chosen): persona-16 users and attribute users (1 and
@@ -34,7 +35,7 @@ from moerm_build import data
 from moerm_build.data.attributes import attribute_benchmark
 from moerm_build.data.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool
 from moerm_build.evaluate.metrics import RuntimeFeaturizer, pair_accuracy
-from moerm_build.evaluate.real_eval import SHOTS, attribute_pool, dsp_pool, fit_user_terms
+from moerm_build.evaluate.real_eval import SHOTS, attribute_pool, dsp_pool, fit_user_terms, train_pool_spread
 from moerm_lite.head import expert_features
 from moerm_lite.model import DEFAULT_MODEL
 from moerm_lite.personalize import choose_residual, fit_map
@@ -47,10 +48,25 @@ Fit = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (phi 
 Group = tuple[np.ndarray, np.ndarray, list]  # phi (R, K), X (R, F) of a pool's items, its users
 
 
-def fits(w0: np.ndarray, lam: float, P: np.ndarray | None) -> dict[str, Fit]:
-    """Every fit compared, by label."""
+def fits(w0: np.ndarray, lam: float, P: np.ndarray | None,
+         spread: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Fit]:
+    """Every fit compared, by label. ``spread`` (sd (F,), T (F, F): ``train_pool_spread``): also the
+    residual fitted on ``(X / sd) @ T``, its prior favouring the directions the licensed training pool's
+    pairs vary along."""
     def runtime(strength: float | str | None) -> Fit:
         return lambda phi, X: fit_user_terms(phi, X, w0, lam, P, strength)
+
+    def spread_prior(strength: float | str) -> Fit:
+        assert spread is not None
+        sd, T = spread
+
+        def fit(phi: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            w, v = fit_user_terms(phi, (X / sd) @ T, w0, lam, P, strength)
+            return w, (T @ v) / sd  # (K,), (F,): the residual on X itself
+        return fit
+
+    extra = {} if spread is None else {"residual 30, spread": spread_prior(30.0),
+                                       "residual auto, spread": spread_prior("auto")}
 
     def short_auto(phi: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         w, _ = fit_map(phi, w0, lam, P)
@@ -58,7 +74,7 @@ def fits(w0: np.ndarray, lam: float, P: np.ndarray | None) -> dict[str, Fit]:
         return w, np.zeros(X.shape[1]) if v is None else v
 
     return {"weights only": runtime(None), **{f"residual {s:g}": runtime(s) for s in STRENGTHS},
-            "residual auto": runtime("auto"), "auto over none/10/30/100": short_auto}
+            "residual auto": runtime("auto"), "auto over none/10/30/100": short_auto, **extra}
 
 
 def scan(group: Group, table: dict[str, Fit]) -> dict[str, list[float]]:
@@ -105,10 +121,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(ROOT / "models" / DEFAULT_MODEL), help="a model folder")
     ap.add_argument("--users", type=int, default=100, help="users per group")
+    ap.add_argument("--spread", action="store_true",
+                    help="also the residual under a prior shaped by the licensed training pool's spread")
     args = ap.parse_args()
     fz = RuntimeFeaturizer(args.model)
     lam, P, w0 = fz.model.config.default_prior_strength, fz.prior_precision, fz.w0
-    table = fits(w0, lam, P)
+    spread = train_pool_spread(fz) if args.spread else None
+    table = fits(w0, lam, P, spread)
+    # DSP's features come standardised over its replies (dsp_pool): the transform applies to them as they are
+    dsp_table = fits(w0, lam, P, None if spread is None else (np.ones_like(spread[0]), spread[1]))
     st = data.load_persona()
     g, r, X_stmt = fz.outputs_and_features([("", s) for s in st.text])  # (S, K), (S, K), (S, F)
     pool = attribute_pool(fz, with_probe=False)
@@ -127,7 +148,7 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {}
     for kind, groups in (("constraining", constraining), ("unseen", unseen)):
         for title, group in groups.items():
-            results[title] = scan(group, table)
+            results[title] = scan(group, dsp_table if title.startswith("DSP") else table)
             print_table(f"{kind}: {title} ({len(group[2])} users)", results[title])
 
     def gain(name: str, titles: list[str]) -> np.ndarray:  # (groups x N,) points over the weights alone

@@ -33,7 +33,8 @@ from moerm_build import data
 from moerm_build.data.attributes import attribute_benchmark
 from moerm_build.data.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool
 from moerm_build.evaluate.metrics import RuntimeFeaturizer, logistic_fit, pair_accuracy
-from moerm_build.evaluate.real_eval import PROBE_L2, SHOTS, attribute_pool, dsp_pool, fit_user_terms
+from moerm_build.evaluate.real_eval import (PROBE_L2, SHOTS, attribute_pool, dsp_pool, fit_user_terms,
+                                           spread_transform)
 from moerm_lite.model import DEFAULT_MODEL
 from moerm_lite.personalize import RESIDUAL_GRID, loo_log_likelihood, penalized_logistic, residual_scale
 
@@ -94,17 +95,6 @@ class Fits:
         return {"weights only": self.runtime(None), "auto (shipped)": self.runtime("auto"),
                 "auto, population scale": self.auto_population_scale,
                 **{f"joint {s:g}": self.joint(s) for s in STRENGTHS}, "joint auto": self.joint_auto}
-
-
-def spread_transform(Xs: np.ndarray, power: float = 0.5, seed: int = 0) -> np.ndarray:
-    """(F, F) C^(power / 2) of the covariance C of 20,000 random pair differences of Xs (R, F), scaled so the
-    transformed differences keep their total variance."""
-    i, j = np.random.default_rng(seed).integers(len(Xs), size=(2, 20_000))
-    D = Xs[i] - Xs[j]  # (20000, F)
-    C = D.T @ D / len(D)  # (F, F)
-    ev, V = np.linalg.eigh(C)
-    T = (V * np.maximum(ev, 0) ** (power / 2)) @ V.T  # (F, F)
-    return T / np.sqrt(np.trace(T @ C @ T) / len(C))
 
 
 def pair_scale(X: np.ndarray, seed: int = 0) -> np.ndarray:

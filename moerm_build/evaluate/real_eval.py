@@ -97,6 +97,30 @@ def train_scaler() -> Any:
     return attribute_training_pool(data.DATA_DIR)[1]
 
 
+def spread_transform(Xs: np.ndarray, power: float = 0.5, seed: int = 0) -> np.ndarray:
+    """(F, F) C^(power / 2) of the covariance C of 20,000 random pair differences of Xs (R, F), scaled so the
+    transformed differences keep their total variance: a logistic fit on ``D @ T`` with an isotropic prior is
+    a fit on ``D`` whose prior favours the directions the pool's pairs vary along."""
+    i, j = np.random.default_rng(seed).integers(len(Xs), size=(2, 20_000))
+    D = Xs[i] - Xs[j]  # (20000, F)
+    C = D.T @ D / len(D)  # (F, F)
+    ev, V = np.linalg.eigh(C)
+    T = (V * np.maximum(ev, 0) ** (power / 2)) @ V.T  # (F, F)
+    return T / np.sqrt(np.trace(T @ C @ T) / len(C))
+
+
+def train_pool_spread(fz: Any, power: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """The licensed training pool's frozen pair features (its replies with their prompts): their spread
+    sd (F,) and ``spread_transform`` T (F, F) of the standardised features, so that ``(X / sd) @ T`` puts
+    any pool's features X in the space where an isotropic prior favours the training pool's directions."""
+    from moerm_build.train.train import attribute_training_pool
+
+    pool = attribute_training_pool(data.DATA_DIR)[0]
+    X = fz.features([(pool.prompts[g], r) for g, r in zip(pool.group, pool.responses)]).astype(np.float64)
+    sd = X.std(0) + 1e-6  # (F,)
+    return sd, spread_transform((X - X.mean(0)) / sd, power)
+
+
 def probe_few_shot(X: np.ndarray, users: list[data.BenchUser], shots: Sequence[int] = SHOTS,
                    l2: float = PROBE_L2) -> dict[str, float]:
     """Per user, a logistic probe on frozen feature differences fit on its first N comparisons."""
