@@ -38,6 +38,8 @@ class BatchScorer:
         model: a model folder (``None``: the installed default model).
         threads: threads per worker (default 1: one worker per core is the usual layout).
         engine: what runs the backbone, ``"onnxruntime"`` or ``"openvino"`` (``RewardModel.load``).
+        int8_compute: onnxruntime multiplies the 8-bit weights in int8 (``RewardModel.load``): more
+            texts per second on CPUs with VNNI, scores moved slightly.
         profiles: a folder of ``<user_id>.json`` profiles, or a mapping ``user_id -> path``; each is
             loaded on first use and kept.
         breakdown: also return each row's per-expert contributions, an (N, K) column ``contributions``,
@@ -50,8 +52,9 @@ class BatchScorer:
     def __init__(self, model: str | Path | None = None, *, threads: int = 1, precision: str = "int8",
                  profiles: str | Path | Mapping[str, str | Path] | None = None, breakdown: bool = False,
                  score_column: str = "score", unknown_user: str = "error", batch_size: int = BATCH_SIZE,
-                 engine: str = "onnxruntime") -> None:
-        self.model = RewardModel.load(model, threads=threads, precision=precision, engine=engine)
+                 engine: str = "onnxruntime", int8_compute: bool = False) -> None:
+        self.model = RewardModel.load(model, threads=threads, precision=precision, engine=engine,
+                                      int8_compute=int8_compute)
         self.breakdown, self.score_column = breakdown, score_column
         self.batch_size = batch_size
         self._users = _Users(profiles, unknown_user, self.model.user_terms)  # user_id -> (w, v or None)

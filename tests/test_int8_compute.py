@@ -102,3 +102,15 @@ def test_what_it_cannot_run_on_is_named(tiny_folder, monkeypatch):
     need = ".".join(map(str, INT8_COMPUTE_ORT))
     with pytest.raises(ValueError, match=f"onnxruntime>={need}, this is 1.24.4"):
         RewardModel.load(int8_compute=True)
+
+
+def test_the_batch_scorer_passes_it_on(both):
+    """Ray Data's per-worker scorer (moerm_lite.batch) loads the model the same way when asked."""
+    from moerm_lite.batch import BatchScorer
+
+    _, fast = both
+    rows = [(r["prompt"], r["answer"]) for r in read_rows(SANITY)[:4]]
+    scorer = BatchScorer(threads=2, int8_compute=True)
+    out = scorer({"prompt": np.array([p for p, _ in rows]), "response": np.array([r for _, r in rows])})
+    assert scorer.model.int8_compute
+    np.testing.assert_allclose(out["score"], fast.score_pairs(rows), rtol=0, atol=1e-5)
