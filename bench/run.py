@@ -454,15 +454,15 @@ def bench_paths(model: RewardModel, others: dict[str, RewardModel | None], torch
     s = model.score_pairs(pairs)
     d = model.score_pairs(held).reshape(-1, 2) @ np.array([1.0, -1.0])  # (C,)
     i, j = np.triu_indices(n, 1)
+    t_torch = timeit(lambda: torch_scores(backbone, head, model, pairs, 32), repeat)
+    t_default = timeit(lambda: model.score_pairs(pairs), repeat)
     rows = []
     for label, other in others.items():
         if other is None:
             why = ('pip install "moerm-lite[openvino]"' if label == "openvino"
                    else "needs 8-bit graphs and onnxruntime>=1.25")
-            rows.append((f"{label}", "not available", why))
+            rows.append((label, "not available", why))
             continue
-        t_torch = timeit(lambda: torch_scores(backbone, head, model, pairs, 32), repeat)
-        t_default = timeit(lambda: model.score_pairs(pairs), repeat)
         t_other = timeit(lambda other=other: other.score_pairs(pairs), repeat)
         s_o = other.score_pairs(pairs)
         agree = np.mean(np.sign(s_o[i] - s_o[j]) == np.sign(s[i] - s[j]))
