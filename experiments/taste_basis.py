@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from moerm_build.data import DATA_DIR, DSP_DOMAINS, REAL_LOADERS, bucket
+from moerm_build.data import DATA_DIR, DSP_DOMAINS, bucket
 from moerm_build.data.attributes import attribute_benchmark
 from moerm_build.data.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool
 from moerm_build.evaluate.metrics import RuntimeFeaturizer, few_shot, logistic_fit, pair_accuracy
@@ -141,11 +141,9 @@ def pool_features(rz: RuntimeFeaturizer, cache: Path | None, share: float = 1.0
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The held-out pool of ``attribute_pool`` (phi, X) and the training pool (X) of a ``share`` of its
     prompts, features kept in ``cache`` when given."""
-    from moerm_build.data.attributes import ResponsePool
-    from moerm_build.train.train import real_train_records
+    from moerm_build.train.train import attribute_training_pool
 
-    recs = real_train_records(list(REAL_LOADERS), DATA_DIR)
-    train_pool, _ = ResponsePool.build([r for r in recs if bucket(r["prompt"], "taste-basis") < share])
+    train_pool, _ = attribute_training_pool(DATA_DIR, keep=lambda r: bucket(r["prompt"], "taste-basis") < share)
 
     def kept(name: str, compute: Any) -> dict[str, np.ndarray]:
         if cache is None:

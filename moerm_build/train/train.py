@@ -141,12 +141,15 @@ def real_train_records(names: Sequence[str], data_dir: Path) -> list[data.Record
     return [r for name in names for r in data.REAL_LOADERS[name](data_dir, split="train")]
 
 
-def attribute_training_pool(data_dir: Path) -> tuple[Any, Any]:
+def attribute_training_pool(data_dir: Path, keep: Callable[[data.Record], bool] | None = None
+                            ) -> tuple[Any, Any]:
     """The real replies attribute users compare (every licensed set's train split), and the attribute
-    standardisation fitted on them: ``(ResponsePool, Scaler)``."""
+    standardisation fitted on them: ``(ResponsePool, Scaler)``; ``keep``, if given, picks the records
+    the pool is built from (a share of the prompts, say)."""
     from moerm_build.data.attributes import ResponsePool
 
-    return ResponsePool.build(real_train_records(list(data.REAL_LOADERS), data_dir))
+    recs = real_train_records(list(data.REAL_LOADERS), data_dir)
+    return ResponsePool.build([r for r in recs if keep is None or keep(r)])
 
 
 def load_records(cfg: TrainConfig) -> list[data.Record]:
