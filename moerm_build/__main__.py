@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "refresh": "keep the graphs; redo reference corpus, expert cards, active curve, robustness, card",
         "reexport": "re-export one graph with today's code from the same weights; refused if a score moves",
         "reevaluate": "re-run the evaluation through the folder with today's code; keep parity and references",
-        "check": "export both graphs again into a copy: byte-identical? the largest score change (writes nothing)",
+        "check": "is the folder this run's? both graphs exported again into a copy: byte-identical? (writes nothing)",
     }
     for step, help_ in steps.items():
         rp = rel.add_parser(step, help=help_)
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.step == "check":
             same = pipeline.check(runs, out)
             print(json.dumps(same, indent=1))
-            return 0 if same["max_score_change"] <= 1e-6 else 1
+            return 0 if same["run_made_folder"] and same["max_score_change"] <= 1e-6 else 1
         else:
             pipeline.reevaluate(runs, out)
     return 0

@@ -167,10 +167,30 @@ def parity_pairs() -> list[tuple[str, str]]:
     return [(r["prompt"], t) for r in heldout_comparisons() for t in (r["chosen"], r["rejected"])]
 
 
+def run_made_folder(head: Any, out: Path, graphs: GraphFiles) -> bool:
+    """Is the folder ``out`` (``graphs``: its int8 graph files) exported from this run's trained ``head``?
+    Its head graph built again from the run's own weights (the folder's kept experts, in its expert
+    precision) is byte-identical to the folder's, and its population weights are the run's. ``check``'s
+    re-exports rebuild the head from the folder's own graph: they test today's export code, not the run."""
+    import onnx
+
+    from moerm_build.graphs.onnx_head import build_head_graph, stored_expert_dtype
+    from moerm_build.release.onnx_export import head_weights
+
+    config = json.loads((out / "config.json").read_text())
+    keep = config.get("training", {}).get("kept_experts") or list(range(head.args.n_experts))
+    stored = (out / graphs.head).read_bytes()
+    built = build_head_graph(head_weights(head).select(keep), head.args.top_k, gating=head.args.gating,
+                             expert_dtype=stored_expert_dtype(onnx.load_from_string(stored)))
+    w0 = head.w0.detach().double().numpy()[keep].tolist()
+    return built.SerializeToString() == stored and w0 == config["w0"]
+
+
 def check(runs: Path, out: Path) -> dict[str, Any]:
-    """Does today's build side still make the folder ``out`` from ``runs/ship``? Both graphs exported again
-    into a copy of the folder (nothing in ``out`` is written): whether each is byte-identical to the
-    folder's, and the largest change of any score of the parity set."""
+    """Does today's build side still make the folder ``out`` from ``runs/ship``? Whether the run's trained
+    weights are the folder's (``run_made_folder``), then both graphs exported again into a copy of the
+    folder (nothing in ``out`` is written): whether each is byte-identical to the folder's, and the
+    largest change of any score of the parity set."""
     import shutil
     import tempfile
 
@@ -180,7 +200,8 @@ def check(runs: Path, out: Path) -> dict[str, Any]:
     pairs = parity_pairs()
     old = RewardModel.load(out)
     before = old.score_pairs(pairs)  # (P,)
-    res: dict[str, Any] = {"parity_pairs": len(pairs)}
+    res: dict[str, Any] = {"run_made_folder": run_made_folder(head, out, old.config.graphs["int8"]),
+                           "parity_pairs": len(pairs)}
     with tempfile.TemporaryDirectory() as tmp:
         trial = Path(tmp) / "folder"
         shutil.copytree(out, trial)
