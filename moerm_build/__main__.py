@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if getattr(args, "card", False):  # refused before the measurement, not after it
+        from moerm_build.release.pipeline import card_report
+
+        card_report(Path(args.runs), Path(args.input))
 
     if args.command == "train":
         import torch

@@ -259,6 +259,17 @@ def test_a_measurement_goes_into_the_report_and_the_card_is_written_from_it(tiny
     RewardModel.load(folder)  # manifest refreshed with the card
     with pytest.raises(SystemExit, match="report.json not found"):
         record(tmp_path / "elsewhere", folder, "tastes", tastes)
+    import torch  # another run's report never reaches this folder's card
+
+    other = tmp_path / "other"
+    shutil.copytree(runs, other)
+    ckpt = torch.load(other / "ship" / "ckpt.pt", weights_only=False)
+    ckpt["head"]["w0"] = ckpt["head"]["w0"] + 0.5
+    torch.save(ckpt, other / "ship" / "ckpt.pt")
+    before = (folder / "README.md").read_text()
+    with pytest.raises(SystemExit, match="was not exported from"):
+        record(other, folder, "tastes", {**tastes, "heldout_per_user": [1, 2]})
+    assert (folder / "README.md").read_text() == before
 
 
 def test_torch_pair_features_equal_the_runtime_function(tiny_bert):

@@ -125,6 +125,7 @@ def build(cfg: TrainConfig, runs: Path, out: Path, *, quick: bool = False, resum
 def refresh(runs: Path, out: Path) -> None:
     """Keep the folder's graphs and ``runs/ship/report.json``; redo the reference corpus and everything
     measured after export (active questions, robustness, expert cards), then the card."""
+    folders_run(runs, out)
     rep = json.loads((runs / "ship" / "report.json").read_text())
     add_reference(out, to_jsonl(reference_corpus()))
     finish(runs, out, rep, USERS)
@@ -186,6 +187,17 @@ def run_made_folder(head: Any, out: Path, graphs: GraphFiles) -> bool:
     return built.SerializeToString() == stored and w0 == config["w0"]
 
 
+def folders_run(runs: Path, out: Path) -> tuple[dict[str, Any], Any]:
+    """``runs/ship``'s checkpoint and head, refused unless the folder ``out`` was exported from that run:
+    a report or parity measured on another run (a retrain, say) must not reach ``out``'s card."""
+    ckpt, head = load_checkpoint(runs / "ship")
+    graphs = RewardModel.load(out).config.graphs
+    if not run_made_folder(head, out, graphs.get("int8") or graphs["fp32"]):
+        raise SystemExit(f"{out} was not exported from {runs / 'ship'} (the run's trained weights are not the "
+                         "folder's): give --runs the run it came from, or rebuild it (release build)")
+    return ckpt, head
+
+
 def check(runs: Path, out: Path) -> dict[str, Any]:
     """Does today's build side still make the folder ``out`` from ``runs/ship``? Whether the run's trained
     weights are the folder's (``run_made_folder``), then both graphs exported again into a copy of the
@@ -224,7 +236,7 @@ def reexport(runs: Path, out: Path, part: str, max_score_change: float = 1e-4) -
 
     from moerm_lite.folder import write_manifest
 
-    ckpt, head = load_checkpoint(runs / "ship")
+    ckpt, head = folders_run(runs, out)
     rep = json.loads((runs / "ship" / "report.json").read_text())
     old = RewardModel.load(out)
     pairs = parity_pairs()
@@ -272,6 +284,7 @@ def reevaluate(runs: Path, out: Path, users: int = USERS) -> None:
     """Re-run the evaluation of the int8 folder with today's evaluation code (same data, seeds and prior
     strength), keep what was measured elsewhere (``KEPT_ON_REEVALUATION``, and the frozen-probe rows of the
     attribute users, on fp32 features), and rewrite the report and the card."""
+    folders_run(runs, out)
     rep = json.loads((runs / "ship" / "report.json").read_text())
     t0 = time.time()
     rz = RuntimeFeaturizer(out, precision="int8")
@@ -302,13 +315,20 @@ def quant_variants(run: Path, out: Path, parity: dict) -> dict:
     return rows
 
 
-def record(runs: Path, out: Path, key: str, value: Any) -> None:
-    """Put one measurement into the report of the run the folder ``out`` came from (``runs/ship/report.json``)
-    and write the folder's card from that report: a card is only ever written whole, from a report."""
+def card_report(runs: Path, out: Path) -> Path:
+    """The report a measurement for the folder ``out``'s card joins, ``runs/ship/report.json``; refused
+    (SystemExit) where it is missing or ``runs/ship`` is not the run ``out`` was exported from."""
     report = runs / "ship" / "report.json"
     if not report.is_file():
         raise SystemExit(f"{report} not found: --card needs the report of the run {out} came from (--runs)")
-    rep = json.loads(report.read_text())
+    folders_run(runs, out)
+    return report
+
+
+def record(runs: Path, out: Path, key: str, value: Any) -> None:
+    """Put one measurement into the report of the run the folder ``out`` came from (``runs/ship/report.json``)
+    and write the folder's card from that report: a card is only ever written whole, from a report."""
+    rep = json.loads(card_report(runs, out).read_text())
     rep[key] = value
     save_report(runs, out, rep)
 
