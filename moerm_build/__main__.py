@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("release", help="the shipped model's pipeline: build, refresh, reexport, reevaluate")
     rel = sp.add_subparsers(dest="step", required=True)
     steps = {
-        "build": "train, evaluate, export int8, evaluate the folder, report and card (hours)",
+        "build": "train, evaluate, export int8, evaluate the folder, report and card (~1 hour on 2 cores)",
         "refresh": "keep the graphs; redo reference corpus, expert cards, active curve, robustness, card",
         "reexport": "re-export one graph with today's code from the same weights; refused if a score moves",
         "reevaluate": "re-run the evaluation through the folder with today's code; keep parity and references",

@@ -1,7 +1,7 @@
 """The release pipeline: train, evaluate, export int8, evaluate through the folder, write the report and
 the card (``python -m moerm_build release ...``, run from the repository root).
 
-    python -m moerm_build release build               # -> models/moerm-minilm and runs/ship*/ (hours)
+    python -m moerm_build release build               # -> models/moerm-minilm and runs/ship*/ (~1 h, 2 cores)
     python -m moerm_build release build --quick       # small smoke run into runs/quick (not for shipping)
     python -m moerm_build release build --config moerm_build/configs/moerm-minilm-quality.json \
         --out runs/quality/moerm-minilm --runs runs/quality   # the fine-tuned-encoder candidate
