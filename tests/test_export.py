@@ -176,9 +176,10 @@ def test_default_int8_backbone_is_gptq_rounded_on_the_checkpoints_training_pairs
     assert cfg["graphs"]["int8"]["dequantize_at_load"] is True  # the runtime folds, does not fuse
 
 
-def test_check_tells_the_folders_own_run_from_another(tiny_run, tiny_export):
+def test_check_tells_the_folders_own_run_from_another(tiny_run, tiny_export, tmp_path):
     """``release check`` re-exports rebuild the head from the folder's graph; ``run_made_folder`` is what
-    says the run's trained weights are the folder's (one expert weight or w0 changed: not)."""
+    says the run's trained weights are the folder's, whatever precision stores them (one expert weight or
+    w0 changed: not)."""
     import torch
 
     from moerm_build.release.pipeline import run_made_folder
@@ -186,6 +187,8 @@ def test_check_tells_the_folders_own_run_from_another(tiny_run, tiny_export):
     _, head = load_checkpoint(tiny_run)
     graphs = RewardModel.load(tiny_export).config.graphs["int8"]
     assert run_made_folder(head, tiny_export, graphs)
+    int8_experts = export_model(tiny_run, tmp_path / "int8-experts", head_experts="int8", reference=tiny_reference())
+    assert run_made_folder(head, int8_experts, graphs)  # other bytes, the same run
     with torch.no_grad():
         head.w2[0, 0] += 0.5  # a routed expert's weight: another run
     assert not run_made_folder(head, tiny_export, graphs)
