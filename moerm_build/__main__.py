@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "refresh": "keep the graphs; redo reference corpus, expert cards, active curve, robustness, card",
         "reexport": "re-export one graph with today's code from the same weights; refused if a score moves",
         "reevaluate": "re-run the evaluation through the folder with today's code; keep parity and references",
-        "check": "is the folder this run's? both graphs exported again into a copy: byte-identical? (writes nothing)",
+        "check": "is the folder this run's, and do both graphs export byte-identical again? (writes nothing)",
     }
     for step, help_ in steps.items():
         rp = rel.add_parser(step, help=help_)
