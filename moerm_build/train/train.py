@@ -101,7 +101,7 @@ class TrainConfig:
     embed_noise: float = 0.2  # Gaussian noise on the embedding, relative to its RMS: routing that a small
     #                            change of input (int8 rounding) does not flip
     seed: int = 0
-    deterministic: bool = True  # deterministic torch: one machine rebuilds the same weights (not across CPUs)
+    deterministic: bool = True  # deterministic torch: two runs on one machine give the same weights
     device: str = "cpu"
     data_dir: str = str(data.DATA_DIR)
     cache_dir: str = ""  # embedding cache; "" = .cache/embeddings in the checkout
