@@ -185,17 +185,16 @@ def test_check_tells_the_folders_own_run_from_another(tiny_run, tiny_export, tmp
     from moerm_build.release.pipeline import run_made_folder
 
     _, head = load_checkpoint(tiny_run)
-    graphs = RewardModel.load(tiny_export).config.graphs["int8"]
-    assert run_made_folder(head, tiny_export, graphs)
+    assert run_made_folder(head, tiny_export)
     int8_experts = export_model(tiny_run, tmp_path / "int8-experts", head_experts="int8", reference=tiny_reference())
-    assert run_made_folder(head, int8_experts, graphs)  # other bytes, the same run
+    assert run_made_folder(head, int8_experts)  # other bytes, the same run
     with torch.no_grad():
         head.w2[0, 0] += 0.5  # a routed expert's weight: another run
-    assert not run_made_folder(head, tiny_export, graphs)
+    assert not run_made_folder(head, tiny_export)
     _, head = load_checkpoint(tiny_run)
     with torch.no_grad():
         head.w0[0] += 0.5  # the same experts, other population weights
-    assert not run_made_folder(head, tiny_export, graphs)
+    assert not run_made_folder(head, tiny_export)
 
 
 def test_card_records_the_int8_variant_choice(tiny_run, tiny_export):

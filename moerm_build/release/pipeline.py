@@ -43,7 +43,7 @@ from moerm_build.release.onnx_export import export_model
 from moerm_build.release.package import add_reference, rename_experts, update_card
 from moerm_build.train.train import TrainConfig, load_checkpoint, readout_run, train
 from moerm_lite import RewardModel
-from moerm_lite.folder import GraphFiles
+from moerm_lite.folder import GraphFiles, ModelConfig
 
 
 
@@ -170,9 +170,9 @@ def parity_pairs() -> list[tuple[str, str]]:
     return [(r["prompt"], t) for r in heldout_comparisons() for t in (r["chosen"], r["rejected"])]
 
 
-def run_made_folder(head: Any, out: Path, graphs: GraphFiles, tol: float = 0.01) -> bool:
-    """Is the folder ``out`` (``graphs``: its graph files) exported from this run's trained ``head``? Each
-    weight array of its head graph is the run's (the folder's kept experts) within ``tol`` of the array's
+def run_made_folder(head: Any, out: Path, tol: float = 0.01) -> bool:
+    """Is the folder ``out`` exported from this run's trained ``head``? Each weight array of its head graph
+    (the int8 one where it has one) is the run's (the folder's kept experts) within ``tol`` of the array's
     largest magnitude, which the stored precision (fp16, int8 per channel) keeps and another training does
     not, and its population weights are the run's. By weights, not bytes: a graph re-exported by other
     export code is still the run's. ``check``'s re-exports rebuild the head from the folder's own graph:
@@ -182,8 +182,9 @@ def run_made_folder(head: Any, out: Path, graphs: GraphFiles, tol: float = 0.01)
     from moerm_build.graphs.onnx_head import read_head_weights
     from moerm_build.release.onnx_export import head_weights
 
-    config = json.loads((out / "config.json").read_text())
-    keep = config.get("training", {}).get("kept_experts") or list(range(head.args.n_experts))
+    config = ModelConfig.from_dict(json.loads((out / "config.json").read_text()))
+    keep = config.extra.get("training", {}).get("kept_experts") or list(range(head.args.n_experts))
+    graphs = config.graphs.get("int8") or config.graphs["fp32"]
     run, stored = head_weights(head).select(keep), read_head_weights(onnx.load(out / graphs.head))
     for name in ("router_w", "router_b", "w1", "b1", "w2", "b2", "feat_mean", "feat_std"):
         a, b = getattr(run, name), getattr(stored, name)
@@ -191,15 +192,14 @@ def run_made_folder(head: Any, out: Path, graphs: GraphFiles, tol: float = 0.01)
                                                              np.abs(a - b).max() > tol * np.abs(b).max())):
             return False
     w0 = head.w0.detach().double().numpy()[keep]  # (K,)
-    return bool(np.allclose(w0, config["w0"], rtol=1e-6, atol=1e-9))
+    return bool(np.allclose(w0, config.w0, rtol=1e-6, atol=1e-9))
 
 
 def folders_run(runs: Path, out: Path) -> tuple[dict[str, Any], Any]:
     """``runs/ship``'s checkpoint and head, refused unless the folder ``out`` was exported from that run:
     a report or parity measured on another run (a retrain, say) must not reach ``out``'s card."""
     ckpt, head = load_checkpoint(runs / "ship")
-    graphs = RewardModel.load(out).config.graphs
-    if not run_made_folder(head, out, graphs.get("int8") or graphs["fp32"]):
+    if not run_made_folder(head, out):
         raise SystemExit(f"{out} was not exported from {runs / 'ship'} (the run's trained weights are not the "
                          "folder's): give --runs the run it came from, or rebuild it (release build)")
     return ckpt, head
@@ -219,7 +219,7 @@ def check(runs: Path, out: Path) -> dict[str, Any]:
     pairs = parity_pairs()
     old = RewardModel.load(out)
     before = old.score_pairs(pairs)  # (P,)
-    res: dict[str, Any] = {"run_made_folder": run_made_folder(head, out, old.config.graphs["int8"]),
+    res: dict[str, Any] = {"run_made_folder": run_made_folder(head, out),
                            "parity_pairs": len(pairs)}
     with tempfile.TemporaryDirectory() as tmp:
         trial = Path(tmp) / "folder"
