@@ -227,11 +227,13 @@ def bench_fit(model: RewardModel, Ns: list[int], repeat: int) -> list[tuple[str,
         t_res = timeit(lambda phi=phi, X=X, profile=profile: profile.fit(phi, model.w0, X), repeat)
         rows.append((f"fit_user N={N} with a residual: solve", f"{1e3 * t_res:.2f} ms",
                      f"{t_res / t_solve:.1f}x the solve without"))
-        auto = UserProfile(prior_strength=model.config.default_prior_strength,
-                           prior_precision=model.prior_precision, residual_strength="auto")
-        t_auto = timeit(lambda phi=phi, X=X, auto=auto: auto.fit(phi, model.w0, X), repeat)
-        rows.append((f"fit_user N={N} residual auto: solve", f"{1e3 * t_auto:.2f} ms",
-                     f"{t_auto / t_solve:.1f}x the solve without" + ("; goal <= 20 ms at N=50" if N == 50 else "")))
+        for choice in ("auto", "evidence"):  # a residual strength chosen per user
+            chosen = UserProfile(prior_strength=model.config.default_prior_strength,
+                                 prior_precision=model.prior_precision, residual_strength=choice)
+            t_choice = timeit(lambda phi=phi, X=X, chosen=chosen: chosen.fit(phi, model.w0, X), repeat)
+            rows.append((f"fit_user N={N} residual {choice}: solve", f"{1e3 * t_choice:.2f} ms",
+                         f"{t_choice / t_solve:.1f}x the solve without"
+                         + ("; goal <= 20 ms at N=50" if N == 50 else "")))
     return rows
 
 

@@ -1,5 +1,6 @@
 """Which residual a new user gets by default (``fit_user(..., residual_strength=...)``): few-shot accuracy
-of the expert weights alone, of fixed residual strengths, and of strengths chosen per user (``"auto"``),
+of the expert weights alone, of fixed residual strengths, and of strengths chosen per user (``"auto"``,
+``"evidence"``),
 constrained by the tastes the experts know and chosen family-out on tastes no build trained on.
 
 Feeds docs/decisions/residual.md.
@@ -18,9 +19,11 @@ Feeds docs/decisions/residual.md.
   N of one random order). The choice is made family-out: for each of these six groups, the fit within the
   constraint with the best mean gain over the *other* five, scored on the one left out.
 
-Every fit is the runtime's own (``UserProfile.fit``) at the model's prior strength, except "auto over
-none/10/30/100", the runtime's per-user choice (``choose_residual``) over a shorter grid. Needs the export
-extra and ../shared/data.
+Every fit is the runtime's own (``UserProfile.fit``) at the model's prior strength ("auto by evidence":
+``residual_strength="evidence"``), except "auto over none/10/30/100" and "evidence, none/10/30/100", the
+runtime's per-user choices (``choose_residual``) over a shorter grid, and "evidence, prior and residual", which
+also chooses the prior strength (the model's times 1/3, 1 or 3) by the evidence (``log_evidence``). ``--seed``
+draws other users (the tables of residual.md: 0 and 1000). Needs the export extra and ../shared/data.
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ from moerm_build.evaluate.metrics import RuntimeFeaturizer, pair_accuracy
 from moerm_build.evaluate.real_eval import SHOTS, attribute_pool, dsp_pool, fit_user_terms, train_pool_spread
 from moerm_lite.head import expert_features
 from moerm_lite.model import DEFAULT_MODEL
-from moerm_lite.personalize import choose_residual, fit_map
+from moerm_lite.personalize import RESIDUAL_GRID, choose_residual, fit_map, log_evidence
 
 ROOT = Path(__file__).resolve().parents[1]
 STRENGTHS = (3.0, 10.0, 30.0, 100.0, 300.0)
 SHORT_GRID = (None, 10.0, 30.0, 100.0)
+PRIOR_FACTORS = (1 / 3, 1.0, 3.0)  # "evidence, prior and residual": the model's prior strength times these
 TOLERANCE = 0.5  # points a default may lose against the weights alone, on any constraining group and N
 Fit = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (phi (N, K), X (N, F)) -> (w, v)
 Group = tuple[np.ndarray, np.ndarray, list]  # phi (R, K), X (R, F) of a pool's items, its users
@@ -73,8 +77,19 @@ def fits(w0: np.ndarray, lam: float, P: np.ndarray | None,
         _, v, _ = choose_residual(phi, X, w, lam, P, SHORT_GRID)
         return w, np.zeros(X.shape[1]) if v is None else v
 
+    def evidence(grid: tuple[float | None, ...], factors: tuple[float, ...]) -> Fit:
+        def fit(phi: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            best = max(((log_evidence(phi, X, w0, lam * c, P, rho), -i, lam * c, rho)
+                        for i, (c, rho) in enumerate((c, rho) for c in factors for rho in grid)),
+                       key=lambda t: t[:2])
+            return fit_user_terms(phi, X, w0, best[2], P, best[3])
+        return fit
+
     return {"weights only": runtime(None), **{f"residual {s:g}": runtime(s) for s in STRENGTHS},
-            "residual auto": runtime("auto"), "auto over none/10/30/100": short_auto, **extra}
+            "residual auto": runtime("auto"), "auto over none/10/30/100": short_auto,
+            "auto by evidence": runtime("evidence"),
+            "evidence, none/10/30/100": evidence(SHORT_GRID, (1.0,)),
+            "evidence, prior and residual": evidence(RESIDUAL_GRID, PRIOR_FACTORS), **extra}
 
 
 def scan(group: Group, table: dict[str, Fit]) -> dict[str, list[float]]:
@@ -121,6 +136,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(ROOT / "models" / DEFAULT_MODEL), help="a model folder")
     ap.add_argument("--users", type=int, default=100, help="users per group")
+    ap.add_argument("--seed", type=int, default=0, help="added to every user seed: another draw of the users")
     ap.add_argument("--spread", action="store_true",
                     help="also the residual under a prior shaped by the licensed training pool's spread")
     args = ap.parse_args()
@@ -136,14 +152,15 @@ def main() -> None:
     phi, X = pool["phi"], pool["X"]
     constraining: dict[str, Group] = {
         "persona": (expert_features(g, r), X_stmt.astype(np.float64),
-                    data.persona_benchmark(st, n_users=args.users, seed=777)),
-        "1 attribute": (phi, X, attribute_benchmark(pool["pool"], n_users=args.users, n_attributes=1, seed=778)),
-        "2-3 attributes": (phi, X, attribute_benchmark(pool["pool"], n_users=args.users, seed=779))}
+                    data.persona_benchmark(st, n_users=args.users, seed=777 + args.seed)),
+        "1 attribute": (phi, X, attribute_benchmark(pool["pool"], n_users=args.users, n_attributes=1,
+                                                      seed=778 + args.seed)),
+        "2-3 attributes": (phi, X, attribute_benchmark(pool["pool"], n_users=args.users, seed=779 + args.seed))}
     tp = taste_pool(pool["pool"])
     unseen: dict[str, Group] = {
-        f"taste family: {f}": (phi, X, taste_benchmark(tp, f, n_users=args.users, seed=8642 + i))
+        f"taste family: {f}": (phi, X, taste_benchmark(tp, f, n_users=args.users, seed=8642 + i + args.seed))
         for i, f in enumerate(TASTE_FAMILIES)}
-    unseen["DSP domain users (4 x 20 draws)"] = dsp_group(fz)
+    unseen["DSP domain users (4 x 20 draws)"] = dsp_group(fz, seed=args.seed)
     print(f"{Path(args.model).name} (int8 runtime), prior strength {lam:g}; held-out accuracy (%)")
     results: dict[str, dict[str, list[float]]] = {}
     for kind, groups in (("constraining", constraining), ("unseen", unseen)):

@@ -15,7 +15,7 @@ import numpy as np
 
 from .catalog import Catalog
 from .model import BATCH_SIZE, RewardModel
-from .personalize import AUTO, RECOMMENDED, UserProfile
+from .personalize import AUTO, EVIDENCE, RECOMMENDED, UserProfile
 from .sessions import ENGINES
 
 PROGRESS_MIN_ROWS = 200
@@ -293,15 +293,16 @@ def cmd_next(args: argparse.Namespace, out: IO[str]) -> None:
 
 
 def residual_strength(text: str) -> float | str | None:
-    """``--residual-strength``: a number, ``auto``, ``recommended`` or ``none``."""
-    if text in (AUTO, RECOMMENDED):
+    """``--residual-strength``: a number, ``auto``, ``evidence``, ``recommended`` or ``none``."""
+    if text in (AUTO, EVIDENCE, RECOMMENDED):
         return text
     if text == "none":
         return None
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, auto, recommended or none, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, auto, evidence, recommended or none, got {text!r}"
+                                         ) from None
 
 
 def cmd_describe(args: argparse.Namespace, out: IO[str]) -> None:
@@ -412,10 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--user-id", default=None)
     sp.add_argument("--prior-strength", type=float, default=None, help="lambda (default: the model's)")
     sp.add_argument("--residual-strength", type=residual_strength, default=RECOMMENDED,
-                    metavar="RHO|auto|recommended|none",
+                    metavar="RHO|evidence|auto|recommended|none",
                     help="the residual over pair features, for tastes the experts miss: recommended (default: "
-                         "the model's, 30 for the shipped one, moves with many comparisons), a strength, auto "
-                         "(chosen per user from its comparisons) or none (expert weights alone)")
+                         "the model's, 30 for the shipped one, moves with many comparisons), a strength, evidence "
+                         "(chosen per user by the Laplace evidence of its comparisons), auto (chosen per user by "
+                         "leave-one-out) or none (expert weights alone)")
     common(sp, user=False)
     sp.set_defaults(fn=cmd_fit)
     sp = sub.add_parser("next", help='which pair to ask a user about: {"prompt", "candidates": [...]} JSONL')

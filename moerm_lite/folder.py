@@ -19,6 +19,7 @@ import numpy as np
 
 from .features import DEFAULT_LAYOUT, LAYOUTS
 from .files import atomic_write_text
+from .personalize import PER_USER
 
 RECOMMENDED_RESIDUAL_STRENGTH = 30.0  # a folder's config without the field recommends this (docs/decisions/residual.md)
 
@@ -63,8 +64,9 @@ class ModelConfig:
     feature_layout: str = DEFAULT_LAYOUT  # config.json's "features": how the head's input is built (features.py)
     n_shared: int = 0  # the last n_shared experts are always active (gate 1); the router picks top_k of the rest
     default_prior_strength: float = 1.0  # lambda of the MAP user fit
-    # the residual's strength fit_user uses by default and the card measures (docs/decisions/residual.md)
-    recommended_residual_strength: float = RECOMMENDED_RESIDUAL_STRENGTH
+    # the residual fit_user uses by default and the card measures (docs/decisions/residual.md): a strength,
+    # or one chosen per user ("evidence", "auto": moerm_lite.personalize.PER_USER)
+    recommended_residual_strength: float | str = RECOMMENDED_RESIDUAL_STRENGTH
     prior_precision: list[list[float]] | None = None  # P (K, K): user prior N(w0, (lambda P)^-1); None = I
     max_chars: int = 100_000  # longer texts are rejected, not silently cut
     backbone_inputs: list[str] = field(
@@ -109,8 +111,8 @@ class ModelConfig:
                 n_shared=int(d.get("n_shared", 0)),
                 graphs=graphs,
                 default_prior_strength=float(d.get("default_prior_strength", 1.0)),
-                recommended_residual_strength=float(d.get("recommended_residual_strength",
-                                                          RECOMMENDED_RESIDUAL_STRENGTH)),
+                recommended_residual_strength=residual_setting(d.get("recommended_residual_strength",
+                                                                     RECOMMENDED_RESIDUAL_STRENGTH)),
                 prior_precision=(None if d.get("prior_precision") is None
                                  else [[float(x) for x in row] for row in d["prior_precision"]]),
                 max_chars=int(d.get("max_chars", 100_000)),
@@ -160,8 +162,12 @@ class ModelConfig:
                                    f"{self.max_length}, {self.hidden_size}, {self.max_chars}")
         for name in ("default_prior_strength", "recommended_residual_strength"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ModelFolderError(f"config.json: {name} must be a positive number, got {value}")
+            if isinstance(value, str) and name == "recommended_residual_strength" and value in PER_USER:
+                continue
+            if isinstance(value, (str, bool)) or not (math.isfinite(value) and value > 0):
+                raise ModelFolderError(f"config.json: {name} must be a positive number"
+                                       + (f" or one of {sorted(PER_USER)}" if name.startswith("recommended") else "")
+                                       + f", got {value!r}")
         if not 0 <= self.n_shared < K or not 1 <= self.top_k <= K - self.n_shared:
             raise ModelFolderError(f"config.json: need 0 <= n_shared < n_experts and 1 <= top_k <= "
                                    f"n_experts - n_shared, got top_k={self.top_k}, n_shared={self.n_shared}, "
@@ -187,6 +193,17 @@ class ModelConfig:
                     f"config.json: prior_precision must be a finite symmetric {K}x{K} matrix")
             if np.linalg.eigvalsh(P).min() <= 0:
                 raise ModelFolderError("config.json: prior_precision is not positive definite")
+
+
+def residual_setting(value: Any) -> float | str:
+    """config.json's ``recommended_residual_strength`` as read: a per-user choice's name kept, else a float."""
+    if isinstance(value, str) and value in PER_USER:
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"recommended_residual_strength must be a positive number or one of {sorted(PER_USER)}, "
+                         f"got {value!r}") from None
 
 
 _KNOWN_KEYS = {

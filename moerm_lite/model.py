@@ -415,11 +415,11 @@ class RewardModel:
         ``prior_strength`` (lambda) defaults to the model's measured ``default_prior_strength``.
         Zero comparisons give the population weights ``w0``. ``residual_strength``: ``"recommended"``
         (default) is the folder's ``recommended_residual_strength`` (30 for the shipped model: the residual
-        moves scores only with many comparisons, docs/decisions/residual.md); a number fixes it; ``"auto"``
-        chooses it (or none) for this user, at every fit, by approximate leave-one-out likelihood on the
-        user's own comparisons (``moerm_lite.personalize.choose_residual``); ``None`` fits the expert
-        weights alone. A catalog ranks a profile with a residual only if encoded ``with_features=True``
-        (the default).
+        moves scores only with many comparisons, docs/decisions/residual.md); a number fixes it;
+        ``"evidence"`` chooses it (or none) for this user, at every fit, by the Laplace evidence of the user's
+        own comparisons, ``"auto"`` by their approximate leave-one-out likelihood
+        (``moerm_lite.personalize.choose_residual``); ``None`` fits the expert weights alone. A catalog
+        ranks a profile with a residual only if encoded ``with_features=True`` (the default).
         """
         strength = self.config.default_prior_strength if prior_strength is None else prior_strength
         if residual_strength == RECOMMENDED:

@@ -39,10 +39,12 @@ import numpy as np
 from .deprecated import renamed
 from .files import file_lock, locked_write_text
 
-PROFILE_SCHEMA_VERSION = 4  # 4: residual_strength "auto"; 3: an optional residual over pair features;
-#                             2: comparisons' features stored
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)  # 1 has no features: it scores but cannot be updated
-AUTO = "auto"  # residual_strength chosen per user at each fit (choose_residual)
+PROFILE_SCHEMA_VERSION = 5  # 5: residual_strength "evidence"; 4: "auto"; 3: an optional residual over pair
+#                             features; 2: comparisons' features stored
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5)  # 1 has no features: it scores but cannot be updated
+AUTO = "auto"  # residual_strength chosen per user at each fit by approximate leave-one-out (choose_residual)
+EVIDENCE = "evidence"  # residual_strength chosen per user at each fit by Laplace evidence (choose_residual)
+PER_USER = {AUTO: "loo", EVIDENCE: "evidence"}  # the residual strengths chosen per user, and their criterion
 RECOMMENDED = "recommended"  # RewardModel.fit_user's default: the folder's recommended_residual_strength
 RESIDUAL_SCALE_FLOOR = 1e-3  # a feature's scale is at least this share of the median scale
 MAX_WEIGHT = 1e100  # larger user weights are refused: with bounded rewards a score stays finite below it
@@ -203,6 +205,22 @@ def residual_scale(X: np.ndarray) -> np.ndarray:
     return np.maximum(rms, RESIDUAL_SCALE_FLOOR * max(float(np.median(rms)), 1e-12)) + 1e-6
 
 
+def margin_covariance(phi: np.ndarray, X: np.ndarray | None, prior_strength: float,
+                      prior_precision: np.ndarray | None, residual_strength: float | None,
+                      scale: np.ndarray | None = None) -> np.ndarray:
+    """(N, N) prior covariance of the margins ``phi w + X v`` of N comparisons under the user model:
+    ``phi (lambda P)^-1 phi^T``, plus ``Z Z^T / (2 rho)`` with a residual (``Z = X / scale``, ``scale`` (F,)
+    the residual penalty's units, default ``residual_scale(X)``, as fitted)."""
+    phi = np.asarray(phi, np.float64)  # (N, K)
+    K = phi.shape[1]
+    P = np.eye(K) if prior_precision is None else np.asarray(prior_precision, np.float64)  # (K, K)
+    A = phi @ np.linalg.solve(prior_strength * P, phi.T)  # (N, N)
+    if residual_strength is not None and X is not None:
+        Z = np.asarray(X, np.float64) / (residual_scale(X) if scale is None else scale)  # (N, F)
+        A = A + Z @ Z.T / (2 * residual_strength)
+    return A
+
+
 def loo_log_likelihood(phi: np.ndarray, X: np.ndarray | None, w: np.ndarray, v: np.ndarray | None,
                        prior_strength: float, prior_precision: np.ndarray | None,
                        residual_strength: float | None, scale: np.ndarray | None = None) -> float:
@@ -218,16 +236,15 @@ def loo_log_likelihood(phi: np.ndarray, X: np.ndarray | None, w: np.ndarray, v: 
     from scipy.special import expit, log_expit
 
     phi = np.asarray(phi, np.float64)  # (N, K)
-    N, K = phi.shape
+    N = len(phi)
     if N == 0:
         return 0.0
-    P = np.eye(K) if prior_precision is None else np.asarray(prior_precision, np.float64)  # (K, K)
-    A = phi @ np.linalg.solve(prior_strength * P, phi.T)  # (N, N)
     z = phi @ w  # (N,)
     if residual_strength is not None and v is not None and X is not None:
-        Z = np.asarray(X, np.float64) / (residual_scale(X) if scale is None else scale)  # (N, F)
-        A = A + Z @ Z.T / (2 * residual_strength)
         z = z + np.asarray(X, np.float64) @ v
+    else:
+        residual_strength = None
+    A = margin_covariance(phi, X, prior_strength, prior_precision, residual_strength, scale)  # (N, N)
     s = expit(z)  # (N,)
     c = s * (1 - s)  # (N,)
     h = np.diag(A @ np.linalg.inv(np.eye(N) + c[:, None] * A))  # (N,) leverages
@@ -235,26 +252,94 @@ def loo_log_likelihood(phi: np.ndarray, X: np.ndarray | None, w: np.ndarray, v: 
     return float(log_expit(z_loo).mean())
 
 
-RESIDUAL_GRID: tuple[float | None, ...] = (None, 1.0, 3.0, 10.0, 30.0, 100.0)  # "auto" chooses among these
+def log_evidence(phi: np.ndarray, X: np.ndarray | None, w0: np.ndarray, prior_strength: float,
+                 prior_precision: np.ndarray | None, residual_strength: float | None,
+                 scale: np.ndarray | None = None, tol: float = 1e-10, max_iter: int = 100) -> float:
+    """Laplace approximation of the log marginal likelihood of N comparisons under the user model, the
+    weights and residual integrated out: ``log p(all N chosen | prior_strength, residual_strength)``.
+
+    The margins ``f = phi w + X v`` (N,) have the Gaussian prior ``N(phi w0, A)``,
+    ``A = phi (lambda P)^-1 phi^T + Z Z^T / (2 rho)`` with ``Z = X / scale`` (the residual's penalty
+    ``rho ||v * scale||^2`` of :func:`fit_residual`; ``scale`` defaults to ``residual_scale(X)``, as fitted;
+    no residual: the first term alone). With ``s = sigmoid(f)``, Newton's method finds the mode
+    ``f = phi w0 + A a`` of ``sum log s - a^T A a / 2`` (Rasmussen & Williams, algorithms 3.1 and 3.2, with a
+    prior mean; ``A`` may be singular), and the evidence is that objective minus
+    ``log det(I + W^1/2 A W^1/2) / 2``, ``W = diag(s (1 - s))``. It equals the weight-space Laplace evidence
+    of the same model. Higher is better; N = 0 gives 0. Unlike leave-one-out, the determinant charges a
+    residual for the margins it could have fitted and did not need to.
+    """
+    from scipy.special import expit, log_expit
+
+    phi = np.asarray(phi, np.float64)  # (N, K)
+    N = len(phi)
+    if N == 0:
+        return 0.0
+    if residual_strength is not None and X is None:
+        raise ValueError("log_evidence: a residual_strength needs the pair features X")
+    A = margin_covariance(phi, X, prior_strength, prior_precision, residual_strength, scale)  # (N, N)
+    m = phi @ np.asarray(w0, np.float64)  # (N,) prior mean of the margins
+
+    def objective(a: np.ndarray) -> float:
+        return float(log_expit(m + A @ a).sum() - 0.5 * a @ A @ a)
+
+    a = np.zeros(N)  # (N,)
+    psi = objective(a)
+    for _ in range(max_iter):
+        f = m + A @ a  # (N,)
+        s = expit(f)  # (N,)
+        sw = np.sqrt(s * (1 - s))  # (N,) W^1/2
+        b = (s * (1 - s)) * (f - m) + (1 - s)  # (N,)
+        B = np.eye(N) + sw[:, None] * A * sw[None, :]  # (N, N), eigenvalues >= 1
+        step = b - sw * np.linalg.solve(B, sw * (A @ b)) - a  # (N,) full Newton step in a
+        t, psi_new = 1.0, objective(a + step)
+        while psi_new < psi - 1e-12 and t > 1e-8:  # damped when a full step overshoots
+            t /= 2
+            psi_new = objective(a + t * step)
+        a, done = a + t * step, abs(psi_new - psi) < tol
+        psi = psi_new
+        if done:
+            break
+    s = expit(m + A @ a)  # (N,)
+    sw = np.sqrt(s * (1 - s))  # (N,)
+    _, logdet = np.linalg.slogdet(np.eye(N) + sw[:, None] * A * sw[None, :])
+    return float(psi - 0.5 * logdet)
+
+
+RESIDUAL_GRID: tuple[float | None, ...] = (None, 1.0, 3.0, 10.0, 30.0, 100.0)  # the per-user choices' strengths
+CRITERIA = ("loo", "evidence")  # how choose_residual compares them (PER_USER: which choice uses which)
 
 
 def choose_residual(phi: np.ndarray, X: np.ndarray, w: np.ndarray, prior_strength: float,
-                    prior_precision: np.ndarray | None, grid: Sequence[float | None] = RESIDUAL_GRID
+                    prior_precision: np.ndarray | None, grid: Sequence[float | None] = RESIDUAL_GRID,
+                    criterion: str = "loo", w0: np.ndarray | None = None
                     ) -> tuple[float | None, np.ndarray | None, dict[str, float]]:
     """Given the expert weights ``w`` fitted on phi (N, K), the residual strength of ``grid`` (None: no
-    residual) with the highest approximate leave-one-out log-likelihood on these comparisons
-    (:func:`loo_log_likelihood`); ties go to the earlier (simpler) entry. Returns the strength, its residual
-    (F,) or None, and every entry's score keyed ``"none"`` or the strength."""
+    residual) that scores highest on these comparisons: ``criterion="loo"``, the approximate leave-one-out
+    log-likelihood of the fit (:func:`loo_log_likelihood`); ``"evidence"``, the Laplace marginal likelihood
+    of the model around the prior mean ``w0`` (:func:`log_evidence`; ``w0`` required). Ties go to the earlier
+    (simpler) entry. Returns the strength, its residual (F,) or None, and every entry's score keyed
+    ``"none"`` or the strength."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    if criterion == "evidence" and w0 is None:
+        raise ValueError("choose_residual: criterion 'evidence' needs the prior mean w0")
+    mean = np.zeros(len(w)) if w0 is None else w0  # (K,) the evidence's prior mean
     offset = np.asarray(phi, np.float64) @ w  # (N,)
     scores: dict[str, float] = {}
     best: tuple[float, float | None, np.ndarray | None] | None = None
-    for rho in grid:
-        v = None if rho is None else fit_residual(X, offset, float(rho))
-        score = loo_log_likelihood(phi, X, w, v, prior_strength, prior_precision, rho)
+    for rho in grid:  # the evidence integrates the residual out: only the chosen one is fitted, below
+        v = None if rho is None or criterion == "evidence" else fit_residual(X, offset, float(rho))
+        score = (loo_log_likelihood(phi, X, w, v, prior_strength, prior_precision, rho) if criterion == "loo"
+                 else log_evidence(phi, X, mean, prior_strength, prior_precision, rho))
         scores["none" if rho is None else f"{rho:g}"] = score
         if best is None or score > best[0] + 1e-12:
             best = (score, rho, v)
-    return (None, None, scores) if best is None else (best[1], best[2], scores)
+    if best is None:
+        return None, None, scores
+    rho, v = best[1], best[2]
+    if rho is not None and v is None:
+        v = fit_residual(X, offset, float(rho))
+    return rho, v, scores
 
 
 def select_residual(phi: np.ndarray, X: np.ndarray, w0: np.ndarray, prior_strength: float,
@@ -297,12 +382,13 @@ def check_spd(M: np.ndarray, what: str) -> None:
 
 
 def check_residual_strength(strength: Any) -> None:
-    """``ValueError`` unless ``strength`` is None, ``"auto"`` or a positive finite number."""
-    if strength is None or strength == AUTO:
+    """``ValueError`` unless ``strength`` is None, ``"auto"``, ``"evidence"`` or a positive finite number."""
+    if strength is None or (isinstance(strength, str) and strength in PER_USER):
         return
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not (
             math.isfinite(strength) and strength > 0):
-        raise ValueError(f"residual_strength must be None, {AUTO!r} or a positive finite number, got {strength!r}")
+        raise ValueError(f"residual_strength must be None, {AUTO!r}, {EVIDENCE!r} or a positive finite number, "
+                         f"got {strength!r}")
 
 
 def resolve_weights(user: Any, w0: np.ndarray, model_id: str, model_hash: str, *,
@@ -375,8 +461,8 @@ class UserProfile:
         self.model_id = model_id
         self.model_hash = model_hash  # the model this profile belongs to; required to save and to score
         check_residual_strength(residual_strength)
-        self.residual_strength = residual_strength  # None: no residual; "auto": chosen at each fit
-        self.residual_chosen_: float | None = None  # with "auto": the strength the last fit chose (None: none)
+        self.residual_strength = residual_strength  # None: no residual; "auto", "evidence": chosen at each fit
+        self.residual_chosen_: float | None = None  # chosen per user: the strength the last fit chose (None: none)
         self.residual_: np.ndarray | None = None  # (F,) once fitted with a residual_strength
 
     def fit(self, features: np.ndarray, w0: np.ndarray,
@@ -395,8 +481,9 @@ class UserProfile:
                 raise ValueError(f"pair_features must be ({len(phi)}, F), one row per comparison, "
                                  f"got {X.shape}")
         w, cov = fit_map(phi, w0, self.prior_strength, self.prior_precision)
-        if self.residual_strength == AUTO:  # an all-zero residual where none wins
-            self.residual_chosen_, v, _ = choose_residual(phi, X, w, self.prior_strength, self.prior_precision)
+        if isinstance(self.residual_strength, str):  # chosen per user; an all-zero residual where none wins
+            self.residual_chosen_, v, _ = choose_residual(phi, X, w, self.prior_strength, self.prior_precision,
+                                                          criterion=PER_USER[self.residual_strength], w0=w0)
             self.residual_ = np.zeros(X.shape[1]) if v is None else v  # (F,)
             self.pair_features_: np.ndarray | None = X  # (N, F)
         elif self.residual_strength is not None:
@@ -591,7 +678,7 @@ class UserProfile:
             p = cls(user_id=d["user_id"], prior_strength=float(d["prior_strength"]),
                     prior_precision=None if pp is None else np.asarray(pp, dtype=np.float64),
                     model_id=d["model_id"], model_hash=d["model_hash"],
-                    residual_strength=None if rs is None else rs if rs == AUTO else float(rs))
+                    residual_strength=None if rs is None else rs if rs in PER_USER else float(rs))
             rc = d.get("residual_chosen")
             p.residual_chosen_ = None if rc is None else float(rc)
             p.weights_ = np.asarray(d["weights"], dtype=np.float64)

@@ -105,6 +105,14 @@ def test_recommended_residual_strength_is_read_with_its_default(copy):
     loaded = RewardModel.load(copy).config
     assert loaded.recommended_residual_strength == 12.5
     assert loaded.to_dict()["recommended_residual_strength"] == 12.5
+    cfg["recommended_residual_strength"] = "evidence"  # a strength chosen per user (a build's recommendation)
+    write_config(copy, cfg)
+    m = RewardModel.load(copy)
+    assert m.config.recommended_residual_strength == "evidence"
+    assert m.config.to_dict()["recommended_residual_strength"] == "evidence"
+    comps = [{"prompt": "Name a fruit.", "chosen": c, "rejected": r}
+             for c, r in (("An apple.", "No."), ("A ripe pear.", "Whatever."))]
+    assert m.fit_user(comps).residual_strength == "evidence"
 
 
 def test_graph_flags_round_trip(copy):
@@ -125,6 +133,7 @@ def test_graph_flags_round_trip(copy):
     (lambda c: c["graphs"]["int8"].update(head="onnx/backbone_int8.onnx"), "expects"),
     (lambda c: c.update(recommended_residual_strength=0), "recommended_residual_strength"),
     (lambda c: c.update(recommended_residual_strength=float("nan")), "recommended_residual_strength"),
+    (lambda c: c.update(recommended_residual_strength="sometimes"), "recommended_residual_strength"),
 ])
 def test_bad_config(copy, edit, match):
     cfg = json.loads((copy / "config.json").read_text())

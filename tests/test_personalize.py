@@ -310,6 +310,63 @@ def test_select_residual_small_inside_the_basis_large_outside():
     assert chosen_out is not None and chosen_out <= 3
 
 
+def test_log_evidence_equals_the_weight_space_laplace_evidence():
+    """log_evidence works on the N margins; the same Laplace approximation written over the weights (and the
+    residual) -- log-likelihood at the joint MAP, minus the prior's penalty, plus half the log-determinant of the
+    prior precision over that of the posterior's -- gives the same number, with and without a residual."""
+    from scipy.optimize import minimize
+    from scipy.special import log_expit
+
+    from moerm_lite.personalize import log_evidence, residual_scale
+
+    rng = np.random.default_rng(3)
+    K, F, N = 4, 6, 30
+    phi, X, w0 = rng.normal(size=(N, K)), rng.normal(size=(N, F)), 0.3 * rng.normal(size=K)
+    P, lam, rho = np.eye(K) + 0.3 * np.ones((K, K)), 2.0, 3.0
+    w, cov = fit_map(phi, w0, lam, P)
+    by_weights = (log_expit(phi @ w).sum() - 0.5 * (w - w0) @ (lam * P) @ (w - w0)
+                  + 0.5 * np.linalg.slogdet(lam * P)[1] + 0.5 * np.linalg.slogdet(cov)[1])
+    assert log_evidence(phi, None, w0, lam, P, None) == pytest.approx(by_weights, abs=1e-8)
+    Q = np.diag(2 * rho * residual_scale(X) ** 2)  # the residual's prior precision: rho ||v * scale||^2
+
+    def loss(t: np.ndarray) -> float:
+        d, v = t[:K] - w0, t[K:]
+        return float(-log_expit(phi @ t[:K] + X @ v).sum() + 0.5 * d @ (lam * P) @ d + 0.5 * v @ Q @ v)
+
+    t = minimize(loss, np.zeros(K + F), method="BFGS", options={"gtol": 1e-12}).x
+    M = np.hstack([phi, X])  # (N, K + F)
+    s = expit(M @ t)
+    prior = np.block([[lam * P, np.zeros((K, F))], [np.zeros((F, K)), Q]])
+    by_weights = (-loss(t) + 0.5 * np.linalg.slogdet(prior)[1]
+                  - 0.5 * np.linalg.slogdet((M * (s * (1 - s))[:, None]).T @ M + prior)[1])
+    assert log_evidence(phi, X, w0, lam, P, rho) == pytest.approx(by_weights, abs=1e-6)
+    assert log_evidence(phi[:0], X[:0], w0, lam, P, rho) == 0.0
+
+
+def test_evidence_chooses_no_residual_inside_the_basis_and_one_outside():
+    """The evidence criterion on planted users: one the experts express gets no residual already at N = 10;
+    one whose taste lies in the pair features alone gets a strong residual at N = 50."""
+    from moerm_lite.personalize import RESIDUAL_GRID, choose_residual
+
+    rng = np.random.default_rng(1)
+    K, F, N = 5, 40, 50
+    phi, X = rng.normal(size=(N, K)), rng.normal(size=(N, F))
+    inside = np.where(rng.random(N) < expit(3 * phi[:, 0]), 1, -1)[:, None]
+    outside = np.where(rng.random(N) < expit(3 * X[:, 7] + 2 * X[:, 3]), 1, -1)[:, None]
+    w0 = np.zeros(K)
+    for n in (10, 50):
+        p, x = phi[:n] * inside[:n], X[:n] * inside[:n]
+        chosen, v, scores = choose_residual(p, x, fit_map(p, w0, 1.0)[0], 1.0, None, criterion="evidence", w0=w0)
+        assert chosen is None and v is None and set(scores) == {"none" if r is None else f"{r:g}" for r in RESIDUAL_GRID}
+    p, x = phi * outside, X * outside
+    chosen, v, _ = choose_residual(p, x, fit_map(p, w0, 1.0)[0], 1.0, None, criterion="evidence", w0=w0)
+    assert chosen is not None and chosen <= 3 and v is not None
+    with pytest.raises(ValueError, match="needs the prior mean w0"):
+        choose_residual(p, x, w0, 1.0, None, criterion="evidence")
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        choose_residual(p, x, w0, 1.0, None, criterion="aic")
+
+
 def test_user_id_must_be_a_string_and_a_nan_residual_is_refused():
     """Regressions the fuzzer found: a non-string user_id made a profile whose file could not be loaded again;
     a residual with NaN gave NaN scores."""

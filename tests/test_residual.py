@@ -104,33 +104,34 @@ def test_profile_with_residual_updates_like_a_fit_on_all_and_round_trips(tmp_pat
         full.partial_fit(phi[:1])
 
 
-def test_auto_residual_is_chosen_per_user_refit_on_updates_and_round_trips(tmp_path):
-    """residual_strength="auto": a taste the experts see gets no or a weak residual (none is stored as zeros),
-    one only the pair features show gets a strong one; an update chooses again on all comparisons, exactly
-    as one fit would."""
+@pytest.mark.parametrize("choice", ["auto", "evidence"])
+def test_residual_chosen_per_user_refit_on_updates_and_round_trips(tmp_path, choice):
+    """residual_strength=choice (leave-one-out) and "evidence": a taste the experts see gets no or a weak
+    residual (none is stored as zeros), one only the pair features show gets a strong one; an update chooses
+    again on all comparisons, exactly as one fit would."""
     rng = np.random.default_rng(7)
     _, X = planted_residual(80, seed=8)  # labelled by the pair features alone
     phi = rng.normal(size=(80, 4)) * np.sign(rng.normal(size=(80, 1)))  # unrelated to the labels
     w0 = np.zeros(4)
-    outside = UserProfile(prior_strength=1.0, model_hash="0" * 16, residual_strength="auto").fit(phi, w0, X)
+    outside = UserProfile(prior_strength=1.0, model_hash="0" * 16, residual_strength=choice).fit(phi, w0, X)
     assert outside.residual_chosen_ is not None and outside.residual_chosen_ <= 10
     assert np.abs(outside.residual_).max() > 0.01
     lab = np.where(rng.random(80) < expit(4 * phi[:, 0]), 1, -1)[:, None]  # labelled by expert 0 alone
     noise = rng.normal(size=(80, 20)) * lab
-    inside = UserProfile(prior_strength=1.0, model_hash="0" * 16, residual_strength="auto").fit(phi * lab, w0, noise)
+    inside = UserProfile(prior_strength=1.0, model_hash="0" * 16, residual_strength=choice).fit(phi * lab, w0, noise)
     assert inside.residual_chosen_ is None or inside.residual_chosen_ >= 30
     assert np.abs(noise @ inside.residual_).mean() < 0.1 * np.abs(phi * lab @ inside.weights_).mean()
-    none = UserProfile(prior_strength=1.0, model_hash="0" * 16, residual_strength="auto").fit(
+    none = UserProfile(prior_strength=1.0, model_hash="0" * 16, residual_strength=choice).fit(
         np.zeros((0, 4)), w0, np.zeros((0, 20)))
     assert none.residual_chosen_ is None and not none.residual_.any()  # no comparisons: no residual
-    part = UserProfile(prior_strength=1.0, model_hash="0" * 16, residual_strength="auto").fit(phi[:30], w0, X[:30])
+    part = UserProfile(prior_strength=1.0, model_hash="0" * 16, residual_strength=choice).fit(phi[:30], w0, X[:30])
     part = UserProfile.load(part.save(tmp_path / "p.json")).partial_fit(phi[30:], X[30:])
-    assert part.residual_chosen_ == outside.residual_chosen_ and part.residual_strength == "auto"
+    assert part.residual_chosen_ == outside.residual_chosen_ and part.residual_strength == choice
     np.testing.assert_allclose(part.residual_, outside.residual_, atol=1e-6)
     back = UserProfile.load(inside.save(tmp_path / "i.json"))
-    assert back.residual_strength == "auto" and back.residual_chosen_ == inside.residual_chosen_
+    assert back.residual_strength == choice and back.residual_chosen_ == inside.residual_chosen_
     assert back.pair_features_.shape == (80, 20)
-    with pytest.raises(ValueError, match="residual_strength must be None, 'auto' or a positive"):
+    with pytest.raises(ValueError, match="residual_strength must be None, 'auto', 'evidence' or a positive"):
         UserProfile(residual_strength="sometimes")
 
 
@@ -248,6 +249,9 @@ def test_cli_fits_updates_and_ranks_with_a_residual(tiny_folder, tmp_path):
     assert main(["fit", str(tmp_path / "a.jsonl"), "-o", str(tmp_path / "auto.json"), "--residual-strength", "auto",
                  *m]) == 0
     assert UserProfile.load(tmp_path / "auto.json").residual_strength == "auto"
+    assert main(["fit", str(tmp_path / "all.jsonl"), "-o", str(tmp_path / "ev.json"), "--residual-strength",
+                 "evidence", *m]) == 0
+    assert UserProfile.load(tmp_path / "ev.json").residual_strength == "evidence"
     assert main(["fit", str(tmp_path / "a.jsonl"), "-o", str(tmp_path / "p.json"), *r, *m]) == 0
     assert main(["fit", str(tmp_path / "b.jsonl"), "--update", str(tmp_path / "p.json"), *m]) == 0
     assert main(["fit", str(tmp_path / "all.jsonl"), "-o", str(tmp_path / "all.json"), *r, *m]) == 0

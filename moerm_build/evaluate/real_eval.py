@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from moerm_lite import UserProfile
-from moerm_lite.folder import RECOMMENDED_RESIDUAL_STRENGTH
+from moerm_lite.personalize import EVIDENCE
 from moerm_lite.head import expert_features
 
 from moerm_build import data
@@ -31,6 +31,9 @@ from moerm_build.evaluate.metrics import SHOTS, few_shot, logistic_fit, pair_acc
 
 log = logging.getLogger("moerm_build")
 PROBE_L2 = 1.0  # few-shot probes: L2 of the logistic regression on standardised frozen features
+# the residual a build recommends (its config's recommended_residual_strength, fit_user's default) and its card
+# measures as the default: chosen per user by the evidence (docs/decisions/residual.md; folders built before it: 30)
+BUILD_RESIDUAL: float | str = EVIDENCE
 HUMAN_LABELLED = {"hh_helpful": data.load_hh_helpful, "hh_harmless": data.load_hh_harmless,
                   "finegrained_qa": data.load_finegrained_qa}  # held-out population accuracy, by name
 
@@ -144,8 +147,9 @@ def attribute_pool(fz: Any, with_probe: bool = True) -> dict[str, Any]:
 
 
 def attribute_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P: np.ndarray | None,
-                    n_users: int = 100) -> dict[str, Any]:
-    """Few-shot accuracy of single- and multi-attribute users on held-out prompts (``ap``: attribute_pool)."""
+                    n_users: int = 100, residual_strength: float | str = BUILD_RESIDUAL) -> dict[str, Any]:
+    """Few-shot accuracy of single- and multi-attribute users on held-out prompts (``ap``: attribute_pool),
+    with the expert weights alone and with the default residual (``residual_strength``)."""
     pool, phi, X = ap["pool"], ap["phi"], ap["X"]
     out: dict[str, Any] = {"n_prompts": len(pool.prompts), "n_responses": len(pool.responses),
                            "attributes": list(ATTRIBUTES)}
@@ -156,7 +160,7 @@ def attribute_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P
         heldout += [len(u.eval) for u in users]
         counts.append(len(users))
         out[name] = few_shot(phi, users, w0, prior_strength, P=P)
-        out[name + "_residual"] = few_shot_residual(phi, X, users, w0, prior_strength, P)
+        out[name + "_residual"] = few_shot_residual(phi, X, users, w0, prior_strength, P, residual_strength)
         if ap.get("with_probe", True):
             out[name + "_frozen_probe"] = probe_few_shot(X, users)
     per_attr: dict[str, float | None] = {}
@@ -184,9 +188,9 @@ def fit_user_terms(phi: np.ndarray, X: np.ndarray | None, w0: np.ndarray, prior_
 
 
 def few_shot_residual(phi: np.ndarray, X: np.ndarray, users: list[data.BenchUser], w0: np.ndarray,
-                      prior_strength: float, P: np.ndarray | None, strength: float | str = RECOMMENDED_RESIDUAL_STRENGTH,
+                      prior_strength: float, P: np.ndarray | None, strength: float | str = BUILD_RESIDUAL,
                       shots: Sequence[int] = SHOTS) -> dict[str, float]:
-    """``few_shot`` with the opt-in residual over pair features (``fit_user(residual_strength=...)``):
+    """``few_shot`` with the residual over pair features (``fit_user(residual_strength=...)``):
     phi (R, K) and X (R, F) of the pool's items, each user fitted on its first N comparisons."""
     acc: dict[str, list[float]] = {str(n): [] for n in shots}
     for u in users:
@@ -223,7 +227,7 @@ def dsp_pool(fz: Any, features: tuple[np.ndarray, np.ndarray, np.ndarray] | None
 
 
 def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | None, draws: int = 20,
-              seed: int = 0, residual_strength: float = RECOMMENDED_RESIDUAL_STRENGTH,
+              seed: int = 0, residual_strength: float | str = BUILD_RESIDUAL,
               pool: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Four domain users: fit on N comparisons from half of the instructions, score all of the other half
     (``pool``: ``dsp_pool(fz)``, computed here if not given)."""
@@ -282,7 +286,7 @@ def attribute_correlations(phi: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 
 def taste_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P: np.ndarray | None,
-                n_users: int = 100, residual_strength: float = RECOMMENDED_RESIDUAL_STRENGTH) -> dict[str, Any]:
+                n_users: int = 100, residual_strength: float | str = BUILD_RESIDUAL) -> dict[str, Any]:
     """Per taste family (all held out): the model's fitted users, by default (the residual at
     ``residual_strength``, the folder's recommended strength), with the expert weights alone and with the
     residual chosen per user (``"auto"``), and the frozen probe, at N = 5 / 10 / 20 / 50 (``ap``:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from moerm_lite.active import ACCURACY_AFTER, SELECTION_PRIOR
-from moerm_lite.folder import RECOMMENDED_RESIDUAL_STRENGTH
+from moerm_lite.folder import RECOMMENDED_RESIDUAL_STRENGTH, residual_setting
 
 from moerm_build import data
 from moerm_build.evaluate.report import EvalReport
@@ -23,10 +23,24 @@ def _round(x: Any) -> Any:
     return x
 
 
-def _residual_strength(config: dict[str, Any]) -> float:
-    """The residual strength a folder's config recommends, ``fit_user``'s default (``ModelConfig``'s default
-    where absent)."""
-    return float(config.get("recommended_residual_strength", RECOMMENDED_RESIDUAL_STRENGTH))
+def _residual_strength(config: dict[str, Any]) -> float | str:
+    """The residual a folder's config recommends, ``fit_user``'s default (``ModelConfig``'s default where
+    absent): a strength, or the name of a per-user choice."""
+    return residual_setting(config.get("recommended_residual_strength", RECOMMENDED_RESIDUAL_STRENGTH))
+
+
+def _residual_arg(strength: float | str) -> str:
+    """``residual_strength=30`` or ``residual_strength="evidence"``, as a card row names the default."""
+    return f'residual_strength="{strength}"' if isinstance(strength, str) else f"residual_strength={strength:g}"
+
+
+def _residual_words(strength: float | str) -> str:
+    """The card's prose for the default residual: of a fixed strength, or chosen per user."""
+    if isinstance(strength, str):
+        how = "Laplace evidence" if strength == "evidence" else "approximate leave-one-out likelihood"
+        return (f"whose strength (or none) is chosen per user, at every fit, by the {how} of the user's own "
+                f'comparisons (`recommended_residual_strength` "{strength}"')
+    return f"of strength {strength:g} (`recommended_residual_strength`"
 
 
 def _span(lo_hi: list[int]) -> str:
@@ -92,7 +106,7 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         "prior": ("P the inverse covariance of the training users' weights (`prior_precision` in config.json)"
                   if config.get("prior_precision") is not None else "P = I"),
         "prior_strength": f"{config['default_prior_strength']:g}",
-        "residual_strength": f"{_residual_strength(config):g}",
+        "residual_default": _residual_words(_residual_strength(config)),
         "persona_axes": len(axes),
         "helpful": (_helpful_sentence(rep) if readout and readout.get("sources") else
                     "On the human-labelled HH-RLHF and FineGrained QA pairs it is near chance"),
@@ -137,7 +151,7 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
     return "\n".join(lines)
 
 
-def real_text_section(rep: EvalReport, residual_strength: float) -> list[str]:
+def real_text_section(rep: EvalReport, residual_strength: float | str) -> list[str]:
     """Held-out real-text numbers, each next to its reference (the unpersonalized model, a frozen probe)."""
     lines = ["## Real text (held out; this folder, int8)", ""]
     san = rep.get("sanity")
@@ -186,9 +200,10 @@ def real_text_section(rep: EvalReport, residual_strength: float) -> list[str]:
     dsp = rep.get("dsp")
     if dsp:
         shots = (5, 10, 20, 50, "all")
-        rows = [(f"this model (default: + residual, `residual_strength={residual_strength:g}`)",
+        rows = [(f"this model (default: + residual, `{_residual_arg(residual_strength)}`)",
                  "model_plus_residual"), ("this model, weights alone (`residual_strength=None`)", "model"),
-                ("this model + residual chosen per user (`residual_strength=\"auto\"`)", "model_auto"),
+                ("this model + residual chosen per user by leave-one-out (`residual_strength=\"auto\"`)",
+                 "model_auto"),
                 ("frozen probe", "frozen_probe")]
         lines += ["**DSP domain users** (academy, business, entertainment, literature: each prefers the reply "
                   "written for its domain over the other four; fitted on N comparisons from half of the "
@@ -217,7 +232,8 @@ def tastes_section(res: dict[str, Any]) -> list[str]:
     for fam, members in res["members"].items():
         r = res[fam]
         for key, label in (("model_residual", "this model (default: + residual)"), ("model", "weights alone"),
-                           ("model_auto", "+ residual chosen per user"), ("frozen_probe", "frozen probe")):
+                           ("model_auto", "+ residual chosen per user by leave-one-out"),
+                           ("frozen_probe", "frozen probe")):
             if key not in r:  # reports before the default residual: no such row
                 continue
             lines.append(f"| {fam} ({len(members)} kinds) | {r['users']} | {label} | "
@@ -334,7 +350,7 @@ def backbone_source(name: str) -> str:
     return f"{name} (a local encoder folder; see its own licence)"
 
 
-def measured_section(rep: EvalReport, K: int, residual_strength: float) -> list[str]:
+def measured_section(rep: EvalReport, K: int, residual_strength: float | str) -> list[str]:
     """Markdown lines with the persona table and the other headline metrics of a report."""
     lines: list[str] = []
     p = rep.get("persona", {})
@@ -345,7 +361,7 @@ def measured_section(rep: EvalReport, K: int, residual_strength: float) -> list[
               "| | global | N=5 | N=10 | N=20 | N=50 |", "|---|---|---|---|---|---|"]
     rows = []
     if "persona_residual" in rep:
-        rows.append((f"this model (default: + residual, `residual_strength={residual_strength:g}`)",
+        rows.append((f"this model (default: + residual, `{_residual_arg(residual_strength)}`)",
                      rep["persona_residual"]))
     rows.append(("this model, weights alone (int8 runtime)", p))
     for key, label in (("torch", "this model, weights alone (torch fp32)"),

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from moerm_lite.experts import trim_card
+from moerm_lite.folder import RECOMMENDED_RESIDUAL_STRENGTH, residual_setting
 
 from moerm_build.evaluate.report import EvalReport
 from moerm_build.graphs.onnx_backbone import export_backbone
@@ -96,6 +97,7 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
         hidden_size=int(backbone.n_embd), n_shared=args.n_shared, feature_layout=cfg["feature_layout"],
         precisions=precisions, gating=args.gating,
         default_prior_strength=float(rep.get("prior_strength", cast("dict[str, Any]", rep).get("lambda", 1.0))),
+        recommended_residual_strength=residual_setting(rep.get("residual_strength", RECOMMENDED_RESIDUAL_STRENGTH)),
         prior_precision=None if P is None else (P + P.T) / 2,
         per_sequence=("int8",) if quant == "dynamic" else (),
         dequantize_at_load=("int8",) if quant == "gptq8" else (),

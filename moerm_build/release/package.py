@@ -12,7 +12,8 @@ from typing import Any
 import onnx
 
 from moerm_lite.features import DEFAULT_LAYOUT
-from moerm_lite.folder import CONFIG, GraphFiles, ModelConfig, atomic_write_text, write_manifest
+from moerm_lite.folder import (CONFIG, RECOMMENDED_RESIDUAL_STRENGTH, GraphFiles, ModelConfig, atomic_write_text,
+                               write_manifest)
 
 REFERENCE = "reference.jsonl"  # the expert-card reference corpus inside a model folder
 EXPERT_CARDS = "expert_cards.json"  # the cards read off it at export
@@ -21,7 +22,9 @@ EXPERT_CARDS = "expert_cards.json"  # the cards read off it at export
 def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list[str], w0: list[float],
                 max_length: int, hidden_size: int, precisions: list[str], n_shared: int = 0,
                 gating: str = "topk_softmax",
-                default_prior_strength: float = 1.0, prior_precision: Any = None, backbone_name: str = "",
+                default_prior_strength: float = 1.0,
+                recommended_residual_strength: float | str = RECOMMENDED_RESIDUAL_STRENGTH,
+                prior_precision: Any = None, backbone_name: str = "",
                 per_sequence: tuple[str, ...] = ("int8",), dequantize_at_load: tuple[str, ...] = (),
                 feature_layout: str = DEFAULT_LAYOUT, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` dict (``ModelConfig.to_dict``, the one definition of the format) for a model
@@ -32,7 +35,7 @@ def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list
         model_id=model_id, n_experts=n_experts, top_k=top_k, n_shared=n_shared, expert_names=list(expert_names),
         w0=[float(x) for x in w0], max_length=max_length, hidden_size=hidden_size, backbone_name=backbone_name,
         feature_layout=feature_layout,
-        default_prior_strength=default_prior_strength,
+        default_prior_strength=default_prior_strength, recommended_residual_strength=recommended_residual_strength,
         prior_precision=None if prior_precision is None else [[float(x) for x in row] for row in prior_precision],
         graphs={p: GraphFiles(backbone=f"onnx/backbone_{p}.onnx", head=f"onnx/head_{p}.onnx",
                               per_sequence=p in per_sequence, dequantize_at_load=p in dequantize_at_load)

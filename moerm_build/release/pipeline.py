@@ -102,7 +102,8 @@ def build(cfg: TrainConfig, runs: Path, out: Path, *, quick: bool = False, resum
     times["export_s"] = time.time() - t1
     t1 = time.time()
     rz = RuntimeFeaturizer(out, precision="int8")
-    rep = evaluate(rz, rz.w0, prior_strength=prior_strength, n_users=users)
+    rep = evaluate(rz, rz.w0, prior_strength=prior_strength, n_users=users,
+                   residual_strength=rz.model.config.recommended_residual_strength)
     rep["parity"] = parity_report(runs / "ship", out)
     rep["parity"]["all_heldout_inputs"] = selection_agreement(runs / "ship", out)
     if variants:
@@ -295,7 +296,8 @@ def reevaluate(runs: Path, out: Path, users: int = USERS) -> None:
     rep = json.loads((runs / "ship" / "report.json").read_text())
     t0 = time.time()
     rz = RuntimeFeaturizer(out, precision="int8")
-    new = evaluate(rz, rz.w0, prior_strength=rz.model.config.default_prior_strength, n_users=users)
+    new = evaluate(rz, rz.w0, prior_strength=rz.model.config.default_prior_strength, n_users=users,
+                   residual_strength=rz.model.config.recommended_residual_strength)
     probes = {k: v for k, v in rep.get("attribute_users", {}).items() if k.endswith("_frozen_probe")}
     rep.update({k: v for k, v in new.items() if k not in KEPT_ON_REEVALUATION})
     rep["attribute_users"].update(probes)
