@@ -69,8 +69,23 @@ def fits(w0: np.ndarray, lam: float, P: np.ndarray | None,
             return w, (T @ v) / sd  # (K,), (F,): the residual on X itself
         return fit
 
+    def evidence_plain_or_spread(phi: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The evidence chooses the strength and the residual's prior too: on X, or on the spread's space."""
+        assert spread is not None
+        sd, T = spread
+        Xt = (X / sd) @ T  # (N, F)
+        best = max(((log_evidence(phi, x, w0, lam, P, rho), -i, rho, k)
+                    for k, x in enumerate((X, Xt)) for i, rho in enumerate(RESIDUAL_GRID)
+                    if k == 0 or rho is not None), key=lambda t: t[:2])
+        if best[3] == 0:
+            return fit_user_terms(phi, X, w0, lam, P, best[2])
+        w, v = fit_user_terms(phi, Xt, w0, lam, P, best[2])
+        return w, (T @ v) / sd
+
     extra = {} if spread is None else {"residual 30, spread": spread_prior(30.0),
-                                       "residual auto, spread": spread_prior("auto")}
+                                       "residual auto, spread": spread_prior("auto"),
+                                       "evidence, spread": spread_prior("evidence"),
+                                       "evidence, plain or spread": evidence_plain_or_spread}
 
     def short_auto(phi: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         w, _ = fit_map(phi, w0, lam, P)
