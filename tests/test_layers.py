@@ -9,7 +9,8 @@ PKG = Path(moerm_lite.__file__).parent
 # each module may import only modules of a lower layer (and the standard library / third parties)
 LAYERS = [
     {"text", "features", "head", "files", "deprecated"},
-    {"folder", "personalize", "active"},
+    {"personalize"},
+    {"folder", "active"},  # a folder's config names the residual a user gets (personalize.PER_USER)
     {"ov_backbone"},
     {"experts", "catalog", "plot", "sessions"},
     {"model"},
