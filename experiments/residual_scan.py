@@ -8,6 +8,7 @@ Feeds docs/decisions/residual.md.
     python experiments/residual_scan.py                      # the shipped model, ~15 minutes on 2 CPU cores
     python experiments/residual_scan.py --model models/mine
     python experiments/residual_scan.py --spread             # and the residual under a spread-shaped prior
+    python experiments/residual_scan.py --card-users evidence  # the card's taste and DSP users, this default
 
 - **Constraining users** (what a default must not hurt: tastes the experts were trained on; seeds apart
   from the card's test users, as the prior strength is chosen): persona-16 users and attribute users (1 and
@@ -38,10 +39,11 @@ from moerm_build import data
 from moerm_build.data.attributes import attribute_benchmark
 from moerm_build.data.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool
 from moerm_build.evaluate.metrics import RuntimeFeaturizer, pair_accuracy
-from moerm_build.evaluate.real_eval import SHOTS, attribute_pool, dsp_pool, fit_user_terms, train_pool_spread
+from moerm_build.evaluate.real_eval import (SHOTS, attribute_pool, dsp_pool, dsp_users, fit_user_terms, taste_users,
+                                           train_pool_spread)
 from moerm_lite.head import expert_features
 from moerm_lite.model import DEFAULT_MODEL
-from moerm_lite.personalize import RESIDUAL_GRID, choose_residual, fit_map, log_evidence
+from moerm_lite.personalize import RESIDUAL_GRID, choose_residual, fit_map, fit_residual, log_evidence
 
 ROOT = Path(__file__).resolve().parents[1]
 STRENGTHS = (3.0, 10.0, 30.0, 100.0, 300.0)
@@ -100,11 +102,28 @@ def fits(w0: np.ndarray, lam: float, P: np.ndarray | None,
             return fit_user_terms(phi, X, w0, best[2], P, best[3])
         return fit
 
+    def evidence_or_residual_alone(phi: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The evidence also weighs a residual alone: the expert weights held at w0 (a probe around the
+        population's scores), or no population term at all (the frozen probe's model)."""
+        alone = (1.0, 3.0, 10.0, 30.0)
+        options = [(log_evidence(phi, X, w0, lam, P, rho), -i, "experts", rho)
+                   for i, rho in enumerate(RESIDUAL_GRID)]
+        options += [(log_evidence(phi, X, w0, 1e12, P, rho), -i, "w0", rho) for i, rho in enumerate(alone)]
+        options += [(log_evidence(np.zeros_like(phi), X, w0, lam, P, rho), -i, "nothing", rho)
+                    for i, rho in enumerate(alone)]
+        _, _, kind, rho = max(options, key=lambda t: t[:2])
+        if kind == "experts":
+            return fit_user_terms(phi, X, w0, lam, P, rho)
+        assert rho is not None
+        base = w0 if kind == "w0" else np.zeros_like(w0)  # (K,)
+        return base, fit_residual(X, phi @ base, rho)
+
     return {"weights only": runtime(None), **{f"residual {s:g}": runtime(s) for s in STRENGTHS},
             "residual auto": runtime("auto"), "auto over none/10/30/100": short_auto,
             "auto by evidence": runtime("evidence"),
             "evidence, none/10/30/100": evidence(SHORT_GRID, (1.0,)),
-            "evidence, prior and residual": evidence(RESIDUAL_GRID, PRIOR_FACTORS), **extra}
+            "evidence, prior and residual": evidence(RESIDUAL_GRID, PRIOR_FACTORS),
+            "evidence, or a residual alone": evidence_or_residual_alone, **extra}
 
 
 def scan(group: Group, table: dict[str, Fit]) -> dict[str, list[float]]:
@@ -147,6 +166,24 @@ def print_table(title: str, rows: dict[str, list[float]]) -> None:
         print(f"  {name:26}" + "".join(f"{v:8.1f}" for v in vals), flush=True)
 
 
+def card_users(fz: RuntimeFeaturizer, residual: float | str) -> None:
+    """The card's own users (the taste families at the card's seeds, the DSP domain users at its draws), fitted
+    with the residual ``residual`` as the default: its rows next to the weights alone, leave-one-out's choice and
+    the frozen probe, which the card's tables also show (a check that these are the card's users)."""
+    lam, P, w0 = fz.model.config.default_prior_strength, fz.prior_precision, fz.w0
+    names = {"model_residual": f"residual {residual}", "model": "weights alone", "model_auto": "auto (loo)",
+             "frozen_probe": "frozen probe"}
+    tastes = taste_users(attribute_pool(fz, with_probe=False), w0, lam, P, residual_strength=residual)
+    for fam in TASTE_FAMILIES:
+        print_table(f"the card's taste users: {fam}",
+                    {label: [100 * tastes[fam][key][str(n)] for n in SHOTS] for key, label in names.items()})
+    dsp = dsp_users(fz, w0, lam, P, residual_strength=residual)
+    print_table("the card's DSP domain users", {label: [100 * dsp[key][str(n)] for n in SHOTS] for key, label in
+                                                (("model_plus_residual", f"residual {residual}"),
+                                                 ("model", "weights alone"), ("model_auto", "auto (loo)"),
+                                                 ("frozen_probe", "frozen probe"))})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(ROOT / "models" / DEFAULT_MODEL), help="a model folder")
@@ -154,8 +191,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="added to every user seed: another draw of the users")
     ap.add_argument("--spread", action="store_true",
                     help="also the residual under a prior shaped by the licensed training pool's spread")
+    ap.add_argument("--card-users", default=None, metavar="RESIDUAL",
+                    help="instead: the card's own taste and DSP users with this residual as the default "
+                         "(a strength, auto or evidence)")
     args = ap.parse_args()
     fz = RuntimeFeaturizer(args.model)
+    if args.card_users is not None:
+        card_users(fz, args.card_users if args.card_users in ("auto", "evidence") else float(args.card_users))
+        return
     lam, P, w0 = fz.model.config.default_prior_strength, fz.prior_precision, fz.w0
     spread = train_pool_spread(fz) if args.spread else None
     table = fits(w0, lam, P, spread)
