@@ -147,14 +147,18 @@ def main(argv: list[str] | None = None) -> int:
         print(finetune(fcfg, args.out))
     elif args.command == "evaluate":
         from moerm_build.evaluate.metrics import RuntimeFeaturizer, TorchFeaturizer
+        from moerm_build.evaluate.real_eval import BUILD_RESIDUAL
         from moerm_build.evaluate.report import evaluate
 
         path = Path(args.input)
+        residual = BUILD_RESIDUAL  # the users' default rows: a run, what a build recommends; a folder, its own
         if (path / "ckpt.pt").is_file():
             fz: Any = TorchFeaturizer(path)
         else:
             fz = RuntimeFeaturizer(path, precision=args.precision)
-        res = evaluate(fz, fz.w0, prior_strength=args.prior_strength, n_users=args.users, with_probes=args.probes)
+            residual = fz.model.config.recommended_residual_strength
+        res = evaluate(fz, fz.w0, prior_strength=args.prior_strength, n_users=args.users, with_probes=args.probes,
+                       residual_strength=residual)
         text = json.dumps(res, indent=1)
         if args.out:
             Path(args.out).write_text(text + "\n")

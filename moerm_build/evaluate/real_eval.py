@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from moerm_lite import UserProfile
-from moerm_lite.personalize import EVIDENCE
 from moerm_lite.head import expert_features
+from moerm_lite.personalize import EVIDENCE
 
 from moerm_build import data
 from moerm_build.data.attributes import ATTRIBUTES, ResponsePool, attribute_benchmark
