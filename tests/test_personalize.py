@@ -320,13 +320,14 @@ def test_log_evidence_equals_the_weight_space_laplace_evidence():
     from moerm_lite.personalize import log_evidence, residual_scale
 
     rng = np.random.default_rng(3)
-    K, F, N = 4, 6, 30
+    K, F, N = 4, 6, 30  # N > 2 (K + F): computed over the weights; N <= K: over the margins
     phi, X, w0 = rng.normal(size=(N, K)), rng.normal(size=(N, F)), 0.3 * rng.normal(size=K)
     P, lam, rho = np.eye(K) + 0.3 * np.ones((K, K)), 2.0, 3.0
-    w, cov = fit_map(phi, w0, lam, P)
-    by_weights = (log_expit(phi @ w).sum() - 0.5 * (w - w0) @ (lam * P) @ (w - w0)
-                  + 0.5 * np.linalg.slogdet(lam * P)[1] + 0.5 * np.linalg.slogdet(cov)[1])
-    assert log_evidence(phi, None, w0, lam, P, None) == pytest.approx(by_weights, abs=1e-8)
+    for n in (N, K):
+        w, cov = fit_map(phi[:n], w0, lam, P)
+        by_weights = (log_expit(phi[:n] @ w).sum() - 0.5 * (w - w0) @ (lam * P) @ (w - w0)
+                      + 0.5 * np.linalg.slogdet(lam * P)[1] + 0.5 * np.linalg.slogdet(cov)[1])
+        assert log_evidence(phi[:n], None, w0, lam, P, None) == pytest.approx(by_weights, abs=1e-8)
     Q = np.diag(2 * rho * residual_scale(X) ** 2)  # the residual's prior precision: rho ||v * scale||^2
 
     def loss(t: np.ndarray) -> float:
@@ -340,6 +341,10 @@ def test_log_evidence_equals_the_weight_space_laplace_evidence():
     by_weights = (-loss(t) + 0.5 * np.linalg.slogdet(prior)[1]
                   - 0.5 * np.linalg.slogdet((M * (s * (1 - s))[:, None]).T @ M + prior)[1])
     assert log_evidence(phi, X, w0, lam, P, rho) == pytest.approx(by_weights, abs=1e-6)
+    # fewer comparisons than weights: the margins' form, on the same numbers (the scale fixed, as fitted above)
+    Xw = np.hstack([X, np.zeros((N, 40))])  # F = 46: the extra features are zero, so the model is the same
+    sw = np.concatenate([residual_scale(X), np.ones(40)])
+    assert log_evidence(phi, Xw, w0, lam, P, rho, scale=sw) == pytest.approx(by_weights, abs=1e-6)
     assert log_evidence(phi[:0], X[:0], w0, lam, P, rho) == 0.0
 
 
