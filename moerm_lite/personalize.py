@@ -221,6 +221,28 @@ def margin_covariance(phi: np.ndarray, X: np.ndarray | None, prior_strength: flo
     return A
 
 
+def n_weights(phi: np.ndarray, X: np.ndarray | None, residual_strength: float | None) -> int:
+    """D, the user model's weights: K, and F more with a residual."""
+    return int(np.shape(phi)[1]) + (0 if residual_strength is None or X is None else int(np.shape(X)[1]))
+
+
+def weight_prior(phi: np.ndarray, X: np.ndarray | None, prior_strength: float, prior_precision: np.ndarray | None,
+                 residual_strength: float | None, scale: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The same model over its D = K (+ F) weights: the design ``[phi, Z]`` (N, D), ``Z = X / scale``, and
+    the prior precision ``diag(lambda P, 2 rho I)`` (D, D) of (w, v * scale); ``margin_covariance`` is
+    ``design Lambda^-1 design^T``. For more comparisons than weights, where the N x N form costs N^3."""
+    phi = np.asarray(phi, np.float64)  # (N, K)
+    K = phi.shape[1]
+    P = np.eye(K) if prior_precision is None else np.asarray(prior_precision, np.float64)  # (K, K)
+    if residual_strength is None or X is None:
+        return phi, prior_strength * P
+    Z = np.asarray(X, np.float64) / (residual_scale(X) if scale is None else scale)  # (N, F)
+    F = Z.shape[1]
+    return np.hstack([phi, Z]), np.block([[prior_strength * P, np.zeros((K, F))],
+                                          [np.zeros((F, K)), 2 * residual_strength * np.eye(F)]])
+
+
 def loo_log_likelihood(phi: np.ndarray, X: np.ndarray | None, w: np.ndarray, v: np.ndarray | None,
                        prior_strength: float, prior_precision: np.ndarray | None,
                        residual_strength: float | None, scale: np.ndarray | None = None) -> float:
@@ -230,7 +252,8 @@ def loo_log_likelihood(phi: np.ndarray, X: np.ndarray | None, w: np.ndarray, v: 
     from the full fit; Rad & Maleki's approximate leave-one-out), with ``g_i = -(1 - s_i)`` the loss's
     slope and ``h_i`` the leverage ``x_i^T H^-1 x_i`` of the joint Laplace Hessian over (w, v), computed
     in the N-dimensional form ``diag(A (I + S A)^-1)``, ``A = phi (lambda P)^-1 phi^T + Z Z^T / (2 rho)``,
-    ``Z = X / scale`` (``scale`` (F,): the residual penalty's units, default ``residual_scale(X)``, as fitted).
+    ``Z = X / scale`` (``scale`` (F,): the residual penalty's units, default ``residual_scale(X)``, as fitted),
+    or, for more than 2 D comparisons (D weights), as ``diag(M H^-1 M^T)`` over the weights (``weight_prior``).
     Higher is better; N = 0 gives 0.
     """
     from scipy.special import expit, log_expit
@@ -244,10 +267,14 @@ def loo_log_likelihood(phi: np.ndarray, X: np.ndarray | None, w: np.ndarray, v: 
         z = z + np.asarray(X, np.float64) @ v
     else:
         residual_strength = None
-    A = margin_covariance(phi, X, prior_strength, prior_precision, residual_strength, scale)  # (N, N)
     s = expit(z)  # (N,)
     c = s * (1 - s)  # (N,)
-    h = np.diag(A @ np.linalg.inv(np.eye(N) + c[:, None] * A))  # (N,) leverages
+    if N > 2 * n_weights(phi, X, residual_strength):  # over the weights: H = Lambda + M^T C M, h_i = m_i^T H^-1 m_i
+        M, Lam = weight_prior(phi, X, prior_strength, prior_precision, residual_strength, scale)  # (N, D), (D, D)
+        h = np.einsum("nd,nd->n", M @ np.linalg.inv(Lam + (M * c[:, None]).T @ M), M)  # (N,) leverages
+    else:
+        A = margin_covariance(phi, X, prior_strength, prior_precision, residual_strength, scale)  # (N, N)
+        h = np.diag(A @ np.linalg.inv(np.eye(N) + c[:, None] * A))  # (N,) leverages
     z_loo = z - h * (1 - s) / np.maximum(1 - h * c, 1e-12)  # (N,)
     return float(log_expit(z_loo).mean())
 
@@ -277,7 +304,7 @@ def log_evidence(phi: np.ndarray, X: np.ndarray | None, w0: np.ndarray, prior_st
         return 0.0
     if residual_strength is not None and X is None:
         raise ValueError("log_evidence: a residual_strength needs the pair features X")
-    if N > 2 * (phi.shape[1] + (0 if residual_strength is None or X is None else X.shape[1])):  # cheaper there
+    if N > 2 * n_weights(phi, X, residual_strength):  # cheaper over the weights
         return _log_evidence_over_weights(phi, X, w0, prior_strength, prior_precision, residual_strength, scale)
     A = margin_covariance(phi, X, prior_strength, prior_precision, residual_strength, scale)  # (N, N)
     m = phi @ np.asarray(w0, np.float64)  # (N,) prior mean of the margins
@@ -311,20 +338,14 @@ def log_evidence(phi: np.ndarray, X: np.ndarray | None, w0: np.ndarray, prior_st
 def _log_evidence_over_weights(phi: np.ndarray, X: np.ndarray | None, w0: np.ndarray, prior_strength: float,
                                prior_precision: np.ndarray | None, residual_strength: float | None,
                                scale: np.ndarray | None = None) -> float:
-    """:func:`log_evidence` written over the D = K (+ F) weights, for more than 2 D comparisons (its N x N
-    form costs N^3 a step, this one N D^2 + D^3): the joint MAP ``theta`` of (w, v * scale) under the prior precision
-    ``Lambda = diag(lambda P, 2 rho I)`` (:func:`fit_map`), then
-    ``sum log sigmoid(margins) - d^T Lambda d / 2 + log det Lambda / 2 - log det H / 2``, ``d = theta - theta0``."""
+    """:func:`log_evidence` written over the D weights (``weight_prior``), for more than 2 D comparisons (its
+    N x N form costs N^3 a step, this one N D^2 + D^3): the joint MAP ``theta`` of (w, v * scale) by
+    :func:`fit_map`, then ``sum log sigmoid(margins) - d^T Lambda d / 2 + log det Lambda / 2 - log det H / 2``,
+    ``d = theta - theta0``."""
     from scipy.special import log_expit
 
-    K = phi.shape[1]
-    P = np.eye(K) if prior_precision is None else np.asarray(prior_precision, np.float64)  # (K, K)
-    design, theta0, Lam = phi, np.asarray(w0, np.float64), prior_strength * P  # (N, D), (D,), (D, D)
-    if residual_strength is not None and X is not None:
-        Z = np.asarray(X, np.float64) / (residual_scale(X) if scale is None else scale)  # (N, F)
-        F = Z.shape[1]
-        design, theta0 = np.hstack([phi, Z]), np.concatenate([theta0, np.zeros(F)])
-        Lam = np.block([[Lam, np.zeros((K, F))], [np.zeros((F, K)), 2 * residual_strength * np.eye(F)]])
+    design, Lam = weight_prior(phi, X, prior_strength, prior_precision, residual_strength, scale)  # (N, D), (D, D)
+    theta0 = np.concatenate([np.asarray(w0, np.float64), np.zeros(design.shape[1] - phi.shape[1])])  # (D,)
     theta, cov = fit_map(design, theta0, 1.0, Lam)  # (D,), (D, D) = H^-1
     d = theta - theta0  # (D,)
     return float(log_expit(design @ theta).sum() - 0.5 * d @ Lam @ d + 0.5 * np.linalg.slogdet(Lam)[1]

@@ -293,6 +293,28 @@ def test_approximate_leave_one_out_matches_refitting():
     assert loo[1.0][0] < loo[1.0][1] and loo[1.0][0] < loo[10.0][0]  # both say: noise is not worth fitting
 
 
+def test_leave_one_out_and_evidence_have_one_value_in_either_form():
+    """Above 2 D comparisons (D weights) the leverages and the evidence are computed over the weights, below over
+    the N margins: the same model with zero features added (so that D passes N / 2) gives the same numbers."""
+    from moerm_lite.personalize import fit_residual, log_evidence, loo_log_likelihood, residual_scale
+
+    rng = np.random.default_rng(5)
+    K, F, N, pad = 3, 5, 40, 30  # D = 8 < N / 2; padded, D = 38 > N / 2
+    phi, X = rng.normal(size=(N, K)), rng.normal(size=(N, F))
+    chosen = np.where(rng.random(N) < expit(phi[:, 0] + X[:, 1]), 1, -1)[:, None]  # which reply was chosen
+    phi, X = phi * chosen, X * chosen  # chosen minus rejected
+    w0, P, rho = np.zeros(K), np.eye(K), 3.0
+    scale = residual_scale(X)
+    Xp, scale_p = np.hstack([X, np.zeros((N, pad))]), np.concatenate([scale, np.ones(pad)])
+    w = fit_map(phi, w0, 1.0, P)[0]
+    v = fit_residual(X, phi @ w, rho)
+    vp = np.concatenate([v, np.zeros(pad)])
+    assert loo_log_likelihood(phi, X, w, v, 1.0, P, rho, scale) == pytest.approx(
+        loo_log_likelihood(phi, Xp, w, vp, 1.0, P, rho, scale_p), abs=1e-9)
+    assert log_evidence(phi, X, w0, 1.0, P, rho, scale) == pytest.approx(
+        log_evidence(phi, Xp, w0, 1.0, P, rho, scale_p), abs=1e-7)
+
+
 def test_select_residual_small_inside_the_basis_large_outside():
     """A planted user the experts express gets no residual (or the weakest); one whose taste lies in the pair
     features alone gets a strong residual (a small strength)."""
