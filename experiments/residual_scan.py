@@ -41,6 +41,7 @@ from moerm_build.data.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool
 from moerm_build.evaluate.metrics import RuntimeFeaturizer, pair_accuracy
 from moerm_build.evaluate.real_eval import (SHOTS, attribute_pool, dsp_pool, dsp_users, fit_user_terms, taste_users,
                                            train_pool_spread)
+from moerm_lite.folder import residual_setting
 from moerm_lite.head import expert_features
 from moerm_lite.model import DEFAULT_MODEL
 from moerm_lite.personalize import RESIDUAL_GRID, choose_residual, fit_map, fit_residual, log_evidence
@@ -197,7 +198,7 @@ def main() -> None:
     args = ap.parse_args()
     fz = RuntimeFeaturizer(args.model)
     if args.card_users is not None:
-        card_users(fz, args.card_users if args.card_users in ("auto", "evidence") else float(args.card_users))
+        card_users(fz, residual_setting(args.card_users))
         return
     lam, P, w0 = fz.model.config.default_prior_strength, fz.prior_precision, fz.w0
     spread = train_pool_spread(fz) if args.spread else None
