@@ -14,6 +14,7 @@ from typing import IO, Any
 import numpy as np
 
 from .catalog import Catalog
+from .features import BLOCKS
 from .model import BATCH_SIZE, RewardModel
 from .personalize import AUTO, EVIDENCE, RECOMMENDED, UserProfile
 from .sessions import ENGINES
@@ -127,6 +128,7 @@ def cmd_info(args: argparse.Namespace, out: IO[str]) -> None:
             "n_shared": cfg.n_shared,
             "max_length": cfg.max_length, "default_prior_strength": cfg.default_prior_strength,
             "recommended_residual_strength": cfg.recommended_residual_strength,
+            "recommended_residual_prior": cfg.recommended_residual_prior,
             "model_hash": m.model_hash, "threads": m.threads, "engine": m.engine,
             "int8_compute": m.int8_compute,
             "expert_names": m.expert_names}
@@ -273,7 +275,7 @@ def cmd_fit(args: argparse.Namespace, out: IO[str]) -> None:
         profile = UserProfile.update_saved(args.update, phi, m.model_hash, X)
     else:
         profile = m.fit_user(comps, user_id=args.user_id, prior_strength=args.prior_strength,
-                             residual_strength=args.residual_strength)
+                             residual_strength=args.residual_strength, residual_prior=args.residual_prior)
         profile.save(dest)
     shift = profile.weights_ - m.w0
     top = np.argsort(-np.abs(shift))[:5]
@@ -303,6 +305,19 @@ def residual_strength(text: str) -> float | str | None:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, auto, evidence, recommended or none, got {text!r}"
                                          ) from None
+
+
+def residual_prior(text: str) -> dict[str, float] | str | None:
+    """``--residual-prior``: ``recommended``, ``none`` or a scale per block, ``relevance=0.1,statistics=3``."""
+    if text == RECOMMENDED:
+        return text
+    if text == "none":
+        return None
+    try:
+        return {name.strip(): float(value) for name, value in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected recommended, none or BLOCK=SCALE[,BLOCK=SCALE...] (blocks: "
+                                         f"{', '.join(BLOCKS)}), got {text!r}") from None
 
 
 def cmd_describe(args: argparse.Namespace, out: IO[str]) -> None:
@@ -418,6 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "the model's, 30 for the shipped one, moves with many comparisons), a strength, evidence "
                          "(chosen per user by the Laplace evidence of its comparisons), auto (chosen per user by "
                          "leave-one-out) or none (expert weights alone)")
+    sp.add_argument("--residual-prior", type=residual_prior, default=RECOMMENDED,
+                    metavar="recommended|none|BLOCK=SCALE,...",
+                    help="how freely the residual may use each block of the pair features (reply, relevance, "
+                         "statistics; 1 where not named): recommended (default: the model's; every block 1 for "
+                         "the shipped one), none (every block 1) or e.g. relevance=0.1,statistics=3")
     common(sp, user=False)
     sp.set_defaults(fn=cmd_fit)
     sp = sub.add_parser("next", help='which pair to ask a user about: {"prompt", "candidates": [...]} JSONL')

@@ -25,14 +25,16 @@ Training (``moerm_build/``) computes the same features with this same function, 
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 SURFACE = ("cosine", "has_prompt", "log_words", "log_prompt_words", "log_lines", "list_share", "has_code",
            "exclamations", "questions", "second_person", "contractions", "word_length", "log_sentence_words")
 WORD_STATISTICS = ("repeated_trigrams", "copied_trigrams")  # v2 only, before SURFACE
+BLOCKS = ("reply", "relevance", "statistics")  # a pair's features in order: r_hat, p_hat * r_hat, the rest
 LAYOUTS = {"prompt_response_v1": SURFACE, "prompt_response_v2": WORD_STATISTICS + SURFACE}  # the columns after 2H
 DEFAULT_LAYOUT = "prompt_response_v1"  # the layout new models are built with (config.json's ``features``);
 #                                       v2 was measured and not shipped (docs/decisions/features.md)
@@ -53,6 +55,29 @@ def check_layout(layout: str) -> tuple[str, ...]:
 def feature_dim(hidden_size: int, layout: str = DEFAULT_LAYOUT) -> int:
     """F, the length of a pair's feature vector in ``layout``, for backbone embeddings of size H."""
     return 2 * hidden_size + len(check_layout(layout))
+
+
+def feature_blocks(hidden_size: int, layout: str = DEFAULT_LAYOUT) -> dict[str, int]:
+    """How many of a pair's F features each of ``BLOCKS`` holds, in their order: ``reply`` (r_hat, H),
+    ``relevance`` (p_hat * r_hat, H) and ``statistics`` (the columns after 2H, the cosine among them)."""
+    return {"reply": hidden_size, "relevance": hidden_size, "statistics": len(check_layout(layout))}
+
+
+def block_prior(scales: Mapping[str, float], blocks: Mapping[str, int]) -> tuple[tuple[str, int, float], ...]:
+    """A prior scale per block (``{"relevance": 0.1, "statistics": 3.0}``; a block not named: 1) as the
+    ``blocks`` of the pair features (``feature_blocks``) in order, ``(name, size, scale)``; a ValueError names an
+    unknown block or a scale that is not a positive finite number."""
+    if not isinstance(scales, Mapping) or set(scales) - set(blocks):
+        raise ValueError(f"a residual prior names blocks among {tuple(blocks)}, got {scales!r}")
+    out = []
+    for name, size in blocks.items():
+        scale = scales.get(name, 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+                math.isfinite(scale) and scale > 0):
+            raise ValueError(f"the residual prior's scale for {name!r} must be a positive finite number, "
+                             f"got {scale!r}")
+        out.append((name, int(size), float(scale)))
+    return tuple(out)
 
 
 def _trigrams(text: str) -> list[tuple[str, ...]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .features import DEFAULT_LAYOUT, LAYOUTS
+from .features import DEFAULT_LAYOUT, LAYOUTS, block_prior, feature_blocks
 from .files import atomic_write_text
 from .personalize import PER_USER
 
@@ -67,6 +67,8 @@ class ModelConfig:
     # the residual fit_user uses by default and the card measures (docs/decisions/residual.md): a strength,
     # or one chosen per user ("evidence", "auto": moerm_lite.personalize.PER_USER)
     recommended_residual_strength: float | str = RECOMMENDED_RESIDUAL_STRENGTH
+    # the residual's prior scale per block of the pair features (features.BLOCKS; None: all 1), fit_user's default
+    recommended_residual_prior: dict[str, float] | None = None
     prior_precision: list[list[float]] | None = None  # P (K, K): user prior N(w0, (lambda P)^-1); None = I
     max_chars: int = 100_000  # longer texts are rejected, not silently cut
     backbone_inputs: list[str] = field(
@@ -113,6 +115,9 @@ class ModelConfig:
                 default_prior_strength=float(d.get("default_prior_strength", 1.0)),
                 recommended_residual_strength=residual_setting(d.get("recommended_residual_strength",
                                                                      RECOMMENDED_RESIDUAL_STRENGTH)),
+                recommended_residual_prior=(
+                    None if d.get("recommended_residual_prior") is None
+                    else {str(k): float(v) for k, v in d["recommended_residual_prior"].items()}),
                 prior_precision=(None if d.get("prior_precision") is None
                                  else [[float(x) for x in row] for row in d["prior_precision"]]),
                 max_chars=int(d.get("max_chars", 100_000)),
@@ -145,6 +150,8 @@ class ModelConfig:
             # not written at its default: a folder from before the field is written again byte for byte
             **({"recommended_residual_strength": self.recommended_residual_strength}
                if self.recommended_residual_strength != RECOMMENDED_RESIDUAL_STRENGTH else {}),
+            **({"recommended_residual_prior": dict(self.recommended_residual_prior)}
+               if self.recommended_residual_prior is not None else {}),
             "prior_precision": self.prior_precision,
             "max_chars": self.max_chars,
             "graphs": {p: {"backbone": g.backbone, "head": g.head, "per_sequence": g.per_sequence,
@@ -168,6 +175,11 @@ class ModelConfig:
                 raise ModelFolderError(f"config.json: {name} must be a positive number"
                                        + (f" or one of {sorted(PER_USER)}" if name.startswith("recommended") else "")
                                        + f", got {value!r}")
+        if self.recommended_residual_prior is not None:
+            try:
+                block_prior(self.recommended_residual_prior, feature_blocks(self.hidden_size, self.feature_layout))
+            except ValueError as e:
+                raise ModelFolderError(f"config.json: recommended_residual_prior: {e}") from None
         if not 0 <= self.n_shared < K or not 1 <= self.top_k <= K - self.n_shared:
             raise ModelFolderError(f"config.json: need 0 <= n_shared < n_experts and 1 <= top_k <= "
                                    f"n_experts - n_shared, got top_k={self.top_k}, n_shared={self.n_shared}, "
@@ -209,7 +221,7 @@ def residual_setting(value: Any) -> float | str:
 _KNOWN_KEYS = {
     "schema_version", "model_id", "n_experts", "top_k", "expert_names", "w0", "backbone",
     "graphs", "default_prior_strength", "prior_precision", "max_chars", "io", "features", "n_shared",
-    "recommended_residual_strength",
+    "recommended_residual_strength", "recommended_residual_prior",
 }
 
 

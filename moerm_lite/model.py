@@ -15,7 +15,7 @@ from .active import SELECTION_PRIOR, choose_pair, preference_probability_from, p
 from .deprecated import renamed
 from .catalog import Catalog
 from .experts import expert_cards, read_cards, read_reference, trim_card
-from .features import feature_dim, pair_features
+from .features import block_prior, feature_blocks, feature_dim, pair_features
 from .folder import CONFIG, ModelConfig, model_hash, read_json, read_manifest, verify_files
 from .head import combine, expert_features, row_terms, scatter_topk
 from .personalize import RECOMMENDED, UserProfile, fit_map, resolve_weights
@@ -408,7 +408,8 @@ class RewardModel:
 
     def fit_user(self, comparisons: Iterable[dict[str, Any]], *, user_id: str | None = None,
                  prior_strength: float | None = None,
-                 residual_strength: float | str | None = RECOMMENDED) -> UserProfile:
+                 residual_strength: float | str | None = RECOMMENDED,
+                 residual_prior: dict[str, float] | str | None = RECOMMENDED) -> UserProfile:
         """Fit a user's signed expert weights from ``{"prompt", "chosen", "rejected"}`` records, and a
         regularized residual over the pair features for what the experts cannot express.
 
@@ -420,14 +421,25 @@ class RewardModel:
         own comparisons, ``"auto"`` by their approximate leave-one-out likelihood
         (``moerm_lite.personalize.choose_residual``); ``None`` fits the expert weights alone. A catalog
         ranks a profile with a residual only if encoded ``with_features=True`` (the default).
+        ``residual_prior``: how freely the residual may use each block of the pair features
+        (``moerm_lite.features.BLOCKS``), e.g. ``{"relevance": 0.1, "statistics": 3.0}`` (a block not named:
+        1); ``"recommended"`` (default) is the folder's ``recommended_residual_prior``, ``None`` every feature
+        alike (the shipped model's; docs/decisions/residual.md).
         """
         strength = self.config.default_prior_strength if prior_strength is None else prior_strength
         if residual_strength == RECOMMENDED:
             residual_strength = self.config.recommended_residual_strength
+        if isinstance(residual_prior, str) and residual_prior == RECOMMENDED:
+            residual_prior = self.config.recommended_residual_prior
+        elif isinstance(residual_prior, str):
+            raise ValueError(f"residual_prior must be {RECOMMENDED!r}, None or a scale per block, "
+                             f"got {residual_prior!r}")
+        sizes = feature_blocks(self.config.hidden_size, self.config.feature_layout)
+        blocks = None if residual_prior is None else block_prior(residual_prior, sizes)
         phi, X = self.comparison_terms(comparisons, with_pair_features=residual_strength is not None)
         return UserProfile(user_id=user_id, prior_strength=strength, prior_precision=self._prior_precision,
                            model_id=self.config.model_id, model_hash=self.model_hash,
-                           residual_strength=residual_strength).fit(phi, self._w0, X)
+                           residual_strength=residual_strength, residual_prior=blocks).fit(phi, self._w0, X)
 
     def update_user(self, profile: UserProfile, comparisons: Iterable[dict[str, Any]]) -> UserProfile:
         """Fold new ``{"prompt", "chosen", "rejected"}`` records into ``profile`` (fitted for this

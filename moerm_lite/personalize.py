@@ -39,9 +39,9 @@ import numpy as np
 from .deprecated import renamed
 from .files import file_lock, locked_write_text
 
-PROFILE_SCHEMA_VERSION = 5  # 5: residual_strength "evidence"; 4: "auto"; 3: an optional residual over pair
-#                             features; 2: comparisons' features stored
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5)  # 1 has no features: it scores but cannot be updated
+PROFILE_SCHEMA_VERSION = 6  # 6: residual_prior; 5: residual_strength "evidence"; 4: "auto"; 3: an optional
+#                             residual over pair features; 2: comparisons' features stored
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6)  # 1 has no features: it scores but cannot be updated
 AUTO = "auto"  # residual_strength chosen per user at each fit by approximate leave-one-out (choose_residual)
 EVIDENCE = "evidence"  # residual_strength chosen per user at each fit by Laplace evidence (choose_residual)
 PER_USER = {AUTO: "loo", EVIDENCE: "evidence"}  # the residual strengths chosen per user, and their criterion
@@ -110,15 +110,17 @@ def fit_map(phi: np.ndarray, w0: np.ndarray, prior_strength: float,
     return w, cov
 
 
-def fit_residual(X: np.ndarray, offset: np.ndarray, strength: float) -> np.ndarray:
+def fit_residual(X: np.ndarray, offset: np.ndarray, strength: float, prior: np.ndarray | None = None
+                 ) -> np.ndarray:
     """The residual ``v`` (F,) over pair-feature differences ``X`` (N, F) on top of the scores ``offset``
     (N,) the expert weights give the same comparisons:
 
         argmin_v  -sum_i log sigmoid(offset_i + X_i . v)  +  strength * ||v * s||^2
 
-    with ``s`` (F,) each feature's root mean square over these differences (floored at
-    ``RESIDUAL_SCALE_FLOOR`` of the median, so a feature constant in the user's data cannot blow up).
-    Zero comparisons give ``v = 0``.
+    with ``s = residual_scale(X, prior)`` (F,): each feature's root mean square over these differences
+    (floored at ``RESIDUAL_SCALE_FLOOR`` of the median, so a feature constant in the user's data cannot blow
+    up), divided by its prior scale (``prior`` (F,), default 1: ``prior_scales``). Zero comparisons give
+    ``v = 0``.
     """
     X = np.asarray(X, dtype=np.float64)  # (N, F)
     offset = np.asarray(offset, dtype=np.float64).reshape(-1)  # (N,)
@@ -131,7 +133,7 @@ def fit_residual(X: np.ndarray, offset: np.ndarray, strength: float) -> np.ndarr
         raise ValueError("pair features or scores contain NaN or inf")
     if not len(X):
         return np.zeros(X.shape[1])
-    scale = residual_scale(X)  # (F,)
+    scale = residual_scale(X, prior)  # (F,)
     return penalized_logistic(X / scale, offset, strength) / scale  # (F,) in the features' own units
 
 
@@ -198,11 +200,14 @@ def backtrack(loss: Callable[[np.ndarray], float], x: np.ndarray, step: np.ndarr
         t /= 2
 
 
-def residual_scale(X: np.ndarray) -> np.ndarray:
+def residual_scale(X: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
     """(F,) each feature's root mean square over the differences X (N, F), floored at
-    ``RESIDUAL_SCALE_FLOOR`` of the median: the units in which the residual's penalty is isotropic."""
+    ``RESIDUAL_SCALE_FLOOR`` of the median, divided by its prior scale ``prior`` (F,) (default 1): the units
+    in which the residual's penalty is isotropic. A feature of prior scale c may take c times the weight
+    (in its own standardised units) at the same penalty."""
     rms = np.sqrt((np.asarray(X, np.float64) ** 2).mean(0))  # (F,)
-    return np.maximum(rms, RESIDUAL_SCALE_FLOOR * max(float(np.median(rms)), 1e-12)) + 1e-6
+    scale = np.maximum(rms, RESIDUAL_SCALE_FLOOR * max(float(np.median(rms)), 1e-12)) + 1e-6  # (F,)
+    return scale if prior is None else scale / prior
 
 
 def margin_covariance(phi: np.ndarray, X: np.ndarray | None, prior_strength: float,
@@ -358,26 +363,30 @@ CRITERIA = ("loo", "evidence")  # how choose_residual compares them (PER_USER: w
 
 def choose_residual(phi: np.ndarray, X: np.ndarray, w: np.ndarray, prior_strength: float,
                     prior_precision: np.ndarray | None, grid: Sequence[float | None] = RESIDUAL_GRID,
-                    criterion: str = "loo", w0: np.ndarray | None = None
+                    criterion: str = "loo", w0: np.ndarray | None = None, prior: np.ndarray | None = None
                     ) -> tuple[float | None, np.ndarray | None, dict[str, float]]:
     """Given the expert weights ``w`` fitted on phi (N, K), the residual strength of ``grid`` (None: no
     residual) that scores highest on these comparisons: ``criterion="loo"``, the approximate leave-one-out
     log-likelihood of the fit (:func:`loo_log_likelihood`); ``"evidence"``, the Laplace marginal likelihood
-    of the model around the prior mean ``w0`` (:func:`log_evidence`; ``w0`` required). Ties go to the earlier
-    (simpler) entry. Returns the strength, its residual (F,) or None, and every entry's score keyed
-    ``"none"`` or the strength."""
+    of the model around the prior mean ``w0`` (:func:`log_evidence`; ``w0`` required). ``prior`` (F,): the
+    residual's prior scale per feature (:func:`fit_residual`). Ties go to the earlier (simpler) entry.
+    Returns the strength, its residual (F,) or None, and every entry's score keyed ``"none"`` or the
+    strength."""
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     if criterion == "evidence" and w0 is None:
         raise ValueError("choose_residual: criterion 'evidence' needs the prior mean w0")
     mean = np.zeros(len(w)) if w0 is None else w0  # (K,) the evidence's prior mean
     offset = np.asarray(phi, np.float64) @ w  # (N,)
+    scale = residual_scale(X, prior) if len(X) else None  # (F,); no comparisons, no residual to scale
     scores: dict[str, float] = {}
     best: tuple[float, float | None, np.ndarray | None] | None = None
     for rho in grid:  # the evidence integrates the residual out: only the chosen one is fitted, below
-        v = None if rho is None or criterion == "evidence" else fit_residual(X, offset, float(rho))
-        score = (loo_log_likelihood(phi, X, w, v, prior_strength, prior_precision, rho) if criterion == "loo"
-                 else log_evidence(phi, X, mean, prior_strength, prior_precision, rho))
+        v = None if rho is None or criterion == "evidence" else fit_residual(X, offset, float(rho), prior)
+        if criterion == "loo":
+            score = loo_log_likelihood(phi, X, w, v, prior_strength, prior_precision, rho, scale)
+        else:
+            score = log_evidence(phi, X, mean, prior_strength, prior_precision, rho, scale)
         scores["none" if rho is None else f"{rho:g}"] = score
         if best is None or score > best[0] + 1e-12:
             best = (score, rho, v)
@@ -385,7 +394,7 @@ def choose_residual(phi: np.ndarray, X: np.ndarray, w: np.ndarray, prior_strengt
         return None, None, scores
     rho, v = best[1], best[2]
     if rho is not None and v is None:
-        v = fit_residual(X, offset, float(rho))
+        v = fit_residual(X, offset, float(rho), prior)
     return rho, v, scores
 
 
@@ -436,6 +445,37 @@ def check_residual_strength(strength: Any) -> None:
             math.isfinite(strength) and strength > 0):
         raise ValueError(f"residual_strength must be None, {AUTO!r}, {EVIDENCE!r} or a positive finite number, "
                          f"got {strength!r}")
+
+
+def check_residual_prior(prior: Any) -> tuple[tuple[str, int, float], ...] | None:
+    """A residual prior as a profile keeps it: None (every feature of prior scale 1), or the pair features'
+    blocks in order, each ``(name, size, scale)`` (``moerm_lite.features.feature_blocks`` names them), a
+    positive size and a positive finite scale. Returns it as a tuple of tuples; ``ValueError`` naming what is
+    wrong otherwise."""
+    if prior is None:
+        return None
+    try:
+        rows = [tuple(b) for b in prior]
+        out = tuple((str(name), int(size), float(scale)) for name, size, scale in rows)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"residual_prior must be a list of [block, size, scale], got {prior!r} ({e})") from None
+    if not out or any(size < 1 or size != raw[1] or not (math.isfinite(scale) and scale > 0)
+                      for (_, size, scale), raw in zip(out, rows)):
+        raise ValueError(f"residual_prior needs at least one block, each of a positive whole size and a positive "
+                         f"finite scale; got {prior!r}")
+    return out
+
+
+def prior_scales(prior: Sequence[tuple[str, int, float]] | None, F: int) -> np.ndarray | None:
+    """The (F,) prior scale of each pair feature from the blocks of ``check_residual_prior`` (None: None);
+    ``ValueError`` when the blocks do not cover exactly F features."""
+    if prior is None:
+        return None
+    sizes = [size for _, size, _ in prior]
+    if sum(sizes) != F:
+        blocks = ", ".join(f"{name} {size}" for name, size, _ in prior)
+        raise ValueError(f"residual_prior covers {sum(sizes)} features ({blocks}), the pair features have {F}")
+    return np.repeat([scale for _, _, scale in prior], sizes).astype(np.float64)  # (F,)
 
 
 def resolve_weights(user: Any, w0: np.ndarray, model_id: str, model_hash: str, *,
@@ -492,14 +532,16 @@ class UserProfile:
     ``expert_features_`` (N, K) and ``n_comparisons_``; :meth:`partial_fit` adds comparisons. A profile
     remembers the model it was fitted for and is refused by any other model.
     With a ``residual_strength`` it also learns ``residual_`` (F,) over the
-    comparisons' pair-feature differences ``pair_features_`` (N, F), kept as float16.
+    comparisons' pair-feature differences ``pair_features_`` (N, F), kept as float16, under the prior
+    ``residual_prior`` (the blocks of ``check_residual_prior``; None: every feature alike).
     """
 
     features_ = renamed("features_", "expert_features_", "the pair features are ``pair_features_``")
 
     def __init__(self, user_id: str | None = None, prior_strength: float = 1.0,
                  prior_precision: np.ndarray | None = None, *, model_id: str | None = None,
-                 model_hash: str | None = None, residual_strength: float | str | None = None) -> None:
+                 model_hash: str | None = None, residual_strength: float | str | None = None,
+                 residual_prior: Sequence[tuple[str, int, float]] | None = None) -> None:
         if user_id is not None and not isinstance(user_id, str):
             raise TypeError(f"user_id must be a string or None, got {type(user_id).__name__}")
         self.user_id = user_id
@@ -509,6 +551,7 @@ class UserProfile:
         self.model_hash = model_hash  # the model this profile belongs to; required to save and to score
         check_residual_strength(residual_strength)
         self.residual_strength = residual_strength  # None: no residual; "auto", "evidence": chosen at each fit
+        self.residual_prior = check_residual_prior(residual_prior)  # the residual's prior scale per block
         self.residual_chosen_: float | None = None  # chosen per user: the strength the last fit chose (None: none)
         self.residual_: np.ndarray | None = None  # (F,) once fitted with a residual_strength
 
@@ -530,11 +573,13 @@ class UserProfile:
         w, cov = fit_map(phi, w0, self.prior_strength, self.prior_precision)
         if isinstance(self.residual_strength, str):  # chosen per user; an all-zero residual where none wins
             self.residual_chosen_, v, _ = choose_residual(phi, X, w, self.prior_strength, self.prior_precision,
-                                                          criterion=PER_USER[self.residual_strength], w0=w0)
+                                                          criterion=PER_USER[self.residual_strength], w0=w0,
+                                                          prior=prior_scales(self.residual_prior, X.shape[1]))
             self.residual_ = np.zeros(X.shape[1]) if v is None else v  # (F,)
             self.pair_features_: np.ndarray | None = X  # (N, F)
         elif self.residual_strength is not None:
-            self.residual_ = fit_residual(X, phi @ w, float(self.residual_strength))  # (F,)
+            self.residual_ = fit_residual(X, phi @ w, float(self.residual_strength),
+                                          prior_scales(self.residual_prior, X.shape[1]))  # (F,)
             self.pair_features_ = X
         self.weights_ = w  # (K,)
         self.covariance_ = cov  # (K, K)
@@ -701,6 +746,7 @@ class UserProfile:
             "features": None if self.expert_features_ is None else self.expert_features_.tolist(),
             "residual_strength": self.residual_strength,
             "residual_chosen": self.residual_chosen_,
+            "residual_prior": None if self.residual_prior is None else [list(b) for b in self.residual_prior],
             "residual": None if self.residual_ is None else self.residual_.tolist(),
             "pair_features": (None if self.residual_ is None or self.pair_features_ is None
                               else encode_array(self.pair_features_)),
@@ -725,7 +771,8 @@ class UserProfile:
             p = cls(user_id=d["user_id"], prior_strength=float(d["prior_strength"]),
                     prior_precision=None if pp is None else np.asarray(pp, dtype=np.float64),
                     model_id=d["model_id"], model_hash=d["model_hash"],
-                    residual_strength=None if rs is None else rs if rs in PER_USER else float(rs))
+                    residual_strength=None if rs is None else rs if rs in PER_USER else float(rs),
+                    residual_prior=d.get("residual_prior"))  # before schema 6: none, every feature alike
             rc = d.get("residual_chosen")
             p.residual_chosen_ = None if rc is None else float(rc)
             p.weights_ = np.asarray(d["weights"], dtype=np.float64)
@@ -748,6 +795,7 @@ class UserProfile:
             X = d.get("pair_features")
             p.pair_features_ = None if X is None else decode_array(X, "pair_features")
             want = (p.n_comparisons_, len(p.residual_))
+            prior_scales(p.residual_prior, len(p.residual_))  # its blocks cover the residual
             if p.pair_features_ is not None and (p.pair_features_.shape != want
                                                  or not np.isfinite(p.pair_features_).all()):
                 raise ValueError(f"user profile is malformed: pair_features {p.pair_features_.shape}, "

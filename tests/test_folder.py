@@ -115,6 +115,28 @@ def test_recommended_residual_strength_is_read_with_its_default(copy):
     assert m.fit_user(comps).residual_strength == "evidence"
 
 
+def test_recommended_residual_prior_is_read_checked_and_fit_users_default(copy):
+    """A config without the field recommends no prior (every block of the pair features alike); one with it,
+    its scales per block, which fit_user uses unless told otherwise; an unknown block or a bad scale is refused
+    naming the field."""
+    cfg = json.loads((copy / "config.json").read_text())
+    assert "recommended_residual_prior" not in cfg
+    assert ModelConfig.from_dict(cfg).recommended_residual_prior is None
+    cfg["recommended_residual_prior"] = {"relevance": 0.1, "statistics": 3}
+    write_config(copy, cfg)
+    m = RewardModel.load(copy)
+    assert m.config.to_dict()["recommended_residual_prior"] == {"relevance": 0.1, "statistics": 3.0}
+    comps = [{"prompt": "Name a fruit.", "chosen": c, "rejected": r}
+             for c, r in (("An apple.", "No."), ("A ripe pear.", "Whatever."))]
+    H = m.config.hidden_size
+    assert m.fit_user(comps).residual_prior == (("reply", H, 1.0), ("relevance", H, 0.1), ("statistics", 13, 3.0))
+    assert m.fit_user(comps, residual_prior=None).residual_prior is None
+    for bad, match in (({"tone": 2.0}, "names blocks among"), ({"statistics": -1}, "positive finite")):
+        cfg["recommended_residual_prior"] = bad
+        with pytest.raises(ModelFolderError, match=f"recommended_residual_prior: .*{match}"):
+            ModelConfig.from_dict(cfg)
+
+
 def test_graph_flags_round_trip(copy):
     cfg = json.loads((copy / "config.json").read_text())
     cfg["graphs"]["int8"]["dequantize_at_load"] = True

@@ -319,3 +319,101 @@ def test_rl_adapters_batch_scorer_and_catalog_ranker_apply_a_residual(tiny_fp32,
     tiny_fp32.encode_catalog(items, with_features=False).save(tmp_path / "plain.npz")
     with pytest.raises(ValueError, match="encoded without them"):
         CatalogRanker(tmp_path / "plain.npz", profiles=tmp_path)({"user_id": ["u"]})
+
+
+def test_block_prior_names_the_blocks_of_the_pair_features():
+    from moerm_lite.features import block_prior, feature_blocks
+    assert block_prior({"statistics": 3, "relevance": 0.1}, feature_blocks(4)) == (
+        ("reply", 4, 1.0), ("relevance", 4, 0.1), ("statistics", 13, 3.0))
+    assert block_prior({}, feature_blocks(4, "prompt_response_v2"))[-1] == ("statistics", 15, 1.0)
+    with pytest.raises(ValueError, match="names blocks among"):
+        block_prior({"tone": 2.0}, feature_blocks(4))
+    with pytest.raises(ValueError, match="scale for 'reply' must be a positive finite number"):
+        block_prior({"reply": 0.0}, feature_blocks(4))
+
+
+def test_a_prior_scale_on_every_feature_is_a_weaker_penalty():
+    """Prior scale c on every feature is the penalty rho / c^2: the same residual, the same evidence and the same
+    leave-one-out choice (a known answer for the scale's direction: a larger scale frees the residual)."""
+    from moerm_lite.personalize import choose_residual, log_evidence, residual_scale
+    _, X = planted_residual(30, seed=3)
+    offset = np.linspace(-1, 1, 30)
+    c = np.full(20, 2.0)
+    np.testing.assert_allclose(fit_residual(X, offset, 12.0, c), fit_residual(X, offset, 3.0), atol=1e-8)
+    phi, w0 = np.ones((30, 2)) * 0.1, np.zeros(2)
+    assert log_evidence(phi, X, w0, 1.0, None, 12.0, residual_scale(X, c)) == pytest.approx(
+        log_evidence(phi, X, w0, 1.0, None, 3.0), abs=1e-9)
+    for criterion in ("loo", "evidence"):
+        scaled = choose_residual(phi, X, w0, 1.0, None, (None, 4.0, 40.0), criterion, w0, prior=c)[2]
+        plain = choose_residual(phi, X, w0, 1.0, None, (None, 1.0, 10.0), criterion, w0)[2]
+        assert list(scaled.values()) == pytest.approx(list(plain.values()), abs=1e-8)
+
+
+def test_a_block_prior_finds_a_taste_that_lives_in_one_block():
+    """A planted user who prefers what three of 40 features measure (a 'statistics' block among noise columns):
+    a residual that may use that block freely predicts held-out comparisons better than one that spreads
+    the same penalty over every feature, and one that favours another block does worse."""
+    rng = np.random.default_rng(5)
+    F, S = 40, 3
+    X = rng.normal(size=(200, F))
+    v_true = np.zeros(F)
+    v_true[-S:] = [2.0, -1.5, 1.0]
+    X = np.where((rng.random(200) < expit(X @ v_true))[:, None], X, -X)  # chosen minus rejected
+    train, test = X[:20], X[20:]
+    blocks = {"plain": None, "statistics": (("reply", 37, 1.0), ("statistics", 3, 5.0)),
+              "other": (("reply", 37, 5.0), ("statistics", 3, 1.0))}
+    acc = {}
+    for name, prior in blocks.items():
+        p = UserProfile(prior_strength=1.0, model_hash="0" * 16, residual_strength=3.0, residual_prior=prior)
+        p.fit(np.zeros((20, 2)), np.zeros(2), train)
+        acc[name] = float(np.mean(test @ p.residual_ > 0))
+    assert acc["statistics"] > acc["plain"] + 0.05 > acc["other"] + 0.05, acc
+
+
+def test_residual_prior_round_trips_refits_and_is_checked(tmp_path):
+    """A profile keeps the prior it was fitted under (schema 6), an update refits under it, a profile of schema 5
+    reads as fitted without one, and a prior that does not cover the residual is refused by name."""
+    rng = np.random.default_rng(2)
+    _, X = planted_residual(40, seed=4)
+    phi = rng.normal(size=(40, 3))
+    prior = (("reply", 8, 1.0), ("relevance", 8, 0.1), ("statistics", 4, 3.0))
+    def profile(prior=None):
+        return UserProfile(prior_strength=1.0, model_hash="0" * 16, residual_strength="evidence", residual_prior=prior)
+
+    full = profile(prior).fit(phi, np.zeros(3), X)
+    part = UserProfile.load(profile(prior).fit(phi[:15], np.zeros(3), X[:15]).save(tmp_path / "p.json"))
+    assert part.residual_prior == prior
+    part.partial_fit(phi[15:], X[15:])
+    np.testing.assert_allclose(part.residual_, full.residual_, atol=1e-6)
+    plain = profile().fit(phi, np.zeros(3), X)
+    assert np.abs(plain.residual_ - full.residual_).max() > 1e-3  # the prior matters
+    d = json.loads(full.to_json())
+    assert d["schema_version"] == 6 and d["residual_prior"] == [list(b) for b in prior]
+    old = {k: v for k, v in d.items() if k != "residual_prior"} | {"schema_version": 5}
+    assert UserProfile.from_dict(old).residual_prior is None
+    with pytest.raises(ValueError, match="residual_prior covers 21 features"):
+        UserProfile.from_dict(d | {"residual_prior": [["reply", 9, 1.0], ["relevance", 8, 0.1], ["statistics", 4, 3.0]]})
+    with pytest.raises(ValueError, match="malformed: residual_prior needs at least one block"):
+        UserProfile.from_dict(d | {"residual_prior": [["reply", 20, -1.0]]})
+    with pytest.raises(ValueError, match="residual_prior covers 20 features"):
+        UserProfile(residual_strength=1.0, residual_prior=prior).fit(phi, np.zeros(3), np.zeros((40, 21)))
+
+
+def test_fit_user_and_the_cli_take_a_residual_prior(tiny_folder, tmp_path):
+    m = RewardModel.load(tiny_folder, threads=1)
+    H, F = m.config.hidden_size, feature_dim(m.config.hidden_size, m.config.feature_layout)
+    p = m.fit_user(COMPS, residual_strength=0.5, residual_prior={"statistics": 3.0})
+    assert p.residual_prior == (("reply", H, 1.0), ("relevance", H, 1.0), ("statistics", F - 2 * H, 3.0))
+    assert m.fit_user(COMPS, residual_strength=0.5).residual_prior is None  # the tiny folder recommends none
+    with pytest.raises(ValueError, match="names blocks among"):
+        m.fit_user(COMPS, residual_prior={"style": 2.0})
+    with pytest.raises(ValueError, match="residual_prior must be 'recommended', None or a scale per block"):
+        m.fit_user(COMPS, residual_prior="strong")
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in COMPS))
+    args = ["fit", str(tmp_path / "c.jsonl"), "--model", str(tiny_folder), "--threads", "1",
+            "--residual-strength", "0.5"]
+    assert main([*args, "-o", str(tmp_path / "u.json"), "--residual-prior", "relevance=0.1,statistics=3"]) == 0
+    assert UserProfile.load(tmp_path / "u.json").residual_prior[1:] == (("relevance", H, 0.1),
+                                                                         ("statistics", F - 2 * H, 3.0))
+    with pytest.raises(SystemExit):
+        main([*args, "-o", str(tmp_path / "v.json"), "--residual-prior", "statistics:3"])
