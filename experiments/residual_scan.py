@@ -8,7 +8,9 @@ Feeds docs/decisions/residual.md.
     python experiments/residual_scan.py                      # the shipped model, ~15 minutes on 2 CPU cores
     python experiments/residual_scan.py --model models/mine
     python experiments/residual_scan.py --spread             # and the residual under a spread-shaped prior
-    python experiments/residual_scan.py --card-users evidence  # the card's taste and DSP users, this default
+    python experiments/residual_scan.py --card-users evidence --card-prior relevance=0.1,statistics=3
+                                                             # the card's taste and DSP users, this default
+    python experiments/residual_scan.py --probes             # the frozen probe on the same users, each prior
 
 - **Constraining users** (what a default must not hurt: tastes the experts were trained on; seeds apart
   from the card's test users, as the prior strength is chosen): persona-16 users and attribute users (1 and
@@ -23,7 +25,9 @@ Feeds docs/decisions/residual.md.
 Every fit is the runtime's own (``UserProfile.fit``) at the model's prior strength ("auto by evidence":
 ``residual_strength="evidence"``), except "auto over none/10/30/100" and "evidence, none/10/30/100", the
 runtime's per-user choices (``choose_residual``) over a shorter grid, and "evidence, prior and residual", which
-also chooses the prior strength (the model's times 1/3, 1 or 3) by the evidence (``log_evidence``). ``--seed``
+also chooses the prior strength (the model's times 1/3, 1 or 3) by the evidence (``log_evidence``). The rows
+"evidence, relevance 0.1, statistics 3" and the like fit the residual under a prior scale per block of the pair
+features (``PRIORS``; ``fit_user(residual_prior=...)``). ``--seed``
 draws other users (the tables of residual.md: 0 and 1000). Needs the export extra and ../shared/data.
 """
 
@@ -39,29 +43,36 @@ from moerm_build import data
 from moerm_build.data.attributes import attribute_benchmark
 from moerm_build.data.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool
 from moerm_build.evaluate.metrics import RuntimeFeaturizer, pair_accuracy
-from moerm_build.evaluate.real_eval import (SHOTS, attribute_pool, dsp_pool, dsp_users, fit_user_terms, taste_users,
+from moerm_build.evaluate.real_eval import (BUILD_RESIDUAL_PRIOR, SHOTS, attribute_pool, dsp_pool, dsp_users,
+                                           fit_user_terms, probe_few_shot, residual_blocks, taste_users,
                                            train_pool_spread)
+from moerm_lite.cli import residual_prior as cli_prior
 from moerm_lite.folder import residual_setting
 from moerm_lite.head import expert_features
 from moerm_lite.model import DEFAULT_MODEL
-from moerm_lite.personalize import RESIDUAL_GRID, choose_residual, fit_map, fit_residual, log_evidence
+from moerm_lite.personalize import (RESIDUAL_GRID, choose_residual, fit_map, fit_residual, log_evidence,
+                                    prior_scales)
 
 ROOT = Path(__file__).resolve().parents[1]
 STRENGTHS = (3.0, 10.0, 30.0, 100.0, 300.0)
 SHORT_GRID = (None, 10.0, 30.0, 100.0)
+PRIORS: tuple[dict[str, float], ...] = (  # the residual's prior per block of the pair features (evidence)
+    {"relevance": 0.3}, {"statistics": 3.0}, {"relevance": 0.3, "statistics": 3.0},
+    {"relevance": 0.1, "statistics": 3.0}, {"relevance": 0.3, "statistics": 5.0})
 PRIOR_FACTORS = (1 / 3, 1.0, 3.0)  # "evidence, prior and residual": the model's prior strength times these
 TOLERANCE = 0.5  # points a default may lose against the weights alone, on any constraining group and N
 Fit = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (phi (N, K), X (N, F)) -> (w, v)
 Group = tuple[np.ndarray, np.ndarray, list]  # phi (R, K), X (R, F) of a pool's items, its users
 
 
-def fits(w0: np.ndarray, lam: float, P: np.ndarray | None,
+def fits(w0: np.ndarray, lam: float, P: np.ndarray | None, blocks: dict[str, int],
          spread: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Fit]:
-    """Every fit compared, by label. ``spread`` (sd (F,), T (F, F): ``train_pool_spread``): also the
-    residual fitted on ``(X / sd) @ T``, its prior favouring the directions the licensed training pool's
-    pairs vary along."""
-    def runtime(strength: float | str | None) -> Fit:
-        return lambda phi, X: fit_user_terms(phi, X, w0, lam, P, strength)
+    """Every fit compared, by label. ``blocks``: the pair features' blocks (a featurizer's ``feature_blocks``),
+    for the residual under a prior per block (``PRIORS``). ``spread`` (sd (F,), T (F, F): ``train_pool_spread``):
+    also the residual fitted on ``(X / sd) @ T``, its prior favouring the directions the licensed training
+    pool's pairs vary along."""
+    def runtime(strength: float | str | None, prior: dict[str, float] | None = None) -> Fit:
+        return lambda phi, X: fit_user_terms(phi, X, w0, lam, P, strength, residual_blocks(prior, blocks))
 
     def spread_prior(strength: float | str) -> Fit:
         assert spread is not None
@@ -119,12 +130,27 @@ def fits(w0: np.ndarray, lam: float, P: np.ndarray | None,
         base = w0 if kind == "w0" else np.zeros_like(w0)  # (K,)
         return base, fit_residual(X, phi @ base, rho)
 
+    by_block = {f"evidence, {prior_label(p)}": runtime("evidence", p) for p in PRIORS}
     return {"weights only": runtime(None), **{f"residual {s:g}": runtime(s) for s in STRENGTHS},
             "residual auto": runtime("auto"), "auto over none/10/30/100": short_auto,
-            "auto by evidence": runtime("evidence"),
+            "auto by evidence": runtime("evidence"), **by_block,
+            f"residual 30, {prior_label(BUILD_RESIDUAL_PRIOR)}": runtime(30.0, BUILD_RESIDUAL_PRIOR),
             "evidence, none/10/30/100": evidence(SHORT_GRID, (1.0,)),
             "evidence, prior and residual": evidence(RESIDUAL_GRID, PRIOR_FACTORS),
             "evidence, or a residual alone": evidence_or_residual_alone, **extra}
+
+
+def parse_prior(text: str) -> dict[str, float] | None:
+    """``--card-prior``: ``none`` or ``relevance=0.1,statistics=3``, read as ``moerm-lite fit --residual-prior``."""
+    prior = cli_prior(text)
+    if isinstance(prior, str):
+        raise argparse.ArgumentTypeError("--card-prior takes none or BLOCK=SCALE,..., not recommended")
+    return prior
+
+
+def prior_label(prior: dict[str, float] | None) -> str:
+    """``relevance 0.1, statistics 3``: a residual prior per block as a row names it."""
+    return "plain" if not prior else ", ".join(f"{name} {scale:g}" for name, scale in prior.items())
 
 
 def scan(group: Group, table: dict[str, Fit]) -> dict[str, list[float]]:
@@ -161,26 +187,49 @@ def dsp_group(fz: RuntimeFeaturizer, draws: int = 20, seed: int = 0) -> Group:
     return phi.reshape(-1, phi.shape[-1]), X.reshape(-1, X.shape[-1]), users
 
 
+def validation_groups(fz: RuntimeFeaturizer, n_users: int, seed: int) -> dict[str, Group]:
+    """The users every fit is compared on, titled ``constraining: ...`` (tastes the experts were trained on:
+    persona, 1 and 2-3 attributes) or ``unseen: ...`` (the five taste families and the DSP domain users), at
+    seeds apart from the card's (``seed`` added to each)."""
+    st = data.load_persona()
+    g, r, X_stmt = fz.outputs_and_features([("", s) for s in st.text])  # (S, K), (S, K), (S, F)
+    pool = attribute_pool(fz, with_probe=False)
+    phi, X = pool["phi"], pool["X"]
+    tp = taste_pool(pool["pool"])
+    return {
+        "constraining: persona": (expert_features(g, r), X_stmt.astype(np.float64),
+                                  data.persona_benchmark(st, n_users=n_users, seed=777 + seed)),
+        "constraining: 1 attribute": (phi, X, attribute_benchmark(pool["pool"], n_users=n_users, n_attributes=1,
+                                                                    seed=778 + seed)),
+        "constraining: 2-3 attributes": (phi, X, attribute_benchmark(pool["pool"], n_users=n_users, seed=779 + seed)),
+        **{f"unseen: taste family: {f}": (phi, X, taste_benchmark(tp, f, n_users=n_users, seed=8642 + i + seed))
+           for i, f in enumerate(TASTE_FAMILIES)},
+        "unseen: DSP domain users (4 x 20 draws)": dsp_group(fz, seed=seed)}
+
+
 def print_table(title: str, rows: dict[str, list[float]]) -> None:
-    print(f"{title}\n{'':28}" + "".join(f"{'N=' + str(n):>8}" for n in SHOTS))
+    print(f"{title}\n{'':44}" + "".join(f"{'N=' + str(n):>8}" for n in SHOTS))
     for name, vals in rows.items():
-        print(f"  {name:26}" + "".join(f"{v:8.1f}" for v in vals), flush=True)
+        print(f"  {name:42}" + "".join(f"{v:8.1f}" for v in vals), flush=True)
 
 
-def card_users(fz: RuntimeFeaturizer, residual: float | str) -> None:
+def card_users(fz: RuntimeFeaturizer, residual: float | str, prior: dict[str, float] | None) -> None:
     """The card's own users (the taste families at the card's seeds, the DSP domain users at its draws), fitted
-    with the residual ``residual`` as the default: its rows next to the weights alone, leave-one-out's choice and
-    the frozen probe, which the card's tables also show (a check that these are the card's users)."""
+    with the residual ``residual`` under ``prior`` as the default: its rows next to the weights alone,
+    leave-one-out's choice and the frozen probe, which the card's tables also show (a check that these are the
+    card's users)."""
     lam, P, w0 = fz.model.config.default_prior_strength, fz.prior_precision, fz.w0
-    names = {"model_residual": f"residual {residual}", "model": "weights alone", "model_auto": "auto (loo)",
+    label = f"residual {residual}, {prior_label(prior)}"
+    names = {"model_residual": label, "model": "weights alone", "model_auto": "auto (loo)",
              "frozen_probe": "frozen probe"}
-    tastes = taste_users(attribute_pool(fz, with_probe=False), w0, lam, P, residual_strength=residual)
+    tastes = taste_users(attribute_pool(fz, with_probe=False), w0, lam, P, residual_strength=residual,
+                         residual_prior=prior)
     for fam in TASTE_FAMILIES:
         print_table(f"the card's taste users: {fam}",
                     {label: [100 * tastes[fam][key][str(n)] for n in SHOTS] for key, label in names.items()})
-    dsp = dsp_users(fz, w0, lam, P, residual_strength=residual)
-    print_table("the card's DSP domain users", {label: [100 * dsp[key][str(n)] for n in SHOTS] for key, label in
-                                                (("model_plus_residual", f"residual {residual}"),
+    dsp = dsp_users(fz, w0, lam, P, residual_strength=residual, residual_prior=prior)
+    print_table("the card's DSP domain users", {name: [100 * dsp[key][str(n)] for n in SHOTS] for key, name in
+                                                (("model_plus_residual", label),
                                                  ("model", "weights alone"), ("model_auto", "auto (loo)"),
                                                  ("frozen_probe", "frozen probe"))})
 
@@ -195,31 +244,33 @@ def main() -> None:
     ap.add_argument("--card-users", default=None, metavar="RESIDUAL",
                     help="instead: the card's own taste and DSP users with this residual as the default "
                          "(a strength, auto or evidence)")
+    ap.add_argument("--probes", action="store_true",
+                    help="instead: the frozen probe on the same users, under no prior and each prior per block")
+    ap.add_argument("--card-prior", type=parse_prior, default=None, metavar="BLOCK=SCALE,...",
+                    help="with --card-users: the residual's prior per block (default: none, every block 1)")
     args = ap.parse_args()
     fz = RuntimeFeaturizer(args.model)
     if args.card_users is not None:
-        card_users(fz, residual_setting(args.card_users))
+        card_users(fz, residual_setting(args.card_users), args.card_prior)
+        return
+    if args.probes:
+        groups = validation_groups(fz, args.users, args.seed)
+        print(f"{Path(args.model).name} (int8 runtime); the frozen probe under each prior; held-out accuracy (%)")
+        for title, (_, X, users) in groups.items():
+            print_table(f"{title} ({len(users)} users)", {
+                f"frozen probe, {prior_label(p)}": [100 * a for a in probe_few_shot(
+                    X, users, prior=prior_scales(residual_blocks(p, fz.feature_blocks), X.shape[1])).values()]
+                for p in (None, *PRIORS)})
         return
     lam, P, w0 = fz.model.config.default_prior_strength, fz.prior_precision, fz.w0
     spread = train_pool_spread(fz) if args.spread else None
-    table = fits(w0, lam, P, spread)
+    table = fits(w0, lam, P, fz.feature_blocks, spread)
     # DSP's features come standardised over its replies (dsp_pool): the transform applies to them as they are
-    dsp_table = fits(w0, lam, P, None if spread is None else (np.ones_like(spread[0]), spread[1]))
-    st = data.load_persona()
-    g, r, X_stmt = fz.outputs_and_features([("", s) for s in st.text])  # (S, K), (S, K), (S, F)
-    pool = attribute_pool(fz, with_probe=False)
-    phi, X = pool["phi"], pool["X"]
-    constraining: dict[str, Group] = {
-        "persona": (expert_features(g, r), X_stmt.astype(np.float64),
-                    data.persona_benchmark(st, n_users=args.users, seed=777 + args.seed)),
-        "1 attribute": (phi, X, attribute_benchmark(pool["pool"], n_users=args.users, n_attributes=1,
-                                                      seed=778 + args.seed)),
-        "2-3 attributes": (phi, X, attribute_benchmark(pool["pool"], n_users=args.users, seed=779 + args.seed))}
-    tp = taste_pool(pool["pool"])
-    unseen: dict[str, Group] = {
-        f"taste family: {f}": (phi, X, taste_benchmark(tp, f, n_users=args.users, seed=8642 + i + args.seed))
-        for i, f in enumerate(TASTE_FAMILIES)}
-    unseen["DSP domain users (4 x 20 draws)"] = dsp_group(fz, seed=args.seed)
+    dsp_spread = None if spread is None else (np.ones_like(spread[0]), spread[1])
+    dsp_table = fits(w0, lam, P, fz.feature_blocks, dsp_spread)
+    groups = validation_groups(fz, args.users, args.seed)
+    constraining = {t.split(": ", 1)[1]: g for t, g in groups.items() if t.startswith("constraining")}
+    unseen = {t.split(": ", 1)[1]: g for t, g in groups.items() if t.startswith("unseen")}
     print(f"{Path(args.model).name} (int8 runtime), prior strength {lam:g}; held-out accuracy (%)")
     results: dict[str, dict[str, list[float]]] = {}
     for kind, groups in (("constraining", constraining), ("unseen", unseen)):
@@ -233,14 +284,14 @@ def main() -> None:
     print("\nagainst the weights alone: the worst change over the constraining groups and N, the mean change "
           "over the unseen tastes and N")
     for name in table:
-        print(f"  {name:26}{gain(name, list(constraining)).min():+8.2f}{gain(name, list(unseen)).mean():+8.2f}")
+        print(f"  {name:42}{gain(name, list(constraining)).min():+8.2f}{gain(name, list(unseen)).mean():+8.2f}")
     allowed = [name for name in table if gain(name, list(constraining)).min() >= -TOLERANCE]
     print(f"within {TOLERANCE} point of the weights alone on every constraining group and N: {', '.join(allowed)}")
     print("family-out: the pick on the other unseen groups, and its gain on the one left out (N = 5 / 10 / 20 / 50)")
     for held in unseen:
         others = [t for t in unseen if t != held]
         pick = max(allowed, key=lambda name: gain(name, others).mean())
-        print(f"  {held:34}{pick:>20}" + "".join(f"{g:+7.1f}" for g in gain(pick, [held])))
+        print(f"  {held:34}{pick:>38}" + "".join(f"{g:+7.1f}" for g in gain(pick, [held])))
 
 
 if __name__ == "__main__":

@@ -147,18 +147,20 @@ def main(argv: list[str] | None = None) -> int:
         print(finetune(fcfg, args.out))
     elif args.command == "evaluate":
         from moerm_build.evaluate.metrics import RuntimeFeaturizer, TorchFeaturizer
-        from moerm_build.evaluate.real_eval import BUILD_RESIDUAL
+        from moerm_build.evaluate.real_eval import BUILD_RESIDUAL, BUILD_RESIDUAL_PRIOR
         from moerm_build.evaluate.report import evaluate
 
         path = Path(args.input)
         residual = BUILD_RESIDUAL  # the users' default rows: a run, what a build recommends; a folder, its own
+        residual_prior = BUILD_RESIDUAL_PRIOR
         if (path / "ckpt.pt").is_file():
             fz: Any = TorchFeaturizer(path)
         else:
             fz = RuntimeFeaturizer(path, precision=args.precision)
             residual = fz.model.config.recommended_residual_strength
+            residual_prior = fz.model.config.recommended_residual_prior
         res = evaluate(fz, fz.w0, prior_strength=args.prior_strength, n_users=args.users, with_probes=args.probes,
-                       residual_strength=residual)
+                       residual_strength=residual, residual_prior=residual_prior)
         text = json.dumps(res, indent=1)
         if args.out:
             Path(args.out).write_text(text + "\n")
@@ -191,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         rz = RuntimeFeaturizer(args.input)
         tastes = taste_users(attribute_pool(rz, with_probe=False), rz.w0, rz.model.config.default_prior_strength,
                              rz.prior_precision, n_users=args.users,
-                             residual_strength=rz.model.config.recommended_residual_strength)
+                             residual_strength=rz.model.config.recommended_residual_strength,
+                             residual_prior=rz.model.config.recommended_residual_prior)
         if args.card:
             from moerm_build.release.pipeline import record
 

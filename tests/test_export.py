@@ -238,22 +238,30 @@ def test_card_counts_come_from_the_report_and_the_build(tiny_run, tiny_export):
 
 def test_the_reports_residual_is_the_folders_recommendation_and_the_cards_default(tiny_run, tmp_path):
     """The residual the report's default rows were measured with (``evaluate(residual_strength=...)``) is what
-    the exported folder recommends (``fit_user``'s default) and what its card names; a report from before the
-    field gives a folder that recommends 30, as those reports measured."""
-    from moerm_build.evaluate.real_eval import BUILD_RESIDUAL
+    the exported folder recommends (``fit_user``'s default) and what its card names, its prior per block too; a
+    report from before the fields gives a folder that recommends 30 and no prior, as those reports measured."""
+    from moerm_build.evaluate.real_eval import BUILD_RESIDUAL, BUILD_RESIDUAL_PRIOR
 
     shots = {str(n): 0.6 for n in (5, 10, 20, 50)}
-    rep = {"residual_strength": "evidence", "persona": {"global": 0.5, **shots},
-           "persona_residual": {"global": 0.5, **shots}}
+    rep = {"residual_strength": "evidence", "residual_prior": BUILD_RESIDUAL_PRIOR,
+           "persona": {"global": 0.5, **shots}, "persona_residual": {"global": 0.5, **shots}}
     folder = export_model(tiny_run, tmp_path / "ev", report=rep, precision="fp32")
     m = RewardModel.load(folder, precision="fp32")
     assert m.config.recommended_residual_strength == "evidence" == BUILD_RESIDUAL
+    assert m.config.recommended_residual_prior == BUILD_RESIDUAL_PRIOR == {"relevance": 0.1, "statistics": 3.0}
+    assert m.fit_user([{"prompt": "Hi.", "chosen": "Hello!", "rejected": "No."}]).residual_prior[1:] == (
+        ("relevance", m.config.hidden_size, 0.1), ("statistics", 13, 3.0))
     card = (folder / "README.md").read_text()
     assert 'chosen per user, at every fit, by the Laplace evidence' in card
+    assert ("under a prior that scales what it may use of each block of the pair features (relevance 0.1, "
+            'statistics 3; the others 1) (`recommended_residual_strength` "evidence" and '
+            "`recommended_residual_prior` in config.json;") in card
     assert '| this model (default: + residual, `residual_strength="evidence"`) |' in card
     old = RewardModel.load(export_model(tiny_run, tmp_path / "old", report={}, precision="fp32"), precision="fp32")
     assert old.config.recommended_residual_strength == 30.0
-    assert "recommended_residual_strength" not in json.loads((tmp_path / "old" / "config.json").read_text())
+    assert old.config.recommended_residual_prior is None
+    assert not {"recommended_residual_strength", "recommended_residual_prior"} & set(
+        json.loads((tmp_path / "old" / "config.json").read_text()))
     assert ("a residual over the pair features of strength 30 (`recommended_residual_strength` in config.json;"
             in (tmp_path / "old" / "README.md").read_text())
 

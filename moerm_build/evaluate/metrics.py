@@ -17,6 +17,7 @@ import numpy as np
 
 from moerm_lite import RewardModel, fit_map
 from moerm_lite.personalize import penalized_logistic
+from moerm_lite.features import check_layout, feature_blocks
 from moerm_lite.head import expert_features
 
 from moerm_build import data
@@ -33,6 +34,7 @@ class Featurizer(Protocol):
     n_readout: int  # the last n_readout of those are read-outs of every feature (moerm_build.train.readout)
     readout_names: list[str]  # what each read-out rewards, in words
     prior_precision: np.ndarray | None  # P (K, K) of the user prior; None: the identity
+    feature_blocks: dict[str, int]  # the pair features' blocks in order (moerm_lite.features.feature_blocks)
 
     def outputs(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
         """Dense (gating_output, rewards), each (N, K)."""
@@ -59,7 +61,10 @@ class TorchFeaturizer:
         self.readout_names = readout_names(self.ckpt.get("readout"), self.n_readout)
         self.prior_precision = self.head.prior_precision()
         self._torch = torch
-        cache = run_cache(TrainConfig.of_run(self.ckpt), self.ckpt["backbone_path"])
+        cfg = TrainConfig.of_run(self.ckpt)
+        stats = len(check_layout(cfg.feature_layout))
+        self.feature_blocks = feature_blocks((self.head.args.n_features - stats) // 2, cfg.feature_layout)
+        cache = run_cache(cfg, self.ckpt["backbone_path"])
         self.features, self.embed = cache.features, cache.get
 
     def outputs(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
@@ -88,6 +93,7 @@ class RuntimeFeaturizer:
         self.n_readout = int(readout.get("experts", 0))
         self.readout_names = readout_names(readout, self.n_readout)
         self.prior_precision = self.model.prior_precision
+        self.feature_blocks = feature_blocks(self.model.config.hidden_size, self.model.config.feature_layout)
         self.w0 = self.model.w0
 
     def outputs(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:

@@ -14,12 +14,13 @@ References: the unpersonalized model (``w0``) and a logistic probe on the *froze
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from moerm_lite import UserProfile
+from moerm_lite.features import block_prior
 from moerm_lite.head import expert_features
 from moerm_lite.personalize import EVIDENCE
 
@@ -34,6 +35,9 @@ PROBE_L2 = 1.0  # few-shot probes: L2 of the logistic regression on standardised
 # the residual a build recommends (its config's recommended_residual_strength, fit_user's default) and its card
 # measures as the default: chosen per user by the evidence (docs/decisions/residual.md; folders built before it: 30)
 BUILD_RESIDUAL: float | str = EVIDENCE
+# and under this prior per block of the pair features (its config's recommended_residual_prior; before it: none)
+BUILD_RESIDUAL_PRIOR: dict[str, float] | None = {"relevance": 0.1, "statistics": 3.0}
+Blocks = tuple[tuple[str, int, float], ...]  # a residual prior as UserProfile takes it (features.block_prior)
 HUMAN_LABELLED = {"hh_helpful": data.load_hh_helpful, "hh_harmless": data.load_hh_harmless,
                   "finegrained_qa": data.load_finegrained_qa}  # held-out population accuracy, by name
 
@@ -125,9 +129,10 @@ def train_pool_spread(fz: Any, power: float = 0.5) -> tuple[np.ndarray, np.ndarr
 
 
 def probe_few_shot(X: np.ndarray, users: list[data.BenchUser], shots: Sequence[int] = SHOTS,
-                   l2: float = PROBE_L2) -> dict[str, float]:
-    """Per user, a logistic probe on frozen feature differences fit on its first N comparisons."""
-    Xs = (X - X.mean(0)) / (X.std(0) + 1e-6)
+                   l2: float = PROBE_L2, prior: np.ndarray | None = None) -> dict[str, float]:
+    """Per user, a logistic probe on frozen feature differences fit on its first N comparisons; ``prior`` (F,):
+    each standardised feature's prior scale (``moerm_lite.personalize.prior_scales``; default 1)."""
+    Xs = (X - X.mean(0)) / (X.std(0) + 1e-6) * (1.0 if prior is None else prior)  # (R, F)
     acc: dict[str, list[float]] = {str(n): [] for n in shots}
     for u in users:
         a, e = np.array(u.adapt), np.array(u.eval)
@@ -143,13 +148,16 @@ def attribute_pool(fz: Any, with_probe: bool = True) -> dict[str, Any]:
     pool = eval_pool(train_scaler())
     pairs = [(pool.prompts[g], r) for g, r in zip(pool.group, pool.responses)]
     gt, rw, X = fz.outputs_and_features(pairs)
-    return {"pool": pool, "phi": expert_features(gt, rw), "X": X.astype(np.float64), "with_probe": with_probe}
+    return {"pool": pool, "phi": expert_features(gt, rw), "X": X.astype(np.float64), "with_probe": with_probe,
+            "feature_blocks": fz.feature_blocks}
 
 
 def attribute_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P: np.ndarray | None,
-                    n_users: int = 100, residual_strength: float | str = BUILD_RESIDUAL) -> dict[str, Any]:
+                    n_users: int = 100, residual_strength: float | str = BUILD_RESIDUAL,
+                    residual_prior: Mapping[str, float] | None = BUILD_RESIDUAL_PRIOR) -> dict[str, Any]:
     """Few-shot accuracy of single- and multi-attribute users on held-out prompts (``ap``: attribute_pool),
-    with the expert weights alone and with the default residual (``residual_strength``)."""
+    with the expert weights alone and with the default residual (``residual_strength``, ``residual_prior``)."""
+    blocks = residual_blocks(residual_prior, ap["feature_blocks"])
     pool, phi, X = ap["pool"], ap["phi"], ap["X"]
     out: dict[str, Any] = {"n_prompts": len(pool.prompts), "n_responses": len(pool.responses),
                            "attributes": list(ATTRIBUTES)}
@@ -160,7 +168,8 @@ def attribute_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P
         heldout += [len(u.eval) for u in users]
         counts.append(len(users))
         out[name] = few_shot(phi, users, w0, prior_strength, P=P)
-        out[name + "_residual"] = few_shot_residual(phi, X, users, w0, prior_strength, P, residual_strength)
+        out[name + "_residual"] = few_shot_residual(phi, X, users, w0, prior_strength, P, residual_strength,
+                                                    residual_prior=blocks)
         if ap.get("with_probe", True):
             out[name + "_frozen_probe"] = probe_few_shot(X, users)
     per_attr: dict[str, float | None] = {}
@@ -174,14 +183,22 @@ def attribute_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P
 
 
 
+def residual_blocks(prior: Mapping[str, float] | None, feature_blocks: dict[str, int]) -> Blocks | None:
+    """A residual prior per block (``BUILD_RESIDUAL_PRIOR``, a config's ``recommended_residual_prior``) over pair
+    features of these blocks (a featurizer's ``feature_blocks``); None: none."""
+    return None if prior is None else block_prior(prior, feature_blocks)
+
+
 def fit_user_terms(phi: np.ndarray, X: np.ndarray | None, w0: np.ndarray, prior_strength: float,
-                   P: np.ndarray | None, residual_strength: float | str | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   P: np.ndarray | None, residual_strength: float | str | None = None,
+                   residual_prior: Blocks | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A user's weights (K,) and residual (F,) fitted by the runtime's own code (``UserProfile.fit``), from
     comparison features phi (N, K) and pair-feature differences X (N, F); no residual: zeros.
-    ``residual_strength="auto"``: chosen per user at the fit, as ``fit_user`` does (``UserProfile``)."""
+    ``residual_strength="auto"``: chosen per user at the fit, as ``fit_user`` does (``UserProfile``);
+    ``residual_prior``: the residual's prior per block (``residual_blocks``)."""
     strength = None if X is None else residual_strength
-    p = UserProfile(prior_strength=prior_strength, prior_precision=P, residual_strength=strength)
+    p = UserProfile(prior_strength=prior_strength, prior_precision=P, residual_strength=strength,
+                    residual_prior=residual_prior)
     p.fit(phi, w0, X if strength is not None else None)
     F = 0 if X is None else X.shape[1]
     return p.weights_, p.residual_ if p.residual_ is not None else np.zeros(F)
@@ -189,7 +206,7 @@ def fit_user_terms(phi: np.ndarray, X: np.ndarray | None, w0: np.ndarray, prior_
 
 def few_shot_residual(phi: np.ndarray, X: np.ndarray, users: list[data.BenchUser], w0: np.ndarray,
                       prior_strength: float, P: np.ndarray | None, strength: float | str = BUILD_RESIDUAL,
-                      shots: Sequence[int] = SHOTS) -> dict[str, float]:
+                      shots: Sequence[int] = SHOTS, residual_prior: Blocks | None = None) -> dict[str, float]:
     """``few_shot`` with the residual over pair features (``fit_user(residual_strength=...)``):
     phi (R, K) and X (R, F) of the pool's items, each user fitted on its first N comparisons."""
     acc: dict[str, list[float]] = {str(n): [] for n in shots}
@@ -198,7 +215,7 @@ def few_shot_residual(phi: np.ndarray, X: np.ndarray, users: list[data.BenchUser
         pa, pe = phi[a[:, 0]] - phi[a[:, 1]], phi[e[:, 0]] - phi[e[:, 1]]  # (N, K), (E, K)
         xa, xe = X[a[:, 0]] - X[a[:, 1]], X[e[:, 0]] - X[e[:, 1]]  # (N, F), (E, F)
         for n in shots:
-            w, v = fit_user_terms(pa[:n], xa[:n], w0, prior_strength, P, strength)
+            w, v = fit_user_terms(pa[:n], xa[:n], w0, prior_strength, P, strength, residual_prior)
             acc[str(n)].append(pair_accuracy(pe @ w + xe @ v))
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
@@ -228,10 +245,13 @@ def dsp_pool(fz: Any, features: tuple[np.ndarray, np.ndarray, np.ndarray] | None
 
 def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | None, draws: int = 20,
               seed: int = 0, residual_strength: float | str = BUILD_RESIDUAL,
-              pool: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+              pool: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+              residual_prior: Mapping[str, float] | None = BUILD_RESIDUAL_PRIOR) -> dict[str, Any]:
     """Four domain users: fit on N comparisons from half of the instructions, score all of the other half
-    (``pool``: ``dsp_pool(fz)``, computed here if not given)."""
+    (``pool``: ``dsp_pool(fz)``, computed here if not given); the default residual ``residual_strength`` under
+    ``residual_prior``."""
     phi, X, first = dsp_pool(fz) if pool is None else pool
+    blocks = residual_blocks(residual_prior, fz.feature_blocks)
     names = (*data.DSP_DOMAINS, "normal")
     rng = np.random.default_rng(seed)
     res: dict[str, Any] = {"model": {}, "frozen_probe": {}, "model_plus_residual": {}, "model_auto": {},
@@ -252,7 +272,7 @@ def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | No
                 take = rng.choice(len(train_phi), size=n, replace=False)
                 # the residual is fitted after w, which it leaves as fit_map gives it: one fit serves both
                 w, v = fit_user_terms(train_phi[take], train_X[take], w0, prior_strength, P,
-                                      residual_strength)
+                                      residual_strength, blocks)
                 m.append(pair_accuracy(test_phi @ w))
                 p.append(pair_accuracy(test_X @ logistic_fit(train_X[take], np.ones(n), PROBE_L2)))
                 resid.append(pair_accuracy(test_phi @ w + test_X @ v))
@@ -260,7 +280,7 @@ def dsp_users(fz: Any, w0: np.ndarray, prior_strength: float, P: np.ndarray | No
                 auto.append(pair_accuracy(test_phi @ wa + test_X @ va))
             row[f"model_{n}"], row[f"probe_{n}"] = float(np.mean(m)), float(np.mean(p))
             row[f"residual_{n}"], row[f"auto_{n}"] = float(np.mean(resid)), float(np.mean(auto))
-        w_all, v = fit_user_terms(train_phi, train_X, w0, prior_strength, P, residual_strength)
+        w_all, v = fit_user_terms(train_phi, train_X, w0, prior_strength, P, residual_strength, blocks)
         row["model_all"] = pair_accuracy(test_phi @ w_all)
         row["residual_all"] = pair_accuracy(test_phi @ w_all + test_X @ v)
         wa, va = fit_user_terms(train_phi, train_X, w0, prior_strength, P, "auto")
@@ -286,12 +306,14 @@ def attribute_correlations(phi: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 
 def taste_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P: np.ndarray | None,
-                n_users: int = 100, residual_strength: float | str = BUILD_RESIDUAL) -> dict[str, Any]:
+                n_users: int = 100, residual_strength: float | str = BUILD_RESIDUAL,
+                residual_prior: Mapping[str, float] | None = BUILD_RESIDUAL_PRIOR) -> dict[str, Any]:
     """Per taste family (all held out): the model's fitted users, by default (the residual at
-    ``residual_strength``, the folder's recommended strength), with the expert weights alone and with the
-    residual chosen per user (``"auto"``), and the frozen probe, at N = 5 / 10 / 20 / 50 (``ap``:
-    ``moerm_build.evaluate.real_eval.attribute_pool``)."""
+    ``residual_strength`` under ``residual_prior``, the folder's recommended ones), with the expert weights
+    alone and with the residual chosen per user (``"auto"``), and the frozen probe, at N = 5 / 10 / 20 / 50
+    (``ap``: ``moerm_build.evaluate.real_eval.attribute_pool``)."""
     pool = taste_pool(ap["pool"])
+    blocks = residual_blocks(residual_prior, ap["feature_blocks"])
     out: dict[str, Any] = {"members": {f: list(m) for f, m in TASTE_FAMILIES.items()}}
     heldout: list[int] = []
     for fam in TASTE_FAMILIES:
@@ -299,7 +321,7 @@ def taste_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P: np
         heldout += [len(u.eval) for u in users]
         out[fam] = {"users": len(users), "model": few_shot(ap["phi"], users, w0, prior_strength, P=P),
                     "model_residual": few_shot_residual(ap["phi"], ap["X"], users, w0, prior_strength, P,
-                                                        residual_strength),
+                                                        residual_strength, residual_prior=blocks),
                     "model_auto": few_shot_residual(ap["phi"], ap["X"], users, w0, prior_strength, P, "auto"),
                     "frozen_probe": probe_few_shot(ap["X"], users)}
     out["heldout_per_user"] = [min(heldout), max(heldout)]  # comparisons each user is scored on

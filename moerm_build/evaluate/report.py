@@ -30,6 +30,7 @@ class EvalReport(TypedDict, total=False):
     prior: str  # "identity" or "training users"
     prior_strength: float  # lambda chosen on validation users
     residual_strength: float | str  # the residual the users' default rows fit (the folder's recommended one)
+    residual_prior: dict[str, float] | None  # and its prior per block of the pair features (None: none)
     prior_strength_grid: dict[float, float]
     persona_users: dict[str, int]  # {"users", "heldout_per_user"}
     persona: dict[str, float]  # few-shot accuracy: "global", "5", "10", "20", "50"
@@ -62,10 +63,12 @@ class EvalReport(TypedDict, total=False):
 
 def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = None, n_users: int = 200,
              with_probes: bool = False, real_text: bool = True,
-             residual_strength: float | str = R.BUILD_RESIDUAL) -> EvalReport:
+             residual_strength: float | str = R.BUILD_RESIDUAL,
+             residual_prior: dict[str, float] | None = R.BUILD_RESIDUAL_PRIOR) -> EvalReport:
     """Every metric for one featurizer: persona-16, the real-text suite (``moerm_build.evaluate.real_eval``), names.
-    The users' default rows fit the residual ``residual_strength`` (a folder's ``recommended_residual_strength``;
-    a new build's by default), which the report records for the folder's config."""
+    The users' default rows fit the residual ``residual_strength`` under ``residual_prior`` (a folder's
+    ``recommended_residual_strength`` and ``recommended_residual_prior``; a new build's by default), which the
+    report records for the folder's config."""
     st = data.load_persona()
     g, r, X_stmt = fz.outputs_and_features([("", s) for s in st.text])  # (S, K), (S, K), (S, F)
     phi_stmt = expert_features(g, r)  # (S, K)
@@ -79,12 +82,15 @@ def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = N
             prior_strength = choose_prior_strength(phi_stmt, st, w0, P=P)
     res["prior_strength"] = prior_strength
     res["residual_strength"] = residual_strength
+    res["residual_prior"] = None if residual_prior is None else dict(residual_prior)
     users = data.persona_benchmark(st, n_users=n_users)
     res["persona_users"] = {"users": len(users), "heldout_per_user": len(users[0].eval) if users else 0}
     res["persona"] = few_shot(phi_stmt, users, w0, prior_strength, P=P)
     if real_text:
         res["persona_residual"] = R.few_shot_residual(phi_stmt, X_stmt, users, w0, prior_strength, P,
-                                                      residual_strength)
+                                                      residual_strength,
+                                                      residual_prior=R.residual_blocks(residual_prior,
+                                                                                       fz.feature_blocks))
     res["interpretability"] = interpretability(phi_stmt, g, st)
     if with_probes:
         res["probe_ceiling"] = probe_ceiling(X_stmt, st, users)
@@ -94,8 +100,10 @@ def evaluate(fz: Featurizer, w0: np.ndarray, *, prior_strength: float | None = N
     if ap is not None:
         res["sanity"] = R.sanity(fz, w0)
         res["population"] = R.population(fz, w0)
-        res["attribute_users"] = R.attribute_users(ap, w0, prior_strength, P, residual_strength=residual_strength)
-        res["dsp"] = R.dsp_users(fz, w0, prior_strength, P, residual_strength=residual_strength)
+        res["attribute_users"] = R.attribute_users(ap, w0, prior_strength, P, residual_strength=residual_strength,
+                                                   residual_prior=residual_prior)
+        res["dsp"] = R.dsp_users(fz, w0, prior_strength, P, residual_strength=residual_strength,
+                                 residual_prior=residual_prior)
         attr_corr = R.attribute_correlations(ap["phi"], ap["pool"].z)  # (K, A)
         res["attribute_correlations"] = np.round(attr_corr, 3).tolist()
     src_gates = source_gates(fz, g)

@@ -34,13 +34,17 @@ def _residual_arg(strength: float | str) -> str:
     return f'residual_strength="{strength}"' if isinstance(strength, str) else f"residual_strength={strength:g}"
 
 
-def _residual_words(strength: float | str) -> str:
-    """The card's prose for the default residual: of a fixed strength, or chosen per user."""
+def _residual_words(strength: float | str, prior: dict[str, float] | None = None) -> str:
+    """The card's prose for the default residual: of a fixed strength, or chosen per user; under a prior per
+    block of the pair features (``recommended_residual_prior``) where the config names one."""
+    under = ("" if not prior else ", under a prior that scales what it may use of each block of the pair "
+             "features (" + ", ".join(f"{name} {scale:g}" for name, scale in prior.items()) + "; the others 1)")
+    also = "" if not prior else " and `recommended_residual_prior`"
     if isinstance(strength, str):
         how = "Laplace evidence" if strength == "evidence" else "approximate leave-one-out likelihood"
         return (f"whose strength (or none) is chosen per user, at every fit, by the {how} of the user's own "
-                f'comparisons (`recommended_residual_strength` "{strength}"')
-    return f"of strength {strength:g} (`recommended_residual_strength`"
+                f'comparisons{under} (`recommended_residual_strength` "{strength}"{also}')
+    return f"of strength {strength:g}{under} (`recommended_residual_strength`{also}"
 
 
 def _span(lo_hi: list[int]) -> str:
@@ -106,7 +110,7 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         "prior": ("P the inverse covariance of the training users' weights (`prior_precision` in config.json)"
                   if config.get("prior_precision") is not None else "P = I"),
         "prior_strength": f"{config['default_prior_strength']:g}",
-        "residual_default": _residual_words(_residual_strength(config)),
+        "residual_default": _residual_words(_residual_strength(config), config.get("recommended_residual_prior")),
         "persona_axes": len(axes),
         "helpful": (_helpful_sentence(rep) if readout and readout.get("sources") else
                     "On the human-labelled HH-RLHF and FineGrained QA pairs it is near chance"),

@@ -98,6 +98,7 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
         precisions=precisions, gating=args.gating,
         default_prior_strength=float(rep.get("prior_strength", cast("dict[str, Any]", rep).get("lambda", 1.0))),
         recommended_residual_strength=residual_setting(rep.get("residual_strength", RECOMMENDED_RESIDUAL_STRENGTH)),
+        recommended_residual_prior=rep.get("residual_prior"),  # a report from before it: none
         prior_precision=None if P is None else (P + P.T) / 2,
         per_sequence=("int8",) if quant == "dynamic" else (),
         dequantize_at_load=("int8",) if quant == "gptq8" else (),

@@ -24,6 +24,7 @@ def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list
                 gating: str = "topk_softmax",
                 default_prior_strength: float = 1.0,
                 recommended_residual_strength: float | str = RECOMMENDED_RESIDUAL_STRENGTH,
+                recommended_residual_prior: dict[str, float] | None = None,
                 prior_precision: Any = None, backbone_name: str = "",
                 per_sequence: tuple[str, ...] = ("int8",), dequantize_at_load: tuple[str, ...] = (),
                 feature_layout: str = DEFAULT_LAYOUT, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -36,6 +37,7 @@ def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list
         w0=[float(x) for x in w0], max_length=max_length, hidden_size=hidden_size, backbone_name=backbone_name,
         feature_layout=feature_layout,
         default_prior_strength=default_prior_strength, recommended_residual_strength=recommended_residual_strength,
+        recommended_residual_prior=recommended_residual_prior,
         prior_precision=None if prior_precision is None else [[float(x) for x in row] for row in prior_precision],
         graphs={p: GraphFiles(backbone=f"onnx/backbone_{p}.onnx", head=f"onnx/head_{p}.onnx",
                               per_sequence=p in per_sequence, dequantize_at_load=p in dequantize_at_load)

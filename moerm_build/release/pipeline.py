@@ -103,7 +103,8 @@ def build(cfg: TrainConfig, runs: Path, out: Path, *, quick: bool = False, resum
     t1 = time.time()
     rz = RuntimeFeaturizer(out, precision="int8")
     rep = evaluate(rz, rz.w0, prior_strength=prior_strength, n_users=users,
-                   residual_strength=rz.model.config.recommended_residual_strength)
+                   residual_strength=rz.model.config.recommended_residual_strength,
+                   residual_prior=rz.model.config.recommended_residual_prior)
     rep["parity"] = parity_report(runs / "ship", out)
     rep["parity"]["all_heldout_inputs"] = selection_agreement(runs / "ship", out)
     if variants:
@@ -297,7 +298,8 @@ def reevaluate(runs: Path, out: Path, users: int = USERS) -> None:
     t0 = time.time()
     rz = RuntimeFeaturizer(out, precision="int8")
     new = evaluate(rz, rz.w0, prior_strength=rz.model.config.default_prior_strength, n_users=users,
-                   residual_strength=rz.model.config.recommended_residual_strength)
+                   residual_strength=rz.model.config.recommended_residual_strength,
+                   residual_prior=rz.model.config.recommended_residual_prior)
     probes = {k: v for k, v in rep.get("attribute_users", {}).items() if k.endswith("_frozen_probe")}
     rep.update({k: v for k, v in new.items() if k not in KEPT_ON_REEVALUATION})
     rep["attribute_users"].update(probes)
