@@ -51,7 +51,7 @@ from moerm_lite.folder import residual_setting
 from moerm_lite.head import expert_features
 from moerm_lite.model import DEFAULT_MODEL
 from moerm_lite.personalize import (RESIDUAL_GRID, choose_residual, fit_map, fit_residual, log_evidence,
-                                    prior_scales)
+                                    prior_scales, residual_scale)
 
 ROOT = Path(__file__).resolve().parents[1]
 STRENGTHS = (3.0, 10.0, 30.0, 100.0, 300.0)
@@ -114,21 +114,25 @@ def fits(w0: np.ndarray, lam: float, P: np.ndarray | None, blocks: dict[str, int
             return fit_user_terms(phi, X, w0, best[2], P, best[3])
         return fit
 
-    def evidence_or_residual_alone(phi: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def evidence_or_residual_alone(prior: dict[str, float] | None) -> Fit:
         """The evidence also weighs a residual alone: the expert weights held at w0 (a probe around the
-        population's scores), or no population term at all (the frozen probe's model)."""
-        alone = (1.0, 3.0, 10.0, 30.0)
-        options = [(log_evidence(phi, X, w0, lam, P, rho), -i, "experts", rho)
-                   for i, rho in enumerate(RESIDUAL_GRID)]
-        options += [(log_evidence(phi, X, w0, 1e12, P, rho), -i, "w0", rho) for i, rho in enumerate(alone)]
-        options += [(log_evidence(np.zeros_like(phi), X, w0, lam, P, rho), -i, "nothing", rho)
-                    for i, rho in enumerate(alone)]
-        _, _, kind, rho = max(options, key=lambda t: t[:2])
-        if kind == "experts":
-            return fit_user_terms(phi, X, w0, lam, P, rho)
-        assert rho is not None
-        base = w0 if kind == "w0" else np.zeros_like(w0)  # (K,)
-        return base, fit_residual(X, phi @ base, rho)
+        population's scores), or no population term at all (the frozen probe's model); under ``prior``."""
+        def fit(phi: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            alone = (1.0, 3.0, 10.0, 30.0)
+            scales = prior_scales(residual_blocks(prior, blocks), X.shape[1])  # (F,) or None
+            sc = residual_scale(X, scales)  # (F,)
+            options = [(log_evidence(phi, X, w0, lam, P, rho, sc), -i, "experts", rho)
+                       for i, rho in enumerate(RESIDUAL_GRID)]
+            options += [(log_evidence(phi, X, w0, 1e12, P, rho, sc), -i, "w0", rho) for i, rho in enumerate(alone)]
+            options += [(log_evidence(np.zeros_like(phi), X, w0, lam, P, rho, sc), -i, "nothing", rho)
+                        for i, rho in enumerate(alone)]
+            _, _, kind, rho = max(options, key=lambda t: t[:2])
+            if kind == "experts":
+                return fit_user_terms(phi, X, w0, lam, P, rho, residual_blocks(prior, blocks))
+            assert rho is not None
+            base = w0 if kind == "w0" else np.zeros_like(w0)  # (K,)
+            return base, fit_residual(X, phi @ base, rho, scales)
+        return fit
 
     by_block = {f"evidence, {prior_label(p)}": runtime("evidence", p) for p in PRIORS}
     return {"weights only": runtime(None), **{f"residual {s:g}": runtime(s) for s in STRENGTHS},
@@ -137,7 +141,9 @@ def fits(w0: np.ndarray, lam: float, P: np.ndarray | None, blocks: dict[str, int
             f"residual 30, {prior_label(BUILD_RESIDUAL_PRIOR)}": runtime(30.0, BUILD_RESIDUAL_PRIOR),
             "evidence, none/10/30/100": evidence(SHORT_GRID, (1.0,)),
             "evidence, prior and residual": evidence(RESIDUAL_GRID, PRIOR_FACTORS),
-            "evidence, or a residual alone": evidence_or_residual_alone, **extra}
+            "evidence, or a residual alone": evidence_or_residual_alone(None),
+            f"evidence, or a residual alone, {prior_label(BUILD_RESIDUAL_PRIOR)}":
+                evidence_or_residual_alone(BUILD_RESIDUAL_PRIOR), **extra}
 
 
 def parse_prior(text: str) -> dict[str, float] | None:
