@@ -114,10 +114,13 @@ def fits(w0: np.ndarray, lam: float, P: np.ndarray | None, blocks: dict[str, int
             return fit_user_terms(phi, X, w0, best[2], P, best[3])
         return fit
 
-    def evidence_or_residual_alone(prior: dict[str, float] | None) -> Fit:
+    def evidence_or_residual_alone(prior: dict[str, float] | None, min_n: int = 0) -> Fit:
         """The evidence also weighs a residual alone: the expert weights held at w0 (a probe around the
-        population's scores), or no population term at all (the frozen probe's model); under ``prior``."""
+        population's scores), or no population term at all (the frozen probe's model); under ``prior``; from
+        ``min_n`` comparisons (fewer: the evidence's choice of strength alone)."""
         def fit(phi: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            if len(phi) < min_n:
+                return fit_user_terms(phi, X, w0, lam, P, "evidence", residual_blocks(prior, blocks))
             alone = (1.0, 3.0, 10.0, 30.0)
             scales = prior_scales(residual_blocks(prior, blocks), X.shape[1])  # (F,) or None
             sc = residual_scale(X, scales)  # (F,)
@@ -143,7 +146,9 @@ def fits(w0: np.ndarray, lam: float, P: np.ndarray | None, blocks: dict[str, int
             "evidence, prior and residual": evidence(RESIDUAL_GRID, PRIOR_FACTORS),
             "evidence, or a residual alone": evidence_or_residual_alone(None),
             f"evidence, or a residual alone, {prior_label(BUILD_RESIDUAL_PRIOR)}":
-                evidence_or_residual_alone(BUILD_RESIDUAL_PRIOR), **extra}
+                evidence_or_residual_alone(BUILD_RESIDUAL_PRIOR),
+            f"the same from N = 20, {prior_label(BUILD_RESIDUAL_PRIOR)}":
+                evidence_or_residual_alone(BUILD_RESIDUAL_PRIOR, 20), **extra}
 
 
 def parse_prior(text: str) -> dict[str, float] | None:
