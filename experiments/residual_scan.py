@@ -72,7 +72,8 @@ def fits(w0: np.ndarray, lam: float, P: np.ndarray | None, blocks: dict[str, int
     also the residual fitted on ``(X / sd) @ T``, its prior favouring the directions the licensed training
     pool's pairs vary along."""
     def runtime(strength: float | str | None, prior: dict[str, float] | None = None) -> Fit:
-        return lambda phi, X: fit_user_terms(phi, X, w0, lam, P, strength, residual_blocks(prior, blocks))
+        prior_blocks = residual_blocks(prior, blocks)
+        return lambda phi, X: fit_user_terms(phi, X, w0, lam, P, strength, prior_blocks)
 
     def spread_prior(strength: float | str) -> Fit:
         assert spread is not None
@@ -118,11 +119,13 @@ def fits(w0: np.ndarray, lam: float, P: np.ndarray | None, blocks: dict[str, int
         """The evidence also weighs a residual alone: the expert weights held at w0 (a probe around the
         population's scores), or no population term at all (the frozen probe's model); under ``prior``; from
         ``min_n`` comparisons (fewer: the evidence's choice of strength alone)."""
+        prior_blocks = residual_blocks(prior, blocks)
+
         def fit(phi: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             if len(phi) < min_n:
-                return fit_user_terms(phi, X, w0, lam, P, "evidence", residual_blocks(prior, blocks))
+                return fit_user_terms(phi, X, w0, lam, P, "evidence", prior_blocks)
             alone = (1.0, 3.0, 10.0, 30.0)
-            scales = prior_scales(residual_blocks(prior, blocks), X.shape[1])  # (F,) or None
+            scales = prior_scales(prior_blocks, X.shape[1])  # (F,) or None
             sc = residual_scale(X, scales)  # (F,)
             options = [(log_evidence(phi, X, w0, lam, P, rho, sc), -i, "experts", rho)
                        for i, rho in enumerate(RESIDUAL_GRID)]
@@ -131,7 +134,7 @@ def fits(w0: np.ndarray, lam: float, P: np.ndarray | None, blocks: dict[str, int
                         for i, rho in enumerate(alone)]
             _, _, kind, rho = max(options, key=lambda t: t[:2])
             if kind == "experts":
-                return fit_user_terms(phi, X, w0, lam, P, rho, residual_blocks(prior, blocks))
+                return fit_user_terms(phi, X, w0, lam, P, rho, prior_blocks)
             assert rho is not None
             base = w0 if kind == "w0" else np.zeros_like(w0)  # (K,)
             return base, fit_residual(X, phi @ base, rho, scales)

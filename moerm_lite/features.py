@@ -35,6 +35,7 @@ SURFACE = ("cosine", "has_prompt", "log_words", "log_prompt_words", "log_lines",
            "exclamations", "questions", "second_person", "contractions", "word_length", "log_sentence_words")
 WORD_STATISTICS = ("repeated_trigrams", "copied_trigrams")  # v2 only, before SURFACE
 BLOCKS = ("reply", "relevance", "statistics")  # a pair's features in order: r_hat, p_hat * r_hat, the rest
+BlockPrior = tuple[tuple[str, int, float], ...]  # a residual prior per block, in order: (name, size, scale)
 LAYOUTS = {"prompt_response_v1": SURFACE, "prompt_response_v2": WORD_STATISTICS + SURFACE}  # the columns after 2H
 DEFAULT_LAYOUT = "prompt_response_v1"  # the layout new models are built with (config.json's ``features``);
 #                                       v2 was measured and not shipped (docs/decisions/features.md)
@@ -63,7 +64,7 @@ def feature_blocks(hidden_size: int, layout: str = DEFAULT_LAYOUT) -> dict[str, 
     return {"reply": hidden_size, "relevance": hidden_size, "statistics": len(check_layout(layout))}
 
 
-def block_prior(scales: Mapping[str, float], blocks: Mapping[str, int]) -> tuple[tuple[str, int, float], ...]:
+def block_prior(scales: Mapping[str, float], blocks: Mapping[str, int]) -> BlockPrior:
     """A prior scale per block (``{"relevance": 0.1, "statistics": 3.0}``; a block not named: 1) as the
     ``blocks`` of the pair features (``feature_blocks``) in order, ``(name, size, scale)``; a ValueError names an
     unknown block or a scale that is not a positive finite number."""

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .deprecated import renamed
+from .features import BlockPrior
 from .files import file_lock, locked_write_text
 
 PROFILE_SCHEMA_VERSION = 6  # 6: residual_prior; 5: residual_strength "evidence"; 4: "auto"; 3: an optional
@@ -447,7 +448,7 @@ def check_residual_strength(strength: Any) -> None:
                          f"got {strength!r}")
 
 
-def check_residual_prior(prior: Any) -> tuple[tuple[str, int, float], ...] | None:
+def check_residual_prior(prior: Any) -> BlockPrior | None:
     """A residual prior as a profile keeps it: None (every feature of prior scale 1), or the pair features'
     blocks in order, each ``(name, size, scale)`` (``moerm_lite.features.feature_blocks`` names them), a
     positive size and a positive finite scale. Returns it as a tuple of tuples; ``ValueError`` naming what is
@@ -466,7 +467,7 @@ def check_residual_prior(prior: Any) -> tuple[tuple[str, int, float], ...] | Non
     return out
 
 
-def prior_scales(prior: Sequence[tuple[str, int, float]] | None, F: int) -> np.ndarray | None:
+def prior_scales(prior: BlockPrior | None, F: int) -> np.ndarray | None:
     """The (F,) prior scale of each pair feature from the blocks of ``check_residual_prior`` (None: None);
     ``ValueError`` when the blocks do not cover exactly F features."""
     if prior is None:

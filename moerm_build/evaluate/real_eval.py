@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from moerm_lite import UserProfile
-from moerm_lite.features import block_prior
+from moerm_lite.features import BlockPrior, block_prior
 from moerm_lite.head import expert_features
 from moerm_lite.personalize import EVIDENCE
 
@@ -37,7 +37,6 @@ PROBE_L2 = 1.0  # few-shot probes: L2 of the logistic regression on standardised
 BUILD_RESIDUAL: float | str = EVIDENCE
 # and under this prior per block of the pair features (its config's recommended_residual_prior; before it: none)
 BUILD_RESIDUAL_PRIOR: dict[str, float] | None = {"relevance": 0.1, "statistics": 3.0}
-Blocks = tuple[tuple[str, int, float], ...]  # a residual prior as UserProfile takes it (features.block_prior)
 HUMAN_LABELLED = {"hh_helpful": data.load_hh_helpful, "hh_harmless": data.load_hh_harmless,
                   "finegrained_qa": data.load_finegrained_qa}  # held-out population accuracy, by name
 
@@ -183,7 +182,7 @@ def attribute_users(ap: dict[str, Any], w0: np.ndarray, prior_strength: float, P
 
 
 
-def residual_blocks(prior: Mapping[str, float] | None, feature_blocks: dict[str, int]) -> Blocks | None:
+def residual_blocks(prior: Mapping[str, float] | None, feature_blocks: dict[str, int]) -> BlockPrior | None:
     """A residual prior per block (``BUILD_RESIDUAL_PRIOR``, a config's ``recommended_residual_prior``) over pair
     features of these blocks (a featurizer's ``feature_blocks``); None: none."""
     return None if prior is None else block_prior(prior, feature_blocks)
@@ -191,7 +190,7 @@ def residual_blocks(prior: Mapping[str, float] | None, feature_blocks: dict[str,
 
 def fit_user_terms(phi: np.ndarray, X: np.ndarray | None, w0: np.ndarray, prior_strength: float,
                    P: np.ndarray | None, residual_strength: float | str | None = None,
-                   residual_prior: Blocks | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   residual_prior: BlockPrior | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A user's weights (K,) and residual (F,) fitted by the runtime's own code (``UserProfile.fit``), from
     comparison features phi (N, K) and pair-feature differences X (N, F); no residual: zeros.
     ``residual_strength="auto"``: chosen per user at the fit, as ``fit_user`` does (``UserProfile``);
@@ -206,7 +205,7 @@ def fit_user_terms(phi: np.ndarray, X: np.ndarray | None, w0: np.ndarray, prior_
 
 def few_shot_residual(phi: np.ndarray, X: np.ndarray, users: list[data.BenchUser], w0: np.ndarray,
                       prior_strength: float, P: np.ndarray | None, strength: float | str = BUILD_RESIDUAL,
-                      shots: Sequence[int] = SHOTS, residual_prior: Blocks | None = None) -> dict[str, float]:
+                      shots: Sequence[int] = SHOTS, residual_prior: BlockPrior | None = None) -> dict[str, float]:
     """``few_shot`` with the residual over pair features (``fit_user(residual_strength=...)``):
     phi (R, K) and X (R, F) of the pool's items, each user fitted on its first N comparisons."""
     acc: dict[str, list[float]] = {str(n): [] for n in shots}
