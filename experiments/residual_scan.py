@@ -11,6 +11,7 @@ Feeds docs/decisions/residual.md.
     python experiments/residual_scan.py --card-users evidence --card-prior relevance=0.1,statistics=3
                                                              # the card's taste and DSP users, this default
     python experiments/residual_scan.py --probes             # the frozen probe on the same users, each prior
+    python experiments/residual_scan.py --quality --users 30 # bad replies under the users' profiles, ~15 min
 
 - **Constraining users** (what a default must not hurt: tastes the experts were trained on; seeds apart
   from the card's test users, as the prior strength is chosen): persona-16 users and attribute users (1 and
@@ -28,7 +29,10 @@ runtime's per-user choices (``choose_residual``) over a shorter grid, and "evide
 also chooses the prior strength (the model's times 1/3, 1 or 3) by the evidence (``log_evidence``). The rows
 "evidence, relevance 0.1, statistics 3" and the like fit the residual under a prior scale per block of the pair
 features (``PRIORS``; ``fit_user(residual_prior=...)``). ``--seed``
-draws other users (the tables of residual.md: 0 and 1000). Needs the export extra and ../shared/data.
+draws other users (the tables of residual.md: 0 and 1000). ``--quality`` asks whether a user's scores still
+know a bad reply: the sanity suite and the everyday requests scored under the same users' profiles (a few fits,
+unbounded and with the taste bounded, ``bounded_scorer``; and with anchor comparisons, ``anchor_differences``).
+Needs the export extra and ../shared/data.
 """
 
 from __future__ import annotations
@@ -43,9 +47,12 @@ from moerm_build import data
 from moerm_build.data.attributes import attribute_benchmark
 from moerm_build.data.tastes import TASTE_FAMILIES, taste_benchmark, taste_pool
 from moerm_build.evaluate.metrics import RuntimeFeaturizer, pair_accuracy
-from moerm_build.evaluate.real_eval import (BUILD_RESIDUAL_PRIOR, SHOTS, attribute_pool, dsp_pool, dsp_users,
-                                           fit_user_terms, probe_few_shot, residual_blocks, taste_users,
-                                           train_pool_spread)
+from moerm_build.data.contrast import real_answers
+from moerm_build.data.degrade import benign_degradation_records
+from moerm_build.evaluate.real_eval import (BUILD_RESIDUAL_PRIOR, SHOTS, attribute_pool, dsp_features, dsp_pool,
+                                           dsp_users, fit_user_terms, probe_few_shot, residual_blocks,
+                                           sanity_records, taste_users, train_pool_spread)
+from moerm_build.evaluate.robustness import everyday_records, pair_items
 from moerm_lite.cli import residual_prior as cli_prior
 from moerm_lite.folder import residual_setting
 from moerm_lite.head import expert_features
@@ -61,6 +68,10 @@ PRIORS: tuple[dict[str, float], ...] = (  # the residual's prior per block of th
     {"relevance": 0.1, "statistics": 3.0}, {"relevance": 0.3, "statistics": 5.0})
 PRIOR_FACTORS = (1 / 3, 1.0, 3.0)  # "evidence, prior and residual": the model's prior strength times these
 TOLERANCE = 0.5  # points a default may lose against the weights alone, on any constraining group and N
+BOUNDS = (None, 4.0, 2.0, 1.0)  # --quality: a taste's bound in population-score spreads (None: unbounded)
+QUALITY_SHOTS = (10, 50)  # --quality: the N whose profiles score the sanity suite and the everyday requests
+ANCHOR_FAMILIES = ("word_shuffle", "sentence_shuffle", "repetition", "echo", "neighbour", "negation",
+                   "entity_swap", "padding", "mixed_language")  # --quality's anchors: in neither suite
 Fit = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (phi (N, K), X (N, F)) -> (w, v)
 Group = tuple[np.ndarray, np.ndarray, list]  # phi (R, K), X (R, F) of a pool's items, its users
 
@@ -182,11 +193,12 @@ def scan(group: Group, table: dict[str, Fit]) -> dict[str, list[float]]:
     return {name: [100 * float(np.mean(a)) for a in per_n] for name, per_n in acc.items()}
 
 
-def dsp_group(fz: RuntimeFeaturizer, draws: int = 20, seed: int = 0) -> Group:
+def dsp_group(fz: RuntimeFeaturizer, draws: int = 20, seed: int = 0, standardised: bool = True) -> Group:
     """The four DSP domain users as draws of users over one pool of DSP's replies: each draw's comparisons
     (its domain's reply against another of the same instruction) from the fitting half in a random order,
-    scored on every such comparison of the other half."""
-    phi, X, first = dsp_pool(fz)  # (I, 5, K), (I, 5, F) standardised, (I,)
+    scored on every such comparison of the other half. ``standardised=False``: the frozen features as the
+    runtime computes them (the fits are the same up to the residual's scale floor: it scales each feature)."""
+    phi, X, first = dsp_pool(fz) if standardised else dsp_features(fz)  # (I, 5, K), (I, 5, F), (I,)
     n_items = phi.shape[1]
     index = np.arange(phi.shape[0] * n_items).reshape(phi.shape[:2])  # (I, 5): item of each reply
     rng, users = np.random.default_rng(seed), []
@@ -201,10 +213,11 @@ def dsp_group(fz: RuntimeFeaturizer, draws: int = 20, seed: int = 0) -> Group:
     return phi.reshape(-1, phi.shape[-1]), X.reshape(-1, X.shape[-1]), users
 
 
-def validation_groups(fz: RuntimeFeaturizer, n_users: int, seed: int) -> dict[str, Group]:
+def validation_groups(fz: RuntimeFeaturizer, n_users: int, seed: int, standardised: bool = True
+                      ) -> dict[str, Group]:
     """The users every fit is compared on, titled ``constraining: ...`` (tastes the experts were trained on:
     persona, 1 and 2-3 attributes) or ``unseen: ...`` (the five taste families and the DSP domain users), at
-    seeds apart from the card's (``seed`` added to each)."""
+    seeds apart from the card's (``seed`` added to each); ``standardised``: DSP's features (``dsp_group``)."""
     st = data.load_persona()
     g, r, X_stmt = fz.outputs_and_features([("", s) for s in st.text])  # (S, K), (S, K), (S, F)
     pool = attribute_pool(fz, with_probe=False)
@@ -218,7 +231,7 @@ def validation_groups(fz: RuntimeFeaturizer, n_users: int, seed: int) -> dict[st
         "constraining: 2-3 attributes": (phi, X, attribute_benchmark(pool["pool"], n_users=n_users, seed=779 + seed)),
         **{f"unseen: taste family: {f}": (phi, X, taste_benchmark(tp, f, n_users=n_users, seed=8642 + i + seed))
            for i, f in enumerate(TASTE_FAMILIES)},
-        "unseen: DSP domain users (4 x 20 draws)": dsp_group(fz, seed=seed)}
+        "unseen: DSP domain users (4 x 20 draws)": dsp_group(fz, seed=seed, standardised=standardised)}
 
 
 def print_table(title: str, rows: dict[str, list[float]]) -> None:
@@ -248,6 +261,106 @@ def card_users(fz: RuntimeFeaturizer, residual: float | str, prior: dict[str, fl
                                                  ("frozen_probe", "frozen probe"))})
 
 
+Items = tuple[np.ndarray, np.ndarray]  # phi (R, K), X (R, F) of single replies
+
+
+def reference_answers(fz: RuntimeFeaturizer, n: int = 300, seed: int = 5) -> Items:
+    """``n`` real answers of HH-RLHF helpful's training split (licensed), as items: where ``--quality`` centres
+    a taste and measures the population score's spread."""
+    train = data.load_hh_helpful(split="train")
+    pick = np.random.default_rng(seed).permutation(len(train))[:2 * n]
+    answers = real_answers([train[i] for i in pick])[:n]
+    g, rw, X = fz.outputs_and_features([(p, a) for p, a, _ in answers])
+    return expert_features(g, rw), X.astype(np.float64)
+
+
+def bounded_scorer(w: np.ndarray, v: np.ndarray, w0: np.ndarray, ref: Items, bound: float | None
+                   ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Scores (R,) of items phi (R, K), X (R, F) under a profile's weights w (K,) and residual v (F,): the
+    population's score ``phi . w0`` plus the taste ``t = phi . (w - w0) + X . v`` centred on the reference
+    answers ``ref``, bounded to ``bound`` times the population score's spread over them by a tanh (None: as
+    the runtime scores, unbounded)."""
+    d = w - w0  # (K,)
+    centre = float((ref[0] @ d + ref[1] @ v).mean())
+    cap = None if bound is None else bound * float((ref[0] @ w0).std())
+
+    def score(phi: np.ndarray, X: np.ndarray) -> np.ndarray:
+        t = phi @ d + X @ v - centre  # (R,)
+        return phi @ w0 + (t if cap is None else cap * np.tanh(t / cap))  # (R,)
+    return score
+
+
+def anchored(fit: Fit, anchors: Items) -> Fit:
+    """``fit`` with the anchor comparisons' differences (phi (M, K), X (M, F)) after a user's own."""
+    return lambda phi, X: fit(np.concatenate([phi, anchors[0]]), np.concatenate([X, anchors[1]]))
+
+
+def anchor_differences(fz: RuntimeFeaturizer, n: int = 100, seed: int = 5) -> Items:
+    """``n`` comparisons of a real answer (HH-RLHF helpful's training split) against a worse reply from
+    ``ANCHOR_FAMILIES`` (training phrasings), as differences phi (n, K), X (n, F)."""
+    train = data.load_hh_helpful(split="train")
+    rng = np.random.default_rng(seed)
+    recs = benign_degradation_records([train[i] for i in rng.permutation(len(train))[:4 * n]],
+                                      families=ANCHOR_FAMILIES, families_per_answer=1, seed=seed)
+    recs = [recs[i] for i in rng.permutation(len(recs))[:n]]
+    phi, X, c, j = pair_items(fz, recs)
+    return phi[c] - phi[j], X[c] - X[j]
+
+
+def quality(fz: RuntimeFeaturizer, folder: str, n_users: int, seed: int, names: list[str]) -> None:
+    """Each fit of ``names`` (and the first with anchors), its users' profiles at N = 5 / 10 / 20 / 50 scored
+    on their held-out comparisons, and at QUALITY_SHOTS on the sanity suite (the worst of its kinds, per
+    user) and the everyday requests (the share of pairs won): do personalized scores keep the population's
+    sense of answer quality? Each under BOUNDS."""
+    lam, P, w0 = fz.model.config.default_prior_strength, fz.prior_precision, fz.w0
+    table = fits(w0, lam, P, fz.feature_blocks)
+    anchors = anchor_differences(fz)
+    table = {name: table[name] for name in names}
+    table[f"{names[0]}, {len(anchors[0])} anchors"] = anchored(table[names[0]], anchors)
+    ref = reference_answers(fz)
+    sanity_recs = sanity_records()
+    kinds = np.array([r["kind"] for r in sanity_recs])
+    suites = {"sanity": pair_items(fz, sanity_recs), "everyday": pair_items(fz, everyday_records())}
+
+    def suite_scores(score: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> tuple[float, float]:
+        """The worst sanity kind's share won, the everyday pairs' share won."""
+        won = {}
+        for name, (phi, X, c, j) in suites.items():
+            s = score(phi, X)  # (P,)
+            won[name] = s[c] > s[j]  # (N,)
+        worst = min(float(won["sanity"][kinds == k].mean()) for k in dict.fromkeys(kinds.tolist()))
+        return worst, float(won["everyday"].mean())
+
+    unpersonalized = suite_scores(lambda phi, X: phi @ w0)
+    print(f"{Path(folder).name} (int8 runtime); unpersonalized: sanity suite's worst kind "
+          f"{100 * unpersonalized[0]:.1f}%, everyday pairs won {100 * unpersonalized[1]:.1f}%")
+    head = "".join(f"{'N=' + str(n):>7}" for n in SHOTS)
+    tail = "".join(f"{'N=' + str(n):>7}" for n in QUALITY_SHOTS)
+    for title, (phi, X, users) in validation_groups(fz, n_users, seed, standardised=False).items():
+        print(f"{title} ({len(users)} users): held-out accuracy (%) | sanity, worst kind | everyday pairs won\n"
+              f"{'':56}{head} |{tail} |{tail}")
+        for name, fit in table.items():
+            acc: dict[tuple[float | None, int], list[float]] = {(b, n): [] for b in BOUNDS for n in SHOTS}
+            won: dict[tuple[float | None, int], list[tuple[float, float]]] = {
+                (b, n): [] for b in BOUNDS for n in QUALITY_SHOTS}
+            for u in users:
+                a, e = np.array(u.adapt), np.array(u.eval)
+                for n in SHOTS:
+                    w, v = fit(phi[a[:n, 0]] - phi[a[:n, 1]], X[a[:n, 0]] - X[a[:n, 1]])  # (K,), (F,)
+                    for b in BOUNDS if "anchors" not in name else (None,):
+                        score = bounded_scorer(w, v, w0, ref, b)
+                        s = score(phi, X)  # (R,)
+                        acc[(b, n)].append(pair_accuracy(s[e[:, 0]] - s[e[:, 1]]))
+                        if n in QUALITY_SHOTS:
+                            won[(b, n)].append(suite_scores(score))
+            for b in BOUNDS if "anchors" not in name else (None,):
+                label = name if b is None else f"{name}, bounded {b:g}"
+                print(f"  {label:54}" + "".join(f"{100 * np.mean(acc[(b, n)]):7.1f}" for n in SHOTS) + " |"
+                      + "".join(f"{100 * np.mean([x[0] for x in won[(b, n)]]):7.1f}" for n in QUALITY_SHOTS) + " |"
+                      + "".join(f"{100 * np.mean([x[1] for x in won[(b, n)]]):7.1f}" for n in QUALITY_SHOTS),
+                      flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(ROOT / "models" / DEFAULT_MODEL), help="a model folder")
@@ -262,8 +375,17 @@ def main() -> None:
                     help="instead: the frozen probe on the same users, under no prior and each prior per block")
     ap.add_argument("--card-prior", type=parse_prior, default=None, metavar="BLOCK=SCALE,...",
                     help="with --card-users: the residual's prior per block (default: none, every block 1)")
+    ap.add_argument("--quality", action="store_true",
+                    help="instead: the sanity suite and the everyday requests scored under the users' profiles "
+                         "(the evidence under the build's prior, with and without anchors; weights only; "
+                         "residual 30; the same from N = 20), unbounded and with a bounded taste")
     args = ap.parse_args()
     fz = RuntimeFeaturizer(args.model)
+    if args.quality:
+        quality(fz, args.model, args.users, args.seed, [f"evidence, {prior_label(BUILD_RESIDUAL_PRIOR)}",
+                                                        "weights only", "residual 30",
+                                                        f"the same from N = 20, {prior_label(BUILD_RESIDUAL_PRIOR)}"])
+        return
     if args.card_users is not None:
         card_users(fz, residual_setting(args.card_users), args.card_prior)
         return

@@ -70,15 +70,21 @@ def heldout_answer_records() -> list[dict[str, Any]]:
     return dsp + data.load_hh_helpful(split="test")
 
 
-def pair_outputs(fz: Any, recs: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """Model features phi (N, K) and frozen pair features dX (N, F) of chosen minus rejected, each distinct
-    (prompt, response) embedded once."""
+def pair_items(fz: Any, recs: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each distinct (prompt, response) of ``recs`` embedded once: model features phi (P, K), frozen features
+    X (P, F), and the rows of each record's chosen (N,) and rejected (N,) reply."""
     pairs = sorted({(r["prompt"], r[side]) for r in recs for side in ("chosen", "rejected")})
     pos = {p: i for i, p in enumerate(pairs)}
     g, rw, X = fz.outputs_and_features(pairs)
-    f, X = expert_features(g, rw), X.astype(np.float64)  # (P, K), (P, F)
     c = np.array([pos[(r["prompt"], r["chosen"])] for r in recs])
     j = np.array([pos[(r["prompt"], r["rejected"])] for r in recs])
+    return expert_features(g, rw), X.astype(np.float64), c, j  # (P, K), (P, F), (N,), (N,)
+
+
+def pair_outputs(fz: Any, recs: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Model features phi (N, K) and frozen pair features dX (N, F) of chosen minus rejected, each distinct
+    (prompt, response) embedded once."""
+    f, X, c, j = pair_items(fz, recs)
     return f[c] - f[j], X[c] - X[j]
 
 
