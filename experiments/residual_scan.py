@@ -30,9 +30,9 @@ also chooses the prior strength (the model's times 1/3, 1 or 3) by the evidence 
 "evidence, relevance 0.1, statistics 3" and the like fit the residual under a prior scale per block of the pair
 features (``PRIORS``; ``fit_user(residual_prior=...)``). ``--seed``
 draws other users (the tables of residual.md: 0 and 1000). ``--quality`` asks whether a user's scores still
-know a bad reply: the sanity suite and the everyday requests scored under the same users' profiles (a few fits,
-unbounded and with the taste bounded, ``bounded_scorer``; and with anchor comparisons, ``anchor_differences``).
-Needs the export extra and ../shared/data.
+know a bad reply: the sanity suite and the everyday requests scored under the same users' profiles (a few
+fits, unbounded and with the taste bounded, ``bounded_scorer``; and with anchor comparisons,
+``anchor_differences``, appended or as a prior, ``quality_prior``). Needs the export extra and ../shared/data.
 """
 
 from __future__ import annotations
@@ -295,6 +295,24 @@ def anchored(fit: Fit, anchors: Items) -> Fit:
     return lambda phi, X: fit(np.concatenate([phi, anchors[0]]), np.concatenate([X, anchors[1]]))
 
 
+QUALITY_PRIORS = (1.0, 10.0, 100.0)  # --quality: strengths of the anchors' prior on the weights (quality_prior)
+
+
+def quality_prior(w0: np.ndarray, lam: float, P: np.ndarray | None, anchors: Items, strength: float | None
+                  ) -> Fit:
+    """The expert weights alone under a prior that a taste leaves the anchor comparisons' margins where the
+    population has them: precision ``lam P + mu G``, ``G = Phi_a^T Phi_a / M`` (K, K) of the anchors'
+    differences, at ``mu = strength`` or (None) the one of QUALITY_PRIORS and 0 with the highest evidence."""
+    G = anchors[0].T @ anchors[0] / len(anchors[0])  # (K, K)
+    base = lam * (np.eye(len(w0)) if P is None else P)  # (K, K)
+
+    def fit(phi: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu = strength if strength is not None else max(
+            (0.0, *QUALITY_PRIORS), key=lambda m: log_evidence(phi, None, w0, 1.0, base + m * G, None))
+        return fit_map(phi, w0, 1.0, base + mu * G)[0], np.zeros(X.shape[1])
+    return fit
+
+
 def anchor_differences(fz: RuntimeFeaturizer, n: int = 100, seed: int = 5) -> Items:
     """``n`` comparisons of a real answer (HH-RLHF helpful's training split) against a worse reply from
     ``ANCHOR_FAMILIES`` (training phrasings), as differences phi (n, K), X (n, F)."""
@@ -308,7 +326,8 @@ def anchor_differences(fz: RuntimeFeaturizer, n: int = 100, seed: int = 5) -> It
 
 
 def quality(fz: RuntimeFeaturizer, folder: str, n_users: int, seed: int, names: list[str]) -> None:
-    """Each fit of ``names`` (and the first with anchors), its users' profiles at N = 5 / 10 / 20 / 50 scored
+    """Each fit of ``names`` (and the first with anchors; the weights alone under the anchors' prior,
+    ``quality_prior``), its users' profiles at N = 5 / 10 / 20 / 50 scored
     on their held-out comparisons, and at QUALITY_SHOTS on the sanity suite (the worst of its kinds, per
     user) and the everyday requests (the share of pairs won): do personalized scores keep the population's
     sense of answer quality? Each under BOUNDS."""
@@ -317,6 +336,9 @@ def quality(fz: RuntimeFeaturizer, folder: str, n_users: int, seed: int, names: 
     anchors = anchor_differences(fz)
     table = {name: table[name] for name in names}
     table[f"{names[0]}, {len(anchors[0])} anchors"] = anchored(table[names[0]], anchors)
+    for mu in (*QUALITY_PRIORS, None):
+        label = "by evidence" if mu is None else f"{mu:g}"
+        table[f"weights only, anchors' prior {label}"] = quality_prior(w0, lam, P, anchors, mu)
     ref = reference_answers(fz)
     sanity_recs = sanity_records()
     kinds = np.array([r["kind"] for r in sanity_recs])
@@ -347,13 +369,13 @@ def quality(fz: RuntimeFeaturizer, folder: str, n_users: int, seed: int, names: 
                 a, e = np.array(u.adapt), np.array(u.eval)
                 for n in SHOTS:
                     w, v = fit(phi[a[:n, 0]] - phi[a[:n, 1]], X[a[:n, 0]] - X[a[:n, 1]])  # (K,), (F,)
-                    for b in BOUNDS if "anchors" not in name else (None,):
+                    for b in BOUNDS if "anchor" not in name else (None,):
                         score = bounded_scorer(w, v, w0, ref, b)
                         s = score(phi, X)  # (R,)
                         acc[(b, n)].append(pair_accuracy(s[e[:, 0]] - s[e[:, 1]]))
                         if n in QUALITY_SHOTS:
                             won[(b, n)].append(suite_scores(score))
-            for b in BOUNDS if "anchors" not in name else (None,):
+            for b in BOUNDS if "anchor" not in name else (None,):
                 label = name if b is None else f"{name}, bounded {b:g}"
                 print(f"  {label:54}" + "".join(f"{100 * np.mean(acc[(b, n)]):7.1f}" for n in SHOTS) + " |"
                       + "".join(f"{100 * np.mean([x[0] for x in won[(b, n)]]):7.1f}" for n in QUALITY_SHOTS) + " |"
@@ -377,8 +399,9 @@ def main() -> None:
                     help="with --card-users: the residual's prior per block (default: none, every block 1)")
     ap.add_argument("--quality", action="store_true",
                     help="instead: the sanity suite and the everyday requests scored under the users' profiles "
-                         "(the evidence under the build's prior, with and without anchors; weights only; "
-                         "residual 30; the same from N = 20), unbounded and with a bounded taste")
+                         "(the evidence under the build's prior, with and without anchors; weights only, also "
+                         "under the anchors' prior; residual 30; the same from N = 20), unbounded and with a "
+                         "bounded taste")
     args = ap.parse_args()
     fz = RuntimeFeaturizer(args.model)
     if args.quality:
