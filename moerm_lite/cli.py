@@ -15,6 +15,7 @@ import numpy as np
 
 from .catalog import Catalog
 from .features import BLOCKS
+from .guard import check_guard
 from .model import BATCH_SIZE, RewardModel
 from .personalize import AUTO, EVIDENCE, RECOMMENDED, UserProfile
 from .sessions import ENGINES
@@ -201,6 +202,14 @@ def cmd_encode(args: argparse.Namespace, out: IO[str]) -> None:
     rows.finish()
 
 
+def guard_probability(text: str) -> float:
+    """``--population-guard``: a probability in (0.5, 1) (``moerm_lite.guard.check_guard``)."""
+    try:
+        return check_guard(float(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_rank_catalog(args: argparse.Namespace, out: IO[str]) -> None:
     """Rank an encoded catalog for a profile (or the population): no model, no backbone."""
     catalog = Catalog.load(args.catalog)
@@ -219,11 +228,14 @@ def cmd_rank(args: argparse.Namespace, out: IO[str]) -> None:
         if args.input is not None:
             raise ValueError(f"rank --catalog ranks the encoded catalog {args.catalog}; it reads no -i "
                              f"({args.input}): drop -i, or drop --catalog to rank the requests in {args.input}")
+        if args.population_guard is not None:
+            raise ValueError("rank --catalog ranks one catalog of many prompts' replies; --population-guard "
+                             "compares the candidates of one prompt: drop one of them")
         return cmd_rank_catalog(args, out)
     m, user = _load(args)
     rows = Rows("-" if args.input is None else args.input, args.skip_bad)
     done = rows.each(lambda n, r: m.rank(r.get("prompt", ""), _field(r, "responses", n, args.input),
-                                         user=user, top_k=args.top_k))
+                                         user=user, top_k=args.top_k, population_guard=args.population_guard))
     for r, ranking in done:
         if args.format == "table":
             who = f"user {user.user_id!r}" if user is not None and user.user_id else (
@@ -231,7 +243,8 @@ def cmd_rank(args: argparse.Namespace, out: IO[str]) -> None:
             out.write(f"\nprompt: {r.get('prompt', '')!r}   ({who})\n")
             places = len(str(len(ranking)))
             for place, item in enumerate(ranking, 1):
-                out.write(f"  {place:>{places}}. {item['score']:+8.3f}  {_one_line(item['text'])}\n")
+                mark = "  (guarded)" if item.get("guarded") else ""
+                out.write(f"  {place:>{places}}. {item['score']:+8.3f}  {_one_line(item['text'])}{mark}\n")
         else:
             _emit(iter([{**_without(r, "responses"), "prompt": r.get("prompt", ""), "ranking": ranking}]), out)
     rows.finish()
@@ -402,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", choices=["jsonl", "table"], default="jsonl")
     sp.add_argument("--catalog", default=None, metavar="NPZ",
                     help="rank a catalog written by `encode` instead (no -i; rows {id, score})")
+    sp.add_argument("--population-guard", type=guard_probability, default=None, metavar="P",
+                    help="with --user: a reply the population prefers the best one to with probability above "
+                         "P (such as 0.9) comes after the others, whatever the user's score")
     common(sp)
     sp.set_defaults(fn=cmd_rank)
     sp = sub.add_parser("encode", help='encode a catalog of JSONL records {"id", "prompt", "response"} once, '

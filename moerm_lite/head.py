@@ -48,6 +48,13 @@ def combine(gating_output: np.ndarray, rewards: np.ndarray, weights: np.ndarray)
     return expert_features(gating_output, rewards) @ np.asarray(weights, dtype=np.float64)  # (B,)
 
 
+def user_scores(outputs: dict[str, np.ndarray], weights: np.ndarray, residual: np.ndarray | None) -> np.ndarray:
+    """Scores (B,) of expert outputs (``"gating_output"``, ``"rewards"`` (B, K) and, with a residual,
+    ``"features"`` (B, F)) under weights (K,) and a residual over pair features (F,) or None."""
+    s = combine(outputs["gating_output"], outputs["rewards"], weights)  # (B,)
+    return s if residual is None else s + outputs["features"].astype(np.float64) @ residual  # (B,)
+
+
 def row_terms(gating_output: np.ndarray, rewards: np.ndarray, features: np.ndarray | None,
               terms: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray]:
     """Each row scored for its own user: ``terms[i] = (w, v)``, weights (K,) and a residual over pair

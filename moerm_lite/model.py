@@ -17,7 +17,8 @@ from .catalog import Catalog
 from .experts import expert_cards, read_cards, read_reference, trim_card
 from .features import block_prior, feature_blocks, feature_dim, pair_features
 from .folder import CONFIG, ModelConfig, model_hash, read_json, read_manifest, verify_files
-from .head import combine, expert_features, row_terms, scatter_topk
+from .guard import check_guard, guarded_order, guarded_out
+from .head import combine, expert_features, row_terms, scatter_topk, user_scores
 from .personalize import RECOMMENDED, UserProfile, fit_map, resolve_weights
 from .sessions import BackboneRunner, load_graphs, run_feeds, runs_side_by_side
 from .text import Prompt, TextTokenizer, check_prompt, check_response
@@ -323,8 +324,7 @@ class RewardModel:
         w, v = self.user_terms(user)
         out = self.expert_outputs(pairs, batch_size=batch_size, progress=progress, allow_empty=allow_empty,
                                   with_features=v is not None)
-        s = combine(out["gating_output"], out["rewards"], w)  # (N,)
-        return s if v is None else s + out["features"].astype(np.float64) @ v  # (N,)
+        return user_scores(out, w, v)  # (N,)
 
     def score_rows(self, pairs: Sequence[tuple[Prompt, str]], terms: Sequence[tuple[np.ndarray, np.ndarray | None]],
                    *, batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -348,20 +348,35 @@ class RewardModel:
                                 allow_empty=allow_empty)
 
     def rank(self, prompt: Prompt, responses: Sequence[str], *, user: User = None,
-             top_k: int | None = None, allow_empty: bool = True) -> list[dict[str, Any]]:
+             top_k: int | None = None, allow_empty: bool = True,
+             population_guard: float | None = None) -> list[dict[str, Any]]:
         """Responses sorted by score, best first: ``[{"corpus_id", "score", "text"}, ...]``.
 
         ``top_k`` (a positive int) keeps the best ``top_k``; ties keep input order.
+        ``population_guard`` (a probability in (0.5, 1), such as 0.9; ``moerm_lite.guard``): a response the
+        population prefers the best candidate to with a probability above it is *guarded out*: the user's
+        scores order the others, and the guarded-out ones follow in the population's order. Each item then
+        also has ``"population_score"`` and ``"guarded"``.
         """
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
                                   or top_k < 1):
             raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        if population_guard is not None:
+            check_guard(population_guard)
         responses = self._check_list(responses, "responses")
-        scores = self.score_pairs([(prompt, r) for r in responses], user=user, allow_empty=allow_empty)  # (n,)
-        order = np.argsort(-scores, kind="stable")
-        if top_k is not None:
-            order = order[:int(top_k)]
-        return [{"corpus_id": int(i), "score": float(scores[i]), "text": responses[i]} for i in order]
+        pairs = [(prompt, r) for r in responses]
+        if population_guard is None:
+            scores = self.score_pairs(pairs, user=user, allow_empty=allow_empty)  # (n,)
+            order = np.argsort(-scores, kind="stable")[:top_k]
+            return [{"corpus_id": int(i), "score": float(scores[i]), "text": responses[i]} for i in order]
+        w, v = self.user_terms(user)
+        out = self.expert_outputs(pairs, allow_empty=allow_empty, with_features=v is not None)
+        scores = user_scores(out, w, v)  # (n,)
+        population = combine(out["gating_output"], out["rewards"], self._w0)  # (n,)
+        order = guarded_order(scores, population, population_guard)
+        demoted = guarded_out(population, population_guard)  # (n,)
+        return [{"corpus_id": int(i), "score": float(scores[i]), "population_score": float(population[i]),
+                 "guarded": bool(demoted[i]), "text": responses[i]} for i in order[:top_k]]
 
     def explain(self, prompt: Prompt, response: str, *, user: User = None) -> dict[str, Any]:
         """Per-expert breakdown of one score.
