@@ -55,6 +55,7 @@ from moerm_build.evaluate.real_eval import (BUILD_RESIDUAL_PRIOR, SHOTS, attribu
 from moerm_build.evaluate.robustness import everyday_records, pair_items
 from moerm_lite.cli import residual_prior as cli_prior
 from moerm_lite.folder import residual_setting
+from moerm_lite.guard import guarded_margins
 from moerm_lite.head import expert_features
 from moerm_lite.model import DEFAULT_MODEL
 from moerm_lite.personalize import (RESIDUAL_GRID, choose_residual, fit_map, fit_residual, log_evidence,
@@ -69,6 +70,7 @@ PRIORS: tuple[dict[str, float], ...] = (  # the residual's prior per block of th
 PRIOR_FACTORS = (1 / 3, 1.0, 3.0)  # "evidence, prior and residual": the model's prior strength times these
 TOLERANCE = 0.5  # points a default may lose against the weights alone, on any constraining group and N
 BOUNDS = (None, 4.0, 2.0, 1.0)  # --quality: a taste's bound in population-score spreads (None: unbounded)
+GUARDS = (0.95, 0.9, 0.8)  # --quality: rank(..., population_guard=...) of each pair (moerm_lite.guard)
 QUALITY_SHOTS = (10, 50)  # --quality: the N whose profiles score the sanity suite and the everyday requests
 ANCHOR_FAMILIES = ("word_shuffle", "sentence_shuffle", "repetition", "echo", "neighbour", "negation",
                    "entity_swap", "padding", "mixed_language")  # --quality's anchors: in neither suite
@@ -330,7 +332,7 @@ def quality(fz: RuntimeFeaturizer, folder: str, n_users: int, seed: int, names: 
     ``quality_prior``), its users' profiles at N = 5 / 10 / 20 / 50 scored
     on their held-out comparisons, and at QUALITY_SHOTS on the sanity suite (the worst of its kinds, per
     user) and the everyday requests (the share of pairs won): do personalized scores keep the population's
-    sense of answer quality? Each under BOUNDS."""
+    sense of answer quality? Each under BOUNDS and GUARDS."""
     lam, P, w0 = fz.model.config.default_prior_strength, fz.prior_precision, fz.w0
     table = fits(w0, lam, P, fz.feature_blocks)
     anchors = anchor_differences(fz)
@@ -344,43 +346,59 @@ def quality(fz: RuntimeFeaturizer, folder: str, n_users: int, seed: int, names: 
     kinds = np.array([r["kind"] for r in sanity_recs])
     suites = {"sanity": pair_items(fz, sanity_recs), "everyday": pair_items(fz, everyday_records())}
 
-    def suite_scores(score: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> tuple[float, float]:
+    def suite_scores(score: Callable[[np.ndarray, np.ndarray], np.ndarray], guard: float | None
+                     ) -> tuple[float, float]:
         """The worst sanity kind's share won, the everyday pairs' share won."""
         won = {}
         for name, (phi, X, c, j) in suites.items():
-            s = score(phi, X)  # (P,)
-            won[name] = s[c] > s[j]  # (N,)
+            s, pop = score(phi, X), phi @ w0  # (P,), (P,)
+            won[name] = decide(s[c] - s[j], pop[c] - pop[j], guard) > 0  # (N,)
         worst = min(float(won["sanity"][kinds == k].mean()) for k in dict.fromkeys(kinds.tolist()))
         return worst, float(won["everyday"].mean())
 
-    unpersonalized = suite_scores(lambda phi, X: phi @ w0)
+    unpersonalized = suite_scores(lambda phi, X: phi @ w0, None)
+    spread = float((ref[0] @ w0).std())  # the population score's spread over real answers
+    medians = {name: float(np.median(phi[c] @ w0 - phi[j] @ w0)) / spread for name, (phi, _, c, j) in suites.items()}
     print(f"{Path(folder).name} (int8 runtime); unpersonalized: sanity suite's worst kind "
-          f"{100 * unpersonalized[0]:.1f}%, everyday pairs won {100 * unpersonalized[1]:.1f}%")
+          f"{100 * unpersonalized[0]:.1f}%, everyday pairs won {100 * unpersonalized[1]:.1f}%; the population's "
+          f"median margin on them {medians['sanity']:.1f} and {medians['everyday']:.1f} times its scores' spread "
+          f"over real answers ({spread:.2f})")
     head = "".join(f"{'N=' + str(n):>7}" for n in SHOTS)
     tail = "".join(f"{'N=' + str(n):>7}" for n in QUALITY_SHOTS)
+    # each fit's profiles scored as the runtime does (no bound, no guard), with the taste bounded, or guarded
+    variants = [("", None, None), *((f", bounded {b:g}", b, None) for b in BOUNDS if b is not None),
+                *((f", guarded {g:g}", None, g) for g in GUARDS)]
     for title, (phi, X, users) in validation_groups(fz, n_users, seed, standardised=False).items():
         print(f"{title} ({len(users)} users): held-out accuracy (%) | sanity, worst kind | everyday pairs won\n"
               f"{'':56}{head} |{tail} |{tail}")
+        pop = phi @ w0  # (R,)
         for name, fit in table.items():
-            acc: dict[tuple[float | None, int], list[float]] = {(b, n): [] for b in BOUNDS for n in SHOTS}
-            won: dict[tuple[float | None, int], list[tuple[float, float]]] = {
-                (b, n): [] for b in BOUNDS for n in QUALITY_SHOTS}
+            mine = variants if "anchor" not in name else variants[:1]
+            acc: dict[tuple[str, int], list[float]] = {(label, n): [] for label, _, _ in mine for n in SHOTS}
+            won: dict[tuple[str, int], list[tuple[float, float]]] = {
+                (label, n): [] for label, _, _ in mine for n in QUALITY_SHOTS}
             for u in users:
                 a, e = np.array(u.adapt), np.array(u.eval)
                 for n in SHOTS:
                     w, v = fit(phi[a[:n, 0]] - phi[a[:n, 1]], X[a[:n, 0]] - X[a[:n, 1]])  # (K,), (F,)
-                    for b in BOUNDS if "anchor" not in name else (None,):
-                        score = bounded_scorer(w, v, w0, ref, b)
+                    for label, bound, guard in mine:
+                        score = bounded_scorer(w, v, w0, ref, bound)
                         s = score(phi, X)  # (R,)
-                        acc[(b, n)].append(pair_accuracy(s[e[:, 0]] - s[e[:, 1]]))
+                        acc[(label, n)].append(pair_accuracy(decide(s[e[:, 0]] - s[e[:, 1]],
+                                                                    pop[e[:, 0]] - pop[e[:, 1]], guard)))
                         if n in QUALITY_SHOTS:
-                            won[(b, n)].append(suite_scores(score))
-            for b in BOUNDS if "anchor" not in name else (None,):
-                label = name if b is None else f"{name}, bounded {b:g}"
-                print(f"  {label:54}" + "".join(f"{100 * np.mean(acc[(b, n)]):7.1f}" for n in SHOTS) + " |"
-                      + "".join(f"{100 * np.mean([x[0] for x in won[(b, n)]]):7.1f}" for n in QUALITY_SHOTS) + " |"
-                      + "".join(f"{100 * np.mean([x[1] for x in won[(b, n)]]):7.1f}" for n in QUALITY_SHOTS),
-                      flush=True)
+                            won[(label, n)].append(suite_scores(score, guard))
+            for label, _, _ in mine:
+                print(f"  {name + label:54}" + "".join(f"{100 * np.mean(acc[(label, n)]):7.1f}" for n in SHOTS)
+                      + " |" + "".join(f"{100 * np.mean([x[0] for x in won[(label, n)]]):7.1f}"
+                                       for n in QUALITY_SHOTS)
+                      + " |" + "".join(f"{100 * np.mean([x[1] for x in won[(label, n)]]):7.1f}"
+                                       for n in QUALITY_SHOTS), flush=True)
+
+
+def decide(user: np.ndarray, population: np.ndarray, guard: float | None) -> np.ndarray:
+    """Margins (N,) of pairs as ranked: the user's, or under a population guard (``guarded_margins``)."""
+    return user if guard is None else guarded_margins(user, population, guard)
 
 
 def main() -> None:
