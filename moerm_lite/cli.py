@@ -416,8 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--catalog", default=None, metavar="NPZ",
                     help="rank a catalog written by `encode` instead (no -i; rows {id, score})")
     sp.add_argument("--population-guard", type=guard_probability, default=None, metavar="P",
-                    help="with --user: a reply the population prefers the best one to with probability above "
-                         "P (such as 0.9) comes after the others, whatever the user's score")
+                    help="a reply the population prefers the best one to with probability above P (such as "
+                         "0.9) comes after the others, whatever the user's score, marked guarded")
     common(sp)
     sp.set_defaults(fn=cmd_rank)
     sp = sub.add_parser("encode", help='encode a catalog of JSONL records {"id", "prompt", "response"} once, '

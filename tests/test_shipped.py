@@ -96,8 +96,11 @@ def test_readme_example_changes_the_ranking(shipped, tmp_path):
     after = [r["text"] for r in shipped.rank(req["prompt"], req["responses"], user=user)]
     assert after[0] == short  # the default prior: length is all this user showed, so short non-answers pass
     assert after.index(detailed) > max(after.index(nonanswer), after.index(dismissive))  # the long answer
-    strong = shipped.fit_user(comps, prior_strength=3.0)  # the README's stronger prior keeps quality
+    strong = shipped.fit_user(comps, prior_strength=3.0)  # a stronger prior keeps quality
     assert [r["text"] for r in shipped.rank(req["prompt"], req["responses"], user=strong)][:2] == [short, detailed]
+    guarded = shipped.rank(req["prompt"], req["responses"], user=user, population_guard=0.9)  # the README's last
+    assert [r["text"] for r in guarded][:2] == [short, detailed]
+    assert [r["guarded"] for r in guarded] == [False, False, True, True, True]
 
 
 def test_a_user_who_prefers_short_replies_is_described_as_such(shipped):
