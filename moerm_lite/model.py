@@ -364,14 +364,13 @@ class RewardModel:
         if population_guard is not None:
             check_guard(population_guard)
         responses = self._check_list(responses, "responses")
-        pairs = [(prompt, r) for r in responses]
+        w, v = self.user_terms(user)
+        out = self.expert_outputs([(prompt, r) for r in responses], allow_empty=allow_empty,
+                                  with_features=v is not None)
+        scores = user_scores(out, w, v)  # (n,)
         if population_guard is None:
-            scores = self.score_pairs(pairs, user=user, allow_empty=allow_empty)  # (n,)
             order = np.argsort(-scores, kind="stable")[:top_k]
             return [{"corpus_id": int(i), "score": float(scores[i]), "text": responses[i]} for i in order]
-        w, v = self.user_terms(user)
-        out = self.expert_outputs(pairs, allow_empty=allow_empty, with_features=v is not None)
-        scores = user_scores(out, w, v)  # (n,)
         population = combine(out["gating_output"], out["rewards"], self._w0)  # (n,)
         order = guarded_order(scores, population, population_guard)
         demoted = guarded_out(population, population_guard)  # (n,)
