@@ -52,7 +52,7 @@ from moerm_build.data.degrade import benign_degradation_records
 from moerm_build.evaluate.real_eval import (BUILD_RESIDUAL_PRIOR, SHOTS, attribute_pool, dsp_features, dsp_pool,
                                            dsp_users, fit_user_terms, probe_few_shot, residual_blocks,
                                            sanity_records, taste_users, train_pool_spread)
-from moerm_build.evaluate.robustness import everyday_records, pair_items
+from moerm_build.evaluate.robustness import everyday_records, pair_items, pair_outputs
 from moerm_lite.cli import residual_prior as cli_prior
 from moerm_lite.folder import residual_setting
 from moerm_lite.guard import guarded_margins
@@ -276,15 +276,15 @@ def reference_answers(fz: RuntimeFeaturizer, n: int = 300, seed: int = 5) -> Ite
     return expert_features(g, rw), X.astype(np.float64)
 
 
-def bounded_scorer(w: np.ndarray, v: np.ndarray, w0: np.ndarray, ref: Items, bound: float | None
+def bounded_scorer(w: np.ndarray, v: np.ndarray, w0: np.ndarray, ref: Items, spread: float, bound: float | None
                    ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """Scores (R,) of items phi (R, K), X (R, F) under a profile's weights w (K,) and residual v (F,): the
     population's score ``phi . w0`` plus the taste ``t = phi . (w - w0) + X . v`` centred on the reference
-    answers ``ref``, bounded to ``bound`` times the population score's spread over them by a tanh (None: as
-    the runtime scores, unbounded)."""
+    answers ``ref``, bounded to ``bound`` times ``spread`` (the population score's spread over them) by a tanh
+    (None: as the runtime scores, unbounded)."""
     d = w - w0  # (K,)
     centre = float((ref[0] @ d + ref[1] @ v).mean())
-    cap = None if bound is None else bound * float((ref[0] @ w0).std())
+    cap = None if bound is None else bound * spread
 
     def score(phi: np.ndarray, X: np.ndarray) -> np.ndarray:
         t = phi @ d + X @ v - centre  # (R,)
@@ -323,8 +323,7 @@ def anchor_differences(fz: RuntimeFeaturizer, n: int = 100, seed: int = 5) -> It
     recs = benign_degradation_records([train[i] for i in rng.permutation(len(train))[:4 * n]],
                                       families=ANCHOR_FAMILIES, families_per_answer=1, seed=seed)
     recs = [recs[i] for i in rng.permutation(len(recs))[:n]]
-    phi, X, c, j = pair_items(fz, recs)
-    return phi[c] - phi[j], X[c] - X[j]
+    return pair_outputs(fz, recs)
 
 
 def quality(fz: RuntimeFeaturizer, folder: str, n_users: int, seed: int, names: list[str]) -> None:
@@ -345,20 +344,25 @@ def quality(fz: RuntimeFeaturizer, folder: str, n_users: int, seed: int, names: 
     sanity_recs = sanity_records()
     kinds = np.array([r["kind"] for r in sanity_recs])
     suites = {"sanity": pair_items(fz, sanity_recs), "everyday": pair_items(fz, everyday_records())}
+    suite_pop = {name: phi[c] @ w0 - phi[j] @ w0 for name, (phi, _, c, j) in suites.items()}  # (N,) margins
 
-    def suite_scores(score: Callable[[np.ndarray, np.ndarray], np.ndarray], guard: float | None
-                     ) -> tuple[float, float]:
-        """The worst sanity kind's share won, the everyday pairs' share won."""
-        won = {}
+    def suite_scores(score: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:
+        """The margins (N,) ``score`` gives each suite's pairs."""
+        out = {}
         for name, (phi, X, c, j) in suites.items():
-            s, pop = score(phi, X), phi @ w0  # (P,), (P,)
-            won[name] = decide(s[c] - s[j], pop[c] - pop[j], guard) > 0  # (N,)
+            s = score(phi, X)  # (P,)
+            out[name] = s[c] - s[j]  # (N,)
+        return out
+
+    def suite_wins(margins: dict[str, np.ndarray], guard: float | None) -> tuple[float, float]:
+        """The worst sanity kind's share won, the everyday pairs' share won, ranked under ``guard``."""
+        won = {name: decide(m, suite_pop[name], guard) > 0 for name, m in margins.items()}  # (N,) each
         worst = min(float(won["sanity"][kinds == k].mean()) for k in dict.fromkeys(kinds.tolist()))
         return worst, float(won["everyday"].mean())
 
-    unpersonalized = suite_scores(lambda phi, X: phi @ w0, None)
+    unpersonalized = suite_wins(suite_pop, None)
     spread = float((ref[0] @ w0).std())  # the population score's spread over real answers
-    medians = {name: float(np.median(phi[c] @ w0 - phi[j] @ w0)) / spread for name, (phi, _, c, j) in suites.items()}
+    medians = {name: float(np.median(m)) / spread for name, m in suite_pop.items()}
     print(f"{Path(folder).name} (int8 runtime); unpersonalized: sanity suite's worst kind "
           f"{100 * unpersonalized[0]:.1f}%, everyday pairs won {100 * unpersonalized[1]:.1f}%; the population's "
           f"median margin on them {medians['sanity']:.1f} and {medians['everyday']:.1f} times its scores' spread "
@@ -381,13 +385,17 @@ def quality(fz: RuntimeFeaturizer, folder: str, n_users: int, seed: int, names: 
                 a, e = np.array(u.adapt), np.array(u.eval)
                 for n in SHOTS:
                     w, v = fit(phi[a[:n, 0]] - phi[a[:n, 1]], X[a[:n, 0]] - X[a[:n, 1]])  # (K,), (F,)
+                    scored: dict[float | None, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
                     for label, bound, guard in mine:
-                        score = bounded_scorer(w, v, w0, ref, bound)
-                        s = score(phi, X)  # (R,)
-                        acc[(label, n)].append(pair_accuracy(decide(s[e[:, 0]] - s[e[:, 1]],
-                                                                    pop[e[:, 0]] - pop[e[:, 1]], guard)))
+                        if bound not in scored:  # scored once per bound; its guards rank the same scores
+                            score = bounded_scorer(w, v, w0, ref, spread, bound)
+                            s = score(phi, X)  # (R,)
+                            scored[bound] = (s[e[:, 0]] - s[e[:, 1]],
+                                             suite_scores(score) if n in QUALITY_SHOTS else {})
+                        margins, suite_margins = scored[bound]
+                        acc[(label, n)].append(pair_accuracy(decide(margins, pop[e[:, 0]] - pop[e[:, 1]], guard)))
                         if n in QUALITY_SHOTS:
-                            won[(label, n)].append(suite_scores(score, guard))
+                            won[(label, n)].append(suite_wins(suite_margins, guard))
             for label, _, _ in mine:
                 print(f"  {name + label:54}" + "".join(f"{100 * np.mean(acc[(label, n)]):7.1f}" for n in SHOTS)
                       + " |" + "".join(f"{100 * np.mean([x[0] for x in won[(label, n)]]):7.1f}"
@@ -418,8 +426,8 @@ def main() -> None:
     ap.add_argument("--quality", action="store_true",
                     help="instead: the sanity suite and the everyday requests scored under the users' profiles "
                          "(the evidence under the build's prior, with and without anchors; weights only, also "
-                         "under the anchors' prior; residual 30; the same from N = 20), unbounded and with a "
-                         "bounded taste")
+                         "under the anchors' prior; residual 30; the same from N = 20), unbounded, with a "
+                         "bounded taste and ranked with a population guard")
     args = ap.parse_args()
     fz = RuntimeFeaturizer(args.model)
     if args.quality:
