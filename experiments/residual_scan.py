@@ -31,7 +31,8 @@ also chooses the prior strength (the model's times 1/3, 1 or 3) by the evidence 
 features (``PRIORS``; ``fit_user(residual_prior=...)``). ``--seed``
 draws other users (the tables of residual.md: 0 and 1000). ``--quality`` asks whether a user's scores still
 know a bad reply: the sanity suite and the everyday requests scored under the same users' profiles (a few
-fits, unbounded and with the taste bounded, ``bounded_scorer``; and with anchor comparisons,
+fits, unbounded, with the taste bounded, ``bounded_scorer``, or clipped at the user's own range, ``taste_range``;
+and with anchor comparisons,
 ``anchor_differences``, appended or as a prior, ``quality_prior``). Needs the export extra and ../shared/data.
 """
 
@@ -71,6 +72,7 @@ PRIOR_FACTORS = (1 / 3, 1.0, 3.0)  # "evidence, prior and residual": the model's
 TOLERANCE = 0.5  # points a default may lose against the weights alone, on any constraining group and N
 BOUNDS = (None, 4.0, 2.0, 1.0)  # --quality: a taste's bound in population-score spreads (None: unbounded)
 GUARDS = (0.95, 0.9, 0.8)  # --quality: rank(..., population_guard=...) of each pair (moerm_lite.guard)
+RANGES = (1.0, 0.5)  # --quality: a pair's taste difference clipped at these times the user's own range (taste_range)
 QUALITY_SHOTS = (10, 50)  # --quality: the N whose profiles score the sanity suite and the everyday requests
 ANCHOR_FAMILIES = ("word_shuffle", "sentence_shuffle", "repetition", "echo", "neighbour", "negation",
                    "entity_swap", "padding", "mixed_language")  # --quality's anchors: in neither suite
@@ -354,9 +356,11 @@ def quality(fz: RuntimeFeaturizer, folder: str, n_users: int, seed: int, names: 
             out[name] = s[c] - s[j]  # (N,)
         return out
 
-    def suite_wins(margins: dict[str, np.ndarray], guard: float | None) -> tuple[float, float]:
-        """The worst sanity kind's share won, the everyday pairs' share won, ranked under ``guard``."""
-        won = {name: decide(m, suite_pop[name], guard) > 0 for name, m in margins.items()}  # (N,) each
+    def suite_wins(margins: dict[str, np.ndarray], guard: float | None, clip: float | None = None
+                   ) -> tuple[float, float]:
+        """The worst sanity kind's share won, the everyday pairs' share won, ranked under ``guard``
+        (or with the taste clipped at ``clip``)."""
+        won = {name: decide(m, suite_pop[name], guard, clip) > 0 for name, m in margins.items()}  # (N,) each
         worst = min(float(won["sanity"][kinds == k].mean()) for k in dict.fromkeys(kinds.tolist()))
         return worst, float(won["everyday"].mean())
 
@@ -369,34 +373,40 @@ def quality(fz: RuntimeFeaturizer, folder: str, n_users: int, seed: int, names: 
           f"over real answers ({spread:.2f})")
     head = "".join(f"{'N=' + str(n):>7}" for n in SHOTS)
     tail = "".join(f"{'N=' + str(n):>7}" for n in QUALITY_SHOTS)
-    # each fit's profiles scored as the runtime does (no bound, no guard), with the taste bounded, or guarded
-    variants = [("", None, None), *((f", bounded {b:g}", b, None) for b in BOUNDS if b is not None),
-                *((f", guarded {g:g}", None, g) for g in GUARDS)]
+    # each fit's profiles scored as the runtime does (no bound, no guard), with the taste bounded, guarded, or
+    # clipped at RANGES times the taste's range on the user's own comparisons (is a bad reply's taste beyond it?)
+    variants = [("", None, None, None), *((f", bounded {b:g}", b, None, None) for b in BOUNDS if b is not None),
+                *((f", guarded {g:g}", None, g, None) for g in GUARDS),
+                *((f", clip {k:g} range", None, None, k) for k in RANGES)]
     for title, (phi, X, users) in validation_groups(fz, n_users, seed, standardised=False).items():
         print(f"{title} ({len(users)} users): held-out accuracy (%) | sanity, worst kind | everyday pairs won\n"
               f"{'':56}{head} |{tail} |{tail}")
         pop = phi @ w0  # (R,)
         for name, fit in table.items():
             mine = variants if "anchor" not in name else variants[:1]
-            acc: dict[tuple[str, int], list[float]] = {(label, n): [] for label, _, _ in mine for n in SHOTS}
+            acc: dict[tuple[str, int], list[float]] = {(label, n): [] for label, *_ in mine for n in SHOTS}
             won: dict[tuple[str, int], list[tuple[float, float]]] = {
-                (label, n): [] for label, _, _ in mine for n in QUALITY_SHOTS}
+                (label, n): [] for label, *_ in mine for n in QUALITY_SHOTS}
             for u in users:
                 a, e = np.array(u.adapt), np.array(u.eval)
                 for n in SHOTS:
-                    w, v = fit(phi[a[:n, 0]] - phi[a[:n, 1]], X[a[:n, 0]] - X[a[:n, 1]])  # (K,), (F,)
+                    pa, xa = phi[a[:n, 0]] - phi[a[:n, 1]], X[a[:n, 0]] - X[a[:n, 1]]  # (n, K), (n, F)
+                    w, v = fit(pa, xa)  # (K,), (F,)
+                    span = taste_range(pa, xa, w, v, w0)
                     scored: dict[float | None, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
-                    for label, bound, guard in mine:
+                    for label, bound, guard, k in mine:
+                        clip = None if k is None else k * span
                         if bound not in scored:  # scored once per bound; its guards rank the same scores
                             score = bounded_scorer(w, v, w0, ref, spread, bound)
                             s = score(phi, X)  # (R,)
                             scored[bound] = (s[e[:, 0]] - s[e[:, 1]],
                                              suite_scores(score) if n in QUALITY_SHOTS else {})
                         margins, suite_margins = scored[bound]
-                        acc[(label, n)].append(pair_accuracy(decide(margins, pop[e[:, 0]] - pop[e[:, 1]], guard)))
+                        acc[(label, n)].append(pair_accuracy(decide(margins, pop[e[:, 0]] - pop[e[:, 1]], guard,
+                                                                     clip)))
                         if n in QUALITY_SHOTS:
-                            won[(label, n)].append(suite_wins(suite_margins, guard))
-            for label, _, _ in mine:
+                            won[(label, n)].append(suite_wins(suite_margins, guard, clip))
+            for label, *_ in mine:
                 print(f"  {name + label:54}" + "".join(f"{100 * np.mean(acc[(label, n)]):7.1f}" for n in SHOTS)
                       + " |" + "".join(f"{100 * np.mean([x[0] for x in won[(label, n)]]):7.1f}"
                                        for n in QUALITY_SHOTS)
@@ -404,9 +414,19 @@ def quality(fz: RuntimeFeaturizer, folder: str, n_users: int, seed: int, names: 
                                        for n in QUALITY_SHOTS), flush=True)
 
 
-def decide(user: np.ndarray, population: np.ndarray, guard: float | None) -> np.ndarray:
-    """Margins (N,) of pairs as ranked: the user's, or under a population guard (``guarded_margins``)."""
+def decide(user: np.ndarray, population: np.ndarray, guard: float | None, clip: float | None = None
+           ) -> np.ndarray:
+    """Margins (N,) of pairs as ranked: the user's, under a population guard (``guarded_margins``), or with
+    the taste's part of each margin (the user's minus the population's) clipped to ``[-clip, clip]``."""
+    if clip is not None:
+        return population + np.clip(user - population, -clip, clip)
     return user if guard is None else guarded_margins(user, population, guard)
+
+
+def taste_range(phi: np.ndarray, X: np.ndarray, w: np.ndarray, v: np.ndarray, w0: np.ndarray) -> float:
+    """The largest taste margin ``|phi . (w - w0) + X . v|`` of a user's own N comparisons (phi (N, K), X (N, F)):
+    how far the fitted taste separates the replies it was fitted on."""
+    return float(np.abs(phi @ (w - w0) + X @ v).max())
 
 
 def main() -> None:
@@ -427,7 +447,8 @@ def main() -> None:
                     help="instead: the sanity suite and the everyday requests scored under the users' profiles "
                          "(the evidence under the build's prior, with and without anchors; weights only, also "
                          "under the anchors' prior; residual 30; the same from N = 20), unbounded, with a "
-                         "bounded taste and ranked with a population guard")
+                         "bounded taste, ranked with a population guard, and with the taste clipped at the "
+                         "user's own range")
     args = ap.parse_args()
     fz = RuntimeFeaturizer(args.model)
     if args.quality:
