@@ -72,7 +72,7 @@ PRIOR_FACTORS = (1 / 3, 1.0, 3.0)  # "evidence, prior and residual": the model's
 TOLERANCE = 0.5  # points a default may lose against the weights alone, on any constraining group and N
 BOUNDS = (None, 4.0, 2.0, 1.0)  # --quality: a taste's bound in population-score spreads (None: unbounded)
 GUARDS = (0.95, 0.9, 0.8)  # --quality: rank(..., population_guard=...) of each pair (moerm_lite.guard)
-RANGES = (1.0, 0.5)  # --quality: a pair's taste difference clipped at these times the user's own range (taste_range)
+RANGES = (1.0, 0.5)  # --quality: a pair's taste margin clipped at these times its range (taste_range)
 QUALITY_SHOTS = (10, 50)  # --quality: the N whose profiles score the sanity suite and the everyday requests
 ANCHOR_FAMILIES = ("word_shuffle", "sentence_shuffle", "repetition", "echo", "neighbour", "negation",
                    "entity_swap", "padding", "mixed_language")  # --quality's anchors: in neither suite

@@ -7,12 +7,14 @@ a reply first (docs/decisions/residual.md). The population's scores are logits o
 margin ``m`` between two replies says the population prefers the first with probability ``sigmoid(m)``. With a
 guard ``p`` (``RewardModel.rank(..., population_guard=p)``), a reply is *guarded out* when the population
 prefers the best candidate to it with probability above ``p``; the others come first, in the user's order,
-then the guarded-out ones, in the population's order.
+then the guarded-out ones, in the population's order. :func:`guarded_rewards` gives an RL trainer's group of
+completions for one prompt rewards in that order (``moerm_lite.integrations``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -63,3 +65,30 @@ def guarded_margins(user: np.ndarray, population: np.ndarray, guard: float) -> n
     user = np.asarray(user, np.float64)  # (N,)
     population = np.asarray(population, np.float64)  # (N,)
     return np.where(np.abs(population) > guard_margin(guard), population, user)  # (N,)
+
+
+def guarded_rewards(scores: np.ndarray, population: np.ndarray, groups: Sequence[Hashable], guard: float
+                    ) -> np.ndarray:
+    """Rewards (N,) whose order within each group of rows (``groups[i]``: row i's group, such as its prompt)
+    is :func:`guarded_order`'s: a row not guarded out keeps its score (N,) (the user's); a guarded-out row
+    gets the lowest such score of its group minus how far its population score (N,) falls below the group's
+    best beyond ``guard_margin(guard)``, so it ranks below every other row of the group, in the population's
+    order. Rows of different groups do not affect each other."""
+    scores = np.asarray(scores, np.float64)  # (N,)
+    population = np.asarray(population, np.float64)  # (N,)
+    if scores.shape != population.shape or scores.ndim != 1 or len(groups) != len(scores):
+        raise ValueError(f"guarded_rewards: scores {scores.shape}, population {population.shape} and "
+                         f"{len(groups)} group labels must be (N,) alike")
+    margin = guard_margin(guard)
+    members: dict[Hashable, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    rewards = scores.copy()  # (N,)
+    for rows in members.values():
+        idx = np.array(rows)  # (n,)
+        out = guarded_out(population[idx], guard)  # (n,); never the group's best
+        if out.any():
+            floor = scores[idx[~out]].min()
+            excess = population[idx].max() - margin - population[idx[out]]  # (m,) > 0
+            rewards[idx[out]] = floor - excess
+    return rewards  # (N,)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from moerm_lite import UserProfile
-from moerm_lite.guard import check_guard, guard_margin, guarded_margins, guarded_order, guarded_out
+from moerm_lite.guard import (check_guard, guard_margin, guarded_margins, guarded_order, guarded_out,
+                              guarded_rewards)
+from moerm_lite.integrations import openrlhf_reward_func, trl_reward_func
 
 PROMPT = "why is the cat nice"
 RESPONSES = ["the cat is kind and good", "it is rude and bad", "thanks for the question", "cats purr when calm"]
@@ -101,3 +103,64 @@ def test_cli_rank_with_a_guard(tiny_folder, tmp_path):
     both = subprocess.run(run[:4] + ["--catalog", "c.npz", "--population-guard", "0.9"], capture_output=True,
                           text=True)
     assert both.returncode != 0 and "--population-guard" in both.stderr
+
+
+def test_guarded_rewards_known_answer():
+    """Group a: population 5, 4.9, 0 with log(9) = 2.2 the margin: row 2 is guarded out and gets the group's
+    lowest kept score (2) minus (5 - 2.2 - 0); in group b, row 3 gets 7 - (9 - 2.2 - 0)."""
+    scores, population = np.array([3.0, 2.0, 9.0, 1.0, 7.0]), np.array([5.0, 4.9, 0.0, 0.0, 9.0])
+    got = guarded_rewards(scores, population, ["a", "a", "a", "b", "b"], 0.9)
+    np.testing.assert_allclose(got, [3.0, 2.0, 2.0 - (5.0 - math.log(9)), 7.0 - (9.0 - math.log(9)), 7.0])
+    np.testing.assert_allclose(guarded_rewards(scores, population, ["a", "b", "c", "d", "e"], 0.9), scores)
+
+
+def test_guarded_rewards_order_each_group_as_a_guarded_ranking():
+    """Within each group the rewards' order is guarded_order's (ties included); groups do not interact, so
+    shuffling the rows moves each row's reward with it."""
+    rng = np.random.default_rng(2)
+    scores, population = rng.normal(size=(2, 60)) * 3
+    scores[:6] = 0.0  # ties
+    groups = rng.integers(0, 7, size=60).tolist()
+    for guard in (0.55, 0.9, 0.99):
+        got = guarded_rewards(scores, population, groups, guard)
+        for g in set(groups):
+            idx = np.flatnonzero(np.array(groups) == g)
+            assert np.argsort(-got[idx], kind="stable").tolist() == \
+                guarded_order(scores[idx], population[idx], guard).tolist()
+        perm = rng.permutation(60)
+        np.testing.assert_allclose(guarded_rewards(scores[perm], population[perm], [groups[i] for i in perm],
+                                                   guard), got[perm])
+    with pytest.raises(ValueError, match="group labels"):
+        guarded_rewards(scores, population, groups[:-1], 0.9)
+
+
+def test_rl_rewards_with_a_guard_follow_the_guarded_ranking(tiny_fp32):
+    """GRPO passes each prompt once per completion: with a guard, one prompt's completions are rewarded in the
+    order rank(population_guard=...) gives them, whatever else is in the batch; OpenRLHF's too."""
+    m = tiny_fp32
+    contrarian = UserProfile(user_id="contrarian")
+    contrarian.weights_ = -m.w0
+    contrarian.model_hash = m.model_hash
+    other = ["it depends", "no idea"]
+    prompts, completions = [PROMPT] * len(RESPONSES) + ["how"] * 2, RESPONSES + other
+    pop = m.score(PROMPT, RESPONSES)  # (n,)
+    guard = 1 / (1 + math.exp(-(pop.max() - pop.min()) / 2))  # guards out the population's last reply
+    want = [r["corpus_id"] for r in m.rank(PROMPT, RESPONSES, user=contrarian, population_guard=guard)]
+    assert want != [r["corpus_id"] for r in m.rank(PROMPT, RESPONSES, user=contrarian)]  # the guard acts
+    trl = trl_reward_func(m, contrarian, population_guard=guard)(prompts, completions)
+    rlhf = openrlhf_reward_func(m, contrarian, population_guard=guard)(
+        [p + c for p, c in zip(prompts, completions)], prompts)["rewards"]
+    alone = trl_reward_func(m, contrarian, population_guard=guard)(["how"] * 2, other)
+    for got in (np.array(trl), np.asarray(rlhf, np.float64)):
+        assert np.argsort(-got[:len(RESPONSES)], kind="stable").tolist() == want
+        np.testing.assert_allclose(got[len(RESPONSES):], alone, atol=1e-5)
+    kept = [r["corpus_id"] for r in m.rank(PROMPT, RESPONSES, user=contrarian, population_guard=guard)
+            if not r["guarded"]]
+    np.testing.assert_allclose(np.array(trl)[kept], m.score_pairs([(PROMPT, RESPONSES[i]) for i in kept],
+                                                                  user=contrarian), atol=1e-9)
+    per_user = trl_reward_func(m, profiles={"c": contrarian}, population_guard=guard)
+    np.testing.assert_allclose(per_user(prompts, completions, user_id=["c"] * len(prompts)), trl, atol=1e-9)
+    with pytest.raises(ValueError, match="population_guard"):
+        trl_reward_func(m, population_guard=1.0)
+    with pytest.raises(ValueError, match="population_guard"):
+        openrlhf_reward_func(m, population_guard=0.5)
