@@ -160,6 +160,11 @@ def test_rl_rewards_with_a_guard_follow_the_guarded_ranking(tiny_fp32):
                                                                   user=contrarian), atol=1e-9)
     per_user = trl_reward_func(m, profiles={"c": contrarian}, population_guard=guard)
     np.testing.assert_allclose(per_user(prompts, completions, user_id=["c"] * len(prompts)), trl, atol=1e-9)
+    chat = trl_reward_func(m, contrarian, population_guard=guard)(  # equal message lists make one group
+        [[{"role": "user", "content": p}] for p in prompts], [[{"role": "assistant", "content": c}]
+                                                              for c in completions])
+    np.testing.assert_allclose(chat, trl_reward_func(m, contrarian, population_guard=guard)(
+        [f"user: {p}" for p in prompts], completions), atol=1e-9)
     with pytest.raises(ValueError, match="population_guard"):
         trl_reward_func(m, population_guard=1.0)
     with pytest.raises(ValueError, match="population_guard"):
