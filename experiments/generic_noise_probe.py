@@ -1,0 +1,112 @@
+"""Can a read-out learn bad replies from corruptions that are none of the degradation families?
+
+    python experiments/generic_noise_probe.py   # ~5 minutes on 2 CPU cores, the frozen embeddings cached
+
+Feeds docs/decisions/bad-replies.md. The family-out probe of
+``moerm_build.evaluate.robustness.family_table`` (a logistic probe on the frozen pair features, scored on the
+held-out answers' degradations, test phrasings) asks what a read-out learns of a family from the *other*
+families. Here it is taught *generic* corruptions instead: real answers of the licensed training mixture with
+a share of their words replaced by words drawn from other answers (``replaced``), or deleted at random
+(``deleted``). Neither is one of the 16 families (word order, truncation and swapped entities change or cut
+the answer in their own, specific ways), so every family is held out at once. Columns: the probe on the real
+comparisons alone; with each kind of generic corruption; and the family-out probe of the card (every other
+family), without and with both generic kinds. The last row: the everyday requests (evaluation only). Needs
+the export extra and ../shared/data.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+
+from moerm_build import data
+from moerm_build.data.degrade import FAMILIES
+from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy
+from moerm_build.evaluate.real_eval import PROBE_L2
+from moerm_build.evaluate.robustness import everyday_records, families, family_out_records
+from moerm_build.train.embed import EmbeddingCache, default_backbone_path
+
+WORD = re.compile(r"\S+")
+RATE = 0.3  # the share of an answer's words a generic corruption replaces or deletes
+N_ANSWERS = 1500  # real answers corrupted, half of them each way
+MIN_WORDS = 6  # shorter answers are left out: a corruption of two words is a terse reply
+
+
+def replaced(words: list[str], vocab: list[str], rng: np.random.Generator, rate: float = RATE) -> list[str]:
+    """Each word replaced, with probability ``rate``, by a word drawn from ``vocab``."""
+    return [vocab[rng.integers(len(vocab))] if rng.random() < rate else w for w in words]
+
+
+def deleted(words: list[str], rng: np.random.Generator, rate: float = RATE) -> list[str]:
+    """Each word dropped with probability ``rate``; the first kept if all would go."""
+    kept = [w for w in words if rng.random() >= rate]
+    return kept or words[:1]
+
+
+def generic_records(train_deg: list[data.Record], seed: int = 0) -> dict[str, list[data.Record]]:
+    """``{"replaced": [...], "deleted": [...]}``: comparisons of a real answer (the training split's, those
+    ``train_deg`` degrades) over its generic corruption, ``N_ANSWERS`` answers alternating between the
+    kinds."""
+    rng = np.random.default_rng(seed)
+    answers = list(dict.fromkeys((r["prompt"], r["chosen"]) for r in train_deg))  # (prompt, answer), in order
+    vocab = [w for _, a in answers for w in WORD.findall(a)]
+    out: dict[str, list[data.Record]] = {"replaced": [], "deleted": []}
+    for k, (prompt, answer) in enumerate(answers[:N_ANSWERS]):
+        words = WORD.findall(answer)
+        if len(words) < MIN_WORDS:
+            continue
+        kind = "replaced" if k % 2 == 0 else "deleted"
+        bad = replaced(words, vocab, rng) if kind == "replaced" else deleted(words, rng)
+        out[kind].append({"prompt": prompt, "chosen": answer, "rejected": " ".join(bad),
+                          "source": f"generic:{kind}"})
+    return out
+
+
+def differences(cache: EmbeddingCache, recs: list[data.Record]) -> np.ndarray:
+    """Chosen-minus-rejected pair features (N, F) of the frozen encoder."""
+    pairs = sorted({(r["prompt"], r[side]) for r in recs for side in ("chosen", "rejected")})
+    pos = {p: i for i, p in enumerate(pairs)}
+    X = cache.features(pairs).astype(np.float64)  # (P, F)
+    c = np.array([pos[(r["prompt"], r["chosen"])] for r in recs])  # (N,)
+    j = np.array([pos[(r["prompt"], r["rejected"])] for r in recs])  # (N,)
+    return X[c] - X[j]  # (N, F)
+
+
+def main() -> None:
+    cache = EmbeddingCache(default_backbone_path(), 256, layout="prompt_response_v1")
+    real, train_deg, test_deg = family_out_records()
+    generic = generic_records(train_deg)
+    R, T, E, V = (differences(cache, recs) for recs in (real, train_deg, test_deg, everyday_records()))
+    G = {kind: differences(cache, recs) for kind, recs in generic.items()}  # kind -> (M, F)
+    both = np.vstack(list(G.values()))  # (2M, F)
+    fam_tr, fam_te = families(train_deg), families(test_deg)
+    scale = np.sqrt((np.vstack([R, T]) ** 2).mean(0)) + 1e-6  # (F,): standardised probe inputs
+
+    def probe(*blocks: np.ndarray) -> np.ndarray:
+        Z = np.vstack(blocks) / scale  # (N, F)
+        return logistic_fit(Z, np.ones(len(Z)), PROBE_L2) / scale  # (F,)
+
+    def constant(w: np.ndarray) -> Callable[[str], np.ndarray]:
+        return lambda family: w
+
+    fixed = {"real only": probe(R), "+ replaced": probe(R, G["replaced"]),
+             "+ deleted": probe(R, G["deleted"]), "+ both": probe(R, both)}
+    columns: dict[str, Callable[[str], np.ndarray]] = {name: constant(w) for name, w in fixed.items()}
+    columns["family-out"] = lambda family: probe(R, T[fam_tr != family])
+    columns["family-out + both"] = lambda family: probe(R, T[fam_tr != family], both)
+    print(f"generic corruptions: {len(generic['replaced'])} replaced, {len(generic['deleted'])} deleted "
+          f"(rate {RATE}); probe accuracy (%) on held-out answers' degradations, test phrasings")
+    print(f"{'family':18}" + "".join(f"{c:>19}" for c in columns))
+    for f in FAMILIES:
+        te = fam_te == f
+        if te.any():
+            row = [100 * pair_accuracy(E[te] @ column(f)) for column in columns.values()]
+            print(f"{f:18}" + "".join(f"{x:19.1f}" for x in row), flush=True)
+    everyday = [*fixed.values(), probe(R, T), probe(R, T, both)]  # the family-out columns: every family
+    print(f"{'everyday':18}" + "".join(f"{100 * pair_accuracy(V @ w):19.1f}" for w in everyday))
+
+
+if __name__ == "__main__":
+    main()
