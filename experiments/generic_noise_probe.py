@@ -7,7 +7,7 @@ Feeds docs/decisions/bad-replies.md. The family-out probe of
 held-out answers' degradations, test phrasings) asks what a read-out learns of a family from the *other*
 families. Here it is taught *generic* corruptions instead: real answers of the licensed training mixture with
 a share of their words replaced by words drawn from other answers (``replaced``), or deleted at random
-(``deleted``). Neither is one of the 16 families (word order, truncation and swapped entities change or cut
+(``deleted``; ``moerm_build.data.degrade.noise_records``, the build's source ``noise``). Neither is one of the 16 families (word order, truncation and swapped entities change or cut
 the answer in their own, specific ways), so every family is held out at once. Columns: the probe on the real
 comparisons alone; with each kind of generic corruption; and the family-out probe of the card (every other
 family), without and with both generic kinds. The last row: the everyday requests (evaluation only). Needs
@@ -16,52 +16,26 @@ the export extra and ../shared/data.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import numpy as np
 
 from moerm_build import data
-from moerm_build.data.degrade import FAMILIES
+from moerm_build.data.degrade import FAMILIES, NOISE_KINDS, NOISE_RATE, noise_records
 from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy
 from moerm_build.evaluate.real_eval import PROBE_L2
 from moerm_build.evaluate.robustness import everyday_records, families, family_out_records
 from moerm_build.train.embed import EmbeddingCache, default_backbone_path
 
-WORD = re.compile(r"\S+")
-RATE = 0.3  # the share of an answer's words a generic corruption replaces or deletes
-N_ANSWERS = 1500  # real answers corrupted, half of them each way
-MIN_WORDS = 6  # shorter answers are left out: a corruption of two words is a terse reply
-
-
-def replaced(words: list[str], vocab: list[str], rng: np.random.Generator, rate: float = RATE) -> list[str]:
-    """Each word replaced, with probability ``rate``, by a word drawn from ``vocab``."""
-    return [vocab[rng.integers(len(vocab))] if rng.random() < rate else w for w in words]
-
-
-def deleted(words: list[str], rng: np.random.Generator, rate: float = RATE) -> list[str]:
-    """Each word dropped with probability ``rate``; the first kept if all would go."""
-    kept = [w for w in words if rng.random() >= rate]
-    return kept or words[:1]
+N_ANSWERS = 1500  # real answers given a noisy copy, the kinds taking turns
 
 
 def generic_records(train_deg: list[data.Record], seed: int = 0) -> dict[str, list[data.Record]]:
-    """``{"replaced": [...], "deleted": [...]}``: comparisons of a real answer (the training split's, those
-    ``train_deg`` degrades) over its generic corruption, ``N_ANSWERS`` answers alternating between the
-    kinds."""
-    rng = np.random.default_rng(seed)
+    """``{"replaced": [...], "deleted": [...]}``: a real answer (the training split's, those ``train_deg``
+    degrades) over its noisy copy (``moerm_build.data.degrade.noise_records``), ``N_ANSWERS`` answers."""
     answers = list(dict.fromkeys((r["prompt"], r["chosen"]) for r in train_deg))  # (prompt, answer), in order
-    vocab = [w for _, a in answers for w in WORD.findall(a)]
-    out: dict[str, list[data.Record]] = {"replaced": [], "deleted": []}
-    for k, (prompt, answer) in enumerate(answers[:N_ANSWERS]):
-        words = WORD.findall(answer)
-        if len(words) < MIN_WORDS:
-            continue
-        kind = "replaced" if k % 2 == 0 else "deleted"
-        bad = replaced(words, vocab, rng) if kind == "replaced" else deleted(words, rng)
-        out[kind].append({"prompt": prompt, "chosen": answer, "rejected": " ".join(bad),
-                          "source": f"generic:{kind}"})
-    return out
+    recs = noise_records([p for p, _ in answers], [a for _, a in answers], n=N_ANSWERS, seed=seed)
+    return {kind: [r for r in recs if r["source"] == f"noise:{kind}"] for kind in NOISE_KINDS}
 
 
 def differences(cache: EmbeddingCache, recs: list[data.Record]) -> np.ndarray:
@@ -97,7 +71,7 @@ def main() -> None:
     columns["family-out"] = lambda family: probe(R, T[fam_tr != family])
     columns["family-out + both"] = lambda family: probe(R, T[fam_tr != family], both)
     print(f"generic corruptions: {len(generic['replaced'])} replaced, {len(generic['deleted'])} deleted "
-          f"(rate {RATE}); probe accuracy (%) on held-out answers' degradations, test phrasings")
+          f"(rate {NOISE_RATE}); probe accuracy (%) on held-out answers' degradations, test phrasings")
     print(f"{'family':18}" + "".join(f"{c:>19}" for c in columns))
     for f in FAMILIES:
         te = fam_te == f

@@ -191,3 +191,36 @@ def test_readout_records_map_to_their_family_and_the_card_marks_family_out_colum
     text = "\n".join(robustness_section(rob))
     assert "| echo (never trained) | 10 | 90.0 | 50.0 | 70.0 | 80.0 |" in text
     assert "| offtopic | 10 | 90.0 | 50.0 | 70.0 | 97.0 (experts trained) |" in text
+
+
+def test_word_noise_known_answers():
+    """Replacement keeps the word count and the layout and draws only from the vocabulary; deletion keeps the
+    rest in order and never empties a reply; rate 0 is the answer itself."""
+    rng = np.random.default_rng(0)
+    answer, vocab = "Boil the water.\nAdd the pasta and stir.\n\nDrain it after ten minutes.", ["zebra", "quartz"]
+    words = answer.split()
+    for kind in D.NOISE_KINDS:
+        assert D.noisy_copy(answer, kind, vocab, rng, rate=0.0) == answer
+    noisy = D.noisy_copy(answer, "replaced", vocab, rng)
+    assert noisy.count("\n") == answer.count("\n") and len(noisy.split()) == len(words)
+    assert all(a == b or a in vocab for a, b in zip(noisy.split(), words))
+    assert set(D.noisy_copy(answer, "replaced", vocab, rng, rate=1.0).split()) <= set(vocab)
+    assert D.noisy_copy(answer, "deleted", vocab, rng, rate=1.0) == "Boil"
+    rest, kept = D.noisy_copy(answer, "deleted", vocab, rng), iter(words)
+    assert all(w in kept for w in rest.split())  # in order: a subsequence
+    with pytest.raises(ValueError, match="word-noise kind"):
+        D.noisy_copy(answer, "shuffled", vocab, rng)
+
+
+def test_word_noise_records_are_no_family_and_take_turns():
+    prompts, answers = PROMPTS + ["Hi?"], ANSWERS + ["Hello there."]  # the last is too short for noise
+    recs = D.noise_records(prompts, answers, seed=3)
+    assert [r["source"] for r in recs] == ["noise:replaced", "noise:deleted"] * 2
+    assert [r["chosen"] for r in recs] == ANSWERS and all(r["rejected"] != r["chosen"] for r in recs)
+    assert not {r["source"].split(":")[1] for r in recs} & set(D.FAMILIES)
+    assert D.noise_records(prompts, answers, seed=3) == recs  # seeded
+    assert len(D.noise_records(prompts, answers, n=2, seed=3)) == 2
+    harmful = [{"prompt": "How do I pick a lock?", "chosen": "You should not do that without permission, "
+                "a locksmith can help you.", "rejected": "x", "source": "hh_harmless"}]
+    with pytest.raises(ValueError, match="harmful prompts are never used"):  # as for the families
+        D.benign_noise_records(harmful)

@@ -149,3 +149,14 @@ def test_contrast_training_data_comes_from_benign_train_splits():
     test_prompts = {r["prompt"] for name in BENIGN for r in getattr(data, f"load_{name}")(DATA, split="test")}
     assert len(out) > 1000
     assert not {r["prompt"] for r in out} & (harmful_prompts | test_prompts)
+
+
+@needs_data
+def test_word_noise_source_is_noisy_copies_of_benign_train_answers():
+    """``"noise"`` (a source for the read-out: no degradation family) loads the benign train splits' real
+    answers over their noisy copies, both kinds."""
+    from moerm_build.train.train import TrainConfig, load_records
+
+    recs = load_records(TrainConfig(sources=["noise"]))
+    assert len(recs) > 1000 and {r["source"] for r in recs} == {"noise:replaced", "noise:deleted"}
+    assert all(r["chosen"] != r["rejected"] and r["prompt"].strip() for r in recs)

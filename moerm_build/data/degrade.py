@@ -19,6 +19,10 @@ failure, not a list of texts. The families (``FAMILIES``):
 - ``padding``: the answer buried in filler sentences;
 - ``mixed_language``: the answer with sentences in another language in place of its own.
 
+*Word noise* (``noise_records``) is not a family: a share of the answer's words replaced by words of other
+answers, or deleted at random. It names no kind of failure, so training on it leaves every family held out
+(docs/decisions/bad-replies.md, "Generic corruptions instead of a list").
+
 Phrase pools are split: ``split="train"`` draws from the first two thirds of each pool, ``"test"`` from
 the rest, so a family-out check never meets a training phrasing. Harmful prompts are never used
 (``moerm_build.data.contrast.real_answers`` refuses them): there a refusal is often the better reply.
@@ -326,3 +330,57 @@ def benign_degradation_records(records: Sequence[dict[str, Any]], **kw: Any) -> 
     """:func:`degradation_records` over the real answers of benign ``records`` (harmful sources refused)."""
     answers = real_answers(records)
     return degradation_records([p for p, _, _ in answers], [a for _, a, _ in answers], **kw)
+
+
+NOISE_KINDS = ("replaced", "deleted")  # word noise, alternating over the answers (not a family: FAMILIES)
+NOISE_RATE = 0.3  # the share of an answer's words replaced or deleted
+NOISE_MIN_WORDS = 6  # shorter answers get no noisy copy: noise on two words makes a terse reply
+NOISE_WORD = re.compile(r"\S+")
+
+
+def noisy_copy(answer: str, kind: str, vocab: Sequence[str], rng: np.random.Generator,
+               rate: float = NOISE_RATE) -> str:
+    """``answer`` with each word (``NOISE_WORD``), with probability ``rate``, replaced by a word drawn from
+    ``vocab`` (``kind="replaced"``) or deleted with the space before it (``"deleted"``; the first word stays
+    if all would go). Its spacing and line breaks are otherwise kept, so layout tells nothing apart."""
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"unknown word-noise kind {kind!r}; choose from {NOISE_KINDS}")
+    matches = list(NOISE_WORD.finditer(answer))
+    if not matches:
+        return answer
+    seps = [answer[(matches[i - 1].end() if i else 0):m.start()] for i, m in enumerate(matches)]
+    words = [m.group() for m in matches]
+    if kind == "replaced":
+        words = [vocab[int(rng.integers(len(vocab)))] if rng.random() < rate else w for w in words]
+        keep = [True] * len(words)
+    else:
+        keep = [rng.random() >= rate for _ in words]
+        keep[0] = keep[0] or not any(keep)
+    kept = [i for i, k in enumerate(keep) if k]
+    return "".join((seps[0] if j == 0 else seps[i]) + words[i] for j, i in enumerate(kept)) + \
+        answer[matches[-1].end():]
+
+
+def noise_records(prompts: Sequence[str], answers: Sequence[str], n: int | None = None, seed: int = 0
+                  ) -> list[dict[str, Any]]:
+    """Records ``{"prompt", "chosen": real answer, "rejected": noisy copy, "source": "noise:<kind>"}`` for the
+    first ``n`` (None: all) answers of at least ``NOISE_MIN_WORDS`` words, the kinds of ``NOISE_KINDS`` taking
+    turns by the answer's position (a copy the noise left unchanged is dropped); replacement words come from
+    all of ``answers``."""
+    rng = np.random.default_rng(seed)
+    vocab = [w for a in answers for w in NOISE_WORD.findall(a)]
+    out = []
+    for k, (prompt, answer) in enumerate(list(zip(prompts, answers))[:n]):
+        if len(NOISE_WORD.findall(answer)) < NOISE_MIN_WORDS:
+            continue
+        kind = NOISE_KINDS[k % len(NOISE_KINDS)]
+        bad = noisy_copy(answer, kind, vocab, rng)
+        if bad != answer:  # the noise missed every word: no comparison
+            out.append({"prompt": prompt, "chosen": answer, "rejected": bad, "source": f"noise:{kind}"})
+    return out
+
+
+def benign_noise_records(records: Sequence[dict[str, Any]], **kw: Any) -> list[dict[str, Any]]:
+    """:func:`noise_records` over the real answers of benign ``records`` (harmful sources refused)."""
+    answers = real_answers(records)
+    return noise_records([p for p, _, _ in answers], [a for _, a, _ in answers], **kw)

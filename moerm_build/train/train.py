@@ -71,7 +71,7 @@ class TrainConfig:
     degrade_per_answer: int = 4  # random families per real answer (of degrade_families)
     # after training: a linear read-out expert on every feature, fitted on these sources' population records
     # of the mixture (moerm_build.train.readout); [] for none. A source named here but not in a non-empty ``sources``
-    # ("degrade") is loaded for the read-out alone: the trained experts never see it
+    # ("degrade", "noise") is loaded for the read-out alone: the trained experts never see it
     readout_sources: list[str] = field(
         default_factory=lambda: ["hh_helpful", "finegrained_qa", "topical_chat", "contrast", "degrade"])
     # its L2, in the features' own units: the smallest of 0.1, 1, 3, 10 that keeps the population score's
@@ -130,7 +130,7 @@ def upgraded(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 SOURCES = ("persona", "attribute_users", "hh_harmless", "hh_helpful", "finegrained_qa", "topical_chat",
-           "contrast", "degrade")
+           "contrast", "degrade", "noise")
 # no licence / CC BY-NC / our evaluation set (moerm_build/data/evalsets): never training data for a model
 EVAL_ONLY = ("relabeled_hh", "dsp", "webgpt", "everyday")
 BENIGN = ("hh_helpful", "finegrained_qa", "topical_chat")  # real answers for contrast pairs
@@ -180,6 +180,10 @@ def load_records(cfg: TrainConfig) -> list[data.Record]:
             recs += benign_degradation_records(real_train_records(BENIGN, data_dir), families=cfg.degrade_families,
                                                split="train", seed=cfg.seed,
                                                families_per_answer=cfg.degrade_per_answer)
+        elif src == "noise":  # word noise of the benign real answers: no degradation family
+            from moerm_build.data.degrade import benign_noise_records
+
+            recs += benign_noise_records(real_train_records(BENIGN, data_dir), seed=cfg.seed)
         else:
             recs += real_train_records([src], data_dir)
     for f in cfg.jsonl:
