@@ -95,17 +95,17 @@ def trl_reward_func(model: RewardModel, user: User = None, *,
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         pairs = [_clip(model, p, completion_text(c)) for p, c in zip(prompts, completions)]
         user_ids = kwargs.get("user_id")
-        ids: list[Any] = [None] * len(pairs)  # each row's user_id (None: ``user``)
-        if profiles is not None and user_ids is not None:
+        if profiles is None or user_ids is None:
+            if population_guard is None:
+                return model.score_pairs(pairs, user=user, batch_size=batch_size).tolist()
+            ids: list[Any] = [None] * len(pairs)  # each row's user_id (None: ``user``)
+            terms = [model.user_terms(user)] * len(pairs)
+        else:
             unknown = sorted({str(u) for u in user_ids if u is not None and u not in profiles})
             if unknown:
                 raise KeyError(f"no profile for user_id {unknown[0]!r}; known: {sorted(profiles)[:5]}")
             ids = list(user_ids)
             terms = [model.user_terms(profiles[u] if u is not None else user) for u in ids]
-        elif population_guard is None:
-            return model.score_pairs(pairs, user=user, batch_size=batch_size).tolist()
-        else:
-            terms = [model.user_terms(user)] * len(pairs)
         if population_guard is None:
             contributions, residual = model.score_rows(pairs, terms, batch_size=batch_size)
             return (contributions.sum(1) + residual).tolist()  # (B,)
