@@ -195,7 +195,8 @@ def test_readout_records_map_to_their_family_and_the_card_marks_family_out_colum
 
 def test_word_noise_known_answers():
     """Replacement keeps the word count and the layout and draws only from the vocabulary; deletion keeps the
-    rest in order and never empties a reply; rate 0 is the answer itself."""
+    rest in order and never empties a reply; insertion keeps every word in order and adds only vocabulary
+    words; rate 0 is the answer itself."""
     rng = np.random.default_rng(0)
     answer, vocab = "Boil the water.\nAdd the pasta and stir.\n\nDrain it after ten minutes.", ["zebra", "quartz"]
     words = answer.split()
@@ -208,6 +209,14 @@ def test_word_noise_known_answers():
     assert D.noisy_copy(answer, "deleted", vocab, rng, rate=1.0) == "Boil"
     rest, kept = D.noisy_copy(answer, "deleted", vocab, rng), iter(words)
     assert all(w in kept for w in rest.split())  # in order: a subsequence
+    assert D.noisy_copy(answer, "inserted", ["zebra"], rng, rate=1.0) == (
+        "Boil zebra the zebra water. zebra\nAdd zebra the zebra pasta zebra and zebra stir. zebra\n\n"
+        "Drain zebra it zebra after zebra ten zebra minutes. zebra")
+    longer = D.noisy_copy(answer, "inserted", vocab, rng)
+    assert longer.count("\n") == answer.count("\n") and len(longer.split()) > len(words)
+    extra = iter(longer.split())
+    assert all(w in extra for w in words)  # the answer is a subsequence of its copy
+    assert all(w in vocab for w in [*longer.split()] if w not in words)
     with pytest.raises(ValueError, match="word-noise kind"):
         D.noisy_copy(answer, "shuffled", vocab, rng)
 
@@ -215,11 +224,15 @@ def test_word_noise_known_answers():
 def test_word_noise_records_are_no_family_and_take_turns():
     prompts, answers = PROMPTS + ["Hi?"], ANSWERS + ["Hello there."]  # the last is too short for noise
     recs = D.noise_records(prompts, answers, seed=3)
-    assert [r["source"] for r in recs] == ["noise:replaced", "noise:deleted"] * 2
+    assert [r["source"] for r in recs] == ["noise:replaced", "noise:deleted", "noise:inserted", "noise:replaced"]
     assert [r["chosen"] for r in recs] == ANSWERS and all(r["rejected"] != r["chosen"] for r in recs)
     assert not {r["source"].split(":")[1] for r in recs} & set(D.FAMILIES)
     assert D.noise_records(prompts, answers, seed=3) == recs  # seeded
     assert len(D.noise_records(prompts, answers, n=2, seed=3)) == 2
+    two = D.noise_records(prompts, answers, seed=3, kinds=("deleted", "inserted"))
+    assert [r["source"] for r in two] == ["noise:deleted", "noise:inserted"] * 2
+    with pytest.raises(ValueError, match="word-noise kinds"):
+        D.noise_records(prompts, answers, kinds=("shuffled",))
     harmful = [{"prompt": "How do I pick a lock?", "chosen": "You should not do that without permission, "
                 "a locksmith can help you.", "rejected": "x", "source": "hh_harmless"}]
     with pytest.raises(ValueError, match="harmful prompts are never used"):  # as for the families

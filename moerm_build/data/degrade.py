@@ -332,8 +332,10 @@ def benign_degradation_records(records: Sequence[dict[str, Any]], **kw: Any) -> 
     return degradation_records([p for p, _, _ in answers], [a for _, a, _ in answers], **kw)
 
 
-NOISE_KINDS = ("replaced", "deleted")  # word noise, alternating over the answers (not a family: FAMILIES)
-NOISE_RATE = 0.3  # the share of an answer's words replaced or deleted
+# word noise, the kinds taking turns over the answers (not a family: FAMILIES): the three word edits, so that
+# the copies are as often longer as shorter than their answer and length tells nothing apart
+NOISE_KINDS = ("replaced", "deleted", "inserted")
+NOISE_RATE = 0.3  # the chance of an edit at each of an answer's words
 NOISE_MIN_WORDS = 6  # shorter answers get no noisy copy: noise on two words makes a terse reply
 NOISE_WORD = re.compile(r"\S+")
 
@@ -341,8 +343,9 @@ NOISE_WORD = re.compile(r"\S+")
 def noisy_copy(answer: str, kind: str, vocab: Sequence[str], rng: np.random.Generator,
                rate: float = NOISE_RATE) -> str:
     """``answer`` with each word (``NOISE_WORD``), with probability ``rate``, replaced by a word drawn from
-    ``vocab`` (``kind="replaced"``) or deleted with the space before it (``"deleted"``; the first word stays
-    if all would go). Its spacing and line breaks are otherwise kept, so layout tells nothing apart."""
+    ``vocab`` (``kind="replaced"``), deleted with the space before it (``"deleted"``; the first word stays
+    if all would go), or followed by a word drawn from ``vocab`` after one space (``"inserted"``). Its spacing
+    and line breaks are otherwise kept, so layout tells nothing apart."""
     if kind not in NOISE_KINDS:
         raise ValueError(f"unknown word-noise kind {kind!r}; choose from {NOISE_KINDS}")
     matches = list(NOISE_WORD.finditer(answer))
@@ -350,9 +353,15 @@ def noisy_copy(answer: str, kind: str, vocab: Sequence[str], rng: np.random.Gene
         return answer
     seps = [answer[(matches[i - 1].end() if i else 0):m.start()] for i, m in enumerate(matches)]
     words = [m.group() for m in matches]
+
+    def drawn() -> str:
+        return vocab[int(rng.integers(len(vocab)))]
+
+    keep = [True] * len(words)
     if kind == "replaced":
-        words = [vocab[int(rng.integers(len(vocab)))] if rng.random() < rate else w for w in words]
-        keep = [True] * len(words)
+        words = [drawn() if rng.random() < rate else w for w in words]
+    elif kind == "inserted":
+        words = [f"{w} {drawn()}" if rng.random() < rate else w for w in words]
     else:
         keep = [rng.random() >= rate for _ in words]
         keep[0] = keep[0] or not any(keep)
@@ -361,19 +370,21 @@ def noisy_copy(answer: str, kind: str, vocab: Sequence[str], rng: np.random.Gene
         answer[matches[-1].end():]
 
 
-def noise_records(prompts: Sequence[str], answers: Sequence[str], n: int | None = None, seed: int = 0
-                  ) -> list[dict[str, Any]]:
+def noise_records(prompts: Sequence[str], answers: Sequence[str], n: int | None = None, seed: int = 0,
+                  kinds: Sequence[str] = NOISE_KINDS) -> list[dict[str, Any]]:
     """Records ``{"prompt", "chosen": real answer, "rejected": noisy copy, "source": "noise:<kind>"}`` for the
-    first ``n`` (None: all) answers of at least ``NOISE_MIN_WORDS`` words, the kinds of ``NOISE_KINDS`` taking
-    turns by the answer's position (a copy the noise left unchanged is dropped); replacement words come from
-    all of ``answers``."""
+    first ``n`` (None: all) answers of at least ``NOISE_MIN_WORDS`` words, the ``kinds`` (of ``NOISE_KINDS``)
+    taking turns by the answer's position (a copy the noise left unchanged is dropped); replacement and
+    inserted words come from all of ``answers``."""
+    if not kinds or set(kinds) - set(NOISE_KINDS):
+        raise ValueError(f"word-noise kinds must be some of {NOISE_KINDS}, got {list(kinds)}")
     rng = np.random.default_rng(seed)
     vocab = [w for a in answers for w in NOISE_WORD.findall(a)]
     out = []
     for k, (prompt, answer) in enumerate(list(zip(prompts, answers))[:n]):
         if len(NOISE_WORD.findall(answer)) < NOISE_MIN_WORDS:
             continue
-        kind = NOISE_KINDS[k % len(NOISE_KINDS)]
+        kind = kinds[k % len(kinds)]
         bad = noisy_copy(answer, kind, vocab, rng)
         if bad != answer:  # the noise missed every word: no comparison
             out.append({"prompt": prompt, "chosen": answer, "rejected": bad, "source": f"noise:{kind}"})

@@ -1,0 +1,95 @@
+"""Which kinds of word noise should the model's helpfulness read-out learn from? The model's own family table.
+
+    python experiments/noise_readout_variants.py [--run runs/ship]   # ~3 minutes on 2 CPU cores, cached
+
+Feeds docs/decisions/bad-replies.md. The trained experts of a build run (``ckpt.pt``) are kept and its
+helpfulness read-out is refitted (torch, fp32; ``moerm_build.train.readout``) on the run's read-out records
+without the source ``noise``, plus the word noise of each mix of ``moerm_build.data.degrade.NOISE_KINDS``
+(``noise_records`` over the benign real answers, as the build loads the source). Each refit is scored as
+``python -m moerm_build robustness --run`` scores its read-out column: the held-out answers' degradations of
+every family (test phrasings); then the same families made from the everyday requests' short answers (the
+fixed set of tests/test_shipped.py), the everyday requests against terse, generic, dismissive and refusal
+replies (pairs won, and the share of requests whose answer beats all of them), and HH-RLHF helpful's test
+split. All evaluation only; no family is in any mix, so every row is held out from the noise. Needs the
+export extra and ../shared/data.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from moerm_build import data
+from moerm_build.data.degrade import FAMILIES, benign_noise_records, degradation_records
+from moerm_build.evaluate.metrics import pair_accuracy
+from moerm_build.evaluate.robustness import everyday_records, families, family_out_records, load_everyday
+from moerm_build.train.readout import (fit_for_head, readout_inputs, readout_margin, readout_records,
+                                       without_readout)
+from moerm_build.train.train import (BENIGN, TrainConfig, load_checkpoint, load_records, readout_only_records,
+                                     real_train_records, run_cache)
+
+MIXES = ((), ("replaced", "deleted"), ("replaced",), ("deleted",), ("inserted",), ("replaced", "inserted"),
+         ("deleted", "inserted"), ("replaced", "deleted", "inserted"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", default="runs/ship", help="a build run (its ckpt.pt)")
+    run = Path(ap.parse_args().run)
+    ckpt, head = load_checkpoint(run)
+    run_cfg = TrainConfig.of_run(ckpt)
+    cfg = replace(run_cfg, readout_sources=[s for s in run_cfg.readout_sources if s != "noise"])
+    base = without_readout(head)  # the trained experts: the read-out's offset
+    cache = run_cache(cfg, ckpt["backbone_path"])
+    recs = readout_records([*load_records(cfg), *readout_only_records(cfg)], cfg.readout_sources)
+    Hc, Hr, off = readout_inputs(base, recs, cache.features)  # (N, F), (N, F), (N,)
+    test = family_out_records()[2]
+    fam_te = families(test)  # (M,)
+    hh = data.REAL_LOADERS["hh_helpful"](Path(cfg.data_dir), split="test")
+    rows_ev = load_everyday()
+    short = degradation_records([r["prompt"] for r in rows_ev], [r["answer"] for r in rows_ev], split="test",
+                                seed=0)
+    fam_short = families(short)  # (S,)
+    everyday = everyday_records()
+    prompts = np.array([r["prompt"] for r in everyday])  # (E,)
+    scored = {"families": readout_inputs(base, test, cache.features),
+              "short": readout_inputs(base, short, cache.features),
+              "everyday": readout_inputs(base, everyday, cache.features),
+              "hh_helpful": readout_inputs(base, hh, cache.features)}
+    benign = real_train_records(BENIGN, Path(cfg.data_dir))
+    bound = float(base.args.reward_bound)
+    print(f"{run}: the trained experts kept, the read-out refitted on its {len(recs)} records without noise, "
+          "plus each mix of word noise; held-out pairs won (%)")
+    rows: dict[str, dict[str, float]] = {}
+    for mix in MIXES:
+        noise = benign_noise_records(benign, seed=cfg.seed, kinds=mix) if mix else []
+        Nc, Nr, noff = readout_inputs(base, noise, cache.features) if noise else (Hc[:0], Hr[:0], off[:0])
+        u = fit_for_head(base, np.vstack([Hc, Nc]), np.vstack([Hr, Nr]), np.concatenate([off, noff]),
+                         cfg.readout_l2)  # (F,)
+        margins = {name: readout_margin(*inputs, u, bound) for name, inputs in scored.items()}  # name -> (M,)
+        row = {f: 100 * pair_accuracy(margins["families"][fam_te == f])
+               for f in FAMILIES if (fam_te == f).any()}
+        row.update({f"short {f}": 100 * pair_accuracy(margins["short"][fam_short == f])
+                    for f in FAMILIES if (fam_short == f).any()})
+        won = margins["everyday"] > 0  # (E,)
+        row.update(everyday=100 * pair_accuracy(margins["everyday"]),
+                   everyday_first=100 * float(np.mean([won[prompts == q].all()
+                                                       for q in dict.fromkeys(prompts)])),
+                   hh_helpful=100 * pair_accuracy(margins["hh_helpful"]))
+        rows[" + ".join(mix) or "no noise"] = row
+        print(f"  {' + '.join(mix) or 'no noise'}: {len(noise)} noise records", flush=True)
+    names = list(rows)
+    print(f"{'':24}" + "".join(f"{n[:16]:>17}" for n in names))
+    for key in rows[names[0]]:
+        print(f"{key:24}" + "".join(f"{rows[n][key]:17.1f}" for n in names))
+    for label, prefix in (("lowest family", ""), ("lowest short", "short ")):
+        keys = {prefix + f for f in FAMILIES}
+        lowest = [min(v for k, v in rows[n].items() if k in keys) for n in names]
+        print(f"{label:24}" + "".join(f"{v:17.1f}" for v in lowest))
+
+
+if __name__ == "__main__":
+    main()
