@@ -10,8 +10,10 @@ without the source ``noise``, plus the word noise of each mix of ``moerm_build.d
 every family (test phrasings); then the same families made from the everyday requests' short answers (the
 fixed set of tests/test_shipped.py), the everyday requests against terse, generic, dismissive and refusal
 replies (pairs won, and the share of requests whose answer beats all of them), and HH-RLHF helpful's test
-split. All evaluation only; no family is in any mix, so every row is held out from the noise. Needs the
-export extra and ../shared/data.
+split. All evaluation only; no family is in any mix, so every row is held out from the noise. Last, where the
+short answers' echo moves: the read-out's term ``(h_chosen - h_echo) . u`` averaged over those pairs, per
+block of the features and per text statistic, without noise and with all three kinds. Needs the export
+extra and ../shared/data.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+from moerm_lite.features import check_layout, feature_blocks
 
 from moerm_build import data
 from moerm_build.data.degrade import FAMILIES, benign_noise_records, degradation_records
@@ -33,6 +37,25 @@ from moerm_build.train.train import (BENIGN, TrainConfig, load_checkpoint, load_
 
 MIXES = ((), ("replaced", "deleted"), ("replaced",), ("deleted",), ("inserted",), ("replaced", "inserted"),
          ("deleted", "inserted"), ("replaced", "deleted", "inserted"))
+
+
+def echo_terms(Sc: np.ndarray, Sr: np.ndarray, fam_short: np.ndarray,
+               weights: dict[tuple[str, ...], np.ndarray], layout: str) -> None:
+    """Print the mean read-out term (chosen minus echo) of the short answers' echo pairs (features (S, F) of
+    the chosen and the rejected replies) per feature block and per text statistic of ``layout``, without
+    noise and with every kind."""
+    d = (Sc - Sr)[fam_short == "echo"].mean(0)  # (F,)
+    u0, u1 = weights[()], weights[MIXES[-1]]  # (F,) each
+    stats = check_layout(layout)
+    blocks = feature_blocks((len(d) - len(stats)) // 2, layout)
+    edges = np.cumsum([0, *blocks.values()])
+    print("short answers' echo: mean read-out term, chosen minus echo: no noise -> all three kinds")
+    for name, a, z in zip(blocks, edges[:-1], edges[1:]):
+        print(f"  block {name:18}{d[a:z] @ u0[a:z]:+8.3f} -> {d[a:z] @ u1[a:z]:+8.3f}")
+    for i, name in enumerate(stats):
+        j = edges[2] + i
+        if abs(d[j]) > 1e-6:
+            print(f"  statistic {name:18}{d[j] * u0[j]:+8.3f} -> {d[j] * u1[j]:+8.3f}")
 
 
 def main() -> None:
@@ -64,11 +87,13 @@ def main() -> None:
     print(f"{run}: the trained experts kept, the read-out refitted on its {len(recs)} records without noise, "
           "plus each mix of word noise; held-out pairs won (%)")
     rows: dict[str, dict[str, float]] = {}
+    weights: dict[tuple[str, ...], np.ndarray] = {}
     for mix in MIXES:
         noise = benign_noise_records(benign, seed=cfg.seed, kinds=mix) if mix else []
         Nc, Nr, noff = readout_inputs(base, noise, cache.features) if noise else (Hc[:0], Hr[:0], off[:0])
         u = fit_for_head(base, np.vstack([Hc, Nc]), np.vstack([Hr, Nr]), np.concatenate([off, noff]),
                          cfg.readout_l2)  # (F,)
+        weights[mix] = u
         margins = {name: readout_margin(*inputs, u, bound) for name, inputs in scored.items()}  # name -> (M,)
         row = {f: 100 * pair_accuracy(margins["families"][fam_te == f])
                for f in FAMILIES if (fam_te == f).any()}
@@ -85,6 +110,7 @@ def main() -> None:
     print(f"{'':24}" + "".join(f"{n[:16]:>17}" for n in names))
     for key in rows[names[0]]:
         print(f"{key:24}" + "".join(f"{rows[n][key]:17.1f}" for n in names))
+    echo_terms(*scored["short"][:2], fam_short, weights, cfg.feature_layout)
     for label, prefix in (("lowest family", ""), ("lowest short", "short ")):
         keys = {prefix + f for f in FAMILIES}
         lowest = [min(v for k, v in rows[n].items() if k in keys) for n in names]
@@ -93,3 +119,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
