@@ -1,6 +1,6 @@
 """Which kinds of word noise should the model's helpfulness read-out learn from? The model's own family table.
 
-    python experiments/noise_readout_variants.py [--run runs/ship]   # ~3 minutes on 2 CPU cores, cached
+    python experiments/noise_readout_variants.py [--run runs/ship]   # ~1 minute on 2 CPU cores, cached
 
 Feeds docs/decisions/bad-replies.md. The trained experts of a build run (``ckpt.pt``) are kept and its
 helpfulness read-out is refitted (torch, fp32; ``moerm_build.train.readout``) on the run's read-out records
@@ -29,7 +29,8 @@ from moerm_lite.features import check_layout, feature_blocks
 from moerm_build import data
 from moerm_build.data.degrade import FAMILIES, benign_noise_records, degradation_records
 from moerm_build.evaluate.metrics import pair_accuracy
-from moerm_build.evaluate.robustness import everyday_records, families, family_out_records, load_everyday
+from moerm_build.evaluate.robustness import (answer_first, everyday_records, families, family_out_records,
+                                             load_everyday)
 from moerm_build.train.readout import (fit_for_head, readout_inputs, readout_margin, readout_records,
                                        without_readout)
 from moerm_build.train.train import (BENIGN, TrainConfig, load_checkpoint, load_records, readout_only_records,
@@ -49,11 +50,12 @@ def echo_terms(Sc: np.ndarray, Sr: np.ndarray, fam_short: np.ndarray,
     stats = check_layout(layout)
     blocks = feature_blocks((len(d) - len(stats)) // 2, layout)
     edges = np.cumsum([0, *blocks.values()])
+    start = int(edges[list(blocks).index("statistics")])
     print("short answers' echo: mean read-out term, chosen minus echo: no noise -> all three kinds")
     for name, a, z in zip(blocks, edges[:-1], edges[1:]):
         print(f"  block {name:18}{d[a:z] @ u0[a:z]:+8.3f} -> {d[a:z] @ u1[a:z]:+8.3f}")
     for i, name in enumerate(stats):
-        j = edges[2] + i
+        j = start + i
         if abs(d[j]) > 1e-6:
             print(f"  statistic {name:18}{d[j] * u0[j]:+8.3f} -> {d[j] * u1[j]:+8.3f}")
 
@@ -99,10 +101,8 @@ def main() -> None:
                for f in FAMILIES if (fam_te == f).any()}
         row.update({f"short {f}": 100 * pair_accuracy(margins["short"][fam_short == f])
                     for f in FAMILIES if (fam_short == f).any()})
-        won = margins["everyday"] > 0  # (E,)
         row.update(everyday=100 * pair_accuracy(margins["everyday"]),
-                   everyday_first=100 * float(np.mean([won[prompts == q].all()
-                                                       for q in dict.fromkeys(prompts)])),
+                   everyday_first=100 * answer_first(margins["everyday"] > 0, prompts),
                    hh_helpful=100 * pair_accuracy(margins["hh_helpful"]))
         rows[" + ".join(mix) or "no noise"] = row
         print(f"  {' + '.join(mix) or 'no noise'}: {len(noise)} noise records", flush=True)

@@ -20,8 +20,9 @@ failure, not a list of texts. The families (``FAMILIES``):
 - ``mixed_language``: the answer with sentences in another language in place of its own.
 
 *Word noise* (``noise_records``) is not a family: a share of the answer's words replaced by words of other
-answers, or deleted at random. It names no kind of failure, so training on it leaves every family held out
-(docs/decisions/bad-replies.md, "Generic corruptions instead of a list").
+answers, deleted at random, or followed by words of other answers. It names no kind of failure, so training
+on it leaves every family held out (docs/decisions/bad-replies.md, "Generic corruptions instead of a list"
+and "Word noise in the model's read-out").
 
 Phrase pools are split: ``split="train"`` draws from the first two thirds of each pool, ``"test"`` from
 the rest, so a family-out check never meets a training phrasing. Harmful prompts are never used
@@ -379,10 +380,11 @@ def noise_records(prompts: Sequence[str], answers: Sequence[str], n: int | None 
     if not kinds or set(kinds) - set(NOISE_KINDS):
         raise ValueError(f"word-noise kinds must be some of {NOISE_KINDS}, got {list(kinds)}")
     rng = np.random.default_rng(seed)
-    vocab = [w for a in answers for w in NOISE_WORD.findall(a)]
+    tokens = [NOISE_WORD.findall(a) for a in answers]  # each answer's words
+    vocab = [w for words in tokens for w in words]
     out = []
-    for k, (prompt, answer) in enumerate(list(zip(prompts, answers))[:n]):
-        if len(NOISE_WORD.findall(answer)) < NOISE_MIN_WORDS:
+    for k, (prompt, answer, words) in enumerate(list(zip(prompts, answers, tokens))[:n]):
+        if len(words) < NOISE_MIN_WORDS:
             continue
         kind = kinds[k % len(kinds)]
         bad = noisy_copy(answer, kind, vocab, rng)

@@ -216,6 +216,12 @@ def family_of(source: str) -> str:
     return ""
 
 
+def answer_first(win: np.ndarray, prompts: np.ndarray) -> float:
+    """The share of requests whose answer wins every one of its pairs: ``win`` (N,) bool, one pair each of
+    ``prompts`` (N,)."""
+    return float(np.mean([win[prompts == p].all() for p in dict.fromkeys(prompts.tolist())]))
+
+
 def everyday(fz: Any, w0: np.ndarray) -> dict[str, Any]:
     """Everyday requests: share of (answer, worse reply) pairs the answer wins, by kind, and the share of
     requests whose answer scores above every worse reply."""
@@ -224,10 +230,9 @@ def everyday(fz: Any, w0: np.ndarray) -> dict[str, Any]:
     win = phi @ w0 > 0  # (N,)
     kinds = np.array([r["kind"] for r in recs])
     prompts = np.array([r["prompt"] for r in recs])
-    first = [bool(win[prompts == p].all()) for p in dict.fromkeys(prompts.tolist())]
     cos = dX[:, -len(SURFACE)] > 0  # the cosine (SURFACE[0]) alone
-    return {"n_requests": len(first), "n_pairs": len(recs), "wins": float(win.mean()),
-            "answer_first": float(np.mean(first)), "cosine_wins": float(cos.mean()),
+    return {"n_requests": len(set(prompts.tolist())), "n_pairs": len(recs), "wins": float(win.mean()),
+            "answer_first": answer_first(win, prompts), "cosine_wins": float(cos.mean()),
             **{k: float(win[kinds == k].mean()) for k in EVERYDAY_KINDS}}
 
 
