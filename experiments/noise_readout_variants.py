@@ -5,7 +5,9 @@
 Feeds docs/decisions/bad-replies.md. The trained experts of a build run (``ckpt.pt``) are kept and its
 helpfulness read-out is refitted (torch, fp32; ``moerm_build.train.readout``) on the run's read-out records
 without the source ``noise``, plus the word noise of each mix of ``moerm_build.data.degrade.NOISE_KINDS``
-(``noise_records`` over the benign real answers, as the build loads the source). Each refit is scored as
+(``noise_records`` over the benign real answers, as the build loads the source), and once more with all three
+kinds but the text statistics' weights held where the fit without noise put them (only the embeddings' weights
+learn from the noise). Each refit is scored as
 ``python -m moerm_build robustness --run`` scores its read-out column: the held-out answers' degradations of
 every family (test phrasings); then the same families made from the everyday requests' short answers (the
 fixed set of tests/test_shipped.py), the everyday requests against terse, generic, dismissive and refusal
@@ -40,6 +42,14 @@ MIXES = ((), ("replaced", "deleted"), ("replaced",), ("deleted",), ("inserted",)
          ("deleted", "inserted"), ("replaced", "deleted", "inserted"))
 
 
+def statistics_span(n_features: int, layout: str) -> tuple[int, int]:
+    """Where the text statistics sit in pair features of ``layout``: (start, stop)."""
+    n_stats = len(check_layout(layout))
+    blocks = feature_blocks((n_features - n_stats) // 2, layout)
+    start = int(sum(list(blocks.values())[:list(blocks).index("statistics")]))
+    return start, start + blocks["statistics"]
+
+
 def echo_terms(Sc: np.ndarray, Sr: np.ndarray, fam_short: np.ndarray,
                weights: dict[tuple[str, ...], np.ndarray], layout: str) -> None:
     """Print the mean read-out term (chosen minus echo) of the short answers' echo pairs (features (S, F) of
@@ -50,7 +60,7 @@ def echo_terms(Sc: np.ndarray, Sr: np.ndarray, fam_short: np.ndarray,
     stats = check_layout(layout)
     blocks = feature_blocks((len(d) - len(stats)) // 2, layout)
     edges = np.cumsum([0, *blocks.values()])
-    start = int(edges[list(blocks).index("statistics")])
+    start = statistics_span(len(d), layout)[0]
     print("short answers' echo: mean read-out term, chosen minus echo: no noise -> all three kinds")
     for name, a, z in zip(blocks, edges[:-1], edges[1:]):
         print(f"  block {name:18}{d[a:z] @ u0[a:z]:+8.3f} -> {d[a:z] @ u1[a:z]:+8.3f}")
@@ -90,12 +100,8 @@ def main() -> None:
           "plus each mix of word noise; held-out pairs won (%)")
     rows: dict[str, dict[str, float]] = {}
     weights: dict[tuple[str, ...], np.ndarray] = {}
-    for mix in MIXES:
-        noise = benign_noise_records(benign, seed=cfg.seed, kinds=mix) if mix else []
-        Nc, Nr, noff = readout_inputs(base, noise, cache.features) if noise else (Hc[:0], Hr[:0], off[:0])
-        u = fit_for_head(base, np.vstack([Hc, Nc]), np.vstack([Hr, Nr]), np.concatenate([off, noff]),
-                         cfg.readout_l2)  # (F,)
-        weights[mix] = u
+
+    def score(u: np.ndarray) -> dict[str, float]:
         margins = {name: readout_margin(*inputs, u, bound) for name, inputs in scored.items()}  # name -> (M,)
         row = {f: 100 * pair_accuracy(margins["families"][fam_te == f])
                for f in FAMILIES if (fam_te == f).any()}
@@ -104,8 +110,19 @@ def main() -> None:
         row.update(everyday=100 * pair_accuracy(margins["everyday"]),
                    everyday_first=100 * answer_first(margins["everyday"] > 0, prompts),
                    hh_helpful=100 * pair_accuracy(margins["hh_helpful"]))
-        rows[" + ".join(mix) or "no noise"] = row
+        return row
+
+    for mix in MIXES:
+        noise = benign_noise_records(benign, seed=cfg.seed, kinds=mix) if mix else []
+        Nc, Nr, noff = readout_inputs(base, noise, cache.features) if noise else (Hc[:0], Hr[:0], off[:0])
+        Ac, Ar, Aoff = np.vstack([Hc, Nc]), np.vstack([Hr, Nr]), np.concatenate([off, noff])  # (N + n, F) ...
+        weights[mix] = fit_for_head(base, Ac, Ar, Aoff, cfg.readout_l2)  # (F,)
+        rows[" + ".join(mix) or "no noise"] = score(weights[mix])
         print(f"  {' + '.join(mix) or 'no noise'}: {len(noise)} noise records", flush=True)
+    # all three kinds, the text statistics' weights held where the fit without noise put them
+    held = np.zeros(len(weights[()]), bool)  # (F,)
+    held[slice(*statistics_span(len(held), cfg.feature_layout))] = True
+    rows["all, statistics held"] = score(fit_for_head(base, Ac, Ar, Aoff, cfg.readout_l2, held, weights[()]))
     names = list(rows)
     print(f"{'':24}" + "".join(f"{n[:16]:>17}" for n in names))
     for key in rows[names[0]]:

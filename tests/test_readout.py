@@ -99,6 +99,13 @@ def test_fit_recovers_a_planted_linear_preference_and_stops_where_the_margin_alr
     s = np.linspace(0.5, 2.0, F)  # a penalty in the features' own units: the fit on h * s, mapped back
     np.testing.assert_allclose(fit_linear_readout(Hc, Hr, np.zeros(N), 1.0, 0.0, std=s),
                                fit_linear_readout(Hc * s, Hr * s, np.zeros(N), 1.0, 0.0) * s, atol=1e-4)
+    held = np.arange(F) < 4  # the first four weights held at a start: they stay, the rest make up for them
+    start = np.where(held, u_true * 0.5, 99.0)  # the free weights' start is far off and must not matter
+    part = fit_linear_readout(Hc, Hr, np.zeros(N), 1e-3, 0.0, std=s, held=held, start=start)
+    np.testing.assert_array_equal(part[held], start[held])
+    assert np.corrcoef(part[~held], u_true[~held])[0, 1] > 0.98
+    np.testing.assert_allclose(fit_linear_readout(Hc, Hr, np.zeros(N), 1e-3, 0.0, std=s, start=start),
+                               fit_linear_readout(Hc, Hr, np.zeros(N), 1e-3, 0.0, std=s), atol=1e-3)
 
 
 def test_readout_fits_population_records_of_the_named_sources_only():

@@ -50,13 +50,15 @@ def source_family(source: str) -> str:
 
 
 def fit_linear_readout(h_chosen: np.ndarray, h_rejected: np.ndarray, offset: np.ndarray, l2: float,
-                       bound: float, std: np.ndarray | None = None) -> np.ndarray:
+                       bound: float, std: np.ndarray | None = None, held: np.ndarray | None = None,
+                       start: np.ndarray | None = None) -> np.ndarray:
     """u (F,) = argmin  -sum_i log sigmoid(offset_i + r(h_chosen_i) - r(h_rejected_i))  +  l2 ||u / std||^2,
     r(h) = c tanh(h . u / c) (c = ``bound``; 0: r = h . u); L-BFGS in float64, analytic gradient.
 
     With ``std`` (F,), the standardisation of ``h``, the penalty is on the weights of the features in their
     own units (``u / std``): standardised, the many embedding directions of tiny spread would weigh as
     much as the few that carry most of it (measured: noisier held-out accuracy, experiments/readout_scan.py).
+    The fit starts from ``start`` (F,) (None: 0); the weights where ``held`` (F,) is True stay at it.
     """
     from scipy.optimize import minimize
     from scipy.special import expit, log_expit
@@ -79,7 +81,9 @@ def fit_linear_readout(h_chosen: np.ndarray, h_rejected: np.ndarray, offset: np.
         grad = -((e * gc) @ Hc - (e * gr) @ Hr) + 2 * l2 * u  # (F,)
         return float(-log_expit(z).sum() + l2 * u @ u), grad
 
-    v = minimize(loss_grad, np.zeros(Hc.shape[1]), jac=True, method="L-BFGS-B", options={"maxiter": 2000}).x
+    v0 = np.zeros(Hc.shape[1]) if start is None else np.asarray(start, np.float64) / s  # (F,)
+    bounds = None if held is None else [(x, x) if h else (None, None) for x, h in zip(v0, held)]
+    v = minimize(loss_grad, v0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 2000}).x
     return v * s  # (F,): h . u = (h * s) . v
 
 
@@ -179,10 +183,10 @@ def readout_margin(h_chosen: np.ndarray, h_rejected: np.ndarray, offset: np.ndar
 
 
 def fit_for_head(head: MoEHead, h_chosen: np.ndarray, h_rejected: np.ndarray, offset: np.ndarray,
-                 l2: float) -> np.ndarray:
+                 l2: float, held: np.ndarray | None = None, start: np.ndarray | None = None) -> np.ndarray:
     """``fit_linear_readout`` as ``head`` needs it: its reward bound, the penalty in its features' units."""
     return fit_linear_readout(h_chosen, h_rejected, offset, l2, float(head.args.reward_bound),
-                              head.feat_std.double().numpy())
+                              head.feat_std.double().numpy(), held, start)
 
 
 def add_readout(head: MoEHead, recs: Sequence[dict[str, Any]], sources: Sequence[str], l2: float,
