@@ -34,9 +34,8 @@ from moerm_build.evaluate.robustness import (TRAIN_SOURCES, everyday_records, fa
                                              heldout_answer_records)
 from moerm_build.model import Backbone, MoEHead
 from moerm_build.train.embed import embed_texts, features_of, text_tokenizer
-from moerm_build.train.readout import (fit_for_head, readout_inputs, readout_margin, readout_records, readout_reward,
-                                       without_readout)
-from moerm_build.train.train import TrainConfig, load_checkpoint, load_records, readout_only_records, run_cache
+from moerm_build.train.readout import fit_for_head, readout_inputs, readout_margin, readout_reward
+from moerm_build.train.train import readout_refit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,22 +84,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     t0 = time.time()
-    ckpt, head = load_checkpoint(args.run)
-    cfg = TrainConfig.of_run(ckpt)
-    base = without_readout(head)  # the trained experts: the read-out's offset
-    cache = run_cache(cfg, ckpt["backbone_path"])
-    embed = MemoEmbed(ckpt["backbone_path"], cfg.max_length, ROOT / "runs" / "scratch")
+    rf = readout_refit(args.run)
+    cfg, base, Hc, Hr, off = rf.cfg, rf.base, rf.chosen, rf.rejected, rf.offset
+    embed = MemoEmbed(rf.ckpt["backbone_path"], cfg.max_length, ROOT / "runs" / "scratch")
     bound = float(base.args.reward_bound)
 
-    recs = readout_records([*load_records(cfg), *readout_only_records(cfg)], cfg.readout_sources)
-    Hc, Hr, off = readout_inputs(base, recs, cache.features)  # (N, F), (N, F), (N,)
     test = family_out_records()[2]
     fam_te = families(test)
-    Tc, Tr, toff = readout_inputs(base, test, cache.features)
+    Tc, Tr, toff = rf.inputs(test)
     everyday = everyday_records()
-    Ec, Er, eoff = readout_inputs(base, everyday, cache.features)
+    Ec, Er, eoff = rf.inputs(everyday)
     hh = [r for r in data.load_hh_helpful(split="test") if r["prompt"].strip()]
-    Gc, Gr, goff = readout_inputs(base, hh, cache.features)
+    Gc, Gr, goff = rf.inputs(hh)
 
     train_answers = real_answers([r for s in TRAIN_SOURCES for r in data.REAL_LOADERS[s](split="train")])
     held = real_answers(heldout_answer_records())

@@ -25,8 +25,8 @@ import torch
 from moerm_build.data.degrade import FAMILIES
 from moerm_build.evaluate.metrics import pair_accuracy
 from moerm_build.evaluate.robustness import families, family_of, family_out_records, trained_families
-from moerm_build.train.readout import fit_for_head, readout_inputs, readout_margin, readout_records, without_readout
-from moerm_build.train.train import TrainConfig, load_checkpoint, load_records, readout_only_records, run_cache
+from moerm_build.train.readout import fit_for_head, readout_margin
+from moerm_build.train.train import readout_refit
 from nonlinear_readout_probe import train_bradley_terry  # the sibling experiment's Bradley-Terry loop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,16 +63,12 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=1e-2)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    ckpt, head = load_checkpoint(args.run)
-    cfg = TrainConfig.of_run(ckpt)
-    base = without_readout(head)  # the trained experts: the read-out's offset
-    cache = run_cache(cfg, ckpt["backbone_path"])
-    recs = readout_records([*load_records(cfg), *readout_only_records(cfg)], cfg.readout_sources)
+    rf = readout_refit(args.run)
+    cfg, base, recs, Hc, Hr, off = rf.cfg, rf.base, rf.records, rf.chosen, rf.rejected, rf.offset
     fam = np.array([family_of(r["source"]) for r in recs])  # (N,) "" for real comparisons
-    Hc, Hr, off = readout_inputs(base, recs, cache.features)  # (N, F), (N, F), (N,)
     test = family_out_records()[2]
     fam_te = families(test)
-    Tc, Tr, toff = readout_inputs(base, test, cache.features)
+    Tc, Tr, toff = rf.inputs(test)
     bound = float(base.args.reward_bound)
     trained = set(trained_families({"sources": cfg.sources,
                                     "degrade_families": cfg.degrade_families if "degrade" in cfg.sources else []}))

@@ -21,7 +21,6 @@ extra and ../shared/data.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +32,8 @@ from moerm_build.data.degrade import FAMILIES, benign_noise_records, degradation
 from moerm_build.evaluate.metrics import pair_accuracy
 from moerm_build.evaluate.robustness import (answer_first, everyday_records, families, family_out_records,
                                              load_everyday)
-from moerm_build.train.readout import (fit_for_head, readout_inputs, readout_margin, readout_records,
-                                       without_readout)
-from moerm_build.train.train import (BENIGN, TrainConfig, load_checkpoint, load_records, readout_only_records,
-                                     real_train_records, run_cache)
+from moerm_build.train.readout import fit_for_head, readout_margin
+from moerm_build.train.train import BENIGN, readout_refit, real_train_records
 
 MIXES = ((), ("replaced", "deleted"), ("replaced",), ("deleted",), ("inserted",), ("replaced", "inserted"),
          ("deleted", "inserted"), ("replaced", "deleted", "inserted"))
@@ -74,13 +71,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", default="runs/ship", help="a build run (its ckpt.pt)")
     run = Path(ap.parse_args().run)
-    ckpt, head = load_checkpoint(run)
-    run_cfg = TrainConfig.of_run(ckpt)
-    cfg = replace(run_cfg, readout_sources=[s for s in run_cfg.readout_sources if s != "noise"])
-    base = without_readout(head)  # the trained experts: the read-out's offset
-    cache = run_cache(cfg, ckpt["backbone_path"])
-    recs = readout_records([*load_records(cfg), *readout_only_records(cfg)], cfg.readout_sources)
-    Hc, Hr, off = readout_inputs(base, recs, cache.features)  # (N, F), (N, F), (N,)
+    rf = readout_refit(run, drop_sources=["noise"])
+    cfg, base, recs, Hc, Hr, off = rf.cfg, rf.base, rf.records, rf.chosen, rf.rejected, rf.offset
     test = family_out_records()[2]
     fam_te = families(test)  # (M,)
     hh = data.REAL_LOADERS["hh_helpful"](Path(cfg.data_dir), split="test")
@@ -90,10 +82,8 @@ def main() -> None:
     fam_short = families(short)  # (S,)
     everyday = everyday_records()
     prompts = np.array([r["prompt"] for r in everyday])  # (E,)
-    scored = {"families": readout_inputs(base, test, cache.features),
-              "short": readout_inputs(base, short, cache.features),
-              "everyday": readout_inputs(base, everyday, cache.features),
-              "hh_helpful": readout_inputs(base, hh, cache.features)}
+    scored = {"families": rf.inputs(test), "short": rf.inputs(short), "everyday": rf.inputs(everyday),
+              "hh_helpful": rf.inputs(hh)}
     benign = real_train_records(BENIGN, Path(cfg.data_dir))
     bound = float(base.args.reward_bound)
     print(f"{run}: the trained experts kept, the read-out refitted on its {len(recs)} records without noise, "
@@ -114,7 +104,7 @@ def main() -> None:
 
     for mix in MIXES:
         noise = benign_noise_records(benign, seed=cfg.seed, kinds=mix) if mix else []
-        Nc, Nr, noff = readout_inputs(base, noise, cache.features) if noise else (Hc[:0], Hr[:0], off[:0])
+        Nc, Nr, noff = rf.inputs(noise) if noise else (Hc[:0], Hr[:0], off[:0])
         Ac, Ar, Aoff = np.vstack([Hc, Nc]), np.vstack([Hr, Nr]), np.concatenate([off, noff])  # (N + n, F) ...
         weights[mix] = fit_for_head(base, Ac, Ar, Aoff, cfg.readout_l2)  # (F,)
         rows[" + ".join(mix) or "no noise"] = score(weights[mix])

@@ -172,19 +172,15 @@ def readout_family_out(run: "str | Path", seed: int = 0) -> dict[str, Any]:
     *without* each degradation family, scored on the held-out answers of ``family_table`` (torch, fp32).
     A family the experts trained on (the ``contrast`` kinds) is reported but not family-out: marked
     ``"experts_trained"``. Rows ``{family: {"n", "readout_all", "readout_family_out", "experts_trained"}}``."""
-    from moerm_build.train.readout import fit_for_head, readout_inputs, readout_margin, readout_records, without_readout
-    from moerm_build.train.train import TrainConfig, load_checkpoint, load_records, readout_only_records, run_cache
+    from moerm_build.train.readout import fit_for_head, readout_margin
+    from moerm_build.train.train import readout_refit
 
-    ckpt, head = load_checkpoint(run)
-    cfg = TrainConfig.of_run(ckpt)
-    base = without_readout(head)  # the trained experts: the read-out's offset
-    cache = run_cache(cfg, ckpt["backbone_path"])
-    recs = readout_records([*load_records(cfg), *readout_only_records(cfg)], cfg.readout_sources)
+    rf = readout_refit(run)
+    cfg, base, recs, Hc, Hr, off = rf.cfg, rf.base, rf.records, rf.chosen, rf.rejected, rf.offset
     fam = np.array([family_of(r["source"]) for r in recs])  # (N,) "" for real comparisons
-    Hc, Hr, off = readout_inputs(base, recs, cache.features)
     test = family_out_records(seed)[2]
     fam_te = families(test)
-    Tc, Tr, toff = readout_inputs(base, test, cache.features)
+    Tc, Tr, toff = rf.inputs(test)
 
     def margin(keep: np.ndarray) -> np.ndarray:
         u = fit_for_head(base, Hc[keep], Hr[keep], off[keep], cfg.readout_l2)  # (F,)

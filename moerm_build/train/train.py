@@ -36,7 +36,8 @@ from moerm_build.train.embed import (
     tokenizer_json,
 )
 from moerm_build.model import ModelArgs, MoEHead, positive_correlation, router_entropy, switch_load_balance
-from moerm_build.train.readout import add_attribute_readouts, add_readout
+from moerm_build.train.readout import (add_attribute_readouts, add_readout, readout_inputs, readout_records,
+                                      without_readout)
 
 log = logging.getLogger("moerm_build")
 # the degradation families a build with source "degrade" trains on (moerm_build.data.degrade), and the fine-tuned
@@ -450,6 +451,36 @@ def load_checkpoint(path: "str | Path") -> tuple[dict[str, Any], MoEHead]:
     head.load_state_dict(ckpt["head"])
     head.eval()
     return ckpt, head
+
+
+@dataclass
+class ReadoutRefit:
+    """A run's trained experts without their helpfulness read-out, and what refitting it needs: the read-out
+    records of ``cfg.readout_sources`` as ``moerm_build.train.readout.fit_for_head`` takes them."""
+    ckpt: dict[str, Any]
+    cfg: TrainConfig
+    base: MoEHead  # the trained experts: the read-out's offset
+    cache: EmbeddingCache
+    records: list[data.Record]
+    chosen: np.ndarray  # (N, F) standardised pair features
+    rejected: np.ndarray  # (N, F)
+    offset: np.ndarray  # (N,) the trained experts' margin
+
+    def inputs(self, recs: Sequence[data.Record]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``readout_inputs`` of other records under these experts: chosen, rejected (M, F), margin (M,)."""
+        return readout_inputs(self.base, recs, self.cache.features)
+
+
+def readout_refit(run: "str | Path", drop_sources: Sequence[str] = ()) -> ReadoutRefit:
+    """What refitting the helpfulness read-out of the run ``run`` (``ckpt.pt``) needs, on its own read-out
+    records less the sources ``drop_sources``."""
+    ckpt, head = load_checkpoint(run)
+    run_cfg = TrainConfig.of_run(ckpt)
+    cfg = replace(run_cfg, readout_sources=[s for s in run_cfg.readout_sources if s not in drop_sources])
+    base = without_readout(head)
+    cache = run_cache(cfg, ckpt["backbone_path"])
+    recs = readout_records([*load_records(cfg), *readout_only_records(cfg)], cfg.readout_sources)
+    return ReadoutRefit(ckpt, cfg, base, cache, recs, *readout_inputs(base, recs, cache.features))
 
 
 def readout_run(run: "str | Path", cfg: TrainConfig, records: Optional[list[data.Record]] = None) -> bool:
