@@ -28,7 +28,7 @@ import numpy as np
 from moerm_lite.features import check_layout, feature_blocks
 
 from moerm_build import data
-from moerm_build.data.degrade import FAMILIES, benign_noise_records, degradation_records
+from moerm_build.data.degrade import FAMILIES, NOISE_KINDS, benign_noise_records, degradation_records
 from moerm_build.evaluate.metrics import pair_accuracy
 from moerm_build.evaluate.robustness import (answer_first, everyday_records, families, family_out_records,
                                              load_everyday)
@@ -37,14 +37,6 @@ from moerm_build.train.train import BENIGN, readout_refit, real_train_records
 
 MIXES = ((), ("replaced", "deleted"), ("replaced",), ("deleted",), ("inserted",), ("replaced", "inserted"),
          ("deleted", "inserted"), ("replaced", "deleted", "inserted"))
-
-
-def statistics_span(n_features: int, layout: str) -> tuple[int, int]:
-    """Where the text statistics sit in pair features of ``layout``: (start, stop)."""
-    n_stats = len(check_layout(layout))
-    blocks = feature_blocks((n_features - n_stats) // 2, layout)
-    start = int(sum(list(blocks.values())[:list(blocks).index("statistics")]))
-    return start, start + blocks["statistics"]
 
 
 def echo_terms(Sc: np.ndarray, Sr: np.ndarray, fam_short: np.ndarray,
@@ -57,7 +49,7 @@ def echo_terms(Sc: np.ndarray, Sr: np.ndarray, fam_short: np.ndarray,
     stats = check_layout(layout)
     blocks = feature_blocks((len(d) - len(stats)) // 2, layout)
     edges = np.cumsum([0, *blocks.values()])
-    start = statistics_span(len(d), layout)[0]
+    start = int(edges[list(blocks).index("statistics")])
     print("short answers' echo: mean read-out term, chosen minus echo: no noise -> all three kinds")
     for name, a, z in zip(blocks, edges[:-1], edges[1:]):
         print(f"  block {name:18}{d[a:z] @ u0[a:z]:+8.3f} -> {d[a:z] @ u1[a:z]:+8.3f}")
@@ -105,14 +97,17 @@ def main() -> None:
     for mix in MIXES:
         noise = benign_noise_records(benign, seed=cfg.seed, kinds=mix) if mix else []
         Nc, Nr, noff = rf.inputs(noise) if noise else (Hc[:0], Hr[:0], off[:0])
-        Ac, Ar, Aoff = np.vstack([Hc, Nc]), np.vstack([Hr, Nr]), np.concatenate([off, noff])  # (N + n, F) ...
-        weights[mix] = fit_for_head(base, Ac, Ar, Aoff, cfg.readout_l2)  # (F,)
+        fit_inputs = np.vstack([Hc, Nc]), np.vstack([Hr, Nr]), np.concatenate([off, noff])  # (N + n, F) ...
+        weights[mix] = fit_for_head(base, *fit_inputs, cfg.readout_l2)  # (F,)
         rows[" + ".join(mix) or "no noise"] = score(weights[mix])
         print(f"  {' + '.join(mix) or 'no noise'}: {len(noise)} noise records", flush=True)
-    # all three kinds, the text statistics' weights held where the fit without noise put them
+        if set(mix) == set(NOISE_KINDS):
+            every_kind = fit_inputs
+    # all three kinds, the text statistics (the last columns: feature_blocks) held where the fit without noise
+    # put them
     held = np.zeros(len(weights[()]), bool)  # (F,)
-    held[slice(*statistics_span(len(held), cfg.feature_layout))] = True
-    rows["all, statistics held"] = score(fit_for_head(base, Ac, Ar, Aoff, cfg.readout_l2, held, weights[()]))
+    held[-len(check_layout(cfg.feature_layout)):] = True
+    rows["all, statistics held"] = score(fit_for_head(base, *every_kind, cfg.readout_l2, held, weights[()]))
     names = list(rows)
     print(f"{'':24}" + "".join(f"{n[:16]:>17}" for n in names))
     for key in rows[names[0]]:
