@@ -454,3 +454,27 @@ def test_card_active_section_names_the_rule_and_the_curve():
     assert "first 5 answers" in lines[0] and "a prior 3 times stronger" in lines[0] and "3 persona" in lines[0]
     assert "| active | 50.0 | 51.0 | 52.0 | 54.0 | 59.0 | 64.0 | 69.0 |" in lines
     assert lines[-2:] == ["Gain at N = 10: +3.2 points (± 0.4 standard error).", ""]
+
+
+def test_a_missing_fine_tuned_backbone_is_built_by_the_configs_encoder_recipe(tmp_path, monkeypatch):
+    """`release build` fine-tunes the config's backbone with its encoder_recipe where the folder is missing,
+    into the backbone's parent; a folder already there, or no recipe, fine-tunes nothing; a recipe that would
+    write another folder is refused before anything runs."""
+    from moerm_build.release.pipeline import ensure_backbone
+    from moerm_build.train import finetune as ft
+
+    calls = []
+    monkeypatch.setattr(ft, "finetune", lambda cfg, out: calls.append((cfg, Path(out))))
+    recipe = tmp_path / "encoder.json"
+    recipe.write_text(json.dumps({"noise": ["deleted"], "epochs": 0.5}))
+    backbone = tmp_path / "runs" / "enc" / ft.TUNED_BACKBONE_NAME
+    ensure_backbone(TrainConfig(backbone=str(backbone), encoder_recipe=str(recipe)))
+    assert [(c.noise, c.epochs, out) for c, out in calls] == [(["deleted"], 0.5, backbone.parent)]
+    ensure_backbone(TrainConfig(backbone=str(backbone)))  # no recipe: the folder must simply be there
+    backbone.mkdir(parents=True)
+    (backbone / "config.json").write_text("{}")
+    ensure_backbone(TrainConfig(backbone=str(backbone), encoder_recipe=str(recipe)))  # already built
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="a folder named 'all-MiniLM-L6-v2-quality'"):
+        ensure_backbone(TrainConfig(backbone=str(tmp_path / "elsewhere"), encoder_recipe=str(recipe)))
+    assert len(calls) == 1

@@ -138,6 +138,24 @@ def test_held_out_degradation_families_train_nothing():
     assert {"word_shuffle", "echo"} <= held_out and len(held_out) >= 5
     noise = FinetuneConfig.from_json(ROOT / "moerm_build" / "configs" / "encoder-noise.json")
     assert not noise.families and noise.noise  # word noise only: every family held out from this encoder
+    for path in sorted((ROOT / "moerm_build" / "configs").glob("encoder*.json")):  # every encoder recipe
+        assert set(FinetuneConfig.from_json(path).families) <= set(TRAINED_FAMILIES), path.name
+
+
+def test_a_config_on_a_fine_tuned_backbone_names_the_recipe_that_builds_it():
+    """A build config whose backbone is a fine-tuned encoder folder names the encoder recipe that writes it,
+    so `release build` from a clean checkout builds that encoder first."""
+    from moerm_build.train.finetune import FinetuneConfig
+    from moerm_build.train.train import TrainConfig
+
+    tuned = 0
+    for path in sorted((ROOT / "moerm_build" / "configs").glob("moerm-*.json")):
+        cfg = TrainConfig.from_json(path)
+        if cfg.backbone:
+            assert cfg.encoder_recipe, path.name
+            assert Path(cfg.backbone).name == FinetuneConfig.from_json(ROOT / cfg.encoder_recipe).name, path.name
+            tuned += 1
+    assert tuned >= 1  # moerm-minilm-quality.json
 
 
 @needs_data

@@ -48,18 +48,21 @@ from moerm_lite.folder import GraphFiles, ModelConfig
 
 
 def ensure_backbone(cfg: TrainConfig) -> None:
-    """A config whose backbone is the fine-tuned encoder (``runs/enc/all-MiniLM-L6-v2-quality``, relative to
-    the working directory) gets it built (or resumed) first: ``python -m moerm_build finetune --config
-    moerm_build/configs/encoder.json --out runs/enc``."""
-    from moerm_build.train.finetune import TUNED_BACKBONE_NAME, FinetuneConfig, finetune
+    """Fine-tune (or resume) the config's ``backbone`` with its ``encoder_recipe`` where the folder is missing:
+    ``python -m moerm_build finetune --config <encoder_recipe> --out <backbone's parent>``. Paths are relative to
+    the working directory (the repository root)."""
+    from moerm_build.train.finetune import FinetuneConfig, finetune
 
-    if Path(cfg.backbone).name != TUNED_BACKBONE_NAME or (Path(cfg.backbone) / "config.json").is_file():
+    if not cfg.encoder_recipe or (Path(cfg.backbone) / "config.json").is_file():
         return
-    finetune(FinetuneConfig.from_json(ENCODER_CONFIG), Path(cfg.backbone).parent)
+    recipe = FinetuneConfig.from_json(cfg.encoder_recipe)
+    if Path(cfg.backbone).name != recipe.name:
+        raise ValueError(f"backbone {cfg.backbone!r} is not what encoder_recipe {cfg.encoder_recipe!r} writes: "
+                         f"a folder named {recipe.name!r}")
+    finetune(recipe, Path(cfg.backbone).parent)
 
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "moerm-minilm.json"  # the shipped model's recipe
-ENCODER_CONFIG = CONFIG.parent / "encoder.json"  # the fine-tuned backbone's recipe
 QUICK_USERS, USERS = 50, 200  # simulated users per benchmark: a smoke run, a release
 
 

