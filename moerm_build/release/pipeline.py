@@ -85,7 +85,9 @@ def build(cfg: TrainConfig, runs: Path, out: Path, *, quick: bool = False, resum
             train(replace(cfg, top_k=cfg.n_experts - cfg.n_shared), runs / "ship-dense")
         times["train_s"] = time.time() - t0
     else:
-        times["train_s"] = json.loads((runs / "ship" / "times.json").read_text())["train_s"]
+        built = runs / "ship" / "times.json"  # a run trained by `python -m moerm_build train` has none
+        times["train_s"] = (json.loads(built.read_text())["train_s"] if built.is_file()
+                            else load_checkpoint(runs / "ship")[0]["train_seconds"])
         readout_run(runs / "ship", cfg)  # a run from before the read-out gets it (train adds it itself)
     t1 = time.time()
     tz = TorchFeaturizer(runs / "ship")
