@@ -1,6 +1,7 @@
 """Which worse replies beat an everyday request's answer, and which experts carry them? One training run.
 
     python experiments/everyday_losses.py --run runs/ship [--names runs/ship/eval_torch.json] [--top 4]
+    python experiments/everyday_losses.py --run runs/ship --readout-l2 0.03 0.1 0.3 1 3  # stronger read-out?
 
 Feeds docs/decisions/bad-replies.md. Scores the everyday requests
 (``moerm_build/data/evalsets/everyday.jsonl``, evaluation only) against their terse, generic, dismissive and
@@ -9,8 +10,10 @@ moerm_build robustness`` does through a folder: pairs won by kind and the share 
 every worse reply. Then, for each worse reply that beats at least one answer, how many it beats and the
 experts whose mean contribution to the margin (answer minus reply, ``pi_k w0_k r_k``, over the requests it
 beats) favours the reply most, named as the run's evaluation names them (``--names``: the JSON of ``python -m
-moerm_build evaluate -i RUN -o``; else by index). A minute on 2 CPU cores with the run's embeddings cached.
-Needs the export extra.
+moerm_build evaluate -i RUN -o``; else by index). With ``--readout-l2``, could a stronger read-out outweigh
+those experts? The run's read-out refitted at each L2 on its own read-out records (``readout_refit``, as
+``train`` fits it), the rest of the head kept: the everyday summary and HH-RLHF helpful's test split. A minute
+on 2 CPU cores with the run's embeddings cached (two with the scan). Needs the export extra.
 """
 
 from __future__ import annotations
@@ -22,8 +25,31 @@ from pathlib import Path
 
 import numpy as np
 
-from moerm_build.evaluate.metrics import TorchFeaturizer
-from moerm_build.evaluate.robustness import EVERYDAY_KINDS, everyday, everyday_records, pair_outputs
+from moerm_build import data
+from moerm_build.evaluate.metrics import TorchFeaturizer, pair_accuracy
+from moerm_build.evaluate.robustness import (EVERYDAY_KINDS, answer_first, everyday, everyday_records,
+                                             pair_outputs)
+from moerm_build.train.readout import fit_for_head, readout_margin
+from moerm_build.train.train import readout_refit
+
+
+def readout_scan(run: Path, l2s: list[float]) -> None:
+    """Print, for the run's read-out refitted at each L2 in ``l2s`` (the experts kept), the everyday requests'
+    pairs won and answers first, and HH-RLHF helpful's test split."""
+    rf = readout_refit(run)
+    recs = everyday_records()
+    prompts = np.array([r["prompt"] for r in recs])  # (E,)
+    hh = data.REAL_LOADERS["hh_helpful"](Path(rf.cfg.data_dir), split="test")
+    scored = {"everyday": rf.inputs(recs), "hh_helpful": rf.inputs(hh)}
+    bound = float(rf.base.args.reward_bound)
+    print(f"the read-out refitted on the run's {len(rf.records)} read-out records "
+          f"(its L2 {rf.cfg.readout_l2:g})")
+    for l2 in l2s:
+        u = fit_for_head(rf.base, rf.chosen, rf.rejected, rf.offset, l2)  # (F,)
+        margin = {name: readout_margin(*inputs, u, bound) for name, inputs in scored.items()}  # name -> (M,)
+        won, first = pair_accuracy(margin["everyday"]), answer_first(margin["everyday"] > 0, prompts)
+        print(f"  L2 {l2:g}: everyday pairs won {100 * won:.1f}%, the answer first for {100 * first:.1f}% "
+              f"of the requests; HH helpful {100 * pair_accuracy(margin['hh_helpful']):.1f}%")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run", default="runs/ship", help="a training run (ckpt.pt)")
     p.add_argument("--names", default=None, help="the run's evaluation report (expert_names)")
     p.add_argument("--top", type=int, default=4, help="experts listed per winning reply")
+    p.add_argument("--readout-l2", type=float, nargs="*", default=[], metavar="L2",
+                   help="also refit the run's read-out at each L2 and score it")
     args = p.parse_args(argv)
     fz = TorchFeaturizer(Path(args.run))
     names = (json.loads(Path(args.names).read_text())["expert_names"] if args.names
@@ -50,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         worst = ", ".join(f"{names[k]} {mean[k]:+.2f}" for k in np.argsort(mean)[:args.top])
         margin = contrib[lost].sum(1).mean()
         print(f"  {reply[:48]!r} beats {n} answers; margin {margin:+.2f}; for it: {worst}")
+    if args.readout_l2:
+        readout_scan(Path(args.run), args.readout_l2)
 
 
 if __name__ == "__main__":
