@@ -37,7 +37,7 @@ import numpy as np
 from moerm_build.data.degrade import degradation_records
 from moerm_build.evaluate.metrics import TorchFeaturizer, logistic_fit, pair_accuracy
 from moerm_build.evaluate.report import evaluate
-from moerm_build.evaluate.robustness import everyday, family_table, load_everyday, pair_outputs
+from moerm_build.evaluate.robustness import everyday, families, family_table, load_everyday, pair_outputs
 from moerm_build.train.train import TrainConfig, load_records
 
 SOURCES = ("hh_harmless", "hh_helpful", "finegrained_qa", "topical_chat")  # the sources with a request
@@ -99,7 +99,7 @@ def short_families(fz: Any, w0: np.ndarray) -> dict[str, float]:
     recs = degradation_records([r["prompt"] for r in rows], [r["answer"] for r in rows], split="test",
                                seed=0)
     phi, _ = pair_outputs(fz, recs)  # (N, K)
-    fam = np.array([r["source"].split(":")[1] for r in recs])
+    fam = families(recs)  # (N,)
     return {f: pair_accuracy(phi[fam == f] @ w0) for f in dict.fromkeys(fam.tolist())}
 
 
@@ -129,9 +129,9 @@ def summary(label: str, fz: Any, w0: np.ndarray, users: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", action="append", required=True, help="a training run (ckpt.pt); repeatable")
-    args = p.parse_args(argv)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", action="append", required=True, help="a training run (ckpt.pt); repeatable")
+    args = ap.parse_args(argv)
     for run in args.run:
         fz = TorchFeaturizer(Path(run))
         pop = [r for r in load_records(TrainConfig.of_run(fz.ckpt))
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
               "the other training requests": [r["prompt"] for r in pop if r["source"] != RED_TEAM],
               "the everyday requests": [r["prompt"] for r in load_everyday()]}
         print(f"{run}: red-team experts {np.flatnonzero(experts).tolist()}; the gate is on for "
-              + ", ".join(f"{100 * gated.on(p).mean():.0f}% of {what}" for what, p in on.items()))
+              + ", ".join(f"{100 * gated.on(prompts).mean():.0f}% of {what}" for what, prompts in on.items()))
         summary("as trained (its users: python -m moerm_build evaluate -i RUN)", fz, fz.w0, users=False)
         summary("gated", gated, fz.w0, users=True)
 
