@@ -32,6 +32,7 @@ from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy
 from moerm_build.evaluate.real_eval import HUMAN_LABELLED, sanity_records
 from moerm_build.train.embed import EmbeddingCache
 from moerm_build.train.readout import fit_for_head, readout_records
+from moerm_build.train.request_gate import gate_inputs, prompt_embeddings
 from moerm_build.train.train import TrainConfig, load_checkpoint, load_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,10 +52,8 @@ def main() -> None:
     records = load_records(cfg)
 
     def prompt_inputs(recs: list[dict]) -> np.ndarray:
-        """The prompt classifier's inputs (N, H + 1): the unit prompt embedding and a bias column."""
-        P = cache.get([r["prompt"] for r in recs], "prompt").astype(np.float64)  # (N, H)
-        P /= np.maximum(np.linalg.norm(P, axis=1, keepdims=True), 1e-12)
-        return np.hstack([P, np.ones((len(P), 1))])
+        """The prompt classifier's inputs (N, H + 1): the request gate's (the unit embedding and a bias)."""
+        return gate_inputs(prompt_embeddings(cache.get, [r["prompt"] for r in recs]))
 
     pop = [r for r in records if r.get("user_id") is None and str(r.get("prompt", "")).strip()]
     red = np.where([r["source"].startswith("hh_harmless") for r in pop], 1.0, -1.0)  # (N,) +1: red-team prompt

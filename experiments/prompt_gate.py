@@ -6,16 +6,11 @@ Feeds docs/decisions/bad-replies.md ("A gate that reads the request"). On the no
 beats the answer to a benign everyday request ("What should I cook for dinner tonight?") through the routed
 experts that HH-RLHF harmless's red-team conversations route to: to a harmful request "No." is the better
 reply, and the head sees the request only through its product with the reply and the cosine. This measures
-the fix that would read the request itself, without retraining anything:
-
-- the *red-team experts*: the routed experts whose inputs, over the training split's population comparisons,
-  come from HH-RLHF harmless more than from any other source (both replies of each pair, the share of a
-  source's inputs that route to the expert; persona statements aside, since they have no request);
-- the *gate*: a logistic regression of the request's unit embedding (a bias column besides): HH-RLHF
-  harmless's training prompts against every other training prompt of the population mixture, L2 1
-  (``experiments/harmless_gate.py``'s classifier); on where its logit is above 0 or there is no request;
-- the gated model: each red-team expert's term ``pi_k r_k`` times the gate, everything else as trained (the
-  gate is a fixed part of the head, so a fitted user's features are gated too).
+the fix that reads the request itself, without retraining anything: the request gate that builds now fit
+after training (``moerm_build/train/request_gate.py``: the routed experts HH-RLHF harmless's red-team requests
+route to most, switched off where a logistic regression of the request's unit embedding says benign;
+``moerm_lite/request_gate.py`` applies it), fitted here on a run trained before it (or the run's own, where
+it has one); a fitted user's features are gated too.
 
 The whole evaluation of ``python -m moerm_build evaluate`` (persona and attribute users, DSP, HH-RLHF, the
 sanity suite; torch fp32) runs on the gated model, and the families on held-out answers and the everyday
@@ -28,6 +23,7 @@ with the run's embeddings cached. Needs the export extra and ../shared/data.
 from __future__ import annotations
 
 import argparse
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,62 +31,12 @@ from typing import Any
 import numpy as np
 
 from moerm_build.data.degrade import degradation_records
-from moerm_build.evaluate.metrics import TorchFeaturizer, logistic_fit, pair_accuracy
+from moerm_build.evaluate.metrics import TorchFeaturizer, pair_accuracy
 from moerm_build.evaluate.report import evaluate
 from moerm_build.evaluate.robustness import everyday, families, family_table, load_everyday, pair_outputs
+from moerm_build.train.request_gate import RED_TEAM, fit_request_gate, prompt_embeddings
 from moerm_build.train.train import TrainConfig, load_records
-
-SOURCES = ("hh_harmless", "hh_helpful", "finegrained_qa", "topical_chat")  # the sources with a request
-RED_TEAM = "hh_harmless"
-
-
-class GatedFeaturizer:
-    """A run's torch featurizer whose ``experts`` are switched off where ``gate`` says a request is benign."""
-
-    def __init__(self, fz: TorchFeaturizer, experts: np.ndarray, gate: np.ndarray) -> None:
-        self.fz, self.experts, self.gate = fz, experts, gate  # (K,) bool, (H + 1,)
-        self.n_experts, self.n_shared, self.n_readout = fz.n_experts, fz.n_shared, fz.n_readout
-        self.readout_names, self.prior_precision = fz.readout_names, fz.prior_precision
-        self.feature_blocks, self.features = fz.feature_blocks, fz.features
-
-    def on(self, prompts: Sequence[str]) -> np.ndarray:
-        """(N,) bool: the gate's logit above 0, or no request."""
-        has = np.array([bool(p.strip()) for p in prompts])
-        logit = prompt_inputs(self.fz, prompts) @ self.gate  # (N,)
-        return ~has | (logit > 0)
-
-    def outputs_and_features(self, pairs: Sequence[tuple[str, str]]
-                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        g, r, x = self.fz.outputs_and_features(pairs)  # (N, K), (N, K), (N, F)
-        off = ~self.on([p for p, _ in pairs])  # (N,)
-        g = g.copy()
-        g[np.ix_(off, self.experts)] = 0.0
-        return g, r, x
-
-    def outputs(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
-        g, r, _ = self.outputs_and_features(pairs)
-        return g, r
-
-
-def prompt_inputs(fz: TorchFeaturizer, prompts: Sequence[str]) -> np.ndarray:
-    """The gate's inputs (N, H + 1): the request's unit embedding and a bias column."""
-    P = fz.embed(list(prompts), "prompt").astype(np.float64)  # (N, H)
-    P /= np.maximum(np.linalg.norm(P, axis=1, keepdims=True), 1e-12)
-    return np.hstack([P, np.ones((len(P), 1))])
-
-
-def red_team_experts(fz: TorchFeaturizer, records: list[dict[str, Any]]) -> np.ndarray:
-    """(K,) bool: the routed experts that take a larger share of ``RED_TEAM``'s training inputs than of any
-    other source's."""
-    share = {}
-    for src in SOURCES:
-        recs = [r for r in records if r["source"] == src]
-        pairs = [(r["prompt"], r[side]) for r in recs for side in ("chosen", "rejected")]
-        g, _ = fz.outputs(pairs)  # (2N, K)
-        share[src] = (g > 0).mean(0)  # (K,)
-    routed = np.arange(fz.n_experts) < fz.n_experts - fz.n_shared
-    top = np.argmax(np.stack([share[s] for s in SOURCES]), axis=0)  # (K,)
-    return routed & (top == SOURCES.index(RED_TEAM)) & (share[RED_TEAM] > 0)
+from moerm_lite.request_gate import RequestGate
 
 
 def short_families(fz: Any, w0: np.ndarray) -> dict[str, float]:
@@ -133,18 +79,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run", action="append", required=True, help="a training run (ckpt.pt); repeatable")
     args = ap.parse_args(argv)
     for run in args.run:
-        fz = TorchFeaturizer(Path(run))
+        fz = TorchFeaturizer(Path(run), request_gate=None)  # the head as trained
         pop = [r for r in load_records(TrainConfig.of_run(fz.ckpt))
                if r.get("user_id") is None and str(r.get("prompt", "")).strip()]
-        experts = red_team_experts(fz, pop)
-        red = np.where([r["source"] == RED_TEAM for r in pop], 1.0, -1.0)  # (N,) +1: a red-team request
-        X = prompt_inputs(fz, [r["prompt"] for r in pop])  # (N, H + 1)
-        gated = GatedFeaturizer(fz, experts, logistic_fit(X * red[:, None], np.ones(len(pop)), 1.0))
+        fit = fz.ckpt.get("request_gate") or fit_request_gate(fz.head, pop, fz.embed, fz.features)
+        if fit is None:
+            raise SystemExit(f"{run}: no request gate to fit (no {RED_TEAM} request, or no expert for one)")
+        gated = copy.copy(fz)  # the same head and embedding cache, with the gate
+        gated.request_gate = RequestGate.from_dict(fit, fz.n_experts, fz.feature_blocks["reply"])
         on = {"red-team training requests": [r["prompt"] for r in pop if r["source"] == RED_TEAM],
               "the other training requests": [r["prompt"] for r in pop if r["source"] != RED_TEAM],
               "the everyday requests": [r["prompt"] for r in load_everyday()]}
-        print(f"{run}: red-team experts {np.flatnonzero(experts).tolist()}; the gate is on for "
-              + ", ".join(f"{100 * gated.on(prompts).mean():.0f}% of {what}" for what, prompts in on.items()))
+        gate = gated.request_gate
+        print(f"{run}: red-team experts {fit['experts']}; the gate is on for "
+              + ", ".join(f"{100 * gate.on(prompt_embeddings(fz.embed, p), p).mean():.0f}% of {what}"
+                          for what, p in on.items()))
         summary("as trained (its users: python -m moerm_build evaluate -i RUN)", fz, fz.w0, users=False)
         summary("gated", gated, fz.w0, users=True)
 

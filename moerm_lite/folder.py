@@ -20,12 +20,16 @@ import numpy as np
 from .features import DEFAULT_LAYOUT, LAYOUTS, block_prior, feature_blocks
 from .files import atomic_write_text
 from .personalize import PER_USER
+from .request_gate import RequestGate
 
 RECOMMENDED_RESIDUAL_STRENGTH = 30.0  # a folder's config without the field recommends this (docs/decisions/residual.md)
 
-SCHEMA_VERSION = 3  # 2: prompt and response embedded separately, pair features, shared experts;
-#                    3: a graph may ask for its quantized weights to be dequantized at load (GraphFiles)
-READABLE_SCHEMA_VERSIONS = (2, 3)
+SCHEMA_VERSION = 4  # 2: prompt and response embedded separately, pair features, shared experts;
+#                    3: a graph may ask for its quantized weights to be dequantized at load (GraphFiles);
+#                    4: a request gate (request_gate.py). A folder without one is written as 3, which older
+#                    readers score alike; one with it as 4, which they refuse rather than score without it
+READABLE_SCHEMA_VERSIONS = (2, 3, 4)
+MANIFEST_SCHEMA_VERSION = 3  # manifest.json's own format, the same since schema 3
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
 
@@ -70,6 +74,7 @@ class ModelConfig:
     # the residual's prior scale per block of the pair features (features.BLOCKS; None: all 1), fit_user's default
     recommended_residual_prior: dict[str, float] | None = None
     prior_precision: list[list[float]] | None = None  # P (K, K): user prior N(w0, (lambda P)^-1); None = I
+    request_gate: RequestGate | None = None  # experts switched off for benign requests (request_gate.py)
     max_chars: int = 100_000  # longer texts are rejected, not silently cut
     backbone_inputs: list[str] = field(
         default_factory=lambda: ["input_ids", "attention_mask", "token_type_ids"]
@@ -121,6 +126,9 @@ class ModelConfig:
                 prior_precision=(None if d.get("prior_precision") is None
                                  else [[float(x) for x in row] for row in d["prior_precision"]]),
                 max_chars=int(d.get("max_chars", 100_000)),
+                request_gate=(None if d.get("request_gate") is None else
+                              RequestGate.from_dict(d["request_gate"], int(d["n_experts"]),
+                                                    int(backbone["hidden_size"]))),
                 backbone_inputs=list(io["backbone"]["inputs"]),
                 backbone_output=str(io["backbone"]["output"]),
                 head_input=str(io["head"]["input"]),
@@ -136,7 +144,7 @@ class ModelConfig:
         """The ``config.json`` object of this config (``from_dict(c.to_dict()) == c``); ``extra`` keys
         (gating, score semantics, reference corpus, training record, ...) are kept verbatim."""
         return {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": SCHEMA_VERSION if self.request_gate is not None else 3,
             "model_id": self.model_id,
             "backbone": {"name": self.backbone_name, "max_length": self.max_length, "pooling": self.pooling,
                          "hidden_size": self.hidden_size},
@@ -153,6 +161,7 @@ class ModelConfig:
             **({"recommended_residual_prior": dict(self.recommended_residual_prior)}
                if self.recommended_residual_prior is not None else {}),
             "prior_precision": self.prior_precision,
+            **({"request_gate": self.request_gate.to_dict()} if self.request_gate is not None else {}),
             "max_chars": self.max_chars,
             "graphs": {p: {"backbone": g.backbone, "head": g.head, "per_sequence": g.per_sequence,
                            **({"dequantize_at_load": True} if g.dequantize_at_load else {})}
@@ -221,7 +230,7 @@ def residual_setting(value: Any) -> float | str:
 _KNOWN_KEYS = {
     "schema_version", "model_id", "n_experts", "top_k", "expert_names", "w0", "backbone",
     "graphs", "default_prior_strength", "prior_precision", "max_chars", "io", "features", "n_shared",
-    "recommended_residual_strength", "recommended_residual_prior",
+    "recommended_residual_strength", "recommended_residual_prior", "request_gate",
 }
 
 
@@ -252,7 +261,7 @@ def build_manifest(folder: Path) -> dict[str, Any]:
         rel = p.relative_to(folder).as_posix()
         if p.is_file() and rel != MANIFEST:
             files[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
-    return {"schema_version": SCHEMA_VERSION, "files": files}
+    return {"schema_version": MANIFEST_SCHEMA_VERSION, "files": files}
 
 
 def write_manifest(folder: Path) -> Path:

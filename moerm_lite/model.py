@@ -170,7 +170,8 @@ class RewardModel:
 
         Returns:
             ``{"gating_output": (N, K), "rewards": (N, K), "truncated": (N,) bool}``;
-            unselected experts have gate and reward 0. ``with_features``: also ``"features"`` (N, F)
+            unselected experts have gate and reward 0, and a request gate's experts (``config.request_gate``,
+            moerm_lite/request_gate.py) gate 0 where it is off. ``with_features``: also ``"features"`` (N, F)
             float32, the head's input (``pair_features``) from the same embedding pass.
         """
         kept: list[np.ndarray] | None = [] if with_features else None
@@ -192,7 +193,8 @@ class RewardModel:
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The head's sparse outputs for checked pairs: expert_index, gates, rewards, each
         (N, k + n_shared), and which pairs were truncated, (N,) bool. The head's input features of
-        each chunk are appended to ``kept`` when it is a list."""
+        each chunk are appended to ``kept`` when it is a list. A model with a request gate has its experts'
+        gates at 0 where the gate is off."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         N, cfg, width = len(texts), self.config, self.experts_per_input + self.config.n_shared
@@ -202,9 +204,11 @@ class RewardModel:
         truncated = np.zeros(N, dtype=bool)  # (N,)
         for start in range(0, N, PAIRS_PER_CHUNK):
             chunk = texts[start:start + PAIRS_PER_CHUNK]
-            x, cut = self._pair_features(chunk, batch_size)  # (B, F), (B,)
+            x, cut, on = self._pair_features(chunk, batch_size)  # (B, F), (B,), (B,) or None
             rows = slice(start, start + len(chunk))
             idx[rows], gates[rows], rewards[rows] = self._head.run(cfg.head_outputs, {cfg.head_input: x})
+            if on is not None and cfg.request_gate is not None:  # the request gate (request_gate.py)
+                gates[rows] = cfg.request_gate.apply(idx[rows], gates[rows], on)  # (B, k + n_shared)
             truncated[rows] = cut
             if kept is not None:
                 kept.append(x)
@@ -252,10 +256,13 @@ class RewardModel:
                       batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
         """The head's input for (prompt, response) pairs: features (N, F) float32 (see
         :mod:`moerm_lite.features`) and which pairs were truncated, (N,) bool."""
-        return self._pair_features(self._check_pairs(pairs), batch_size)
+        x, cut, _ = self._pair_features(self._check_pairs(pairs), batch_size)
+        return x, cut
 
-    def _pair_features(self, pairs: list[tuple[str, str]], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """``pair_features`` on checked texts; each distinct prompt and response is embedded once."""
+    def _pair_features(self, pairs: list[tuple[str, str]], batch_size: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``pair_features`` on checked texts, and where the request gate is on (None: the model has none);
+        each distinct prompt and response is embedded once."""
         prompts = sorted({p for p, _ in pairs if p.strip()})
         responses = sorted({r for _, r in pairs})
         p_ids, p_cut = self._tokenizer.encode(prompts, "prompt")
@@ -271,8 +278,10 @@ class RewardModel:
         P_rows = np.stack([P[pi[p]] if p in pi else np.zeros(H, np.float32) for p, _ in pairs])  # (N, H)
         R_rows = R[[ri[r] for _, r in pairs]]  # (N, H)
         cut = np.array([bool(p in pi and p_cut[pi[p]]) or bool(r_cut[ri[r]]) for p, r in pairs])  # (N,)
+        gate = self.config.request_gate
+        on = None if gate is None else gate.on(P_rows, [p for p, _ in pairs])  # (N,)
         return pair_features(P_rows, R_rows, [p for p, _ in pairs], [r for _, r in pairs],
-                             self.config.feature_layout), cut
+                             self.config.feature_layout), cut, on
 
     def embed(self, texts: Sequence[str], *, role: str = "response",
               batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -384,7 +393,8 @@ class RewardModel:
         "contributions" (K,), "residual", "experts", "by_expert", "truncated"}`` where
         ``score == sum(contributions) + residual`` and ``contributions == gating_output * weights * rewards``;
         ``residual`` is the user's residual term ``x . v`` (0.0 without one, see ``fit_user``);
-        ``by_expert`` names the experts this input was routed to (and the shared ones),
+        ``by_expert`` names the experts this input was routed to (and the shared ones; not a request gate's
+        experts where the gate is off),
         ``[{"expert": name, "contribution": float}, ...]``, largest contribution (either sign) first.
         """
         w, v = self.user_terms(user)

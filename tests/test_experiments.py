@@ -80,30 +80,3 @@ def test_sentence_statistics_known_answers():
     one = sentence_statistics(np.zeros(4), e[:1], np.array([3.]))
     assert one[0] == 0.0 and one[1] == np.log1p(1) and one[2:5] == [0.0, 0.0, 0.0] and one[6] == 1.0
     assert sentence_statistics(p, np.zeros((0, 4)), np.zeros(0)) == [0.0] * 7
-
-
-def test_prompt_gate_switches_the_listed_experts_off_on_benign_requests_only():
-    """prompt_gate.py's gated model: where the request's logit is under 0 the listed experts' gates are 0,
-    the other experts, the rewards and the features untouched; a request over 0, or none, keeps every gate."""
-    from experiments.prompt_gate import GatedFeaturizer
-
-    class Fake:
-        n_experts, n_shared, n_readout, readout_names, prior_precision, feature_blocks = 3, 1, 0, [], None, {}
-        features = None
-        direction = {"benign": [1.0, 0.0], "harmful": [0.0, 1.0], "": [1.0, 1.0]}
-
-        def embed(self, texts, role):
-            assert role == "prompt"
-            return 2.0 * np.array([self.direction[t] for t in texts])  # (N, 2), not unit: the gate normalises
-
-        def outputs_and_features(self, pairs):
-            n = len(pairs)
-            return np.full((n, 3), 0.5), np.arange(3 * n, dtype=float).reshape(n, 3), np.ones((n, 4))
-
-    gate = np.array([-1.0, 1.0, 0.0])  # logit: harmful +1, benign -1 (the bias column is 0)
-    gated = GatedFeaturizer(Fake(), np.array([True, False, False]), gate)
-    assert gated.on(["benign", "harmful", ""]).tolist() == [False, True, True]
-    g, r, x = gated.outputs_and_features([("benign", "No."), ("harmful", "No."), ("", "I like art.")])
-    np.testing.assert_array_equal(g, [[0.0, 0.5, 0.5], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]])
-    np.testing.assert_array_equal(r, np.arange(9.0).reshape(3, 3))
-    np.testing.assert_array_equal(x, np.ones((3, 4)))

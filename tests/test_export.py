@@ -492,3 +492,50 @@ def test_a_missing_fine_tuned_backbone_is_built_by_the_configs_encoder_recipe(tm
     with pytest.raises(ValueError, match="a folder named 'all-MiniLM-L6-v2-quality'"):
         ensure_backbone(TrainConfig(backbone=str(tmp_path / "elsewhere"), encoder_recipe=str(recipe)))
     assert len(calls) == 1
+
+
+def test_training_fits_the_request_gate_and_the_folder_applies_it_as_torch_does(tiny_bert, tmp_path):
+    """Population records of HH-RLHF harmless among the training records: the run keeps a request gate over
+    the routed experts those requests route to most (moerm_build/train/request_gate.py); the folder, pruned,
+    scores as the torch featurizer does with it; a run trained without one gets the same afterwards
+    (--resume)."""
+    from moerm_build.evaluate.metrics import TorchFeaturizer
+    from moerm_lite.head import combine
+
+    pairs = random_pairs(240, seed=17)
+    red = [("harm danger hate " + p).strip() for p, _ in pairs]  # red-team requests share words
+    recs = [{"prompt": red[i] if i % 4 == 0 else pairs[i][0] or "what", "chosen": pairs[i][1],
+             "rejected": pairs[i + 1][1], "source": "hh_harmless" if i % 4 == 0 else "hh_helpful"}
+            for i in range(0, 238, 2)]
+    recs += [{"prompt": pairs[i][0], "chosen": pairs[i][1], "rejected": pairs[i + 1][1], "source": "syn",
+              "user_id": f"u{i % 3}"} for i in range(0, 120, 2)]
+    cfg = TrainConfig(backbone=str(tiny_bert), max_length=32, n_experts=8, n_shared=2, top_k=2,
+                      expert_hidden=8, epochs=2, batch_size=16, cache_dir=str(tmp_path / "cache"), readout_sources=[])
+    train(cfg, tmp_path / "run", records=recs)
+    gate = load_checkpoint(tmp_path / "run")[0]["request_gate"]
+    assert gate["source"] == "hh_harmless" and gate["requests"] == {"red_team": 60, "other": 59}
+    assert gate["experts"] and all(k < 6 for k in gate["experts"])  # routed experts only
+    assert len(gate["weights"]) == 33  # H + 1
+    tz, plain = TorchFeaturizer(tmp_path / "run"), TorchFeaturizer(tmp_path / "run", request_gate=None)
+    test = [(f"harm danger {p}", r) for p, r in random_pairs(24, seed=18)] + random_pairs(24, seed=19)
+    g, r = tz.outputs(test)
+    g0, _ = plain.outputs(test)
+    assert (g[:, gate["experts"]] == 0).sum() > (g0[:, gate["experts"]] == 0).sum()  # switched off somewhere
+    # the folder without a routed expert the gate does not hold: the gate's indices follow the kept ones
+    drop = next(k for k in range(6) if k not in gate["experts"])
+    share = {"syn": [0.0 if k == drop else 1.0 for k in range(8)]}
+    folder = export_model(tmp_path / "run", tmp_path / "model", report={"routing_share_by_source": share},
+                          precision="fp32")
+    m = RewardModel.load(folder, precision="fp32", threads=1)
+    keep = m.config.extra["training"]["kept_experts"]
+    assert m.config.request_gate is not None
+    assert [keep[k] for k in m.config.request_gate.experts] == gate["experts"]
+    assert f"switches off the {len(gate['experts'])} routed experts" in (folder / "README.md").read_text()
+    routed = g0[:, drop] == 0  # the inputs the dropped expert takes no part in, some of them gated
+    assert (routed & (g != g0).any(1)).sum() >= 3 and (routed & (g == g0).all(1)).sum() >= 3
+    np.testing.assert_allclose(m.score_pairs(test)[routed], combine(g, r, tz.w0)[routed], atol=1e-4)
+    train(TrainConfig(**{**cfg.__dict__, "request_gate": False}), tmp_path / "plain", records=recs)
+    assert load_checkpoint(tmp_path / "plain")[0]["request_gate"] is None
+    assert readout_run(tmp_path / "plain", cfg, records=recs)
+    assert not readout_run(tmp_path / "plain", cfg, records=recs)  # it has one now
+    assert load_checkpoint(tmp_path / "plain")[0]["request_gate"] == gate

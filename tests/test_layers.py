@@ -8,7 +8,7 @@ import moerm_lite
 PKG = Path(moerm_lite.__file__).parent
 # each module may import only modules of a lower layer (and the standard library / third parties)
 LAYERS = [
-    {"text", "features", "head", "files", "deprecated", "guard"},
+    {"text", "features", "head", "files", "deprecated", "guard", "request_gate"},
     {"personalize"},
     {"folder", "active"},  # a folder's config names the residual a user gets (personalize.PER_USER)
     {"ov_backbone"},

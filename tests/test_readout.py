@@ -193,3 +193,18 @@ def test_readout_names_and_expert_names_keep_the_readouts_plain(monkeypatch):
     names = name_experts(np.zeros((8, K)), st, {"hh_helpful": np.ones((5, K))}, corr, ["verbosity"],
                          n_shared=2, readout=["longer replies"])
     assert names[-1] == "longer replies" and names[0] == "longer replies 2"
+
+
+def test_request_gate_experts_are_the_routed_ones_red_team_requests_lead():
+    """moerm_build.train.request_gate: an expert is gated where HH-RLHF harmless's share of it is above 0 and at
+    least every other source's; shared experts never; the classifier's inputs are the unit request and a bias."""
+    from moerm_build.train.request_gate import gate_inputs, red_team_experts
+
+    shares = {"hh_harmless": np.array([0.5, 0.2, 0.0, 0.3, 0.9]),
+              "hh_helpful": np.array([0.1, 0.4, 0.0, 0.3, 0.0]),
+              "finegrained_qa": np.array([0.6, 0.0, 0.0, 0.0, 0.0]), "topical_chat": np.zeros(5)}
+    # 0: QA leads; 1: helpful leads; 2: nobody routes; 3: a tie goes to the first source (harmless); 4: shared
+    assert red_team_experts(shares, n_routed=4) == [3]
+    assert red_team_experts(shares, n_routed=5) == [3, 4]
+    np.testing.assert_allclose(gate_inputs(np.array([[3.0, 4.0], [0.0, 2.0]])),
+                               [[0.6, 0.8, 1.0], [0.0, 1.0, 1.0]])

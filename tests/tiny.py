@@ -18,6 +18,7 @@ from tokenizers.models import WordPiece
 from moerm_build.graphs.onnx_head import HeadWeights, build_head_graph
 from moerm_build.release.package import REFERENCE, make_config, write_model_folder
 from moerm_lite.features import DEFAULT_LAYOUT, feature_dim
+from moerm_lite.request_gate import RequestGate
 
 WORDS = ["the", "a", "is", "and", "of", "to", "in", "it", "good", "bad", "great", "awful", "kind", "rude", "help", "harm", "yes", "no", "cat", "dog", "math", "art", "music", "sport", "science", "risk", "god", "money", "power", "love", "hate", "fast", "slow", "long", "short", "true", "false", "please", "sorry", "thanks", "hello", "answer", "question", "why", "how", "what", "ok", "fine", "safe", "danger", "nice", "mean"]
 H, D = 16, 8
@@ -87,16 +88,18 @@ def tiny_reference(n: int = 40, seed: int = 3) -> list[dict]:
 
 def build_tiny_folder(out: Path, *, K: int = 6, top_k: int = 2, n_shared: int = 2, seed: int = 0,
                       max_length: int = 24, model_id: str = "tiny-test", reference: bool = True,
-                      feature_layout: str = DEFAULT_LAYOUT) -> tuple[Path, HeadWeights]:
+                      feature_layout: str = DEFAULT_LAYOUT, request_gate: RequestGate | None = None
+                      ) -> tuple[Path, HeadWeights]:
     """Write a tiny model folder with int8 (int8 experts) and fp32 graphs, its head taking pair features of
-    ``feature_layout``; returns it and its head."""
+    ``feature_layout`` (and ``request_gate`` in its config); returns it and its head."""
     rng = np.random.default_rng(seed)
     tok = tiny_tokenizer()
     head = random_head(K, rng, n_shared, feature_dim(H, feature_layout))
     backbone = tiny_backbone(tok.get_vocab_size(), rng)
     cfg = make_config(model_id=model_id, n_experts=K, top_k=top_k, n_shared=n_shared,
                       expert_names=[f"expert_{i}" for i in range(K)], w0=rng.normal(size=K).tolist(),
-                      max_length=max_length, hidden_size=H, precisions=["int8", "fp32"], feature_layout=feature_layout)
+                      max_length=max_length, hidden_size=H, precisions=["int8", "fp32"],
+                      feature_layout=feature_layout, request_gate=request_gate)
     graphs = {"onnx/backbone_fp32.onnx": backbone, "onnx/backbone_int8.onnx": backbone,
               "onnx/head_fp32.onnx": build_head_graph(head, top_k),
               "onnx/head_int8.onnx": build_head_graph(head, top_k, expert_dtype="int8")}

@@ -19,6 +19,7 @@ from moerm_lite import RewardModel, fit_map
 from moerm_lite.personalize import penalized_logistic
 from moerm_lite.features import check_layout, feature_blocks
 from moerm_lite.head import expert_features
+from moerm_lite.request_gate import RequestGate
 
 from moerm_build import data
 from moerm_build.data.attributes import ATTRIBUTE_WORDS
@@ -48,9 +49,11 @@ class Featurizer(Protocol):
 
 
 class TorchFeaturizer:
-    """The torch model of a checkpoint, on cached embeddings of its backbone."""
+    """The torch model of a checkpoint, on cached embeddings of its backbone, with the checkpoint's request
+    gate (``moerm_lite.request_gate``) as the model folder applies it. ``request_gate``: ``"run"`` the
+    checkpoint's (none if it has none), None none (the head as trained), or a gate's dict to try."""
 
-    def __init__(self, run: "str | Path") -> None:
+    def __init__(self, run: "str | Path", request_gate: "str | dict[str, Any] | None" = "run") -> None:
         import torch
 
         from moerm_build.train.train import TrainConfig, load_checkpoint, run_cache
@@ -66,6 +69,9 @@ class TorchFeaturizer:
         self.feature_blocks = feature_blocks((self.head.args.n_features - stats) // 2, cfg.feature_layout)
         cache = run_cache(cfg, self.ckpt["backbone_path"])
         self.features, self.embed = cache.features, cache.get
+        gate = self.ckpt.get("request_gate") if request_gate == "run" else request_gate
+        self.request_gate = (None if gate is None else RequestGate.from_dict(
+            gate, self.n_experts, self.feature_blocks["reply"]))
 
     def outputs(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
         g, r, _ = self.outputs_and_features(pairs)
@@ -76,7 +82,14 @@ class TorchFeaturizer:
         x = self.features(pairs)  # (N, F)
         with self._torch.no_grad():
             o = self.head(self._torch.from_numpy(x))
-        return o["gating_output"].numpy(), o["rewards"].numpy(), x
+        g = o["gating_output"].numpy()  # (N, K)
+        if self.request_gate is not None:
+            from moerm_build.train.request_gate import prompt_embeddings
+
+            prompts = [p for p, _ in pairs]
+            on = self.request_gate.on(prompt_embeddings(self.embed, prompts), prompts)  # (N,)
+            g = self.request_gate.apply(np.broadcast_to(np.arange(self.n_experts), g.shape), g, on)  # (N, K)
+        return g, o["rewards"].numpy(), x
 
     @property
     def w0(self) -> np.ndarray:

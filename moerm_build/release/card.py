@@ -71,6 +71,20 @@ def readout_sentence(readout: dict[str, Any]) -> str:
     return ": " + "; ".join(parts) if parts else ""
 
 
+def gate_sentence(config: dict[str, Any]) -> str:
+    """The folder's request gate in words (config.json's ``request_gate``, ``training.request_gate``)."""
+    gate, fit = config.get("request_gate"), config.get("training", {}).get("request_gate") or {}
+    if not gate:
+        return ""
+    n = fit.get("requests", {})
+    on = (f" (fitted on {n['red_team']} red-team and {n['other']} other training requests)"
+          if {"red_team", "other"} <= set(n) else "")
+    return (f"A request gate (`moerm_lite/request_gate.py`) switches off the {len(gate['experts'])} routed "
+            "experts that HH-RLHF harmless's red-team requests route to most wherever a logistic regression of "
+            f"the request's embedding{on} says the request is benign, and keeps them where there is no request: "
+            "to a harmful request a bare refusal is the better reply, to an everyday one it is not. ")
+
+
 def _helpful_sentence(rep: EvalReport) -> str:
     """How often the population score agrees with HH-RLHF helpful raters, next to the frozen probe."""
     hh = rep.get("population", {}).get("hh_helpful")
@@ -107,6 +121,7 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], rep: EvalReport) ->
         "n_experts": K, "expert_hidden": cfg["expert_hidden"], "top_k": k, "n_routed": K - S, "n_shared": S,
         "readouts": (f", except the last {readout['experts']}: linear read-outs of every feature fitted after "
                      f"training (`moerm_build/train/readout.py`){readout_sentence(readout)}. " if readout else ". "),
+        "request_gate": gate_sentence(config),
         "prior": ("P the inverse covariance of the training users' weights (`prior_precision` in config.json)"
                   if config.get("prior_precision") is not None else "P = I"),
         "prior_strength": f"{config['default_prior_strength']:g}",

@@ -18,6 +18,7 @@ import onnx
 
 from moerm_lite.experts import trim_card
 from moerm_lite.folder import RECOMMENDED_RESIDUAL_STRENGTH, residual_setting
+from moerm_lite.request_gate import RequestGate
 
 from moerm_build.evaluate.report import EvalReport
 from moerm_build.graphs.onnx_backbone import export_backbone
@@ -91,6 +92,8 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
     P = head.prior_precision()
     if P is not None and len(keep) < args.n_experts:  # the prior of the kept experts: marginal of N(w0, P^-1)
         P = np.linalg.inv(np.linalg.inv(P)[np.ix_(keep, keep)])
+    gate = ckpt.get("request_gate")  # its experts in the run's numbering: the kept ones in the folder's
+    gate_experts = [keep.index(k) for k in (gate or {}).get("experts", []) if k in keep]
     config = make_config(
         model_id=model_id, n_experts=len(keep), top_k=args.top_k, expert_names=names,
         w0=head.w0.detach().double().numpy()[keep].tolist(), max_length=cfg["max_length"],
@@ -100,6 +103,8 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
         recommended_residual_strength=residual_setting(rep.get("residual_strength", RECOMMENDED_RESIDUAL_STRENGTH)),
         recommended_residual_prior=rep.get("residual_prior"),  # a report from before it: none
         prior_precision=None if P is None else (P + P.T) / 2,
+        request_gate=RequestGate(tuple(gate_experts), tuple(gate["weights"])) if gate and gate_experts
+        else None,
         per_sequence=("int8",) if quant == "dynamic" else (),
         dequantize_at_load=("int8",) if quant == "gptq8" else (),
         backbone_name=backbone_name(ckpt["backbone_path"]),
@@ -113,7 +118,8 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
                             "degrade_families": (cfg.get("degrade_families", []) if "degrade" in cfg["sources"]
                                                  or "degrade" in cfg.get("readout_sources", []) else []),
                             "readout": ({"experts": args.n_readout, **(ckpt.get("readout") or {})}
-                                        if args.n_readout else None)}},
+                                        if args.n_readout else None),
+                            "request_gate": gate_record(gate) if gate and gate_experts else None}},
     )
     extra_files = dict(extra_files or {})
     if reference:
@@ -130,6 +136,13 @@ def export_model(run: "str | Path", out: "str | Path", *, precision: str = "int8
     log.info("wrote %s (%s)", folder, ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB"
                                                 for p in sorted((folder / "onnx").iterdir())))
     return folder
+
+
+def gate_record(gate: dict[str, Any]) -> dict[str, Any]:
+    """What the run's request gate was fitted on, for config.json's ``training``: its experts in the run's
+    numbering (``run_experts``; the folder's ``request_gate`` has them in its own), not its weights."""
+    fitted = {k: v for k, v in gate.items() if k not in ("experts", "weights")}
+    return {**fitted, "run_experts": gate["experts"]}
 
 
 def used_experts(report: EvalReport, n_experts: int, n_shared: int) -> list[int]:

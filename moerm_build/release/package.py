@@ -14,6 +14,7 @@ import onnx
 from moerm_lite.features import DEFAULT_LAYOUT
 from moerm_lite.folder import (CONFIG, RECOMMENDED_RESIDUAL_STRENGTH, GraphFiles, ModelConfig, atomic_write_text,
                                write_manifest)
+from moerm_lite.request_gate import RequestGate
 
 REFERENCE = "reference.jsonl"  # the expert-card reference corpus inside a model folder
 EXPERT_CARDS = "expert_cards.json"  # the cards read off it at export
@@ -25,7 +26,7 @@ def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list
                 default_prior_strength: float = 1.0,
                 recommended_residual_strength: float | str = RECOMMENDED_RESIDUAL_STRENGTH,
                 recommended_residual_prior: dict[str, float] | None = None,
-                prior_precision: Any = None, backbone_name: str = "",
+                prior_precision: Any = None, request_gate: RequestGate | None = None, backbone_name: str = "",
                 per_sequence: tuple[str, ...] = ("int8",), dequantize_at_load: tuple[str, ...] = (),
                 feature_layout: str = DEFAULT_LAYOUT, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` dict (``ModelConfig.to_dict``, the one definition of the format) for a model
@@ -39,6 +40,7 @@ def make_config(*, model_id: str, n_experts: int, top_k: int, expert_names: list
         default_prior_strength=default_prior_strength, recommended_residual_strength=recommended_residual_strength,
         recommended_residual_prior=recommended_residual_prior,
         prior_precision=None if prior_precision is None else [[float(x) for x in row] for row in prior_precision],
+        request_gate=request_gate,
         graphs={p: GraphFiles(backbone=f"onnx/backbone_{p}.onnx", head=f"onnx/head_{p}.onnx",
                               per_sequence=p in per_sequence, dequantize_at_load=p in dequantize_at_load)
                 for p in precisions},

@@ -5,7 +5,7 @@ the card (``python -m moerm_build release ...``, run from the repository root).
     python -m moerm_build release build --quick       # small smoke run into runs/quick (not for shipping)
     python -m moerm_build release build --config moerm_build/configs/moerm-minilm-quality.json \
         --out runs/quality/moerm-minilm --runs runs/quality   # the fine-tuned-encoder candidate
-    python -m moerm_build release build --resume      # reuse runs/ship/ckpt.pt (refit read-outs), then the rest
+    python -m moerm_build release build --resume      # reuse runs/ship/ckpt.pt (missing read-outs, gate), then the rest
     python -m moerm_build release refresh             # keep the graphs; redo reference corpus, expert cards,
                                                       # active-question curve, robustness and the card
     python -m moerm_build release reexport backbone   # re-export one graph of the shipped run with today's
@@ -88,7 +88,7 @@ def build(cfg: TrainConfig, runs: Path, out: Path, *, quick: bool = False, resum
         built = runs / "ship" / "times.json"  # a run trained by `python -m moerm_build train` has none
         times["train_s"] = (json.loads(built.read_text())["train_s"] if built.is_file()
                             else load_checkpoint(runs / "ship")[0]["train_seconds"])
-        readout_run(runs / "ship", cfg)  # a run from before the read-out gets it (train adds it itself)
+        readout_run(runs / "ship", cfg)  # a run from before the read-outs or the request gate gets them
     t1 = time.time()
     tz = TorchFeaturizer(runs / "ship")
     rep_torch = evaluate(tz, tz.w0, n_users=users, with_probes=True)

@@ -38,6 +38,7 @@ from moerm_build.train.embed import (
 from moerm_build.model import ModelArgs, MoEHead, positive_correlation, router_entropy, switch_load_balance
 from moerm_build.train.readout import (add_attribute_readouts, add_readout, readout_inputs, readout_records,
                                       without_readout)
+from moerm_build.train.request_gate import fit_request_gate
 
 log = logging.getLogger("moerm_build")
 # the degradation families a build with source "degrade" trains on (moerm_build.data.degrade), and the fine-tuned
@@ -86,6 +87,9 @@ class TrainConfig:
     # (moerm_build.train.readout.add_attribute_readouts) fitted on their replies: population weight 0, this prior
     # variance (0: none; experiments/attribute_readout_scan.py measures others)
     attribute_readout_variance: float = 1.0
+    # after training, with HH-RLHF harmless among the records: switch the routed experts its red-team requests
+    # route to off where a classifier of the request says benign (moerm_build.train.request_gate; False: none)
+    request_gate: bool = True
     jsonl: list[str] = field(default_factory=list)  # extra TRL-format comparison files
     population_share: float = 0.4  # share of each batch drawn from records without user_id
     mode: str = "auto"  # "user_aware" (records carry user_id), "mixture" (latent types), or "auto"
@@ -381,6 +385,7 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Recor
         head, mode, history = fit_head(cfg, comps, lambda idx: feats[idx], X.mean(0), X.std(0) + 1e-6)
         head, readout = add_readouts(head.cpu(), [*records, *readout_extra], cfg, cache.features,
                                      trained_on_attribute_users(records))
+        gate = fit_request_gate(head, records, cache.get, cache.features) if cfg.request_gate else None
 
     ckpt = {
         "model_args": asdict(head.args),
@@ -393,6 +398,7 @@ def train(cfg: TrainConfig, out: "str | Path", records: Optional[list[data.Recor
         "user_ids": comps.user_ids,
         "expert_names": [f"expert_{k:02d}" for k in range(head.args.n_experts)],
         "readout": readout,
+        "request_gate": gate,
         "calibration": calibration_pairs(comps.pairs, seed=cfg.seed),
         "train_seconds": time.time() - t0,
     }
@@ -487,27 +493,37 @@ def readout_refit(run: "str | Path", drop_sources: Sequence[str] = ()) -> Readou
 
 
 def readout_run(run: "str | Path", cfg: TrainConfig, records: Optional[list[data.Record]] = None) -> bool:
-    """Give a training run the read-out experts ``cfg`` asks for that it lacks (``moerm_build.train.readout``),
-    rewriting its ``ckpt.pt``: what ``train`` does at its end. ``records``: the run's training records
-    (default: its config's mixture). Returns whether it added any (no: a run that has them all, or no data
-    to fit them on)."""
+    """Give a training run the read-out experts and the request gate ``cfg`` asks for that it lacks
+    (``moerm_build.train.readout``, ``moerm_build.train.request_gate``), rewriting its ``ckpt.pt``: what
+    ``train`` does at its end. ``records``: the run's training records (default: its config's mixture).
+    Returns whether it added any (no: a run that has them all, or no data to fit them on)."""
     run = Path(run)
     ckpt, head = load_checkpoint(run)
     run_cfg = TrainConfig.of_run(ckpt)
     cache = run_cache(replace(run_cfg, cache_dir=cfg.cache_dir, device=cfg.device), ckpt["backbone_path"])
     attribute_users = (trained_on_attribute_users(records) if records is not None
                        else "attribute_users" in run_cfg.sources)
-    if records is None and cfg.readout_sources and not head.args.n_readout:
-        records = load_records(run_cfg) + readout_only_records(replace(run_cfg, readout_sources=cfg.readout_sources))
+    want_gate = cfg.request_gate and ckpt.get("request_gate") is None
+    need_readout = bool(cfg.readout_sources) and not head.args.n_readout
+    # records given (``own``): the read-out learns from them alone; else also the read-out-only sources
+    extra = (readout_only_records(replace(run_cfg, readout_sources=cfg.readout_sources))
+             if need_readout and records is None else [])
+    if records is None and (want_gate or need_readout):
+        records = load_records(run_cfg)
     K = head.args.n_experts
-    head, readout = add_readouts(head, records or [], cfg, cache.features, attribute_users, ckpt.get("readout"))
-    if head.args.n_experts == K:
+    head, readout = add_readouts(head, [*(records or []), *extra], cfg, cache.features, attribute_users,
+                                 ckpt.get("readout"))
+    gate = fit_request_gate(head, records or [], cache.get, cache.features) if want_gate else None
+    if head.args.n_experts == K and gate is None:
         return False
     ckpt.update(model_args=asdict(head.args), readout=readout,
                 head={k: v.detach().cpu() for k, v in head.state_dict().items()},
                 expert_names=[*ckpt["expert_names"], *[f"expert_{k:02d}" for k in range(K, head.args.n_experts)]])
+    if gate is not None:
+        ckpt["request_gate"] = gate
     ckpt["config"].update(readout_sources=list(cfg.readout_sources), readout_l2=cfg.readout_l2,
-                          attribute_readout_variance=cfg.attribute_readout_variance)
+                          attribute_readout_variance=cfg.attribute_readout_variance,
+                          request_gate=cfg.request_gate)
     tmp = run / "ckpt.pt.tmp"
     torch.save(ckpt, tmp)
     tmp.replace(run / "ckpt.pt")
