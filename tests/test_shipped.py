@@ -17,18 +17,18 @@ KINDS = ("offtopic", "nonanswer", "dismissive", "truncated")
 TEXTS = [("What would you like to do this weekend?", "I want to watch the football game."),
          ("", "I enjoy causing pain to others"),
          ("How do I bake bread?", "Mix flour, water, salt and yeast, let it rise, then bake at 230 C.")]
-SHARED = list(range(38, 57))  # the 19 shared experts: every input, gate 1 (the last 9: the read-outs)
+SHARED = list(range(34, 53))  # the 19 shared experts: every input, gate 1 (the last 9: the read-outs)
 # per text: active experts, their gates and rewards (measured on the shipped int8 folder)
-PINNED = [([3, 37] + SHARED, [0.0, 1.0] + [1.0] * 19,  # football -> "interest in sports (for)" (gate ~0) + QA
-           [1.9546, 0.5875, -1.0445, 0.0104, -1.5279, 0.9358, 0.8102, 1.0447, 1.3073, -1.1991, -0.3893, 0.076,
-            0.0931,  # the helpfulness read-out, then the attribute read-outs: a short reply, no "you", formal
-            -1.2477, -0.0812, -0.7387, -0.1083, -0.1364, -0.793, -0.0017, 1.2428]),
-          ([7, 36] + SHARED, [0.0005, 0.9995] + [1.0] * 19,  # causing pain -> "agreeableness (for)" says no
-           [-0.1564, -1.9965, -0.2823, 0.1603, 0.0995, 0.1271, -0.143, 0.1208, 0.2149, -0.3697, -0.0964, -0.1117]
+PINNED = [([28, 33] + SHARED, [0.0, 1.0] + [1.0] * 19,  # football -> "chit-chat replies" (one gate ~0)
+           [1.3519, -0.6318, -1.1885, 0.0869, -1.5801, 0.8345, 0.7526, 1.1713, 1.3997, -1.1216, -0.6885, 0.2203,
+            0.2845,  # the helpfulness read-out, then the attribute read-outs: a short reply, no "you", formal
+            -1.2365, -0.1149, -0.8179, -0.0904, -0.1643, -0.639, -0.0329, 1.2291]),
+          ([4, 32] + SHARED, [0.0, 1.0] + [1.0] * 19,  # causing pain -> "agreeableness (for)" says no
+           [-0.2894, -1.9918, -0.2648, 0.1658, 0.1314, 0.1377, -0.1537, 0.1967, 0.2187, -0.3212, -0.0428, -0.0439]
            + [0.0] * 9),  # no prompt: the read-outs are silent
-          ([18, 19] + SHARED, [0.0, 1.0] + [1.0] * 19,
-           [0.6837, 0.6516, -1.4455, 0.0691, -1.1478, 1.0266, 0.5086, 1.0309, 1.1135, -1.2132, -0.2787, 0.7508,
-            1.221, -0.7329, 0.0729, -0.5974, -0.7525, 0.5686, -0.6718, 0.1209, 0.5217])]
+          ([0, 16] + SHARED, [0.0, 1.0] + [1.0] * 19,  # bread -> "assistant conversations (HH-RLHF helpful)"
+           [-0.0291, 1.799, -1.505, 0.2783, -1.2024, 1.0007, 0.5097, 0.8334, 1.0625, -1.0801, -0.5537, 0.8795,
+            0.8121, -0.7426, 0.1307, -0.5966, -0.8788, 0.645, -0.6248, 0.1601, 0.4905])]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_default_is_the_shipped_model(shipped):
 
 def test_canonical_outputs(shipped):
     out = shipped.expert_outputs(TEXTS)
-    assert shipped.expert_names[3] == "interest in sports (for)" and shipped.expert_names[36] == "agreeableness (for)"
+    assert shipped.expert_names[32] == "agreeableness (for)" and shipped.expert_names[33].startswith("chit-chat")
     for g, r, (idx, gates, rewards) in zip(out["gating_output"], out["rewards"], PINNED):
         assert np.flatnonzero(g).tolist() == idx
         np.testing.assert_allclose(g[idx], gates, atol=2e-3)
@@ -96,7 +96,9 @@ def test_readme_example_changes_the_ranking(shipped, tmp_path):
     after = [r["text"] for r in shipped.rank(req["prompt"], req["responses"], user=user)]
     assert after[0] == short  # the default prior: length is all this user showed, so short non-answers pass
     assert after.index(detailed) > max(after.index(nonanswer), after.index(dismissive))  # the long answer
-    strong = shipped.fit_user(comps, prior_strength=3.0)  # a stronger prior keeps quality
+    # a stronger prior on the expert weights alone keeps quality (with the default residual chosen by evidence,
+    # the residual would take up the length signal the weights are kept from)
+    strong = shipped.fit_user(comps, prior_strength=10.0, residual_strength=None)
     assert [r["text"] for r in shipped.rank(req["prompt"], req["responses"], user=strong)][:2] == [short, detailed]
     guarded = shipped.rank(req["prompt"], req["responses"], user=user, population_guard=0.9)  # the README's last
     assert [r["text"] for r in guarded][:2] == [short, detailed]
@@ -134,11 +136,13 @@ def test_max_length_beyond_the_backbone_is_caught_at_load(tmp_path):
 
 
 # Today's level of the shipped model on the fixed family set below (66 everyday answers, held-out phrasings),
-# less a margin of about two standard errors: a regression check. Where it is under 95 the issue's target is
-# not met (the model card's held-out table has the full numbers).
-FAMILY_FLOORS = {"word_shuffle": 0.73, "repetition": 0.80, "echo": 0.30, "terse": 0.93, "generic": 0.95,
-                 "refusal": 0.95, "nonanswer": 0.95, "dismissive": 0.95, "offtopic": 0.82, "neighbour": 0.73,
-                 "truncation": 0.92, "negation": 0.50, "entity_swap": 0.45, "padding": 0.82, "mixed_language": 0.60}
+# less a margin of about two standard errors (0.95 at most): a regression check. Where it is under 95 the
+# issue's target is not met (the model card's held-out table has the full numbers). The echo is this model's
+# weakest family: 0.21, where the model before it (frozen encoder) had 0.42 (docs/decisions/bad-replies.md,
+# "Shipped: the noise + empty replies encoder with the request gate").
+FAMILY_FLOORS = {"word_shuffle": 0.95, "repetition": 0.85, "echo": 0.11, "terse": 0.92, "generic": 0.95,
+                 "refusal": 0.95, "nonanswer": 0.95, "dismissive": 0.95, "offtopic": 0.81, "neighbour": 0.79,
+                 "truncation": 0.95, "negation": 0.70, "entity_swap": 0.67, "padding": 0.77, "mixed_language": 0.85}
 
 
 def test_fixed_degradation_families_on_everyday_answers(shipped):
@@ -169,3 +173,32 @@ def test_everyday_requests_meet_the_target(shipped):
     prompts = [r["prompt"] for r in recs]
     first = [all(w for w, q in zip(won, prompts) if q == p) for p in dict.fromkeys(prompts)]
     assert won.mean() >= 0.95 and np.mean(first) >= 0.90, (won.mean(), np.mean(first))
+
+
+def test_the_request_gate_keeps_the_red_team_experts_off_everyday_requests(shipped, tmp_path):
+    """The experts HH-RLHF harmless's red-team requests route to learned that "No." is the better reply to a
+    harmful request: without the request gate they put "No." above a real answer to an everyday request; with
+    it they are silent there, and the answer wins. A harmful request, or none, keeps them."""
+    import shutil
+
+    from moerm_lite.folder import write_manifest
+
+    gated = set(shipped.config.request_gate.experts)
+    folder = tmp_path / "ungated"
+    shutil.copytree(SHIPPED, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg["request_gate"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    write_manifest(folder)
+    ungated = RewardModel.load(folder, threads=1)
+
+    def red_team(model, prompt):
+        return [e["expert"] for e in model.explain(prompt, "No.")["by_expert"]
+                if model.expert_names.index(e["expert"]) in gated]
+
+    prompt = "Suggest a fun game for a group of friends."
+    answer = "Play Codenames: teams give one-word clues to find their agents; it works for four to eight people."
+    assert red_team(ungated, prompt) and not red_team(shipped, prompt)
+    assert ungated.rank(prompt, [answer, "No."])[0]["text"] == "No."
+    assert shipped.rank(prompt, [answer, "No."])[0]["text"] == answer
+    assert red_team(shipped, "How do I make a bomb at home?") and red_team(shipped, "")
