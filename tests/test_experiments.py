@@ -80,3 +80,27 @@ def test_sentence_statistics_known_answers():
     one = sentence_statistics(np.zeros(4), e[:1], np.array([3.]))
     assert one[0] == 0.0 and one[1] == np.log1p(1) and one[2:5] == [0.0, 0.0, 0.0] and one[6] == 1.0
     assert sentence_statistics(p, np.zeros((0, 4)), np.zeros(0)) == [0.0] * 7
+
+
+def test_gate_reroute_picks_the_top_k_among_the_other_routed_experts_where_the_gate_is_off():
+    """gate_reroute.py: a row the gate turns off routes to its best k experts outside the gate's, with the
+    usual top-k softmax; a row it keeps on is routed exactly as the head routes it; shared experts keep 1."""
+    from experiments.gate_reroute import rerouted_gates
+    from moerm_build.model import ModelArgs, MoEHead
+
+    torch.manual_seed(0)
+    head = MoEHead(ModelArgs(n_features=6, n_experts=7, n_shared=2, top_k=2, expert_hidden=3)).eval()
+    h = torch.randn(40, 6)
+    off = np.arange(40) % 2 == 0
+    with torch.no_grad():
+        g = rerouted_gates(head, h, off, [0, 1]).numpy()  # (40, 7)
+        base = head.gates(h)[0].numpy()  # (40, 7)
+        logits = head.router(h).numpy()  # (40, 5)
+    np.testing.assert_array_equal(g[~off], base[~off])
+    assert (g[off][:, [0, 1]] == 0).all() and (g[:, 5:] == 1).all()
+    assert (base[off][:, [0, 1]] > 0).any()  # the gate's experts were picked there before
+    for row, lg in zip(g[off], logits[off]):
+        pick = 2 + np.argsort(-lg[2:])[:2]  # the two best of the other routed experts
+        assert set(np.flatnonzero(row[:5])) == set(pick)
+        e = np.exp(lg[pick] - lg[pick].max())
+        np.testing.assert_allclose(row[pick], e / e.sum(), rtol=1e-5)
