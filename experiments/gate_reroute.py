@@ -1,6 +1,6 @@
 """Where the request gate is off, route to other experts instead of silencing the gated ones? A gated run.
 
-    python -m experiments.gate_reroute --run runs/gate/ship
+    python experiments/gate_reroute.py --run runs/gate/ship
 
 Feeds docs/decisions/bad-replies.md ("Shipped: the noise + empty replies encoder with the request gate"). The
 shipped gate zeroes its experts' gates for a benign request: "No." loses their bonus, but "Nothing." loses
@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from experiments.prompt_gate import short_families
 from moerm_build.evaluate.metrics import TorchFeaturizer
-from moerm_build.evaluate.robustness import everyday, family_table
+from moerm_build.evaluate.robustness import everyday, everyday_families, family_table
 from moerm_build.model import MoEHead
 from moerm_build.train.request_gate import prompt_embeddings
 
@@ -74,7 +73,7 @@ class Rerouted:
 
 
 def summary(label: str, fz: Any) -> None:
-    fams, ev, short = family_table(fz, fz.w0)["families"], everyday(fz, fz.w0), short_families(fz, fz.w0)
+    fams, ev, short = family_table(fz, fz.w0)["families"], everyday(fz, fz.w0), everyday_families(fz, fz.w0)
     print(f"  {label}: everyday pairs {100 * ev['wins']:.1f}, answer first "
           f"{round(ev['answer_first'] * ev['n_requests'])} of {ev['n_requests']}")
     print("    families: " + ", ".join(f"{f} {100 * r['model']:.1f}" for f, r in fams.items()))

@@ -30,23 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from moerm_build.data.degrade import degradation_records
-from moerm_build.evaluate.metrics import TorchFeaturizer, pair_accuracy
+from moerm_build.evaluate.metrics import TorchFeaturizer
 from moerm_build.evaluate.report import evaluate
-from moerm_build.evaluate.robustness import everyday, families, family_table, load_everyday, pair_outputs
+from moerm_build.evaluate.robustness import everyday, everyday_families, family_table, load_everyday
 from moerm_build.train.request_gate import RED_TEAM, fit_request_gate, prompt_embeddings
 from moerm_build.train.train import TrainConfig, load_records
 from moerm_lite.request_gate import RequestGate
-
-
-def short_families(fz: Any, w0: np.ndarray) -> dict[str, float]:
-    """Per family, the real answer's wins over replies made from the everyday set's short answers."""
-    rows = load_everyday()
-    recs = degradation_records([r["prompt"] for r in rows], [r["answer"] for r in rows], split="test",
-                               seed=0)
-    phi, _ = pair_outputs(fz, recs)  # (N, K)
-    fam = families(recs)  # (N,)
-    return {f: pair_accuracy(phi[fam == f] @ w0) for f in dict.fromkeys(fam.tolist())}
 
 
 def pct(d: dict[str, float], keys: Sequence[str]) -> str:
@@ -56,7 +45,7 @@ def pct(d: dict[str, float], keys: Sequence[str]) -> str:
 def summary(label: str, fz: Any, w0: np.ndarray, users: bool) -> None:
     """Print the families, the everyday requests and the short answers' families; with ``users`` the whole
     evaluation too."""
-    fams, ev, short = family_table(fz, w0)["families"], everyday(fz, w0), short_families(fz, w0)
+    fams, ev, short = family_table(fz, w0)["families"], everyday(fz, w0), everyday_families(fz, w0)
     print(f"  {label}")
     print(f"    everyday: pairs {100 * ev['wins']:.1f}, answer first {100 * ev['answer_first']:.1f} "
           f"({round(ev['answer_first'] * ev['n_requests'])} of {ev['n_requests']})")

@@ -31,7 +31,7 @@ from moerm_lite.head import expert_features
 
 from moerm_build import data
 from moerm_build.data.contrast import HELD_OUT
-from moerm_build.data.degrade import FAMILIES, benign_degradation_records, phrases
+from moerm_build.data.degrade import FAMILIES, benign_degradation_records, degradation_records, phrases
 from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy
 
 EVERYDAY = Path(__file__).resolve().parents[1] / "data" / "evalsets" / "everyday.jsonl"
@@ -230,6 +230,16 @@ def everyday(fz: Any, w0: np.ndarray) -> dict[str, Any]:
     return {"n_requests": len(set(prompts.tolist())), "n_pairs": len(recs), "wins": float(win.mean()),
             "answer_first": answer_first(win, prompts), "cosine_wins": float(cos.mean()),
             **{k: float(win[kinds == k].mean()) for k in EVERYDAY_KINDS}}
+
+
+def everyday_families(fz: Any, w0: np.ndarray) -> dict[str, float]:
+    """Per degradation family, the share of pairs the real answer wins over a worse reply made from it, on the
+    everyday set's short answers (held-out phrasings; ``tests/test_shipped.py``'s fixed set)."""
+    rows = load_everyday()
+    recs = degradation_records([r["prompt"] for r in rows], [r["answer"] for r in rows], split="test", seed=0)
+    phi, _ = pair_outputs(fz, recs)  # (N, K)
+    fam = families(recs)  # (N,)
+    return {f: pair_accuracy(phi[fam == f] @ w0) for f in dict.fromkeys(fam.tolist())}
 
 
 CONTRAST_FAMILIES = {"offtopic": "offtopic", "nonanswer": "nonanswer", "dismissive": "dismissive",
