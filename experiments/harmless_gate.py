@@ -32,8 +32,9 @@ from moerm_build.evaluate.metrics import logistic_fit, pair_accuracy
 from moerm_build.evaluate.real_eval import HUMAN_LABELLED, sanity_records
 from moerm_build.train.embed import EmbeddingCache
 from moerm_build.train.readout import fit_for_head, readout_records
-from moerm_build.train.request_gate import gate_inputs, prompt_embeddings
+from moerm_build.train.request_gate import prompt_embeddings
 from moerm_build.train.train import TrainConfig, load_checkpoint, load_records
+from moerm_lite.request_gate import gate_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 

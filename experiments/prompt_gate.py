@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run", action="append", required=True, help="a training run (ckpt.pt); repeatable")
     args = ap.parse_args(argv)
     for run in args.run:
-        fz = TorchFeaturizer(Path(run), request_gate=None)  # the head as trained
+        fz = TorchFeaturizer(Path(run), request_gate=False)  # the head as trained
         pop = [r for r in load_records(TrainConfig.of_run(fz.ckpt))
                if r.get("user_id") is None and str(r.get("prompt", "")).strip()]
         fit = fz.ckpt.get("request_gate") or fit_request_gate(fz.head, pop, fz.embed, fz.features)

@@ -22,6 +22,15 @@ from typing import Any
 import numpy as np
 
 
+def gate_inputs(prompt_embeddings: np.ndarray) -> np.ndarray:
+    """The gate's inputs (N, H + 1) for prompt embeddings (N, H): the unit embedding (0 for a zero one) and a
+    bias column; the build fits the gate's weights on these (``moerm_build.train.request_gate``)."""
+    P = np.asarray(prompt_embeddings, dtype=np.float64)  # (N, H)
+    norm = np.linalg.norm(P, axis=1, keepdims=True)  # (N, 1)
+    unit = np.divide(P, norm, out=np.zeros_like(P), where=norm > 0)  # (N, H)
+    return np.hstack([unit, np.ones((len(P), 1))])  # (N, H + 1)
+
+
 @dataclass(frozen=True)
 class RequestGate:
     """Which experts the gate switches (indices into the model's K) and its logistic weights (H + 1,)."""
@@ -49,12 +58,8 @@ class RequestGate:
 
     def on(self, prompt_embeddings: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
         """(N,) bool: where the gate lets its experts score, for the prompts' backbone embeddings (N, H)."""
-        P = np.asarray(prompt_embeddings, dtype=np.float64)  # (N, H)
-        norm = np.linalg.norm(P, axis=1, keepdims=True)  # (N, 1)
-        unit = np.divide(P, norm, out=np.zeros_like(P), where=norm > 0)  # (N, H)
-        w = np.asarray(self.weights)  # (H + 1,)
         has = np.array([bool(p.strip()) for p in prompts], dtype=bool)  # (N,)
-        return ~has | (unit @ w[:-1] + w[-1] > 0)  # (N,)
+        return ~has | (gate_inputs(prompt_embeddings) @ np.asarray(self.weights) > 0)  # (N,)
 
     def apply(self, expert_index: np.ndarray, gates: np.ndarray, on: np.ndarray) -> np.ndarray:
         """``gates`` (N, W) of the experts ``expert_index`` (N, W) names, with the gate's experts at 0 in the

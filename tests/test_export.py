@@ -516,7 +516,7 @@ def test_training_fits_the_request_gate_and_the_folder_applies_it_as_torch_does(
     assert gate["source"] == "hh_harmless" and gate["requests"] == {"red_team": 60, "other": 59}
     assert gate["experts"] and all(k < 6 for k in gate["experts"])  # routed experts only
     assert len(gate["weights"]) == 33  # H + 1
-    tz, plain = TorchFeaturizer(tmp_path / "run"), TorchFeaturizer(tmp_path / "run", request_gate=None)
+    tz, plain = TorchFeaturizer(tmp_path / "run"), TorchFeaturizer(tmp_path / "run", request_gate=False)
     test = [(f"harm danger {p}", r) for p, r in random_pairs(24, seed=18)] + random_pairs(24, seed=19)
     g, r = tz.outputs(test)
     g0, _ = plain.outputs(test)

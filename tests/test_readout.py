@@ -198,7 +198,8 @@ def test_readout_names_and_expert_names_keep_the_readouts_plain(monkeypatch):
 def test_request_gate_experts_are_the_routed_ones_red_team_requests_lead():
     """moerm_build.train.request_gate: an expert is gated where HH-RLHF harmless's share of it is above 0 and at
     least every other source's; shared experts never; the classifier's inputs are the unit request and a bias."""
-    from moerm_build.train.request_gate import gate_inputs, red_team_experts
+    from moerm_build.train.request_gate import red_team_experts
+    from moerm_lite.request_gate import gate_inputs
 
     shares = {"hh_harmless": np.array([0.5, 0.2, 0.0, 0.3, 0.9]),
               "hh_helpful": np.array([0.1, 0.4, 0.0, 0.3, 0.0]),

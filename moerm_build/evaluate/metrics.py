@@ -50,10 +50,10 @@ class Featurizer(Protocol):
 
 class TorchFeaturizer:
     """The torch model of a checkpoint, on cached embeddings of its backbone, with the checkpoint's request
-    gate (``moerm_lite.request_gate``) as the model folder applies it. ``request_gate``: ``"run"`` the
-    checkpoint's (none if it has none), None none (the head as trained), or a gate's dict to try."""
+    gate (``moerm_lite.request_gate``) as the model folder applies it; ``request_gate=False``: the head as
+    trained, without it."""
 
-    def __init__(self, run: "str | Path", request_gate: "str | dict[str, Any] | None" = "run") -> None:
+    def __init__(self, run: "str | Path", request_gate: bool = True) -> None:
         import torch
 
         from moerm_build.train.train import TrainConfig, load_checkpoint, run_cache
@@ -69,7 +69,7 @@ class TorchFeaturizer:
         self.feature_blocks = feature_blocks((self.head.args.n_features - stats) // 2, cfg.feature_layout)
         cache = run_cache(cfg, self.ckpt["backbone_path"])
         self.features, self.embed = cache.features, cache.get
-        gate = self.ckpt.get("request_gate") if request_gate == "run" else request_gate
+        gate = self.ckpt.get("request_gate") if request_gate else None
         self.request_gate = (None if gate is None else RequestGate.from_dict(
             gate, self.n_experts, self.feature_blocks["reply"]))
 

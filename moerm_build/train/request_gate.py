@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from moerm_lite.personalize import penalized_logistic
-from moerm_lite.request_gate import RequestGate
+from moerm_lite.request_gate import RequestGate, gate_inputs
 
 from moerm_build import data
 from moerm_build.model import MoEHead
@@ -38,12 +38,6 @@ def prompt_embeddings(embed: Callable[[Sequence[str], str], np.ndarray],
                       prompts: Sequence[str]) -> np.ndarray:
     """(N, H) embeddings of requests (rows of empty ones unused: the gate is on without a request)."""
     return embed([p if p.strip() else " " for p in prompts], "prompt")
-
-
-def gate_inputs(P: np.ndarray) -> np.ndarray:
-    """The classifier's inputs (N, H + 1): the unit embedding and a bias column, as ``RequestGate.on``."""
-    P = np.asarray(P, np.float64)  # (N, H)
-    return np.hstack([P / np.maximum(np.linalg.norm(P, axis=1, keepdims=True), 1e-12), np.ones((len(P), 1))])
 
 
 def red_team_experts(shares: dict[str, np.ndarray], n_routed: int) -> list[int]:
