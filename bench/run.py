@@ -237,13 +237,13 @@ def bench_fit(model: RewardModel, Ns: list[int], repeat: int) -> list[tuple[str,
     return rows
 
 
-COLD_RUNTIME = """  # the caller defines ENGINE, CACHE and INT8 first
+COLD_RUNTIME = """  # the caller defines FOLDER, ENGINE, CACHE and INT8 first
 import sys, time
 t = time.perf_counter()
 sys.modules['torch'] = None  # a runtime-only process: torch cannot be imported
 from moerm_lite import RewardModel
 t_import = time.perf_counter() - t
-m = RewardModel.load(threads=2, engine=ENGINE, compile_cache=CACHE, int8_compute=INT8)
+m = RewardModel.load(FOLDER, threads=2, engine=ENGINE, compile_cache=CACHE, int8_compute=INT8)
 t_load = time.perf_counter() - t - t_import
 m.score("", "I like football.")
 print(t_import, t_load, time.perf_counter() - t, MB('VmHWM'), MB('VmRSS'))
@@ -266,10 +266,12 @@ MB = ("def MB(field):\n    for line in open('/proc/self/status'):\n        if li
       "            return int(line.split()[1]) / 1024\n")
 
 
-def bench_cold(repeat: int, openvino: bool = False, int8: bool = False) -> list[tuple[str, str, str]]:
+def bench_cold(repeat: int, openvino: bool = False, int8: bool = False,
+               against: Path | None = None) -> list[tuple[str, str, str]]:
     """Fresh processes, median of ``repeat`` rounds after one untimed round (a round starts one process of
-    each kind in turn): the default load, PyTorch, and with ``int8`` / ``openvino`` the load with
-    ``int8_compute=True`` / ``engine="openvino"`` (from its cache and compiling). They run with compiled
+    each kind in turn): the default load, PyTorch, with ``int8`` / ``openvino`` the load with
+    ``int8_compute=True`` / ``engine="openvino"`` (from its cache and compiling), and with ``against`` the
+    default load of that model folder. They run with compiled
     bytecode, as an installed package does (pip compiles it at install): with PYTHONDONTWRITEBYTECODE set,
     as on some CI machines, an editable checkout would recompile moerm-lite's sources in every process
     (~20 ms)."""
@@ -278,13 +280,17 @@ def bench_cold(repeat: int, openvino: bool = False, int8: bool = False) -> list[
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONPYCACHEPREFIX"] = pycache
         env["MOERM_LITE_CACHE"] = cache  # the openvino engine's compiled model: the untimed run writes it
-        default = "ENGINE, CACHE, INT8 = 'onnxruntime', True, False\n"
+        default = "FOLDER, ENGINE, CACHE, INT8 = None, 'onnxruntime', True, False\n"
         codes = [("moerm-lite (runtime only)", default + COLD_RUNTIME), ("torch + transformers", COLD_TORCH)]
         if int8:
-            codes += [("int8 compute", "ENGINE, CACHE, INT8 = 'onnxruntime', True, True\n" + COLD_RUNTIME)]
+            codes += [("int8 compute", "FOLDER, ENGINE, CACHE, INT8 = None, 'onnxruntime', True, True\n"
+                       + COLD_RUNTIME)]
         if openvino:
-            codes += [(name, f"ENGINE, CACHE, INT8 = 'openvino', {cached}, False\n" + COLD_RUNTIME)
+            codes += [(name, f"FOLDER, ENGINE, CACHE, INT8 = None, 'openvino', {cached}, False\n" + COLD_RUNTIME)
                       for name, cached in (("openvino", True), ("openvino, compiling", False))]
+        if against is not None:
+            codes += [("against", f"FOLDER, ENGINE, CACHE, INT8 = {str(against)!r}, 'onnxruntime', True, False\n"
+                       + COLD_RUNTIME)]
         runs: dict[str, list[list[float]]] = {name: [] for name, _ in codes}
         for _ in range(repeat + 1):  # rounds of one process each, so that all see the same machine state
             for name, code in codes:
@@ -306,6 +312,10 @@ def bench_cold(repeat: int, openvino: bool = False, int8: bool = False) -> list[
         q = res["int8 compute"][2:]
         rows.append(("cold start / peak RSS, int8_compute=True", f"{q[0]:.2f} s / {q[1]:.0f} MB",
                      f"{q[0] / rt[0]:.1f}x / {q[1] / rt[1]:.2f}x the default's"))
+    if against is not None:
+        a = res["against"][2:]
+        rows.append((f"cold start / peak RSS, {against}", f"{a[0]:.2f} s / {a[1]:.0f} MB",
+                     f"{rt[0] / a[0]:.2f}x / {rt[1] / a[1]:.2f}x: the default model's over this one's"))
     if openvino:
         ov, first = res["openvino"][2:], res["openvino, compiling"][2:]
         rows.append(("cold start / peak RSS, engine='openvino'", f"{ov[0]:.2f} s / {ov[1]:.0f} MB",
@@ -544,6 +554,22 @@ def bench_catalog(model: RewardModel, pairs, size: int, repeat: int) -> list[tup
              f"{t_res / t_rank:.0f}x the weights-only; {big_mb:.0f} MB of features")]
 
 
+def bench_against(model: RewardModel, against: RewardModel, pairs, repeat: int) -> list[tuple[str, str, str]]:
+    """Batch throughput of the model and of another model folder ``against`` (the one it replaces, say) on
+    the same pairs, rounds alternating so that both see the same machine state."""
+    times: dict[str, list[float]] = {"model": [], "against": []}
+    for m in (model, against):  # warm-up
+        m.score_pairs(pairs)
+    for _ in range(max(repeat, 3)):
+        for label, m in (("model", model), ("against", against)):
+            t = time.perf_counter()
+            m.score_pairs(pairs)
+            times[label].append(time.perf_counter() - t)
+    a, b = (len(pairs) / float(np.median(times[k])) for k in ("model", "against"))
+    return [(f"throughput, default batching: this model / {against.folder}", f"{a:.1f} / {b:.1f} texts/s",
+             f"{a / b:.2f}x")]
+
+
 def cpu_description() -> str:
     """The CPU model and its int8 and bf16 dot-product features, from /proc/cpuinfo."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
@@ -609,6 +635,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the table as JSON here")
     ap.add_argument("--backbone", default=None, help="time this local encoder folder in place of the shipped "
                     "backbone (speeds only; the cold-start and size rows stay the shipped model's)")
+    ap.add_argument("--against", default=None, help="another model folder (the one the default replaces, say): "
+                    "time only what compares the two, in one run (throughput, rank() of 5 and 20, cold start)")
     args = ap.parse_args()
     q = args.quick
     swap = tempfile.TemporaryDirectory()
@@ -626,6 +654,15 @@ def main() -> None:
 
     torch.set_num_threads(model.threads)
     torch_ref = torch_model(model)  # the PyTorch fp32 reference, loaded once
+    if args.against:  # before and after, in one run
+        against = RewardModel.load(args.against, threads=args.threads)
+        rows += bench_against(model, against, pairs, repeat)
+        for n_replies, limit in ((5, 8), (20, 4)):
+            rows += bench_rank(model, torch_ref, n_replies, repeat if n_replies == 5 else 1, limit if q else None,
+                               {f"against {args.against}": against})
+        rows += bench_cold(1 if q else 3, against=Path(args.against))
+        report(rows, args, model, pairs, cut)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         rows += bench_throughput(model, torch_ref, pairs, repeat, Path(tmp))
     rows += bench_levers(model, pairs, repeat)
@@ -640,9 +677,16 @@ def main() -> None:
     rows += bench_cold(1 if q else 3, others["openvino"] is not None, others["int8_compute"] is not None)
     rows += bench_footprint(model, venv=not q)
     swap.cleanup()
-    print(f"moerm-lite benchmark ({'quick' if q else 'full'}), {len(pairs)} texts ({cut} pairs longer than "
-          f"max_length={model.config.max_length} tokens, cut as the runtime cuts them), {args.threads} threads, "
-          f"{cpu_description()}" + (f"; backbone {args.backbone} (fp32, timing only)" if args.backbone else ""))
+    report(rows, args, model, pairs, cut)
+
+
+def report(rows: list[tuple[str, str, str]], args: argparse.Namespace, model: RewardModel, pairs, cut: int) -> None:
+    """Print the table (and write it as JSON where ``--json`` asks)."""
+    print(f"moerm-lite benchmark ({'quick' if args.quick else 'full'}), {len(pairs)} texts ({cut} pairs longer "
+          f"than max_length={model.config.max_length} tokens, cut as the runtime cuts them), {args.threads} "
+          f"threads, {cpu_description()}"
+          + (f"; backbone {args.backbone} (fp32, timing only)" if args.backbone else "")
+          + (f"; against {args.against}" if args.against else ""))
     w = max(len(r[0]) for r in rows)
     for name, value, ratio in rows:
         print(f"{name:<{w}}  {value:>22}  {ratio}")

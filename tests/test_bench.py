@@ -35,6 +35,24 @@ def test_bench_quick_runs(tmp_path):
 
 
 @pytest.mark.skipif(not (DATA / "hh_rlhf").is_dir(), reason="../shared/data not present")
+def test_bench_against_another_folder_runs(tmp_path):
+    """``--against FOLDER`` times the default model and another folder (here the same one) in one run: only
+    the rows that compare the two, each naming the other folder."""
+    pytest.importorskip("torch")
+    from moerm_lite.model import default_model_path
+
+    other = default_model_path()
+    res = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--against", str(other)], cwd=ROOT,
+                         capture_output=True, text=True, check=False, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    table = res.stdout
+    for key in (f"throughput, default batching: this model / {other}", f"moerm-lite against {other} p50",
+                f"cold start / peak RSS, {other}", "rank() of 20 replies"):
+        assert key in table, key
+    assert "head K=64" not in table  # the other sections are not run
+
+
+@pytest.mark.skipif(not (DATA / "hh_rlhf").is_dir(), reason="../shared/data not present")
 def test_token_budget_bench_quick_runs():
     pytest.importorskip("torch")
     res = subprocess.run([sys.executable, "-m", "bench.truncation", "--quick"], cwd=ROOT, capture_output=True,
