@@ -104,3 +104,24 @@ def test_gate_reroute_picks_the_top_k_among_the_other_routed_experts_where_the_g
         assert set(np.flatnonzero(row[:5])) == set(pick)
         e = np.exp(lg[pick] - lg[pick].max())
         np.testing.assert_allclose(row[pick], e / e.sum(), rtol=1e-5)
+
+
+def test_length_neutral_score_subtracts_the_slope_times_log_words():
+    """guarded_hacking.py --length: the score less ``length * log(1 + words)``, and with a penalty less that
+    times the repeated n-gram share as well."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("guarded_hacking", ROOT / "experiments" / "guarded_hacking.py")
+    gh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gh)
+
+    class Constant:
+        def score_pairs(self, pairs, user=None):
+            return np.full(len(pairs), 2.0)
+
+    pairs = [("q", ""), ("q", "one"), ("q", "one two three")]
+    got = gh.Guarded(Constant(), 0.0, length=0.5).score_pairs(pairs)
+    np.testing.assert_allclose(got, 2.0 - 0.5 * np.log([1.0, 2.0, 4.0]))
+    repeated = gh.Guarded(Constant(), 1.0, length=0.5).score_pairs([("q", "a b c a b c")])
+    np.testing.assert_allclose(repeated, 2.0 - 0.5 * np.log(7.0) - gh.repeated_share("q", "a b c a b c"))
+    assert gh.repeated_share("q", "a b c a b c") == 0.25  # of the four 3-grams, "a b c" the second time
