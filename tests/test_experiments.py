@@ -125,3 +125,20 @@ def test_length_neutral_score_subtracts_the_slope_times_log_words():
     repeated = gh.Guarded(Constant(), 1.0, length=0.5).score_pairs([("q", "a b c a b c")])
     np.testing.assert_allclose(repeated, 2.0 - 0.5 * np.log(7.0) - gh.repeated_share("q", "a b c a b c"))
     assert gh.repeated_share("q", "a b c a b c") == 0.25  # of the four 3-grams, "a b c" the second time
+
+
+def test_style_free_population_zeroes_the_weighted_shared_experts_but_the_readout():
+    """style_free_population.py: of the shared experts (the last n_shared), those with a non-zero population
+    weight are set to 0, the helpfulness read-out and the routed experts keep theirs."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("style_free", ROOT / "experiments" / "style_free_population.py")
+    sf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sf)
+    model = SimpleNamespace(n_experts=5, config=SimpleNamespace(n_shared=3), w0=np.array([1.0, -2.0, 3.0, 0.0, 4.0]),
+                            expert_names=["a", "b", sf.READOUT, "c", "d"])
+    w, zeroed = sf.style_free(model)
+    np.testing.assert_array_equal(w, [1.0, -2.0, 3.0, 0.0, 0.0])
+    assert zeroed == ["d"]
+    np.testing.assert_array_equal(model.w0, [1.0, -2.0, 3.0, 0.0, 4.0])  # the model's weights are not changed
