@@ -53,6 +53,18 @@ def test_bench_against_another_folder_runs(tmp_path):
 
 
 @pytest.mark.skipif(not (DATA / "hh_rlhf").is_dir(), reason="../shared/data not present")
+def test_parallel_calls_bench_quick_runs():
+    """bench/parallel_calls.py: both ways give the same embeddings (0 difference), on every workload."""
+    pytest.importorskip("torch")
+    res = subprocess.run([sys.executable, "-m", "bench.parallel_calls", "--quick"], cwd=ROOT, capture_output=True,
+                         text=True, check=False, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [line for line in res.stdout.splitlines() if "differ by at most" in line]
+    assert len(rows) == 3 and all(line.endswith("differ by at most 0.0e+00") for line in rows), res.stdout
+    assert "resident memory of the second session" in res.stdout
+
+
+@pytest.mark.skipif(not (DATA / "hh_rlhf").is_dir(), reason="../shared/data not present")
 def test_token_budget_bench_quick_runs():
     pytest.importorskip("torch")
     res = subprocess.run([sys.executable, "-m", "bench.truncation", "--quick"], cwd=ROOT, capture_output=True,
