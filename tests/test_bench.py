@@ -14,15 +14,21 @@ from tests.conftest import DATA
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_bench(module: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """``python -m <module> <args>`` from the repository root (10 minutes at most; ``env``: its environment):
+    its stdout, after checking that it exited 0."""
+    res = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                         check=False, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
 @pytest.mark.skipif(not (DATA / "hh_rlhf").is_dir(), reason="../shared/data not present")
 def test_bench_quick_runs(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "bench.json"
     env = {**os.environ, "MOERM_LITE_CACHE": str(tmp_path / "cache")}  # the openvino engine's compiled model
-    res = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--json", str(out)], cwd=ROOT,
-                         capture_output=True, text=True, check=False, timeout=600, env=env)
-    assert res.returncode == 0, res.stderr[-2000:]
-    table = res.stdout
+    table = run_bench("bench.run", "--quick", "--json", str(out), env=env)
     openvino = ("cold start / peak RSS, engine='openvino'", "the same, compiling (compile_cache=False)")
     int8 = ("moerm-lite int8_compute p50", "decisions int8_compute = default",
             "cold start / peak RSS, int8_compute=True")
@@ -42,10 +48,7 @@ def test_bench_against_another_folder_runs(tmp_path):
     from moerm_lite.model import default_model_path
 
     other = default_model_path()
-    res = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--against", str(other)], cwd=ROOT,
-                         capture_output=True, text=True, check=False, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    table = res.stdout
+    table = run_bench("bench.run", "--quick", "--against", str(other))
     for key in (f"throughput, default batching: this model / {other}", f"moerm-lite against {other} p50",
                 f"cold start / peak RSS, {other}", "rank() of 20 replies"):
         assert key in table, key
@@ -56,21 +59,17 @@ def test_bench_against_another_folder_runs(tmp_path):
 def test_parallel_calls_bench_quick_runs():
     """bench/parallel_calls.py: both ways give the same embeddings (0 difference), on every workload."""
     pytest.importorskip("torch")
-    res = subprocess.run([sys.executable, "-m", "bench.parallel_calls", "--quick"], cwd=ROOT, capture_output=True,
-                         text=True, check=False, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    rows = [line for line in res.stdout.splitlines() if "differ by at most" in line]
-    assert len(rows) == 3 and all(line.endswith("differ by at most 0.0e+00") for line in rows), res.stdout
-    assert "resident memory of the second session" in res.stdout
+    out = run_bench("bench.parallel_calls", "--quick")
+    rows = [line for line in out.splitlines() if "differ by at most" in line]
+    assert len(rows) == 3 and all(line.endswith("differ by at most 0.0e+00") for line in rows), out
+    assert "resident memory of the second session" in out
 
 
 @pytest.mark.skipif(not (DATA / "hh_rlhf").is_dir(), reason="../shared/data not present")
 def test_token_budget_bench_quick_runs():
     pytest.importorskip("torch")
-    res = subprocess.run([sys.executable, "-m", "bench.truncation", "--quick"], cwd=ROOT, capture_output=True,
-                         text=True, check=False, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    rows = [line.split() for line in res.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    out = run_bench("bench.truncation", "--quick")
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [int(r[0]) for r in rows] == [256, 192, 128, 96, 64]  # one row per budget, full budget first
     assert rows[0][2] == "1.00x" and rows[0][-1] == "100.0%"  # the full budget agrees with itself
 
