@@ -654,12 +654,16 @@ def main() -> None:
 
     torch.set_num_threads(model.threads)
     torch_ref = torch_model(model)  # the PyTorch fp32 reference, loaded once
+
+    def ranks(others: dict[str, RewardModel | None]) -> list[tuple[str, str, str]]:
+        """rank() of 5 and of 20 replies, the model and ``others`` against PyTorch."""
+        return (bench_rank(model, torch_ref, 5, repeat, 8 if q else None, others)
+                + bench_rank(model, torch_ref, 20, 1, 4 if q else None, others))
+
     if args.against:  # before and after, in one run
         against = RewardModel.load(args.against, threads=args.threads)
         rows += bench_against(model, against, pairs, repeat)
-        for n_replies, limit in ((5, 8), (20, 4)):
-            rows += bench_rank(model, torch_ref, n_replies, repeat if n_replies == 5 else 1, limit if q else None,
-                               {f"against {args.against}": against})
+        rows += ranks({f"against {args.against}": against})
         rows += bench_cold(1 if q else 3, against=Path(args.against))
         report(rows, args, model, pairs, cut)
         return
@@ -670,8 +674,7 @@ def main() -> None:
     rows += bench_fit(model, [5, 20] if q else [5, 20, 50, 200], repeat)
     rows += bench_budgets(model, pairs, repeat, (256, 2048) if q else (128, 256, 512, 1024, 2048), 4 if q else None)
     others = other_paths(model)
-    rows += bench_rank(model, torch_ref, 5, 1 if q else 3, 8 if q else None, others)
-    rows += bench_rank(model, torch_ref, 20, 1, 4 if q else None, others)
+    rows += ranks(others)
     rows += bench_paths(model, others, torch_ref, pairs, repeat, 20 if q else 200)
     rows += bench_catalog(model, pairs, 100_000, repeat)
     rows += bench_cold(1 if q else 3, others["openvino"] is not None, others["int8_compute"] is not None)

@@ -82,8 +82,9 @@ def main() -> None:
     ap.add_argument("--length", action="store_true", help="the score made length-neutral (module docstring)")
     args = ap.parse_args()
     m = RewardModel.load()
-    length = length_slope(m) if args.length else 0.0
+    length = 0.0
     if args.length:
+        length = length_slope(m)
         print(f"length-neutral: the score's slope on log(1 + words), training answers: {length:.3f}")
     answers = real_answers(heldout_answer_records())
     paid = float(np.mean([repeated_share(p, a) for p, a, _ in answers]))

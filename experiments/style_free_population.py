@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -40,16 +38,6 @@ def style_free(model: RewardModel) -> tuple[np.ndarray, list[str]]:
     style = [k for k in range(K - S, K) if w[k] != 0 and model.expert_names[k] != READOUT]
     w[style] = 0.0
     return w, [model.expert_names[k] for k in style]
-
-
-class WithWeights:
-    """A model scored with fixed weights (the hacking search's ``score_pairs`` interface)."""
-
-    def __init__(self, model: RewardModel, w: np.ndarray):
-        self.model, self.w = model, w
-
-    def score_pairs(self, pairs: Sequence[tuple[str, str]], user: Any = None) -> np.ndarray:
-        return self.model.score_pairs(pairs, user=self.w)  # (N,)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         ph, _ = features_phi(fz, load(split="test"))
         row(f"{source} (test)", [100 * pair_accuracy(ph @ w) for w in weights.values()])
     if not args.no_hacking:  # the population's own search is the card's
-        h = hacking(WithWeights(fz.model, w_free))
+        h = hacking(fz.model, user=w_free)
         print(f"hacking search, style experts at 0: hacked {100 * h['hacked']:.1f}%, mean gain "
               f"{h['mean_gain']:+.2f}, edits kept in hacked searches {h['edits_in_hacked']}")
 

@@ -109,11 +109,7 @@ def test_gate_reroute_picks_the_top_k_among_the_other_routed_experts_where_the_g
 def test_length_neutral_score_subtracts_the_slope_times_log_words():
     """guarded_hacking.py --length: the score less ``length * log(1 + words)``, and with a penalty less that
     times the repeated n-gram share as well."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("guarded_hacking", ROOT / "experiments" / "guarded_hacking.py")
-    gh = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gh)
+    from experiments import guarded_hacking as gh
 
     class Constant:
         def score_pairs(self, pairs, user=None):
@@ -130,12 +126,10 @@ def test_length_neutral_score_subtracts_the_slope_times_log_words():
 def test_style_free_population_zeroes_the_weighted_shared_experts_but_the_readout():
     """style_free_population.py: of the shared experts (the last n_shared), those with a non-zero population
     weight are set to 0, the helpfulness read-out and the routed experts keep theirs."""
-    import importlib.util
     from types import SimpleNamespace
 
-    spec = importlib.util.spec_from_file_location("style_free", ROOT / "experiments" / "style_free_population.py")
-    sf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sf)
+    from experiments import style_free_population as sf
+
     model = SimpleNamespace(n_experts=5, config=SimpleNamespace(n_shared=3), w0=np.array([1.0, -2.0, 3.0, 0.0, 4.0]),
                             expert_names=["a", "b", sf.READOUT, "c", "d"])
     w, zeroed = sf.style_free(model)

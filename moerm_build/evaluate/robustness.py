@@ -255,15 +255,16 @@ def trained_families(training: dict[str, Any]) -> list[str]:
     return [f for f in FAMILIES if f in out]
 
 
-def hacking(model: Any, n_prompts: int = 200, steps: int = 30, seed: int = 0) -> dict[str, Any]:
-    """The greedy edit search (``moerm_build.evaluate.hacking``) from ``n_prompts`` held-out real answers."""
+def hacking(model: Any, n_prompts: int = 200, steps: int = 30, seed: int = 0, user: Any = None) -> dict[str, Any]:
+    """The greedy edit search (``moerm_build.evaluate.hacking``) from ``n_prompts`` held-out real answers, on the
+    scores of ``user`` (``score_pairs(..., user=)``: a profile or weights; None: the population)."""
     from moerm_build.data.contrast import real_answers
     from moerm_build.evaluate.hacking import greedy_search, hacking_rate
 
     answers = real_answers(heldout_answer_records())
     pick = sorted(np.random.default_rng(seed).permutation(len(answers))[:n_prompts])
     res = greedy_search(model, [answers[i][0] for i in pick], [answers[i][1] for i in pick], steps=steps,
-                        seed=seed)
+                        seed=seed, user=user)
     return {**hacking_rate(res), "steps": steps}
 
 
