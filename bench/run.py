@@ -237,7 +237,7 @@ def bench_fit(model: RewardModel, Ns: list[int], repeat: int) -> list[tuple[str,
     return rows
 
 
-COLD_RUNTIME = """  # the caller defines FOLDER, ENGINE, CACHE and INT8 first
+COLD_RUNTIME = """  # the caller defines FOLDER, ENGINE, CACHE, INT8 and RANK (a prompt and its replies) first
 import sys, time
 t = time.perf_counter()
 sys.modules['torch'] = None  # a runtime-only process: torch cannot be imported
@@ -247,6 +247,8 @@ m = RewardModel.load(FOLDER, threads=2, engine=ENGINE, compile_cache=CACHE, int8
 t_load = time.perf_counter() - t - t_import
 m.score("", "I like football.")
 print(t_import, t_load, time.perf_counter() - t, MB('VmHWM'), MB('VmRSS'))
+m.rank(*RANK)
+print(MB('VmHWM'))
 """
 COLD_TORCH = """
 import sys, time
@@ -271,26 +273,31 @@ def bench_cold(repeat: int, openvino: bool = False, int8: bool = False,
     """Fresh processes, median of ``repeat`` rounds after one untimed round (a round starts one process of
     each kind in turn): the default load, PyTorch, with ``int8`` / ``openvino`` the load with
     ``int8_compute=True`` / ``engine="openvino"`` (from its cache and compiling), and with ``against`` the
-    default load of that model folder. They run with compiled
-    bytecode, as an installed package does (pip compiles it at install): with PYTHONDONTWRITEBYTECODE set,
-    as on some CI machines, an editable checkout would recompile moerm-lite's sources in every process
-    (~20 ms)."""
+    default load of that model folder. Each moerm-lite process then ranks the five real replies of the first
+    held-out instruction (``rank_calls``): the peak memory of a process that loads and ranks. They run with
+    compiled bytecode, as an installed package does (pip compiles it at install): with
+    PYTHONDONTWRITEBYTECODE set, as on some CI machines, an editable checkout would recompile moerm-lite's
+    sources in every process (~20 ms)."""
     rows = []
     with tempfile.TemporaryDirectory() as pycache, tempfile.TemporaryDirectory() as cache:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONPYCACHEPREFIX"] = pycache
         env["MOERM_LITE_CACHE"] = cache  # the openvino engine's compiled model: the untimed run writes it
-        default = "FOLDER, ENGINE, CACHE, INT8 = None, 'onnxruntime', True, False\n"
-        codes = [("moerm-lite (runtime only)", default + COLD_RUNTIME), ("torch + transformers", COLD_TORCH)]
+        call = rank_calls(5)[0]
+
+        def runtime_code(folder: str | None = None, engine: str = "onnxruntime", cached: bool = True,
+                         int8_compute: bool = False) -> str:
+            return (f"RANK = {call!r}\nFOLDER, ENGINE, CACHE, INT8 = {folder!r}, {engine!r}, {cached}, "
+                    f"{int8_compute}\n" + COLD_RUNTIME)
+
+        codes = [("moerm-lite (runtime only)", runtime_code()), ("torch + transformers", COLD_TORCH)]
         if int8:
-            codes += [("int8 compute", "FOLDER, ENGINE, CACHE, INT8 = None, 'onnxruntime', True, True\n"
-                       + COLD_RUNTIME)]
+            codes += [("int8 compute", runtime_code(int8_compute=True))]
         if openvino:
-            codes += [(name, f"FOLDER, ENGINE, CACHE, INT8 = None, 'openvino', {cached}, False\n" + COLD_RUNTIME)
+            codes += [(name, runtime_code(engine="openvino", cached=cached))
                       for name, cached in (("openvino", True), ("openvino, compiling", False))]
         if against is not None:
-            codes += [("against", f"FOLDER, ENGINE, CACHE, INT8 = {str(against)!r}, 'onnxruntime', True, False\n"
-                       + COLD_RUNTIME)]
+            codes += [("against", runtime_code(str(against)))]
         runs: dict[str, list[list[float]]] = {name: [] for name, _ in codes}
         for _ in range(repeat + 1):  # rounds of one process each, so that all see the same machine state
             for name, code in codes:
@@ -299,7 +306,8 @@ def bench_cold(repeat: int, openvino: bool = False, int8: bool = False,
                 runs[name].append([float(x) for x in out.stdout.split()])
         res = {name: np.median(np.array(r[1:]), axis=0) for name, r in runs.items()}
     runtime, tt = res["moerm-lite (runtime only)"], res["torch + transformers"]
-    t_import, t_load, rt = runtime[0], runtime[1], runtime[2:]  # rt, tt: seconds, peak MB, resident MB
+    t_import, t_load, rt = runtime[0], runtime[1], runtime[2:]  # rt, tt: seconds, peak MB, resident MB (rt:
+    #                                                                 then the peak MB after rank() of 5)
     rows.append(("cold start to first score: moerm-lite / torch", f"{rt[0]:.2f} / {tt[0]:.2f} s",
                  f"{tt[0] / rt[0]:.1f}x faster (goal <= 0.3 s)"))
     rows.append(("  of which import moerm_lite / load / first score",
@@ -308,18 +316,24 @@ def bench_cold(repeat: int, openvino: bool = False, int8: bool = False,
                  f"{tt[1] / rt[1]:.1f}x less (goal <= 150 MB)"))
     rows.append(("resident after first score: moerm-lite / torch", f"{rt[2]:.0f} / {tt[2]:.0f} MB",
                  f"{tt[2] / rt[2]:.1f}x less"))
+    rows.append(("peak RSS after rank() of 5 real replies, moerm-lite", f"{rt[3]:.0f} MB", "goal <= 150 MB"))
     if int8:
         q = res["int8 compute"][2:]
-        rows.append(("cold start / peak RSS, int8_compute=True", f"{q[0]:.2f} s / {q[1]:.0f} MB",
-                     f"{q[0] / rt[0]:.1f}x / {q[1] / rt[1]:.2f}x the default's"))
+        rows.append(("cold start / peak RSS / after rank(5), int8_compute=True",
+                     f"{q[0]:.2f} s / {q[1]:.0f} / {q[3]:.0f} MB",
+                     f"{q[0] / rt[0]:.1f}x / {q[1] / rt[1]:.2f}x / {q[3] / rt[3]:.2f}x the default's"))
     if against is not None:
         a = res["against"][2:]
-        rows.append((f"cold start / peak RSS, {against}", f"{a[0]:.2f} s / {a[1]:.0f} MB",
-                     f"{rt[0] / a[0]:.2f}x / {rt[1] / a[1]:.2f}x: the default model's over this one's"))
+        rows.append((f"cold start / peak RSS / after rank(5), {against}",
+                     f"{a[0]:.2f} s / {a[1]:.0f} / {a[3]:.0f} MB",
+                     f"{rt[0] / a[0]:.2f}x / {rt[1] / a[1]:.2f}x / {rt[3] / a[3]:.2f}x: the default model's over "
+                     "this one's"))
     if openvino:
         ov, first = res["openvino"][2:], res["openvino, compiling"][2:]
-        rows.append(("cold start / peak RSS, engine='openvino'", f"{ov[0]:.2f} s / {ov[1]:.0f} MB",
-                     f"{ov[0] / rt[0]:.1f}x / {ov[1] / rt[1]:.1f}x onnxruntime's (compiled model cached)"))
+        rows.append(("cold start / peak RSS / after rank(5), engine='openvino'",
+                     f"{ov[0]:.2f} s / {ov[1]:.0f} / {ov[3]:.0f} MB",
+                     f"{ov[0] / rt[0]:.1f}x / {ov[1] / rt[1]:.1f}x / {ov[3] / rt[3]:.1f}x onnxruntime's (compiled "
+                     "model cached)"))
         rows.append(("  the same, compiling (compile_cache=False)", f"{first[0]:.2f} s / {first[1]:.0f} MB",
                      f"{first[0] / ov[0]:.1f}x / {first[1] / ov[1]:.1f}x the cached load"))
     return rows
@@ -346,7 +360,7 @@ def percentiles(times: list[float]) -> tuple[float, float]:
 def stage_times(model: RewardModel, calls, tb=None, th=None) -> dict[str, float]:
     """Median milliseconds of each stage of a ranking call, run one stage at a time on the same calls:
     tokenize, the backbone passes of the prompt and the replies (PyTorch: the prompt, then the replies in one
-    padded batch; moerm-lite: its own batching, the prompt beside the replies on OpenVINO's streams), pair
+    padded batch; moerm-lite: its own batching, the prompt beside the replies), pair
     features, head.
     With ``tb``, ``th`` (``torch_model``) the PyTorch fp32 stages; else moerm-lite's, through public API."""
     import torch

@@ -20,7 +20,7 @@ from .folder import CONFIG, ModelConfig, model_hash, read_json, read_manifest, v
 from .guard import check_guard, guarded_order, guarded_out
 from .head import combine, expert_features, row_terms, scatter_topk, user_scores
 from .personalize import RECOMMENDED, UserProfile, fit_map, resolve_weights
-from .sessions import BackboneRunner, load_graphs, run_feeds, runs_side_by_side
+from .sessions import BackboneRunner, FeedHelper, load_graphs, run_feeds, runs_side_by_side
 from .text import Prompt, TextTokenizer, check_prompt, check_response
 
 log = logging.getLogger("moerm_lite")
@@ -77,6 +77,8 @@ class RewardModel:
         P = config.prior_precision
         self._prior_precision = None if P is None else np.asarray(P, dtype=np.float64)  # (K, K)
         self.truncated_inputs = 0  # inputs truncated so far (warned about once, then logged at debug level)
+        # onnxruntime with two threads or more: a second worker for a lone call's backbone feeds (FeedHelper)
+        self._helper = FeedHelper() if threads >= 2 and not runs_side_by_side(backbone) else None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -267,11 +269,7 @@ class RewardModel:
         responses = sorted({r for _, r in pairs})
         p_ids, p_cut = self._tokenizer.encode(prompts, "prompt")
         r_ids, r_cut = self._tokenizer.encode(responses, "response")
-        if runs_side_by_side(self._backbone):  # one pass: a ranking call's prompt runs beside its replies
-            E = self._embed_ids(p_ids + r_ids, batch_size)  # (Np + Nr, H)
-            P, R = E[:len(prompts)], E[len(prompts):]  # (Np, H), (Nr, H)
-        else:  # padded batches: a short prompt padded to its batch's replies costs more than its own call
-            P, R = self._embed_ids(p_ids, batch_size), self._embed_ids(r_ids, batch_size)  # (Np, H), (Nr, H)
+        P, R = self._embed_sets([p_ids, r_ids], batch_size)  # (Np, H), (Nr, H): the prompt beside the replies
         pi = {p: i for i, p in enumerate(prompts)}
         ri = {r: i for i, r in enumerate(responses)}
         H = R.shape[1]
@@ -293,32 +291,41 @@ class RewardModel:
         long ones); the result does not depend on ``batch_size``.
         """
         ids, truncated = self._tokenizer.encode(texts, role)
-        return self._embed_ids(ids, batch_size), truncated
+        return self._embed_sets([ids], batch_size)[0], truncated
 
-    def _embed_ids(self, ids: list[np.ndarray], batch_size: int) -> np.ndarray:
-        """Backbone embeddings (N, H) float32 of tokenized texts, batched as ``embed`` says."""
-        out = np.zeros((len(ids), self.config.hidden_size), dtype=np.float32)  # (N, H)
-        order = np.argsort([len(x) for x in ids], kind="stable")  # length buckets: less padding
+    def _embed_sets(self, sets: list[list[np.ndarray]], batch_size: int) -> list[np.ndarray]:
+        """Backbone embeddings (N_s, H) float32 of each set of tokenized texts, each set batched as ``embed``
+        says and never with another set's texts (a short prompt padded to its replies' length costs more than
+        its own call), all the sets' backbone calls run together, the largest first (``run_feeds``: side by
+        side where the backbone or the model's helper allows)."""
         # one text per call where a padded batch would change the numbers (dynamic-int8 graphs), so that a score
         # never depends on its batch, and for a runner that runs texts side by side (OpenVINO: one per stream;
         # its bf16 kernels would also round a padded batch differently)
         per_sequence = self.config.graphs[self.precision].per_sequence or runs_side_by_side(self._backbone)
-        groups: list[list[int]] = []  # the texts of each backbone call
-        start = 0
-        while start < len(order):
-            # up to batch_size texts, and at most tokens_per_batch padded tokens (the longest text is last)
-            stop = start + 1
-            while (stop < len(order) and stop - start < batch_size
-                   and (stop - start + 1) * len(ids[order[stop]]) <= self.tokens_per_batch):
-                stop += 1
-            idx = [int(i) for i in order[start:stop]]
-            start = stop
-            groups += [[i] for i in idx] if per_sequence else [idx]
-        inputs = self.config.backbone_inputs
-        feeds = ({name: feed[name] for name in inputs}
-                 for feed in (self._tokenizer.pad([ids[i] for i in g]) for g in groups))  # one at a time
-        for g, emb in zip(groups, run_feeds(self._backbone, self.config.backbone_output, feeds)):
-            out[g] = emb
+        groups: list[tuple[int, list[int]]] = []  # (set, its texts) of each backbone call
+        for s, ids in enumerate(sets):
+            order = np.argsort([len(x) for x in ids], kind="stable")  # length buckets: less padding
+            start = 0
+            while start < len(order):
+                # up to batch_size texts and at most tokens_per_batch padded tokens (the longest text last)
+                stop = start + 1
+                while (stop < len(order) and stop - start < batch_size
+                       and (stop - start + 1) * len(ids[order[stop]]) <= self.tokens_per_batch):
+                    stop += 1
+                idx = [int(i) for i in order[start:stop]]
+                start = stop
+                groups += [(s, [i]) for i in idx] if per_sequence else [(s, idx)]
+        # the calls of most padded tokens first, so that two running side by side end together
+        groups.sort(key=lambda g: -len(g[1]) * len(sets[g[0]][g[1][-1]]))
+        padded = (self._tokenizer.pad([sets[s][i] for i in g]) for s, g in groups)  # each as it is taken
+        feeds = ({name: feed[name] for name in self.config.backbone_inputs} for feed in padded)
+        out = [np.zeros((len(ids), self.config.hidden_size), np.float32) for ids in sets]  # (N_s, H) each
+
+        def store(call: int, emb: np.ndarray) -> None:  # emb: (len(g), H)
+            s, g = groups[call]
+            out[s][g] = emb
+
+        run_feeds(self._backbone, self.config.backbone_output, feeds, store, self._helper)
         return out
 
     # ----------------------------------------------------------------- scoring

@@ -7,8 +7,9 @@ from __future__ import annotations
 import ctypes
 import re
 import sys
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,15 +38,79 @@ def runs_side_by_side(backbone: BackboneRunner) -> bool:
     return getattr(backbone, "run_many", None) is not None
 
 
-def run_feeds(backbone: BackboneRunner, output: str, feeds: Iterable[dict[str, np.ndarray]]
-              ) -> Iterator[np.ndarray]:
-    """Each feed's ``output``, in order. A runner with ``run_many`` (OpenVINO's, several streams) gets them
-    all at once and runs them in parallel; an onnxruntime session one call each, as they come."""
+Feed = dict[str, np.ndarray]
+Store = Callable[[int, np.ndarray], None]  # takes feed i's output
+
+
+def run_feeds(backbone: BackboneRunner, output: str, feeds: Iterable[Feed], store: Store,
+              helper: FeedHelper | None = None) -> None:
+    """Each feed's ``output`` handed to ``store`` with the feed's index, as it is computed. A runner with
+    ``run_many`` (OpenVINO's, several streams) gets the feeds all at once and runs them in parallel; an
+    onnxruntime session one call each, as they come, on this thread and, with ``helper``, on the helper's
+    as well (then ``store`` is called from both threads, never twice for one index)."""
     if runs_side_by_side(backbone):
-        yield from backbone.run_many(output, list(feeds))  # type: ignore[attr-defined]
+        for i, out in enumerate(backbone.run_many(output, list(feeds))):  # type: ignore[attr-defined]
+            store(i, out)
+    elif helper is None:
+        for i, feed in enumerate(feeds):
+            store(i, backbone.run([output], feed)[0])
     else:
-        for feed in feeds:
-            yield backbone.run([output], feed)[0]
+        helper.run(backbone, output, feeds, store)
+
+
+class FeedHelper:
+    """A second worker for an onnxruntime session's backbone feeds, kept by the model and made once: while
+    a call is the model's only one, its feeds run two at a time, one on the calling thread and one on the
+    helper's, on the session's shared threads (a short call's GEMMs are too small to keep both cores busy
+    alone: docs/decisions/speed.md). Each feed is computed exactly as alone. Calls that overlap run their
+    feeds one at a time on their own threads, as they would without it: they already share the cores."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="moerm-lite-feeds")  # its thread starts on use
+        self._lock = threading.Lock()
+        self._calls = 0  # calls in flight
+
+    def run(self, backbone: BackboneRunner, output: str, feeds: Iterable[Feed], store: Store) -> None:
+        """``run_feeds`` of an onnxruntime session with this helper."""
+        with self._lock:
+            self._calls += 1
+            alone = self._calls == 1
+        try:
+            if alone:
+                self._two_at_a_time(backbone, output, feeds, store)
+            else:
+                for i, feed in enumerate(feeds):
+                    store(i, backbone.run([output], feed)[0])
+        finally:
+            with self._lock:
+                self._calls -= 1
+
+    def _two_at_a_time(self, backbone: BackboneRunner, output: str, feeds: Iterable[Feed],
+                       store: Store) -> None:
+        todo, lock = enumerate(feeds), threading.Lock()
+        failed = threading.Event()  # a worker failed: the other takes no new feed
+
+        def drain() -> None:
+            while not failed.is_set():
+                with lock:  # the feeds are padded as they are taken, one at a time
+                    i, feed = next(todo, (-1, {}))
+                if i < 0:
+                    return
+                try:
+                    store(i, backbone.run([output], feed)[0])
+                except BaseException:
+                    failed.set()
+                    raise
+
+        job = self._pool.submit(drain)
+        try:
+            drain()
+        finally:  # the helper's part: withdrawn if it has not started, else waited for
+            helped = not job.cancel()
+            if helped:
+                wait([job])
+        if helped:
+            job.result()  # the helper's error, if it had one
 
 
 def cpu_session(model: str | Path | bytes, threads: int, *, optimize: bool = True,

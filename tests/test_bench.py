@@ -29,11 +29,12 @@ def test_bench_quick_runs(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "MOERM_LITE_CACHE": str(tmp_path / "cache")}  # the openvino engine's compiled model
     table = run_bench("bench.run", "--quick", "--json", str(out), env=env)
-    openvino = ("cold start / peak RSS, engine='openvino'", "the same, compiling (compile_cache=False)")
+    openvino = ("cold start / peak RSS / after rank(5), engine='openvino'",
+                "the same, compiling (compile_cache=False)")
     int8 = ("moerm-lite int8_compute p50", "decisions int8_compute = default",
-            "cold start / peak RSS, int8_compute=True")
+            "cold start / peak RSS / after rank(5), int8_compute=True")
     keys = ("throughput batch 32: moerm-lite int8", "head K=64", "fit_user N=20", "cold start", "peak RSS",
-            "resident after first score", "model folder")
+            "resident after first score", "peak RSS after rank() of 5 real replies", "model folder")
     optional = (openvino if importlib.util.find_spec("openvino") else ()) + (int8 if onnxruntime_fuses_int8() else ())
     for key in keys + optional:
         assert key in table, key
@@ -50,7 +51,7 @@ def test_bench_against_another_folder_runs(tmp_path):
     other = default_model_path()
     table = run_bench("bench.run", "--quick", "--against", str(other))
     for key in (f"throughput, default batching: this model / {other}", f"moerm-lite against {other} p50",
-                f"cold start / peak RSS, {other}", "rank() of 20 replies"):
+                f"cold start / peak RSS / after rank(5), {other}", "rank() of 20 replies"):
         assert key in table, key
     assert "head K=64" not in table  # the other sections are not run
 

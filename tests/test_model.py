@@ -97,6 +97,20 @@ def test_rank_does_not_depend_on_how_the_backbone_batches(tiny_folder, precision
         assert [r["corpus_id"] for r in got] == ids
 
 
+
+@pytest.mark.parametrize("precision,atol", [("fp32", 1e-6), ("int8", 1e-3)])
+def test_two_feeds_at_a_time_rank_as_one_at_a_time(tiny_folder, precision, atol):
+    """Two threads (a call's backbone feeds two at a time, sessions.FeedHelper) and one thread (one at a
+    time) give the same scores and ranking, ties included, whatever the batching."""
+    responses = [*RESPONSES, RESPONSES[0], "", "the cat is kind and good and kind and good", RESPONSES[2]] * 2
+    for tokens in (1, 16, 10**6):
+        ref = RewardModel.load(tiny_folder, precision=precision, threads=1, tokens_per_batch=tokens)
+        two = RewardModel.load(tiny_folder, precision=precision, threads=2, tokens_per_batch=tokens)
+        want, got = ref.rank(PROMPT, responses), two.rank(PROMPT, responses)
+        assert [r["corpus_id"] for r in got] == [r["corpus_id"] for r in want]
+        np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], atol=atol)
+
+
 def test_rank_and_flip(tiny_fp32):
     m = tiny_fp32
     ranking = m.rank(PROMPT, RESPONSES)
@@ -260,14 +274,16 @@ def test_comparison_features_are_differences(tiny_fp32):
     assert phi @ m.w0 == pytest.approx([s[0] - s[1]], abs=1e-9)
 
 
-def test_eight_threads_score_at_once(tiny_int8):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_eight_threads_score_at_once(tiny_folder, threads):
+    model = RewardModel.load(tiny_folder, threads=threads)  # 2: calls alone take the feed helper, others not
     pairs = random_pairs(40, seed=3)
-    ref = tiny_int8.score_pairs(pairs, batch_size=8)
+    ref = model.score_pairs(pairs, batch_size=8)
     results, errors = [None] * 8, []
 
     def work(i):
         try:
-            results[i] = tiny_int8.score_pairs(pairs, batch_size=8)
+            results[i] = model.score_pairs(pairs, batch_size=8)
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
