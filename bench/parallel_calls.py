@@ -1,5 +1,6 @@
 """One ranking call's backbone feeds run side by side: two workers on a one-thread session, or on the two-thread
-session itself, against one feed at a time on a two-thread session (what the runtime does now).
+session itself (what the runtime does since ``moerm_lite.sessions.FeedHelper``), against one feed at a time on a
+two-thread session (what it did before).
 
     python -m bench.parallel_calls           # about 5 minutes on 2 cores
     python -m bench.parallel_calls --quick
@@ -76,7 +77,7 @@ def main() -> None:
         return run
 
     ways: dict[str, Callable[[list[Feed]], list[np.ndarray]]] = {
-        "one feed at a time, 2 threads (now)": one_at_a_time, "2 workers, 1-thread session": side_by_side(one),
+        "one feed at a time, 2 threads (before)": one_at_a_time, "2 workers, 1-thread session": side_by_side(one),
         "2 workers, the 2-thread session": side_by_side(two)}
     n_calls, rounds = (8, 1) if args.quick else (None, 3)
     workloads = {f"rank() of {n} replies": [call_feeds(model, tok, p, r) for p, r in rank_calls(n)[:n_calls]]
