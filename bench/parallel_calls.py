@@ -1,6 +1,6 @@
 """One ranking call's backbone feeds run side by side: two workers on a one-thread session, or on the two-thread
-session itself (what the runtime does since ``moerm_lite.sessions.FeedHelper``), against one feed at a time on a
-two-thread session (what it did before).
+session itself, and the runtime's way since (``moerm_lite.sessions.FeedHelper``: the calling thread and one
+helper thread on the two-thread session), against one feed at a time on a two-thread session (before).
 
     python -m bench.parallel_calls           # about 5 minutes on 2 cores
     python -m bench.parallel_calls --quick
@@ -28,7 +28,7 @@ import numpy as np
 
 from bench.run import cpu_description, rank_calls
 from moerm_lite import RewardModel
-from moerm_lite.sessions import cpu_session, release_freed_memory
+from moerm_lite.sessions import FeedHelper, cpu_session, release_freed_memory, run_feeds
 from moerm_lite.text import TextTokenizer
 
 Feed = dict[str, np.ndarray]
@@ -76,9 +76,17 @@ def main() -> None:
             return [got[i] for i in range(len(feeds))]
         return run
 
+    helper = FeedHelper()
+
+    def runtime_way(feeds: list[Feed]) -> list[np.ndarray]:  # run_feeds as the model calls it, longest first
+        order = sorted(range(len(feeds)), key=lambda i: -next(iter(feeds[i].values())).shape[1])
+        got: dict[int, np.ndarray] = {}
+        run_feeds(two, out, (feeds[i] for i in order), lambda j, emb: got.update({order[j]: emb}), helper)
+        return [got[i] for i in range(len(feeds))]
+
     ways: dict[str, Callable[[list[Feed]], list[np.ndarray]]] = {
         "one feed at a time, 2 threads (before)": one_at_a_time, "2 workers, 1-thread session": side_by_side(one),
-        "2 workers, the 2-thread session": side_by_side(two)}
+        "2 workers, the 2-thread session": side_by_side(two), "the runtime's FeedHelper (now)": runtime_way}
     n_calls, rounds = (8, 1) if args.quick else (None, 3)
     workloads = {f"rank() of {n} replies": [call_feeds(model, tok, p, r) for p, r in rank_calls(n)[:n_calls]]
                  for n in (5, 20)}

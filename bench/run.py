@@ -237,13 +237,13 @@ def bench_fit(model: RewardModel, Ns: list[int], repeat: int) -> list[tuple[str,
     return rows
 
 
-COLD_RUNTIME = """  # the caller defines FOLDER, ENGINE, CACHE, INT8 and RANK (a prompt and its replies) first
+COLD_RUNTIME = """  # the caller defines FOLDER, ENGINE, CACHE, INT8, THREADS and RANK (a prompt, replies)
 import sys, time
 t = time.perf_counter()
 sys.modules['torch'] = None  # a runtime-only process: torch cannot be imported
 from moerm_lite import RewardModel
 t_import = time.perf_counter() - t
-m = RewardModel.load(FOLDER, threads=2, engine=ENGINE, compile_cache=CACHE, int8_compute=INT8)
+m = RewardModel.load(FOLDER, threads=THREADS, engine=ENGINE, compile_cache=CACHE, int8_compute=INT8)
 t_load = time.perf_counter() - t - t_import
 m.score("", "I like football.")
 print(t_import, t_load, time.perf_counter() - t, MB('VmHWM'), MB('VmRSS'))
@@ -273,8 +273,9 @@ def bench_cold(repeat: int, openvino: bool = False, int8: bool = False,
     """Fresh processes, median of ``repeat`` rounds after one untimed round (a round starts one process of
     each kind in turn): the default load, PyTorch, with ``int8`` / ``openvino`` the load with
     ``int8_compute=True`` / ``engine="openvino"`` (from its cache and compiling), and with ``against`` the
-    default load of that model folder. Each moerm-lite process then ranks the five real replies of the first
-    held-out instruction (``rank_calls``): the peak memory of a process that loads and ranks. They run with
+    default load of that model folder, and the default load with one thread. Each moerm-lite process then
+    ranks the five real replies of the first held-out instruction (``rank_calls``): the peak memory of a
+    process that loads and ranks (with two threads, two backbone passes at a time). They run with
     compiled bytecode, as an installed package does (pip compiles it at install): with
     PYTHONDONTWRITEBYTECODE set, as on some CI machines, an editable checkout would recompile moerm-lite's
     sources in every process (~20 ms)."""
@@ -286,11 +287,12 @@ def bench_cold(repeat: int, openvino: bool = False, int8: bool = False,
         call = rank_calls(5)[0]
 
         def runtime_code(folder: str | None = None, engine: str = "onnxruntime", cached: bool = True,
-                         int8_compute: bool = False) -> str:
-            return (f"RANK = {call!r}\nFOLDER, ENGINE, CACHE, INT8 = {folder!r}, {engine!r}, {cached}, "
-                    f"{int8_compute}\n" + COLD_RUNTIME)
+                         int8_compute: bool = False, threads: int = 2) -> str:
+            return (f"RANK = {call!r}\nFOLDER, ENGINE, CACHE, INT8, THREADS = "
+                    f"{folder!r}, {engine!r}, {cached}, {int8_compute}, {threads}\n" + COLD_RUNTIME)
 
-        codes = [("moerm-lite (runtime only)", runtime_code()), ("torch + transformers", COLD_TORCH)]
+        codes = [("moerm-lite (runtime only)", runtime_code()), ("torch + transformers", COLD_TORCH),
+                 ("one thread", runtime_code(threads=1))]
         if int8:
             codes += [("int8 compute", runtime_code(int8_compute=True))]
         if openvino:
@@ -316,7 +318,9 @@ def bench_cold(repeat: int, openvino: bool = False, int8: bool = False,
                  f"{tt[1] / rt[1]:.1f}x less (goal <= 150 MB)"))
     rows.append(("resident after first score: moerm-lite / torch", f"{rt[2]:.0f} / {tt[2]:.0f} MB",
                  f"{tt[2] / rt[2]:.1f}x less"))
-    rows.append(("peak RSS after rank() of 5 real replies, moerm-lite", f"{rt[3]:.0f} MB", "goal <= 150 MB"))
+    one = res["one thread"][2:]
+    rows.append(("peak RSS after rank() of 5 real replies, moerm-lite 2 threads / 1 thread",
+                 f"{rt[3]:.0f} / {one[3]:.0f} MB", "goal <= 150 MB (1 thread: one backbone pass at a time)"))
     if int8:
         q = res["int8 compute"][2:]
         rows.append(("cold start / peak RSS / after rank(5), int8_compute=True",
