@@ -50,6 +50,11 @@ def call_feeds(model: RewardModel, tok: TextTokenizer, prompt: str, replies: lis
     return [{k: v for k, v in tok.pad([ids]).items() if k in names} for ids in p_ids + r_ids]
 
 
+def longest_first(feeds: list[Feed]) -> list[int]:
+    """The feeds' indices, longest first, so that two workers end together."""
+    return sorted(range(len(feeds)), key=lambda i: -next(iter(feeds[i].values())).shape[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few calls, one round")
@@ -70,8 +75,8 @@ def main() -> None:
         return [two.run([out], f)[0] for f in feeds]
 
     def side_by_side(session: Any) -> Callable[[list[Feed]], list[np.ndarray]]:
-        def run(feeds: list[Feed]) -> list[np.ndarray]:  # longest first, so that both workers end together
-            order = sorted(range(len(feeds)), key=lambda i: -next(iter(feeds[i].values())).shape[1])
+        def run(feeds: list[Feed]) -> list[np.ndarray]:
+            order = longest_first(feeds)
             got = dict(zip(order, pool.map(lambda i: session.run([out], feeds[i])[0], order)))
             return [got[i] for i in range(len(feeds))]
         return run
@@ -79,7 +84,7 @@ def main() -> None:
     helper = FeedHelper()
 
     def runtime_way(feeds: list[Feed]) -> list[np.ndarray]:  # run_feeds as the model calls it, longest first
-        order = sorted(range(len(feeds)), key=lambda i: -next(iter(feeds[i].values())).shape[1])
+        order = longest_first(feeds)
         got: dict[int, np.ndarray] = {}
         run_feeds(two, out, (feeds[i] for i in order), lambda j, emb: got.update({order[j]: emb}), helper)
         return [got[i] for i in range(len(feeds))]

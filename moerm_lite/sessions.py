@@ -78,9 +78,8 @@ class FeedHelper:
         try:
             if alone:
                 self._two_at_a_time(backbone, output, feeds, store)
-            else:
-                for i, feed in enumerate(feeds):
-                    store(i, backbone.run([output], feed)[0])
+            else:  # one at a time on this thread
+                run_feeds(backbone, output, feeds, store)
         finally:
             with self._lock:
                 self._calls -= 1

@@ -58,7 +58,8 @@ def test_bench_against_another_folder_runs(tmp_path):
 
 @pytest.mark.skipif(not (DATA / "hh_rlhf").is_dir(), reason="../shared/data not present")
 def test_parallel_calls_bench_quick_runs():
-    """bench/parallel_calls.py: both ways give the same embeddings (0 difference), on every workload."""
+    """bench/parallel_calls.py: every way gives the same embeddings as one at a time (0 difference), on every
+    workload."""
     pytest.importorskip("torch")
     out = run_bench("bench.parallel_calls", "--quick")
     rows = [line for line in out.splitlines() if "differ by at most" in line]

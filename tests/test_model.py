@@ -97,7 +97,6 @@ def test_rank_does_not_depend_on_how_the_backbone_batches(tiny_folder, precision
         assert [r["corpus_id"] for r in got] == ids
 
 
-
 @pytest.mark.parametrize("precision,atol", [("fp32", 1e-6), ("int8", 1e-3)])
 def test_two_feeds_at_a_time_rank_as_one_at_a_time(tiny_folder, precision, atol):
     """Two threads (a call's backbone feeds two at a time, sessions.FeedHelper) and one thread (one at a
