@@ -6,8 +6,9 @@
 Builds backbone variants next to the shipped model (in a temporary folder; the head is unchanged),
 scores the ranking workload of ``bench/run.py`` with each, and prints texts/s, the speed-up over the
 shipped int8 graph, the share of pairwise decisions that agree with an fp32 ONNX export of the same
-backbone, and the largest score change from batch 1 to default batching. Then the time per operator
-type of the shipped graph (onnxruntime profiling), which says where the time goes.
+backbone (the shipped graph's weights read back in fp32: ``bench.run.torch_backbone``), and the largest
+score change from batch 1 to default batching. Then the time per operator type of the shipped graph
+(onnxruntime profiling), which says where the time goes.
 
 Needs the export extra (torch, transformers, the MiniLM package) and ../shared/data. Calibration texts
 come from the training splits; the workload is the test splits.
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.run import cpu_description, model_variant, timeit, torch_model, torch_scores
+from bench.run import cpu_description, model_variant, timeit, torch_backbone, torch_model, torch_scores
 from moerm_build.data import ranking_workload
 from moerm_lite import RewardModel
 from moerm_lite.text import TextTokenizer
@@ -44,14 +45,12 @@ def calibration(model: RewardModel, n: int) -> list[dict[str, np.ndarray]]:
     return [tok.pad([ids[i] for i in idx]) for idx in np.array_split(order, max(1, len(order) // 16))]
 
 
-def fp32_backbone(path: Path, attention: str) -> Path:
-    """MiniLM exported to ONNX fp32 as the build side does, with ``attention`` = "sdpa" or "eager"."""
+def fp32_backbone(model: RewardModel, path: Path, attention: str) -> Path:
+    """The model's backbone (``bench.run.torch_backbone``: its graph's weights in fp32) exported to ONNX
+    fp32 as the build side exports it, with ``attention`` = "sdpa" or "eager"."""
     from moerm_build.graphs.onnx_backbone import export_backbone
-    from moerm_build.model import Backbone
-    from moerm_build.train.embed import default_backbone_path
 
-    b = Backbone(default_backbone_path())
-    return export_backbone(b, path, attention=attention)
+    return export_backbone(torch_backbone(model), path, attention=attention)
 
 
 def fused(src: Path, dst: Path, embed_layer_norm: bool = True, num_heads: int = 12, hidden_size: int = 384) -> Path:
@@ -206,7 +205,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        sdpa, eager = fp32_backbone(tmp / "sdpa.onnx", "sdpa"), fp32_backbone(tmp / "eager.onnx", "eager")
+        sdpa, eager = (fp32_backbone(model, tmp / "sdpa.onnx", "sdpa"),
+                       fp32_backbone(model, tmp / "eager.onnx", "eager"))
         ref = with_backbone(model, eager, tmp, "ref").score_pairs(pairs)
         fold, one = {"dequantize_at_load": True}, {"per_sequence": True}
         variants: dict[str, tuple[Path, dict[str, Any]]] = {  # name: (graph, with_backbone's flags)

@@ -47,14 +47,30 @@ def timeit(fn, repeat: int) -> float:
     return float(np.median(times))
 
 
-def torch_model(model: RewardModel):
-    """The same model in PyTorch fp32: MiniLM via transformers + the head rebuilt from the head graph."""
+def torch_backbone(model: RewardModel, template: "str | Path | None" = None):
+    """The model's own backbone in PyTorch fp32: its graph's weights (8-bit levels dequantized as the
+    runtime folds them) in the architecture of ``template`` (default: the packaged all-MiniLM-L6-v2,
+    which the shipped backbone was fine-tuned from). The same weights and arithmetic as the runtime's, so
+    a decision that differs is a difference of runtimes, not of models."""
+    from moerm_build.graphs.onnx_backbone import backbone_from_graph
+    from moerm_build.train.embed import default_backbone_path
+
+    return backbone_from_graph(model.folder / model.config.graphs[model.precision].backbone,
+                               template or default_backbone_path())
+
+
+def torch_model(model: RewardModel, template: "str | Path | None" = None):
+    """The same model in PyTorch fp32: its backbone via transformers (``torch_backbone``) and its head."""
+    return torch_backbone(model, template), torch_head(model)
+
+
+def torch_head(model: RewardModel):
+    """The model's head in PyTorch fp32, rebuilt from the head graph."""
     import onnx
     import torch
 
     from moerm_build.graphs.onnx_head import read_head_weights
-    from moerm_build.model import Backbone, ModelArgs, MoEHead
-    from moerm_build.train.embed import default_backbone_path
+    from moerm_build.model import ModelArgs, MoEHead
 
     w = read_head_weights(onnx.load(str(model.folder / model.config.graphs[model.precision].head)))
     K, F, D = w.w1.shape
@@ -67,13 +83,14 @@ def torch_model(model: RewardModel):
                             ("feat_std", w.feat_std)):
             getattr(head, name).copy_(torch.from_numpy(np.ascontiguousarray(value)))
         head.w0.copy_(torch.from_numpy(model.w0.astype(np.float32)))
-    return Backbone(default_backbone_path()).eval(), head.eval()
+    return head.eval()
 
 
 def torch_scores(backbone, head, model: RewardModel, pairs, batch_size: int) -> np.ndarray:
     """PyTorch fp32 scores: prompts and responses through the backbone (length-sorted padded batches,
-    each distinct text once), numpy pair features, then the head; ``model`` gives the tokenizer, the token
-    budget and the feature layout."""
+    each distinct text once), numpy pair features, then the head, and the folder's request gate
+    (``moerm_lite.request_gate``) on its gates as the runtime applies it; ``model`` gives the tokenizer, the
+    token budget, the feature layout and the gate."""
     import torch
 
     from moerm_build.train.embed import embed_texts, features_of
@@ -91,7 +108,14 @@ def torch_scores(backbone, head, model: RewardModel, pairs, batch_size: int) -> 
 
     x = torch.from_numpy(features_of(embed, pairs, model.config.feature_layout))  # (N, F)
     with torch.inference_mode():
-        return head.score(x, head.w0).double().numpy()
+        out = head(x)
+    gates, rewards = out["gating_output"].numpy(), out["rewards"].numpy()  # (N, K) each
+    gate = model.config.request_gate
+    if gate is not None:
+        prompts = [p for p, _ in pairs]
+        on = gate.on(embed(prompts, "prompt"), prompts)  # (N,)
+        gates = gate.apply(np.broadcast_to(np.arange(gates.shape[1]), gates.shape), gates, on)  # (N, K)
+    return (gates * rewards).astype(np.float64) @ head.w0.detach().double().numpy()  # (N,)
 
 
 def fp32_folder(model: RewardModel, backbone, tmp: Path) -> RewardModel:
@@ -256,9 +280,12 @@ t = time.perf_counter()
 import torch
 torch.set_num_threads(2)
 from moerm_lite import RewardModel
-from bench.run import torch_model, torch_scores
+from bench.run import torch_head, torch_scores
+from moerm_build.model import Backbone
+from moerm_build.train.embed import default_backbone_path
 m = RewardModel.load(threads=2)
-bb, head = torch_model(m)
+# what a PyTorch user loads: an encoder folder (the packaged MiniLM, the shipped backbone's architecture)
+bb, head = Backbone(default_backbone_path()).eval(), torch_head(m)
 torch_scores(bb, head, m, [("", "I like football.")], 1)
 print(time.perf_counter() - t, MB('VmHWM'), MB('VmRSS'))
 """
@@ -671,7 +698,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(model.threads)
-    torch_ref = torch_model(model)  # the PyTorch fp32 reference, loaded once
+    torch_ref = torch_model(model, args.backbone)  # the PyTorch fp32 reference, loaded once
 
     def ranks(others: dict[str, RewardModel | None]) -> list[tuple[str, str, str]]:
         """rank() of 5 and of 20 replies, the model and ``others`` against PyTorch."""

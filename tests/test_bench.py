@@ -1,6 +1,7 @@
 """Smoke test: the benchmark's quick mode runs end to end and prints its table."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -38,7 +39,10 @@ def test_bench_quick_runs(tmp_path):
     optional = (openvino if importlib.util.find_spec("openvino") else ()) + (int8 if onnxruntime_fuses_int8() else ())
     for key in keys + optional:
         assert key in table, key
-    assert out.read_text().startswith("[")
+    rows = {r[0]: r[1] for r in json.loads(out.read_text())}
+    # the PyTorch reference is the shipped model itself (its graph's weights, its request gate): the runtime
+    # agrees with it on (nearly) every decision; a reference on other weights read 91% here
+    assert float(rows["decision agreement int8 vs torch (all pairs)"].rstrip("%")) >= 99.0
 
 
 @pytest.mark.skipif(not (DATA / "hh_rlhf").is_dir(), reason="../shared/data not present")

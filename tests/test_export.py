@@ -80,6 +80,37 @@ def test_torch_onnx_parity(tiny_run, tiny_export):
     assert agree >= 0.95  # tiny random encoders are harsh on int8; the shipped model reports its own
 
 
+def test_a_backbone_graph_reads_back_into_the_encoder_it_computes(tiny_bert, tiny_export, tmp_path):
+    import torch
+    import transformers
+
+    from moerm_build.graphs.onnx_backbone import backbone_from_graph
+    from moerm_build.model import Backbone
+    from moerm_build.train.embed import embed_texts
+    from moerm_lite.text import TextTokenizer
+
+    cfg = json.loads((tiny_export / "config.json").read_text())
+    graph = {p: tiny_export / cfg["graphs"][p]["backbone"] for p in ("fp32", "int8")}
+    original = Backbone(tiny_bert).state_dict()
+    read = backbone_from_graph(graph["fp32"], tiny_bert).state_dict()  # the fp32 export: the same numbers
+    assert all(torch.equal(read[k], original[k]) for k in original if not k.startswith("encoder.pooler."))
+    texts = ["the cat sat on the mat", "a dog", "what is the answer to this question " * 4]
+    tok = TextTokenizer(tiny_export / "tokenizer.json", cfg["backbone"]["max_length"])
+    for precision, path in graph.items():  # torch on the graph's weights = the runtime on that graph
+        m = RewardModel.load(tiny_export, precision=precision, threads=1)
+        ref = embed_texts(backbone_from_graph(path, tiny_bert), tok, texts, "response")
+        np.testing.assert_allclose(m.embed(texts)[0], ref, atol=1e-5)
+    int8 = backbone_from_graph(graph["int8"], tiny_bert).state_dict()
+    w = "encoder.encoder.layer.0.attention.self.query.weight"
+    assert 0 < (int8[w] - original[w]).abs().max() < 0.05  # 8-bit levels, dequantized: near, not equal
+    wider = tmp_path / "wider"
+    c = transformers.BertConfig.from_pretrained(tiny_bert)
+    c.hidden_size, c.intermediate_size = 48, 96
+    transformers.BertModel(c).save_pretrained(wider)
+    with pytest.raises(ValueError, match="encoder.embeddings"):  # names the first weight that does not fit
+        backbone_from_graph(graph["fp32"], wider)
+
+
 def test_dynamo_exporter_also_works(tiny_run, tmp_path):
     """The legacy exporter is deprecated; keep the dynamo path working."""
     import onnxruntime as ort
