@@ -396,8 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--engine", choices=ENGINES, default="onnxruntime",
                         help='what runs the backbone (openvino: pip install "moerm-lite[openvino]")')
         sp.add_argument("--int8-compute", action="store_true",
-                        help="onnxruntime: multiply the backbone's 8-bit weights in int8 (faster on CPUs with "
-                             "VNNI; scores move slightly; docs/api.md)")
+                        help="onnxruntime: multiply the backbone's 8-bit weights in int8 (less memory; faster "
+                             "on some CPUs with VNNI, slower on others; scores move slightly; docs/api.md)")
         if user:
             sp.add_argument("--user", default=None, help="user profile JSON written by `fit`")
 

@@ -102,9 +102,10 @@ class RewardModel:
                 (``MOERM_LITE_CACHE`` moves it), a path, or ``False`` for none. onnxruntime compiles nothing.
             int8_compute: with the onnxruntime engine (1.25 or later) and 8-bit graphs, the backbone's
                 MatMuls quantize their inputs per row in blocks of 16 and multiply in int8 instead of
-                folding the 8-bit weights to fp32 at load: faster and smaller on CPUs with int8 dot
-                products (AVX-512 VNNI, AVX-VNNI), scores moved slightly, still independent of the batch
-                (docs/api.md). Default off: the arithmetic the model card measured.
+                folding the 8-bit weights to fp32 at load: smaller, faster on some CPUs with int8 dot
+                products (an AMD EPYC with AVX-512 VNNI) and slower on others (an Intel Xeon with AMX),
+                scores moved slightly, still independent of the batch (docs/api.md). Default off: the
+                arithmetic the model card measured.
         """
         folder = Path(path) if path is not None else default_model_path()
         if not folder.is_dir():
