@@ -126,8 +126,9 @@ def cpu_session(model: str | Path | bytes, threads: int, *, optimize: bool = Tru
 
     ``int8_compute`` (instead, on such a graph): onnxruntime's QDQ fusions turn each 8-bit weight and its
     MatMul into one ``MatMulNBits`` that quantizes its input per row in blocks (``accuracy_level`` 4) and
-    multiplies in int8: faster where the CPU has int8 dot products, scores moved by the activations'
-    rounding, still independent of the batch (``check_int8_compute`` says where it is available)."""
+    multiplies in int8: less memory, faster on some CPUs with int8 dot products and slower on others
+    (docs/decisions/speed.md), scores moved by the activations' rounding, still independent of the batch
+    (``check_int8_compute`` says where it is available)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
