@@ -136,3 +136,11 @@ def test_style_free_population_zeroes_the_weighted_shared_experts_but_the_readou
     np.testing.assert_array_equal(w, [1.0, -2.0, 3.0, 0.0, 0.0])
     assert zeroed == ["d"]
     np.testing.assert_array_equal(model.w0, [1.0, -2.0, 3.0, 0.0, 4.0])  # the model's weights are not changed
+
+
+def test_student_cosine_is_one_for_the_same_direction_and_zero_for_orthogonal_ones():
+    from experiments.student_cosine import cosines
+
+    a = np.array([[1.0, 0.0], [3.0, 4.0], [1.0, 1.0]])
+    b = np.array([[2.0, 0.0], [6.0, 8.0], [1.0, -1.0]])  # scaled copies, then an orthogonal row
+    np.testing.assert_allclose(cosines(a, b), [1.0, 1.0, 0.0], atol=1e-12)
