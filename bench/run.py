@@ -114,7 +114,7 @@ def torch_scores(backbone, head, model: RewardModel, pairs, batch_size: int) -> 
     if gate is not None:
         prompts = [p for p, _ in pairs]
         on = gate.on(embed(prompts, "prompt"), prompts)  # (N,)
-        gates = gate.apply(np.broadcast_to(np.arange(gates.shape[1]), gates.shape), gates, on)  # (N, K)
+        gates = gate.apply_dense(gates, on)  # (N, K)
     return (gates * rewards).astype(np.float64) @ head.w0.detach().double().numpy()  # (N,)
 
 

@@ -63,6 +63,10 @@ class RequestGate:
 
     def apply(self, expert_index: np.ndarray, gates: np.ndarray, on: np.ndarray) -> np.ndarray:
         """``gates`` (N, W) of the experts ``expert_index`` (N, W) names, with the gate's experts at 0 in the
-        rows where ``on`` (N,) is False (a copy). Dense gates (N, K): ``expert_index`` is each column's k."""
+        rows where ``on`` (N,) is False (a copy). Dense gates (N, K): ``apply_dense``."""
         off = np.isin(expert_index, self.experts) & ~np.asarray(on, dtype=bool)[:, None]  # (N, W)
         return np.where(off, np.zeros((), gates.dtype), gates)  # (N, W)
+
+    def apply_dense(self, gates: np.ndarray, on: np.ndarray) -> np.ndarray:
+        """``apply`` to dense gates (N, K), column k being expert k's (a torch head's ``gating_output``)."""
+        return self.apply(np.broadcast_to(np.arange(gates.shape[1]), gates.shape), gates, on)  # (N, K)

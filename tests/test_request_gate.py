@@ -33,6 +33,7 @@ def test_apply_zeroes_only_the_gates_experts_in_the_rows_it_is_off():
     assert g[0, 1] == pytest.approx(0.4)  # a copy
     dense = gate.apply(np.broadcast_to(np.arange(5), (2, 5)), np.ones((2, 5)), np.array([False, True]))
     assert dense.tolist() == [[1, 1, 1, 0, 1], [1, 1, 1, 1, 1]]
+    assert gate.apply_dense(np.ones((2, 5)), np.array([False, True])).tolist() == dense.tolist()
 
 
 @pytest.mark.parametrize("d, match", [

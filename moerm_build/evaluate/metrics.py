@@ -88,7 +88,7 @@ class TorchFeaturizer:
 
             prompts = [p for p, _ in pairs]
             on = self.request_gate.on(prompt_embeddings(self.embed, prompts), prompts)  # (N,)
-            g = self.request_gate.apply(np.broadcast_to(np.arange(self.n_experts), g.shape), g, on)  # (N, K)
+            g = self.request_gate.apply_dense(g, on)  # (N, K)
         return g, o["rewards"].numpy(), x
 
     @property
