@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.run import cpu_description, model_variant, timeit, torch_backbone, torch_model, torch_scores
+from bench.run import cpu_description, model_variant, timeit, torch_model, torch_scores
 from moerm_build.data import ranking_workload
 from moerm_lite import RewardModel
 from moerm_lite.text import TextTokenizer
@@ -45,12 +45,12 @@ def calibration(model: RewardModel, n: int) -> list[dict[str, np.ndarray]]:
     return [tok.pad([ids[i] for i in idx]) for idx in np.array_split(order, max(1, len(order) // 16))]
 
 
-def fp32_backbone(model: RewardModel, path: Path, attention: str) -> Path:
-    """The model's backbone (``bench.run.torch_backbone``: its graph's weights in fp32) exported to ONNX
-    fp32 as the build side exports it, with ``attention`` = "sdpa" or "eager"."""
+def fp32_backbone(backbone: Any, path: Path, attention: str) -> Path:
+    """The model's backbone in PyTorch (``bench.run.torch_backbone``: its graph's weights in fp32) exported
+    to ONNX fp32 as the build side exports it, with ``attention`` = "sdpa" or "eager"."""
     from moerm_build.graphs.onnx_backbone import export_backbone
 
-    return export_backbone(torch_backbone(model), path, attention=attention)
+    return export_backbone(backbone, path, attention=attention)
 
 
 def fused(src: Path, dst: Path, embed_layer_norm: bool = True, num_heads: int = 12, hidden_size: int = 384) -> Path:
@@ -203,10 +203,14 @@ def main() -> None:
     i, j = np.triu_indices(len(pairs), 1)
     shipped_graph = model.folder / model.config.graphs[model.precision].backbone
     rows = []
+    import torch
+
+    torch.set_num_threads(model.threads)
+    tb, th = torch_model(model)  # the goal's reference (PyTorch fp32, batch 32, full budget); exported below
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        sdpa, eager = (fp32_backbone(model, tmp / "sdpa.onnx", "sdpa"),
-                       fp32_backbone(model, tmp / "eager.onnx", "eager"))
+        sdpa = fp32_backbone(tb, tmp / "sdpa.onnx", "sdpa")
+        eager = fp32_backbone(tb, tmp / "eager.onnx", "eager")
         ref = with_backbone(model, eager, tmp, "ref").score_pairs(pairs)
         fold, one = {"dequantize_at_load": True}, {"per_sequence": True}
         variants: dict[str, tuple[Path, dict[str, Any]]] = {  # name: (graph, with_backbone's flags)
@@ -234,10 +238,6 @@ def main() -> None:
             "static int8, FFN fp32, 128-token budget": (tmp / "s_noffn.onnx", {"max_length": 128}),
             "static int8, all weight MatMuls, 64-token budget": (tmp / "s_all.onnx", {"max_length": 64}),
         })
-        import torch
-
-        torch.set_num_threads(model.threads)
-        tb, th = torch_model(model)  # the goal's reference: PyTorch fp32, batches of 32, full budget
         t_torch = timeit(lambda: torch_scores(tb, th, model, pairs, 32), repeat)
         t_shipped = None
         for k, (name, (graph, flags)) in enumerate(variants.items()):
