@@ -43,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--out", required=True, help="run folder, e.g. runs/enc; rerun to resume")
     sp.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON", help="override config fields")
 
+    sp = sub.add_parser("encoder", help="a model folder's backbone -> a local Hugging Face encoder folder (a "
+                        "teacher for finetune)")
+    sp.add_argument("-i", "--input", required=True, help="model folder (its backbone graph is read)")
+    sp.add_argument("-o", "--output", required=True, help="encoder folder to write, e.g. runs/teacher/enc")
+    sp.add_argument("--template", default="", help="local Hugging Face folder of the same architecture and "
+                    "tokenizer (default: the packaged all-MiniLM-L6-v2)")
+
     sp = sub.add_parser("evaluate", help="persona-16 and real-text few-shot, sanity suite, held-out accuracy")
     sp.add_argument("-i", "--input", required=True, help="run folder (torch) or model folder (ONNX)")
     sp.add_argument("--precision", default="int8", help="for a model folder: int8 or fp32")
@@ -145,6 +152,22 @@ def main(argv: list[str] | None = None) -> int:
         fcfg = FinetuneConfig.from_json(args.config) if args.config else FinetuneConfig()
         set_fields(p, fcfg, args.set)
         print(finetune(fcfg, args.out))
+    elif args.command == "encoder":
+        from moerm_build.graphs.onnx_backbone import backbone_from_graph
+        from moerm_build.train.embed import default_backbone_path
+        from moerm_build.train.finetune import save_encoder
+        from moerm_lite.folder import CONFIG, ModelConfig, read_json, read_manifest, resolve_inside
+        from moerm_lite.folder import verify_files
+
+        folder, template = Path(args.input), args.template or str(default_backbone_path())
+        manifest = read_manifest(folder)  # a clear error where the folder is not a model folder
+        verify_files(folder, manifest, [CONFIG])
+        graphs = ModelConfig.from_dict(read_json(folder / CONFIG, "config")).graphs
+        precision = "int8" if "int8" in graphs else next(iter(graphs))  # the arithmetic that ships
+        graph = resolve_inside(folder, graphs[precision].backbone)
+        verify_files(folder, manifest, [graphs[precision].backbone])
+        save_encoder(backbone_from_graph(graph, template), template, Path(args.output))
+        print(args.output)
     elif args.command == "evaluate":
         from moerm_build.evaluate.metrics import RuntimeFeaturizer, TorchFeaturizer
         from moerm_build.evaluate.real_eval import BUILD_RESIDUAL, BUILD_RESIDUAL_PRIOR

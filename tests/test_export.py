@@ -111,6 +111,28 @@ def test_a_backbone_graph_reads_back_into_the_encoder_it_computes(tiny_bert, tin
         backbone_from_graph(graph["fp32"], wider)
 
 
+def test_a_model_folder_gives_back_its_encoder_as_a_teacher(tiny_bert, tiny_export, tmp_path):
+    """``python -m moerm_build encoder`` writes the shipped backbone as a Hugging Face folder that finetune
+    can distil from: it loads like any encoder and embeds as the folder's int8 graph does."""
+    from moerm_build.__main__ import main
+    from moerm_build.model import Backbone
+    from moerm_build.train.embed import embed_texts
+    from moerm_lite.text import TextTokenizer
+
+    out = tmp_path / "teacher"
+    assert main(["encoder", "-i", str(tiny_export), "-o", str(out), "--template", str(tiny_bert)]) == 0
+    assert (out / "tokenizer.json").read_text() == (tiny_bert / "tokenizer.json").read_text()
+    texts = ["the cat sat on the mat", "a dog ran home", "what is the answer to this question " * 4]
+    cfg = json.loads((tiny_export / "config.json").read_text())
+    tok = TextTokenizer(tiny_export / "tokenizer.json", cfg["backbone"]["max_length"])
+    runtime = RewardModel.load(tiny_export, threads=1).embed(texts)[0]  # (3, H)
+    np.testing.assert_allclose(embed_texts(Backbone(out), tok, texts, "response"), runtime, atol=1e-5)
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        main(["encoder", "-i", str(tmp_path / "not-a-model"), "-o", str(tmp_path / "x"), "--template",
+              str(tiny_bert)])
+
+
 def test_dynamo_exporter_also_works(tiny_run, tmp_path):
     """The legacy exporter is deprecated; keep the dynamo path working."""
     import onnxruntime as ort
