@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                         "teacher for finetune)")
     sp.add_argument("-i", "--input", required=True, help="model folder (its backbone graph is read)")
     sp.add_argument("-o", "--output", required=True, help="encoder folder to write, e.g. runs/teacher/enc")
+    sp.add_argument("--precision", default="int8", help="whose backbone graph: int8 (what ships) or fp32")
     sp.add_argument("--template", default="", help="local Hugging Face folder of the same architecture and "
                     "tokenizer (default: the packaged all-MiniLM-L6-v2)")
 
@@ -156,16 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         from moerm_build.graphs.onnx_backbone import backbone_from_graph
         from moerm_build.train.embed import default_backbone_path
         from moerm_build.train.finetune import save_encoder
-        from moerm_lite.folder import CONFIG, ModelConfig, read_json, read_manifest, resolve_inside
-        from moerm_lite.folder import verify_files
+        from moerm_lite import RewardModel
 
-        folder, template = Path(args.input), args.template or str(default_backbone_path())
-        manifest = read_manifest(folder)  # a clear error where the folder is not a model folder
-        verify_files(folder, manifest, [CONFIG])
-        graphs = ModelConfig.from_dict(read_json(folder / CONFIG, "config")).graphs
-        precision = "int8" if "int8" in graphs else next(iter(graphs))  # the arithmetic that ships
-        graph = resolve_inside(folder, graphs[precision].backbone)
-        verify_files(folder, manifest, [graphs[precision].backbone])
+        template = args.template or str(default_backbone_path())
+        model = RewardModel.load(args.input, precision=args.precision, threads=1)  # the folder's checks
+        graph = model.folder / model.config.graphs[model.precision].backbone
         save_encoder(backbone_from_graph(graph, template), template, Path(args.output))
         print(args.output)
     elif args.command == "evaluate":
